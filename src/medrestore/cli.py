@@ -1,0 +1,111 @@
+"""The ``medrestore`` command.
+
+    medrestore models [--json]                       list the registered models
+    medrestore metrics IMAGE [REFERENCE] [--json]    every quality metric of one image
+    medrestore restore --model DIR INPUT... --out DIR   restore your own images with a trained model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+
+def _cmd_models(args) -> int:
+    from medrestore.models import BASELINES, MODELS, build_model, count_parameters
+
+    rows = [
+        {"name": n, "kind": "network", "task": s.task, "parameters": count_parameters(build_model(n)), "paper": s.paper}
+        for n, s in MODELS.items()
+    ]
+    rows += [{"name": n, "kind": "baseline", "task": "denoise", "parameters": 0, "paper": (f.__doc__ or "").strip().splitlines()[0]} for n, f in BASELINES.items()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<10} {r['kind']:<9} {r['task']:<9} {r['parameters']:>9,}  {r['paper']}")
+    return 0
+
+
+def _cmd_metrics(args) -> int:
+    from medrestore.io import read_image
+    from medrestore.metrics import all_metrics
+
+    image = read_image(args.image)
+    reference = read_image(args.reference) if args.reference else None
+    fov = None
+    if args.fov:
+        fov = read_image(args.fov, "L") > 127
+    scores = all_metrics(image, reference, fov, args.assets)
+    if args.json:
+        print(json.dumps(scores, indent=2, sort_keys=True))
+    else:
+        for k, v in sorted(scores.items()):
+            print(f"{k:<12} {v:.4f}")
+    return 0
+
+
+def _cmd_restore(args) -> int:
+    import torch
+
+    from medrestore.degradations import to_float, to_uint8
+    from medrestore.inference import restore_array
+    from medrestore.io import InputError, read_image, write_png_atomic
+    from medrestore.models import load_model
+
+    model, meta = load_model(Path(args.model))
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    failures = 0
+    for path in args.inputs:
+        try:
+            image = read_image(path)
+            restored = to_uint8(restore_array(model, to_float(image), tile=args.tile, overlap=args.overlap, device=device))
+            out = Path(args.out) / (Path(path).stem + ".png")
+            write_png_atomic(out, restored)
+            print(f"{path} -> {out}")
+        except InputError as exc:
+            failures += 1
+            print(f"error: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medrestore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_models)
+    p = sub.add_parser("metrics", help="every quality metric of one image")
+    p.add_argument("image")
+    p.add_argument("reference", nargs="?")
+    p.add_argument("--fov", help="FOV mask image for psnr_fov")
+    p.add_argument("--assets", default=None, help="folder with pyiqa's NIQE/BRISQUE parameter files")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_metrics)
+    p = sub.add_parser("restore", help="restore images with a trained model")
+    p.add_argument("--model", required=True, help="a model folder written by the train stage")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--cpu", action="store_true")
+    p.set_defaults(fn=_cmd_restore)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except Exception as exc:
+        from medrestore.io import InputError
+
+        if isinstance(exc, InputError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,100 @@
+"""Image-quality metrics through pyiqa, plus FOV-masked and green-channel PSNR.
+
+Conventions (the same for every row of every table):
+- ``psnr``: RGB PSNR (pyiqa ``psnr``); ``psnr_y``: on Y (pyiqa ``psnry``);
+- ``psnr_green``: PSNR of the green channel alone, where fundus vessels have their contrast;
+- ``psnr_fov``: RGB PSNR over the pixels inside the field-of-view mask only;
+- ``ssim``: SSIM on Y (pyiqa ``ssim``); ``ssim_rgb``: colour SSIM (pyiqa ``ssimc``);
+- ``niqe``, ``brisque``: pyiqa's, on Y (lower is better);
+- ``entropy``: pyiqa's Shannon entropy of the 8-bit grey histogram (seed 003's measure).
+
+All images are uint8 (restored outputs are quantised first, as they would be saved).
+
+pyiqa downloads NIQE/BRISQUE parameter files on first use. Here they are looked up first in
+pyiqa's cache (``$TORCH_HOME/hub/pyiqa``), then in a configured folder (``assets_dir``, default
+``../shared/assets/pyiqa``); only if both lack them is pyiqa left to download.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ASSET_FILES = {"niqe": "niqe_modelparameters.mat", "brisque": "brisque_svm_weights.pth"}
+DEFAULT_ASSETS = "../shared/assets/pyiqa"
+FULL_REFERENCE = ("psnr", "psnr_y", "psnr_green", "psnr_fov", "ssim", "ssim_rgb")
+NO_REFERENCE = ("niqe", "brisque", "entropy")
+LOWER_IS_BETTER = {"niqe", "brisque"}
+
+
+def asset_path(metric: str, assets_dir: str | os.PathLike | None = None) -> str | None:
+    """Where pyiqa's parameter file for ``metric`` is: its cache, then ``assets_dir``, else None."""
+    name = ASSET_FILES[metric]
+    cache = Path(torch.hub.get_dir()) / "pyiqa" / name
+    if cache.is_file():
+        return str(cache)
+    folder = Path(assets_dir or os.environ.get("MEDRESTORE_PYIQA_ASSETS", DEFAULT_ASSETS))
+    if (folder / name).is_file():
+        return str((folder / name).resolve())
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _metric(name: str, assets_dir: str | None):
+    import pyiqa
+
+    kwargs = {}
+    if name in ASSET_FILES:
+        path = asset_path(name, assets_dir)
+        if path is not None:
+            kwargs["pretrained_model_path"] = path
+    return pyiqa.create_metric(name, device=torch.device("cpu"), **kwargs)
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return torch.from_numpy(np.array(image, dtype=np.float32).transpose(2, 0, 1)).div_(255.0)[None]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+@torch.inference_mode()
+def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | None = None, assets_dir: str | None = None) -> dict[str, float]:
+    if image.shape != reference.shape:
+        raise ValueError(f"image {image.shape} and reference {reference.shape} differ in shape")
+    x, y = _tensor(image), _tensor(reference)
+    out = {
+        "psnr": float(_metric("psnr", assets_dir)(x, y)),
+        "psnr_y": float(_metric("psnry", assets_dir)(x, y)),
+        "psnr_green": _psnr(image[..., 1], reference[..., 1]) if image.ndim == 3 else _psnr(image, reference),
+        "ssim": float(_metric("ssim", assets_dir)(x, y)),
+        "ssim_rgb": float(_metric("ssimc", assets_dir)(x, y)),
+    }
+    mask = np.ones(image.shape[:2], bool) if fov is None else fov.astype(bool)
+    out["psnr_fov"] = _psnr(image[mask], reference[mask])
+    return out
+
+
+@torch.inference_mode()
+def no_reference(image: np.ndarray, assets_dir: str | None = None) -> dict[str, float]:
+    x = _tensor(image)
+    return {
+        "niqe": float(_metric("niqe", assets_dir)(x)),
+        "brisque": float(_metric("brisque", assets_dir)(x)),
+        "entropy": float(_metric("entropy", assets_dir)(x)),
+    }
+
+
+def all_metrics(image: np.ndarray, reference: np.ndarray | None = None, fov: np.ndarray | None = None, assets_dir: str | None = None) -> dict[str, float]:
+    out = no_reference(image, assets_dir)
+    if reference is not None:
+        out.update(full_reference(image, reference, fov, assets_dir))
+    return out

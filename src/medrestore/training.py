@@ -1,0 +1,258 @@
+"""The training engine: one Lightning module for every paired restoration model.
+
+What the stage gets:
+- ``model.safetensors`` + ``model.json``: the weights of the best validation PSNR (no pickle);
+- ``metrics.json``: best and final validation PSNR, steps, parameter count (no wall times: they
+  would make the file differ on every run; times go to MLflow);
+- ``curve.csv``: step, train loss, validation loss and PSNR, read by ``dvc plots``.
+
+Lightning checkpoints for resuming live outside the DVC outputs (``ckpt_dir``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medrestore.io import write_json_atomic, write_text_atomic
+from medrestore.losses import make_loss
+from medrestore.models import build_model, count_parameters, save_model
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    model_kwargs: dict = field(default_factory=dict)
+    loss: str = "mse"
+    loss_kwargs: dict = field(default_factory=dict)
+    lr: float = 1e-3
+    schedule: str = "cosine"  # cosine | inverse_time | constant
+    lr_decay: float = 0.0  # inverse_time: lr / (1 + lr_decay * step) (Keras' "decay")
+    lr_min: float = 1e-5
+    batch_size: int = 32
+    max_steps: int = 200
+    val_every: int = 50
+    early_stop_patience: int = 0  # validation checks without improvement; 0 = off
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    augment: bool = True
+    progress_bar: bool = True
+    ckpt_every: int = 100
+
+    @classmethod
+    def from_params(cls, params: dict) -> "TrainConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in params.items() if k in known})
+
+
+class PairedPatches(Dataset):
+    """(degraded, clean) pairs from two aligned (N, P, P, C) uint8 arrays, as float CHW in [0, 1]."""
+
+    def __init__(self, clean: np.ndarray, degraded: np.ndarray) -> None:
+        if clean.shape != degraded.shape:
+            raise ValueError(f"clean {clean.shape} and degraded {degraded.shape} patches differ in shape")
+        self.clean, self.degraded = clean, degraded
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        to_t = lambda a: torch.from_numpy(np.array(a, copy=True).transpose(2, 0, 1)).float().div_(255.0)  # noqa: E731
+        return to_t(self.degraded[i]), to_t(self.clean[i])
+
+
+def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10.0 * torch.log10(1.0 / mse)
+
+
+class RestorationModule(L.LightningModule):
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.net = build_model(cfg.model, **cfg.model_kwargs)
+        self.loss_fn = make_loss(cfg.loss, **cfg.loss_kwargs)
+        self.best_psnr = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self._val: list[tuple[float, float, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One of the 8 dihedral transforms per batch, drawn from the seeded global generator.
+        k = int(torch.randint(0, 8, (1,)).item())
+        if k >= 4:
+            x, y = x.flip(-1), y.flip(-1)
+        return torch.rot90(x, k % 4, (-2, -1)), torch.rot90(y, k % 4, (-2, -1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.cfg.augment:
+            x, y = self._augment(x, y)
+        loss = self.loss_fn(self.net(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}. Fix: lower the learning rate "
+                "(train.lr) or check the data; the last good checkpoint is kept."
+            )
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        pred = self.net(x)
+        loss = self.loss_fn(pred, y)
+        psnr = psnr_per_image(pred, y)
+        self._val.append((float(loss) * x.shape[0], float(psnr.sum()), x.shape[0]))
+
+    def on_validation_epoch_end(self) -> None:
+        n = sum(v[2] for v in self._val)
+        if n == 0:
+            return
+        val_loss = sum(v[0] for v in self._val) / n
+        val_psnr = sum(v[1] for v in self._val) / n
+        self._val.clear()
+        self.log("val_loss", val_loss, sync_dist=True)
+        self.log("val_psnr", val_psnr, prog_bar=True, sync_dist=True)
+        if not self.trainer.sanity_checking and val_psnr > self.best_psnr:
+            self.best_psnr = val_psnr
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.net.state_dict().items()})
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
+        cfg = self.cfg
+        if cfg.schedule == "cosine":
+            floor = cfg.lr_min / cfg.lr
+            fn = lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps))  # noqa: E731
+        elif cfg.schedule == "inverse_time":
+            fn = lambda s: 1.0 / (1.0 + cfg.lr_decay * s)  # noqa: E731
+        elif cfg.schedule == "constant":
+            fn = lambda s: 1.0  # noqa: E731
+        else:
+            raise ValueError(f"unknown schedule {cfg.schedule!r}: cosine, inverse_time or constant")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class CurveRecorder(L.Callback):
+    """Collects the loss/PSNR curve for ``curve.csv`` and forwards it to MLflow."""
+
+    def __init__(self, tracker=None, every: int = 10) -> None:
+        self.rows: dict[int, dict[str, float]] = {}
+        self.tracker = tracker
+        self.every = every
+
+    def _record(self, step: int, values: dict[str, float]) -> None:
+        self.rows.setdefault(step, {}).update(values)
+        if self.tracker is not None:
+            self.tracker.log_metrics(values, step=step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step == 1:
+            loss = trainer.callback_metrics.get("train_loss")
+            if loss is not None:
+                lr = trainer.optimizers[0].param_groups[0]["lr"]
+                self._record(step, {"train_loss": float(loss), "lr": float(lr)})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        if "val_psnr" in m:
+            self._record(trainer.global_step, {"val_loss": float(m["val_loss"]), "val_psnr": float(m["val_psnr"])})
+
+    def csv_text(self) -> str:
+        cols = ["step", "train_loss", "lr", "val_loss", "val_psnr"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for step in sorted(self.rows):
+            r = self.rows[step]
+            w.writerow([step] + [("" if c not in r else f"{r[c]:.6g}") for c in cols[1:]])
+        return buf.getvalue()
+
+
+def train_model(
+    cfg: TrainConfig,
+    train_pairs: tuple[np.ndarray, np.ndarray],
+    val_pairs: tuple[np.ndarray, np.ndarray],
+    out_dir: Path,
+    ckpt_dir: Path,
+    tracker=None,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` on (clean, degraded) patch arrays; write the stage's outputs to ``out_dir``."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    module = RestorationModule(cfg)
+    train_ds = PairedPatches(train_pairs[0], train_pairs[1])
+    val_ds = PairedPatches(val_pairs[0], val_pairs[1])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train_ds) > cfg.batch_size)
+    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False)
+    recorder = CurveRecorder(tracker)
+    callbacks: list[L.Callback] = [recorder]
+    if cfg.early_stop_patience > 0:
+        callbacks.append(L.callbacks.EarlyStopping(monitor="val_psnr", mode="max", patience=cfg.early_stop_patience))
+    callbacks.append(
+        L.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.ckpt_every)
+    )
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        val_check_interval=min(cfg.val_every, cfg.max_steps),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(ckpt_dir),
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_dl, val_dl)
+    seconds = time.perf_counter() - start
+    if module.best_state is None:
+        raise RuntimeError("training ended before any validation; raise train.max_steps or lower train.val_every")
+    final_psnr = float(trainer.callback_metrics.get("val_psnr", float("nan")))
+    module.net.load_state_dict(module.best_state)
+    net = module.net.cpu().eval()
+    metrics = {
+        "model": cfg.model,
+        "parameters": count_parameters(net),
+        "steps": int(trainer.global_step),
+        "best_val_psnr": round(module.best_psnr, 4),
+        "final_val_psnr": round(final_psnr, 4),
+        "train_patches": len(train_ds),
+        "val_patches": len(val_ds),
+    }
+    save_model(net, out_dir, name=cfg.model, kwargs=cfg.model_kwargs, extra={"train": metrics, **(extra_meta or {})})
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / "curve.csv", recorder.csv_text())
+    if tracker is not None:
+        tracker.log_metrics({"train_seconds": seconds, "patches_per_second": cfg.batch_size * trainer.global_step / seconds})
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
+
+

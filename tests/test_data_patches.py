@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from medrestore.data.corrupt import corrupt_task
+from medrestore.data.patches import patch_positions, patchify
+from medrestore.data.prepare import prepare_sources
+from medrestore.data.sources import gather
+from medrestore.degradations import corrupt
+from medrestore.io import read_image, write_json_atomic
+
+
+@pytest.fixture(scope="module")
+def prepared_sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    recs = gather(["sample"], root / "sources", mirror=root, folder=root, cache_dir=root, allow_network=False)
+    manifest = {"images": [r.as_dict(root / "sources") for r in recs]}
+    return prepare_sources(manifest, root / "sources", root / "prepared", size=256, mode="border_centre", fov_threshold=0.1), root
+
+
+@pytest.fixture(scope="module")
+def prepared_chase(tmp_path_factory, chase_dir):
+    root = tmp_path_factory.mktemp("chase")
+    recs = gather(["chase_db1"], root / "sources", mirror=chase_dir.parent, folder=root, cache_dir=root, allow_network=False)
+    manifest = {"images": [r.as_dict(root / "sources") for r in recs[:8]]}
+    return prepare_sources(manifest, root / "sources", root / "prepared", size=192, mode="border_centre", fov_threshold=0.1), root
+
+
+def test_patch_positions_respect_fov_and_box():
+    fov = np.zeros((100, 100), bool)
+    fov[20:80, 20:80] = True
+    pos = patch_positions(fov, (0, 100, 0, 50), 20, 10, 1.0)
+    assert len(pos) > 0
+    for y, x in pos:
+        assert fov[y : y + 20, x : x + 20].all() and x + 20 <= 50
+
+
+def test_single_image_split_by_disjoint_regions(prepared_sample):
+    manifest, root = prepared_sample
+    out = root / "patches"
+    s = patchify(manifest, root / "prepared", out, seed=1, patch_size=24, stride=12, min_fov_fraction=0.8,
+                 val_fraction=0.25, test_fraction=0.25, region_grid=2)
+    splits = s["splits"]
+    assert len(splits["train"]) == 2 and len(splits["val"]) == 1 and len(splits["test"]) == 1
+    assert not set(splits["test"]) & set(splits["train"] + splits["val"])
+    train = np.load(out / "train.npy", mmap_mode="r")
+    index = np.load(out / "train_index.npy")
+    prepared = read_image(root / "prepared" / manifest["images"][0]["image"])
+    test_box = s["test"][0]["box"]
+    # Every train patch is pixel-identical to its source and lies outside the test region.
+    for k in range(0, len(train), 17):
+        _, y, x = index[k]
+        assert np.array_equal(train[k], prepared[y : y + 24, x : x + 24])
+        t, b, l, r = test_box
+        assert y + 24 <= t or y >= b or x + 24 <= l or x >= r
+
+
+def test_multi_image_split_by_image(prepared_chase):
+    manifest, root = prepared_chase
+    s = patchify(manifest, root / "prepared", root / "patches", seed=3, patch_size=32, stride=32, min_fov_fraction=0.9,
+                 val_fraction=0.25, test_fraction=0.25, region_grid=2)
+    sp = s["splits"]
+    assert sorted(sp["train"] + sp["val"] + sp["test"]) == sorted(e["id"] for e in manifest["images"])
+    assert len(sp["test"]) == 2 and len(sp["val"]) == 2
+    assert all(e["vessels"] for e in s["test"])  # CHASE masks travel with the test images
+
+
+def test_corrupt_task_is_replayable_per_patch(prepared_sample):
+    manifest, root = prepared_sample
+    out = root / "patches2"
+    patchify(manifest, root / "prepared", out, seed=1, patch_size=24, stride=12, min_fov_fraction=0.8,
+             val_fraction=0.25, test_fraction=0.25, region_grid=2)
+    spec = {"train": {"kind": "gaussian", "sigma_range": [0, 50]}, "test": {"s25": {"kind": "gaussian", "sigma": 25}}}
+    rec = corrupt_task(out, root / "c", task="denoise-blind", spec=spec, seed=5)
+    clean = np.load(out / "train.npy")
+    noisy = np.load(root / "c" / "train.npy")
+    sig = np.load(root / "c" / "train_params.npy")
+    from medrestore.data.corrupt import patch_seed
+
+    for i in (0, len(clean) // 2, len(clean) - 1):
+        again, p = corrupt(clean[i], spec["train"], patch_seed(5, "denoise-blind", "train", i))
+        assert np.array_equal(again, noisy[i]) and p["sigma"] == pytest.approx(float(sig[i, 0]))
+    case = rec["test"][0]
+    test_clean = read_image(out / "test/images" / (case["file"].split("/")[-1]))
+    replay, _ = corrupt(test_clean, case["spec"], case["seed_words"])
+    assert np.array_equal(replay, read_image(root / "c" / case["file"]))

@@ -1,0 +1,68 @@
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medrestore.degradations import corrupt
+from medrestore.io import read_image
+from medrestore.metrics import all_metrics, asset_path, full_reference, no_reference
+
+# ../shared/assets/README.md: pyiqa 0.1.16 with the provided parameter files.
+CALIBRATION = {
+    "I03.bmp": (15.6558, 94.6440),
+    "I04.bmp": (3.6549, -0.1152),
+    "I06.bmp": (3.2342, 1.0748),
+    "I08.bmp": (3.1917, 5.1383),
+    "I19.bmp": (9.0727, 66.8348),
+}
+
+
+def _calibration_dir() -> Path:
+    import pyiqa
+
+    hits = glob.glob(str(Path(pyiqa.__file__).parents[1] / "ResultsCalibra" / "dist_dir"))
+    assert hits, "pyiqa's ResultsCalibra/dist_dir not found beside the installed package"
+    return Path(hits[0])
+
+
+def test_assets_are_found_in_the_configured_folder(assets_dir):
+    assert asset_path("niqe", assets_dir).endswith("niqe_modelparameters.mat")
+    assert asset_path("brisque", assets_dir).endswith("brisque_svm_weights.pth")
+
+
+@pytest.mark.parametrize("name", sorted(CALIBRATION))
+def test_niqe_and_brisque_match_calibration(assets_dir, name):
+    image = read_image(_calibration_dir() / name)
+    scores = no_reference(image, str(assets_dir))
+    niqe, brisque = CALIBRATION[name]
+    assert scores["niqe"] == pytest.approx(niqe, abs=0.01)
+    assert scores["brisque"] == pytest.approx(brisque, abs=0.01)
+
+
+def test_full_reference_on_noisy_fundus(retina, assets_dir):
+    crop = retina[500:756, 500:756]
+    noisy, _ = corrupt(crop, {"kind": "gaussian", "sigma": 25}, [0])
+    m = full_reference(noisy, crop, None, str(assets_dir))
+    assert 20 < m["psnr"] < 21.5 and m["psnr_fov"] == pytest.approx(m["psnr"], abs=0.02)
+    assert m["ssim"] < 0.6
+    same = full_reference(crop, crop, None, str(assets_dir))
+    assert same["ssim"] == pytest.approx(1.0) and same["psnr"] > 60
+
+
+def test_fov_psnr_ignores_pixels_outside_the_mask(retina, assets_dir):
+    crop = retina[500:628, 500:628].copy()
+    damaged = crop.copy()
+    damaged[:, :64] = 0
+    fov = np.zeros(crop.shape[:2], bool)
+    fov[:, 64:] = True
+    m = full_reference(damaged, crop, fov, str(assets_dir))
+    assert m["psnr_fov"] == float("inf") and m["psnr"] < 20
+
+
+def test_noise_worsens_niqe_and_brisque(retina, assets_dir):
+    crop = retina[400:784, 400:784]
+    noisy, _ = corrupt(crop, {"kind": "gaussian", "sigma": 25}, [0])
+    clean_m, noisy_m = all_metrics(crop, assets_dir=str(assets_dir)), all_metrics(noisy, assets_dir=str(assets_dir))
+    assert noisy_m["brisque"] > clean_m["brisque"] and noisy_m["niqe"] > clean_m["niqe"]
+    assert noisy_m["entropy"] > clean_m["entropy"]

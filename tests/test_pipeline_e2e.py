@@ -1,0 +1,114 @@
+"""`dvc repro` end to end, in a temporary copy of the repository with tiny params."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COPY_IGNORE = shutil.ignore_patterns(".venv", "artifacts", "mlflow.db", ".cache", "cache", "tmp", "__pycache__", ".pytest_cache", "*.egg-info", "reports")
+
+
+def tiny_params(params: dict) -> dict:
+    params["prepare"]["size"] = 256
+    params["patchify"].update(patch_size=32, stride=8)
+    d = params["train"]["defaults"]
+    d.update(batch_size=16, max_steps=60, val_every=20, ckpt_every=20, progress_bar=False)
+    for m in params["train"]["models"].values():
+        m["max_steps"] = 60
+    return params
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    shutil.copytree(REPO, work, ignore=COPY_IGNORE)
+    shutil.rmtree(work / ".git", ignore_errors=True)
+    shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
+    (work / "dvc.lock").unlink(missing_ok=True)
+    (work / "data").mkdir(exist_ok=True)
+    params = tiny_params(yaml.safe_load((work / "params.yaml").read_text()))
+    params["download"]["mirror"] = str(REPO.parent / "shared" / "datasets")
+    params["evaluate"]["assets"] = str(REPO.parent / "shared" / "assets" / "pyiqa")
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run(["git", "init", "-q"], work, env)
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "e2e"], work, env)
+    first = run([sys.executable, "-m", "dvc", "repro"], work, env)
+    second = run([sys.executable, "-m", "dvc", "repro"], work, env)
+    return work, params, first, second
+
+
+def test_every_stage_ran(repro):
+    work, params, first, _ = repro
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    expected = {"download", "prepare", "patchify", "report"}
+    expected |= {f"corrupt@{t}" for t in params["corrupt"]["tasks"]} | {f"evaluate@{t}" for t in params["corrupt"]["tasks"]}
+    expected |= {f"train@{k}" for k in params["train"]["runs"]}
+    assert expected <= set(lock)
+    for stage in expected:
+        assert f"Running stage '{stage}'" in first.stdout
+
+
+def test_second_repro_has_nothing_to_do(repro):
+    _, _, _, second = repro
+    assert "Running stage" not in second.stdout
+
+
+def test_report_has_a_row_per_method_with_finite_metrics(repro):
+    work, params, _, _ = repro
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    for key, run_ in params["train"]["runs"].items():
+        task_rows = metrics[run_["task"]]
+        assert run_["model"] in task_rows
+        for variant in params["corrupt"]["tasks"][run_["task"]]["test"]:
+            for value in task_rows[run_["model"]][variant].values():
+                assert math.isfinite(value)
+    md = (work / "reports" / "report.md").read_text()
+    html = (work / "reports" / "index.html").read_text()
+    for method in ("dncnn", "redae", "nlmeans", "median", "degraded", "clean"):
+        assert f"| {method} |" in md and f"<td>{method}</td>" in html
+    assert (work / "reports" / "figures" / "denoise-g25_crops.png").stat().st_size > 10_000
+
+
+def test_trained_dncnn_beats_the_noisy_input(repro):
+    work, _, _, _ = repro
+    per_image = pd.read_csv(work / "artifacts" / "eval" / "denoise-g25" / "per_image.csv")
+    psnr = per_image.groupby("method")["psnr"].mean()
+    assert psnr["dncnn"] > psnr["degraded"] + 4.0, psnr.to_dict()
+
+
+def test_mlflow_holds_a_tagged_run_per_stage(repro):
+    work, params, _, _ = repro
+    con = sqlite3.connect(work / "mlflow.db")
+    rows = con.execute(
+        "select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'dvc_stage'"
+    ).fetchall()
+    stages = {value for _, value in rows}
+    assert {"download", "prepare", "patchify", "report"} <= stages
+    assert {f"train@{k}" for k in params["train"]["runs"]} <= stages
+    commits = {v for (v,) in con.execute("select value from tags where key = 'git_commit'")}
+    assert len(commits) == 1 and len(next(iter(commits))) == 40
+    params_logged = con.execute(
+        "select count(*) from params p join runs r on r.run_uuid = p.run_uuid where r.name like 'train@%'"
+    ).fetchone()[0]
+    assert params_logged > 10
