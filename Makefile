@@ -16,10 +16,11 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	@mkdir -p data  # data/ (your own images, tracked by data.dvc) is empty in a fresh clone
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 clean-venv:
 	rm -rf $(VENV)
