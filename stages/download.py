@@ -16,6 +16,7 @@ def main() -> None:
         records = gather(
             p["sources"], tmp, mirror=Path(p["mirror"]), folder=Path(p["folder"]),
             cache_dir=Path(".cache/downloads"), allow_network=bool(p["allow_network"]),
+            allow_unverified=bool(p.get("allow_unverified", False)),
         )
         write_json_atomic(tmp / "manifest.json", {"images": [r.as_dict(tmp) for r in records]})
         tracker.log_metrics({"images": len(records)})

@@ -6,7 +6,7 @@ from medrestore.data.patches import patch_positions, patchify
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.degradations import corrupt
-from medrestore.io import read_image, write_json_atomic
+from medrestore.io import read_image
 
 
 @pytest.fixture(scope="module")

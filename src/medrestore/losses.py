@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,3 +48,229 @@ def make_loss(name: str, **kwargs) -> Loss:
     if name == "weighted_mse":
         return channel_weighted_mse(kwargs["weights"])
     raise ValueError(f"unknown loss {name!r}; known: mse, l1, charbonnier, weighted_mse")
+
+
+# --------------------------------------------------------------------------- multi-level, GAN and feature losses
+# Loss weights as the seed papers give them.
+SRGAN_ADV_WEIGHT = 1e-3  # seed 000: content + 1e-3 x adversarial
+SEED003_WEIGHTS = {"adversarial": 1.0, "feature": 10.0, "identity": 10.0}  # seed 003
+
+
+def multiscale_charbonnier(preds: Sequence[torch.Tensor], target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """LapSRN's multi-level loss (seed 001): the sum over pyramid levels of the Charbonnier loss
+    against the target resized (bicubic, antialiased) to each level's size.
+
+    ``preds`` is ``LapSRN.forward_pyramid(x)`` (coarse to fine); ``target`` the finest ground truth.
+    """
+    total = target.new_zeros(())
+    for pred in preds:
+        ref = target
+        if pred.shape[-2:] != target.shape[-2:]:
+            ref = F.interpolate(target, size=pred.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
+        total = total + charbonnier(pred, ref, eps)
+    return total
+
+
+def adversarial_bce(pred: torch.Tensor, target_is_real: bool, *, from_logits: bool = True) -> torch.Tensor:
+    """The standard GAN loss (SRGAN, seed 000): binary cross-entropy of D's output against 1 (real)
+    or 0 (fake). For the discriminator call it on real and on fake outputs; for the generator call it
+    on D(G(x)) with ``target_is_real=True`` (the non-saturating -log D(G(x)) of seed 000's eq. 3).
+
+    ``from_logits=True`` takes pre-sigmoid scores (``SRGANDiscriminator.logits``), which is stable;
+    ``False`` takes probabilities (``SRGANDiscriminator.forward``).
+    """
+    target = torch.full_like(pred, 1.0 if target_is_real else 0.0)
+    if from_logits:
+        return F.binary_cross_entropy_with_logits(pred, target)
+    return F.binary_cross_entropy(pred.clamp(1e-7, 1 - 1e-7), target)
+
+
+def adversarial_lsgan(pred: torch.Tensor, target_is_real: bool, *, real_label: float = 1.0, fake_label: float = 0.0) -> torch.Tensor:
+    """Least-squares GAN loss (Mao et al. 2017; seed 003): mean (D(.) - label)^2.
+
+    Discriminator: ``lsgan(D(y), True) + lsgan(D(G(x)), False)``; generator: ``lsgan(D(G(x)), True)``.
+    Works on patch score maps of any shape.
+    """
+    return ((pred - (real_label if target_is_real else fake_label)) ** 2).mean()
+
+
+def cycle_consistency(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Image-level cycle loss ||G_b(G_e(x)) - x||_1 (seed 003 eq. 2, one direction; call per direction)."""
+    return F.l1_loss(reconstructed, original)
+
+
+def identity_loss(mapped: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """||G_e(y) - y||_1: a generator fed an image already in its target domain should not change it
+    (seed 003 eq. 4, one generator; weight 10)."""
+    return F.l1_loss(mapped, original)
+
+
+def feature_consistency(
+    feats_pred: Sequence[torch.Tensor],
+    feats_target: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float] | None = None,
+    detach_target: bool = True,
+) -> torch.Tensor:
+    """Seed 003's feature-consistency constraint: sum over layers l of mean |F^l(pred) - F^l(target)|.
+
+    ``feats_*`` are lists of feature maps, e.g. ``PatchDiscriminator.forward_features`` of the
+    cycle-reconstructed image and of the original (seed 003 uses all conv layers of the current
+    discriminator, which keeps training: a "dynamic" descriptor). The target side is detached by
+    default: it does not depend on the generator and the discriminator is not trained by this loss.
+    """
+    if len(feats_pred) != len(feats_target):
+        raise ValueError(f"feature lists differ in length: {len(feats_pred)} vs {len(feats_target)}")
+    if weights is None:
+        weights = [1.0] * len(feats_pred)
+    if len(weights) != len(feats_pred):
+        raise ValueError(f"{len(weights)} weights for {len(feats_pred)} feature layers")
+    total = feats_pred[0].new_zeros(())
+    for w, fp, ft in zip(weights, feats_pred, feats_target):
+        total = total + w * F.l1_loss(fp, ft.detach() if detach_target else ft)
+    return total
+
+
+# ---- perceptual loss with a pluggable feature extractor
+
+FeatureExtractor = Callable[[torch.Tensor], "torch.Tensor | Sequence[torch.Tensor]"]
+
+# Index of each named ReLU in torchvision's ``vgg.features`` (the feature map after that activation).
+VGG_LAYERS: dict[str, dict[str, int]] = {
+    "vgg19": {"relu1_2": 3, "relu2_2": 8, "relu3_4": 17, "relu4_4": 26, "relu5_4": 35},
+    "vgg16": {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29},
+}
+VGG_DEFAULT_LAYERS = {"vgg19": ("relu5_4",), "vgg16": ("relu2_2",)}  # Ledig's VGG54 / Johnson's relu2_2
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pre-trained weights that a loss needs are not on this machine and cannot be downloaded."""
+
+
+def vgg_weights_path(arch: str) -> Path:
+    """Where torchvision would cache ``arch``'s ImageNet weights (``$TORCH_HOME/hub/checkpoints``)."""
+    import torchvision.models as tvm
+
+    weights = {"vgg19": tvm.VGG19_Weights.IMAGENET1K_V1, "vgg16": tvm.VGG16_Weights.IMAGENET1K_V1}[arch]
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+class VGGFeatures(nn.Module):
+    """Frozen ImageNet VGG feature maps at named ReLUs, from the torch hub cache only (never downloads)."""
+
+    def __init__(self, arch: str = "vgg19", layers: Sequence[str] | None = None) -> None:
+        super().__init__()
+        import torchvision.models as tvm
+
+        if arch not in VGG_LAYERS:
+            raise ValueError(f"unknown VGG {arch!r}; known: {', '.join(VGG_LAYERS)}")
+        layers = tuple(layers or VGG_DEFAULT_LAYERS[arch])
+        unknown = [name for name in layers if name not in VGG_LAYERS[arch]]
+        if unknown:
+            raise ValueError(f"unknown {arch} layers {unknown}; known: {', '.join(VGG_LAYERS[arch])}")
+        path = vgg_weights_path(arch)
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"the {arch} perceptual loss needs torchvision's ImageNet weights at {path}, and they are not "
+                f"there; they cannot be downloaded on this machine (no network access), so no VGG features are "
+                f"available. Fix: copy {path.name} into {path.parent} from a machine that has it, or use the "
+                f"'discriminator' feature extractor (seed 003) or a 'vessel' backbone instead."
+            )
+        net = getattr(tvm, arch)(weights=None)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.indices = [VGG_LAYERS[arch][name] for name in layers]
+        self.body = net.features[: max(self.indices) + 1].eval()
+        for p in self.body.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> VGGFeatures:
+        super().train(mode)
+        self.body.eval()  # frozen: stays in eval mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i in self.indices:
+                out.append(x)
+        return out
+
+
+def _as_list(feats: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [feats] if isinstance(feats, torch.Tensor) else list(feats)
+
+
+class PerceptualLoss(nn.Module):
+    """Feature-space distance sum_l w_l * criterion(phi_l(pred), phi_l(target)).
+
+    ``extractor`` picks phi:
+
+    * ``"vgg19"`` / ``"vgg16"``: frozen ImageNet VGG (seed 000's VGG19 loss, seed 001's VGG16), only
+      if its weights are already in the torch hub cache; otherwise :class:`WeightsUnavailableError`.
+    * ``"discriminator"``: ``backbone`` is a discriminator (anything with ``forward_features``, e.g.
+      ``PatchDiscriminator``, or a callable returning a list of maps); it keeps training elsewhere, as
+      seed 003's dynamic feature descriptor.
+    * ``"vessel"``: hook for a retinal-vessel network; ``backbone`` is a callable mapping an
+      (N, C, H, W) image to a tensor or list of feature maps (e.g. vessel probabilities). There is no
+      built-in vessel model, so it is required.
+    * a callable: used as phi directly.
+
+    ``criterion`` is ``"mse"`` (Ledig, Johnson) or ``"l1"``; ``scale`` multiplies the result (Ledig
+    rescales VGG features by 1/12.75, i.e. the loss by about 0.006). Target features are computed
+    without gradient. With a discriminator backbone the generator's loss also leaves gradients on the
+    discriminator's weights: zero them (or set ``requires_grad_(False)``) before its own step, as in
+    any GAN loop.
+    """
+
+    def __init__(
+        self,
+        extractor: str | FeatureExtractor = "vgg19",
+        *,
+        layers: Sequence[str] | None = None,
+        backbone: nn.Module | FeatureExtractor | None = None,
+        criterion: str = "mse",
+        weights: Sequence[float] | None = None,
+        scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if criterion not in ("mse", "l1"):
+            raise ValueError(f"criterion must be 'mse' or 'l1', got {criterion!r}")
+        self.criterion = F.mse_loss if criterion == "mse" else F.l1_loss
+        self.weights = None if weights is None else list(weights)
+        self.scale = scale
+        self.kind = extractor if isinstance(extractor, str) else "callable"
+        if extractor in ("vgg19", "vgg16"):
+            self.extract: FeatureExtractor = VGGFeatures(extractor, layers)
+        elif extractor == "discriminator":
+            if backbone is None:
+                raise ValueError("extractor='discriminator' needs backbone=<the discriminator being trained>")
+            self.extract = getattr(backbone, "forward_features", backbone)
+        elif extractor == "vessel":
+            if backbone is None:
+                raise ValueError(
+                    "extractor='vessel' needs backbone=<a vessel network mapping images to feature maps>; "
+                    "medrestore has no built-in vessel model yet"
+                )
+            self.extract = backbone
+        elif callable(extractor):
+            self.extract = extractor
+        else:
+            raise ValueError(f"unknown feature extractor {extractor!r}; use vgg19, vgg16, discriminator, vessel or a callable")
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fp = _as_list(self.extract(pred))
+        with torch.no_grad():
+            ft = _as_list(self.extract(target))
+        weights = self.weights or [1.0] * len(fp)
+        if len(weights) != len(fp):
+            raise ValueError(f"{len(weights)} weights for {len(fp)} feature maps")
+        total = pred.new_zeros(())
+        for w, a, b in zip(weights, fp, ft):
+            total = total + w * self.criterion(a, b)
+        return self.scale * total

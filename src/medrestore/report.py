@@ -69,7 +69,7 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
             label = name if name == "clean" else f"{name}\n{summary['methods'][name][variant]['psnr']['mean']:.2f} dB"
             ax.set_title(f"{label}" + (f"  [{variant}]" if c == 0 and len(variants) > 1 else ""), fontsize=8)
             ax.axis("off")
-    fig.suptitle(f"{task}: {entry['id']}, {w}x{w} crop at ({t}, {l})", fontsize=9)
+    fig.suptitle(f"{task}: {entry['id']}, {w}x{w} crop at ({t}, {l})", fontsize=9, y=1.02)
     return _fig_png(fig)
 
 

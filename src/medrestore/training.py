@@ -260,20 +260,30 @@ class CurveRecorder(L.Callback):
 
 class AtomicCheckpoint(L.Callback):
     """``last.ckpt`` every ``every`` steps, written to a temporary file and renamed: a kill at any
-    moment leaves the previous checkpoint intact."""
+    moment leaves the previous checkpoint intact.
 
-    def __init__(self, folder: Path, every: int) -> None:
+    On a step that also validates, the checkpoint is taken after validation, so that a resumed run
+    neither repeats nor skips that validation (its PSNR and best weights are in the checkpoint).
+    """
+
+    def __init__(self, folder: Path, every: int, val_every: int) -> None:
         self.path = Path(folder) / "last.ckpt"
         self.every = every
+        self.val_every = val_every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every == 0:
+        step = trainer.global_step
+        if step % self.every == 0 and step % self.val_every != 0:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.global_step % self.every == 0:
             self.save(trainer)
 
     def save(self, trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".last.{os.getpid()}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
@@ -298,6 +308,8 @@ def train_model(
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on (clean, degraded) patch arrays; write the stage's outputs to ``out_dir``."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # cuBLAS needs a fixed workspace for deterministic results on GPU (no effect on CPU).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     module = RestorationModule(cfg)
     train_ds = PairedPatches(train_pairs[0], train_pairs[1])
@@ -308,7 +320,7 @@ def train_model(
     run_dir = Path(ckpt_dir) / fingerprint(cfg, [*train_pairs, *val_pairs])
     resume = run_dir / "last.ckpt"
     recorder = CurveRecorder(tracker)
-    checkpointer = AtomicCheckpoint(run_dir, cfg.ckpt_every)
+    checkpointer = AtomicCheckpoint(run_dir, cfg.ckpt_every, min(cfg.val_every, cfg.max_steps))
     callbacks: list[L.Callback] = [recorder, checkpointer, _RankAwareSampler(sampler)]
     if cfg.early_stop_patience > 0:
         callbacks.append(L.callbacks.EarlyStopping(monitor="val_psnr", mode="max", patience=cfg.early_stop_patience))

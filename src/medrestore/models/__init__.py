@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medrestore.io import InputError, atomic_path, write_json_atomic
+from medrestore.models.cdae import CDAE
 from medrestore.models.classical import bm3d_rgb, median_filter, nl_means
+from medrestore.models.cyclegan import ResnetGenerator
 from medrestore.models.dncnn import DnCNN
+from medrestore.models.irunet import IRUNet
+from medrestore.models.lapsrn import LapSRN
 from medrestore.models.redae import REDAE
+from medrestore.models.srresnet import SRResNet
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,13 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "dncnn": ModelSpec(DnCNN, "denoise", "seed 000 (DnCNN-17, Zhang et al. 2017)"),
+    "cdae": ModelSpec(CDAE, "denoise", "seed 002 (convolutional denoising autoencoder, Gondara 2016)"),
     "redae": ModelSpec(REDAE, "denoise", "seed 000 (autoencoder with symmetric skips, Mao et al. 2016)"),
+    "dncnn": ModelSpec(DnCNN, "denoise", "seed 000 (DnCNN-17, Zhang et al. 2017)"),
+    "irunet": ModelSpec(IRUNet, "denoise", "seed 004 (IRUNet blind denoiser, Gil Zuluaga et al.)"),
+    "lapsrn": ModelSpec(LapSRN, "sr", "seed 001 (LapSRN, Lai et al. 2017; scale=1 for deblurring)"),
+    "srresnet": ModelSpec(SRResNet, "sr", "seed 000 (SRGAN generator, Ledig et al. 2017)"),
+    "cyclegan": ModelSpec(ResnetGenerator, "enhance", "seed 003 (ResNet-9 generator of the two-way GAN)"),
 }
 
 BASELINES: dict[str, Callable[..., Any]] = {
