@@ -107,6 +107,17 @@ def test_trained_dncnn_beats_the_noisy_input(repro):
     assert psnr["dncnn"] > psnr["degraded"] + 3.0, psnr.to_dict()
 
 
+def test_vessel_scores_for_every_restored_image(repro):
+    work, _, _, _, _ = repro
+    per_image = pd.read_csv(work / "artifacts" / "eval" / "denoise-g25" / "per_image.csv")
+    restored = per_image[per_image["kind"].isin(["model", "baseline", "input"])]
+    for col in ("ref_auc", "ref_dice", "ref_thin_recall", "ref_invented_rate"):
+        assert restored[col].between(0, 1).all(), col
+    # Noise invents vessels: the noisy input invents more than the best restoration.
+    by = restored.groupby("method")["ref_invented_rate"].mean()
+    assert by["degraded"] > by.drop("degraded").min()
+
+
 def test_mlflow_holds_a_tagged_run_per_stage(repro):
     work, params, _, _, _ = repro
     con = sqlite3.connect(work / "mlflow.db")

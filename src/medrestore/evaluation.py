@@ -19,6 +19,20 @@ from medrestore.inference import restore_array
 from medrestore.io import InputError, read_image, read_json, write_json_atomic, write_png_atomic, write_text_atomic
 from medrestore.metrics import FULL_REFERENCE, NO_REFERENCE, all_metrics
 from medrestore.models import BASELINES, load_model
+from medrestore.vessels import segment_frangi, vessel_scores
+
+# Vessel scores inside the FOV. ``ref_*``: against the Frangi segmentation of the clean image (every
+# source); ``manual_*``: against the dataset's manual vessel mask (when it has one).
+VESSEL_KEYS = ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")
+VESSEL_COLUMNS = tuple(f"ref_{k}" for k in VESSEL_KEYS) + tuple(f"manual_{k}" for k in VESSEL_KEYS)
+
+
+def vessel_columns(restored: np.ndarray, fov: np.ndarray, clean_ref: np.ndarray, manual: np.ndarray | None) -> dict[str, float]:
+    score, binary = segment_frangi(restored, fov)
+    out = {f"ref_{k}": v for k, v in vessel_scores(score, binary, clean_ref, fov).items() if k in VESSEL_KEYS}
+    if manual is not None:
+        out.update({f"manual_{k}": v for k, v in vessel_scores(score, binary, manual, fov).items() if k in VESSEL_KEYS})
+    return out
 
 
 def assert_test_unseen(patches_meta: dict) -> None:
@@ -76,6 +90,8 @@ def evaluate_task(
         entry = clean_by_id[case["id"]]
         clean = read_image(patches_dir / entry["image"], "RGB")
         fov = read_image(patches_dir / entry["fov"], "L") > 127
+        clean_vessels = segment_frangi(clean, fov)[1]
+        manual = read_image(patches_dir / entry["vessels"], "L") > 127 if entry.get("vessels") else None
         degraded = read_image(corrupt_dir / case["file"], "RGB")
         sigma = float(case["params"].get("sigma", 0.0))
         base = {"task": task, "image_id": case["id"], "variant": case["variant"], "sigma": sigma}
@@ -90,14 +106,19 @@ def evaluate_task(
             timings.setdefault(name, []).append((time.perf_counter() - t) / (clean.shape[0] * clean.shape[1] / 1e6))
         for method, (kind, restored) in outputs.items():
             write_png_atomic(out_dir / "restored" / method / case["variant"] / f"{safe_name(case['id'])}.png", restored)
-            rows.append({**base, "method": method, "kind": kind, **all_metrics(restored, clean, fov, assets_dir)})
-        rows.append({**base, "method": "clean", "kind": "reference", **all_metrics(clean, None, None, assets_dir)})
+            rows.append({**base, "method": method, "kind": kind, **all_metrics(restored, clean, fov, assets_dir),
+                         **vessel_columns(restored, fov, clean_vessels, manual)})
+        clean_row = {**base, "method": "clean", "kind": "reference", **all_metrics(clean, None, None, assets_dir)}
+        if manual is not None:  # the ceiling: the segmenter on the clean image against the manual mask
+            clean_row.update(vessel_columns(clean, fov, clean_vessels, manual))
+        rows.append(clean_row)
 
     table = pd.DataFrame(rows)
-    for col in FULL_REFERENCE + NO_REFERENCE:
+    metric_cols = FULL_REFERENCE + NO_REFERENCE + VESSEL_COLUMNS
+    for col in metric_cols:
         if col not in table:
             table[col] = np.nan
-    order = ["task", "method", "kind", "image_id", "variant", "sigma", *FULL_REFERENCE, *NO_REFERENCE]
+    order = ["task", "method", "kind", "image_id", "variant", "sigma", *metric_cols]
     table = table[order]
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format="%.6f", lineterminator="\n")
@@ -106,7 +127,7 @@ def evaluate_task(
     summary: dict = {"task": task, "methods": {}, "test_images": sorted(clean_by_id), "variants": sorted({c["variant"] for c in corruption["test"]})}
     for (method, variant), grp in table.groupby(["method", "variant"], sort=True):
         stats = {"kind": grp["kind"].iloc[0], "n": int(len(grp))}
-        for col in FULL_REFERENCE + NO_REFERENCE:
+        for col in metric_cols:
             vals = grp[col].to_numpy(dtype=float)
             if np.isfinite(vals).any():
                 lo, hi = bootstrap_ci(vals, seed)
