@@ -26,13 +26,7 @@ from medrestore.models.lapsrn import LapSRN
 from medrestore.models.srresnet import SRGANDiscriminator
 
 
-@pytest.fixture(autouse=True)
-def _seeded_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 # --------------------------------------------------------------------------- adversarial

@@ -29,14 +29,7 @@ def modules_of(net: nn.Module, kind) -> list:
     return [m for m in net.modules() if isinstance(m, kind)]
 
 
-@pytest.fixture(autouse=True)
-def _seeded_single_thread():
-    # One thread: these tests share 2 cores with a training run, where 2 threads contend badly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 # --------------------------------------------------------------------------- IRUNet (seed 004)

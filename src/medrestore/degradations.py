@@ -92,34 +92,30 @@ def _alb():
 # ---------------------------------------------------------------------------------------------
 
 
-def _draw(rng: np.random.Generator, name: str, value, value_range, default_range=None) -> float:
-    """A fixed ``value``, or a uniform draw from ``value_range`` (or ``default_range``)."""
+def _bounds(name: str, value, value_range, default_range):
+    """``("fixed", value)`` or ``("range", (low, high))``, after checking the spec's keys."""
     if value is not None and value_range is not None:
         raise ValueError(f"give {name} or {name}_range, not both")
     if value is not None:
-        return float(value)
+        return "fixed", value
     bounds = value_range if value_range is not None else default_range
     if bounds is None:
         raise ValueError(f"needs {name} or {name}_range")
-    lo, hi = float(bounds[0]), float(bounds[1])
-    if hi < lo:
+    if float(bounds[1]) < float(bounds[0]):
         raise ValueError(f"{name}_range must be [low, high], got {list(bounds)}")
-    return float(rng.uniform(lo, hi))
+    return "range", bounds
+
+
+def _draw(rng: np.random.Generator, name: str, value, value_range, default_range=None) -> float:
+    """A fixed ``value``, or a uniform draw from ``value_range`` (or ``default_range``)."""
+    kind, v = _bounds(name, value, value_range, default_range)
+    return float(v) if kind == "fixed" else float(rng.uniform(float(v[0]), float(v[1])))
 
 
 def _draw_int(rng: np.random.Generator, name: str, value, value_range, default_range=None) -> int:
     """A fixed integer, or one drawn uniformly from the inclusive range."""
-    if value is not None and value_range is not None:
-        raise ValueError(f"give {name} or {name}_range, not both")
-    if value is not None:
-        return int(value)
-    bounds = value_range if value_range is not None else default_range
-    if bounds is None:
-        raise ValueError(f"needs {name} or {name}_range")
-    lo, hi = int(bounds[0]), int(bounds[1])
-    if hi < lo:
-        raise ValueError(f"{name}_range must be [low, high], got {list(bounds)}")
-    return int(rng.integers(lo, hi + 1))
+    kind, v = _bounds(name, value, value_range, default_range)
+    return int(v) if kind == "fixed" else int(rng.integers(int(v[0]), int(v[1]) + 1))
 
 
 def _uniform(rng: np.random.Generator, bounds, name: str) -> float:
