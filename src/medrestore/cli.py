@@ -2,7 +2,8 @@
 
     medrestore models [--json]                       list the registered models
     medrestore metrics IMAGE [REFERENCE] [--json]    every quality metric of one image
-    medrestore restore --model DIR INPUT... --out DIR   restore your own images with a trained model
+    medrestore restore --model NAME_OR_CHECKPOINT INPUT... --out DIR   restore your own images
+    medrestore lineage FILE [--json]                 commit, DVC hashes, params and MLflow run behind FILE
 """
 
 from __future__ import annotations
@@ -49,27 +50,25 @@ def _cmd_metrics(args) -> int:
 
 
 def _cmd_restore(args) -> int:
-    import torch
+    from medrestore.apply import restore_files
 
-    from medrestore.degradations import to_float, to_uint8
-    from medrestore.inference import restore_array
-    from medrestore.io import InputError, read_image, write_png_atomic
-    from medrestore.models import load_model
+    device = "cpu" if args.cpu else None
+    written, errors = restore_files(
+        args.model, args.inputs, Path(args.out), fov=args.fov, tile=args.tile, overlap=args.overlap, device=device,
+        progress=None if not args.no_progress else False,
+    )
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    print(f"{len(written)} restored, {len(errors)} failed", file=sys.stderr)
+    return 1 if errors else 0
 
-    model, meta = load_model(Path(args.model))
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    failures = 0
-    for path in args.inputs:
-        try:
-            image = read_image(path)
-            restored = to_uint8(restore_array(model, to_float(image), tile=args.tile, overlap=args.overlap, device=device))
-            out = Path(args.out) / (Path(path).stem + ".png")
-            write_png_atomic(out, restored)
-            print(f"{path} -> {out}")
-        except InputError as exc:
-            failures += 1
-            print(f"error: {exc}", file=sys.stderr)
-    return 1 if failures else 0
+
+def _cmd_lineage(args) -> int:
+    from medrestore.lineage import format_lineage, lineage
+
+    rec = lineage(args.path)
+    print(json.dumps(rec, indent=2, sort_keys=True) if args.json else format_lineage(rec))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_metrics)
     p = sub.add_parser("restore", help="restore images with a trained model")
-    p.add_argument("--model", required=True, help="a model folder written by the train stage")
+    p.add_argument("--model", required=True, help="MODEL, TASK/MODEL (trained under artifacts/models), a model folder or its model.safetensors")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--fov", choices=("auto", "none"), default="auto", help="auto: restore only a detected fundus field of view")
+    p.add_argument("--cpu", action="store_true", help="do not use a GPU even when there is one")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=_cmd_restore)
+    p = sub.add_parser("lineage", help="data, code, params, commit and MLflow run behind a pipeline output")
+    p.add_argument("path", help="e.g. artifacts/models/denoise-g25/dncnn/model.safetensors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_lineage)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

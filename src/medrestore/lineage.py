@@ -1,0 +1,163 @@
+"""Where a number or a model file came from: DVC stage, data and code hashes, params, git commit,
+MLflow run.
+
+The chain is read from three places, none of which the pipeline writes run ids into:
+
+- ``dvc.lock``: the stage whose output holds the file, the md5 of every dependency (data, code)
+  and the params it ran with;
+- git: the commit that recorded that ``dvc.lock`` entry (``git log -S<md5> -- dvc.lock``), and
+  whether the file on disk still matches it;
+- MLflow: the finished run of that stage whose tags name the file's md5 (every stage run is
+  tagged ``out_md5:<path>`` by ``medrestore.tracking``), else the newest finished run of the stage
+  (labelled as such).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medrestore.io import InputError, repo_root
+from medrestore.tracking import EXPERIMENT, tracking_uri
+
+
+def file_md5(path: Path) -> str:
+    """The md5 DVC records for a single file."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_lock(root: Path) -> dict:
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        raise InputError(f"{lock}: missing. Fix: run `dvc repro` first (lineage is read from dvc.lock).")
+    return yaml.safe_load(lock.read_text()) or {}
+
+
+def find_stage(lock: dict, rel: str) -> tuple[str, dict, dict] | None:
+    """(stage name, stage entry, out entry) of the stage whose output is ``rel`` or contains it."""
+    for name, stage in (lock.get("stages") or {}).items():
+        for out in stage.get("outs", []):
+            p = out["path"]
+            if rel == p or rel.startswith(p.rstrip("/") + "/"):
+                return name, stage, out
+    return None
+
+
+def git_recording_commit(root: Path, md5: str) -> dict | None:
+    """The newest commit whose change to ``dvc.lock`` added ``md5``."""
+    try:
+        out = subprocess.run(
+            ["git", "log", "-n1", "--format=%H%x00%cI%x00%s", f"-S{md5}", "--", "dvc.lock"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    if not out:
+        return None
+    sha, date, subject = out.split("\x00", 2)
+    return {"commit": sha, "date": date, "subject": subject}
+
+
+def mlflow_run(stage: str, rel: str, md5: str | None, uri: str | None = None) -> dict | None:
+    """The MLflow run that produced the output, or None when the store has no such run."""
+    try:
+        import mlflow
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri or tracking_uri())
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        if exp is None:
+            return None
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=200,
+        )
+    except Exception as exc:  # an unreachable store must not hide the rest of the chain
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    del mlflow
+    if md5:
+        for r in runs:
+            if r.data.tags.get(f"out_md5:{rel}") == md5:
+                return _run_record(r, "output md5 tag")
+    if runs:
+        return _run_record(runs[0], "newest finished run of the stage (no run carries this output's md5)")
+    return None
+
+
+def _run_record(run, how: str) -> dict:
+    return {
+        "run_id": run.info.run_id,
+        "matched_by": how,
+        "git_commit": run.data.tags.get("git_commit"),
+        "git_dirty": run.data.tags.get("git_dirty"),
+        "dvc_exp_name": run.data.tags.get("dvc_exp_name") or None,
+    }
+
+
+def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) -> dict[str, Any]:
+    """The full chain for one file inside the repository (a model, a metrics file, a report)."""
+    root = Path(root or repo_root()).resolve()
+    path = Path(path)
+    full = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    if not full.exists():
+        raise InputError(f"{path}: no such file. Fix: give a file written by the pipeline, e.g. artifacts/models/<task>/<model>/model.safetensors.")
+    try:
+        rel = full.relative_to(root).as_posix()
+    except ValueError:
+        raise InputError(f"{path}: not inside the repository {root}. Fix: run from the repository or give a path inside it.") from None
+    lock = load_lock(root)
+    found = find_stage(lock, rel)
+    if found is None:
+        raise InputError(f"{rel}: no stage of dvc.lock outputs it. Fix: give a pipeline output (see `dvc stage list`).")
+    stage, entry, out = found
+    md5 = file_md5(full) if full.is_file() else None
+    locked_md5 = out.get("md5") if out["path"] == rel else None
+    params = {}
+    for section in (entry.get("params") or {}).values():
+        params.update(section)
+    record: dict[str, Any] = {
+        "file": rel,
+        "md5": md5,
+        "stage": stage,
+        "stage_output": out["path"],
+        "stage_output_md5": out.get("md5"),
+        "matches_lock": None if locked_md5 is None else md5 == locked_md5,
+        "command": entry.get("cmd"),
+        "deps": [{"path": d["path"], "md5": d.get("md5")} for d in entry.get("deps", [])],
+        "params": params,
+        "git": git_recording_commit(root, out.get("md5", "")) if out.get("md5") else None,
+        "mlflow": mlflow_run(stage, out["path"], out.get("md5"), uri),
+    }
+    return record
+
+
+def format_lineage(rec: dict[str, Any]) -> str:
+    lines = [f"file        {rec['file']}", f"md5         {rec['md5'] or '(directory)'}"]
+    if rec["matches_lock"] is False:
+        lines.append("WARNING     the file differs from what dvc.lock recorded: it was changed after the stage ran (run `dvc status`).")
+    lines += [f"stage       {rec['stage']}  ({rec['command']})", f"output      {rec['stage_output']}  md5 {rec['stage_output_md5']}"]
+    lines.append("inputs")
+    lines += [f"  {d['md5'] or '-':<40} {d['path']}" for d in rec["deps"]]
+    lines.append("params")
+    lines += [f"  {k} = {json.dumps(v)}" for k, v in rec["params"].items()]
+    g = rec["git"]
+    lines.append(f"git         {g['commit']}  {g['date']}  {g['subject']}" if g else "git         (this dvc.lock entry is not committed yet)")
+    m = rec["mlflow"]
+    if m is None:
+        lines.append("mlflow      (no finished run of this stage in the tracking store)")
+    elif "error" in m:
+        lines.append(f"mlflow      (tracking store unreachable: {m['error']})")
+    else:
+        lines.append(f"mlflow      run {m['run_id']} (matched by {m['matched_by']}; code {m['git_commit']}, dirty={m['git_dirty']})")
+    return "\n".join(lines)
