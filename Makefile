@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro test install bench clean-venv
+.PHONY: repro test install bench screenshot clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# The README's picture of the published report (needs Debian's `chromium`).
+screenshot: $(STAMP)
+	$(BIN)/python -c "from medrestore.report import browser_check; r = browser_check('reports/index.html', 'docs/report.png', width=1200, height=1500); print(len(r['images']), 'images,', len(r['tables']), 'tables')"
 
 clean-venv:
 	rm -rf $(VENV)
