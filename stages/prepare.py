@@ -13,7 +13,10 @@ SRC, OUT = Path("artifacts/sources"), Path("artifacts/prepared")
 def main() -> None:
     p = params()["prepare"]
     with run("prepare", p) as tracker, atomic_dir(OUT) as tmp:
-        result = prepare_sources(read_json(SRC / "manifest.json"), SRC, tmp, size=p["size"], mode=p["mode"], fov_threshold=p["fov_threshold"])
+        result = prepare_sources(
+            read_json(SRC / "manifest.json"), SRC, tmp, size=p["size"], mode=p["mode"],
+            fov_threshold=p["fov_threshold"], grey=bool(p.get("grey", False)),
+        )
         tracker.log_metrics({"images": len(result["images"])})
 
 

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from medrestore.data.corrupt import corrupt_task
-from medrestore.data.patches import patch_positions, patchify
+from medrestore.data.corrupt import corrupt_task, read_params
+from medrestore.data.patches import npy_writer, patch_positions, patchify, read_rows
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.degradations import corrupt
-from medrestore.io import read_image
+from medrestore.io import InputError, read_image
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +73,59 @@ def test_corrupt_task_is_replayable_per_patch(prepared_sample):
     rec = corrupt_task(out, root / "c", task="denoise-blind", spec=spec, seed=5)
     clean = np.load(out / "train.npy")
     noisy = np.load(root / "c" / "train.npy")
-    sig = np.load(root / "c" / "train_params.npy")
+    rows = read_params(root / "c" / "train_params.jsonl")
+    assert len(rows) == len(clean) == len(noisy)
     from medrestore.data.corrupt import patch_seed
 
     for i in (0, len(clean) // 2, len(clean) - 1):
+        assert rows[i]["seed_words"] == patch_seed(5, "denoise-blind", "train", i)
         again, p = corrupt(clean[i], spec["train"], patch_seed(5, "denoise-blind", "train", i))
-        assert np.array_equal(again, noisy[i]) and p["sigma"] == pytest.approx(float(sig[i, 0]))
+        assert np.array_equal(again, noisy[i]) and p["sigma"] == pytest.approx(rows[i]["params"]["sigma"])
     case = rec["test"][0]
     test_clean = read_image(out / "test/images" / (case["file"].split("/")[-1]))
     replay, _ = corrupt(test_clean, case["spec"], case["seed_words"])
     assert np.array_equal(replay, read_image(root / "c" / case["file"]))
+
+
+def test_npy_writer_and_read_rows_round_trip_real_patches(prepared_chase, tmp_path):
+    manifest, root = prepared_chase
+    image = read_image(root / "prepared" / manifest["images"][0]["image"])
+    blocks = [np.stack([image[y : y + 16, x : x + 16] for x in range(0, 64, 16)]) for y in range(0, 48, 16)]
+    whole = np.concatenate(blocks)
+    with npy_writer(tmp_path / "a.npy", whole.shape) as w:
+        for b in blocks:
+            w.write(b)
+    assert np.array_equal(np.load(tmp_path / "a.npy"), whole)
+    assert np.array_equal(read_rows(tmp_path / "a.npy", 3, 9), whole[3:9])
+    assert read_rows(tmp_path / "a.npy", 10, 99).shape == (2, 16, 16, 3)
+    # A writer that does not fill every row leaves no file behind.
+    with pytest.raises(AssertionError, match="wrote 4 rows of 12"):
+        with npy_writer(tmp_path / "b.npy", whole.shape) as w:
+            w.write(blocks[0])
+    assert not (tmp_path / "b.npy").exists()
+
+
+def test_patches_json_lists_units_and_index_points_into_them(prepared_chase):
+    manifest, root = prepared_chase
+    s = patchify(manifest, root / "prepared", root / "patches_u", seed=3, patch_size=32, stride=16, min_fov_fraction=0.9,
+                 val_fraction=0.25, test_fraction=0.25, region_grid=2)
+    by_id = {e["id"]: e for e in manifest["images"]}
+    for split in ("train", "val"):
+        units = s["units"][split]
+        assert [u["id"] for u in units] == s["splits"][split]
+        index = np.load(root / "patches_u" / f"{split}_index.npy")
+        patches = np.load(root / "patches_u" / f"{split}.npy", mmap_mode="r")
+        assert np.all(np.diff(index[:, 0]) >= 0)  # each unit's patches are contiguous, in unit order
+        for k in (0, len(index) - 1):
+            unit = units[index[k, 0]]
+            _, y, x = index[k]
+            image = read_image(root / "prepared" / by_id[unit["source_id"]]["image"])
+            assert np.array_equal(patches[k], image[y : y + 32, x : x + 32])
+
+
+def test_patch_larger_than_the_prepared_images_names_a_file_and_the_fix(prepared_sample, tmp_path):
+    manifest, root = prepared_sample
+    with pytest.raises(InputError, match=r"retina\.png: the prepared images are 256x256, smaller than a 300x300 patch.*Fix"):
+        patchify(manifest, root / "prepared", tmp_path / "p", seed=1, patch_size=300, stride=12, min_fov_fraction=0.8,
+                 val_fraction=0.25, test_fraction=0.25, region_grid=2)
+    assert not (tmp_path / "p").exists()

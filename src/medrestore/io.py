@@ -3,6 +3,12 @@
 Every file the pipeline produces goes through one of the ``write_*_atomic`` helpers: the bytes
 are written to a temporary file in the destination folder, flushed to disk, then renamed over
 the destination. An interrupted stage therefore never leaves a half-written file behind.
+Temporary names carry the writer's process id (``.<name>.<pid>.<random>.tmp``); a stage killed
+with ``kill -9`` leaves its temporary folder behind, and the next :func:`atomic_dir` in the same
+folder removes every such leftover whose process is gone.
+
+:func:`read_image` refuses images above a pixel limit before decoding them (``MEDRESTORE_MAX_PIXELS``,
+default 100 million pixels), in place of PIL's decompression-bomb check.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,7 +42,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)
     tmp_path = Path(tmp)
@@ -87,17 +95,61 @@ def write_png_atomic(dest: str | os.PathLike, image: np.ndarray) -> None:
     write_bytes_atomic(dest, buf.getvalue())
 
 
+# .<name>.<pid>.<8 random>.tmp[.suffix] (atomic_path, atomic_dir) and .<name>.<pid>.old (atomic_dir's swap)
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.(?:[A-Za-z0-9_]{8}\.tmp(?:\..*)?|old)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left in ``folder``; return them.
+
+    Only names made by :func:`atomic_path` / :func:`atomic_dir` whose process no longer runs are
+    touched, so a writer still at work beside this one keeps its files.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Build a whole folder in a temporary sibling, then swap it into place."""
+    """Build a whole folder in a temporary sibling, then swap it into place.
+
+    ``dest`` is either absent or complete at every moment but one: between moving the previous
+    folder aside and moving the new one in (two renames), where a kill leaves ``dest`` absent and
+    the stage is seen as not run. Leftovers of killed writers in ``dest``'s folder are removed first.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    remove_stale_temporaries(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
+            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(dest, old)
@@ -129,42 +181,161 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: not valid JSON ({exc}). Fix: delete it and rerun `dvc repro`.") from exc
 
 
+MAX_PIXELS_ENV = "MEDRESTORE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000  # 10000 x 10000: 300 MB as 8-bit RGB, about 1.2 GB as float32
+_READ_FIX = "Fix: re-export it as an 8- or 16-bit PNG, JPEG or TIFF, or remove it from the input folder."
+_PIL_LOCK = threading.Lock()
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) :func:`read_image` decodes: ``$MEDRESTORE_MAX_PIXELS`` or 100 million."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InputError(f"{MAX_PIXELS_ENV}={raw!r}: not a positive number of pixels. Fix: set it to e.g. 400000000 or unset it.")
+    return value
+
+
+def check_pixel_limit(path: str | os.PathLike, width: int, height: int) -> None:
+    """Raise :class:`InputError` when a ``width`` x ``height`` image is above :func:`max_pixels`."""
+    limit = max_pixels()
+    if width * height > limit:
+        gib = width * height * 3 / 2**30
+        raise InputError(
+            f"{path}: {width}x{height} = {width * height} pixels, above the limit of {limit} pixels "
+            f"({MAX_PIXELS_ENV}); decoding it needs at least {gib:.1f} GiB. Fix: crop or downscale it, or raise "
+            f"the limit (e.g. {MAX_PIXELS_ENV}={width * height}) on a machine with the memory for it."
+        )
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` whose size is checked against :func:`max_pixels` before any pixel is decoded.
+
+    PIL's own decompression-bomb check (a warning above 89 million pixels, an exception above
+    twice that) is replaced by this limit, so the only outcome of a huge image is an
+    :class:`InputError` that names the limit and how to raise it.
+    """
+    path = Path(path)
+    with _PIL_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with img:
+        check_pixel_limit(path, *img.size)
+        yield img
+
+
 def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     """Read an image file as uint8 (``mode`` RGB or L).
 
-    16-bit and float images are rescaled to 8 bits by their full range, palette and CMYK images
-    are converted, an alpha channel is dropped. Any failure raises :class:`InputError` naming the
-    file and the fix.
+    The format is found from the file's bytes, not its extension (PNG bytes named ``.jpg`` are
+    read as PNG). 16-bit images are scaled by 255/65535; float images by 255 when their values lie
+    in [0, 1], unchanged in [0, 255], else stretched from their minimum to their maximum; NaN or
+    infinite values are refused. Palette, CMYK, grey and bilevel images are converted, an alpha
+    channel is dropped. TIFFs PIL cannot decode (float RGB, multi-sample) are read with tifffile.
+    Images above :func:`max_pixels` are refused before decoding. Every failure raises
+    :class:`InputError` naming the file and the fix; no other exception escapes.
     """
     path = Path(path)
-    fix = "Fix: re-export it as an 8- or 16-bit PNG, JPEG or TIFF, or remove it from the input folder."
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be RGB or L, not {mode!r}")
     if not path.is_file():
         raise InputError(f"{path}: no such file. Fix: check the path.")
     if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty (0 bytes). {fix}")
+        raise InputError(f"{path}: the file is empty (0 bytes). {_READ_FIX}")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             return _to_uint8(img, mode, path)
     except InputError:
         raise
     except UnidentifiedImageError as exc:
-        raise InputError(f"{path}: not an image format that can be read. {fix}") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{path}: the image is corrupt or truncated ({exc}). {fix}") from exc
+        if _is_tiff(path):
+            return _read_tiff(path, mode)
+        raise InputError(f"{path}: not an image format that can be read. {_READ_FIX}") from exc
+    except MemoryError as exc:
+        raise InputError(f"{path}: not enough memory to decode it. Fix: crop or downscale it.") from exc
+    except Exception as exc:  # decoders of hostile bytes raise anything (OSError, ValueError, struct.error, ...)
+        raise InputError(f"{path}: the image is corrupt or truncated ({type(exc).__name__}: {exc}). {_READ_FIX}") from exc
+
+
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _read_tiff(path: Path, mode: str) -> np.ndarray:
+    """TIFFs PIL cannot decode (float RGB, 16-bit multi-sample, ...), through tifffile."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            height, width = page.imagelength, page.imagewidth
+            check_pixel_limit(path, width, height)
+            arr = page.asarray()
+    except InputError:
+        raise
+    except MemoryError as exc:
+        raise InputError(f"{path}: not enough memory to decode it. Fix: crop or downscale it.") from exc
+    except Exception as exc:  # tifffile raises many types on corrupt files
+        raise InputError(f"{path}: the TIFF is corrupt or uses an unsupported layout ({type(exc).__name__}: {exc}). {_READ_FIX}") from exc
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (separate) samples first
+    if arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):
+        arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., 0]  # drop alpha / extra samples
+    if arr.ndim not in (2, 3) or arr.shape[0] != height or arr.shape[1] != width:
+        raise InputError(f"{path}: a TIFF with {arr.shape} samples, not a grey or RGB image. {_READ_FIX}")
+    out = _scale_to_uint8(arr, path)
+    if mode == "L":
+        return out if out.ndim == 2 else np.asarray(Image.fromarray(out).convert("L"))
+    return np.repeat(out[..., None], 3, axis=-1) if out.ndim == 2 else np.ascontiguousarray(out)
+
+
+def _scale_to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Integer and float pixels to uint8 by the rules of :func:`read_image`."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    values = arr.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise InputError(
+            f"{path}: {bad} pixel(s) are NaN or infinite. Fix: replace them (e.g. numpy.nan_to_num) and save the image again."
+        )
+    lo, hi = float(values.min()), float(values.max())
+    if np.issubdtype(arr.dtype, np.integer):
+        if lo >= 0 and hi <= 255:
+            scaled = values
+        elif lo >= 0 and hi <= 65535:
+            scaled = values * (255.0 / 65535.0)
+        else:
+            scaled = (values - lo) * (255.0 / (hi - lo))
+    elif lo >= 0 and hi <= 1:
+        scaled = values * 255.0
+    elif lo >= 0 and hi <= 255:
+        scaled = values
+    else:
+        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def _to_uint8(img: Image.Image, mode: str, path: Path) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode.startswith("I;16"):
         arr = np.asarray(img, dtype=np.float64)
-        if not np.all(np.isfinite(arr)):
-            raise InputError(f"{path}: the image holds NaN or infinite values. Fix: replace them before use.")
-        lo, hi = float(arr.min()), float(arr.max())
-        if img.mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo)
-        grey = np.round(scaled * 255.0).astype(np.uint8)
-        img = Image.fromarray(grey, mode="L")
+        img = Image.fromarray(np.clip(np.round(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        img = Image.fromarray(_scale_to_uint8(np.asarray(img), path))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA" if mode == "RGB" else "LA")
         img = img.convert("RGB" if mode == "RGB" else "L")

@@ -38,7 +38,15 @@ def channel_weighted_mse(weights: Sequence[float]) -> Loss:
     return loss
 
 
+LOSSES = ("mse", "l1", "charbonnier", "weighted_mse", "multiscale_charbonnier")
+
+
 def make_loss(name: str, **kwargs) -> Loss:
+    """A pixel loss ``f(pred, target)`` by name.
+
+    ``multiscale_charbonnier`` returns a loss with ``pyramid = True``: it takes the list of pyramid
+    outputs (``LapSRN.forward_pyramid``) as ``pred``; the training engine checks the attribute.
+    """
     if name == "mse":
         return mse
     if name == "l1":
@@ -46,8 +54,16 @@ def make_loss(name: str, **kwargs) -> Loss:
     if name == "charbonnier":
         return lambda p, t: charbonnier(p, t, **kwargs)
     if name == "weighted_mse":
+        if "weights" not in kwargs:
+            raise ValueError("loss weighted_mse needs loss_kwargs.weights, e.g. [1, 3, 2] (seed 000's R:G:B)")
         return channel_weighted_mse(kwargs["weights"])
-    raise ValueError(f"unknown loss {name!r}; known: mse, l1, charbonnier, weighted_mse")
+    if name == "multiscale_charbonnier":
+        def pyramid_loss(preds, target):
+            return multiscale_charbonnier(preds, target, **kwargs)
+
+        pyramid_loss.pyramid = True
+        return pyramid_loss
+    raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
 
 
 # --------------------------------------------------------------------------- multi-level, GAN and feature losses
@@ -202,6 +218,53 @@ class VGGFeatures(nn.Module):
         return out
 
 
+class VesselFeatures(nn.Module):
+    """Frozen features of the vessel-segmentation U-Net (``medrestore.models.unet.UNet``) saved at
+    ``path`` by ``medrestore.vessels.train_segmenter``: the output of every contracting level and the
+    vessel probability map.
+
+    ``layers`` picks among them by index (0 = first level, ``depth`` = bottleneck, ``"prob"`` = the
+    sigmoid of the logits); default all. A 1-channel (green) segmenter gets the green channel.
+    """
+
+    def __init__(self, path: str | Path, layers: Sequence[int | str] | None = None) -> None:
+        super().__init__()
+        from medrestore.vessels import load_segmenter
+
+        self.unet, self.meta = load_segmenter(path)
+        self.unet.eval()
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+        n = len(self.unet.down)
+        self.layers = list(layers) if layers is not None else [*range(n), "prob"]
+        bad = [l for l in self.layers if l != "prob" and not (isinstance(l, int) and 0 <= l < n)]
+        if bad:
+            raise ValueError(f"unknown vessel feature layers {bad}; known: 0..{n - 1} and 'prob'")
+
+    def train(self, mode: bool = True) -> VesselFeatures:
+        super().train(mode)
+        self.unet.eval()  # frozen: batch norm keeps its running statistics
+        return self
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from medrestore.models.padding import crop_to, pad_to_multiple
+
+        if self.unet.in_channels == 1 and x.shape[1] == 3:
+            x = x[:, 1:2]
+        x, size = pad_to_multiple(x, self.unet.multiple)
+        levels, skips, h = [], [], x
+        for i, block in enumerate(self.unet.down):
+            h = block(h)
+            levels.append(h)
+            if i < self.unet.depth:
+                skips.append(h)
+                h = F.max_pool2d(h, 2)
+        for up, skip in zip(self.unet.up, reversed(skips)):
+            h = up(h, skip)
+        prob = torch.sigmoid(crop_to(self.unet.head(h), size))
+        return [prob if l == "prob" else levels[l] for l in self.layers]
+
+
 def _as_list(feats: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [feats] if isinstance(feats, torch.Tensor) else list(feats)
 
@@ -216,9 +279,10 @@ class PerceptualLoss(nn.Module):
     * ``"discriminator"``: ``backbone`` is a discriminator (anything with ``forward_features``, e.g.
       ``PatchDiscriminator``, or a callable returning a list of maps); it keeps training elsewhere, as
       seed 003's dynamic feature descriptor.
-    * ``"vessel"``: hook for a retinal-vessel network; ``backbone`` is a callable mapping an
-      (N, C, H, W) image to a tensor or list of feature maps (e.g. vessel probabilities). There is no
-      built-in vessel model, so it is required.
+    * ``"vessel"``: the pipeline's own vessel-segmentation U-Net, frozen (:class:`VesselFeatures`,
+      loaded from ``path``), or any callable ``backbone`` mapping an (N, C, H, W) image to a tensor or
+      list of feature maps. A retina-specific perceptual loss: thin vessels that the restoration
+      blurs away change the segmenter's features.
     * a callable: used as phi directly.
 
     ``criterion`` is ``"mse"`` (Ledig, Johnson) or ``"l1"``; ``scale`` multiplies the result (Ledig
@@ -237,6 +301,7 @@ class PerceptualLoss(nn.Module):
         criterion: str = "mse",
         weights: Sequence[float] | None = None,
         scale: float = 1.0,
+        path: str | Path | None = None,
     ) -> None:
         super().__init__()
         if criterion not in ("mse", "l1"):
@@ -252,12 +317,12 @@ class PerceptualLoss(nn.Module):
                 raise ValueError("extractor='discriminator' needs backbone=<the discriminator being trained>")
             self.extract = getattr(backbone, "forward_features", backbone)
         elif extractor == "vessel":
-            if backbone is None:
+            if backbone is None and path is None:
                 raise ValueError(
-                    "extractor='vessel' needs backbone=<a vessel network mapping images to feature maps>; "
-                    "medrestore has no built-in vessel model yet"
+                    "extractor='vessel' needs path=<a segmenter folder written by medrestore.vessels.train_segmenter> "
+                    "(e.g. artifacts/segmenter) or backbone=<a vessel network mapping images to feature maps>"
                 )
-            self.extract = backbone
+            self.extract = VesselFeatures(path, layers=layers) if backbone is None else backbone
         elif callable(extractor):
             self.extract = extractor
         else:

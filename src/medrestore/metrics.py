@@ -3,8 +3,13 @@
 Conventions (the same for every row of every table):
 - ``psnr``: RGB PSNR (pyiqa ``psnr``); ``psnr_y``: on Y (pyiqa ``psnry``);
 - ``psnr_green``: PSNR of the green channel alone, where fundus vessels have their contrast;
-- ``psnr_fov``: RGB PSNR over the pixels inside the field-of-view mask only;
 - ``ssim``: SSIM on Y (pyiqa ``ssim``); ``ssim_rgb``: colour SSIM (pyiqa ``ssimc``);
+- ``*_fov`` (``psnr_fov``, ``psnr_y_fov``, ``psnr_green_fov``, ``ssim_fov``, ``ssim_rgb_fov``): the
+  same measure inside the field-of-view mask only. PSNR: the mean squared error over the FOV
+  pixels (Y from pyiqa's ``to_y_channel``, as ``psnry``). SSIM: pyiqa's SSIM map (11 px Gaussian
+  window, "valid" filtering, as ``ssim``/``ssimc``) averaged over the windows whose centre pixel is
+  inside the FOV (colour: and over the three channels). Without a mask they equal the whole-image
+  values (tested);
 - ``niqe``, ``brisque``: pyiqa's, on Y (lower is better);
 - ``entropy``: pyiqa's Shannon entropy of the 8-bit grey histogram (seed 003's measure).
 
@@ -26,7 +31,7 @@ import torch
 
 ASSET_FILES = {"niqe": "niqe_modelparameters.mat", "brisque": "brisque_svm_weights.pth"}
 DEFAULT_ASSETS = "../shared/assets/pyiqa"
-FULL_REFERENCE = ("psnr", "psnr_y", "psnr_green", "psnr_fov", "ssim", "ssim_rgb")
+FULL_REFERENCE = ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_y_fov", "psnr_green_fov", "ssim_fov", "ssim_rgb_fov")
 NO_REFERENCE = ("niqe", "brisque", "entropy")
 LOWER_IS_BETTER = {"niqe", "brisque"}
 
@@ -63,23 +68,55 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
+
+
+def _luma(x: torch.Tensor) -> np.ndarray:
+    """pyiqa's Y (YIQ luma, [0, 1]) of a 1 x 3 x H x W tensor, as ``psnry`` computes it."""
+    from pyiqa.utils.color_util import to_y_channel
+
+    return to_y_channel(x, 1.0, "yiq")[0, 0].double().numpy()
+
+
+def _ssim_in_fov(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray, *, luma: bool) -> float:
+    """Mean of pyiqa's SSIM map over the windows centred inside ``mask`` (see the module docstring)."""
+    from pyiqa.archs.func_util import preprocess_rgb
+    from pyiqa.archs.ssim_arch import ssim
+
+    a = preprocess_rgb(x, luma, 255, "yiq").to(torch.float64)
+    b = preprocess_rgb(y, luma, 255, "yiq").to(torch.float64)
+    smap = ssim(a, b, data_range=255, get_ssim_map=True)[0]  # C x (H - 10) x (W - 10)
+    k = (mask.shape[0] - smap.shape[-2]) // 2
+    inner = torch.from_numpy(mask[k : k + smap.shape[-2], k : k + smap.shape[-1]])
+    if not inner.any():
+        return float("nan")
+    return float(smap[:, inner].mean())
 
 
 @torch.inference_mode()
 def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | None = None, assets_dir: str | None = None) -> dict[str, float]:
     if image.shape != reference.shape:
         raise ValueError(f"image {image.shape} and reference {reference.shape} differ in shape")
+    if image.ndim == 2:
+        image, reference = (np.repeat(a[..., None], 3, axis=2) for a in (image, reference))
     x, y = _tensor(image), _tensor(reference)
     out = {
         "psnr": float(_metric("psnr", assets_dir)(x, y)),
         "psnr_y": float(_metric("psnry", assets_dir)(x, y)),
-        "psnr_green": _psnr(image[..., 1], reference[..., 1]) if image.ndim == 3 else _psnr(image, reference),
+        "psnr_green": _psnr(image[..., 1], reference[..., 1]),
         "ssim": float(_metric("ssim", assets_dir)(x, y)),
         "ssim_rgb": float(_metric("ssimc", assets_dir)(x, y)),
     }
-    mask = np.ones(image.shape[:2], bool) if fov is None else fov.astype(bool)
+    mask = np.ones(image.shape[:2], bool) if fov is None else np.asarray(fov).astype(bool)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"FOV mask {mask.shape} and image {image.shape[:2]} differ in shape")
+    ya, yb = _luma(x), _luma(y)
+    mse_y = float(np.mean((ya[mask] - yb[mask]) ** 2)) if mask.any() else float("nan")
     out["psnr_fov"] = _psnr(image[mask], reference[mask])
+    out["psnr_y_fov"] = float("inf") if mse_y == 0 else float(10.0 * np.log10(1.0 / mse_y))
+    out["psnr_green_fov"] = _psnr(image[..., 1][mask], reference[..., 1][mask])
+    out["ssim_fov"] = _ssim_in_fov(x, y, mask, luma=True)
+    out["ssim_rgb_fov"] = _ssim_in_fov(x, y, mask, luma=False)
     return out
 
 

@@ -10,21 +10,70 @@ from MLflow by stage name and commit instead.
 
 Logging failures (a tracking server that is down) never lose silently: each failed call is
 counted and reported on stderr at the end of the run, and ``tracking.required: true`` in the
-params turns them into errors.
+params turns them into errors. Once a call has failed (after MLflow's own retries), the later
+calls of the run are not tried again but counted, so a dead server costs seconds, not minutes.
+
+MLflow's HTTP client retries 7 times with exponential backoff and waits 120 s per request by
+default: minutes per call against a dead server. Unless they are set in the environment, stages
+use ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1``,
+``MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=0.5`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=15`` (see
+:data:`HTTP_DEFAULTS`): a dead server is given up after about 5 seconds.
+
+Several processes may log to one SQLite store at once (``dvc queue start -j N``, parallel
+stages): the creation of the database and of the run is serialised with an exclusive lock on
+the database file (MLflow's schema migrations are not safe to run concurrently), and a call
+that meets ``database is locked`` is tried again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from medrestore.io import repo_root
 
 EXPERIMENT = "medrestore"
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+LOCKED_RETRIES = 5  # tries of a call that meets "database is locked" (SQLite store), 0.5 s apart
+
+
+def configure_http() -> None:
+    """Bounded MLflow HTTP retries and timeouts (:data:`HTTP_DEFAULTS`), unless set in the environment."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on the SQLite database file while the store and the run are created."""
+    db = sqlite_path(uri)
+    if db is None or str(db) in ("", ":memory:"):
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db, "ab") as fh:  # an empty file is an empty SQLite database
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def tracking_uri() -> str:
@@ -58,23 +107,39 @@ def flatten(params: Any, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """Thin wrapper over the active MLflow run that counts, rather than hides, failed calls."""
+    """Thin wrapper over the active MLflow run that counts, rather than hides, failed calls.
+
+    ``failures`` lists every call that was not logged. After the first failure (MLflow has
+    already retried it) the later calls are counted without being tried: a dead server is not
+    waited for again and again. With ``required`` the first failure raises instead.
+    """
 
     def __init__(self, run_id: str | None, required: bool) -> None:
         self.run_id = run_id
         self.required = required
         self.failures: list[str] = []
+        self.gave_up = run_id is None
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
-        if self.run_id is None:
-            self.failures.append(what)
+        if self.gave_up:
+            self.failures.append(what if self.run_id is None else f"{what}: skipped, the tracking store failed before")
             return
-        try:
-            fn(*args, **kwargs)
-        except Exception as exc:  # mlflow raises many types (MlflowException, requests errors, OSError)
-            if self.required:
-                raise RuntimeError(f"MLflow {what} failed ({exc}). Fix: check MLFLOW_TRACKING_URI / the tracking server.") from exc
-            self.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
+        for attempt in range(LOCKED_RETRIES):
+            try:
+                fn(*args, **kwargs)
+                return
+            except Exception as exc:  # mlflow raises many types (MlflowException, requests errors, OSError)
+                if "database is locked" in str(exc) and attempt + 1 < LOCKED_RETRIES:
+                    time.sleep(0.5)
+                    continue
+                if self.required:
+                    raise RuntimeError(
+                        f"MLflow {what} failed at {tracking_uri()} ({exc}); tracking.required is true, so the stage "
+                        "stops. Fix: check MLFLOW_TRACKING_URI / the tracking server, or set tracking.required: false."
+                    ) from exc
+                self.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
+                self.gave_up = True
+                return
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import mlflow
@@ -111,20 +176,33 @@ def stage_tags(stage: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def stage_run(stage: str | None, params: dict[str, Any], *, required: bool = False) -> Iterator[Tracker]:
-    """Open one MLflow run for a stage execution (``stage`` defaults to ``DVC_STAGE``)."""
+    """Open one MLflow run for a stage execution (``stage`` defaults to ``DVC_STAGE``).
+
+    On exit, a stderr line ``[medrestore] WARNING: MLflow: N call(s) of stage S were not logged``
+    lists what is missing whenever anything is; with ``required`` any failure raises instead.
+    """
     stage = stage or os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+    configure_http()
+    uri = tracking_uri()
     try:
         import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment(EXPERIMENT)
-        run = mlflow.start_run(run_name=stage)
+        mlflow.set_tracking_uri(uri)
+        with store_lock(uri):
+            mlflow.set_experiment(EXPERIMENT)
+            run = mlflow.start_run(run_name=stage)
     except Exception as exc:
         if required:
-            raise RuntimeError(f"MLflow is unreachable at {tracking_uri()} ({exc}). Fix: start it or unset MLFLOW_TRACKING_URI.") from exc
-        print(f"[medrestore] WARNING: MLflow unreachable at {tracking_uri()} ({exc}); this run is NOT tracked.", file=sys.stderr)
+            raise RuntimeError(
+                f"MLflow is unreachable at {uri} ({exc}); tracking.required is true, so the stage stops. "
+                "Fix: start the tracking server, unset MLFLOW_TRACKING_URI, or set tracking.required: false."
+            ) from exc
+        print(f"[medrestore] WARNING: MLflow unreachable at {uri} ({str(exc)[:300]}); this run is NOT tracked.", file=sys.stderr)
         tracker = Tracker(None, required)
-        yield tracker
+        try:
+            yield tracker
+        finally:
+            _report(stage, tracker)
         return
     tracker = Tracker(run.info.run_id, required)
     status = "FAILED"
@@ -134,13 +212,34 @@ def stage_run(stage: str | None, params: dict[str, Any], *, required: bool = Fal
         yield tracker
         status = "FINISHED"
     finally:
-        try:
-            mlflow.end_run(status=status)
-        except Exception as exc:
-            tracker.failures.append(f"end_run: {exc}")
-        if tracker.failures:
-            print(
-                f"[medrestore] WARNING: {len(tracker.failures)} MLflow call(s) of run {tracker.run_id} were not logged: "
-                + "; ".join(tracker.failures[:5]),
-                file=sys.stderr,
-            )
+        # After a failure the run's end is tried once, without retries: the server may be back.
+        with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5") if tracker.gave_up else contextlib.nullcontext():
+            try:
+                mlflow.end_run(status=status)
+            except Exception as exc:
+                tracker.failures.append(f"end_run({status}): {type(exc).__name__}: {str(exc)[:200]}")
+        _report(stage, tracker)
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _report(stage: str, tracker: Tracker) -> None:
+    if tracker.failures:
+        run = f"run {tracker.run_id}" if tracker.run_id else "no run"
+        print(
+            f"[medrestore] WARNING: MLflow: {len(tracker.failures)} call(s) of stage {stage} ({run}) were not logged "
+            f"at {tracking_uri()}: " + "; ".join(tracker.failures[:5]) + ("; ..." if len(tracker.failures) > 5 else ""),
+            file=sys.stderr,
+        )

@@ -439,6 +439,7 @@ def train_segmenter(
     augment: bool = True,
     accelerator: str = "cpu",
     num_threads: int | None = None,
+    extra_meta: dict | None = None,
 ) -> dict[str, Any]:
     """Train a :class:`~medrestore.models.unet.UNet` on random patches; save it to ``out_dir``.
 
@@ -461,8 +462,8 @@ def train_segmenter(
     few hundred steps (seconds to a minute on CPU), so it has no validation, early stopping or
     resume, and keeps the last weights.
 
-    Writes ``model.safetensors`` and ``model.json`` (:func:`save_segmenter`); returns the training
-    summary stored in ``model.json`` under ``train``.
+    Writes ``model.safetensors`` and ``model.json`` (:func:`save_segmenter`; ``extra_meta`` is
+    added to ``model.json``); returns the training summary stored in ``model.json`` under ``train``.
     """
     import lightning.pytorch as L
 
@@ -533,7 +534,7 @@ def train_segmenter(
         "loss": "bce+dice",
     }
     net = module.net.cpu().eval()
-    save_segmenter(net, out_dir, kwargs=kwargs, extra={"train": summary})
+    save_segmenter(net, out_dir, kwargs=kwargs, extra={"train": summary, **(extra_meta or {})})
     return summary
 
 
@@ -619,6 +620,190 @@ def segment_unet(model: UNet, image: np.ndarray, fov: np.ndarray | None = None, 
     return prob, (prob > threshold) & _fov_or_all(fov, prob.shape)
 
 
+# ============================================================================= the segmenter the pipeline uses
+FRANGI_NAME = "frangi"
+
+
+class VesselSegmenter:
+    """The pipeline's vessel segmenter: ``segmenter(image, fov) -> (score map, binary map)``.
+
+    A trained U-Net (``model``) with its binarisation rule (``rule`` ``"threshold"``: probability
+    above ``value``; ``"top_fraction"``: the ``value`` highest in-FOV probabilities, as
+    :func:`binarize`), or, with ``model=None``, the Frangi segmenter (:func:`segment_frangi`).
+    """
+
+    def __init__(self, model: UNet | None = None, *, rule: str = "threshold", value: float = UNET_THRESHOLD, tile: int = 512, overlap: int = 64, device: str | torch.device = "cpu") -> None:
+        if rule not in ("threshold", "top_fraction"):
+            raise ValueError(f"binarisation rule must be 'threshold' or 'top_fraction', not {rule!r}")
+        self.model, self.rule, self.value = model, rule, float(value)
+        self.tile, self.overlap, self.device = tile, overlap, device
+
+    @property
+    def name(self) -> str:
+        return SEGMENTER_NAME if self.model is not None else FRANGI_NAME
+
+    def describe(self) -> dict[str, Any]:
+        if self.model is None:
+            return {"segmenter": FRANGI_NAME, "rule": "top_fraction", "value": TOP_FRACTION}
+        return {"segmenter": SEGMENTER_NAME, "rule": self.rule, "value": self.value}
+
+    def __call__(self, image: np.ndarray, fov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.model is None:
+            return segment_frangi(image, fov)
+        prob = segment(self.model, image, fov, tile=self.tile, overlap=self.overlap, device=self.device)
+        if self.rule == "top_fraction":
+            return prob, binarize(prob, fov, top_fraction=self.value)
+        return prob, (prob > self.value) & _fov_or_all(fov, prob.shape)
+
+
+def load_vessel_segmenter(folder: str | Path | None, **kwargs: Any) -> tuple[VesselSegmenter, dict]:
+    """The segmenter a ``train_segmenter`` stage wrote to ``folder`` (and its ``model.json``).
+
+    Frangi stands in when ``folder`` is None or missing, or when its ``model.json`` says
+    ``"model": "frangi"`` (no dataset with manual masks to train on).
+    """
+    if folder is None or not (Path(folder) / "model.json").is_file():
+        return VesselSegmenter(None), {"model": FRANGI_NAME, "train_ids": []}
+    meta_path = Path(folder) / "model.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{meta_path}: not valid JSON ({exc}). Fix: rerun the train_segmenter stage.") from exc
+    if meta.get("model") == FRANGI_NAME:
+        return VesselSegmenter(None), meta
+    model, meta = load_segmenter(folder)
+    rule = meta.get("binarize", {"rule": "threshold", "value": UNET_THRESHOLD})
+    return VesselSegmenter(model, rule=rule["rule"], value=rule["value"], **kwargs), meta
+
+
+# ============================================================================= the train_segmenter stage
+def masked_images(prepared_dir: str | Path, patches_meta: dict, split: str) -> list[dict]:
+    """The prepared images of ``split`` (by the ids of ``patches.json``) that have a manual vessel mask.
+
+    Each: ``id``, ``image`` (RGB uint8), ``fov``, ``vessels`` (bool) and ``vessels_2nd`` (bool or
+    None: a second observer's mask, when the prepared manifest lists one). Images split by region
+    (sources of fewer than three images) are left out: their regions lie in several splits.
+    """
+    from medrestore.io import read_image, read_json
+
+    prepared_dir = Path(prepared_dir)
+    manifest = read_json(prepared_dir / "manifest.json")
+    ids = set(patches_meta["splits"][split])
+    out = []
+    for e in manifest["images"]:
+        if e["id"] not in ids or not e.get("vessels"):
+            continue
+        second = e.get("vessels_2nd")
+        out.append({
+            "id": e["id"],
+            "image": read_image(prepared_dir / e["image"], "RGB"),
+            "fov": read_image(prepared_dir / e["fov"], "L") > 127,
+            "vessels": read_image(prepared_dir / e["vessels"], "L") > 127,
+            "vessels_2nd": read_image(prepared_dir / second, "L") > 127 if second else None,
+        })
+    return out
+
+
+def _mean_range(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {"mean": round(float(v.mean()), 6), "min": round(float(v.min()), 6), "max": round(float(v.max()), 6)}
+
+
+def resolve_binarize_rule(threshold: float | str, train_masks: Sequence[np.ndarray], train_fovs: Sequence[np.ndarray]) -> dict[str, Any]:
+    """``threshold`` of params as a rule: a number is a fixed probability threshold;
+    ``"train_fraction"`` marks, in every image, the share of its FOV that vessels cover on average
+    in the training masks (a top-fraction rule like Frangi's, learned from the masks)."""
+    if isinstance(threshold, str):
+        if threshold != "train_fraction":
+            raise InputError(f"params.yaml: segmenter.threshold is {threshold!r}. Fix: a probability in (0, 1) or 'train_fraction'.")
+        share = float(np.mean([m[f].mean() for m, f in zip(train_masks, train_fovs)]))
+        return {"rule": "top_fraction", "value": round(share, 6)}
+    if not 0.0 < float(threshold) < 1.0:
+        raise InputError(f"params.yaml: segmenter.threshold is {threshold}. Fix: a probability in (0, 1) or 'train_fraction'.")
+    return {"rule": "threshold", "value": float(threshold)}
+
+
+def evaluate_segmenter(segmenter: VesselSegmenter, test: Sequence[dict]) -> dict[str, Any]:
+    """AUC and Dice of ``segmenter`` and of Frangi on clean test images, inside the FOV, against
+    the first observer; the second observer's agreement (Dice, sensitivity, specificity) where
+    there is one: what a segmenter can be expected to reach."""
+    frangi = VesselSegmenter(None)
+    rows = []
+    for item in test:
+        fov, ref = item["fov"], item["vessels"]
+        row: dict[str, Any] = {"id": item["id"]}
+        for key, seg in (("", segmenter), ("frangi_", frangi)):
+            if key and segmenter.model is None:
+                continue
+            sc = vessel_scores(*seg(item["image"], fov), ref, fov)
+            row.update({f"{key}auc": round(sc["auc"], 6), f"{key}dice": round(sc["dice"], 6)})
+        if item.get("vessels_2nd") is not None:
+            sc = vessel_scores(None, item["vessels_2nd"], ref, fov)
+            row.update({"observer2_dice": round(sc["dice"], 6), "observer2_recall": round(sc["recall"], 6),
+                        "observer2_specificity": round(sc["specificity"], 6)})
+        rows.append(row)
+    out: dict[str, Any] = {"segmenter": segmenter.name, "test_images": len(rows), "inside": "fov", "reference": "first observer"}
+    for key in ("auc", "dice", "frangi_auc", "frangi_dice", "observer2_dice", "observer2_recall", "observer2_specificity"):
+        vals = [r[key] for r in rows if key in r]
+        if vals:
+            out[key] = _mean_range(vals)
+    out["per_image"] = rows
+    return out
+
+
+def train_segmenter_stage(
+    prepared_dir: str | Path,
+    patches_meta: dict,
+    out_dir: str | Path,
+    *,
+    params: dict,
+    seed: int,
+) -> dict[str, Any]:
+    """The ``train_segmenter`` stage: train the U-Net on the clean TRAIN images that have manual
+    masks, measure it on the clean TEST images, write ``model.safetensors``, ``model.json`` and
+    ``metrics.json`` to ``out_dir``.
+
+    ``params``: ``steps``, ``patch``, ``batch``, ``lr``, ``lr_min``, ``width``, ``depth``,
+    ``threshold`` (:func:`resolve_binarize_rule`), ``num_threads``. Test images with a second
+    observer's mask (``vessels_2nd`` in the prepared manifest) also get that observer's agreement.
+
+    With no training image with a mask, the Frangi segmenter is used: ``model.json`` says so,
+    ``model.safetensors`` holds no tensor and ``metrics.json`` records why (and Frangi's scores on
+    masked test images, if any).
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    train = masked_images(prepared_dir, patches_meta, "train")
+    test = masked_images(prepared_dir, patches_meta, "test")
+    train_ids = sorted(i["id"] for i in train)
+    seen = set(train_ids) & set(patches_meta["splits"]["test"])
+    if seen:
+        raise AssertionError(f"segmenter training images also in the test split: {sorted(seen)}")
+    if not train:
+        reason = "no training image has a manual vessel mask: the Frangi segmenter (green channel, top 12 % of FOV scores) is used"
+        with atomic_path(out_dir / "model.safetensors") as tmp:
+            save_file({}, str(tmp), metadata={"model": FRANGI_NAME})
+        write_json_atomic(out_dir / "model.json", {"model": FRANGI_NAME, "task": "vessel-segmentation", "reason": reason, "train_ids": []})
+        metrics = {**evaluate_segmenter(VesselSegmenter(None), test), "reason": reason} if test else {"segmenter": FRANGI_NAME, "test_images": 0, "reason": reason}
+        write_json_atomic(out_dir / "metrics.json", metrics)
+        return metrics
+    rule = resolve_binarize_rule(params.get("threshold", UNET_THRESHOLD), [i["vessels"] for i in train], [i["fov"] for i in train])
+    train_segmenter(
+        [i["image"] for i in train], [i["vessels"] for i in train], [i["fov"] for i in train], out_dir,
+        steps=int(params["steps"]), patch_size=int(params["patch"]), batch_size=int(params["batch"]), lr=float(params["lr"]),
+        lr_min=float(params.get("lr_min", 1e-4)), seed=int(seed), depth=int(params.get("depth", 3)), width=int(params.get("width", 8)),
+        accelerator=params.get("accelerator", "cpu"), num_threads=params.get("num_threads"),
+        extra_meta={"binarize": rule, "train_ids": train_ids},
+    )
+    segmenter, _ = load_vessel_segmenter(out_dir)
+    metrics = {**evaluate_segmenter(segmenter, test), "binarize": rule, "train_images": len(train_ids)}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
 def score_image(
     image: np.ndarray,
     reference_mask: np.ndarray,
@@ -634,6 +819,13 @@ def score_image(
 
 __all__ = [
     "FRANGI_GAMMA",
+    "FRANGI_NAME",
+    "VesselSegmenter",
+    "evaluate_segmenter",
+    "load_vessel_segmenter",
+    "masked_images",
+    "resolve_binarize_rule",
+    "train_segmenter_stage",
     "FRANGI_SIGMAS",
     "TOP_FRACTION",
     "UNET_THRESHOLD",

@@ -70,6 +70,9 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.BOX)) >= 128
 
 
+MODES = ("border_centre", "border", "centre", "centre_crop", "resize")
+
+
 def prepare_arrays(
     image: np.ndarray,
     vessels: np.ndarray | None,
@@ -77,27 +80,42 @@ def prepare_arrays(
     size: int,
     mode: str = "border_centre",
     fov_threshold: float = 0.1,
+    fov: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Crop and resize one source image with its FOV and (optional) vessel mask.
 
-    Modes:
-      ``border_centre``  crop the black border (FOV bounding box), then the centre square (seed 000,
-                         seed 001's border crop), then resize to ``size``.
+    ``fov`` is the dataset's own FOV mask (DRIVE, HRF); without one the FOV is detected from the
+    image (:func:`detect_fov`). Modes, each with the paper it comes from:
+
+      ``border_centre``  crop the black border (FOV bounding box), then the centre square, then
+                         resize to ``size`` (the default: square, nothing squashed).
+      ``border``         crop the black border, then resize the box to ``size`` x ``size``
+                         (seed 001: "crop black borders, rescale to 1024x1024").
       ``centre``         centre square of the whole frame, then resize.
-      ``resize``         resize the whole frame (not square-preserving: only for square inputs).
+      ``centre_crop``    centre ``size`` x ``size`` crop at the native resolution, no resizing
+                         (seed 000: 1696x1696 centre crops); the image must be at least that big.
+      ``resize``         resize the whole frame to ``size`` x ``size`` (seed 002: 64x64).
     """
-    fov = detect_fov(image, fov_threshold)
-    if mode == "border_centre":
+    if mode not in MODES:
+        raise ValueError(f"prepare.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if fov is None:
+        fov = detect_fov(image, fov_threshold)
+    elif fov.shape != image.shape[:2]:
+        raise ValueError(f"the FOV mask is {fov.shape[1]}x{fov.shape[0]}, the image {image.shape[1]}x{image.shape[0]}")
+    if mode in ("border_centre", "border"):
         box = fov_bbox(fov)
         image, fov = crop(image, box), crop(fov, box)
         vessels = crop(vessels, box) if vessels is not None else None
+    if mode in ("border_centre", "centre"):
         box = centre_square(image.shape)
-    elif mode == "centre":
-        box = centre_square(image.shape)
-    elif mode == "resize":
-        box = (0, image.shape[0], 0, image.shape[1])
+    elif mode == "centre_crop":
+        h, w = image.shape[:2]
+        if min(h, w) < size:
+            raise ValueError(f"the image is {w}x{h}, smaller than the {size}x{size} centre crop")
+        top, left = (h - size) // 2, (w - size) // 2
+        box = (top, top + size, left, left + size)
     else:
-        raise ValueError(f"prepare.mode must be border_centre, centre or resize, not {mode!r}")
+        box = (0, image.shape[0], 0, image.shape[1])
     image, fov = crop(image, box), crop(fov, box)
     vessels = crop(vessels, box) if vessels is not None else None
     image = resize_image(image, size)
@@ -105,3 +123,9 @@ def prepare_arrays(
     if vessels is not None:
         vessels = resize_mask(vessels, size)
     return image, fov, vessels
+
+
+def to_grey_rgb(image: np.ndarray) -> np.ndarray:
+    """Grey levels (ITU-R BT.601 luma, PIL's ``L``) stored as three equal channels."""
+    grey = np.asarray(Image.fromarray(image).convert("L"))
+    return np.repeat(grey[..., None], 3, axis=2)

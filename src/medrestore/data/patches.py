@@ -4,13 +4,21 @@ Splits never put two pieces of one image in different splits. With fewer than th
 images (the embedded single-image default) each image is cut into a grid of disjoint regions and
 the regions are split instead; patches never cross a region's border.
 
-Patch extraction runs in two passes (positions from the FOV masks, then pixels into an
-``open_memmap`` array), so peak memory is one image, whatever the number of images.
+Patch extraction runs in two passes: positions from the FOV masks, then the pixels, streamed
+image by image into the ``.npy`` file with plain writes (:class:`NpyRowWriter`). Peak memory is
+one image and its patches, whatever the number of images (``benchmarks/patchify_bench.py``
+measures it); a memory map would keep every written page resident until the end.
+
+``patches.json`` lists each split's units (``units[split][k]``: id, source image, dataset and box)
+and ``{split}_index.npy`` holds, per patch, ``[k, y, x]``: its unit and its top-left corner in the
+prepared image.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +79,53 @@ def patch_positions(fov: np.ndarray, box, patch_size: int, stride: int, min_fov_
     return np.stack([yy[keep] + t, xx[keep] + l], axis=1).astype(np.int32)
 
 
+class NpyRowWriter:
+    """Write a ``.npy`` array of known shape row block by row block to an open binary file."""
+
+    def __init__(self, fh, shape: tuple[int, ...], dtype=np.uint8):
+        self.fh, self.shape, self.dtype = fh, tuple(int(n) for n in shape), np.dtype(dtype)
+        self.rows = 0
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(fh, header)
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.rows + block.shape[0] > self.shape[0]:
+            raise ValueError(f"block of shape {block.shape} does not fit rows {self.rows}.. of {self.shape}")
+        self.fh.write(block.data)
+        self.rows += block.shape[0]
+
+
+@contextlib.contextmanager
+def npy_writer(dest: Path, shape: tuple[int, ...], dtype=np.uint8) -> Iterator[NpyRowWriter]:
+    """An atomically written ``.npy`` file filled block by block; every row must be written."""
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            writer = NpyRowWriter(fh, shape, dtype)
+            yield writer
+        if writer.rows != writer.shape[0]:
+            raise AssertionError(f"{dest}: wrote {writer.rows} rows of {writer.shape[0]}")
+
+
+def read_rows(path: Path, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a C-ordered ``.npy`` file, read with plain file reads (no memory map,
+    so nothing stays resident after the caller drops the block)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(fh)
+        if fortran:
+            raise InputError(f"{path}: stored in Fortran order. Fix: rerun the stage that wrote it.")
+        start, stop = max(0, int(start)), min(int(stop), shape[0])
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        fh.seek(fh.tell() + start * row)
+        data = fh.read(max(0, stop - start) * row)
+    if len(data) != max(0, stop - start) * row:
+        raise InputError(f"{path}: truncated. Fix: rerun the stage that wrote it (`dvc repro --force`).")
+    return np.frombuffer(data, dtype=dtype).reshape((max(0, stop - start), *shape[1:])).copy()
+
+
 def patchify(
     manifest: dict,
     prepared_dir: Path,
@@ -97,7 +152,16 @@ def patchify(
             fovs[source_id] = read_image(prepared_dir / by_id[source_id]["fov"], "L") > 127
         return fovs[source_id]
 
-    summary: dict = {"patch_size": patch_size, "stride": stride, "splits": {}, "counts": {}}
+    if int(patch_size) > int(manifest["size"]):
+        first = prepared_dir / manifest["images"][0]["image"]
+        raise InputError(
+            f"{first}: the prepared images are {manifest['size']}x{manifest['size']}, smaller than a "
+            f"{patch_size}x{patch_size} patch. Fix: lower patchify.patch_size or raise prepare.size."
+        )
+    if int(stride) < 1:
+        raise InputError(f"params.yaml: patchify.stride is {stride}. Fix: use a positive stride.")
+    summary: dict = {"patch_size": patch_size, "stride": stride, "size": manifest["size"],
+                     "grey": bool(manifest.get("grey", False)), "splits": {}, "counts": {}, "units": {}}
     for split in ("train", "val"):
         units = sorted(splits[split], key=lambda u: u.id)
         positions = [patch_positions(fov_of(u.source_id), u.box, patch_size, stride, min_fov_fraction) for u in units]
@@ -108,22 +172,25 @@ def patchify(
                 "Fix: lower patchify.patch_size or patchify.min_fov_fraction."
             )
         index = np.zeros((total, 3), dtype=np.int32)
-        with atomic_path(out_dir / f"{split}.npy") as tmp:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, patch_size, patch_size, 3))
+        with npy_writer(out_dir / f"{split}.npy", (total, patch_size, patch_size, 3)) as out:
             k = 0
             for ui, (unit, pos) in enumerate(zip(units, positions)):
                 if len(pos) == 0:
                     continue
-                image = read_image(prepared_dir / by_id[unit.source_id]["image"], "RGB")
-                for y, x in pos:
-                    arr[k] = image[y : y + patch_size, x : x + patch_size]
-                    k += 1
-                index[k - len(pos) : k, 0] = ui
-                index[k - len(pos) : k, 1:] = pos
-            arr.flush()
-            del arr
+                path = prepared_dir / by_id[unit.source_id]["image"]
+                image = read_image(path, "RGB")
+                if image.shape[:2] != (manifest["size"], manifest["size"]):
+                    raise InputError(
+                        f"{path}: {image.shape[1]}x{image.shape[0]}, not the {manifest['size']}x{manifest['size']} "
+                        "its manifest says. Fix: rerun `dvc repro prepare`."
+                    )
+                out.write(_cut(image, pos, patch_size))
+                index[k : k + len(pos), 0] = ui
+                index[k : k + len(pos), 1:] = pos
+                k += len(pos)
         write_npy_atomic(out_dir / f"{split}_index.npy", index)
         summary["splits"][split] = [u.id for u in units]
+        summary["units"][split] = [_unit_dict(u) for u in units]
         summary["counts"][split] = total
 
     test_entries = []
@@ -134,19 +201,35 @@ def patchify(
         image = read_image(prepared_dir / src["image"], "RGB")[t:b, l:r]
         fov = read_image(prepared_dir / src["fov"], "L")[t:b, l:r]
         entry = {"id": unit.id, "source_id": unit.source_id, "dataset": unit.dataset, "box": list(unit.box),
-                 "image": f"test/images/{name}.png", "fov": f"test/fov/{name}.png", "vessels": None}
+                 "image": f"test/images/{name}.png", "fov": f"test/fov/{name}.png",
+                 "fov_source": src.get("fov_source", "detected"), "vessels": None, "vessels_2nd": None}
         write_png_atomic(out_dir / entry["image"], image)
         write_png_atomic(out_dir / entry["fov"], fov)
-        if src.get("vessels"):
-            entry["vessels"] = f"test/vessels/{name}.png"
-            write_png_atomic(out_dir / entry["vessels"], read_image(prepared_dir / src["vessels"], "L")[t:b, l:r])
+        for key in ("vessels", "vessels_2nd"):
+            if src.get(key):
+                entry[key] = f"test/{key}/{name}.png"
+                write_png_atomic(out_dir / entry[key], read_image(prepared_dir / src[key], "L")[t:b, l:r])
         test_entries.append(entry)
+    summary["units"]["test"] = [_unit_dict(u) for u in sorted(splits["test"], key=lambda u: u.id)]
     summary["splits"]["test"] = [e["id"] for e in test_entries]
     summary["counts"]["test"] = len(test_entries)
     summary["test"] = test_entries
     _assert_disjoint(summary["splits"], splits)
     write_json_atomic(out_dir / "patches.json", summary)
     return summary
+
+
+def _cut(image: np.ndarray, pos: np.ndarray, patch_size: int) -> np.ndarray:
+    """The patches of one image at ``pos`` (k x 2 top-left corners), as one k x P x P x C block."""
+    windows = np.lib.stride_tricks.sliding_window_view(image, (patch_size, patch_size), axis=(0, 1))
+    # windows[y, x] is C x P x P: move the channel axis back to the end.
+    return np.moveaxis(windows[pos[:, 0], pos[:, 1]], 1, -1)
+
+
+def _unit_dict(unit: Unit) -> dict:
+    d = asdict(unit)
+    d["box"] = list(unit.box)
+    return d
 
 
 def _assert_disjoint(names: dict[str, list[str]], splits: dict[str, list[Unit]]) -> None:

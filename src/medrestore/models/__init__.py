@@ -1,13 +1,23 @@
 """Every restoration method, registered by name.
 
-``MODELS`` holds trainable networks, ``BASELINES`` the classical methods. A model's entry gives
-its class, the task family it is for, and the paper it follows.
+``MODELS`` holds trainable networks, ``BASELINES`` the classical methods. A model's entry gives the
+network class that restores images (the one saved and loaded), the task family it is for
+(``denoise``, ``sr``, ``enhance``), the paper it follows, and how it trains:
+
+* ``paired``: supervised on (degraded, clean) pairs (:mod:`medrestore.training.paired`);
+* ``srgan``: generator pre-trained on the content loss, then adversarial (:mod:`medrestore.training.gan`);
+* ``cyclegan``: two generators and two discriminators on unpaired samples; ``options["cycle"]`` is
+  ``"feature"`` (seed 003's feature-consistency loss) or ``"image"`` (the image-level cycle loss).
+
+Several names share a network: ``dncnn``, ``dncnn-green`` and ``dncnn-blind`` differ in their loss and
+training data (params.yaml), ``srresnet`` and ``srgan`` in their training, ``cyclegan`` and
+``cyclegan-fc`` in their cycle loss.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,13 +26,15 @@ from torch import nn
 
 from medrestore.io import InputError, atomic_path, write_json_atomic
 from medrestore.models.cdae import CDAE
-from medrestore.models.classical import bm3d_rgb, median_filter, nl_means
-from medrestore.models.cyclegan import ResnetGenerator
+from medrestore.models.classical import bicubic, bm3d_rgb, clahe, median_filter, nl_means
+from medrestore.models.cyclegan import PatchDiscriminator, ResnetGenerator
 from medrestore.models.dncnn import DnCNN
 from medrestore.models.irunet import IRUNet
 from medrestore.models.lapsrn import LapSRN
 from medrestore.models.redae import REDAE
-from medrestore.models.srresnet import SRResNet
+from medrestore.models.srresnet import SRGANDiscriminator, SRResNet
+
+TRAINERS = ("paired", "srgan", "cyclegan")
 
 
 @dataclass(frozen=True)
@@ -30,22 +42,37 @@ class ModelSpec:
     cls: type[nn.Module]
     task: str
     paper: str
+    trainer: str = "paired"
+    discriminator: type[nn.Module] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {
     "cdae": ModelSpec(CDAE, "denoise", "seed 002 (convolutional denoising autoencoder, Gondara 2016)"),
     "redae": ModelSpec(REDAE, "denoise", "seed 000 (autoencoder with symmetric skips, Mao et al. 2016)"),
     "dncnn": ModelSpec(DnCNN, "denoise", "seed 000 (DnCNN-17, Zhang et al. 2017)"),
-    "irunet": ModelSpec(IRUNet, "denoise", "seed 004 (IRUNet blind denoiser, Gil Zuluaga et al.)"),
+    "dncnn-green": ModelSpec(DnCNN, "denoise", "seed 000 (DnCNN-17 with the R:G:B = 1:3:2 weighted loss)"),
+    "dncnn-blind": ModelSpec(DnCNN, "denoise", "seed 000 network on the blind sigma range (Zhang et al.'s DnCNN-B setting)"),
+    "irunet": ModelSpec(IRUNet, "denoise", "seed 004 (IRUNet blind denoiser, Gil Zuluaga et al. 2021)"),
     "lapsrn": ModelSpec(LapSRN, "sr", "seed 001 (LapSRN, Lai et al. 2017; scale=1 for deblurring)"),
-    "srresnet": ModelSpec(SRResNet, "sr", "seed 000 (SRGAN generator, Ledig et al. 2017)"),
-    "cyclegan": ModelSpec(ResnetGenerator, "enhance", "seed 003 (ResNet-9 generator of the two-way GAN)"),
+    "srresnet": ModelSpec(SRResNet, "sr", "seed 000 (SRResNet, the SRGAN generator, Ledig et al. 2017)"),
+    "srgan": ModelSpec(SRResNet, "sr", "seed 000 (SRGAN: SRResNet + 8-conv discriminator, Ledig et al. 2017)", "srgan", SRGANDiscriminator),
+    "cyclegan-fc": ModelSpec(
+        ResnetGenerator, "enhance", "seed 003 (two-way GAN with feature-consistency loss, Zhao et al. 2019)", "cyclegan",
+        PatchDiscriminator, {"cycle": "feature"},
+    ),
+    "cyclegan": ModelSpec(
+        ResnetGenerator, "enhance", "seed 003 ablation (image-level cycle loss, Zhu et al. 2017)", "cyclegan",
+        PatchDiscriminator, {"cycle": "image"},
+    ),
 }
 
 BASELINES: dict[str, Callable[..., Any]] = {
     "median": median_filter,
     "nlmeans": nl_means,
     "bm3d": bm3d_rgb,
+    "bicubic": bicubic,
+    "clahe": clahe,
 }
 
 
@@ -53,6 +80,14 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}. Fix: use one of {', '.join(MODELS)}.")
     return MODELS[name].cls(**kwargs)
+
+
+def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
+    """The discriminator a GAN model trains against (not saved with the model)."""
+    spec = MODELS[name]
+    if spec.discriminator is None:
+        raise InputError(f"model {name!r} has no discriminator; only GAN models ({', '.join(n for n, s in MODELS.items() if s.discriminator)}) do.")
+    return spec.discriminator(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -85,4 +120,4 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-__all__ = ["MODELS", "BASELINES", "build_model", "count_parameters", "save_model", "load_model"]
+__all__ = ["MODELS", "BASELINES", "ModelSpec", "TRAINERS", "build_model", "build_discriminator", "count_parameters", "save_model", "load_model"]

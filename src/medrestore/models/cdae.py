@@ -25,8 +25,9 @@ bottom/right and the output cropped back; the paper only used 64x64.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from medrestore.models.padding import crop_to, pad_to_multiple
 
 MULTIPLE = 4  # two 2x2 max-pools
 
@@ -46,9 +47,5 @@ class CDAE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return self.decoder(self.encoder(x))[..., :h, :w]
+        x, size = pad_to_multiple(x, MULTIPLE)
+        return crop_to(self.decoder(self.encoder(x)), size)

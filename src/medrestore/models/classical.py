@@ -1,22 +1,41 @@
 """Classical baselines: restoration methods with nothing to train.
 
-Each is a function ``f(noisy, sigma) -> restored`` on float RGB images in [0, 1]. ``sigma`` (0-255
-scale) is the true noise level recorded by the corrupt stage: the baselines are given the oracle
-noise level, which makes them as strong as they can be.
+Each is a function ``f(degraded, sigma, **kw) -> restored`` on float RGB images in [0, 1]. ``sigma``
+(0-255 scale) is the true noise level recorded by the corrupt stage: the denoising baselines are
+given the oracle noise level, which makes them as strong as they can be; the others ignore it.
+``bicubic`` takes ``scale`` (the SR factor; its output is ``scale`` times larger).
+
+Each function carries ``task`` (the task family it is for: denoise, sr or enhance) and ``paper``
+(where it comes from), read by the model registry and ``medrestore models``.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.restoration import denoise_nl_means
 
 
+def baseline(task: str, paper: str) -> Callable:
+    """Mark a function as a classical baseline for ``task``, citing ``paper``."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.task, fn.paper = task, paper
+        return fn
+
+    return mark
+
+
+@baseline("denoise", "seed 002 (median filter baseline)")
 def median_filter(noisy: np.ndarray, sigma: float, size: int = 3) -> np.ndarray:
     """Per-channel 3x3 median filter (seed 002's baseline)."""
     return ndi.median_filter(noisy, size=(size, size, 1), mode="reflect")
 
 
+@baseline("denoise", "seed 002 (NL-means baseline, Buades et al. 2005)")
 def nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """Non-local means (Buades et al.), scikit-image's fast mode, h = 0.8 sigma as its docs advise."""
     s = sigma / 255.0
@@ -25,8 +44,30 @@ def nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
+@baseline("denoise", "seed 004 (BM3D comparison, Dabov et al. 2007)")
 def bm3d_rgb(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """BM3D (Dabov et al.) through the reference ``bm3d`` package's colour variant (slow)."""
     import bm3d
 
     return np.clip(bm3d.bm3d_rgb(noisy, sigma_psd=max(sigma, 1e-3) / 255.0), 0.0, 1.0)
+
+
+@baseline("sr", "seed 000 (bicubic upsampling, the SR reference of Ledig et al.)")
+def bicubic(degraded: np.ndarray, sigma: float = 0.0, scale: int = 4) -> np.ndarray:
+    """Bicubic upsampling of the low-resolution input by ``scale`` (PIL, as the corrupt stage downscales)."""
+    h, w = degraded.shape[:2]
+    planes = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(degraded[..., c], dtype=np.float32), mode="F").resize((w * scale, h * scale), Image.BICUBIC))
+        for c in range(degraded.shape[2])
+    ]
+    return np.clip(np.stack(planes, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+@baseline("enhance", "seed 003 (CLAHE-based enhancement baselines)")
+def clahe(degraded: np.ndarray, sigma: float = 0.0, clip_limit: float = 0.01) -> np.ndarray:
+    """CLAHE (scikit-image ``equalize_adapthist``) on the L channel of CIELAB; colours kept."""
+    from skimage import color, exposure
+
+    lab = color.rgb2lab(np.clip(degraded, 0.0, 1.0))
+    lab[..., 0] = 100.0 * exposure.equalize_adapthist(np.clip(lab[..., 0] / 100.0, 0.0, 1.0), clip_limit=clip_limit)
+    return np.clip(color.lab2rgb(lab), 0.0, 1.0).astype(np.float32)

@@ -38,8 +38,9 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from medrestore.models.padding import crop_to, pad_to_multiple
 
 MULTIPLE = 4  # two stride-2 convs
 
@@ -83,13 +84,9 @@ class ResnetGenerator(nn.Module):
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x, size = pad_to_multiple(x, MULTIPLE)
         y = self.model(x * 2.0 - 1.0)
-        return ((y + 1.0) * 0.5)[..., :h, :w]
+        return crop_to((y + 1.0) * 0.5, size)
 
 
 class PatchDiscriminator(nn.Module):

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrestore.models.padding import crop_to, pad_to_multiple
+
 MULTIPLE = 16  # four stride-2 stages
 
 
@@ -124,11 +126,7 @@ class IRUNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x, size = pad_to_multiple(x, MULTIPLE)
         y = F.relu(self.head(x))
         skips = []
         for down, enc in zip(self.down, self.enc):
@@ -141,4 +139,4 @@ class IRUNet(nn.Module):
             elif i == 2:
                 y = y + skips[0]  # 1/2: encoder stage 1
         y = torch.sigmoid(self.tail(y))
-        return y[..., :h, :w]
+        return crop_to(y, size)

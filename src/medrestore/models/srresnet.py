@@ -93,11 +93,11 @@ class SRGANDiscriminator(nn.Module):
 
     def __init__(self, channels: int = 3, features: int = 64, pool_size: int = 6, dense: int = 1024) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.LeakyReLU(0.2)]
         c_in = features
         for mult, stride in self.PLAN:
             c_out = features * mult
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
@@ -107,6 +107,16 @@ class SRGANDiscriminator(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(dense, 1),
         )
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The 8 conv layers' outputs after their activation (a perceptual backbone, as seed 003
+        uses its discriminator's features)."""
+        feats = []
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return feats
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid score, shape (N, 1)."""

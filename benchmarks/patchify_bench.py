@@ -1,0 +1,123 @@
+"""Peak memory and speed of the patchify stage at 1x and 4x the images.
+
+Builds a prepared folder from the CHASE_DB1 mirror (every image the mirror holds), and a 4x one
+by repeating each prepared image under three more ids. Each measurement runs patchify in a fresh
+subprocess, which reports its peak resident set size (``ru_maxrss``), its peak of Python
+allocations (``tracemalloc``) and the wall time; the import baseline is measured the same way
+without patchify. Prints one JSON object.
+
+    .venv/bin/python benchmarks/patchify_bench.py [--mirror ../shared/datasets] [--size 768]
+        [--patch-size 40] [--stride 10] [--work /tmp/patchify-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _child(args: argparse.Namespace) -> None:
+    from medrestore.data.patches import patchify
+    from medrestore.io import read_json
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = {"baseline_rss_mib": before / 1024}
+    if args.prepared:
+        manifest = read_json(Path(args.prepared) / "manifest.json")
+        out = Path(args.out)
+        shutil.rmtree(out, ignore_errors=True)
+        tracemalloc.start()
+        t = time.perf_counter()
+        summary = patchify(manifest, Path(args.prepared), out, seed=0, patch_size=args.patch_size, stride=args.stride,
+                           min_fov_fraction=0.8, val_fraction=0.25, test_fraction=0.25, region_grid=2)
+        seconds = time.perf_counter() - t
+        _, py_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        patches = summary["counts"]["train"] + summary["counts"]["val"]
+        result.update(images=len(manifest["images"]), patches=patches, seconds=round(seconds, 3),
+                      patches_per_second=round(patches / seconds), python_peak_mib=py_peak / 2**20,
+                      patch_bytes_mib=patches * args.patch_size**2 * 3 / 2**20)
+        shutil.rmtree(out, ignore_errors=True)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def _measure(prepared: Path | None, out: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--patch-size", str(args.patch_size), "--stride", str(args.stride),
+           "--out", str(out)]
+    if prepared is not None:
+        cmd += ["--prepared", str(prepared)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _build(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    from medrestore.data.prepare import prepare_sources, safe_name
+    from medrestore.data.sources import gather
+    from medrestore.io import write_json_atomic
+
+    sources = work / "sources"
+    records = gather(["chase_db1"], sources, mirror=Path(args.mirror), folder=work, cache_dir=work / "cache", allow_network=False)
+    manifest = {"images": [r.as_dict(sources) for r in records]}
+    one = work / "prepared_1x"
+    prepared = prepare_sources(manifest, sources, one, size=args.size, mode="border_centre", fov_threshold=0.1)
+    four = work / "prepared_4x"
+    entries = []
+    for copy in range(4):
+        for e in prepared["images"]:
+            new = dict(e, id=e["id"] if copy == 0 else f"{e['id']}_copy{copy}")
+            for key in ("image", "fov", "vessels", "vessels_2nd"):
+                if e.get(key):
+                    rel = f"{key}/{safe_name(new['id'])}.png"
+                    (four / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(one / e[key], four / rel)
+                    new[key] = rel
+            entries.append(new)
+    write_json_atomic(four / "manifest.json", dict(prepared, images=entries))
+    return one, four
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mirror", default=str(REPO.parent / "shared" / "datasets"))
+    ap.add_argument("--size", type=int, default=768)
+    ap.add_argument("--patch-size", type=int, default=40)
+    ap.add_argument("--stride", type=int, default=10)
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--prepared", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args)
+        return
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="patchify-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    one, four = _build(args, work)
+    build_s = time.perf_counter() - t
+    report = {
+        "params": {"size": args.size, "patch_size": args.patch_size, "stride": args.stride},
+        "build_seconds": round(build_s, 1),
+        "imports_only": _measure(None, work / "patches", args),
+        "x1": _measure(one, work / "patches", args),
+        "x4": _measure(four, work / "patches", args),
+    }
+    report["peak_rss_growth_x4_over_x1_mib"] = round(report["x4"]["peak_rss_mib"] - report["x1"]["peak_rss_mib"], 1)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

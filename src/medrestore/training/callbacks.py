@@ -1,0 +1,122 @@
+"""Lightning callbacks shared by every training kind: the curve, atomic checkpoints, the sampler's step."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+
+from medrestore.training.data import StepBatchSampler
+
+TRAIN_KEYS = ("train_loss", "d_loss", "g_adv")
+CURVE_COLUMNS = ["step", "train_loss", "lr", "val_loss", "val_psnr"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or the weights became NaN/inf: training stops, the last good checkpoint stays on disk."""
+
+
+def non_finite_error(run: str, step: int, what: str, value: float, ckpt: Path | None) -> NonFiniteLossError:
+    kept = f"the last good checkpoint {ckpt} is kept" if ckpt is not None and ckpt.is_file() else "no checkpoint had been written yet"
+    return NonFiniteLossError(
+        f"run {run!r}: {what} became {value} at step {step}. Fix: lower the learning rate (train.models.<model>.lr or the "
+        f"run's overrides in params.yaml) or check the data; {kept} and the bad state was not saved."
+    )
+
+
+class CurveRecorder(L.Callback):
+    """Collects the loss/PSNR curve for ``curve.csv`` and forwards it to MLflow."""
+
+    def __init__(self, tracker=None, every: int = 10) -> None:
+        self.rows: dict[int, dict[str, float]] = {}
+        self.tracker = tracker
+        self.every = every
+
+    def _record(self, step: int, values: dict[str, float]) -> None:
+        self.rows.setdefault(step, {}).update(values)
+        if self.tracker is not None:
+            self.tracker.log_metrics(values, step=step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step == 1:
+            m = trainer.callback_metrics
+            values = {k: float(m[k]) for k in TRAIN_KEYS if k in m}
+            if values:
+                values["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+                self._record(step, values)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        if "val_psnr" in m:
+            self._record(trainer.global_step, {"val_loss": float(m["val_loss"]), "val_psnr": float(m["val_psnr"])})
+
+    def state_dict(self) -> dict:
+        return {"rows": {int(k): dict(v) for k, v in self.rows.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = {int(k): dict(v) for k, v in state.get("rows", {}).items()}
+
+    def csv_text(self) -> str:
+        extra = sorted({k for r in self.rows.values() for k in r} - set(CURVE_COLUMNS))
+        cols = CURVE_COLUMNS + extra
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for step in sorted(self.rows):
+            r = self.rows[step]
+            w.writerow([step] + [("" if c not in r else f"{r[c]:.6g}") for c in cols[1:]])
+        return buf.getvalue()
+
+
+class AtomicCheckpoint(L.Callback):
+    """``last.ckpt`` every ``every`` steps, written to a temporary file and renamed: a kill at any
+    moment leaves the previous checkpoint intact.
+
+    On a step that also validates, the checkpoint is taken after validation, so that a resumed run
+    neither repeats nor skips that validation (its PSNR and best weights are in the checkpoint).
+    Weights that are no longer finite are never written: the run stops with
+    :class:`NonFiniteLossError` and the previous checkpoint stays.
+    """
+
+    def __init__(self, folder: Path, every: int, val_every: int, run: str = "") -> None:
+        self.path = Path(folder) / "last.ckpt"
+        self.every = every
+        self.val_every = val_every
+        self.run = run
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 and step % self.val_every != 0:
+            self.save(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.global_step % self.every == 0:
+            self.save(trainer, pl_module)
+
+    def save(self, trainer, pl_module) -> None:
+        for name, p in pl_module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise non_finite_error(self.run, trainer.global_step, f"weight {name}", float("nan"), self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".last.{os.getpid()}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+
+class RankAwareSampler(L.Callback):
+    """Tells the step sampler its DDP rank and the step it resumes at."""
+
+    def __init__(self, sampler: StepBatchSampler) -> None:
+        self.sampler = sampler
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.sampler.rank, self.sampler.world = trainer.global_rank, trainer.world_size
+        self.sampler.start_step = lambda: trainer.global_step

@@ -1,0 +1,128 @@
+"""Training data: paired and unpaired patch datasets, step-deterministic batch samplers, fingerprints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from medrestore.io import InputError
+
+
+def _to_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, copy=True).transpose(2, 0, 1)).float().div_(255.0)
+
+
+def pair_scale(clean: np.ndarray, degraded: np.ndarray) -> int:
+    """How many times smaller the degraded patches are (1 for restoration, 2/4 for super-resolution)."""
+    if clean.shape[0] != degraded.shape[0] or clean.ndim != 4 or degraded.ndim != 4 or clean.shape[3] != degraded.shape[3]:
+        raise InputError(f"clean {clean.shape} and degraded {degraded.shape} patches do not pair up. Fix: rerun the corrupt stage.")
+    s, r = divmod(clean.shape[1], degraded.shape[1])
+    if r or clean.shape[2] != degraded.shape[2] * s:
+        raise InputError(
+            f"clean patches {clean.shape[1:3]} are not an integer multiple of the degraded ones {degraded.shape[1:3]}. "
+            "Fix: make patchify.patch_size a multiple of the task's scale."
+        )
+    return s
+
+
+class PairedPatches(Dataset):
+    """(degraded, clean) pairs from two aligned (N, P, P, C) uint8 arrays, as float CHW in [0, 1].
+
+    For super-resolution the degraded patches are ``scale`` times smaller: (N, P/s, P/s, C).
+    """
+
+    def __init__(self, clean: np.ndarray, degraded: np.ndarray) -> None:
+        self.scale = pair_scale(clean, degraded)
+        self.clean, self.degraded = clean, degraded
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _to_tensor(self.degraded[i]), _to_tensor(self.clean[i])
+
+
+class UnpairedPatches(Dataset):
+    """Unpaired samples: item ``(i, j)`` is (degraded patch ``degraded_idx[j]``, clean patch ``clean_idx[i]``).
+
+    ``clean_idx`` and ``degraded_idx`` come from the task's ``train_domain.npy`` (0: clean sample,
+    1: degraded sample), so the two sides never show the same scene.
+    """
+
+    def __init__(self, clean: np.ndarray, degraded: np.ndarray, clean_idx: np.ndarray, degraded_idx: np.ndarray) -> None:
+        pair_scale(clean, degraded)
+        if len(clean_idx) == 0 or len(degraded_idx) == 0:
+            raise InputError("unpaired training needs patches of both domains (train_domain.npy holds only one). Fix: rerun the corrupt stage.")
+        self.clean, self.degraded = clean, degraded
+        self.clean_idx, self.degraded_idx = np.asarray(clean_idx), np.asarray(degraded_idx)
+
+    def __len__(self) -> int:
+        return max(len(self.clean_idx), len(self.degraded_idx))
+
+    def __getitem__(self, ij: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, j = ij
+        return _to_tensor(self.degraded[self.degraded_idx[j]]), _to_tensor(self.clean[self.clean_idx[i]])
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Endless batches whose content is a pure function of (seed, step, rank).
+
+    Epoch ``e`` is a permutation drawn from ``seed`` and ``e``; step ``s`` takes the next slice of
+    it. Because nothing depends on iterator state, a run resumed at step ``s`` draws exactly the
+    batches an uninterrupted run draws, and each DDP rank takes its own share of every batch.
+    ``stream`` separates independent samplers of one run (the two sides of unpaired data).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: int | None = None) -> None:
+        self.n, self.batch_size, self.seed, self.stream = n, batch_size, seed, stream
+        self.start_step = lambda: 0
+        self.rank, self.world = 0, 1
+
+    def steps_per_epoch(self) -> int:
+        return max(self.n // (self.batch_size * self.world), 1)
+
+    def batch_at(self, step: int) -> list[int]:
+        per_epoch = self.steps_per_epoch()
+        epoch, k = divmod(step, per_epoch)
+        words = [self.seed, epoch] if self.stream is None else [self.seed, self.stream, epoch]
+        perm = np.random.default_rng(words).permutation(self.n)
+        size = self.batch_size * self.world
+        chunk = np.resize(perm, (per_epoch * size,))[k * size : (k + 1) * size]
+        return chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = int(self.start_step())
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+class UnpairedStepSampler(StepBatchSampler):
+    """Batches of (clean index, degraded index) pairs from two independent step samplers."""
+
+    def __init__(self, n_clean: int, n_degraded: int, batch_size: int, seed: int) -> None:
+        super().__init__(max(n_clean, n_degraded), batch_size, seed)
+        self.clean = StepBatchSampler(n_clean, batch_size, seed, stream=1)
+        self.degraded = StepBatchSampler(n_degraded, batch_size, seed, stream=2)
+
+    def batch_at(self, step: int) -> list[tuple[int, int]]:  # type: ignore[override]
+        for side in (self.clean, self.degraded):
+            side.rank, side.world = self.rank, self.world
+        return list(zip(self.clean.batch_at(step), self.degraded.batch_at(step)))
+
+
+def fingerprint(cfg, arrays: list[np.ndarray]) -> str:
+    """Identity of a training run: its config and the bytes of its data (for resume folders)."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode())
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        flat = np.asarray(a).reshape(-1)
+        for i in range(0, flat.size, 1 << 26):
+            h.update(np.ascontiguousarray(flat[i : i + (1 << 26)]).tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,176 @@
+"""``train_model``: one run of any registered model, start to finish, resumable.
+
+What the stage gets:
+- ``model.safetensors`` + ``model.json``: the restoration network's weights at the best validation
+  PSNR (no pickle; GANs: the generator only), with ``scale`` for super-resolution models;
+- ``metrics.json``: best and final validation PSNR, steps, parameter count (no wall times: they
+  would make the file differ on every run; times go to MLflow);
+- ``curve.csv``: step, train loss, lr, validation loss and PSNR (GANs add d_loss and g_adv), read by
+  ``dvc plots``.
+
+Lightning checkpoints for resuming live outside the DVC outputs, in ``ckpt_dir/<fingerprint>``
+where the fingerprint hashes the config and the training data: a rerun of a killed stage resumes
+from the last checkpoint, and on CPU ends byte-identical to an uninterrupted run, because batches
+and augmentations are functions of (seed, step) rather than of iterator state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medrestore.io import InputError, write_json_atomic, write_text_atomic
+from medrestore.models import MODELS, count_parameters, save_model
+from medrestore.training.callbacks import AtomicCheckpoint, CurveRecorder, RankAwareSampler
+from medrestore.training.config import TrainConfig
+from medrestore.training.data import PairedPatches, StepBatchSampler, UnpairedPatches, UnpairedStepSampler, fingerprint, pair_scale
+from medrestore.training.gan import GAN_MODULES
+from medrestore.training.paired import RestorationModule
+
+
+def _world(cfg: TrainConfig) -> int:
+    return cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1
+
+
+def resolve_config(cfg: TrainConfig, train_pairs: tuple[np.ndarray, np.ndarray], n_train: int) -> TrainConfig:
+    """Fill in what follows from the data: the SR scale of the network, ``max_steps`` from ``epochs``."""
+    if cfg.model not in MODELS:
+        raise InputError(f"unknown model {cfg.model!r}. Fix: use one of {', '.join(MODELS)}.")
+    scale = pair_scale(*train_pairs)
+    kwargs = dict(cfg.model_kwargs)
+    accepts_scale = "scale" in inspect.signature(MODELS[cfg.model].cls).parameters
+    if scale != 1 or "scale" in kwargs:
+        if not accepts_scale:
+            raise InputError(f"the task's inputs are {scale}x smaller than the targets, and {cfg.model!r} cannot upscale. Fix: train an SR model (lapsrn, srresnet, srgan).")
+        if kwargs.get("scale", scale) != scale:
+            raise InputError(f"model_kwargs.scale={kwargs['scale']} but the task's inputs are {scale}x smaller. Fix: drop model_kwargs.scale.")
+        kwargs["scale"] = scale
+    elif accepts_scale:
+        kwargs["scale"] = 1  # same-size task: LapSRN's deblurring mode, SRResNet without upsampling
+    changes: dict[str, Any] = {"model_kwargs": kwargs}
+    if cfg.epochs and cfg.epochs > 0:
+        per_epoch = max(n_train // (cfg.batch_size * _world(cfg)), 1)
+        changes["max_steps"] = max(int(round(cfg.epochs * per_epoch)), 1)
+    return cfg.replace(**changes)
+
+
+def train_model(
+    cfg: TrainConfig,
+    train_pairs: tuple[np.ndarray, np.ndarray],
+    val_pairs: tuple[np.ndarray, np.ndarray],
+    out_dir: Path,
+    ckpt_dir: Path,
+    tracker=None,
+    extra_meta: dict[str, Any] | None = None,
+    *,
+    train_domain: np.ndarray | None = None,
+    run: str | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` on (clean, degraded) patch arrays; write the stage's outputs to ``out_dir``.
+
+    ``train_domain`` (unpaired tasks): per training patch, 0 = use its clean version only, 1 = use its
+    degraded version only. Paired models refuse it; cyclegan models without it draw both sides
+    independently from all patches. ``run`` names the run in errors (default: the model).
+    """
+    spec = MODELS.get(cfg.model)
+    if spec is None:
+        raise InputError(f"unknown model {cfg.model!r}. Fix: use one of {', '.join(MODELS)}.")
+    run = run or cfg.model
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # cuBLAS needs a fixed workspace for deterministic results on GPU (no effect on CPU).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    clean, degraded = train_pairs
+    if spec.trainer == "cyclegan":
+        if train_domain is None:
+            clean_idx = degraded_idx = np.arange(clean.shape[0])
+        else:
+            domain = np.asarray(train_domain)
+            if domain.shape != (clean.shape[0],):
+                raise InputError(f"train_domain has shape {domain.shape}, expected ({clean.shape[0]},). Fix: rerun the corrupt stage.")
+            clean_idx, degraded_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
+        train_ds = UnpairedPatches(clean, degraded, clean_idx, degraded_idx)
+        sampler: StepBatchSampler = UnpairedStepSampler(len(clean_idx), len(degraded_idx), cfg.batch_size, cfg.seed)
+        n_train = len(train_ds)
+    else:
+        if train_domain is not None:
+            raise InputError(f"{cfg.model!r} trains on pairs, but this task is unpaired (train_domain.npy). Fix: use cyclegan or cyclegan-fc.")
+        train_ds = PairedPatches(clean, degraded)
+        sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed)
+        n_train = len(train_ds)
+    cfg = resolve_config(cfg, train_pairs, n_train)
+    scale = pair_scale(*train_pairs)
+    module = GAN_MODULES[spec.trainer](cfg, run) if spec.trainer in GAN_MODULES else RestorationModule(cfg, run)
+    val_ds = PairedPatches(val_pairs[0], val_pairs[1])
+    train_dl = DataLoader(train_ds, batch_sampler=sampler)
+    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False)
+    arrays = [*train_pairs, *val_pairs] + ([] if train_domain is None else [np.asarray(train_domain)])
+    run_dir = Path(ckpt_dir) / fingerprint(cfg, arrays)
+    resume = run_dir / "last.ckpt"
+    module.ckpt_path = resume
+    val_every = min(cfg.val_every, cfg.max_steps)
+    recorder = CurveRecorder(tracker)
+    checkpointer = AtomicCheckpoint(run_dir, cfg.ckpt_every, val_every, run)
+    callbacks: list[L.Callback] = [recorder, checkpointer, RankAwareSampler(sampler)]
+    if cfg.early_stop_patience > 0:
+        callbacks.append(L.callbacks.EarlyStopping(monitor="val_psnr", mode="max", patience=cfg.early_stop_patience))
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
+    )
+    start = time.perf_counter()
+    if resume.is_file():
+        print(f"[medrestore] {run}: resuming from {resume}", flush=True)
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=False)
+    seconds = time.perf_counter() - start
+    if module.best_state is None:
+        raise RuntimeError(f"run {run!r}: training ended before any validation. Fix: raise train.max_steps or lower train.val_every.")
+    final_psnr = float(trainer.callback_metrics.get("val_psnr", float("nan")))
+    metrics = {
+        "model": cfg.model,
+        "parameters": count_parameters(module.net),
+        "steps": int(trainer.global_step),
+        "best_val_psnr": round(module.best_psnr, 4),
+        "final_val_psnr": round(final_psnr, 4),
+        "train_patches": n_train,
+        "val_patches": len(val_ds),
+        "scale": scale,
+    }
+    if not trainer.is_global_zero:
+        return metrics
+    module.net.load_state_dict(module.best_state)
+    net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
+    meta = {"train": metrics, "scale": scale, "task_kind": spec.task, **(extra_meta or {})}
+    save_model(net, out_dir, name=cfg.model, kwargs=cfg.model_kwargs, extra=meta)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / "curve.csv", recorder.csv_text())
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the outputs above are the result
+    if tracker is not None:
+        tracker.log_metrics({"train_seconds": seconds, "patches_per_second": cfg.batch_size * trainer.global_step / seconds})
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
