@@ -51,27 +51,156 @@ def _detail_window(clean: np.ndarray, fov: np.ndarray, size: int) -> tuple[int, 
     return pos
 
 
-def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128) -> bytes:
+def _methods(summary: dict) -> list[str]:
+    return ["degraded"] + sorted(m for m in summary["methods"] if m not in ("degraded", "clean"))
+
+
+def _restored(eval_dir: Path, method: str, variant: str, entry: dict) -> np.ndarray:
+    return read_image(eval_dir / "restored" / method / variant / f"{safe_name(entry['id'])}.png", "RGB")
+
+
+def _as_clean_size(img: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Low-resolution inputs of super-resolution tasks shown at the clean image's size (nearest)."""
+    if img.shape[:2] == tuple(shape[:2]):
+        return img
+    ys = (np.arange(shape[0]) * img.shape[0] // shape[0]).clip(0, img.shape[0] - 1)
+    xs = (np.arange(shape[1]) * img.shape[1] // shape[1]).clip(0, img.shape[1] - 1)
+    return img[ys][:, xs]
+
+
+def _test_case(patches_dir: Path, window: int) -> tuple[dict, np.ndarray, np.ndarray, tuple[int, int], int]:
     meta = read_json(patches_dir / "patches.json")
     entry = meta["test"][0]
     clean = read_image(patches_dir / entry["image"], "RGB")
     fov = read_image(patches_dir / entry["fov"], "L") > 127
-    t, l = _detail_window(clean, fov, min(window, *clean.shape[:2]))
     w = min(window, *clean.shape[:2])
-    methods = ["degraded"] + sorted(m for m, v in summary["methods"].items() if m not in ("degraded", "clean"))
+    return entry, clean, fov, _detail_window(clean, fov, w), w
+
+
+def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128) -> bytes:
+    """Qualitative grid: the whole test image with the zoom window marked, then the zoomed window
+    (the green-channel detail densest, i.e. thin vessels) for the clean image and every method."""
+    from matplotlib.patches import Rectangle
+
+    entry, clean, fov, (t, l), w = _test_case(patches_dir, window)
+    methods = _methods(summary)
     variants = summary["variants"]
-    fig, axes = plt.subplots(len(variants), len(methods) + 1, figsize=(2.0 * (len(methods) + 1), 2.15 * len(variants)), squeeze=False)
+    fig, axes = plt.subplots(len(variants), len(methods) + 2, figsize=(2.0 * (len(methods) + 2), 2.15 * len(variants)), squeeze=False)
     for r, variant in enumerate(variants):
-        panels = [("clean", clean)] + [
-            (m, read_image(eval_dir / "restored" / m / variant / f"{safe_name(entry['id'])}.png", "RGB")) for m in methods
-        ]
-        for c, (name, img) in enumerate(panels):
+        ax = axes[r][0]
+        ax.imshow(clean)
+        ax.add_patch(Rectangle((l, t), w, w, fill=False, edgecolor="yellow", linewidth=1.5))
+        ax.set_title("test image" + (f"  [{variant}]" if len(variants) > 1 else ""), fontsize=8)
+        ax.axis("off")
+        panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in methods]
+        for c, (name, img) in enumerate(panels, start=1):
             ax = axes[r][c]
             ax.imshow(img[t : t + w, l : l + w], interpolation="nearest")
-            label = name if name == "clean" else f"{name}\n{summary['methods'][name][variant]['psnr']['mean']:.2f} dB"
-            ax.set_title(f"{label}" + (f"  [{variant}]" if c == 0 and len(variants) > 1 else ""), fontsize=8)
+            stats = summary["methods"].get(name, {}).get(variant, {})
+            label = name if "psnr" not in stats else f"{name}\n{stats['psnr']['mean']:.2f} dB"
+            ax.set_title(label, fontsize=8)
             ax.axis("off")
-    fig.suptitle(f"{task}: {entry['id']}, {w}x{w} crop at ({t}, {l})", fontsize=9, y=1.02)
+    fig.suptitle(f"{task}: {entry['id']}, {w}x{w} zoom at ({t}, {l})", fontsize=9, y=1.02)
+    return _fig_png(fig)
+
+
+def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128) -> bytes:
+    """Per-channel absolute error against the clean image in the zoom window (seed 000's figure 3),
+    for the hardest test corruption: rows are methods, columns R, G, B; one colour scale for all."""
+    entry, clean, _, (t, l), w = _test_case(patches_dir, window)
+    variant = summary["variants"][-1]
+    methods = _methods(summary)
+    ref = clean[t : t + w, l : l + w].astype(np.float32)
+    errs = {m: np.abs(_as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)[t : t + w, l : l + w].astype(np.float32) - ref) for m in methods}
+    vmax = max(float(np.percentile(e, 99)) for e in errs.values()) or 1.0
+    fig, axes = plt.subplots(len(methods), 3, figsize=(7.0, 2.0 * len(methods)), squeeze=False)
+    for r, m in enumerate(methods):
+        for c, ch in enumerate("RGB"):
+            ax = axes[r][c]
+            im = ax.imshow(errs[m][..., c], cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"{m}, {ch}: mean {errs[m][..., c].mean():.1f}", fontsize=7)
+            ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="absolute error (0-255)")
+    fig.suptitle(f"{task} [{variant}]: per-channel error, {entry['id']}", fontsize=9)
+    return _fig_png(fig)
+
+
+def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, segmenter, window: int = 192) -> bytes:
+    """The pipeline's vessel segmenter on every method's output in the zoom window: vessels of the
+    reference found (white), missed (magenta) and invented (more than 2 px from any reference
+    vessel, cyan). The reference is the manual mask when the dataset has one, else the segmentation
+    of the clean image."""
+    from scipy import ndimage
+
+    entry, clean, fov, (t, l), w = _test_case(patches_dir, window)
+    variant = summary["variants"][len(summary["variants"]) // 2]
+    manual = entry.get("vessels")
+    reference = read_image(patches_dir / manual, "L") > 127 if manual else segmenter(clean, fov)[1]
+    reference &= fov
+    near = ndimage.distance_transform_edt(~reference) <= 2.0
+    panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in _methods(summary)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), squeeze=False)
+    for ax, (name, img) in zip(axes[0], panels):
+        found = segmenter(img, fov)[1] & fov
+        rgb = np.zeros((*found.shape, 3), np.float32)
+        rgb[reference & found] = (1, 1, 1)
+        rgb[reference & ~found] = (1, 0, 1)
+        rgb[found & ~near] = (0, 1, 1)
+        sub = (slice(t, t + w), slice(l, l + w))
+        ax.imshow(rgb[sub], interpolation="nearest")
+        missed = float((reference & ~found)[sub].sum() / max(reference[sub].sum(), 1))
+        invented = float((found & ~near)[sub].sum() / max(found[sub].sum(), 1))
+        ax.set_title(f"{name}\nmissed {missed:.0%}, invented {invented:.0%}", fontsize=7)
+        ax.axis("off")
+    ref_name = "manual mask" if manual else "segmentation of the clean image"
+    fig.suptitle(f"{task} [{variant}]: vessels found (white), missed (magenta), invented (cyan) vs the {ref_name}", fontsize=8, y=1.04)
+    return _fig_png(fig)
+
+
+def sigma_figure(task: str, summary: dict) -> bytes | None:
+    """PSNR and thin-vessel recall against the test noise level, for tasks tested at several sigmas."""
+    sig = {}
+    for v in summary["variants"]:
+        digits = "".join(ch for ch in v if ch.isdigit())
+        if not digits:
+            return None
+        sig[v] = int(digits)
+    if len(sig) < 2:
+        return None
+    order = sorted(sig, key=sig.get)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for m in sorted(summary["methods"]):
+        if m == "clean":
+            continue
+        xs = [sig[v] for v in order]
+        for ax, metric in ((a1, "psnr"), (a2, "ref_thin_recall")):
+            ys = [summary["methods"][m].get(v, {}).get(metric, {}).get("mean", np.nan) for v in order]
+            ax.plot(xs, ys, marker="o", label=m, linestyle="--" if m == "degraded" else "-")
+    a1.set(xlabel="test noise sigma (0-255)", ylabel="PSNR (dB)", title=f"{task}: PSNR against sigma")
+    a2.set(xlabel="test noise sigma (0-255)", ylabel="thin-vessel recall", title="thin vessels kept against sigma")
+    a1.legend(fontsize=7)
+    return _fig_png(fig)
+
+
+def cost_figure(task: str, summary: dict, cost: dict | None) -> bytes | None:
+    """Quality (PSNR, the hardest variant) against inference seconds per megapixel, log scale."""
+    if not cost:
+        return None
+    variant = summary["variants"][-1]
+    pts = []
+    for m, c in cost.items():
+        s = c.get("seconds_per_mpix") if isinstance(c, dict) else None
+        stats = summary["methods"].get(m, {}).get(variant, {})
+        if s and "psnr" in stats:
+            pts.append((m, float(s), stats["psnr"]["mean"], c.get("parameters")))
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for m, s, q, params in pts:
+        ax.scatter(s, q, s=30)
+        ax.annotate(m + (f" ({params / 1e3:.0f}k)" if params else ""), (s, q), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set(xscale="log", xlabel="inference seconds per megapixel (this machine, CPU)", ylabel=f"PSNR [{variant}] (dB)",
+           title=f"{task}: quality against cost")
     return _fig_png(fig)
 
 
@@ -158,8 +287,94 @@ def methods_paragraph(params: dict) -> str:
     )
 
 
-def build_report(params: dict, tasks: list[str], eval_root: Path, patches_dir: Path, models_root: Path, out_dir: Path) -> dict:
+CAPTIONS = {
+    "crops": "The whole test image (zoom window in yellow), then the zoomed window for the clean image and every method (PSNR of the whole test image)",
+    "errors": "Per-channel absolute error against the clean image in the zoom window (seed 000's figure 3); one colour scale for all panels",
+    "vessels": "Vessel segmenter on each output: reference vessels found (white), missed (magenta), invented more than 2 px from any reference vessel (cyan)",
+    "sigma": "PSNR and thin-vessel recall against the test noise level",
+    "cost": "Quality against inference cost (median seconds per megapixel on the machine that ran the evaluation; parameters in brackets)",
+    "curves": "Training curves (loss on training batches, PSNR on the validation patches)",
+}
+
+
+def _lock_stages(lock_path: Path) -> dict:
+    import yaml
+
+    if not lock_path.is_file():
+        return {}
+    return (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
+
+
+def _short(md5: str | None) -> str:
+    return (md5 or "-").replace(".dir", "")[:10]
+
+
+def _params_digest(entry: dict) -> str:
+    import hashlib
+
+    blob = json.dumps(entry.get("params", {}), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, models_root: Path) -> tuple[list[str], list[list[str]]]:
+    """Per method: the DVC stage that produced it, the md5 of its model (as dvc.lock records it), of
+    the task's corrupted data and of the evaluation code, a digest of its locked params, and the
+    command that prints the rest of the chain (git commit, MLflow run)."""
+    header = ["method", "stage", "model md5", "data md5 (corrupt)", "params digest", "full chain"]
+    rows = []
+    corrupt = stages.get(f"corrupt@{task}", {})
+    data_md5 = _short(next((o.get("md5") for o in corrupt.get("outs", [])), None))
+    evaluate = stages.get(f"evaluate@{task}", {})
+    for m in methods:
+        kind = summary["methods"][m][summary["variants"][0]]["kind"]
+        if kind == "model":
+            model_file = (Path(models_root) / task / m / "model.safetensors").as_posix()
+            name, entry = next(((n, e) for n, e in stages.items() if n.startswith("train@") and any(o["path"] == model_file for o in e.get("outs", []))), (None, {}))
+            md5 = next((o.get("md5") for o in entry.get("outs", []) if o["path"] == model_file), None)
+            rows.append([m, name or "-", _short(md5), data_md5, _params_digest(entry) if entry else "-", f"`medrestore lineage {model_file}`"])
+        else:
+            rows.append([m, f"evaluate@{task}", "-", data_md5, _params_digest(evaluate) if evaluate else "-", f"`medrestore lineage artifacts/eval/{task}/summary.json`"])
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    out = [f"<table class='{cls}'><thead><tr>", "".join(f"<th>{html.escape(h)}</th>" for h in header), "</tr></thead><tbody>"]
+    for r in rows:
+        cells = []
+        for c in r:
+            if c.startswith("**"):
+                cells.append(f"<td class='best'>{html.escape(c.strip('*'))}</td>")
+            elif c.startswith("`") and c.endswith("`"):
+                cells.append(f"<td><code>{html.escape(c.strip('`'))}</code></td>")
+            else:
+                cells.append(f"<td>{html.escape(c)}</td>")
+        out.append(f"<tr>{''.join(cells)}</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def build_report(
+    params: dict,
+    tasks: list[str],
+    eval_root: Path,
+    patches_dir: Path,
+    models_root: Path,
+    out_dir: Path,
+    *,
+    segmenter=None,
+    lock_path: Path = Path("dvc.lock"),
+) -> dict:
+    """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None)."""
+    if segmenter is None:
+        from medrestore.vessels import VesselSegmenter
+
+        segmenter = VesselSegmenter(None)
     out_dir = Path(out_dir)
+    stages = _lock_stages(Path(lock_path))
     md = ["# medrestore comparison report", "", "## Methods", "", methods_paragraph(params), ""]
     html_parts = [f"<h1>medrestore comparison report</h1><h2>Methods</h2><p>{html.escape(methods_paragraph(params))}</p>"]
     headline: dict = {}
@@ -167,39 +382,43 @@ def build_report(params: dict, tasks: list[str], eval_root: Path, patches_dir: P
         eval_dir = Path(eval_root) / task
         summary = read_json(eval_dir / "summary.json")
         md += [f"## {task}", ""]
-        html_parts.append(f"<h2>{html.escape(task)}</h2>")
+        html_parts.append(f"<h2 id='{html.escape(task)}'>{html.escape(task)}</h2>")
         for variant in summary["variants"]:
             header, rows = task_table(summary, variant)
-            md += [f"### {task}, test corruption `{variant}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            md += ["| " + " | ".join(r) + " |" for r in rows]
-            md.append("")
-            html_parts.append(f"<h3>test corruption <code>{html.escape(variant)}</code></h3><table><thead><tr>")
-            html_parts.append("".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>")
-            for r in rows:
-                cells = "".join(
-                    f"<td class='best'>{html.escape(c.strip('*'))}</td>" if c.startswith("**") else f"<td>{html.escape(c)}</td>" for c in r
-                )
-                html_parts.append(f"<tr>{cells}</tr>")
-            html_parts.append("</tbody></table>")
+            md += [f"### {task}, test corruption `{variant}`", "", *_md_table(header, rows)]
+            html_parts.append(f"<h3>test corruption <code>{html.escape(variant)}</code></h3>" + _html_table(header, rows))
             for m, v in summary["methods"].items():
                 stats = v[variant]
                 headline.setdefault(task, {}).setdefault(m, {})[variant] = {
                     k: stats[k]["mean"] for k in ("psnr", "ssim", "niqe", "brisque") if k in stats
                 }
-        figures = [("crops", crops_figure(task, eval_dir, patches_dir, summary)), ("curves", curves_figure(task, Path(models_root) / task))]
+        methods = [m for m in sorted(summary["methods"], key=lambda m: (KIND_ORDER.get(summary["methods"][m][summary["variants"][0]]["kind"], 9), m)) if m != "clean"]
+        header, rows = lineage_rows(task, methods, summary, stages, Path(models_root))
+        md += [f"### {task}: lineage", "", *_md_table(header, rows)]
+        html_parts.append(f"<h3>{html.escape(task)}: lineage</h3>" + _html_table(header, rows, "lineage"))
+        cost_path = eval_dir / "cost.json"
+        cost = read_json(cost_path) if cost_path.is_file() else summary.get("cost")
+        figures = [
+            ("crops", crops_figure(task, eval_dir, patches_dir, summary)),
+            ("errors", error_maps_figure(task, eval_dir, patches_dir, summary)),
+            ("vessels", vessel_figure(task, eval_dir, patches_dir, summary, segmenter)),
+            ("sigma", sigma_figure(task, summary)),
+            ("cost", cost_figure(task, summary, (cost or {}).get("methods", cost) if isinstance(cost, dict) else None)),
+            ("curves", curves_figure(task, Path(models_root) / task)),
+        ]
         for kind, png in figures:
             if png is None:
                 continue
             rel = f"figures/{task}_{kind}.png"
             write_bytes_atomic(out_dir / rel, png)
-            caption = "Clean, degraded and restored crops (PSNR of the whole test image)" if kind == "crops" else "Training curves"
-            md += [f"![{task} {kind}]({rel})", "", f"*{caption}.*", ""]
+            md += [f"![{task} {kind}]({rel})", "", f"*{CAPTIONS[kind]}.*", ""]
             b64 = base64.b64encode(png).decode()
-            html_parts.append(f"<figure><img alt='{task} {kind}' src='data:image/png;base64,{b64}'><figcaption>{caption}.</figcaption></figure>")
+            html_parts.append(f"<figure><img alt='{task} {kind}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(CAPTIONS[kind])}.</figcaption></figure>")
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}.best{font-weight:bold;background:#e8f4e8}img{max-width:100%}"
+        "table.lineage td{text-align:left;font-family:monospace;font-size:12px}figcaption{font-size:13px;color:#555}"
     )
     page = f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>medrestore report</title><style>{style}</style></head><body>{''.join(html_parts)}</body></html>\n"
     write_text_atomic(out_dir / "index.html", page)
