@@ -1,17 +1,24 @@
-"""report: reports/index.html, reports/report.md, reports/metrics.json and figures."""
+"""report: reports/index.html, reports/report.md, reports/metrics.json and figures; the best model
+of each task is registered in MLflow's model registry with its lineage."""
 
 from pathlib import Path
 
 from _common import params, run
 
-from medrestore.report import build_report
+from medrestore.lineage import register_best_models
+from medrestore.report import best_models, build_report
+from medrestore.vessels import load_vessel_segmenter
 
 
 def main() -> None:
     p = params()
     tasks = sorted(p["corrupt"]["tasks"])
-    with run("report", {"tasks": tasks}):
-        build_report(p, tasks, Path("artifacts/eval"), Path("artifacts/patches"), Path("artifacts/models"), Path("reports"))
+    with run("report", {"tasks": tasks}) as tracker:
+        segmenter, _ = load_vessel_segmenter(Path("artifacts/segmenter"))
+        build_report(p, tasks, Path("artifacts/eval"), Path("artifacts/patches"), Path("artifacts/models"), Path("reports"), segmenter=segmenter)
+        registered = register_best_models(best_models(Path("artifacts/eval"), tasks), Path("artifacts/models"), tracker=tracker)
+        for task, version in registered.items():
+            print(f"[medrestore] registered {version} (best of {task})")
 
 
 if __name__ == "__main__":

@@ -161,3 +161,54 @@ def format_lineage(rec: dict[str, Any]) -> str:
     else:
         lines.append(f"mlflow      run {m['run_id']} (matched by {m['matched_by']}; code {m['git_commit']}, dirty={m['git_dirty']})")
     return "\n".join(lines)
+
+
+def register_best_models(best: dict[str, dict], models_root: Path, root: Path | None = None, tracker=None) -> dict[str, str]:
+    """Register each task's best model in MLflow's model registry as ``medrestore-<task>``.
+
+    ``best`` maps task -> {"model": name, "metric": name, "value": float}. The model folder
+    (safetensors + model.json) is logged as an artifact of the active run (the report stage's) and
+    a new version is created with its lineage as tags: DVC stage, model md5, the md5 of every
+    input, a digest of the params, the commit that recorded them and the training run's id.
+    Returns task -> "name/version"; failures are counted by ``tracker`` and never stop the report.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    root = Path(root or repo_root())
+    done: dict[str, str] = {}
+    active = mlflow.active_run()
+    if active is None:
+        return done
+    client = MlflowClient()
+    for task, pick in sorted(best.items()):
+        folder = Path(models_root) / task / pick["model"]
+        try:
+            rec = lineage(folder / "model.safetensors", root=root)
+            mlflow.log_artifacts(str(folder), artifact_path=f"models/{task}/{pick['model']}")
+            name = f"medrestore-{task}"
+            try:
+                client.get_registered_model(name)
+            except Exception:
+                client.create_registered_model(name, description=f"Best model of the {task} task by {pick['metric']}, from the medrestore report stage.")
+            tags = {
+                "task": task,
+                "model": pick["model"],
+                f"selected_by": f"{pick['metric']} = {pick['value']:.4f}",
+                "dvc_stage": rec["stage"],
+                "model_md5": rec["md5"],
+                "git_commit": (rec["git"] or {}).get("commit", "uncommitted"),
+                "train_run_id": (rec["mlflow"] or {}).get("run_id", "unknown"),
+                **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
+                "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
+            }
+            version = client.create_model_version(
+                name, source=f"{active.info.artifact_uri}/models/{task}/{pick['model']}", run_id=active.info.run_id, tags=tags
+            )
+            done[task] = f"{name}/{version.version}"
+        except Exception as exc:  # the registry is a convenience: report, never lose the report
+            if tracker is not None:
+                tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:200]}")
+            else:
+                raise
+    return done

@@ -478,3 +478,19 @@ def browser_check(page: Path, screenshot: Path | None = None, width: int = 1200,
             write_bytes_atomic(screenshot, shot.read_bytes())
             result["screenshot"] = str(screenshot)
     return result
+
+
+def best_models(eval_root: Path, tasks: list[str], metric: str = "psnr") -> dict[str, dict]:
+    """Per task, the trained model with the highest mean ``metric`` over the test corruptions."""
+    best: dict[str, dict] = {}
+    for task in tasks:
+        summary = read_json(Path(eval_root) / task / "summary.json")
+        scores = {}
+        for m, variants in summary["methods"].items():
+            vals = [v[metric]["mean"] for v in variants.values() if v.get("kind") == "model" and metric in v]
+            if vals:
+                scores[m] = float(np.mean(vals))
+        if scores:
+            top = max(sorted(scores), key=scores.get)
+            best[task] = {"model": top, "metric": f"mean {metric} over test corruptions", "value": scores[top]}
+    return best
