@@ -22,6 +22,10 @@ repro: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
+# Speed and memory figures -> reports/bench.json, reports/bench.md (BENCH_ARGS=--quick: CI's reduced size).
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m medrestore.bench $(BENCH_ARGS)
+
 # The README's picture of the published report (needs Debian's `chromium`).
 screenshot: $(STAMP)
 	$(BIN)/python -c "from medrestore.report import browser_check; r = browser_check('reports/index.html', 'docs/report.png', width=1200, height=1500); print(len(r['images']), 'images,', len(r['tables']), 'tables')"

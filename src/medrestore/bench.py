@@ -1,0 +1,235 @@
+"""``make bench``: speed and memory figures, each measured in one run against its reference.
+
+Every comparison interleaves its two sides (A, B, A, B, ...) after a warm-up and reports medians,
+so load on the machine affects both sides alike. Results go to ``reports/bench.json`` and
+``reports/bench.md``. ``--quick`` is the reduced size CI runs; the full size is run by hand.
+
+    python -m medrestore.bench [--quick] [--out reports]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from medrestore.io import write_json_atomic, write_text_atomic
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, called in turn ``repeats`` times after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _test_image(size: int) -> np.ndarray:
+    """A real fundus photograph (scikit-image's), centre-cropped and resized to ``size``."""
+    from skimage import data
+    from skimage.transform import resize
+
+    img = data.retina()
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2 : (h + s) // 2, (w - s) // 2 : (w + s) // 2]
+    return (resize(img, (size, size), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- inference
+def bench_inference(models: list[str], size: int, tile: int, repeats: int) -> dict:
+    """Seconds per megapixel of each network: untiled, tiled (overlap 32), and the optimisations."""
+    from medrestore.inference import restore_array
+    from medrestore.models import build_model
+    from medrestore.speed import fold_batchnorm
+
+    image = _test_image(size).astype(np.float32) / 255.0
+    mpix = size * size / 1e6
+    out = {}
+    for name in models:
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+        folded, n_folded = fold_batchnorm(model)
+        folded_cl = folded.to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+
+        def untiled(m=model):
+            with torch.inference_mode():
+                m(x)
+
+        def untiled_no_grad(m=model):
+            with torch.no_grad():
+                m(x)
+
+        fns = {
+            "untiled": untiled,
+            "untiled_no_grad": untiled_no_grad,
+            "tiled": lambda m=model: restore_array(m, image, tile=tile, overlap=32),
+            "bn_folded": lambda m=folded: untiled(m),
+            "bn_folded_channels_last": lambda: _run(folded_cl, x_cl),
+        }
+        if n_folded == 0:
+            fns.pop("bn_folded")
+        t = _interleaved(fns, repeats)
+        rec = {k: round(v / mpix, 4) for k, v in t.items()}
+        rec["tiling_overhead"] = round(t["tiled"] / t["untiled"] - 1, 4)
+        rec["inference_mode_speedup"] = round(t["untiled_no_grad"] / t["untiled"], 4)
+        if "bn_folded" in t:
+            rec["bn_folding_speedup"] = round(t["untiled"] / t["bn_folded"], 4)
+        rec["bn_folded_channels_last_speedup"] = round(t["untiled"] / t["bn_folded_channels_last"], 4)
+        rec["bn_pairs_folded"] = n_folded
+        out[name] = rec
+    return {"image_size": size, "tile": tile, "unit": "seconds per megapixel (median)", "models": out}
+
+
+def _run(model, x):
+    with torch.inference_mode():
+        model(x)
+
+
+def bench_baselines(names: list[str], size: int, repeats: int) -> dict:
+    from medrestore.models import BASELINES
+
+    image = _test_image(size).astype(np.float32) / 255.0
+    noisy = np.clip(image + np.random.default_rng(0).normal(0, 25 / 255, image.shape).astype(np.float32), 0, 1)
+    t = _interleaved({n: (lambda n=n: BASELINES[n](noisy, 25.0)) for n in names}, repeats, warmup=0)
+    return {"image_size": size, "seconds_per_mpix": {n: round(v / (size * size / 1e6), 4) for n, v in t.items()}}
+
+
+# --------------------------------------------------------------------------- metrics
+def bench_metrics(n_images: int, size: int, assets: str | None) -> dict:
+    """Images per second of our metric set against calling pyiqa's metrics directly."""
+    import pyiqa
+
+    from medrestore.metrics import _metric, all_metrics, asset_path
+
+    clean = _test_image(size)
+    rng = np.random.default_rng(1)
+    noisy = [np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8) for _ in range(n_images)]
+    for name in ("psnr", "ssim", "niqe", "brisque"):
+        _metric(name, assets)  # built once per process in both paths
+    direct = {}
+    for name in ("psnr", "ssim", "niqe", "brisque"):
+        kwargs = {"pretrained_model_path": asset_path(name, assets)} if name in ("niqe", "brisque") else {}
+        direct[name] = pyiqa.create_metric(name, device="cpu", **kwargs)
+
+    def tensor(a):
+        return torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]
+
+    def ours():
+        for img in noisy:
+            all_metrics(img, clean, None, assets)
+
+    def pyiqa_direct():
+        with torch.inference_mode():
+            ref = tensor(clean)
+            for img in noisy:
+                x = tensor(img)
+                direct["psnr"](x, ref)
+                direct["ssim"](x, ref)
+                direct["niqe"](x)
+                direct["brisque"](x)
+
+    t = _interleaved({"ours_all_metrics": ours, "pyiqa_psnr_ssim_niqe_brisque": pyiqa_direct}, repeats=3)
+    return {
+        "image_size": size,
+        "images": n_images,
+        "images_per_second": {k: round(n_images / v, 4) for k, v in t.items()},
+        "note": "ours computes 13 metrics (PSNR RGB/Y/green, SSIM Y/colour, each also inside the FOV, NIQE, BRISQUE, entropy); pyiqa direct computes 4",
+    }
+
+
+# --------------------------------------------------------------------------- pipeline
+def bench_dvc_noop(root: Path) -> dict:
+    """``dvc repro`` when nothing changed (skipped when the pipeline is not up to date)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=root, env=env, capture_output=True, text=True)
+    if status.returncode != 0:
+        return {"skipped": "the pipeline is not up to date here (run `make repro` first)"}
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    return {"seconds": round(seconds, 3), "goal_seconds": 10, "ran_nothing": "Running stage" not in res.stdout, "returncode": res.returncode}
+
+
+# --------------------------------------------------------------------------- main
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = ["# medrestore benchmark", "", f"Machine: {json.dumps(result['machine'])}. Mode: {result['mode']}.", ""]
+    inf = result.get("inference")
+    if inf:
+        lines += [f"## Inference, {inf['image_size']}x{inf['image_size']} fundus image, {inf['unit']}", "",
+                  "| model | untiled | tiled | tiling overhead | no_grad / inference_mode | BN folded | BN folded + channels-last | speed-up |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m, r in inf["models"].items():
+            lines.append(f"| {m} | {r['untiled']} | {r['tiled']} | {r['tiling_overhead']:+.1%} | {r['inference_mode_speedup']:.2f}x | "
+                         f"{r.get('bn_folded', '–')} | {r['bn_folded_channels_last']} | {r['bn_folded_channels_last_speedup']:.2f}x |")
+        lines.append("")
+    base = result.get("baselines")
+    if base:
+        lines += ["## Classical baselines (seconds per megapixel)", "", "| baseline | s/MPix |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in base["seconds_per_mpix"].items()] + [""]
+    met = result.get("metrics")
+    if met:
+        lines += ["## Metrics (images per second)", "", "| path | images/s |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in met["images_per_second"].items()] + ["", met["note"], ""]
+    for key in ("training", "patchify", "dvc_noop"):
+        if result.get(key):
+            lines += [f"## {key}", "", "```json", json.dumps(result[key], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="medrestore.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the reduced size CI runs")
+    ap.add_argument("--out", default="reports")
+    ap.add_argument("--assets", default="../shared/assets/pyiqa")
+    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training dvc_noop)")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    sections = set(args.only or ["inference", "baselines", "metrics", "dvc_noop"])
+    result: dict = {"mode": "quick" if quick else "full", "machine": machine()}
+    if "inference" in sections:
+        models = ["dncnn", "redae"] if quick else ["dncnn", "redae", "cdae", "irunet", "srresnet", "lapsrn"]
+        result["inference"] = bench_inference(models, size=384 if quick else 768, tile=128 if quick else 256, repeats=3 if quick else 5)
+    if "baselines" in sections:
+        result["baselines"] = bench_baselines(["median", "nlmeans"] if quick else ["median", "nlmeans", "bm3d"], size=128 if quick else 256, repeats=1 if quick else 3)
+    if "metrics" in sections:
+        result["metrics"] = bench_metrics(2 if quick else 6, 256 if quick else 512, args.assets)
+    if "dvc_noop" in sections:
+        result["dvc_noop"] = bench_dvc_noop(Path.cwd())
+    out = Path(args.out)
+    write_json_atomic(out / "bench.json", result)
+    write_text_atomic(out / "bench.md", markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
