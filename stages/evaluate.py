@@ -1,10 +1,13 @@
-"""evaluate TASK: restore the test images with every model and baseline; score them."""
+"""evaluate TASK: restore the test images with every model and baseline; score them.
+
+Writes artifacts/eval/TASK/{per_image.csv,summary.json,restored/} (byte-identical on rerun) and
+cost.json beside them (machine-dependent timings; declared a metric with `cache: false`)."""
 
 from pathlib import Path
 
 from _common import arg, params, run
 
-from medrestore.evaluation import evaluate_task
+from medrestore.evaluation import baselines_for, evaluate_task
 from medrestore.io import atomic_dir
 
 
@@ -15,7 +18,9 @@ def main() -> None:
     with run(f"evaluate@{task}", p) as tracker, atomic_dir(Path("artifacts/eval") / task) as tmp:
         evaluate_task(
             task, Path("artifacts/patches"), Path("artifacts/corrupt") / task, Path("artifacts/models") / task, tmp,
-            baselines=p["baselines"], tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"], assets_dir=p["assets"], tracker=tracker,
+            baselines=baselines_for(task, p["baselines"]), tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"],
+            assets_dir=p["assets"], tracker=tracker, segmenter_dir=Path("artifacts/segmenter"),
+            device=p.get("device", "cpu"),
         )
 
 

@@ -1,24 +1,52 @@
-"""train RUN: train one (task, model) pair of params.yaml's train.runs."""
+"""train RUN: train one (task, model) pair of params.yaml's train.runs.
+
+Settings merge, later wins: train.defaults <- train.models[model] (the paper's recipe) <-
+train.profiles[profile].defaults <- train.profiles[profile].models[model] (the budget) <-
+train.runs[RUN].overrides. ``train.profile`` picks the profile (cpu | paper).
+"""
 
 from pathlib import Path
 
+import numpy as np
 from _common import arg, params, run
 
 from medrestore.data.patches import load_patches
-from medrestore.io import atomic_dir
+from medrestore.io import InputError, atomic_dir, read_json
 from medrestore.training import TrainConfig, train_model
+
+
+def merged_params(train: dict, key: str, seed: int) -> dict:
+    if key not in train["runs"]:
+        raise InputError(f"params.yaml: no train.runs.{key}. Fix: use one of {', '.join(train['runs'])}.")
+    entry = train["runs"][key]
+    name = train.get("profile", "cpu")
+    profiles = train.get("profiles", {})
+    if name not in profiles:
+        raise InputError(f"params.yaml: train.profile is {name!r}, not one of train.profiles ({', '.join(profiles)}).")
+    profile = profiles[name] or {}
+    model = entry["model"]
+    return {
+        **train["defaults"],
+        **(train.get("models", {}).get(model) or {}),
+        **(profile.get("defaults") or {}),
+        **((profile.get("models") or {}).get(model) or {}),
+        **(entry.get("overrides") or {}),
+        "model": model,
+        "seed": seed,
+    }
 
 
 def main() -> None:
     key = arg(1)
     all_p = params()
-    t = all_p["train"]
-    entry = t["runs"][key]
-    cfg_params = {**t["defaults"], **t["models"][entry["model"]], **entry.get("overrides", {}), "model": entry["model"], "seed": all_p["seed"]}
+    entry = all_p["train"]["runs"].get(key, {})
+    cfg_params = merged_params(all_p["train"], key, all_p["seed"])
     cfg = TrainConfig.from_params(cfg_params)
     patches, corrupted = Path("artifacts/patches"), Path("artifacts/corrupt") / entry["task"]
+    corruption = read_json(corrupted / "corruption.json")
+    domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
     out = Path("artifacts/models") / entry["task"] / entry["model"]
-    with run(f"train@{key}", {"task": entry["task"], **cfg_params}) as tracker, atomic_dir(out) as tmp:
+    with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "cpu"), **cfg_params}) as tracker, atomic_dir(out) as tmp:
         train_model(
             cfg,
             (load_patches(patches, "train"), load_patches(corrupted, "train")),
@@ -27,6 +55,8 @@ def main() -> None:
             ckpt_dir=Path(".cache/train") / key,
             tracker=tracker,
             extra_meta={"task": entry["task"]},
+            train_domain=domain,
+            run=f"train@{key}",
         )
 
 

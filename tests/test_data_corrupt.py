@@ -15,7 +15,7 @@ from medrestore.degradations import corrupt, sr_pair
 from medrestore.io import InputError, read_image
 
 P = 32
-PATCH_ARGS = dict(patch_size=P, stride=16, min_fov_fraction=0.8, val_fraction=0.25, test_fraction=0.25, region_grid=2)
+PATCH_ARGS = {"patch_size": P, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}
 NOISE = {"train": {"kind": "gaussian", "sigma_range": [0, 50]}, "test": {"s25": {"kind": "gaussian", "sigma": 25}}}
 FUNDUS = {"kind": "chain", "steps": [{"kind": "fundus_random"}, {"kind": "cataract"}]}
 

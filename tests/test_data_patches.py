@@ -99,9 +99,8 @@ def test_npy_writer_and_read_rows_round_trip_real_patches(prepared_chase, tmp_pa
     assert np.array_equal(read_rows(tmp_path / "a.npy", 3, 9), whole[3:9])
     assert read_rows(tmp_path / "a.npy", 10, 99).shape == (2, 16, 16, 3)
     # A writer that does not fill every row leaves no file behind.
-    with pytest.raises(AssertionError, match="wrote 4 rows of 12"):
-        with npy_writer(tmp_path / "b.npy", whole.shape) as w:
-            w.write(blocks[0])
+    with pytest.raises(AssertionError, match="wrote 4 rows of 12"), npy_writer(tmp_path / "b.npy", whole.shape) as w:
+        w.write(blocks[0])
     assert not (tmp_path / "b.npy").exists()
 
 

@@ -38,3 +38,52 @@ def test_restore_handles_odd_sizes(retina):
     net = build_model("redae").eval()
     img = to_float(retina[:77, :131])
     assert restore_array(net, img, tile=50, overlap=8).shape == img.shape
+
+
+def _tiny_srresnet(scale=2):
+    torch.manual_seed(0)
+    return build_model("srresnet", scale=scale, n_blocks=1, features=8).eval()
+
+
+def test_super_resolution_tiles_paste_at_scale_and_match_untiled(chase_image):
+    from medrestore.inference import model_scale
+
+    net = _tiny_srresnet(2)
+    img = to_float(chase_image[300:370, 400:461])  # odd sizes: tiles at the borders are partial
+    whole = restore_array(net, img, tile=4096, overlap=0)
+    tiled = restore_array(net, img, tile=24, overlap=16)
+    assert whole.shape == (140, 122, 3)
+    assert np.abs(whole - tiled).max() < 1e-4
+    assert model_scale(net) == 2 and model_scale(net, {"kwargs": {"scale": 4}}) == 4  # model.json wins
+
+
+class _OOMAbove(torch.nn.Module):
+    """Wraps a model; raises out-of-memory for inputs larger than ``limit`` px on a side."""
+
+    def __init__(self, net, limit, error):
+        super().__init__()
+        self.net, self.limit, self.error, self.calls = net, limit, error, []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape[-2:]))
+        if max(x.shape[-2:]) > self.limit:
+            raise self.error
+        return self.net(x)
+
+
+def test_out_of_memory_halves_the_tile_until_it_fits(chase_image):
+    import pytest
+
+    net = _random_dncnn()
+    img = to_float(chase_image[300:396, 400:496])
+    expected = restore_array(net, img, tile=4096, overlap=0)
+    for error in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")):
+        wrapped = _OOMAbove(net, 80, error)
+        with pytest.warns(RuntimeWarning, match="restored with 32 px tiles"):
+            out = restore_array(wrapped, img, tile=128, overlap=20, scale=1)
+        assert np.abs(out - expected).max() < 1e-4  # 20 px of overlap covers DnCNN-17's field
+        assert max(max(c) for c in wrapped.calls[-4:]) <= 80
+    with pytest.raises(RuntimeError, match="even with 32 px tiles.*Fix"):
+        restore_array(_OOMAbove(net, 10, torch.OutOfMemoryError("out of memory")), img, tile=64, overlap=4, scale=1)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
+        restore_array(_OOMAbove(net, 10, RuntimeError("shape mismatch")), img, tile=64, overlap=4, scale=1)

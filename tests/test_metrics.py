@@ -66,3 +66,32 @@ def test_noise_worsens_niqe_and_brisque(retina, assets_dir):
     clean_m, noisy_m = all_metrics(crop, assets_dir=str(assets_dir)), all_metrics(noisy, assets_dir=str(assets_dir))
     assert noisy_m["brisque"] > clean_m["brisque"] and noisy_m["niqe"] > clean_m["niqe"]
     assert noisy_m["entropy"] > clean_m["entropy"]
+
+
+def test_fov_variants_equal_whole_image_without_a_mask_and_ssim_is_pyiqas(chase_image, assets_dir):
+    import pyiqa
+    import torch
+
+    crop = chase_image[300:428, 400:528]
+    noisy, _ = corrupt(crop, {"kind": "gaussian", "sigma": 15}, [2])
+    m = full_reference(noisy, crop, None, str(assets_dir))
+    for key in ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb"):
+        assert m[f"{key}_fov"] == pytest.approx(m[key], abs=1e-4), key  # pyiqa works in float32
+    to_t = lambda a: torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]  # noqa: E731
+    assert m["ssim"] == pytest.approx(float(pyiqa.create_metric("ssim", device="cpu")(to_t(noisy), to_t(crop))), abs=1e-9)
+    assert m["ssim_rgb"] == pytest.approx(float(pyiqa.create_metric("ssimc", device="cpu")(to_t(noisy), to_t(crop))), abs=1e-9)
+
+
+def test_every_fov_metric_ignores_damage_outside_the_mask(chase_image, assets_dir):
+    crop = chase_image[300:428, 400:528]
+    noisy, _ = corrupt(crop, {"kind": "gaussian", "sigma": 15}, [2])
+    damaged = noisy.copy()
+    damaged[:, :48] = 0
+    fov = np.zeros(crop.shape[:2], bool)
+    fov[:, 64:] = True  # SSIM windows centred here (11 px wide) never reach the damaged columns
+    a = full_reference(noisy, crop, fov, str(assets_dir))
+    b = full_reference(damaged, crop, fov, str(assets_dir))
+    for key in ("psnr_fov", "psnr_y_fov", "psnr_green_fov", "ssim_fov", "ssim_rgb_fov"):
+        assert b[key] == pytest.approx(a[key], rel=1e-9), key
+    for key in ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb"):
+        assert b[key] < a[key] - 0.01, key

@@ -42,3 +42,166 @@ def test_unreachable_server_is_reported_not_silent(monkeypatch, capsys):
 
 def test_flatten_nested_params():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": "1", "a.c": "[1, 2]", "d": "x"}
+
+
+# --------------------------------------------------------------------------- faults, for real
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from medrestore.tracking import HTTP_DEFAULTS  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client_env(uri: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # the defaults of tracking.py apply
+    env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (its own process group, so that it can be killed whole)."""
+    d = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = open(d / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/server.db",
+         "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_client_env(""),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not start: " + (d / "server.log").read_text()[-2000:])
+    yield url, proc, d / "server.db"
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+
+
+CLIENT = """
+import sys, time, pathlib
+from medrestore.tracking import stage_run
+d, required = pathlib.Path(sys.argv[1]), sys.argv[2] == "1"
+with stage_run(f"evaluate@fault{int(required)}", {"required": required}, required=required) as t:
+    t.log_metrics({"before_kill": 1.0})
+    (d / f"logged-{int(required)}").touch()
+    while not (d / "go").exists():
+        time.sleep(0.05)
+    start = time.time()
+    for i in range(20):
+        t.log_metrics({"after_kill": float(i)}, step=i)
+    print(f"LOGGING_AFTER_KILL_S {time.time() - start:.1f}", flush=True)
+print("STAGE DONE")
+"""
+
+
+def _start_clients(tmp_path: Path, uri: str) -> dict[int, subprocess.Popen]:
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    return {
+        req: subprocess.Popen([sys.executable, str(script), str(tmp_path), str(req)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_client_env(uri))
+        for req in (0, 1)
+    }
+
+
+def _check_outcomes(procs: dict[int, subprocess.Popen], expected_not_logged: int) -> None:
+    start = time.time()
+    out = {req: p.communicate(timeout=120) for req, p in procs.items()}  # MLflow's defaults would take minutes
+    assert time.time() - start < 60, "a dead tracking server made the stage wait"
+    # tracking.required false: the stage completes and says how many calls were not logged.
+    stdout, stderr = out[0]
+    assert procs[0].returncode == 0, stderr[-3000:]
+    assert "STAGE DONE" in stdout
+    assert f"[medrestore] WARNING: MLflow: {expected_not_logged} call(s) of stage evaluate@fault0" in stderr, stderr[-3000:]
+    assert "log_metrics" in stderr
+    # tracking.required true: the stage stops with an error that says why and what to do.
+    stdout, stderr = out[1]
+    assert procs[1].returncode != 0 and "STAGE DONE" not in stdout
+    assert "tracking.required is true, so the stage stops" in stderr and "Fix:" in stderr, stderr[-3000:]
+
+
+def test_server_killed_mid_run_is_reported_or_fails_without_hanging(tmp_path, mlflow_server):
+    url, server, server_db = mlflow_server
+    procs = _start_clients(tmp_path, url)
+    deadline = time.time() + 120
+    while not all((tmp_path / f"logged-{r}").exists() for r in (0, 1)):
+        assert time.time() < deadline and all(p.poll() is None for p in procs.values()), [p.communicate() for p in procs.values()]
+        time.sleep(0.1)
+    # Both runs are open on the server and logged their first metric: kill the server, all of it.
+    con = sqlite3.connect(server_db)
+    logged = {name for (name,) in con.execute("select r.name from runs r join metrics m on m.run_uuid = r.run_uuid where m.key = 'before_kill'")}
+    con.close()
+    assert logged == {"evaluate@fault0", "evaluate@fault1"}
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    (tmp_path / "go").touch()
+    # 20 metric calls and the run's end were not logged: counted, none silently dropped.
+    _check_outcomes(procs, expected_not_logged=21)
+
+
+def test_server_down_from_the_start_is_reported_or_fails_without_hanging(tmp_path):
+    (tmp_path / "go").touch()
+    procs = _start_clients(tmp_path, f"http://127.0.0.1:{_free_port()}")
+    _check_outcomes(procs, expected_not_logged=21)  # 1 + 20 metric calls of a run that never started
+    assert HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+
+
+WRITER = """
+import sys, time, pathlib
+import mlflow
+from medrestore.tracking import stage_run
+d, i = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+(d / f"ready-{i}").touch()
+while not (d / "go").exists():
+    time.sleep(0.01)
+with stage_run(f"train@writer{i}", {"writer": i}) as t:
+    for step in range(10):
+        t.log_metrics({"loss": i + step / 100}, step=step)
+assert not t.failures, t.failures
+"""
+
+
+def test_concurrent_writers_to_one_fresh_sqlite_store_all_land(tmp_path):
+    """Six processes open runs in a database that does not exist yet, at the same moment."""
+    n = 6
+    (tmp_path / "writer.py").write_text(WRITER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["DVC_ROOT"] = str(tmp_path)
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "writer.py"), str(tmp_path), str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("ready-*"))) < n:
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    (tmp_path / "go").touch()  # all imported: they create the store together
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        assert "WARNING" not in err, err[-3000:]
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    runs = dict(con.execute("select name, status from runs"))
+    assert runs == {f"train@writer{i}": "FINISHED" for i in range(n)}
+    per_run = dict(con.execute("select r.name, count(*) from metrics m join runs r on r.run_uuid = m.run_uuid group by r.name"))
+    assert per_run == {f"train@writer{i}": 10 for i in range(n)}

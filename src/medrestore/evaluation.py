@@ -8,8 +8,9 @@ Super-resolution tasks (``scale`` > 1 in ``corruption.json``): the degraded test
 low-resolution inputs; models return ``scale`` times larger images; the clean reference is the
 top-left crop of the clean image to a multiple of ``scale`` (the corrupt stage's "modcrop"). The
 floor row ``degraded`` is then the input upsampled with PIL's bicubic filter
-(:func:`upsample_bicubic`), and every baseline that works at the input's size (a denoiser) is
-followed by the same bicubic upsampling.
+(:func:`upsample_bicubic`; for ``sr`` tasks the ``bicubic`` baseline gives the same image and is
+listed so that the paired test has a classical comparator), and every baseline that works at the
+input's size (a denoiser) is followed by the same bicubic upsampling.
 
 Vessels: the segmenter of the ``train_segmenter`` stage (a U-Net trained on manual masks) when
 there is one, else the Frangi segmenter (:func:`medrestore.vessels.load_vessel_segmenter`). The
@@ -27,10 +28,12 @@ images the smallest p the Wilcoxon test can give is 2 / 2**n (0.0156 for n = 7):
 little power, so ``min_p`` is stored beside each p-value.
 
 Cost: parameters and FLOPs per output megapixel of every model go into ``summary.json`` (they are
-the same on every machine); seconds per megapixel of every method go to a separate file
-(``cost_path``, the stage's ``artifacts/cost/<task>.json``) because timings change from run to run
-and ``summary.json`` must be byte-identical on rerun. Timings are the median over the test images
-(and variants) of one restoration each, the first one excluded as warm-up.
+the same on every machine). Seconds per megapixel of every method go to ``cost.json`` beside it,
+with the parameters and FLOPs again and the machine that timed them: timings change from run to
+run, so ``cost.json`` is the one output that is not byte-identical on rerun (the stage declares it
+a DVC metric with ``cache: false``; ``per_image.csv``, ``summary.json`` and ``restored/`` are
+byte-identical). Timings are the median over the test images (and variants) of one restoration
+each, the first one excluded as warm-up.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ LOWER_BETTER = LOWER_IS_BETTER | {"ref_invented_rate", "manual_invented_rate"}
 BEST_BASELINE_BY = "psnr_fov"
 
 
-# ============================================================================= classical methods kept here
+# ============================================================================= floor and baselines
 def upsample_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     """Float H x W x C in [0, 1] upsampled ``scale`` times with PIL's bicubic filter, per channel."""
     from PIL import Image
@@ -81,33 +84,24 @@ def upsample_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(np.stack(planes, axis=2), 0.0, 1.0).astype(np.float32)
 
 
-def bicubic(degraded: np.ndarray, sigma: float) -> np.ndarray:
-    """Super-resolution baseline: nothing at the input's size (the evaluation upsamples it bicubically)."""
-    return degraded.astype(np.float32, copy=True)
-
-
-def clahe(degraded: np.ndarray, sigma: float, clip_limit: float = 0.01) -> np.ndarray:
-    """Enhancement baseline: CLAHE (``skimage.exposure.equalize_adapthist``, ``clip_limit`` 0.01,
-    8 x 8 tiles) on the L channel of CIELAB, colour (a, b) kept."""
-    from skimage.color import lab2rgb, rgb2lab
-    from skimage.exposure import equalize_adapthist
-
-    lab = rgb2lab(np.clip(degraded, 0.0, 1.0))
-    lab[..., 0] = equalize_adapthist(lab[..., 0] / 100.0, clip_limit=clip_limit) * 100.0
-    return np.clip(lab2rgb(lab), 0.0, 1.0).astype(np.float32)
-
-
-#: Baselines that the models registry (``medrestore.models.BASELINES``) does not hold.
-EXTRA_BASELINES: dict[str, Callable[..., Any]] = {"bicubic": bicubic, "clahe": clahe}
-
-
 def baseline_function(name: str) -> Callable[..., Any]:
-    if name in BASELINES:
-        return BASELINES[name]
-    if name in EXTRA_BASELINES:
-        return EXTRA_BASELINES[name]
-    known = ", ".join(sorted({*BASELINES, *EXTRA_BASELINES}))
-    raise InputError(f"params.yaml: unknown baseline {name!r} in evaluate.baselines. Fix: use {known}.")
+    if name not in BASELINES:
+        raise InputError(f"params.yaml: unknown baseline {name!r} in evaluate.baselines. Fix: use {', '.join(sorted(BASELINES))}.")
+    return BASELINES[name]
+
+
+def run_baseline(fn: Callable[..., Any], low: np.ndarray, sigma: float, scale: int) -> np.ndarray:
+    """A baseline on the (low-resolution) input: given ``scale`` when it takes one (``bicubic``),
+    else run at the input's size and, for ``scale`` > 1, followed by :func:`upsample_bicubic`."""
+    import inspect
+
+    if scale > 1 and "scale" in inspect.signature(fn).parameters:
+        out = np.asarray(fn(low, sigma, scale=scale), dtype=np.float32)
+    else:
+        out = np.asarray(fn(low, sigma), dtype=np.float32)
+    if out.shape[:2] == low.shape[:2] and scale > 1:
+        out = upsample_bicubic(out, scale)
+    return np.clip(out, 0.0, 1.0)
 
 
 def baselines_for(task: str, baselines: list[str] | Mapping[str, list[str]]) -> list[str]:
@@ -221,6 +215,15 @@ def _task_scale(corruption: dict, case: dict) -> int:
     return spec_scale(case.get("spec", {}))
 
 
+def case_sigma(params: dict) -> float:
+    """Noise sigma (0-255) a corruption drew: its ``sigma``, or for a chain the steps' sigmas
+    combined in quadrature (independent noises add their variances); 0 without noise."""
+    if "sigma" in params:
+        return float(params["sigma"])
+    steps = params.get("steps") or []
+    return float(np.sqrt(sum(float(p.get("sigma", 0.0)) ** 2 for p in steps if isinstance(p, dict))))
+
+
 def _median_after_warmup(times: list[float]) -> float:
     return float(np.median(times[1:] if len(times) > 1 else times))
 
@@ -239,11 +242,10 @@ def evaluate_task(
     assets_dir: str | None = None,
     tracker=None,
     segmenter_dir: Path | None = None,
-    cost_path: Path | None = None,
     device: str = "cpu",
 ) -> dict:
-    """Write ``restored/<method>/<variant>/<id>.png``, ``per_image.csv`` and ``summary.json`` to
-    ``out_dir`` (and the timings to ``cost_path`` when given); return the summary."""
+    """Write ``restored/<method>/<variant>/<id>.png``, ``per_image.csv``, ``summary.json`` and
+    ``cost.json`` (timings) to ``out_dir``; return the summary."""
     patches_dir, corrupt_dir, models_dir, out_dir = map(Path, (patches_dir, corrupt_dir, models_dir, out_dir))
     meta = read_json(patches_dir / "patches.json")
     segmenter, seg_meta = load_vessel_segmenter(segmenter_dir, device=device)
@@ -284,7 +286,7 @@ def evaluate_task(
             fov = modcrop(read_image(patches_dir / entry["fov"], "L") > 127, s)
             manual = modcrop(read_image(patches_dir / entry["vessels"], "L") > 127, s) if entry.get("vessels") else None
             clean_vessels = segmenter(clean, fov)[1]
-            clean_cache = {case["id"]: (clean, fov, manual, clean_vessels)}
+            clean_cache[case["id"]] = (clean, fov, manual, clean_vessels)
         clean, fov, manual, clean_vessels = clean_cache[case["id"]]
         degraded = read_image(corrupt_dir / case["file"], "RGB")
         if degraded.shape[0] * s != clean.shape[0] or degraded.shape[1] * s != clean.shape[1]:
@@ -292,7 +294,7 @@ def evaluate_task(
                 f"{corrupt_dir / case['file']}: {degraded.shape[:2]} times {s} is not the clean test image's {clean.shape[:2]}. "
                 "Fix: rerun the corrupt stage."
             )
-        sigma = float(case.get("params", {}).get("sigma", 0.0))
+        sigma = case_sigma(case.get("params", {}))
         base = {"task": task, "image_id": case["id"], "variant": case["variant"], "sigma": sigma, "scale": s}
         low = to_float(degraded)
         pixels = clean.shape[0] * clean.shape[1]
@@ -301,7 +303,7 @@ def evaluate_task(
             restored = timed(name, lambda: restore_array(model, low, tile=tile, overlap=overlap, device=device, scale=s), pixels)
             outputs[name] = ("model", to_uint8(restored))
         for name, fn in fns.items():
-            restored = timed(name, lambda: upsample_bicubic(np.asarray(fn(low, sigma), dtype=np.float32), s), pixels)
+            restored = timed(name, lambda: run_baseline(fn, low, sigma, s), pixels)
             outputs[name] = ("baseline", to_uint8(restored))
         for method, (kind, restored) in outputs.items():
             write_png_atomic(out_dir / "restored" / method / case["variant"] / f"{safe_name(case['id'])}.png", restored)
@@ -341,25 +343,24 @@ def evaluate_task(
                 stats[col] = {"mean": round(float(np.nanmean(vals[np.isfinite(vals)])), 6), "ci95": [round(lo, 6), round(hi, 6)]}
         summary["methods"].setdefault(method, {})[variant] = stats
     summary["paired_tests"] = paired_tests(table, seed)
+    cost = {k: {kk: (round(vv, 1) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in sorted(cost.items())}
     summary["cost"] = {
-        "note": "parameters and FLOPs per output megapixel (torch.utils.flop_counter, 256 px input); seconds per megapixel are in the stage's separate timing file",
-        **{k: {kk: (round(vv, 1) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in sorted(cost.items())},
+        "note": "parameters; FLOPs per output megapixel (torch.utils.flop_counter, 256 px input); seconds per megapixel are in cost.json",
+        "methods": cost,
     }
     write_json_atomic(out_dir / "summary.json", summary)
 
     s_per_mpix = {m: round(_median_after_warmup(v), 6) for m, v in sorted(timings.items())}
-    if cost_path is not None:
-        write_json_atomic(Path(cost_path), {
-            "task": task,
-            "s_per_mpix": s_per_mpix,
-            "timed_runs": {m: len(v) for m, v in sorted(timings.items())},
-            "rule": "median over test images of one restoration each, first excluded as warm-up; per output megapixel",
-            "device": device,
-            "torch_threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(),
-            **({"gpu": torch.cuda.get_device_name()} if str(device).startswith("cuda") and torch.cuda.is_available() else {}),
-        })
+    write_json_atomic(out_dir / "cost.json", {
+        "task": task,
+        "methods": {m: {**cost.get(m, {}), "seconds_per_mpix": s_per_mpix[m], "timed_runs": len(timings[m])} for m in s_per_mpix},
+        "rule": "median over test images of one restoration each, first excluded as warm-up; per output megapixel",
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        **({"gpu": torch.cuda.get_device_name()} if str(device).startswith("cuda") and torch.cuda.is_available() else {}),
+    })
     if tracker is not None:
         tracker.log_metrics({f"{m}.s_per_mpix": v for m, v in s_per_mpix.items()})
         tracker.log_metrics({f"{m}.flops_per_mpix": v["flops_per_mpix"] for m, v in cost.items() if "flops_per_mpix" in v})

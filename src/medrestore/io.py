@@ -308,8 +308,9 @@ def _scale_to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
     values = arr.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(np.count_nonzero(~(finite.all(axis=-1) if values.ndim == 3 else finite)))
         raise InputError(
             f"{path}: {bad} pixel(s) are NaN or infinite. Fix: replace them (e.g. numpy.nan_to_num) and save the image again."
         )

@@ -3,7 +3,8 @@
 Conventions (the same for every row of every table):
 - ``psnr``: RGB PSNR (pyiqa ``psnr``); ``psnr_y``: on Y (pyiqa ``psnry``);
 - ``psnr_green``: PSNR of the green channel alone, where fundus vessels have their contrast;
-- ``ssim``: SSIM on Y (pyiqa ``ssim``); ``ssim_rgb``: colour SSIM (pyiqa ``ssimc``);
+- ``ssim``: SSIM on Y (pyiqa ``ssim``); ``ssim_rgb``: colour SSIM (pyiqa ``ssimc``); both from
+  pyiqa's own SSIM function and preprocessing, called once for the whole-image and the FOV value;
 - ``*_fov`` (``psnr_fov``, ``psnr_y_fov``, ``psnr_green_fov``, ``ssim_fov``, ``ssim_rgb_fov``): the
   same measure inside the field-of-view mask only. PSNR: the mean squared error over the FOV
   pixels (Y from pyiqa's ``to_y_channel``, as ``psnry``). SSIM: pyiqa's SSIM map (11 px Gaussian
@@ -78,8 +79,9 @@ def _luma(x: torch.Tensor) -> np.ndarray:
     return to_y_channel(x, 1.0, "yiq")[0, 0].double().numpy()
 
 
-def _ssim_in_fov(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray, *, luma: bool) -> float:
-    """Mean of pyiqa's SSIM map over the windows centred inside ``mask`` (see the module docstring)."""
+def _ssim_whole_and_fov(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray, *, luma: bool) -> tuple[float, float]:
+    """pyiqa's SSIM (``ssim`` with ``luma``, ``ssimc`` without) and its mean over the windows
+    centred inside ``mask``, from one SSIM map (see the module docstring)."""
     from pyiqa.archs.func_util import preprocess_rgb
     from pyiqa.archs.ssim_arch import ssim
 
@@ -87,10 +89,9 @@ def _ssim_in_fov(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray, *, luma: bo
     b = preprocess_rgb(y, luma, 255, "yiq").to(torch.float64)
     smap = ssim(a, b, data_range=255, get_ssim_map=True)[0]  # C x (H - 10) x (W - 10)
     k = (mask.shape[0] - smap.shape[-2]) // 2
-    inner = torch.from_numpy(mask[k : k + smap.shape[-2], k : k + smap.shape[-1]])
-    if not inner.any():
-        return float("nan")
-    return float(smap[:, inner].mean())
+    inner = torch.from_numpy(np.ascontiguousarray(mask[k : k + smap.shape[-2], k : k + smap.shape[-1]]))
+    fov_value = float(smap[:, inner].mean()) if inner.any() else float("nan")
+    return float(smap.mean()), fov_value
 
 
 @torch.inference_mode()
@@ -104,8 +105,6 @@ def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | N
         "psnr": float(_metric("psnr", assets_dir)(x, y)),
         "psnr_y": float(_metric("psnry", assets_dir)(x, y)),
         "psnr_green": _psnr(image[..., 1], reference[..., 1]),
-        "ssim": float(_metric("ssim", assets_dir)(x, y)),
-        "ssim_rgb": float(_metric("ssimc", assets_dir)(x, y)),
     }
     mask = np.ones(image.shape[:2], bool) if fov is None else np.asarray(fov).astype(bool)
     if mask.shape != image.shape[:2]:
@@ -115,8 +114,8 @@ def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | N
     out["psnr_fov"] = _psnr(image[mask], reference[mask])
     out["psnr_y_fov"] = float("inf") if mse_y == 0 else float(10.0 * np.log10(1.0 / mse_y))
     out["psnr_green_fov"] = _psnr(image[..., 1][mask], reference[..., 1][mask])
-    out["ssim_fov"] = _ssim_in_fov(x, y, mask, luma=True)
-    out["ssim_rgb_fov"] = _ssim_in_fov(x, y, mask, luma=False)
+    out["ssim"], out["ssim_fov"] = _ssim_whole_and_fov(x, y, mask, luma=True)
+    out["ssim_rgb"], out["ssim_rgb_fov"] = _ssim_whole_and_fov(x, y, mask, luma=False)
     return out
 
 

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from medrestore.data.prepare import safe_name
-from medrestore.io import InputError, atomic_path, read_image, write_json_atomic, write_npy_atomic, write_png_atomic
+from medrestore.io import (
+    InputError,
+    atomic_path,
+    read_image,
+    write_json_atomic,
+    write_npy_atomic,
+    write_png_atomic,
+)
 
 SPLITS = ("train", "val", "test")
 

@@ -53,6 +53,7 @@ class TrainConfig:
     disc_kwargs: dict = field(default_factory=dict)
     disc_lr: float = 0.0  # 0: same as lr
     pretrain_steps: int = 0  # srgan: content loss only for these steps, then adversarial
+    pretrain_epochs: float = 0  # > 0: pretrain_steps from epochs, as max_steps from epochs
     adv_weight: float = 1.0  # srgan: 1e-3 (seed 000); cyclegan: 1 (seed 003)
     cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (seed 003: 10)
     identity_weight: float = 10.0  # cyclegan: identity term (seed 003: 10)

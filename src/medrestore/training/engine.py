@@ -57,9 +57,11 @@ def resolve_config(cfg: TrainConfig, train_pairs: tuple[np.ndarray, np.ndarray],
     elif accepts_scale:
         kwargs["scale"] = 1  # same-size task: LapSRN's deblurring mode, SRResNet without upsampling
     changes: dict[str, Any] = {"model_kwargs": kwargs}
+    per_epoch = max(n_train // (cfg.batch_size * _world(cfg)), 1)
     if cfg.epochs and cfg.epochs > 0:
-        per_epoch = max(n_train // (cfg.batch_size * _world(cfg)), 1)
         changes["max_steps"] = max(int(round(cfg.epochs * per_epoch)), 1)
+    if cfg.pretrain_epochs and cfg.pretrain_epochs > 0:
+        changes["pretrain_steps"] = int(round(cfg.pretrain_epochs * per_epoch))
     return cfg.replace(**changes)
 
 
@@ -146,7 +148,7 @@ def train_model(
     start = time.perf_counter()
     if resume.is_file():
         print(f"[medrestore] {run}: resuming from {resume}", flush=True)
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=False)
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True)
     seconds = time.perf_counter() - start
     if module.best_state is None:
         raise RuntimeError(f"run {run!r}: training ended before any validation. Fix: raise train.max_steps or lower train.val_every.")
@@ -157,7 +159,7 @@ def train_model(
         "steps": int(trainer.global_step),
         "best_val_psnr": round(module.best_psnr, 4),
         "final_val_psnr": round(final_psnr, 4),
-        "train_patches": n_train,
+        "train_patches": int(clean.shape[0]),
         "val_patches": len(val_ds),
         "scale": scale,
     }

@@ -80,7 +80,7 @@ class RestorationModule(L.LightningModule):
 
     def _check(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value):
-            raise non_finite_error(self.run, int(self.global_step), what, float(value), self.ckpt_path)
+            raise non_finite_error(self.run, int(self.global_step), what, float(value.detach()), self.ckpt_path)
 
     def on_fit_start(self) -> None:
         if self.cfg.channels_last:
