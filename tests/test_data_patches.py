@@ -64,6 +64,19 @@ def test_multi_image_split_by_image(prepared_chase):
     assert all(e["vessels"] for e in s["test"])  # CHASE masks travel with the test images
 
 
+def test_both_eyes_of_one_child_stay_in_one_split(prepared_chase):
+    manifest, root = prepared_chase
+    child = lambda image_id: image_id.rsplit("_", 1)[1][:-1]  # chase_db1/Image_03L -> 03  # noqa: E731
+    for seed in range(6):
+        s = patchify(manifest, root / "prepared", root / f"patches_s{seed}", seed=seed, patch_size=32, stride=64,
+                     min_fov_fraction=0.9, val_fraction=0.25, test_fraction=0.25, region_grid=2)
+        where = {}
+        for split, ids in s["splits"].items():
+            for i in ids:
+                assert where.setdefault(child(i), split) == split, (seed, i, where)
+        assert len(s["subjects"]["test"]) == 1 and len(s["splits"]["test"]) == 2
+
+
 def test_corrupt_task_is_replayable_per_patch(prepared_sample):
     manifest, root = prepared_sample
     out = root / "patches2"

@@ -61,13 +61,23 @@ def split_units(manifest: dict, *, seed: int, val_fraction: float, test_fraction
                     units.append(Unit(f"{e['id']}#r{r}{c}", e["id"], e["dataset"], box))
     if len(units) < 3:
         raise InputError("patchify: fewer than 3 images or regions to split. Fix: raise patchify.region_grid or add images.")
-    order = np.random.default_rng(seed).permutation(len(units))
-    n_test = max(1, int(round(test_fraction * len(units))))
-    n_val = max(1, int(round(val_fraction * len(units))))
-    if n_test + n_val >= len(units):
+    # Whole-image splits are by subject (CHASE_DB1 has both eyes of each child): the two eyes of one
+    # person are alike, so one in training and the other in test would flatter every score.
+    subject = {e["id"]: e.get("subject") or e["id"] for e in images}
+    key = (lambda u: subject[u.source_id]) if len(images) >= 3 else (lambda u: u.id)
+    groups: dict[str, list[Unit]] = {}
+    for u in sorted(units, key=lambda u: u.id):
+        groups.setdefault(key(u), []).append(u)
+    names = sorted(groups)
+    if len(names) < 3:
+        raise InputError("patchify: fewer than 3 subjects to split. Fix: add images of more subjects.")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_test = max(1, int(round(test_fraction * len(names))))
+    n_val = max(1, int(round(val_fraction * len(names))))
+    if n_test + n_val >= len(names):
         raise InputError("patchify: val_fraction + test_fraction leave no training images. Fix: lower them.")
-    picked = [units[i] for i in order]
-    return {"test": picked[:n_test], "val": picked[n_test : n_test + n_val], "train": picked[n_test + n_val :]}
+    pick = lambda part: [u for i in part for u in groups[names[i]]]  # noqa: E731
+    return {"test": pick(order[:n_test]), "val": pick(order[n_test : n_test + n_val]), "train": pick(order[n_test + n_val :])}
 
 
 def patch_positions(fov: np.ndarray, box, patch_size: int, stride: int, min_fov_fraction: float) -> np.ndarray:
@@ -221,7 +231,14 @@ def patchify(
     summary["splits"]["test"] = [e["id"] for e in test_entries]
     summary["counts"]["test"] = len(test_entries)
     summary["test"] = test_entries
+    subject = {e["id"]: e.get("subject") or e["id"] for e in manifest["images"]}
+    summary["subjects"] = {k: sorted({subject[u.source_id] for u in v}) for k, v in splits.items()} if len(manifest["images"]) >= 3 else None
     _assert_disjoint(summary["splits"], splits)
+    if summary["subjects"]:
+        for a in SPLITS:
+            for b in SPLITS:
+                if a < b and set(summary["subjects"][a]) & set(summary["subjects"][b]):
+                    raise AssertionError(f"subjects in both {a} and {b}: {sorted(set(summary['subjects'][a]) & set(summary['subjects'][b]))}")
     write_json_atomic(out_dir / "patches.json", summary)
     return summary
 

@@ -79,6 +79,7 @@ def prepare_sources(
         entry = {
             "id": rec["id"],
             "dataset": rec["dataset"],
+            "subject": rec.get("subject") or rec["id"],
             "image": f"images/{name}.png",
             "fov": f"fov/{name}.png",
             "fov_source": "shipped" if shipped is not None else "detected",

@@ -50,12 +50,14 @@ class SourceImage:
     vessels: Path | None = None
     vessels_2nd: Path | None = None
     fov: Path | None = None
+    subject: str | None = None  # the person photographed: images of one subject never straddle splits
 
     def as_dict(self, root: Path) -> dict:
         rel = lambda p: p.relative_to(root).as_posix() if p is not None else None
         return {
             "id": self.id,
             "dataset": self.dataset,
+            "subject": self.subject or self.id,
             "image": rel(self.image),
             "vessels": rel(self.vessels),
             "vessels_2nd": rel(self.vessels_2nd),
@@ -200,6 +202,7 @@ def _parse_chase(folder: Path) -> list[SourceImage]:
                 id=f"chase_db1/{stem}",
                 dataset="chase_db1",
                 image=img,
+                subject=f"chase_db1/{stem[len('Image_'):-1]}",  # Image_03L and Image_03R: one child's two eyes
                 vessels=_find(folder, f"{stem}_1stHO.png"),
                 vessels_2nd=_find(folder, f"{stem}_2ndHO.png"),
             )
