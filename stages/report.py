@@ -15,7 +15,8 @@ def main() -> None:
     tasks = sorted(p["corrupt"]["tasks"])
     with run("report", {"tasks": tasks}) as tracker:
         segmenter, _ = load_vessel_segmenter(Path("artifacts/segmenter"))
-        build_report(p, tasks, Path("artifacts/eval"), Path("artifacts/patches"), Path("artifacts/models"), Path("reports"), segmenter=segmenter)
+        build_report(p, tasks, Path("artifacts/eval"), Path("artifacts/patches"), Path("artifacts/models"), Path("reports"),
+                     segmenter=segmenter, segmenter_dir=Path("artifacts/segmenter"))
         registered = register_best_models(best_models(Path("artifacts/eval"), tasks), Path("artifacts/models"), tracker=tracker)
         for task, version in registered.items():
             print(f"[medrestore] registered {version} (best of {task})")

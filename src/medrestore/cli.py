@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 
-
 def _cmd_models(args) -> int:
     from medrestore.models import BASELINES, MODELS, build_model, count_parameters
 

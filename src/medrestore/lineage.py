@@ -83,7 +83,7 @@ def mlflow_run(stage: str, rel: str, md5: str | None, uri: str | None = None) ->
             order_by=["attributes.start_time DESC"],
             max_results=200,
         )
-    except Exception as exc:  # an unreachable store must not hide the rest of the chain
+    except Exception as exc:  # noqa: BLE001  an unreachable store must not hide the rest of the chain
         return {"error": f"{type(exc).__name__}: {exc}"}
     del mlflow
     if md5:
@@ -189,12 +189,12 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
             name = f"medrestore-{task}"
             try:
                 client.get_registered_model(name)
-            except Exception:
+            except Exception:  # noqa: BLE001  MLflow raises its own error when the name is new
                 client.create_registered_model(name, description=f"Best model of the {task} task by {pick['metric']}, from the medrestore report stage.")
             tags = {
                 "task": task,
                 "model": pick["model"],
-                f"selected_by": f"{pick['metric']} = {pick['value']:.4f}",
+                "selected_by": f"{pick['metric']} = {pick['value']:.4f}",
                 "dvc_stage": rec["stage"],
                 "model_md5": rec["md5"],
                 "git_commit": (rec["git"] or {}).get("commit", "uncommitted"),
@@ -206,7 +206,7 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
                 name, source=f"{active.info.artifact_uri}/models/{task}/{pick['model']}", run_id=active.info.run_id, tags=tags
             )
             done[task] = f"{name}/{version.version}"
-        except Exception as exc:  # the registry is a convenience: report, never lose the report
+        except Exception as exc:
             if tracker is not None:
                 tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:200]}")
             else:

@@ -12,17 +12,38 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from medrestore.data.prepare import safe_name  # noqa: E402
-from medrestore.io import read_image, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
-from medrestore.metrics import LOWER_IS_BETTER  # noqa: E402
+from medrestore.data.prepare import safe_name
+from medrestore.io import (
+    read_image,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from medrestore.metrics import LOWER_IS_BETTER
 
-TABLE_METRICS = ("psnr", "psnr_fov", "psnr_green", "ssim", "niqe", "brisque", "entropy", "ref_thin_recall_above_chance", "ref_invented_rate")
-HEADERS = {"ref_thin_recall_above_chance": "thin vessels kept", "ref_invented_rate": "vessels invented"}
+IMAGE_METRICS = ("psnr", "psnr_fov", "psnr_green", "ssim", "ssim_fov", "niqe", "brisque", "entropy")
+VESSEL_METRICS = ("auc", "dice", "thin_recall_above_chance", "invented_rate")
+TABLE_METRICS = IMAGE_METRICS + tuple(f"ref_{k}" for k in VESSEL_METRICS)  # manual_* replace ref_* where masks exist
+HEADERS = {
+    **{f"{p}_auc": f"vessel AUC ({w})" for p, w in (("ref", "vs clean"), ("manual", "vs manual"))},
+    **{f"{p}_dice": f"vessel Dice ({w})" for p, w in (("ref", "vs clean"), ("manual", "vs manual"))},
+    **{f"{p}_thin_recall_above_chance": f"thin vessels kept ({w})" for p, w in (("ref", "vs clean"), ("manual", "vs manual"))},
+    **{f"{p}_invented_rate": f"vessels invented ({w})" for p, w in (("ref", "vs clean"), ("manual", "vs manual"))},
+}
 LOWER_BETTER = LOWER_IS_BETTER | {"ref_invented_rate", "manual_invented_rate"}
+
+
+def table_metrics(summary: dict, variant: str) -> tuple[str, ...]:
+    """The image metrics, then the vessel scores against the manual masks when the test images have
+    them (the clinical reference), else against the segmentation of the clean image."""
+    has_manual = any("manual_auc" in v.get(variant, {}) for v in summary["methods"].values())
+    prefix = "manual" if has_manual else "ref"
+    return IMAGE_METRICS + tuple(f"{prefix}_{k}" for k in VESSEL_METRICS)
 KIND_ORDER = {"reference": 0, "input": 1, "baseline": 2, "model": 3}
 
 
@@ -82,7 +103,7 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
     (the green-channel detail densest, i.e. thin vessels) for the clean image and every method."""
     from matplotlib.patches import Rectangle
 
-    entry, clean, fov, (t, l), w = _test_case(patches_dir, window)
+    entry, clean, _fov, (t, l), w = _test_case(patches_dir, window)
     methods = _methods(summary)
     variants = summary["variants"]
     fig, axes = plt.subplots(len(variants), len(methods) + 2, figsize=(2.0 * (len(methods) + 2), 2.15 * len(variants)), squeeze=False)
@@ -182,25 +203,23 @@ def sigma_figure(task: str, summary: dict) -> bytes | None:
     return _fig_png(fig)
 
 
-def cost_figure(task: str, summary: dict, cost: dict | None) -> bytes | None:
-    """Quality (PSNR, the hardest variant) against inference seconds per megapixel, log scale."""
-    if not cost:
-        return None
+def cost_figure(task: str, summary: dict) -> bytes | None:
+    """Quality (PSNR, the hardest variant) against compute (GFLOPs per output megapixel, counted by
+    ``torch.utils.flop_counter``: deterministic, unlike timings, which stay out of the report)."""
+    cost = (summary.get("cost") or {}).get("methods") or {}
     variant = summary["variants"][-1]
     pts = []
     for m, c in cost.items():
-        s = c.get("seconds_per_mpix") if isinstance(c, dict) else None
         stats = summary["methods"].get(m, {}).get(variant, {})
-        if s and "psnr" in stats:
-            pts.append((m, float(s), stats["psnr"]["mean"], c.get("parameters")))
+        if c.get("flops_per_mpix") and "psnr" in stats:
+            pts.append((m, c["flops_per_mpix"] / 1e9, stats["psnr"]["mean"], c.get("parameters")))
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for m, s, q, params in pts:
-        ax.scatter(s, q, s=30)
-        ax.annotate(m + (f" ({params / 1e3:.0f}k)" if params else ""), (s, q), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.set(xscale="log", xlabel="inference seconds per megapixel (this machine, CPU)", ylabel=f"PSNR [{variant}] (dB)",
-           title=f"{task}: quality against cost")
+    for m, gflops, q, params in pts:
+        ax.scatter(gflops, q, s=30)
+        ax.annotate(m + (f" ({params / 1e3:.0f}k)" if params else ""), (gflops, q), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set(xscale="log", xlabel="GFLOPs per output megapixel", ylabel=f"PSNR [{variant}] (dB)", title=f"{task}: quality against compute")
     return _fig_png(fig)
 
 
@@ -240,7 +259,8 @@ def task_table(summary: dict, variant: str) -> tuple[list[str], list[list[str]]]
     """Rows of one task/variant table, best value per column marked with ``**``."""
     methods = sorted(summary["methods"], key=lambda m: (KIND_ORDER.get(summary["methods"][m][variant]["kind"], 9), m))
     best: dict[str, str] = {}
-    for metric in TABLE_METRICS:
+    metrics = table_metrics(summary, variant)
+    for metric in metrics:
         cands = {
             m: summary["methods"][m][variant][metric]["mean"]
             for m in methods
@@ -249,12 +269,12 @@ def task_table(summary: dict, variant: str) -> tuple[list[str], list[list[str]]]
         if cands:
             pick = min if metric in LOWER_BETTER else max
             best[metric] = pick(cands, key=cands.get)
-    header = ["method", "kind", *(HEADERS.get(m, m) for m in TABLE_METRICS)]
+    header = ["method", "kind", *(HEADERS.get(m, m) for m in metrics)]
     rows = []
     for m in methods:
         stats = summary["methods"][m][variant]
-        cells = [_fmt(stats, k) for k in TABLE_METRICS]
-        cells = [f"**{c}**" if best.get(k) == m else c for c, k in zip(cells, TABLE_METRICS)]
+        cells = [_fmt(stats, k) for k in metrics]
+        cells = [f"**{c}**" if best.get(k) == m else c for c, k in zip(cells, metrics)]
         rows.append([m, stats["kind"], *cells])
     return header, rows
 
@@ -280,10 +300,10 @@ def methods_paragraph(params: dict) -> str:
         f"the FOV. Corruptions (sigma on the 0-255 scale, clipped and quantised to 8 bits): {task_txt}. Training "
         f"(Adam, best validation PSNR kept): {run_txt}. Baselines are given the true noise sigma. Metrics: PSNR on RGB "
         f"(whole image, inside the FOV, green channel), SSIM on Y, NIQE and BRISQUE on Y, entropy of the 8-bit grey "
-        f"histogram (pyiqa). Vessels: a multiscale Frangi segmenter (green channel, CLAHE, top 12% of FOV "
-        f"scores) is run on every image; 'thin vessels kept' is the recall of the clean image's vessels at most 2 px wide "
-        f"minus the recall expected by chance, 'vessels invented' the share of detected vessel pixels more than 2 px "
-        f"from any vessel of the clean image, both inside the FOV. Brackets are 95% bootstrap intervals over test images."
+        f"histogram (pyiqa). Vessels: the pipeline's vessel segmenter (next section) is run on every image; 'thin "
+        f"vessels kept' is the recall of reference vessels at most 2 px wide minus the recall expected by chance, 'vessels "
+        f"invented' the share of detected vessel pixels more than 2 px "
+        f"from any reference vessel, both inside the FOV; the reference is the manual mask where the dataset has one, else the segmentation of the clean image. Brackets are 95% bootstrap intervals over test images."
     )
 
 
@@ -292,7 +312,7 @@ CAPTIONS = {
     "errors": "Per-channel absolute error against the clean image in the zoom window (seed 000's figure 3); one colour scale for all panels",
     "vessels": "Vessel segmenter on each output: reference vessels found (white), missed (magenta), invented more than 2 px from any reference vessel (cyan)",
     "sigma": "PSNR and thin-vessel recall against the test noise level",
-    "cost": "Quality against inference cost (median seconds per megapixel on the machine that ran the evaluation; parameters in brackets)",
+    "cost": "Quality against compute (GFLOPs per output megapixel; parameters in brackets). Measured seconds per megapixel are machine-dependent and kept out of this report: see artifacts/eval/TASK/cost.json and reports/bench.md",
     "curves": "Training curves (loss on training batches, PSNR on the validation patches)",
 }
 
@@ -337,6 +357,63 @@ def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, mod
     return header, rows
 
 
+def paired_rows(summary: dict, variant: str) -> tuple[list[str], list[list[str]]] | None:
+    """Each model minus the best classical baseline on the same test images."""
+    entry = summary.get("paired_tests", {}).get(variant)
+    if not entry or not entry.get("models"):
+        return None
+    header = ["model", f"vs {entry['baseline']}", "mean difference [95% CI]", "model better / worse (images)", "Wilcoxon p (smallest possible)"]
+    rows = []
+    shown = [m for m in table_metrics(summary, variant) if m != "entropy"]
+    for model, tests in sorted(entry["models"].items()):
+        for metric in shown:
+            t = tests.get(metric)
+            if not t or "mean_diff" not in t:
+                continue
+            fmt = "{:+.3f}" if _three_digits(metric) else "{:+.2f}"
+            rows.append([model, HEADERS.get(metric, metric), f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
+                         f"{t['model_better']} / {t['baseline_better']} of {t['n']}" if t.get("higher_is_better", True) else f"{t['baseline_better']} / {t['model_better']} of {t['n']}",
+                         f"{t['wilcoxon_p']:.3f} ({t['min_p']:.3f})"])
+    return header, rows
+
+
+def cost_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Parameters and FLOPs per output megapixel. Measured seconds are machine-dependent: they are in
+    ``artifacts/eval/<task>/cost.json`` and ``reports/bench.md``, not in this reproducible report."""
+    methods = (summary.get("cost") or {}).get("methods") or {}
+    if not methods:
+        return None
+    header = ["method", "parameters", "GFLOPs per output megapixel"]
+    rows = []
+    for m in sorted(methods):
+        p, f = methods[m].get("parameters"), methods[m].get("flops_per_mpix")
+        rows.append([m, f"{p:,}" if isinstance(p, int) else "–", f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
+    return header, rows
+
+
+def segmenter_section(segmenter_dir: Path | None) -> tuple[list[str], str]:
+    """What the vessel scores rest on: the segmenter and its own accuracy on the clean test images."""
+    path = Path(segmenter_dir) / "metrics.json" if segmenter_dir else None
+    if path is None or not path.is_file():
+        text = ("Vessel scores use the multiscale Frangi segmenter (green channel, CLAHE, top 12% of FOV scores): "
+                "no dataset with manual vessel masks was among the sources.")
+        return ["## Vessel segmenter", "", text, ""], f"<h2>Vessel segmenter</h2><p>{html.escape(text)}</p>"
+    m = read_json(path)
+
+    def rng(key: str) -> str:
+        v = m.get(key)
+        return f"{v['mean']:.3f} ({v['min']:.3f}-{v['max']:.3f})" if isinstance(v, dict) and "mean" in v else "–"
+
+    if m.get("segmenter", m.get("model")) == "frangi" or "auc" not in m:
+        text = "Vessel scores use the multiscale Frangi segmenter (no dataset with manual vessel masks)."
+    else:
+        text = (f"Vessel scores use the pipeline's U-Net vessel segmenter, trained on the clean training images' manual masks "
+                f"(first observer). On the clean test images, inside the FOV: AUC {rng('auc')}, Dice {rng('dice')}; the Frangi "
+                f"segmenter on the same images: AUC {rng('frangi_auc')}, Dice {rng('frangi_dice')}; the second observer against the "
+                f"first: Dice {rng('observer2_dice')} (mean, min-max over test images).")
+    return ["## Vessel segmenter", "", text, ""], f"<h2>Vessel segmenter</h2><p>{html.escape(text)}</p>"
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]
 
@@ -366,6 +443,7 @@ def build_report(
     out_dir: Path,
     *,
     segmenter=None,
+    segmenter_dir: Path | None = None,
     lock_path: Path = Path("dvc.lock"),
 ) -> dict:
     """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None)."""
@@ -377,6 +455,9 @@ def build_report(
     stages = _lock_stages(Path(lock_path))
     md = ["# medrestore comparison report", "", "## Methods", "", methods_paragraph(params), ""]
     html_parts = [f"<h1>medrestore comparison report</h1><h2>Methods</h2><p>{html.escape(methods_paragraph(params))}</p>"]
+    seg_md, seg_html = segmenter_section(segmenter_dir)
+    md += seg_md
+    html_parts.append(seg_html)
     headline: dict = {}
     for task in tasks:
         eval_dir = Path(eval_root) / task
@@ -387,6 +468,10 @@ def build_report(
             header, rows = task_table(summary, variant)
             md += [f"### {task}, test corruption `{variant}`", "", *_md_table(header, rows)]
             html_parts.append(f"<h3>test corruption <code>{html.escape(variant)}</code></h3>" + _html_table(header, rows))
+            paired = paired_rows(summary, variant)
+            if paired:
+                md += [f"Paired comparison with the best classical baseline, `{variant}`:", "", *_md_table(*paired)]
+                html_parts.append(f"<p>Paired comparison with the best classical baseline, <code>{html.escape(variant)}</code>:</p>" + _html_table(*paired))
             for m, v in summary["methods"].items():
                 stats = v[variant]
                 headline.setdefault(task, {}).setdefault(m, {})[variant] = {
@@ -396,14 +481,16 @@ def build_report(
         header, rows = lineage_rows(task, methods, summary, stages, Path(models_root))
         md += [f"### {task}: lineage", "", *_md_table(header, rows)]
         html_parts.append(f"<h3>{html.escape(task)}: lineage</h3>" + _html_table(header, rows, "lineage"))
-        cost_path = eval_dir / "cost.json"
-        cost = read_json(cost_path) if cost_path.is_file() else summary.get("cost")
+        costs = cost_rows(summary)
+        if costs:
+            md += [f"### {task}: cost", "", *_md_table(*costs)]
+            html_parts.append(f"<h3>{html.escape(task)}: cost</h3>" + _html_table(*costs))
         figures = [
             ("crops", crops_figure(task, eval_dir, patches_dir, summary)),
             ("errors", error_maps_figure(task, eval_dir, patches_dir, summary)),
             ("vessels", vessel_figure(task, eval_dir, patches_dir, summary, segmenter)),
             ("sigma", sigma_figure(task, summary)),
-            ("cost", cost_figure(task, summary, (cost or {}).get("methods", cost) if isinstance(cost, dict) else None)),
+            ("cost", cost_figure(task, summary)),
             ("curves", curves_figure(task, Path(models_root) / task)),
         ]
         for kind, png in figures:
@@ -465,7 +552,7 @@ def browser_check(page: Path, screenshot: Path | None = None, width: int = 1200,
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.html"
         probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK_SCRIPT + "</body>"), encoding="utf-8")
-        res = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+        res = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120, check=False)
         start = res.stdout.find('<pre id="medrestore-check">')
         if start < 0:
             raise RuntimeError(f"Chromium did not run the page check (exit {res.returncode}): {res.stderr[-1500:]}")

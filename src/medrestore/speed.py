@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     folded = 0
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             conv, bn = seq._modules[a], seq._modules[b]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
                 seq._modules[a] = fuse_conv_bn_eval(conv, bn)
