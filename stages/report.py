@@ -5,7 +5,7 @@ from pathlib import Path
 
 from _common import params, run
 
-from medrestore.lineage import register_best_models
+from medrestore.lineage import register_best_models, tag_outputs
 from medrestore.report import best_models, build_report
 from medrestore.vessels import load_vessel_segmenter
 
@@ -17,6 +17,7 @@ def main() -> None:
         segmenter, _ = load_vessel_segmenter(Path("artifacts/segmenter"))
         build_report(p, tasks, Path("artifacts/eval"), Path("artifacts/patches"), Path("artifacts/models"), Path("reports"),
                      segmenter=segmenter, segmenter_dir=Path("artifacts/segmenter"))
+        tag_outputs(tracker, [Path("reports/index.html"), Path("reports/report.md"), Path("reports/metrics.json")])
         registered = register_best_models(best_models(Path("artifacts/eval"), tasks), Path("artifacts/models"), tracker=tracker)
         for task, version in registered.items():
             print(f"[medrestore] registered {version} (best of {task})")

@@ -12,6 +12,7 @@ from _common import arg, params, run
 
 from medrestore.data.patches import load_patches
 from medrestore.io import InputError, atomic_dir, read_json
+from medrestore.lineage import tag_outputs
 from medrestore.training import TrainConfig, train_model
 
 
@@ -46,18 +47,20 @@ def main() -> None:
     corruption = read_json(corrupted / "corruption.json")
     domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
     out = Path("artifacts/models") / entry["task"] / entry["model"]
-    with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "cpu"), **cfg_params}) as tracker, atomic_dir(out) as tmp:
-        train_model(
-            cfg,
-            (load_patches(patches, "train"), load_patches(corrupted, "train")),
-            (load_patches(patches, "val"), load_patches(corrupted, "val")),
-            tmp,
-            ckpt_dir=Path(".cache/train") / key,
-            tracker=tracker,
-            extra_meta={"task": entry["task"]},
-            train_domain=domain,
-            run=f"train@{key}",
-        )
+    with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "cpu"), **cfg_params}) as tracker:
+        with atomic_dir(out) as tmp:
+            train_model(
+                cfg,
+                (load_patches(patches, "train"), load_patches(corrupted, "train")),
+                (load_patches(patches, "val"), load_patches(corrupted, "val")),
+                tmp,
+                ckpt_dir=Path(".cache/train") / key,
+                tracker=tracker,
+                extra_meta={"task": entry["task"]},
+                train_domain=domain,
+                run=f"train@{key}",
+            )
+        tag_outputs(tracker, [out])
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ def _cmd_models(args) -> int:
         {"name": n, "kind": "network", "task": s.task, "parameters": count_parameters(build_model(n)), "paper": s.paper}
         for n, s in MODELS.items()
     ]
-    rows += [{"name": n, "kind": "baseline", "task": "denoise", "parameters": 0, "paper": (f.__doc__ or "").strip().splitlines()[0]} for n, f in BASELINES.items()]
+    rows += [
+        {"name": n, "kind": "baseline", "task": getattr(f, "task", "denoise"), "parameters": 0,
+         "paper": getattr(f, "paper", None) or (f.__doc__ or "").strip().splitlines()[0]}
+        for n, f in BASELINES.items()
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("metrics", help="every quality metric of one image")
     p.add_argument("image")
     p.add_argument("reference", nargs="?")
-    p.add_argument("--fov", help="FOV mask image for psnr_fov")
+    p.add_argument("--fov", help="FOV mask image for the *_fov metrics")
     p.add_argument("--assets", default=None, help="folder with pyiqa's NIQE/BRISQUE parameter files")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_metrics)

@@ -7,8 +7,8 @@ The chain is read from three places, none of which the pipeline writes run ids i
   and the params it ran with;
 - git: the commit that recorded that ``dvc.lock`` entry (``git log -S<md5> -- dvc.lock``), and
   whether the file on disk still matches it;
-- MLflow: the finished run of that stage whose tags name the file's md5 (every stage run is
-  tagged ``out_md5:<path>`` by ``medrestore.tracking``), else the newest finished run of the stage
+- MLflow: the finished run of that stage whose tags name the file's md5 (the stages tag
+  their runs ``out_md5:<path>`` through :func:`tag_outputs`), else the newest finished run of the stage
   (labelled as such).
 """
 
@@ -212,3 +212,22 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
             else:
                 raise
     return done
+
+
+def tag_outputs(tracker, paths: list[Path], root: Path | None = None) -> None:
+    """Tag the stage's MLflow run with ``out_md5:<path>`` for each output file (the md5 DVC records),
+    so ``medrestore lineage`` finds the exact run that wrote a file. Folders contribute their
+    top-level files."""
+    if tracker is None:
+        return
+    root = Path(root or repo_root()).resolve()
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+    tags = {}
+    for f in files:
+        full = f.resolve()
+        rel = full.relative_to(root).as_posix() if full.is_relative_to(root) else f.as_posix()
+        tags[f"out_md5:{rel}"] = file_md5(full)
+    if tags:
+        tracker.set_tags(tags)
