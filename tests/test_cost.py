@@ -5,7 +5,12 @@ import time
 import pytest
 import torch
 
-from medrestore.cost import count_parameters, flops_per_mpix, model_cost, seconds_per_mpix
+from medrestore.cost import (
+    count_parameters,
+    flops_per_mpix,
+    model_cost,
+    seconds_per_mpix,
+)
 from medrestore.models import build_model
 
 

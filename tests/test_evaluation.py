@@ -64,14 +64,14 @@ def denoise_task(one_torch_thread, chase_dir, assets_dir, tmp_path_factory):
     _corrupt(root / "patches", meta, root / "corrupt", {"kind": "gaussian", "sigma": 25}, 1)
     torch.manual_seed(0)
     save_model(build_model("dncnn", depth=3, features=8), root / "models" / "dncnn", name="dncnn", kwargs={"depth": 3, "features": 8})
-    kw = dict(baselines=["median"], tile=64, overlap=8, seed=1, assets_dir=str(assets_dir))
+    kw = {"baselines": ["median"], "tile": 64, "overlap": 8, "seed": 1, "assets_dir": str(assets_dir)}
     summary = E.evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval", **kw)
     E.evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval2", **kw)
     return root, summary
 
 
 def test_every_metric_for_every_restored_image(denoise_task):
-    root, summary = denoise_task
+    root, _ = denoise_task
     table = pd.read_csv(root / "eval" / "per_image.csv")
     assert set(table["method"]) == {"degraded", "dncnn", "median", "clean"}
     restored = table[table["kind"] != "reference"]

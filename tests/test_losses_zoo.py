@@ -25,7 +25,6 @@ from medrestore.models.cyclegan import PatchDiscriminator
 from medrestore.models.lapsrn import LapSRN
 from medrestore.models.srresnet import SRGANDiscriminator
 
-
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
@@ -175,3 +174,38 @@ def test_perceptual_vessel_hook_needs_a_backbone_and_uses_it():
     assert loss(a, a) == 0 and loss(a, torch.rand(1, 3, 16, 16)) > 0
     with pytest.raises(ValueError):
         PerceptualLoss("alexnet")
+
+
+def test_perceptual_vessel_loss_uses_the_saved_segmenter_frozen(tmp_path):
+    """The 'vessel' backbone: a U-Net segmenter saved as the pipeline saves it, loaded from its path."""
+    from medrestore.models.unet import UNet
+    from medrestore.vessels import save_segmenter
+
+    torch.manual_seed(1)
+    unet = UNet(depth=2, width=4)
+    save_segmenter(unet, tmp_path / "seg", kwargs={"in_channels": 3, "out_channels": 1, "depth": 2, "width": 4})
+    loss = PerceptualLoss("vessel", path=tmp_path / "seg")
+    assert not any(p.requires_grad for p in loss.parameters())
+    a = torch.rand(2, 3, 20, 28)
+    feats = loss.extract(a)
+    assert [f.shape[1] for f in feats] == [4, 8, 16, 1]  # the 3 contracting levels and the vessel map
+    with torch.no_grad():  # the probability map is the segmenter's own output
+        assert torch.allclose(feats[-1], torch.sigmoid(unet.eval()(a)), atol=1e-6)
+    x = a.clone().requires_grad_(True)
+    assert loss(a, a) == 0
+    value = loss(x, torch.rand(2, 3, 20, 28))
+    value.backward()
+    assert value > 0 and x.grad is not None and x.grad.abs().sum() > 0
+    loss.train()
+    assert not loss.extract.unet.training  # batch norm stays frozen
+
+
+def test_make_loss_multiscale_charbonnier_takes_the_pyramid():
+    from medrestore.losses import make_loss
+
+    net = LapSRN(scale=4, depth=1)
+    lr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)
+    loss = make_loss("multiscale_charbonnier")
+    assert loss.pyramid and torch.isclose(loss(net.forward_pyramid(lr), hr), multiscale_charbonnier(net.forward_pyramid(lr), hr))
+    with pytest.raises(ValueError, match="weights"):
+        make_loss("weighted_mse")

@@ -77,7 +77,7 @@ def test_fov_variants_equal_whole_image_without_a_mask_and_ssim_is_pyiqas(chase_
     m = full_reference(noisy, crop, None, str(assets_dir))
     for key in ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb"):
         assert m[f"{key}_fov"] == pytest.approx(m[key], abs=1e-4), key  # pyiqa works in float32
-    to_t = lambda a: torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]  # noqa: E731
+    to_t = lambda a: torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]
     assert m["ssim"] == pytest.approx(float(pyiqa.create_metric("ssim", device="cpu")(to_t(noisy), to_t(crop))), abs=1e-9)
     assert m["ssim_rgb"] == pytest.approx(float(pyiqa.create_metric("ssimc", device="cpu")(to_t(noisy), to_t(crop))), abs=1e-9)
 

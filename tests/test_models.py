@@ -2,9 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from medrestore.models import MODELS, build_model, count_parameters, load_model, save_model
-from medrestore.models.classical import median_filter, nl_means
 from medrestore.degradations import corrupt, to_float
+from medrestore.models import (
+    MODELS,
+    build_model,
+    count_parameters,
+    load_model,
+    save_model,
+)
+from medrestore.models.classical import median_filter, nl_means
 
 
 def test_dncnn_has_17_conv_layers_64_filters_and_15_batchnorms():
@@ -48,6 +54,45 @@ def test_nl_means_and_median_beat_noisy_input_on_fundus(retina):
     crop = retina[560:720, 560:720]
     noisy, _ = corrupt(crop, {"kind": "gaussian", "sigma": 25}, [3])
     ref = to_float(crop)
-    err = lambda img: float(np.mean((img - ref) ** 2))  # noqa: E731
+    err = lambda img: float(np.mean((img - ref) ** 2))
     assert err(nl_means(to_float(noisy), 25)) < 0.25 * err(to_float(noisy))
     assert err(median_filter(to_float(noisy), 25)) < 0.5 * err(to_float(noisy))
+
+
+SR_MODELS = {n for n, s in MODELS.items() if s.task == "sr"}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_restores_at_the_target_size(name):
+    kwargs = {"scale": 4} if name in SR_MODELS else {}
+    net = build_model(name, **kwargs).eval()
+    x = torch.rand(1, 3, 9, 11)  # odd sizes: padding models pad and crop back
+    with torch.no_grad():
+        y = net(x)
+    s = 4 if name in SR_MODELS else 1
+    assert y.shape == (1, 3, 9 * s, 11 * s)
+
+
+def test_pad_to_multiple_reflects_and_crop_undoes_it():
+    from medrestore.models.padding import crop_to, pad_to_multiple
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6)
+    padded, size = pad_to_multiple(x, 4)
+    assert padded.shape[-2:] == (8, 8) and size == (5, 6)
+    assert torch.equal(padded[..., 5, :6], x[..., 3, :])  # reflection, not zeros
+    assert torch.equal(crop_to(padded, size), x)
+    tiny, _ = pad_to_multiple(torch.rand(1, 1, 2, 2), 16)  # too small to reflect: replicate
+    assert tiny.shape[-2:] == (16, 16)
+
+
+def test_baselines_bicubic_upsamples_and_clahe_raises_local_contrast(chase_image):
+    from medrestore.models import BASELINES
+
+    img = to_float(chase_image[400:464, 400:464])
+    small = img[::4, ::4]
+    up = BASELINES["bicubic"](small, 0.0, scale=4)
+    assert up.shape == img.shape and 0 <= up.min() and up.max() <= 1
+    assert np.mean((up - img) ** 2) < np.mean((np.repeat(np.repeat(small, 4, 0), 4, 1) - img) ** 2)  # beats nearest
+    flat = 0.4 + 0.2 * (img - img.mean())  # a washed-out image
+    out = BASELINES["clahe"](flat, 0.0)
+    assert out.shape == flat.shape and out.std() > 1.5 * flat.std()

@@ -15,7 +15,12 @@ import yaml
 
 from medrestore.degradations import corrupt, sr_pair
 from medrestore.models import BASELINES, MODELS, load_model
-from medrestore.training import NonFiniteLossError, RestorationModule, TrainConfig, train_model
+from medrestore.training import (
+    NonFiniteLossError,
+    RestorationModule,
+    TrainConfig,
+    train_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
@@ -84,7 +89,7 @@ def test_registry_has_every_model_and_baseline_of_the_five_papers():
         "lapsrn": "sr", "srresnet": "sr", "srgan": "sr", "cyclegan-fc": "enhance", "cyclegan": "enhance"}
     assert MODELS["cyclegan-fc"].options["cycle"] == "feature" and MODELS["cyclegan"].options["cycle"] == "image"
     assert {n: f.task for n, f in BASELINES.items()} == {"median": "denoise", "nlmeans": "denoise", "bm3d": "denoise", "bicubic": "sr", "clahe": "enhance"}
-    assert all(s.paper and f"seed 00" in s.paper for s in MODELS.values())
+    assert all(s.paper and "seed 00" in s.paper for s in MODELS.values())
 
 
 # --------------------------------------------------------------------------- paired

@@ -53,8 +53,20 @@ from medrestore.cost import model_cost
 from medrestore.data.prepare import safe_name
 from medrestore.degradations import modcrop, spec_scale, to_float, to_uint8
 from medrestore.inference import model_scale, restore_array
-from medrestore.io import InputError, read_image, read_json, write_json_atomic, write_png_atomic, write_text_atomic
-from medrestore.metrics import FULL_REFERENCE, LOWER_IS_BETTER, NO_REFERENCE, all_metrics
+from medrestore.io import (
+    InputError,
+    read_image,
+    read_json,
+    write_json_atomic,
+    write_png_atomic,
+    write_text_atomic,
+)
+from medrestore.metrics import (
+    FULL_REFERENCE,
+    LOWER_IS_BETTER,
+    NO_REFERENCE,
+    all_metrics,
+)
 from medrestore.models import BASELINES, load_model
 from medrestore.vessels import VesselSegmenter, load_vessel_segmenter, vessel_scores
 
@@ -183,7 +195,7 @@ def paired_tests(table: pd.DataFrame, seed: int) -> dict[str, Any]:
         if base.empty or not (grp["kind"] == "model").any():
             continue
         means = base.groupby("method")[BEST_BASELINE_BY].mean()
-        best = str(means.idxmax()) if means.notna().any() else str(sorted(base["method"].unique())[0])
+        best = str(means.idxmax()) if means.notna().any() else str(min(base["method"].unique()))
         ref = grp[grp["method"] == best].set_index("image_id")
         entry: dict[str, Any] = {"baseline": best, "chosen_by": f"highest mean {BEST_BASELINE_BY}", "models": {}}
         for model in sorted(grp.loc[grp["kind"] == "model", "method"].unique()):
@@ -271,9 +283,9 @@ def evaluate_task(
     rows: list[dict] = []
     timings: dict[str, list[float]] = {}
 
-    def timed(name: str, fn: Callable[[], np.ndarray], pixels: int) -> np.ndarray:
+    def timed(name: str, pixels: int, fn: Callable[..., np.ndarray], *args: Any, **kwargs: Any) -> np.ndarray:
         t = time.perf_counter()
-        out = fn()
+        out = fn(*args, **kwargs)
         timings.setdefault(name, []).append((time.perf_counter() - t) / (pixels / 1e6))
         return out
 
@@ -300,10 +312,10 @@ def evaluate_task(
         pixels = clean.shape[0] * clean.shape[1]
         outputs: dict[str, tuple[str, np.ndarray]] = {"degraded": ("input", to_uint8(upsample_bicubic(low, s)))}
         for name, model in models.items():
-            restored = timed(name, lambda: restore_array(model, low, tile=tile, overlap=overlap, device=device, scale=s), pixels)
+            restored = timed(name, pixels, restore_array, model, low, tile=tile, overlap=overlap, device=device, scale=s)
             outputs[name] = ("model", to_uint8(restored))
         for name, fn in fns.items():
-            restored = timed(name, lambda: run_baseline(fn, low, sigma, s), pixels)
+            restored = timed(name, pixels, run_baseline, fn, low, sigma, s)
             outputs[name] = ("baseline", to_uint8(restored))
         for method, (kind, restored) in outputs.items():
             write_png_atomic(out_dir / "restored" / method / case["variant"] / f"{safe_name(case['id'])}.png", restored)
@@ -335,7 +347,7 @@ def evaluate_task(
         "variants": sorted({c["variant"] for c in corruption["test"]}),
     }
     for (method, variant), grp in table.groupby(["method", "variant"], sort=True):
-        stats = {"kind": grp["kind"].iloc[0], "n": int(len(grp))}
+        stats = {"kind": grp["kind"].iloc[0], "n": len(grp)}
         for col in metric_cols:
             vals = grp[col].to_numpy(dtype=float)
             if np.isfinite(vals).any():

@@ -17,16 +17,23 @@ training data (params.yaml), ``srresnet`` and ``srgan`` in their training, ``cyc
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medrestore.io import InputError, atomic_path, write_json_atomic
 from medrestore.models.cdae import CDAE
-from medrestore.models.classical import bicubic, bm3d_rgb, clahe, median_filter, nl_means
+from medrestore.models.classical import (
+    bicubic,
+    bm3d_rgb,
+    clahe,
+    median_filter,
+    nl_means,
+)
 from medrestore.models.cyclegan import PatchDiscriminator, ResnetGenerator
 from medrestore.models.dncnn import DnCNN
 from medrestore.models.irunet import IRUNet
@@ -120,4 +127,4 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-__all__ = ["MODELS", "BASELINES", "ModelSpec", "TRAINERS", "build_model", "build_discriminator", "count_parameters", "save_model", "load_model"]
+__all__ = ["BASELINES", "MODELS", "TRAINERS", "ModelSpec", "build_discriminator", "build_model", "count_parameters", "load_model", "save_model"]

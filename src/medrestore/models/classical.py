@@ -11,7 +11,7 @@ Each function carries ``task`` (the task family it is for: denoise, sr or enhanc
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

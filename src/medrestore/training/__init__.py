@@ -8,9 +8,19 @@
 * :mod:`.engine`: :func:`train_model`, one resumable run from arrays to the stage's outputs.
 """
 
-from medrestore.training.callbacks import AtomicCheckpoint, CurveRecorder, NonFiniteLossError
+from medrestore.training.callbacks import (
+    AtomicCheckpoint,
+    CurveRecorder,
+    NonFiniteLossError,
+)
 from medrestore.training.config import TrainConfig
-from medrestore.training.data import PairedPatches, StepBatchSampler, UnpairedPatches, UnpairedStepSampler, fingerprint
+from medrestore.training.data import (
+    PairedPatches,
+    StepBatchSampler,
+    UnpairedPatches,
+    UnpairedStepSampler,
+    fingerprint,
+)
 from medrestore.training.engine import resolve_config, train_model
 from medrestore.training.paired import RestorationModule, psnr_per_image
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 
@@ -59,11 +59,11 @@ class TrainConfig:
     identity_weight: float = 10.0  # cyclegan: identity term (seed 003: 10)
 
     @classmethod
-    def from_params(cls, params: dict) -> "TrainConfig":
+    def from_params(cls, params: dict) -> TrainConfig:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in params.items() if k in known})
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -30,9 +30,20 @@ from torch.utils.data import DataLoader
 
 from medrestore.io import InputError, write_json_atomic, write_text_atomic
 from medrestore.models import MODELS, count_parameters, save_model
-from medrestore.training.callbacks import AtomicCheckpoint, CurveRecorder, RankAwareSampler
+from medrestore.training.callbacks import (
+    AtomicCheckpoint,
+    CurveRecorder,
+    RankAwareSampler,
+)
 from medrestore.training.config import TrainConfig
-from medrestore.training.data import PairedPatches, StepBatchSampler, UnpairedPatches, UnpairedStepSampler, fingerprint, pair_scale
+from medrestore.training.data import (
+    PairedPatches,
+    StepBatchSampler,
+    UnpairedPatches,
+    UnpairedStepSampler,
+    fingerprint,
+    pair_scale,
+)
 from medrestore.training.gan import GAN_MODULES
 from medrestore.training.paired import RestorationModule
 

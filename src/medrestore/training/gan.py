@@ -17,7 +17,13 @@ import itertools
 
 import torch
 
-from medrestore.losses import adversarial_bce, adversarial_lsgan, cycle_consistency, feature_consistency, identity_loss
+from medrestore.losses import (
+    adversarial_bce,
+    adversarial_lsgan,
+    cycle_consistency,
+    feature_consistency,
+    identity_loss,
+)
 from medrestore.models import MODELS, build_discriminator, build_model
 from medrestore.training.config import make_optimizer, make_scheduler
 from medrestore.training.paired import RestorationModule, make_perceptual
