@@ -20,8 +20,18 @@ from torch import nn
 
 from medrestore.data.fov import detect_fov
 from medrestore.inference import restore_array
-from medrestore.io import InputError, repo_root, write_bytes_atomic
+from medrestore.io import InputError, open_image, write_bytes_atomic
 from medrestore.models import load_model
+
+def workspace_root() -> Path:
+    """The nearest folder with a dvc.yaml from the working directory: the workspace whose artifacts
+    are meant (inside a queued experiment that is its own copy, not ``DVC_ROOT``'s parent repo)."""
+    here = Path.cwd().resolve()
+    for cand in (here, *here.parents):
+        if (cand / "dvc.yaml").exists():
+            return cand
+    return here
+
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 
@@ -33,7 +43,7 @@ def resolve_model(spec: str, root: Path | None = None) -> Path:
     path = Path(spec)
     if path.exists():
         return path.parent if path.is_file() else path
-    models = Path(root or repo_root()) / "artifacts" / "models"
+    models = Path(root or workspace_root()) / "artifacts" / "models"
     if "/" in spec:
         cand = models / spec
         if (cand / "model.json").is_file():
@@ -74,7 +84,7 @@ def read_native(path: Path) -> NativeImage:
     if colour16 is not None:
         return colour16
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             fmt = img.format or FORMATS.get(path.suffix.lower(), "PNG")
             mode = img.mode

@@ -107,7 +107,9 @@ def _run_record(run, how: str) -> dict:
 
 def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) -> dict[str, Any]:
     """The full chain for one file inside the repository (a model, a metrics file, a report)."""
-    root = Path(root or repo_root()).resolve()
+    from medrestore.apply import workspace_root
+
+    root = Path(root or workspace_root()).resolve()
     path = Path(path)
     full = (path if path.is_absolute() else Path.cwd() / path).resolve()
     if not full.exists():
@@ -175,7 +177,7 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     import mlflow
     from mlflow import MlflowClient
 
-    root = Path(root or repo_root())
+    root = Path(root or Path.cwd())
     done: dict[str, str] = {}
     active = mlflow.active_run()
     if active is None:
@@ -220,7 +222,7 @@ def tag_outputs(tracker, paths: list[Path], root: Path | None = None) -> None:
     top-level files."""
     if tracker is None:
         return
-    root = Path(root or repo_root()).resolve()
+    root = Path(root or Path.cwd()).resolve()  # the stage's workspace (a queued experiment's own copy)
     files: list[Path] = []
     for p in map(Path, paths):
         files += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]

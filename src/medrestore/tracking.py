@@ -1,7 +1,8 @@
 """MLflow runs tagged with DVC lineage.
 
 Every stage execution is one MLflow run named after its DVC stage and tagged with the stage name,
-the git commit (and whether the work tree was dirty), ``DVC_ROOT`` and ``DVC_EXP_NAME``. The
+the git commit of the working tree it runs in (and whether it was dirty), ``DVC_ROOT``,
+``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV``. The
 tracking store defaults to an SQLite file at the repository root, resolved from ``DVC_ROOT`` so
 queued experiments share one database; ``MLFLOW_TRACKING_URI`` overrides it.
 
@@ -33,8 +34,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from medrestore.io import repo_root
 
@@ -84,8 +86,12 @@ def tracking_uri() -> str:
 
 
 def git_commit(root: Path | None = None) -> tuple[str, bool]:
-    """(commit sha, dirty flag) of the repository, or ("unknown", False) outside git."""
-    root = root or repo_root()
+    """(commit sha, dirty flag) of the working tree the stage runs in, or ("unknown", False) outside git.
+
+    The stage's working directory, not ``DVC_ROOT``: a queued experiment runs in its own copy
+    of the repository (``.dvc/tmp/exps/...``) while ``DVC_ROOT`` names the parent repository.
+    """
+    root = root or Path.cwd()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         status = subprocess.run(
@@ -171,6 +177,7 @@ def stage_tags(stage: str) -> dict[str, str]:
         "git_dirty": str(dirty).lower(),
         "dvc_root": os.environ.get("DVC_ROOT", str(repo_root())),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
     }
 
 
@@ -216,7 +223,7 @@ def stage_run(stage: str | None, params: dict[str, Any], *, required: bool = Fal
         with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5") if tracker.gave_up else contextlib.nullcontext():
             try:
                 mlflow.end_run(status=status)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (any MLflow failure is counted, never raised)
                 tracker.failures.append(f"end_run({status}): {type(exc).__name__}: {str(exc)[:200]}")
         _report(stage, tracker)
 
