@@ -5,6 +5,8 @@ train.profiles[profile].defaults <- train.profiles[profile].models[model] (the b
 train.runs[RUN].overrides. ``train.profile`` picks the profile (cpu | paper).
 """
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,20 +49,29 @@ def main() -> None:
     corruption = read_json(corrupted / "corruption.json")
     domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
     out = Path("artifacts/models") / entry["task"] / entry["model"]
+    data = {
+        "train_pairs": (load_patches(patches, "train"), load_patches(corrupted, "train")),
+        "val_pairs": (load_patches(patches, "val"), load_patches(corrupted, "val")),
+        "ckpt_dir": Path(".cache/train") / key,
+        "extra_meta": {"task": entry["task"]},
+        "train_domain": domain,
+        "run": f"train@{key}",
+    }
+    if not is_rank_zero():
+        # DDP: Lightning's launcher and torchrun run this script once per process. Only rank 0 opens
+        # the MLflow run and swaps the outputs into place; the others train into a throwaway folder.
+        with tempfile.TemporaryDirectory() as scratch:
+            train_model(cfg, out_dir=Path(scratch), tracker=None, **data)
+        return
     with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "cpu"), **cfg_params}) as tracker:
         with atomic_dir(out) as tmp:
-            train_model(
-                cfg,
-                (load_patches(patches, "train"), load_patches(corrupted, "train")),
-                (load_patches(patches, "val"), load_patches(corrupted, "val")),
-                tmp,
-                ckpt_dir=Path(".cache/train") / key,
-                tracker=tracker,
-                extra_meta={"task": entry["task"]},
-                train_domain=domain,
-                run=f"train@{key}",
-            )
+            train_model(cfg, out_dir=tmp, tracker=tracker, **data)
         tag_outputs(tracker, [out])
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a DDP run (RANK, LOCAL_RANK or NODE_RANK set and not 0)."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 if __name__ == "__main__":

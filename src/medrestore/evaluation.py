@@ -269,7 +269,7 @@ def evaluate_task(
     scale = _task_scale(corruption, corruption["test"][0])
 
     models, cost = {}, {}
-    for d in sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file()) if models_dir.is_dir() else []:
+    for d in sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith(".")) if models_dir.is_dir() else []:
         model, mmeta = load_model(d)
         s = model_scale(model, mmeta)
         if s != scale:

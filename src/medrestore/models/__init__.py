@@ -17,6 +17,7 @@ training data (params.yaml), ``srresnet`` and ``srgan`` in their training, ``cyc
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ def save_model(model: nn.Module, out_dir: Path, *, name: str, kwargs: dict, extr
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"model": name})
+        os.chmod(tmp, 0o644)  # safetensors may recreate the file with the process umask
     write_json_atomic(out_dir / "model.json", {"model": name, "kwargs": kwargs, "parameters": count_parameters(model), **(extra or {})})
 
 

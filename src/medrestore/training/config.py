@@ -41,6 +41,7 @@ class TrainConfig:
     # devices
     accelerator: str = "cpu"
     devices: int | str = 1
+    num_nodes: int = 1  # machines; DDP world size = devices x num_nodes (torchrun or a cluster launcher)
     strategy: str = "auto"
     precision: str = "32-true"
     augment: bool = True

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -49,7 +50,8 @@ from medrestore.training.paired import RestorationModule
 
 
 def _world(cfg: TrainConfig) -> int:
-    return cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1
+    per_node = cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1
+    return per_node * max(int(cfg.num_nodes), 1)
 
 
 def resolve_config(cfg: TrainConfig, train_pairs: tuple[np.ndarray, np.ndarray], n_train: int) -> TrainConfig:
@@ -140,6 +142,7 @@ def train_model(
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
         max_steps=cfg.max_steps,
@@ -159,7 +162,15 @@ def train_model(
     start = time.perf_counter()
     if resume.is_file():
         print(f"[medrestore] {run}: resuming from {resume}", flush=True)
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True)
+    try:
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True)
+    except (pickle.UnpicklingError, EOFError) as exc:
+        if not resume.is_file():
+            raise
+        raise InputError(
+            f"{resume}: refused: the checkpoint holds more than tensors or is corrupt ({type(exc).__name__}). "
+            f"Fix: delete {resume.parent} to train from the start; never resume from a checkpoint of unknown origin."
+        ) from exc
     seconds = time.perf_counter() - start
     if module.best_state is None:
         raise RuntimeError(f"run {run!r}: training ended before any validation. Fix: raise train.max_steps or lower train.val_every.")
