@@ -203,6 +203,23 @@ def sigma_figure(task: str, summary: dict) -> bytes | None:
     return _fig_png(fig)
 
 
+def sigma_csv(summary: dict) -> str | None:
+    """``method,sigma,psnr,ssim,thin_recall`` rows for tasks tested at several noise levels: the data
+    of the sigma figure, declared as a DVC plot (``dvc plots show``)."""
+    sig = {v: int("".join(ch for ch in v if ch.isdigit()) or -1) for v in summary["variants"]}
+    if len(sig) < 2 or min(sig.values()) < 0:
+        return None
+    lines = ["method,sigma,psnr,ssim,thin_recall"]
+    for m in sorted(summary["methods"]):
+        if m == "clean":
+            continue
+        for v in sorted(sig, key=sig.get):
+            st = summary["methods"][m].get(v, {})
+            vals = [st.get(k, {}).get("mean") for k in ("psnr", "ssim", "ref_thin_recall")]
+            lines.append(",".join([m, str(sig[v]), *("" if x is None else f"{x:.4f}" for x in vals)]))
+    return "\n".join(lines) + "\n"
+
+
 def cost_figure(task: str, summary: dict) -> bytes | None:
     """Quality (PSNR, the hardest variant) against compute (GFLOPs per output megapixel, counted by
     ``torch.utils.flop_counter``: deterministic, unlike timings, which stay out of the report)."""
@@ -224,7 +241,7 @@ def cost_figure(task: str, summary: dict) -> bytes | None:
 
 
 def curves_figure(task: str, models_dir: Path) -> bytes | None:
-    curves = {d.name: pd.read_csv(d / "curve.csv") for d in sorted(models_dir.iterdir()) if (d / "curve.csv").is_file()} if models_dir.is_dir() else {}
+    curves = {d.name: pd.read_csv(d / "curve.csv") for d in sorted(models_dir.iterdir()) if (d / "curve.csv").is_file() and not d.name.startswith(".")} if models_dir.is_dir() else {}
     if not curves:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -493,6 +510,9 @@ def build_report(
             ("cost", cost_figure(task, summary)),
             ("curves", curves_figure(task, Path(models_root) / task)),
         ]
+        curve = sigma_csv(summary)
+        if curve:
+            write_text_atomic(out_dir / "plots" / f"{task}_sigma.csv", curve)
         for kind, png in figures:
             if png is None:
                 continue
