@@ -80,7 +80,7 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int) -> di
         fns = {
             "untiled": untiled,
             "untiled_no_grad": untiled_no_grad,
-            "tiled": lambda m=model: restore_array(m, image, tile=tile, overlap=32),
+            "tiled": lambda m=model: restore_array(m, image, tile=tile, overlap=32, optimise=False),
             "bn_folded": lambda m=folded: untiled(m),
             "bn_folded_channels_last": lambda m=folded_cl, x=x_cl: _run(m, x),
         }

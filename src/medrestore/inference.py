@@ -60,7 +60,7 @@ def _restore_tiled(model: nn.Module, src: torch.Tensor, tile: int, overlap: int,
             bottom, right = min(top + step, h), min(left + step, w)
             t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
             b0, r0 = min(bottom + overlap, h), min(right + overlap, w)
-            patch = src[:, t0:b0, l0:r0][None].to(device)
+            patch = src[:, t0:b0, l0:r0][None].to(device).contiguous(memory_format=torch.channels_last)
             pred = model(patch)[0].float().clamp_(0, 1).cpu().numpy()
             expected = ((b0 - t0) * scale, (r0 - l0) * scale)
             if pred.shape[1:] != expected:
@@ -84,14 +84,20 @@ def restore_array(
     device: str | torch.device = "cpu",
     scale: int | None = None,
     min_tile: int = MIN_TILE,
+    optimise: bool = True,
 ) -> np.ndarray:
     """Restore a float32 H x W x C image in [0, 1]; returns float32 in [0, 1] of
     ``scale * H x scale * W x C`` (``scale=None``: :func:`model_scale` by a probe forward pass).
 
     ``tile`` and ``overlap`` are in input pixels. On out-of-memory the tile is halved (see the
-    module docstring); a warning names the tile size that worked.
+    module docstring); a warning names the tile size that worked. ``optimise``: batch-norm folded
+    into the convolutions and channels-last layout (:mod:`medrestore.speed`; measured by ``make bench``).
     """
     model = model.to(device).eval()
+    if optimise:
+        from medrestore.speed import prepare_for_inference
+
+        model = prepare_for_inference(model)
     h, w, c = image.shape
     if scale is None:
         scale = model_scale(model, channels=c, probe=max(8, min(32, h, w)), device=device)

@@ -296,7 +296,18 @@ def task_table(summary: dict, variant: str) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
-def methods_paragraph(params: dict) -> str:
+def _trained(models_root: Path | None, task: str, model: str) -> str:
+    """How a run was actually trained, from its own outputs (steps, batch, optimiser, lr)."""
+    if models_root is None:
+        return "not trained"
+    folder = Path(models_root) / task / model
+    if not (folder / "metrics.json").is_file():
+        return "not trained"
+    m = read_json(folder / "metrics.json")
+    return f"{m.get('steps', '?')} steps"
+
+
+def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
     d, p, pa = params["download"], params["prepare"], params["patchify"]
     tasks = params["corrupt"]["tasks"]
     task_txt = "; ".join(
@@ -304,18 +315,16 @@ def methods_paragraph(params: dict) -> str:
         for name, spec in tasks.items()
     )
     runs = params["train"]["runs"]
-    run_txt = "; ".join(
-        f"{key}: {params['train']['models'][r['model']].get('max_steps', params['train']['defaults']['max_steps'])} steps"
-        for key, r in runs.items()
-    )
+    run_txt = "; ".join(f"{key}: {_trained(models_root, r['task'], r['model'])}" for key, r in runs.items())
+    profile = params["train"].get("profile", "cpu")
     return (
         f"Sources: {', '.join(d['sources'])}. Each image's field of view (FOV) is detected from the image, the black "
-        f"border is cropped ({p['mode']}) and the image resized to {p['size']}x{p['size']}. Splits are by image "
+        f"border is cropped ({p['mode']}) and the image resized to {p['size']}x{p['size']}. Splits are by subject (both eyes of one person in one split) "
         f"(or, for fewer than three images, by disjoint {pa['region_grid']}x{pa['region_grid']} regions; val "
         f"{pa['val_fraction']}, test {pa['test_fraction']}, seed {params['seed']}); training patches are "
         f"{pa['patch_size']}x{pa['patch_size']} at stride {pa['stride']}, at least {pa['min_fov_fraction']:.0%} inside "
         f"the FOV. Corruptions (sigma on the 0-255 scale, clipped and quantised to 8 bits): {task_txt}. Training "
-        f"(Adam, best validation PSNR kept): {run_txt}. Baselines are given the true noise sigma. Metrics: PSNR on RGB "
+        f"(the papers' recipes in train.models under the `{profile}` budget profile, weights at the best validation PSNR kept): {run_txt}. Baselines are given the true noise sigma. Metrics: PSNR on RGB "
         f"(whole image, inside the FOV, green channel), SSIM on Y, NIQE and BRISQUE on Y, entropy of the 8-bit grey "
         f"histogram (pyiqa). Vessels: the pipeline's vessel segmenter (next section) is run on every image; 'thin "
         f"vessels kept' is the recall of reference vessels at most 2 px wide minus the recall expected by chance, 'vessels "
@@ -470,8 +479,9 @@ def build_report(
         segmenter = VesselSegmenter(None)
     out_dir = Path(out_dir)
     stages = _lock_stages(Path(lock_path))
-    md = ["# medrestore comparison report", "", "## Methods", "", methods_paragraph(params), ""]
-    html_parts = [f"<h1>medrestore comparison report</h1><h2>Methods</h2><p>{html.escape(methods_paragraph(params))}</p>"]
+    methods = methods_paragraph(params, Path(models_root))
+    md = ["# medrestore comparison report", "", "## Methods", "", methods, ""]
+    html_parts = [f"<h1>medrestore comparison report</h1><h2>Methods</h2><p>{html.escape(methods)}</p>"]
     seg_md, seg_html = segmenter_section(segmenter_dir)
     md += seg_md
     html_parts.append(seg_html)
