@@ -479,6 +479,7 @@ def build_report(
         segmenter = VesselSegmenter(None)
     out_dir = Path(out_dir)
     stages = _lock_stages(Path(lock_path))
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC plots output: exists even with no sigma task
     methods = methods_paragraph(params, Path(models_root))
     md = ["# medrestore comparison report", "", "## Methods", "", methods, ""]
     html_parts = [f"<h1>medrestore comparison report</h1><h2>Methods</h2><p>{html.escape(methods)}</p>"]
