@@ -113,6 +113,20 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
     assert "`medrestore lineage artifacts/models/denoise-g25/dncnn/model.safetensors`" in md
 
 
+def test_report_opens_in_a_browser_with_every_image_and_table(repro, tmp_path):
+    from medrestore.report import browser_check, chromium_binary
+
+    if chromium_binary() is None and not os.environ.get("CI"):
+        pytest.skip("Chromium is not installed here (CI installs it: see .ci/run)")
+    work = repro[0]
+    result = browser_check(work / "reports" / "index.html", screenshot=tmp_path / "report.png")
+    assert result["images"] and all(img["loaded"] and img["width"] > 100 for img in result["images"]), result["images"]
+    assert result["tables"] and all(rows >= 3 for rows in result["tables"]), result["tables"]
+    assert result["title"] == "medrestore report"
+    png = (tmp_path / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+
+
 def test_trained_dncnn_beats_the_noisy_input(repro):
     work, _, _, _, _ = repro
     per_image = pd.read_csv(work / "artifacts" / "eval" / "denoise-g25" / "per_image.csv")
