@@ -56,3 +56,43 @@ def seeded_single_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+def kill_and_resume(tmp_path, script_text: str, arrays: dict, settle: float) -> None:
+    """Run a training script to the end (reference), run it again and ``kill -9`` it ``settle``
+    seconds after its first checkpoint, rerun it: the resumed run must say so, end with outputs
+    byte-identical to the reference and leave no resume checkpoint behind. The script takes
+    ``DATA_DIR OUT_DIR`` and checkpoints under ``DATA_DIR/ckpt``."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for name, arr in arrays.items():
+        np.save(tmp_path / name, arr)
+    script = tmp_path / "train.py"
+    script.write_text(script_text)
+    reference = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "ref")], check=False, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    ckpts: list = []
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = [c for c in (tmp_path / "ckpt").glob("*/last.ckpt") if c.stat().st_size > 0]
+        if ckpts:
+            time.sleep(settle)  # let it train past the checkpoint, then kill mid-step
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed; raise max_steps"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpts, "no checkpoint was written before the kill"
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], check=False, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    for name in ("model.safetensors", "metrics.json", "curve.csv"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    assert not list((tmp_path / "ckpt").glob("*/last.ckpt"))  # cleaned up once finished

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import kill_and_resume
 
 from medrestore.degradations import corrupt
 from medrestore.training import TrainConfig, train_model
@@ -63,37 +64,5 @@ train_model(cfg, (L("ct.npy"), L("nt.npy")), (L("cv.npy"), L("nv.npy")), out, d 
 
 
 def test_killed_training_resumes_and_ends_byte_identical(tmp_path, fundus_pairs):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     (tr_c, tr_n), (va_c, va_n) = fundus_pairs
-    for name, arr in {"ct.npy": tr_c, "nt.npy": tr_n, "cv.npy": va_c, "nv.npy": va_n}.items():
-        np.save(tmp_path / name, arr)
-    script = tmp_path / "train.py"
-    script.write_text(RESUME_SCRIPT)
-    reference = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "ref")], capture_output=True, text=True)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    ckpts: list = []
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = list((tmp_path / "ckpt").glob("*/last.ckpt"))
-        if ckpts and ckpts[0].stat().st_size > 0:
-            time.sleep(0.5)  # let it train past the checkpoint, then kill mid-step
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed; raise max_steps"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "out" / "model.safetensors").exists()
-    assert ckpts, "no checkpoint was written before the kill"
-
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout
-    for name in ("model.safetensors", "metrics.json", "curve.csv"):
-        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
-    assert not list((tmp_path / "ckpt").glob("*/last.ckpt"))  # cleaned up once finished
+    kill_and_resume(tmp_path, RESUME_SCRIPT, {"ct.npy": tr_c, "nt.npy": tr_n, "cv.npy": va_c, "nv.npy": va_n}, settle=0.5)

@@ -3,12 +3,8 @@ uninterrupted run (CPU), like the paired engine (tests/test_training.py)."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
+from conftest import kill_and_resume
 
 from medrestore.degradations import sr_pair
 
@@ -35,33 +31,6 @@ def _pairs(region: np.ndarray, salt: int) -> tuple[np.ndarray, np.ndarray]:
 def test_killed_srgan_resumes_and_ends_byte_identical(tmp_path, chase_image):
     hr, lr = _pairs(chase_image[380:540, 380:620], 1)
     vhr, vlr = _pairs(chase_image[600:680, 300:420], 2)
-    for name, arr in {"hr.npy": hr, "lr.npy": lr, "vhr.npy": vhr, "vlr.npy": vlr}.items():
-        np.save(tmp_path / name, arr)
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    reference = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "ref")], capture_output=True, text=True)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    ckpts: list = []
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = [c for c in (tmp_path / "ckpt").glob("*/last.ckpt") if c.stat().st_size > 0]
-        if ckpts and ckpts[0].stat().st_mtime > 0:
-            ckpt_bytes = ckpts[0].read_bytes()
-            time.sleep(0.3)  # past a checkpoint (pre-training ends at step 5), then kill mid-step
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed; raise max_steps"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpts, "no checkpoint was written before the kill"
-    assert ckpt_bytes and not (tmp_path / "out" / "model.safetensors").exists()
-
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout
-    for name in ("model.safetensors", "metrics.json", "curve.csv"):
-        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    kill_and_resume(tmp_path, SCRIPT, {"hr.npy": hr, "lr.npy": lr, "vhr.npy": vhr, "vlr.npy": vlr}, settle=0.3)  # past pre-training (step 5)
     assert "d_loss" in (tmp_path / "out" / "curve.csv").read_text().splitlines()[0]
     assert not list((tmp_path / "ckpt").glob("*/last.ckpt"))
