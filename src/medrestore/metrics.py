@@ -3,8 +3,11 @@
 Conventions (the same for every row of every table):
 - ``psnr``: RGB PSNR (pyiqa ``psnr``); ``psnr_y``: on Y (pyiqa ``psnry``);
 - ``psnr_green``: PSNR of the green channel alone, where fundus vessels have their contrast;
-- ``ssim``: SSIM on Y (pyiqa ``ssim``); ``ssim_rgb``: colour SSIM (pyiqa ``ssimc``); both from
-  pyiqa's own SSIM function and preprocessing, called once for the whole-image and the FOV value;
+- ``ssim``: SSIM on Y (pyiqa ``ssim``); ``ssim_rgb``: colour SSIM (pyiqa ``ssimc``); pyiqa's
+  preprocessing, window (11 px, sigma 1.5), constants and formula, but the Gaussian window is applied
+  as two 1-D passes (22 instead of 121 multiply-adds per pixel, in float64 as pyiqa): about 5x
+  faster on CPU, within 1e-8 of pyiqa's value (tested); one SSIM map gives the whole-image and the
+  FOV value, and Y and RGB go through one filtering call;
 - ``*_fov`` (``psnr_fov``, ``psnr_y_fov``, ``psnr_green_fov``, ``ssim_fov``, ``ssim_rgb_fov``): the
   same measure inside the field-of-view mask only. PSNR: the mean squared error over the FOV
   pixels (Y from pyiqa's ``to_y_channel``, as ``psnry``). SSIM: pyiqa's SSIM map (11 px Gaussian
@@ -79,19 +82,43 @@ def _luma(x: torch.Tensor) -> np.ndarray:
     return to_y_channel(x, 1.0, "yiq")[0, 0].double().numpy()
 
 
-def _ssim_whole_and_fov(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray, *, luma: bool) -> tuple[float, float]:
-    """pyiqa's SSIM (``ssim`` with ``luma``, ``ssimc`` without) and its mean over the windows
-    centred inside ``mask``, from one SSIM map (see the module docstring)."""
-    from pyiqa.archs.func_util import preprocess_rgb
-    from pyiqa.archs.ssim_arch import ssim
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The 1-D factor of pyiqa's ``fspecial(size, sigma)`` window (normalised to sum 1), float64."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
 
-    a = preprocess_rgb(x, luma, 255, "yiq").to(torch.float64)
-    b = preprocess_rgb(y, luma, 255, "yiq").to(torch.float64)
-    smap = ssim(a, b, data_range=255, get_ssim_map=True)[0]  # C x (H - 10) x (W - 10)
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
+    """pyiqa's SSIM map (``pyiqa.archs.ssim_arch.ssim``: "valid" filtering, non-negative contrast-
+    structure term) of two float64 N x C x H x W tensors, with the Gaussian window applied separably."""
+    c = a.shape[1]
+    g = _gaussian_1d()
+    rows, cols = g.view(1, 1, 1, -1).repeat(c * 5, 1, 1, 1), g.view(1, 1, -1, 1).repeat(c * 5, 1, 1, 1)
+    stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+    filtered = torch.nn.functional.conv2d(torch.nn.functional.conv2d(stack, rows, groups=5 * c), cols, groups=5 * c)
+    mu1, mu2, xx, yy, xy = filtered.split(c, dim=1)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    cs = torch.relu((2 * (xy - mu1_mu2) + c2) / ((xx - mu1_sq) + (yy - mu2_sq) + c2))
+    return ((2 * mu1_mu2 + c1) / (mu1_sq + mu2_sq + c1)) * cs
+
+
+def _ssim_whole_and_fov(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> dict[str, float]:
+    """SSIM on Y (pyiqa ``ssim``) and on RGB (``ssimc``), each over the whole image and over the
+    windows centred inside ``mask`` (see the module docstring), from one filtering call."""
+    from pyiqa.archs.func_util import preprocess_rgb
+
+    a = torch.cat([preprocess_rgb(x, True, 255, "yiq"), preprocess_rgb(x, False, 255, "yiq")], dim=1).to(torch.float64)
+    b = torch.cat([preprocess_rgb(y, True, 255, "yiq"), preprocess_rgb(y, False, 255, "yiq")], dim=1).to(torch.float64)
+    smap = ssim_map(a, b)[0]  # (1 + 3) x (H - 10) x (W - 10)
     k = (mask.shape[0] - smap.shape[-2]) // 2
     inner = torch.from_numpy(np.ascontiguousarray(mask[k : k + smap.shape[-2], k : k + smap.shape[-1]]))
-    fov_value = float(smap[:, inner].mean()) if inner.any() else float("nan")
-    return float(smap.mean()), fov_value
+    out = {}
+    for key, part in (("ssim", smap[:1]), ("ssim_rgb", smap[1:])):
+        out[key] = float(part.mean())
+        out[f"{key}_fov"] = float(part[:, inner].mean()) if inner.any() else float("nan")
+    return out
 
 
 @torch.inference_mode()
@@ -114,8 +141,7 @@ def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | N
     out["psnr_fov"] = _psnr(image[mask], reference[mask])
     out["psnr_y_fov"] = float("inf") if mse_y == 0 else float(10.0 * np.log10(1.0 / mse_y))
     out["psnr_green_fov"] = _psnr(image[..., 1][mask], reference[..., 1][mask])
-    out["ssim"], out["ssim_fov"] = _ssim_whole_and_fov(x, y, mask, luma=True)
-    out["ssim_rgb"], out["ssim_rgb_fov"] = _ssim_whole_and_fov(x, y, mask, luma=False)
+    out.update(_ssim_whole_and_fov(x, y, mask))
     return out
 
 
