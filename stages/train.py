@@ -1,4 +1,6 @@
-"""train RUN: train one (task, model) pair of params.yaml's train.runs.
+"""train RUN: train one (task, model) pair of params.yaml's train.runs, or one of train.chains
+(seed 000's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
+network; saved as one model in artifacts/models/TASK/METHOD).
 
 Settings merge, later wins: train.defaults <- train.models[model] (the paper's recipe) <-
 train.profiles[profile].defaults <- train.profiles[profile].models[model] (the budget) <-
@@ -15,13 +17,13 @@ from _common import arg, params, run
 from medrestore.data.patches import load_patches
 from medrestore.io import InputError, atomic_dir, read_json
 from medrestore.lineage import tag_outputs
+from medrestore.models import load_model
 from medrestore.training import TrainConfig, train_model
+from medrestore.training.chain import assemble_chain, check_first, first_stage_inputs, subset_indices
 
 
 def merged_params(train: dict, key: str, seed: int) -> dict:
-    if key not in train["runs"]:
-        raise InputError(f"params.yaml: no train.runs.{key}. Fix: use one of {', '.join(train['runs'])}.")
-    entry = train["runs"][key]
+    entry = run_entry(train, key)
     name = train.get("profile", "cpu")
     profiles = train.get("profiles", {})
     if name not in profiles:
@@ -39,19 +41,42 @@ def merged_params(train: dict, key: str, seed: int) -> dict:
     }
 
 
+def run_entry(train: dict, key: str) -> dict:
+    runs, chains = train["runs"], train.get("chains") or {}
+    if key in runs:
+        return runs[key]
+    if key in chains:
+        return chains[key]
+    raise InputError(f"params.yaml: no train.runs.{key} or train.chains.{key}. Fix: use one of {', '.join([*runs, *chains])}.")
+
+
 def main() -> None:
     key = arg(1)
     all_p = params()
-    entry = all_p["train"]["runs"].get(key, {})
+    entry = run_entry(all_p["train"], key)
     cfg_params = merged_params(all_p["train"], key, all_p["seed"])
     cfg = TrainConfig.from_params(cfg_params)
     patches, corrupted = Path("artifacts/patches"), Path("artifacts/corrupt") / entry["task"]
     corruption = read_json(corrupted / "corruption.json")
     domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
-    out = Path("artifacts/models") / entry["task"] / entry["model"]
+    out = Path("artifacts/models") / entry["task"] / entry.get("method", entry["model"])
+    train_pairs = (load_patches(patches, "train"), load_patches(corrupted, "train"))
+    val_pairs = (load_patches(patches, "val"), load_patches(corrupted, "val"))
+    first_dir = None
+    if "first" in entry:  # a chain: the trained network learns from the first run's reduced outputs
+        first_run = all_p["train"]["runs"][entry["first"]]
+        first_dir = Path("artifacts/models") / first_run["task"] / first_run.get("method", first_run["model"])
+        check_first(first_dir, key)
+        first, _ = load_model(first_dir)
+        subset = entry.get("subset") or [None, None]
+        picked = []
+        for (clean, degraded), split, size in zip((train_pairs, val_pairs), ("train", "val"), subset):
+            idx = subset_indices(clean.shape[0], size, all_p["seed"], split)
+            picked.append((np.ascontiguousarray(clean[idx]), first_stage_inputs(first, degraded[idx], int(entry["downscale"]))))
+        train_pairs, val_pairs = picked
     data = {
-        "train_pairs": (load_patches(patches, "train"), load_patches(corrupted, "train")),
-        "val_pairs": (load_patches(patches, "val"), load_patches(corrupted, "val")),
+        "train_pairs": train_pairs,
+        "val_pairs": val_pairs,
         "ckpt_dir": Path(".cache/train") / key,
         "extra_meta": {"task": entry["task"]},
         "train_domain": domain,
@@ -66,6 +91,8 @@ def main() -> None:
     with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "cpu"), **cfg_params}) as tracker:
         with atomic_dir(out) as tmp:
             train_model(cfg, out_dir=tmp, tracker=tracker, **data)
+            if first_dir is not None:
+                assemble_chain(first_dir, tmp, int(entry["downscale"]), extra={"first": str(first_dir)})
         tag_outputs(tracker, [out])
 
 

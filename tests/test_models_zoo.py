@@ -254,6 +254,19 @@ def test_srresnet_upscales_by_its_scale(scale):
         assert net(torch.rand(2, 3, 10, 12)).shape == (2, 3, 10 * scale, 12 * scale)
 
 
+def test_srresnet_bicubic_skip_starts_at_bicubic_interpolation_with_ledigs_parameter_count(chase_image):
+    net = SRResNet(skip="bicubic").eval()
+    assert n_params(net) == 1_550_659  # the skip adds no weights
+    lr = torch.from_numpy(chase_image[300:332, 400:440].astype(np.float32).transpose(2, 0, 1) / 255.0)[None]
+    with torch.no_grad():
+        out = net(lr)
+    expected = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    assert out.shape == (1, 3, 128, 160)
+    assert torch.equal(out, expected)  # the last conv starts at zero: training starts from bicubic
+    with pytest.raises(ValueError, match="skip"):
+        SRResNet(skip="nearest")
+
+
 def test_srgan_discriminator_has_8_convs_64_to_512_stride_2_when_halving():
     net = SRGANDiscriminator()
     convs = modules_of(net, nn.Conv2d)

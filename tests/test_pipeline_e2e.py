@@ -37,6 +37,8 @@ def tiny_params(params: dict) -> dict:
         cpu[name].update(max_steps=40, val_every=20, ckpt_every=20)
     # DnCNN from scratch sits near the identity map for its first ~150 steps (see params.yaml).
     cpu["dncnn"].update(max_steps=250, val_every=50, ckpt_every=50, batch_size=16)
+    chains = params["train"].get("chains") or {}
+    params["train"]["chains"] = {k: {**v, "subset": [128, 32]} for k, v in chains.items() if v["first"] in E2E_RUNS}
     params["segmenter"].update(steps=40, patch=48)
     return params
 
@@ -84,6 +86,8 @@ def test_every_stage_ran(repro):
     expected = {"download", "prepare", "patchify", "train_segmenter", "report"}
     expected |= {f"corrupt@{t}" for t in params["corrupt"]["tasks"]} | {f"evaluate@{t}" for t in params["corrupt"]["tasks"]}
     expected |= {f"train@{k}" for k in params["train"]["runs"]}
+    expected |= {f"train_chain@{k}" for k in params["train"]["chains"]}
+    assert params["train"]["chains"], "the default params chain DnCNN and SRGAN (seed 000)"
     assert expected <= set(lock)
     for stage in expected:
         assert f"Running stage '{stage}'" in first.stdout
@@ -105,7 +109,7 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
                 assert math.isfinite(value)
     md = (work / "reports" / "report.md").read_text()
     html = (work / "reports" / "index.html").read_text()
-    for method in ("dncnn", "redae", "nlmeans", "median", "degraded", "clean", "lapsrn", "bicubic", "cyclegan-fc", "clahe"):
+    for method in ("dncnn", "redae", "dncnn-srgan", "nlmeans", "median", "degraded", "clean", "lapsrn", "bicubic", "cyclegan-fc", "clahe"):
         assert f"| {method} |" in md and f"<td>{method}</td>" in html
     for fig in ("denoise-g25_crops", "denoise-g25_errors", "denoise-g25_vessels", "denoise-g25_cost", "sr-x4_crops", "enhance_curves"):
         assert (work / "reports" / "figures" / f"{fig}.png").stat().st_size > 10_000, fig

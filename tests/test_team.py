@@ -68,6 +68,7 @@ def tiny_params(params: dict, datasets: Path) -> dict:
     params["patchify"].update(patch_size=32, stride=16)
     params["corrupt"]["tasks"] = {TASK: params["corrupt"]["tasks"][TASK]}
     params["train"]["runs"] = {RUN: params["train"]["runs"][RUN]}
+    params["train"]["chains"] = {}
     params["train"]["profile"] = "cpu"
     params["train"]["defaults"].update(progress_bar=False)
     params["train"]["profiles"]["cpu"]["models"][MODEL].update(max_steps=20, val_every=10, ckpt_every=10)

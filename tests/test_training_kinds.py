@@ -199,6 +199,20 @@ def test_dncnn_green_run_weights_the_loss_red_green_blue_1_3_2():
     assert not torch.isclose(plain, torch.tensor(by_hand))
 
 
+def test_chains_name_a_trained_first_run_and_merge_like_runs():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stage = _stage_module()
+    train = params["train"]
+    assert train["chains"], "seed 000's DnCNN -> SRGAN chain is a default run"
+    methods = {(r["task"], r.get("method", r["model"])) for r in train["runs"].values()}
+    for key, chain in train["chains"].items():
+        first = train["runs"][chain["first"]]
+        assert first["task"] == chain["task"] and chain["downscale"] >= 2
+        assert (chain["task"], chain["method"]) not in methods  # its own folder and report row
+        cfg = TrainConfig.from_params(stage.merged_params(train, key, 0))
+        assert cfg.model == chain["model"] and cfg.loss == chain.get("overrides", {}).get("loss", cfg.loss)
+
+
 def test_profiles_switch_the_budget_but_keep_the_papers_recipe():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     stage = _stage_module()

@@ -316,6 +316,13 @@ def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
     )
     runs = params["train"]["runs"]
     run_txt = "; ".join(f"{key}: {_trained(models_root, r['task'], r['model'])}" for key, r in runs.items())
+    chains = params["train"].get("chains") or {}
+    if chains:
+        run_txt += ". Chains (seed 000: a trained model, frozen, then a bicubic reduction, then a network trained on its outputs): " + "; ".join(
+            f"{key} = {c['first']} -> /{c['downscale']} -> {c['model']} ({_trained(models_root, c['task'], c.get('method', c['model']))}, "
+            f"on {'/'.join(str(n) for n in c.get('subset') or ['all'])} train/val patches), reported as `{c.get('method', c['model'])}`"
+            for key, c in chains.items()
+        )
     profile = params["train"].get("profile", "cpu")
     return (
         f"Sources: {', '.join(d['sources'])}. Each image's field of view (FOV) is detected from the image, the black "

@@ -12,6 +12,10 @@ network class that restores images (the one saved and loaded), the task family i
 Several names share a network: ``dncnn``, ``dncnn-green`` and ``dncnn-blind`` differ in their loss and
 training data (params.yaml), ``srresnet`` and ``srgan`` in their training, ``cyclegan`` and
 ``cyclegan-fc`` in their cycle loss.
+
+``chain`` (:mod:`medrestore.models.chain`) is not trained by name: it saves seed 000's pipeline (a
+trained denoiser, a bicubic reduction, a super-resolution network trained on its outputs) as one
+model; ``train.chains`` in params.yaml builds it.
 """
 
 from __future__ import annotations
@@ -85,6 +89,10 @@ BASELINES: dict[str, Callable[..., Any]] = {
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
+    if name == "chain":  # several saved networks in a row (medrestore.models.chain); built by the train stage
+        from medrestore.models.chain import Chain
+
+        return Chain(**kwargs)
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}. Fix: use one of {', '.join(MODELS)}.")
     return MODELS[name].cls(**kwargs)
