@@ -1,11 +1,12 @@
-"""Peak memory and speed of the patchify stage at 1x and 4x the images.
+"""Peak memory and speed of the patchify and corrupt stages at 1x and 4x the images.
 
 Builds a prepared folder from the CHASE_DB1 mirror (every image the mirror holds), and a 4x one
 by repeating each prepared image under three more ids. Each measurement runs patchify in a fresh
 subprocess, which reports its peak resident set size (``VmHWM`` of /proc/self/status, reset at
 exec; ``ru_maxrss`` would carry over the parent's peak from before the exec), its peak of Python
 allocations (``tracemalloc``) and the wall time; the import baseline is measured the same way
-without patchify. Prints one JSON object.
+without patchify. The corrupt stage (patch-level Gaussian sigma 25, the default denoise-g25 task) is
+measured the same way on each patchify output. Prints one JSON object.
 
     .venv/bin/python benchmarks/patchify_bench.py [--mirror ../shared/datasets] [--size 768]
         [--patch-size 40] [--stride 10] [--work /tmp/patchify-bench]
@@ -43,7 +44,23 @@ def _child(args: argparse.Namespace) -> None:
     from medrestore.io import read_json
 
     result = {"baseline_rss_mib": _peak_rss_mib()}
-    if args.prepared:
+    if args.stage == "corrupt":
+        from medrestore.data.corrupt import corrupt_task
+
+        spec = {"train": {"kind": "gaussian", "sigma": 25}, "test": {"s25": {"kind": "gaussian", "sigma": 25}}}
+        out = Path(args.out)
+        shutil.rmtree(out, ignore_errors=True)
+        tracemalloc.start()
+        t = time.perf_counter()
+        summary = corrupt_task(Path(args.patches), out, task="bench-g25", spec=spec, seed=0, prepared_dir=Path(args.prepared))
+        seconds = time.perf_counter() - t
+        _, py_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        patches = sum(int(v["count"]) for v in summary["splits"].values())
+        result.update(patches=patches, seconds=round(seconds, 3), patches_per_second=round(patches / seconds) if patches else None,
+                      python_peak_mib=py_peak / 2**20)
+        shutil.rmtree(out, ignore_errors=True)
+    elif args.prepared:
         manifest = read_json(Path(args.prepared) / "manifest.json")
         out = Path(args.out)
         shutil.rmtree(out, ignore_errors=True)
@@ -58,16 +75,22 @@ def _child(args: argparse.Namespace) -> None:
         result.update(images=len(manifest["images"]), patches=patches, seconds=round(seconds, 3),
                       patches_per_second=round(patches / seconds), python_peak_mib=py_peak / 2**20,
                       patch_bytes_mib=patches * args.patch_size**2 * 3 / 2**20)
-        shutil.rmtree(out, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
     result["peak_rss_mib"] = _peak_rss_mib()
     print(json.dumps(result))
 
 
-def _measure(prepared: Path | None, out: Path, args: argparse.Namespace) -> dict:
+def _measure(prepared: Path | None, out: Path, args: argparse.Namespace, *, stage: str = "patchify", patches: Path | None = None,
+             keep: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--patch-size", str(args.patch_size), "--stride", str(args.stride),
-           "--out", str(out)]
+           "--out", str(out), "--stage", stage]
     if prepared is not None:
         cmd += ["--prepared", str(prepared)]
+    if patches is not None:
+        cmd += ["--patches", str(patches)]
+    if keep:
+        cmd.append("--keep")
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -108,6 +131,9 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prepared", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--stage", default="patchify", help=argparse.SUPPRESS)
+    ap.add_argument("--patches", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _child(args)
@@ -121,10 +147,13 @@ def main() -> None:
         "params": {"size": args.size, "patch_size": args.patch_size, "stride": args.stride},
         "build_seconds": round(build_s, 1),
         "imports_only": _measure(None, work / "patches", args),
-        "x1": _measure(one, work / "patches", args),
-        "x4": _measure(four, work / "patches", args),
+        "x1": _measure(one, work / "patches_x1", args, keep=True),
+        "x4": _measure(four, work / "patches_x4", args, keep=True),
     }
+    report["corrupt_x1"] = _measure(one, work / "corrupt", args, stage="corrupt", patches=work / "patches_x1")
+    report["corrupt_x4"] = _measure(four, work / "corrupt", args, stage="corrupt", patches=work / "patches_x4")
     report["peak_rss_growth_x4_over_x1_mib"] = round(report["x4"]["peak_rss_mib"] - report["x1"]["peak_rss_mib"], 1)
+    report["corrupt_peak_rss_growth_x4_over_x1_mib"] = round(report["corrupt_x4"]["peak_rss_mib"] - report["corrupt_x1"]["peak_rss_mib"], 1)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=2))

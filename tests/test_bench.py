@@ -16,6 +16,21 @@ def test_inference_section_compares_tiled_untiled_and_optimisations():
     assert r["tiling_overhead"] > -0.9
 
 
+def test_inference_section_can_time_torch_compile_after_compiling():
+    res = bench.bench_inference(["cdae"], size=64, tile=32, repeats=1, compile=True)
+    r = res["models"]["cdae"]
+    assert r["compiled"] > 0 and r["compile_seconds"] > 0 and r["compiled_vs_bn_folded_channels_last"] > 0
+    assert "torch.compile" in bench.markdown({"machine": {}, "mode": "test", "inference": res})
+
+
+def test_patchify_section_measures_both_stages_at_1x_and_4x(chase_dir):
+    res = bench.bench_patchify(bench.Path(__file__).resolve().parents[1], size=128, stride=32, mirror=str(chase_dir.parent))
+    assert res["x4"]["images"] == 4 * res["x1"]["images"] and res["x4"]["patches"] == 4 * res["x1"]["patches"]
+    assert res["corrupt_x4"]["patches"] == res["x4"]["patches"] > 0
+    for key in ("x1", "x4", "corrupt_x1", "corrupt_x4"):
+        assert res[key]["peak_rss_mib"] > res["imports_only"]["baseline_rss_mib"] * 0.5 and res[key]["seconds"] > 0
+
+
 def test_training_section_measures_engine_and_bare_loop(tmp_path):
     res = bench.bench_training(["cdae"], steps=2, batch=4, patch=32)
     r = res["models"]["cdae"]

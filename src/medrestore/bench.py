@@ -52,8 +52,10 @@ def _test_image(size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- inference
-def bench_inference(models: list[str], size: int, tile: int, repeats: int) -> dict:
-    """Seconds per megapixel of each network: untiled, tiled (overlap 32), and the optimisations."""
+def bench_inference(models: list[str], size: int, tile: int, repeats: int, compile: bool = False) -> dict:
+    """Seconds per megapixel of each network: untiled, tiled (overlap 32), and the optimisations.
+    ``compile``: also ``torch.compile`` (inductor) of the folded channels-last network, timed after
+    its compilation (whose seconds are reported apart: paid once per process and input shape)."""
     from medrestore.inference import restore_array
     from medrestore.models import build_model
     from medrestore.speed import fold_batchnorm
@@ -86,6 +88,13 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int) -> di
         }
         if n_folded == 0:
             fns.pop("bn_folded")
+        compile_seconds = None
+        if compile:
+            compiled = torch.compile(folded_cl)
+            t0 = time.perf_counter()
+            _run(compiled, x_cl)
+            compile_seconds = time.perf_counter() - t0
+            fns["compiled"] = lambda m=compiled, x=x_cl: _run(m, x)
         t = _interleaved(fns, repeats)
         rec = {k: round(v / mpix, 4) for k, v in t.items()}
         rec["tiling_overhead"] = round(t["tiled"] / t["untiled"] - 1, 4)
@@ -94,6 +103,9 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int) -> di
             rec["bn_folding_speedup"] = round(t["untiled"] / t["bn_folded"], 4)
         rec["bn_folded_channels_last_speedup"] = round(t["untiled"] / t["bn_folded_channels_last"], 4)
         rec["bn_pairs_folded"] = n_folded
+        if compile_seconds is not None:
+            rec["compile_seconds"] = round(compile_seconds, 2)
+            rec["compiled_vs_bn_folded_channels_last"] = round(t["bn_folded_channels_last"] / t["compiled"], 4)
         out[name] = rec
     return {"image_size": size, "tile": tile, "unit": "seconds per megapixel (median)", "models": out}
 
@@ -236,6 +248,22 @@ def bench_training(models: list[str], steps: int, batch: int, patch: int) -> dic
                     "fixed seconds = start-up, validation and writing outputs, paid once per run"}
 
 
+# --------------------------------------------------------------------------- data stages
+def bench_patchify(root: Path, size: int, stride: int, mirror: str) -> dict:
+    """patchify and corrupt at 1x and 4x the CHASE_DB1 images: seconds, patches/s and peak RSS, each in
+    a fresh process (``benchmarks/patchify_bench.py``)."""
+    script = root / "benchmarks" / "patchify_bench.py"
+    if not script.is_file():
+        return {"skipped": f"{script} not found (run from the repository root)"}
+    if not Path(mirror).is_dir():
+        return {"skipped": f"{mirror}: no CHASE_DB1 mirror here"}
+    cmd = [sys.executable, str(script), "--size", str(size), "--stride", str(stride), "--mirror", str(mirror)]
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        return {"failed": res.stderr[-2000:]}
+    return json.loads(res.stdout[res.stdout.index("{") :])
+
+
 # --------------------------------------------------------------------------- pipeline
 def bench_dvc_noop(root: Path) -> dict:
     """``dvc repro`` when nothing changed (skipped when the pipeline is not up to date)."""
@@ -266,11 +294,14 @@ def markdown(result: dict) -> str:
     inf = result.get("inference")
     if inf:
         lines += [f"## Inference, {inf['image_size']}x{inf['image_size']} fundus image, {inf['unit']}", "",
-                  "| model | untiled | tiled | tiling overhead | no_grad / inference_mode | BN folded | BN folded + channels-last | speed-up |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | untiled | tiled | tiling overhead | no_grad / inference_mode | BN folded | BN folded + channels-last | speed-up "
+                  "| torch.compile (after compiling) | compile s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for m, r in inf["models"].items():
+            comp = f"{r['compiled']} ({r['compiled_vs_bn_folded_channels_last']:.2f}x)" if "compiled" in r else "–"
             lines.append(f"| {m} | {r['untiled']} | {r['tiled']} | {r['tiling_overhead']:+.1%} | {r['inference_mode_speedup']:.2f}x | "
-                         f"{r.get('bn_folded', '–')} | {r['bn_folded_channels_last']} | {r['bn_folded_channels_last_speedup']:.2f}x |")
+                         f"{r.get('bn_folded', '–')} | {r['bn_folded_channels_last']} | {r['bn_folded_channels_last_speedup']:.2f}x | "
+                         f"{comp} | {r.get('compile_seconds', '–')} |")
         lines.append("")
     base = result.get("baselines")
     if base:
@@ -291,14 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the reduced size CI runs")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--assets", default="../shared/assets/pyiqa")
-    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training dvc_noop)")
+    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training patchify dvc_noop)")
+    ap.add_argument("--mirror", default="../shared/datasets")
     args = ap.parse_args(argv)
     quick = args.quick
-    sections = set(args.only or ["inference", "baselines", "metrics", "training", "dvc_noop"])
+    sections = set(args.only or ["inference", "baselines", "metrics", "training", "patchify", "dvc_noop"])
     result: dict = {"mode": "quick" if quick else "full", "machine": machine()}
     if "inference" in sections:
         models = ["dncnn", "redae"] if quick else ["dncnn", "redae", "cdae", "irunet", "srresnet", "lapsrn"]
-        result["inference"] = bench_inference(models, size=384 if quick else 768, tile=128 if quick else 256, repeats=3 if quick else 5)
+        result["inference"] = bench_inference(models, size=384 if quick else 768, tile=128 if quick else 256, repeats=3 if quick else 5,
+                                              compile=not quick)
     if "baselines" in sections:
         result["baselines"] = bench_baselines(["median", "nlmeans"] if quick else ["median", "nlmeans", "bm3d"], size=128 if quick else 256, repeats=1 if quick else 3)
     if "metrics" in sections:
@@ -306,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     if "training" in sections:
         result["training"] = bench_training(["redae"] if quick else ["redae", "dncnn", "irunet", "cdae"], steps=5 if quick else 20,
                                             batch=8 if quick else 16, patch=40)
+    if "patchify" in sections:
+        result["patchify"] = bench_patchify(Path.cwd(), size=256 if quick else 768, stride=20 if quick else 10, mirror=args.mirror)
     if "dvc_noop" in sections:
         result["dvc_noop"] = bench_dvc_noop(Path.cwd())
     out = Path(args.out)
