@@ -63,9 +63,8 @@ def main() -> None:
     train_pairs = (load_patches(patches, "train"), load_patches(corrupted, "train"))
     val_pairs = (load_patches(patches, "val"), load_patches(corrupted, "val"))
     first_dir = None
-    if "first" in entry:  # a chain: the trained network learns from the first run's reduced outputs
-        first_run = all_p["train"]["runs"][entry["first"]]
-        first_dir = Path("artifacts/models") / first_run["task"] / first_run.get("method", first_run["model"])
+    if "first" in entry:  # a chain: the trained network learns from the first model's reduced outputs
+        first_dir = Path("artifacts/models") / entry["task"] / entry["first"]
         check_first(first_dir, key)
         first, _ = load_model(first_dir)
         subset = entry.get("subset") or [None, None]

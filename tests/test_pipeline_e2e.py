@@ -38,7 +38,8 @@ def tiny_params(params: dict) -> dict:
     # DnCNN from scratch sits near the identity map for its first ~150 steps (see params.yaml).
     cpu["dncnn"].update(max_steps=250, val_every=50, ckpt_every=50, batch_size=16)
     chains = params["train"].get("chains") or {}
-    params["train"]["chains"] = {k: {**v, "subset": [128, 32]} for k, v in chains.items() if v["first"] in E2E_RUNS}
+    trained = {(r["task"], r.get("method", r["model"])) for r in params["train"]["runs"].values()}
+    params["train"]["chains"] = {k: {**v, "subset": [128, 32]} for k, v in chains.items() if (v["task"], v["first"]) in trained}
     params["segmenter"].update(steps=40, patch=48)
     return params
 
