@@ -19,7 +19,8 @@ def fundus_pairs(retina):
 
 
 def _train(tmp_path, pairs, name, **overrides):
-    cfg = TrainConfig(model="redae", max_steps=60, val_every=20, ckpt_every=20, batch_size=16, progress_bar=False, seed=3, **overrides)
+    settings = {"max_steps": 60, "val_every": 20, "ckpt_every": 20, "batch_size": 16, "progress_bar": False, "seed": 3, **overrides}
+    cfg = TrainConfig(model="redae", **settings)
     out = tmp_path / name
     metrics = train_model(cfg, pairs[0], pairs[1], out, tmp_path / f"ckpt-{name}")
     return out, metrics
@@ -37,6 +38,17 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path, fundus_pairs):
     val = curve["val_psnr"].dropna().to_numpy()
     assert len(val) == 3 and metrics["best_val_psnr"] == max(val) > val[0]
     assert metrics["steps"] == 60
+
+
+def test_validation_can_use_an_evenly_spaced_subset(tmp_path, fundus_pairs):
+    from medrestore.training.engine import validation_subset
+
+    clean, noisy = fundus_pairs[1]
+    sub_clean, sub_noisy = validation_subset((clean, noisy), 10)
+    assert len(sub_clean) == 10 and np.array_equal(sub_clean[0], clean[0]) and np.array_equal(sub_clean[-1], clean[-1])
+    assert validation_subset((clean, noisy), 0)[0] is clean
+    _, metrics = _train(tmp_path, fundus_pairs, "sub", val_patches=10, max_steps=20, val_every=20)
+    assert metrics["val_patches"] == 10 < len(clean)
 
 
 def test_same_params_give_byte_identical_outputs(tmp_path, fundus_pairs):

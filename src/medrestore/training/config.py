@@ -36,6 +36,7 @@ class TrainConfig:
     max_steps: int = 200
     epochs: float = 0  # > 0: max_steps = epochs x (batches per pass over the training patches)
     val_every: int = 50
+    val_patches: int = 0  # > 0: validate on this many patches, evenly spaced over the validation set; 0 = all
     early_stop_patience: int = 0  # validation checks without improvement; 0 = off
     seed: int = 0
     # devices

@@ -78,6 +78,16 @@ def resolve_config(cfg: TrainConfig, train_pairs: tuple[np.ndarray, np.ndarray],
     return cfg.replace(**changes)
 
 
+def validation_subset(val_pairs: tuple[np.ndarray, np.ndarray], limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """``limit`` (clean, degraded) validation pairs evenly spaced over the set, which is stored image
+    by image, so every validation image keeps its share; all of them when ``limit`` is 0 or larger."""
+    n = int(val_pairs[0].shape[0])
+    if limit <= 0 or n <= limit:
+        return val_pairs
+    keep = np.unique(np.linspace(0, n - 1, int(limit)).round().astype(np.int64))
+    return val_pairs[0][keep], val_pairs[1][keep]
+
+
 def train_model(
     cfg: TrainConfig,
     train_pairs: tuple[np.ndarray, np.ndarray],
@@ -126,6 +136,7 @@ def train_model(
     cfg = resolve_config(cfg, train_pairs, n_train)
     scale = pair_scale(*train_pairs)
     module = GAN_MODULES[spec.trainer](cfg, run) if spec.trainer in GAN_MODULES else RestorationModule(cfg, run)
+    val_pairs = validation_subset(val_pairs, cfg.val_patches)
     val_ds = PairedPatches(val_pairs[0], val_pairs[1])
     train_dl = DataLoader(train_ds, batch_sampler=sampler)
     val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False)
