@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--assets", default="../shared/assets/pyiqa")
     ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training patchify dvc_noop)")
     ap.add_argument("--mirror", default="../shared/datasets")
+    ap.add_argument("--compile", action="store_true", help="time torch.compile in the inference section also in --quick mode")
     args = ap.parse_args(argv)
     quick = args.quick
     sections = set(args.only or ["inference", "baselines", "metrics", "training", "patchify", "dvc_noop"])
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if "inference" in sections:
         models = ["dncnn", "redae"] if quick else ["dncnn", "redae", "cdae", "irunet", "srresnet", "lapsrn"]
         result["inference"] = bench_inference(models, size=384 if quick else 768, tile=128 if quick else 256, repeats=3 if quick else 5,
-                                              compile=not quick)
+                                              compile=args.compile or not quick)
     if "baselines" in sections:
         result["baselines"] = bench_baselines(["median", "nlmeans"] if quick else ["median", "nlmeans", "bm3d"], size=128 if quick else 256, repeats=1 if quick else 3)
     if "metrics" in sections:
