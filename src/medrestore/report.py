@@ -297,7 +297,7 @@ def task_table(summary: dict, variant: str) -> tuple[list[str], list[list[str]]]
 
 
 def _trained(models_root: Path | None, task: str, model: str) -> str:
-    """How a run was actually trained, from its own outputs (steps, batch, optimiser, lr)."""
+    """How many steps a run actually trained, read from its own metrics.json."""
     if models_root is None:
         return "not trained"
     folder = Path(models_root) / task / model
