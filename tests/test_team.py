@@ -1,10 +1,12 @@
-"""Team set-up: a DVC remote on a shared folder, and an MLflow server backed by PostgreSQL.
+"""Team set-up: DVC remotes on a shared folder and on S3, and an MLflow server backed by PostgreSQL.
 
 A tiny pipeline (one task, one training run) runs in a temporary git copy of the repository
 against a real ``mlflow server`` whose backend store is a PostgreSQL cluster started here on
-127.0.0.1 (Debian's ``postgresql`` package) and whose artifacts go to a folder; the pipeline is
-unchanged but for ``MLFLOW_TRACKING_URI``. Its outputs are pushed to a DVC remote on a local
-folder (standing for an NFS share) and pulled into a fresh ``git clone``.
+127.0.0.1 (Debian's ``postgresql`` package) and whose artifact store is an S3 bucket; the pipeline
+is unchanged but for ``MLFLOW_TRACKING_URI``. Its outputs are pushed to two DVC remotes, a local
+folder (standing for an NFS share) and an S3 bucket, and pulled from each into a fresh
+``git clone``. The S3 store is moto's S3 server (``moto[s3]``, in ``requirements.lock``) on
+127.0.0.1: the same HTTP API as AWS S3 or MinIO, reached through DVC's own ``dvc-s3`` and boto3.
 
 Without PostgreSQL's binaries the pipeline logs to the default SQLite store and the PostgreSQL
 test is skipped, except in CI (``CI`` set), where they must be installed.
@@ -37,6 +39,8 @@ TARGET = f"train@{RUN}"
 STAGES = {"download", "prepare", "patchify", f"corrupt@{TASK}", TARGET}
 pytestmark = pytest.mark.slow  # a pipeline run end to end
 
+BUCKET = "medrestore-team"
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "medrestore-key", "AWS_SECRET_ACCESS_KEY": "medrestore-secret-0123", "AWS_DEFAULT_REGION": "us-east-1"}
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
@@ -131,36 +135,80 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
+def serve(cmd: list[str], log: Path, env: dict, health: str):
+    """Start a throwaway server in its own process group; return it once ``health`` answers 200."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=log.parent)
+    try:
+        wait_http(health, proc, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # throwaway servers: a graceful stop takes ~10 s
+    proc.wait()
+
+
 @pytest.fixture(scope="module")
-def tracking_server(postgres, tmp_path_factory):
-    """``mlflow server`` on the PostgreSQL store, artifacts in a folder: (url, artifacts folder), or None."""
+def s3_store(tmp_path_factory):
+    """An S3-compatible object store on 127.0.0.1 with an empty bucket: (endpoint url, boto3 client)."""
+    try:
+        import boto3
+        import dvc_s3  # noqa: F401  (DVC's S3 support)
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}: CI installs moto[s3] and dvc-s3 from requirements.lock")
+        pytest.skip(f"S3 test needs moto[s3] and dvc-s3 ({exc})")
+    d = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], d / "s3.log", dict(os.environ), f"{url}/moto-api/")
+    try:
+        client = boto3.client("s3", endpoint_url=url, aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"], region_name=S3_KEYS["AWS_DEFAULT_REGION"])
+        client.create_bucket(Bucket=BUCKET)
+        yield url, client
+    finally:
+        stop(proc)
+
+
+def s3_keys(client, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix`` in the bucket: key -> bytes."""
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, s3_store, tmp_path_factory):
+    """``mlflow server`` on the PostgreSQL store with its artifacts in the S3 bucket: its url, or None."""
     if postgres is None:
         yield None
         return
     d = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = d / "server.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres, "--artifacts-destination", str(d / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
+    env.update(S3_KEYS, MLFLOW_S3_ENDPOINT_URL=s3_store[0])  # only the server touches the artifact store
     url = f"http://127.0.0.1:{port}"
+    proc = serve([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres, "--artifacts-destination", f"s3://{BUCKET}/mlflow",
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], d / "server.log", env, f"{url}/health")
     try:
-        wait_http(f"{url}/health", proc, log)
-        yield url, d / "artifacts"
+        yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # a throwaway server: its graceful stop takes ~10 s
-        proc.wait()
+        stop(proc)
 
 
 # --------------------------------------------------------------------------- the pipeline, pushed
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, chase_dir, tracking_server):
-    """The tiny pipeline up to one training run, in a git copy, logged to the tracking server and pushed to a remote."""
+def team(tmp_path_factory, chase_dir, tracking_server, s3_store):
+    """The tiny pipeline up to one training run, in a git copy, logged to the tracking server and pushed to both remotes."""
     root = tmp_path_factory.mktemp("team")
     work, remote = root / "work", root / "shared-remote"
     shutil.copytree(REPO, work, ignore=COPY_IGNORE)
@@ -171,15 +219,20 @@ def team(tmp_path_factory, chase_dir, tracking_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(GIT_ENV, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if tracking_server is not None:
-        env["MLFLOW_TRACKING_URI"] = tracking_server[0]  # the only change for a team's server
+        env["MLFLOW_TRACKING_URI"] = tracking_server  # the only change for a team's server
     run(["git", "init", "-q"], work, env)
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-qm", "tiny pipeline"], work, env)
     repro = dvc("repro", TARGET, cwd=work, env=env)
     dvc("remote", "add", "-d", "shared", str(remote), cwd=work, env=env)
+    dvc("remote", "add", "store", f"s3://{BUCKET}/dvc", cwd=work, env=env)
+    dvc("remote", "modify", "store", "endpointurl", s3_store[0], cwd=work, env=env)
+    # Credentials go to .dvc/config.local, which git ignores: they never travel with the repository.
+    dvc("remote", "modify", "--local", "store", "access_key_id", S3_KEYS["AWS_ACCESS_KEY_ID"], cwd=work, env=env)
+    dvc("remote", "modify", "--local", "store", "secret_access_key", S3_KEYS["AWS_SECRET_ACCESS_KEY"], cwd=work, env=env)
     run(["git", "add", "-A"], work, env)
-    run(["git", "commit", "-qm", "lock and shared remote"], work, env)
-    push = dvc("push", cwd=work, env=env)
+    run(["git", "commit", "-qm", "lock and remotes"], work, env)
+    push = {"shared": dvc("push", cwd=work, env=env), "store": dvc("push", "-r", "store", cwd=work, env=env)}
     return work, remote, env, repro, push
 
 
@@ -190,15 +243,33 @@ def test_pipeline_ran_and_logged_every_stage_without_warnings(team):
     assert "WARNING: MLflow" not in repro.stderr and "NOT tracked" not in repro.stderr, repro.stderr[-3000:]
 
 
-def test_clone_pulls_byte_identical_outputs_and_is_up_to_date(team, tmp_path):
-    work, remote, env, _, push = team
-    assert any(p.is_file() for p in (remote / "files" / "md5").rglob("*")), push.stdout
+def test_remotes_hold_the_same_objects(team, s3_store):
+    work, remote, _, _, push = team
+    folder = {p.relative_to(remote).as_posix(): p.read_bytes() for p in (remote / "files" / "md5").rglob("*") if p.is_file()}
+    assert folder, push["shared"].stdout
+    bucket = {k.removeprefix("dvc/"): v for k, v in s3_keys(s3_store[1], "dvc/").items()}
+    assert bucket == folder, push["store"].stdout
+    # Every object is named by the md5 of its bytes (files/md5/ab/cdef...; a directory's listing ends in .dir).
+    for key, data in bucket.items():
+        assert key.removeprefix("files/md5/").replace("/", "").removesuffix(".dir") == hashlib.md5(data).hexdigest(), key
+    model = work / "artifacts" / "models" / TASK / MODEL / "model.safetensors"
+    digest = md5(model)
+    assert bucket[f"files/md5/{digest[:2]}/{digest[2:]}"] == model.read_bytes()
+
+
+@pytest.mark.parametrize("remote_name", ["shared", "store"])
+def test_clone_pulls_byte_identical_outputs_and_is_up_to_date(team, tmp_path, remote_name):
+    work, _, env, _, _ = team
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(work), str(clone)], tmp_path, env)
     assert not (clone / "artifacts").exists()
-    assert "shared" in dvc("remote", "list", cwd=clone, env=env).stdout  # the remote travels with git
+    assert {"shared", "store"} <= set(dvc("remote", "list", cwd=clone, env=env).stdout.split())  # remotes travel with git
+    config = (clone / ".dvc" / "config").read_text()
+    assert S3_KEYS["AWS_SECRET_ACCESS_KEY"] not in config and not (clone / ".dvc" / "config.local").exists()
+    # A team member's credentials come from the usual AWS_* variables (or their own `dvc remote modify --local`).
+    pull_env = {**env, **S3_KEYS} if remote_name == "store" else env
     # Only the stages that ran have a dvc.lock entry (a full `dvc repro` would make a plain `dvc pull` fetch everything).
-    dvc("pull", "--with-deps", TARGET, cwd=clone, env=env)
+    dvc("pull", "-r", remote_name, "--with-deps", TARGET, cwd=clone, env=pull_env)
     produced = sorted(p.relative_to(work) for p in (work / "artifacts").rglob("*") if p.is_file())
     pulled = sorted(p.relative_to(clone) for p in (clone / "artifacts").rglob("*") if p.is_file())
     assert produced == pulled
@@ -213,13 +284,13 @@ def test_clone_pulls_byte_identical_outputs_and_is_up_to_date(team, tmp_path):
     assert "Running stage" not in dry.stdout, dry.stdout
 
 
-def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tracking_server):
+def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tracking_server, s3_store):
     if tracking_server is None:
         pytest.skip("PostgreSQL is not installed on this machine (Debian: apt-get install postgresql)")
     from mlflow import MlflowClient
 
     work, _, env, _, _ = team
-    url, artifacts = tracking_server
+    url = tracking_server
     client = MlflowClient(tracking_uri=url)
     exp = client.get_experiment_by_name("medrestore")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.dvc_stage != ''", max_results=100)
@@ -259,5 +330,6 @@ def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tra
     assert f"medrestore-{TASK}/1" in res.stdout, res.stdout + res.stderr[-3000:]
     (version,) = client.search_model_versions(f"name = 'medrestore-{TASK}'")
     assert version.tags["model_md5"] == md5(model_file) and version.tags["train_run_id"] == train.info.run_id
-    stored = [p for p in artifacts.rglob("model.safetensors") if version.run_id in p.parts]
-    assert len(stored) == 1 and stored[0].read_bytes() == model_file.read_bytes()
+    # ... and its file to the S3 artifact store, served through the tracking server.
+    stored = [v for k, v in s3_keys(s3_store[1], "mlflow/").items() if k.endswith("/model.safetensors") and version.run_id in k.split("/")]
+    assert len(stored) == 1 and stored[0] == model_file.read_bytes()
