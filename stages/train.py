@@ -17,9 +17,8 @@ from _common import arg, params, run
 from medrestore.data.patches import load_patches
 from medrestore.io import InputError, atomic_dir, read_json
 from medrestore.lineage import tag_outputs
-from medrestore.models import load_model
 from medrestore.training import TrainConfig, train_model
-from medrestore.training.chain import assemble_chain, check_first, first_stage_inputs, subset_indices
+from medrestore.training.chain import assemble_chain, chain_pairs
 
 
 def merged_params(train: dict, key: str, seed: int) -> dict:
@@ -65,14 +64,8 @@ def main() -> None:
     first_dir = None
     if "first" in entry:  # a chain: the trained network learns from the first model's reduced outputs
         first_dir = Path("artifacts/models") / entry["task"] / entry["first"]
-        check_first(first_dir, key)
-        first, _ = load_model(first_dir)
-        subset = entry.get("subset") or [None, None]
-        picked = []
-        for (clean, degraded), split, size in zip((train_pairs, val_pairs), ("train", "val"), subset):
-            idx = subset_indices(clean.shape[0], size, all_p["seed"], split)
-            picked.append((np.ascontiguousarray(clean[idx]), first_stage_inputs(first, degraded[idx], int(entry["downscale"]))))
-        train_pairs, val_pairs = picked
+        train_pairs, val_pairs = chain_pairs(first_dir, key, train_pairs, val_pairs, int(entry["downscale"]),
+                                             entry.get("subset"), all_p["seed"])
     data = {
         "train_pairs": train_pairs,
         "val_pairs": val_pairs,

@@ -8,9 +8,15 @@ import torch
 from PIL import Image
 
 from medrestore.inference import restore_array
+from medrestore.io import InputError
 from medrestore.models import build_model, load_model, save_model
 from medrestore.models.chain import Chain, Downscale
-from medrestore.training.chain import assemble_chain, first_stage_inputs, subset_indices
+from medrestore.training.chain import (
+    assemble_chain,
+    chain_pairs,
+    first_stage_inputs,
+    subset_indices,
+)
 
 PARTS = [
     {"model": "dncnn", "kwargs": {"depth": 4, "features": 8}},
@@ -78,3 +84,19 @@ def test_first_stage_inputs_are_reduced_uint8_and_the_subset_is_seeded(chase_ima
     assert np.array_equal(a, b) and len(np.unique(a)) == 10 and np.all(np.diff(a) > 0)
     assert not np.array_equal(a, subset_indices(100, 10, 7, "val"))
     assert np.array_equal(subset_indices(5, 10, 7, "train"), np.arange(5))
+
+
+def test_chain_pairs_feed_the_saved_first_model_outputs_of_a_seeded_subset(tmp_path, chase_image):
+    patches = np.stack([chase_image[y : y + 40, x : x + 40] for y in range(200, 440, 40) for x in range(300, 540, 40)])  # 36
+    noisy = np.clip(patches.astype(int) + np.random.default_rng(0).normal(0, 25, patches.shape), 0, 255).astype(np.uint8)
+    with pytest.raises(InputError, match="no trained model for the first part of chain 'c'.*dvc repro"):
+        chain_pairs(tmp_path / "first", "c", (patches, noisy), (patches, noisy), 4, None, 0)
+    torch.manual_seed(2)
+    first = build_model("dncnn", depth=3, features=8)
+    save_model(first, tmp_path / "first", name="dncnn", kwargs={"depth": 3, "features": 8})
+    (tr_clean, tr_in), (va_clean, va_in) = chain_pairs(tmp_path / "first", "c", (patches, noisy), (patches[:10], noisy[:10]), 4, [12, None], 5)
+    idx = subset_indices(36, 12, 5, "train")
+    assert np.array_equal(tr_clean, patches[idx]) and tr_in.shape == (12, 10, 10, 3)
+    assert np.array_equal(tr_in, first_stage_inputs(first, noisy[idx], 4))  # the saved model, reloaded, gives the same inputs
+    assert np.array_equal(va_clean, patches[:10]) and va_in.shape == (10, 10, 10, 3)
+    assert not np.array_equal(tr_in, first_stage_inputs(torch.nn.Identity(), noisy[idx], 4))

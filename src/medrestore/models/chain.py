@@ -56,15 +56,14 @@ class Chain(nn.Module):
         if not parts:
             raise ValueError("a chain needs at least one part")
         self.parts = nn.ModuleList(_build_part(p) for p in parts)
-        self.scale = 1.0
-        for p in self.parts:
-            s = getattr(p, "scale", 1)
-            self.scale = self.scale / s if isinstance(p, Downscale) else self.scale * s
-        # padding multiple: an input must survive every reduction
-        self.multiple = 1
+        self.scale = 1.0  # output size / input size
+        self.multiple = 1  # padding multiple: an input must survive every reduction
         for p in self.parts:
             if isinstance(p, Downscale):
+                self.scale /= p.scale
                 self.multiple *= p.scale
+            else:
+                self.scale *= getattr(p, "scale", 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from medrestore.models.padding import crop_to, pad_to_multiple

@@ -1,8 +1,9 @@
 """Training the last network of a :class:`medrestore.models.chain.Chain` (seed 000's pipeline).
 
-:func:`first_stage_inputs` runs the frozen first network (a trained run's model) over a seeded
-subset of the degraded patches and reduces its outputs, giving the inputs the trained network sees;
-:func:`assemble_chain` saves first network + fixed steps + trained network as one model.
+:func:`chain_pairs` gives the pairs the trained network learns from: a seeded subset of the
+patches, whose inputs are the frozen first network's (a trained run's model) outputs, reduced
+(:func:`first_stage_inputs`); :func:`assemble_chain` saves first network + fixed steps + trained
+network as one model.
 """
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ def first_stage_inputs(first: torch.nn.Module, degraded: np.ndarray, downscale: 
     return np.concatenate(out, axis=0)
 
 
+Pairs = tuple[np.ndarray, np.ndarray]  # (clean targets, inputs), uint8 N x H x W x C
+
+
+def chain_pairs(first_dir: Path, run: str, train_pairs: Pairs, val_pairs: Pairs, downscale: int,
+                subset: list[int | None] | None, seed: int) -> tuple[Pairs, Pairs]:
+    """(train, val) pairs of chain ``run``: of each split, ``subset`` = [train size, val size] patches
+    (all when None), targets unchanged, inputs = the first model's outputs reduced by ``downscale``."""
+    check_first(first_dir, run)
+    first, _ = load_model(Path(first_dir))
+    sizes = subset or [None, None]
+    out = []
+    for (clean, degraded), split, size in zip((train_pairs, val_pairs), ("train", "val"), sizes):
+        idx = subset_indices(clean.shape[0], size, seed, split)
+        out.append((np.ascontiguousarray(clean[idx]), first_stage_inputs(first, degraded[idx], downscale)))
+    return out[0], out[1]
+
+
 def assemble_chain(first_dir: Path, trained_dir: Path, downscale: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replace the trained network in ``trained_dir`` by the chain first -> downscale -> trained
     (one ``model.safetensors`` and ``model.json``); returns the chain's ``model.json``."""
@@ -68,4 +86,4 @@ def check_first(first_dir: Path, run: str) -> None:
         raise InputError(f"{first_dir}: no trained model for the first part of chain {run!r}. Fix: `dvc repro` (it trains that run first).")
 
 
-__all__ = ["assemble_chain", "check_first", "first_stage_inputs", "subset_indices"]
+__all__ = ["assemble_chain", "chain_pairs", "check_first", "first_stage_inputs", "subset_indices"]
