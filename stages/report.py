@@ -16,7 +16,7 @@ def main() -> None:
     with run("report", {"tasks": tasks}) as tracker:
         segmenter, _ = load_vessel_segmenter(Path("artifacts/segmenter"))
         build_report(p, tasks, Path("artifacts/eval"), Path("artifacts/patches"), Path("artifacts/models"), Path("reports"),
-                     segmenter=segmenter, segmenter_dir=Path("artifacts/segmenter"))
+                     segmenter=segmenter, segmenter_dir=Path("artifacts/segmenter"), bench_path=Path("reports/bench.json"))
         tag_outputs(tracker, [Path("reports/index.html"), Path("reports/report.md"), Path("reports/metrics.json")])
         registered = register_best_models(best_models(Path("artifacts/eval"), tasks), Path("artifacts/models"), tracker=tracker)
         for task, version in registered.items():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CHASE = SHARED / "datasets" / "chase_db1"
 ASSETS = SHARED / "assets" / "pyiqa"
+
+
+def copy_checkout(dest: Path) -> Path:
+    """Copy the working tree as git sees it (tracked files and new files git does not ignore, as they
+    are now) to ``dest``: what a clone of this state would hold, without caches, outputs or .git."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():  # a tracked file deleted in the working tree is left out, as a commit would
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
 
 
 def _require(path: Path) -> Path:

@@ -24,11 +24,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import copy_checkout
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-COPY_IGNORE = shutil.ignore_patterns(".venv", "artifacts", "mlflow.db", ".cache", "cache", "tmp", "__pycache__",
-                                     ".pytest_cache", "*.egg-info", "reports", ".git")
 TASK, MODEL = "denoise-g25", "redae"
 RUN = f"{TASK}-{MODEL}"
 
@@ -81,7 +80,7 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 def make_repo(dest: Path) -> Path:
     if not (SHARED / "assets" / "pyiqa").is_dir():
         pytest.skip(f"{SHARED} not present on this machine")
-    shutil.copytree(REPO, dest, ignore=COPY_IGNORE)
+    copy_checkout(dest)
     shutil.rmtree(dest / ".dvc" / "cache", ignore_errors=True)
     shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
     (dest / "dvc.lock").unlink(missing_ok=True)

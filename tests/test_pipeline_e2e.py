@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import copy_checkout
 
 REPO = Path(__file__).resolve().parents[1]
-COPY_IGNORE = shutil.ignore_patterns(".venv", "artifacts", "mlflow.db", ".cache", "cache", "tmp", "__pycache__", ".pytest_cache", "*.egg-info", "reports")
 
 
 # One run per kind of training (paired CNN, super-resolution, unpaired GAN) keeps this test short;
@@ -56,7 +56,7 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e") / "repo"
-    shutil.copytree(REPO, work, ignore=COPY_IGNORE)
+    copy_checkout(work)
     shutil.rmtree(work / ".git", ignore_errors=True)
     shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
     (work / "dvc.lock").unlink(missing_ok=True)

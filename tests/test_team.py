@@ -30,10 +30,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_checkout
 
 REPO = Path(__file__).resolve().parents[1]
-COPY_IGNORE = shutil.ignore_patterns(".venv", "artifacts", "mlflow.db", "mlruns", "mlartifacts", ".cache", "cache", "tmp",
-                                     "__pycache__", ".pytest_cache", "*.egg-info", "reports", ".git")
 TASK, RUN, MODEL = "denoise-g25", "denoise-g25-cdae", "cdae"  # the cheapest model to train
 TARGET = f"train@{RUN}"
 STAGES = {"download", "prepare", "patchify", f"corrupt@{TASK}", TARGET}
@@ -211,7 +210,7 @@ def team(tmp_path_factory, chase_dir, tracking_server, s3_store):
     """The tiny pipeline up to one training run, in a git copy, logged to the tracking server and pushed to both remotes."""
     root = tmp_path_factory.mktemp("team")
     work, remote = root / "work", root / "shared-remote"
-    shutil.copytree(REPO, work, ignore=COPY_IGNORE)
+    copy_checkout(work)
     (work / "dvc.lock").unlink(missing_ok=True)
     (work / "data").mkdir(exist_ok=True)
     params = tiny_params(yaml.safe_load((work / "params.yaml").read_text()), chase_dir.parent)

@@ -277,6 +277,85 @@ def bench_dvc_noop(root: Path) -> dict:
     return {"seconds": round(seconds, 3), "goal_seconds": 10, "ran_nothing": "Running stage" not in res.stdout, "returncode": res.returncode}
 
 
+def bench_repro(root: Path, shared: Path, targets: list[str] | None = None) -> dict:
+    """The whole default pipeline from nothing: ``dvc repro`` in a fresh ``git clone`` of HEAD, with
+    an empty DVC cache and its own MLflow store, ``shared`` beside it as ``../shared`` (the
+    environment is this one: ``make repro``'s install step is not timed). Gives wall seconds per
+    stage and in all, and compares every output's md5 with this checkout's ``dvc.lock``.
+    ``targets``: only these stages (and what they depend on)."""
+    import tempfile
+
+    if not (root / "dvc.yaml").is_file() or not (root / ".git").exists():
+        return {"skipped": f"{root} is not a git checkout of the pipeline"}
+    if not shared.is_dir():
+        return {"skipped": f"{shared}: no shared folder (CHASE_DB1 mirror, pyiqa assets) here"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip())
+    with tempfile.TemporaryDirectory(prefix="medrestore-bench-repro-") as tmp:
+        (Path(tmp) / "shared").symlink_to(shared.resolve())
+        clone = Path(tmp) / "medrestore"
+        subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True, capture_output=True)
+        (clone / "data").mkdir(exist_ok=True)  # as `make repro`: your own images' folder, empty
+        stamps: list[tuple[str, float]] = []
+        log: list[str] = []
+        t0 = time.perf_counter()
+        with subprocess.Popen([sys.executable, "-m", "dvc", "repro", *(targets or [])], cwd=clone, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+            for line in proc.stdout:
+                log.append(line)
+                if line.startswith("Running stage '"):
+                    stamps.append((line.split("'")[1], time.perf_counter() - t0))
+        total = time.perf_counter() - t0
+        if proc.returncode != 0:
+            return {"failed": "".join(log)[-3000:], "returncode": proc.returncode}
+        compared = compare_locks(root / "dvc.lock", clone / "dvc.lock", {s for s, _ in stamps})
+    return {
+        "commit": commit,
+        "checkout_had_uncommitted_changes": dirty,
+        "seconds": round(total, 1),
+        "stages": stage_seconds(stamps, total),
+        "by_kind": _by_kind(stage_seconds(stamps, total)),
+        **compared,
+        "note": "fresh git clone, empty DVC cache, CHASE_DB1 from the shared mirror; per stage = from its "
+                "'Running stage' line to the next (start-up and imports included)",
+    }
+
+
+def stage_seconds(stamps: list[tuple[str, float]], end: float) -> dict[str, float]:
+    """Seconds of each stage from the times its 'Running stage' lines appeared (the last one ends at ``end``)."""
+    ends = [t for _, t in stamps[1:]] + [end]
+    return {name: round(stop - start, 1) for (name, start), stop in zip(stamps, ends)}
+
+
+def _by_kind(stages: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, sec in stages.items():
+        kind = name.split("@")[0]
+        out[kind] = round(out.get(kind, 0.0) + sec, 1)
+    return out
+
+
+def compare_locks(ours: Path, theirs: Path, stages: set[str], timings: tuple[str, ...] = ("cost.json",)) -> dict:
+    """Outputs of ``stages`` whose md5 in ``theirs`` differs from ``ours`` (both dvc.lock files).
+    Outputs named in ``timings`` (the evaluate stage's measured seconds, kept out of DVC's cache)
+    are listed apart: they are not meant to match."""
+    import yaml
+
+    def outs(path: Path) -> dict[str, str | None]:
+        lock = yaml.safe_load(path.read_text())["stages"]
+        return {f"{st}:{o['path']}": o.get("md5") for st in stages if st in lock for o in lock[st].get("outs", [])}
+
+    a, b = outs(ours), outs(theirs)
+    timed = sorted(k for k in b if k.endswith(timings))
+    checked = [k for k in b if k not in timed]
+    differing = sorted(k for k in checked if a.get(k) != b[k])
+    return {"outputs_compared": len(checked), "outputs_identical": len(checked) - len(differing), "outputs_differing": differing,
+            "timing_outputs": timed}
+
+
 # --------------------------------------------------------------------------- main
 def machine() -> dict:
     return {
@@ -289,31 +368,78 @@ def machine() -> dict:
     }
 
 
-def markdown(result: dict) -> str:
-    lines = ["# medrestore benchmark", "", f"Machine: {json.dumps(result['machine'])}. Mode: {result['mode']}.", ""]
+Section = tuple[str, str, list[str], list[list[str]]]  # title, text, table header, table rows
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def sections(result: dict) -> list[Section]:
+    """The benchmark as titled tables, for ``bench.md`` and the report's performance section."""
+    out: list[Section] = []
     inf = result.get("inference")
     if inf:
-        lines += [f"## Inference, {inf['image_size']}x{inf['image_size']} fundus image, {inf['unit']}", "",
-                  "| model | untiled | tiled | tiling overhead | no_grad / inference_mode | BN folded | BN folded + channels-last | speed-up "
-                  "| torch.compile (after compiling) | compile s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        rows = []
         for m, r in inf["models"].items():
-            comp = f"{r['compiled']} ({r['compiled_vs_bn_folded_channels_last']:.2f}x)" if "compiled" in r else "–"
-            lines.append(f"| {m} | {r['untiled']} | {r['tiled']} | {r['tiling_overhead']:+.1%} | {r['inference_mode_speedup']:.2f}x | "
-                         f"{r.get('bn_folded', '–')} | {r['bn_folded_channels_last']} | {r['bn_folded_channels_last_speedup']:.2f}x | "
-                         f"{comp} | {r.get('compile_seconds', '–')} |")
-        lines.append("")
+            rows.append([m, str(r["untiled"]), str(r["tiled"]), f"{r['tiling_overhead']:+.1%}", _x(r["inference_mode_speedup"]),
+                         str(r.get("bn_folded", "–")), str(r["bn_folded_channels_last"]), _x(r["bn_folded_channels_last_speedup"]),
+                         f"{r['compiled']} ({r['compiled_vs_bn_folded_channels_last']:.2f}x)" if "compiled" in r else "–",
+                         str(r.get("compile_seconds", "–"))])
+        out.append((f"Inference, {inf['image_size']} px fundus image, seconds per megapixel",
+                    f"Median of the runs; tiles of {inf['tile']} px with 32 px overlap. Kept: batch-norm folding + channels-last.",
+                    ["model", "untiled", "tiled", "tiling overhead", "no_grad / inference_mode", "BN folded", "BN folded + channels-last",
+                     "speed-up", "torch.compile (after compiling)", "compile s"], rows))
     base = result.get("baselines")
     if base:
-        lines += ["## Classical baselines (seconds per megapixel)", "", "| baseline | s/MPix |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in base["seconds_per_mpix"].items()] + [""]
+        out.append((f"Classical baselines, {base['image_size']} px, seconds per megapixel", "", ["baseline", "s/MPix"],
+                    [[k, str(v)] for k, v in base["seconds_per_mpix"].items()]))
     met = result.get("metrics")
     if met:
-        lines += ["## Metrics (images per second)", "", "| path | images/s |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in met["images_per_second"].items()] + ["", met["note"], ""]
-    for key in ("training", "patchify", "dvc_noop"):
-        if result.get(key):
-            lines += [f"## {key}", "", "```json", json.dumps(result[key], indent=2), "```", ""]
+        out.append((f"Metrics, {met['image_size']} px, images per second", met["note"], ["path", "images/s"],
+                    [[k, str(v)] for k, v in met["images_per_second"].items()]))
+    tr = result.get("training")
+    if tr:
+        rows = [[m, str(r["patches_per_second"]["bare"]), str(r["patches_per_second"]["ours"]), f"{r['engine_overhead_per_step']:+.1%}",
+                 str(r["engine_fixed_seconds"])] for m, r in tr["models"].items()]
+        out.append((f"Training, patches per second (batch {tr['batch']}, {tr['patch']} px, {tr['steps'][0]} vs {tr['steps'][1]} steps)",
+                    f"Goal: engine overhead per step at most {tr['goal_overhead']:.0%}. {tr['note']}.",
+                    ["model", "bare PyTorch loop", "our engine", "overhead per step", "fixed s per run"], rows))
+    pa = result.get("patchify")
+    if pa and "x1" in pa:
+        rows = [[stage, f"{k} ({pa[k]['images']})", str(pa[key]["patches"]), str(pa[key]["seconds"]), str(pa[key]["patches_per_second"]),
+                 f"{pa[key]['peak_rss_mib']:.0f}"]
+                for stage, prefix in (("patchify", ""), ("corrupt", "corrupt_")) for k in ("x1", "x4") for key in [prefix + k]]
+        p = pa["params"]
+        out.append((f"patchify and corrupt at 1x and 4x the images ({p['size']} px, {p['patch_size']} px patches, stride {p['stride']})",
+                    f"Each in a fresh process; peak RSS includes the interpreter and imports ({pa['imports_only']['peak_rss_mib']:.0f} MiB).",
+                    ["stage", "images", "patches", "seconds", "patches/s", "peak RSS MiB"], rows))
+    noop = result.get("dvc_noop")
+    if noop and "seconds" in noop:
+        out.append(("dvc repro with nothing to do", f"Goal: under {noop['goal_seconds']} s.", ["seconds", "ran nothing"],
+                    [[str(noop["seconds"]), str(noop["ran_nothing"]).lower()]]))
+    rep = result.get("repro")
+    if rep and "seconds" in rep:
+        differing = f" (differing: {', '.join(rep['outputs_differing'])})" if rep["outputs_differing"] else ""
+        out.append((f"The whole default pipeline from nothing: {rep['seconds'] / 60:.1f} min",
+                    f"Commit {rep['commit'][:12]}; {rep['note']}. Outputs byte-identical to this checkout's dvc.lock: "
+                    f"{rep['outputs_identical']} of {rep['outputs_compared']}{differing}.",
+                    ["stage kind", "stages", "seconds"],
+                    [[k, str(sum(1 for s in rep["stages"] if s.split("@")[0] == k)), str(v)]
+                     for k, v in sorted(rep["by_kind"].items(), key=lambda kv: -kv[1])]))
+    for key in ("patchify", "dvc_noop", "repro"):
+        r = result.get(key)
+        if r and ("skipped" in r or "failed" in r):
+            out.append((key, str(r.get("skipped") or r.get("failed")), [], []))
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["# medrestore benchmark", "", f"Machine: {json.dumps(result['machine'])}. Mode: {result['mode']}.", ""]
+    for title, text, header, rows in sections(result):
+        lines += [f"## {title}", ""] + ([text, ""] if text else [])
+        if header:
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]
     return "\n".join(lines)
 
 
@@ -322,12 +448,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the reduced size CI runs")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--assets", default="../shared/assets/pyiqa")
-    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training patchify dvc_noop)")
+    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training patchify dvc_noop repro); "
+                    "repro, the whole pipeline from nothing, runs in the full mode only unless named here")
     ap.add_argument("--mirror", default="../shared/datasets")
     ap.add_argument("--compile", action="store_true", help="time torch.compile in the inference section also in --quick mode")
     args = ap.parse_args(argv)
     quick = args.quick
-    sections = set(args.only or ["inference", "baselines", "metrics", "training", "patchify", "dvc_noop"])
+    sections = set(args.only or ["inference", "baselines", "metrics", "training", "patchify", "dvc_noop", *([] if quick else ["repro"])])
     result: dict = {"mode": "quick" if quick else "full", "machine": machine()}
     if "inference" in sections:
         models = ["dncnn", "redae"] if quick else ["dncnn", "redae", "cdae", "irunet", "srresnet", "lapsrn"]
@@ -344,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         result["patchify"] = bench_patchify(Path.cwd(), size=256 if quick else 768, stride=20 if quick else 10, mirror=args.mirror)
     if "dvc_noop" in sections:
         result["dvc_noop"] = bench_dvc_noop(Path.cwd())
+    if "repro" in sections:
+        result["repro"] = bench_repro(Path.cwd(), Path(args.mirror).parent)
     out = Path(args.out)
     write_json_atomic(out / "bench.json", result)
     write_text_atomic(out / "bench.md", markdown(result))

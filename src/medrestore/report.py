@@ -447,6 +447,24 @@ def segmenter_section(segmenter_dir: Path | None) -> tuple[list[str], str]:
     return ["## Vessel segmenter", "", text, ""], f"<h2>Vessel segmenter</h2><p>{html.escape(text)}</p>"
 
 
+def performance_section(bench: dict, source: str) -> tuple[list[str], str]:
+    """``make bench``'s figures (speed and memory; machine-dependent, read from the committed
+    ``bench.json``, so the report's bytes depend on that file only)."""
+    from medrestore.bench import sections
+
+    intro = (f"From `{source}` (`make bench`), mode: {bench.get('mode', '?')}; machine: {bench.get('machine', {}).get('cpu_count', '?')} CPU "
+             f"cores, torch {bench.get('machine', {}).get('torch', '?')}, GPU: {bench.get('machine', {}).get('cuda') or 'none'}.")
+    md = ["## Performance", "", intro, ""]
+    parts = [f"<h2 id='performance'>Performance</h2><p>{html.escape(intro)}</p>"]
+    for title, text, header, rows in sections(bench):
+        md += [f"### {title}", ""] + ([text, ""] if text else [])
+        parts.append(f"<h3>{html.escape(title)}</h3>" + (f"<p>{html.escape(text)}</p>" if text else ""))
+        if header and rows:
+            md += _md_table(header, rows)
+            parts.append(_html_table(header, rows))
+    return md, "".join(parts)
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]
 
@@ -478,8 +496,10 @@ def build_report(
     segmenter=None,
     segmenter_dir: Path | None = None,
     lock_path: Path = Path("dvc.lock"),
+    bench_path: Path | None = None,
 ) -> dict:
-    """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None)."""
+    """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None);
+    ``bench_path``: ``make bench``'s ``bench.json``, shown as the performance section when it exists."""
     if segmenter is None:
         from medrestore.vessels import VesselSegmenter
 
@@ -539,6 +559,10 @@ def build_report(
             md += [f"![{task} {kind}]({rel})", "", f"*{CAPTIONS[kind]}.*", ""]
             b64 = base64.b64encode(png).decode()
             html_parts.append(f"<figure><img alt='{task} {kind}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(CAPTIONS[kind])}.</figcaption></figure>")
+    if bench_path is not None and Path(bench_path).is_file():
+        perf_md, perf_html = performance_section(read_json(Path(bench_path)), Path(bench_path).name)
+        md += perf_md
+        html_parts.append(perf_html)
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
