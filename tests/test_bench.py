@@ -16,6 +16,11 @@ def test_inference_section_compares_tiled_untiled_and_optimisations():
     assert r["tiling_overhead"] > -0.9
 
 
+def test_super_resolution_networks_are_given_the_reduced_image():
+    r = bench.bench_inference(["srresnet"], size=64, tile=32, repeats=1)["models"]["srresnet"]
+    assert r["input_size"] == 16 and r["untiled"] > 0 and r["tiled"] > 0
+
+
 def test_inference_section_can_time_torch_compile_after_compiling():
     res = bench.bench_inference(["cdae"], size=64, tile=32, repeats=1, compile=True)
     r = res["models"]["cdae"]
