@@ -97,3 +97,18 @@ def test_grey_image_through_a_colour_model_stays_grey(tmp_path, models_root, cha
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_cli_restores_in_bf16_and_refuses_an_unknown_precision(tmp_path, models_root, chase_image, capsys, monkeypatch):
+    monkeypatch.chdir(models_root)
+    Image.fromarray(chase_image[200:328, 300:428]).save(tmp_path / "c.png")
+    outs = {}
+    for precision in ("float32", "bf16"):
+        assert main(["restore", "--model", "denoise-g25/redae", str(tmp_path / "c.png"), "--out", str(tmp_path / precision),
+                     "--no-progress", "--precision", precision]) == 0
+        outs[precision] = read_image(tmp_path / precision / "c.png").astype(int)
+    diff = np.abs(outs["bf16"] - outs["float32"])
+    assert diff.max() <= 3 and diff.mean() < 0.5  # 8-bit output: bf16 moves a few pixels by a level or two
+    with pytest.raises(InputError, match="precision 'fp8'"):
+        restore_files("denoise-g25/redae", [str(tmp_path / "c.png")], tmp_path / "x", precision="fp8")
+    assert not (tmp_path / "x").exists()

@@ -64,6 +64,50 @@ def test_training_section_lengthens_runs_of_fast_models(tmp_path):
     assert r["steps"] >= 10 and r["steps"] % 10 == 0
 
 
+def test_threads_section_times_each_thread_count_and_loader_workers():
+    before = torch.get_num_threads()
+    res = bench.bench_threads(["cdae"], size=64, repeats=1, train_models=["cdae"], steps=5, batch=4, patch=32,
+                              threads=[1, 2], workers=(0, 1), pipeline_patches=5000)
+    assert torch.get_num_threads() == before  # the thread count is restored
+    assert set(res["inference_seconds_per_mpix"]["cdae"]) == {"1", "2", "speedup_max_vs_1"}
+    r = res["training"]["cdae"]
+    assert set(r["step_ms_by_threads"]) == {"1", "2"} and set(r["step_ms_by_workers"]) == {"0", "1"}
+    assert all(v > 0 for v in [*r["step_ms_by_threads"].values(), *r["step_ms_by_workers"].values()])
+    assert 0 < r["batch_fetch_share"] < 1 and r["sampler_ms_at_pipeline_size"] > 0
+    md = bench.markdown({"machine": {}, "mode": "test", "threads": res})
+    assert "| cdae |" in md and "1 workers" in md and "2 thread(s)" in md
+
+
+def test_precision_section_times_bf16_autocast_and_its_fidelity(tmp_path):
+    from medrestore.models import build_model, save_model
+
+    torch.manual_seed(3)
+    save_model(build_model("cdae"), tmp_path / "cdae", name="cdae", kwargs={})  # a saved network: the "trained" path
+    res = bench.bench_precision(["cdae", "redae"], size=64, repeats=1, train_models=["cdae"], steps=5, batch=4, patch=32, weights=tmp_path)
+    r = res["inference"]["cdae"]
+    assert r["float32"] > 0 and r["bf16_autocast"] > 0 and r["weights"] == str(tmp_path / "cdae")
+    assert 25 < r["bf16_psnr_vs_float32_db"] < 200  # bf16 differs from float32, but not by much
+    assert set(r["psnr_vs_clean_db"]) == {"noisy", "float32", "bf16_autocast"} and 15 < r["psnr_vs_clean_db"]["noisy"] < 25
+    assert res["inference"]["redae"]["weights"] == "untrained" and "psnr_vs_clean_db" not in res["inference"]["redae"]
+    t = res["training"]["cdae"]
+    assert set(t["step_ms"]) == set(t["val_psnr"]) == {"32-true", "bf16-mixed"} and all(v > 0 for v in t["step_ms"].values())
+    md = bench.markdown({"machine": {}, "mode": "test", "precision": res})
+    assert "bf16 autocast" in md and "| cdae |" in md
+
+
+def test_batches_through_a_loader_with_workers_are_the_batches_indexed_in_the_loop():
+    from medrestore.training.data import PairedPatches, StepBatchSampler
+
+    clean = bench._patches(16, 24)
+    ds, sampler = PairedPatches(clean, clean // 2), StepBatchSampler(16, 4, seed=1)
+    direct = list(bench._batches(ds, sampler, 6, workers=None))
+    loaded = list(bench._batches(ds, sampler, 6, workers=1))
+    assert len(direct) == len(loaded) == 6  # 6 steps cross an epoch boundary (4 steps per epoch)
+    for (x0, y0), (x1, y1) in zip(direct, loaded, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert not torch.equal(direct[0][0], direct[1][0])
+
+
 def test_main_writes_json_and_markdown(tmp_path, assets_dir):
     assert bench.main(["--quick", "--only", "baselines", "--out", str(tmp_path), "--assets", str(assets_dir)]) == 0
     data = json.loads((tmp_path / "bench.json").read_text())

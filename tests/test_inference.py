@@ -87,3 +87,23 @@ def test_out_of_memory_halves_the_tile_until_it_fits(chase_image):
         restore_array(_OOMAbove(net, 10, torch.OutOfMemoryError("out of memory")), img, tile=64, overlap=4, scale=1)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
         restore_array(_OOMAbove(net, 10, RuntimeError("shape mismatch")), img, tile=64, overlap=4, scale=1)
+
+
+def test_bf16_autocast_stays_close_to_float32_and_tiles_alike(chase_image):
+    net = _random_dncnn()
+    img = to_float(corrupt(chase_image[300:460, 400:560], {"kind": "gaussian", "sigma": 25}, [2])[0])
+    full = restore_array(net, img, tile=4096, overlap=0)
+    bf16 = restore_array(net, img, tile=4096, overlap=0, precision="bf16")
+    bf16_tiled = restore_array(net, img, tile=64, overlap=20, precision="bf16")
+    assert bf16.dtype == np.float32 and bf16.shape == img.shape
+    assert not np.array_equal(bf16, full)  # bf16 really ran
+    psnr = 10 * np.log10(1 / np.mean((bf16 - full) ** 2))
+    assert psnr > 35, psnr
+    assert np.abs(bf16 - bf16_tiled).max() < 0.02
+
+
+def test_unknown_precision_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="float32, bf16"):
+        restore_array(_random_dncnn(), np.zeros((16, 16, 3), np.float32), precision="fp8")

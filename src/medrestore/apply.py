@@ -160,7 +160,8 @@ def model_channels(model: nn.Module) -> int:
 
 
 def restore_image(
-    model: nn.Module, img: NativeImage, path: Path, *, fov: str = "auto", tile: int = 512, overlap: int = 32, device: str = "cpu"
+    model: nn.Module, img: NativeImage, path: Path, *, fov: str = "auto", tile: int = 512, overlap: int = 32, device: str = "cpu",
+    precision: str = "float32",
 ) -> NativeImage:
     """Restore one image read by :func:`read_native`."""
     want = model_channels(model)
@@ -176,7 +177,7 @@ def restore_image(
         )
     else:
         raise InputError(f"{path}: {have} channels, the model takes {want}. Fix: use a model trained on {have}-channel images.")
-    out = restore_array(model, np.ascontiguousarray(x, dtype=np.float32), tile=tile, overlap=overlap, device=device)
+    out = restore_array(model, np.ascontiguousarray(x, dtype=np.float32), tile=tile, overlap=overlap, device=device, precision=precision)
     if want == 3 and have == 1:
         out = out.mean(axis=2, keepdims=True)
     if out.shape[:2] == img.pixels.shape[:2] and fov == "auto":
@@ -199,6 +200,7 @@ def restore_files(
     tile: int = 512,
     overlap: int = 32,
     device: str | None = None,
+    precision: str = "float32",
     progress: bool | None = None,
     log=print,
 ) -> tuple[list[Path], list[str]]:
@@ -206,6 +208,10 @@ def restore_files(
     skipped; the others are still restored. Returns (written files, error messages)."""
     from tqdm.auto import tqdm
 
+    from medrestore.inference import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r}. Fix: use one of {', '.join(PRECISIONS)}.")
     folder = resolve_model(model_spec)
     model, _ = load_model(folder)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -215,7 +221,7 @@ def restore_files(
         path = Path(name)
         try:
             img = read_native(path)
-            restored = restore_image(model, img, path, fov=fov, tile=tile, overlap=overlap, device=device)
+            restored = restore_image(model, img, path, fov=fov, tile=tile, overlap=overlap, device=device, precision=precision)
             dest = out_dir / path.name
             if dest.resolve() == path.resolve():
                 raise InputError(f"{path}: the output would overwrite the input. Fix: choose another --out folder.")

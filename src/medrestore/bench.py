@@ -181,9 +181,11 @@ def _patches(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack([img[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
 
 
-def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int) -> float:
+def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int, workers: int | None = None) -> float:
     """The same model, optimiser, schedule, loss, batches, augmentation and memory layout in a plain
-    PyTorch loop: the reference the engine's overhead is measured against. Returns seconds."""
+    PyTorch loop: the reference the engine's overhead is measured against. Returns seconds.
+    ``workers``: fetch the batches through a ``DataLoader`` with that many worker processes (the
+    engine's loader, same sampler) instead of indexing the patches in the loop."""
     from medrestore.losses import make_loss
     from medrestore.models import build_model
     from medrestore.training.config import make_optimizer, make_scheduler
@@ -199,10 +201,7 @@ def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int) -> float:
     ds = PairedPatches(clean, noisy)
     sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.seed)
     t = time.perf_counter()
-    for step in range(steps):
-        idx = sampler.batch_at(step)
-        x = torch.stack([ds[i][0] for i in idx])
-        y = torch.stack([ds[i][1] for i in idx])
+    for step, (x, y) in enumerate(_batches(ds, sampler, steps, workers)):
         if cfg.channels_last:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
         k = int(np.random.default_rng([cfg.seed, step, 8]).integers(0, 8))
@@ -215,6 +214,20 @@ def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int) -> float:
         opt.step()
         sched.step()
     return time.perf_counter() - t
+
+
+def _batches(ds, sampler, steps: int, workers: int | None):
+    """``steps`` (clean, degraded) batches of ``sampler``: indexed in the loop (``workers`` None) or
+    through a ``DataLoader`` with ``workers`` worker processes, as the engine loads them."""
+    if workers is None:
+        for step in range(steps):
+            idx = sampler.batch_at(step)
+            yield torch.stack([ds[i][0] for i in idx]), torch.stack([ds[i][1] for i in idx])
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers)
+    yield from (xy for _, xy in zip(range(steps), loader, strict=False))
 
 
 class _StepClock:
@@ -303,6 +316,159 @@ def bench_training(models: list[str], steps: int, batch: int, patch: int, repeat
             "note": "engine = Lightning loop + callbacks (curve, checkpoint, NaN guard) + one validation and the output files; per-step "
                     "times from an optimiser step hook, median over all runs (mean beside it); fixed seconds = the engine's run time "
                     "outside its steps (start-up, validation, writing outputs) minus the bare loop's, paid once per run"}
+
+
+# --------------------------------------------------------------------------- threads and data loading
+def bench_threads(models: list[str], size: int, repeats: int, train_models: list[str], steps: int, batch: int, patch: int,
+                  threads: list[int] | None = None, workers: tuple[int, ...] = (0, 1, 2), pipeline_patches: int = 69434,
+                  train_repeats: int | None = None) -> dict:
+    """What the thread count and data loading are worth on this machine.
+
+    Inference: seconds per megapixel of the kept path (batch norm folded, channels-last, one
+    ``size`` px tile) at each torch intra-op thread count, interleaved. Training: median optimiser
+    step of the bare loop at each thread count; data loading: the share of a step spent building
+    its batch (indexing, stacking; the sampler's permutation also timed at ``pipeline_patches``, the
+    default pipeline's training set) and the median step when batches come through the engine's
+    ``DataLoader`` with 0, 1, 2 worker processes (first 3 steps of each run dropped: workers' start)."""
+    from medrestore.degradations import corrupt
+    from medrestore.models import build_model
+    from medrestore.speed import fold_batchnorm
+    from medrestore.training import TrainConfig
+    from medrestore.training.data import PairedPatches, StepBatchSampler
+
+    before = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    threads = threads or sorted({1, *[2**k for k in range(1, 8) if 2**k <= cores], cores})
+    mpix = size * size / 1e6
+    inference: dict = {}
+    try:
+        for name in models:
+            torch.manual_seed(0)
+            model = build_model(name).eval()
+            scale = int(getattr(model, "scale", 1) or 1)
+            image = _test_image(size // scale).astype(np.float32) / 255.0
+            x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].contiguous(memory_format=torch.channels_last)
+            net = fold_batchnorm(model)[0].to(memory_format=torch.channels_last)
+
+            def at(n: int, net=net, x=x) -> None:
+                torch.set_num_threads(n)
+                _run(net, x)
+
+            t = _interleaved({n: (lambda n=n: at(n)) for n in threads}, repeats)
+            inference[name] = {str(n): round(v / mpix, 4) for n, v in t.items()}
+            inference[name]["speedup_max_vs_1"] = round(t[1] / t[max(threads)], 3)
+        torch.set_num_threads(before)
+        clean = _patches(512, patch)
+        noisy = np.stack([corrupt(c, {"kind": "gaussian", "sigma": 25}, [7, i])[0] for i, c in enumerate(clean)])
+        training: dict = {}
+        for name in train_models:
+            cfg = TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": steps, "seed": 1, "lr": 3e-4})
+
+            def median_step(n_threads: int, w: int | None, cfg=cfg) -> float:
+                torch.set_num_threads(n_threads)
+                with _StepClock() as clock:
+                    _bare_loop(cfg, clean, noisy, steps, workers=w)
+                return float(np.median(clock.steps()[3:]))
+
+            ds, sampler = PairedPatches(clean, noisy), StepBatchSampler(len(clean), batch, 1)
+
+            def fetch(step: int = 0) -> None:
+                idx = sampler.batch_at(step)
+                torch.stack([ds[i][0] for i in idx]), torch.stack([ds[i][1] for i in idx])
+
+            fetch_s = _interleaved({"fetch": fetch}, 20)["fetch"]
+            rec: dict = {"step_ms_by_threads": {}, "step_ms_by_workers": {}}
+            for _ in range(train_repeats or repeats):  # interleave the settings; medians of the runs' medians
+                for n in threads:
+                    rec["step_ms_by_threads"].setdefault(str(n), []).append(median_step(n, None))
+                for w in workers:
+                    rec["step_ms_by_workers"].setdefault(str(w), []).append(median_step(before, w))
+            for key in ("step_ms_by_threads", "step_ms_by_workers"):
+                rec[key] = {k: round(float(np.median(v)) * 1e3, 2) for k, v in rec[key].items()}
+            big = StepBatchSampler(pipeline_patches, batch, 1)
+            rec["sampler_ms_at_pipeline_size"] = round(_interleaved({"s": lambda: big.batch_at(0)}, 20)["s"] * 1e3, 3)
+            rec["batch_fetch_ms"] = round(fetch_s * 1e3, 3)
+            rec["batch_fetch_share"] = round(fetch_s * 1e3 / rec["step_ms_by_threads"][str(before)], 4)
+            training[name] = rec
+    finally:
+        torch.set_num_threads(before)
+    return {"threads": threads, "default_threads": before, "image_size": size, "steps": steps, "batch": batch, "patch": patch,
+            "repeats": repeats, "train_repeats": train_repeats or repeats, "pipeline_patches": pipeline_patches, "inference_seconds_per_mpix": inference, "training": training}
+
+
+# --------------------------------------------------------------------------- precision
+def bench_precision(models: list[str], size: int, repeats: int, train_models: list[str], steps: int, batch: int, patch: int,
+                    train_repeats: int = 1, weights: Path | None = Path("artifacts/models/denoise-g25")) -> dict:
+    """bf16 autocast against float32 on the device the benchmark runs on (CPU here: bf16 matrix
+    units, AMX/AVX512-BF16, make it a candidate).
+
+    Inference: seconds per megapixel of the kept path (BN folded, channels-last) in float32 and
+    under ``torch.autocast(bfloat16)``, and the PSNR of the bf16 output against the float32 one.
+    Where ``weights/<model>`` holds the pipeline's trained network, that network restores the test
+    image with Gaussian noise (sigma 25) and both outputs are also scored against the clean image
+    (an untrained network's output says little about what bf16 costs).
+    Training: median optimiser step of our engine at ``precision`` ``32-true`` and ``bf16-mixed``
+    (Lightning's autocast), and the validation PSNR each reaches after the same ``steps``."""
+    import tempfile
+
+    from medrestore.degradations import corrupt
+    from medrestore.models import build_model, load_model
+    from medrestore.speed import fold_batchnorm
+    from medrestore.training import TrainConfig, train_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    mpix = size * size / 1e6
+    inference: dict = {}
+    clean_image = _test_image(size).astype(np.float32) / 255.0
+    noisy_image = np.clip(clean_image + np.random.default_rng(25).normal(0, 25 / 255, clean_image.shape), 0, 1).astype(np.float32)
+
+    def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return round(float(10 * np.log10(1 / max(float(((a - b) ** 2).mean()), 1e-20))), 2)
+
+    for name in models:
+        torch.manual_seed(0)
+        trained = weights is not None and (Path(weights) / name / "model.safetensors").is_file()
+        model = load_model(Path(weights) / name)[0] if trained else build_model(name).eval()
+        x = torch.from_numpy(noisy_image.transpose(2, 0, 1).copy())[None].to(device).contiguous(memory_format=torch.channels_last)
+        net = fold_batchnorm(model)[0].to(device).to(memory_format=torch.channels_last)
+
+        def fp32(net=net, x=x):
+            with torch.inference_mode():
+                return net(x).float().clamp(0, 1)
+
+        def bf16(net=net, x=x):
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+                return net(x).float().clamp(0, 1)
+
+        t = _interleaved({"float32": fp32, "bf16_autocast": bf16}, repeats)
+        out32, out16 = fp32(), bf16()
+        rec = {**{k: round(v / mpix, 4) for k, v in t.items()}, "bf16_speedup": round(t["float32"] / t["bf16_autocast"], 3),
+               "bf16_psnr_vs_float32_db": psnr(out16, out32), "weights": str(Path(weights) / name) if trained else "untrained"}
+        if trained:
+            ref = torch.from_numpy(clean_image.transpose(2, 0, 1).copy())[None].to(device)
+            rec["psnr_vs_clean_db"] = {"noisy": psnr(x.float(), ref), "float32": psnr(out32, ref), "bf16_autocast": psnr(out16, ref)}
+        inference[name] = rec
+    clean = _patches(512, patch)
+    noisy = np.stack([corrupt(c, {"kind": "gaussian", "sigma": 25}, [7, i])[0] for i, c in enumerate(clean)])
+    val = (clean[:64], noisy[:64])
+    training: dict = {}
+    for name in train_models:
+        rec: dict = {"step_ms": {}, "val_psnr": {}}
+        times: dict[str, list[float]] = {}
+        for _ in range(train_repeats):
+            for precision in ("32-true", "bf16-mixed"):
+                cfg = TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": steps, "val_every": steps, "ckpt_every": steps,
+                                               "progress_bar": False, "seed": 1, "lr": 3e-4, "precision": precision,
+                                               "accelerator": "gpu" if device == "cuda" else "cpu"})
+                with tempfile.TemporaryDirectory() as tmp, _StepClock() as clock:
+                    m = train_model(cfg, (clean, noisy), val, Path(tmp) / "out", Path(tmp) / "ckpt")
+                times.setdefault(precision, []).extend(clock.steps()[3:])
+                rec["val_psnr"][precision] = m["final_val_psnr"]  # the same every run: seeded
+        rec["step_ms"] = {k: round(float(np.median(v)) * 1e3, 2) for k, v in times.items()}
+        rec["bf16_speedup"] = round(rec["step_ms"]["32-true"] / rec["step_ms"]["bf16-mixed"], 3)
+        training[name] = rec
+    return {"device": device, "image_size": size, "repeats": repeats, "steps": steps, "batch": batch, "patch": patch,
+            "train_repeats": train_repeats, "inference": inference, "training": training}
 
 
 # --------------------------------------------------------------------------- data stages
@@ -414,10 +580,28 @@ def compare_locks(ours: Path, theirs: Path, stages: set[str], timings: tuple[str
 
 
 # --------------------------------------------------------------------------- main
+def cpu_model() -> dict:
+    """The CPU's name and the vector / matrix extensions its kernels may use (trained weights and
+    timings depend on them)."""
+    name, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("?", "x86_64", ""):
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "sve")
+    return {"name": name, "isa": [f for f in wanted if f in flags], "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def machine() -> dict:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -465,6 +649,39 @@ def sections(result: dict) -> list[Section]:
         out.append((f"Training, patches per second (batch {tr['batch']}, {tr['patch']} px, {tr.get('repeats', 1)} runs of each side)",
                     f"Goal: engine overhead per step at most {tr['goal_overhead']:.0%}. {tr['note']}.",
                     ["model", "steps per run", "bare PyTorch loop", "our engine", "overhead per step (median)", "(mean)", "fixed s per run"], rows))
+    th = result.get("threads")
+    if th:
+        ns = [str(n) for n in th["threads"]]
+        out.append((f"Threads, inference ({th['image_size']} px, kept path: BN folded + channels-last, median of {th['repeats']}), "
+                    "seconds per megapixel",
+                    f"torch intra-op threads; default here {th['default_threads']}.", ["model", *(f"{n} thread(s)" for n in ns), "speed-up"],
+                    [[m, *(str(r[n]) for n in ns), _x(r["speedup_max_vs_1"])] for m, r in th["inference_seconds_per_mpix"].items()]))
+        ws = list(next(iter(th["training"].values()))["step_ms_by_workers"]) if th["training"] else []
+        out.append((f"Threads and data loading, training (bare loop, batch {th['batch']}, {th['patch']} px, {th['steps']} steps, "
+                    f"median of {th.get('train_repeats', th['repeats'])} runs), ms per optimiser step",
+                    f"Batch fetch = indexing and stacking one batch in the loop; sampler = drawing one batch's indices at the default "
+                    f"pipeline's {th['pipeline_patches']} training patches. Workers: batches through the engine's DataLoader.",
+                    ["model", *(f"{n} thread(s)" for n in ns), "batch fetch ms (share of a step)", "sampler ms",
+                     *(f"{w} workers" for w in ws)],
+                    [[m, *(str(r["step_ms_by_threads"][n]) for n in ns), f"{r['batch_fetch_ms']} ({r['batch_fetch_share']:.1%})",
+                      str(r["sampler_ms_at_pipeline_size"]), *(str(r["step_ms_by_workers"][w]) for w in ws)]
+                     for m, r in th["training"].items()]))
+    pr = result.get("precision")
+    if pr:
+        out.append((f"Precision on {pr['device']}, inference ({pr['image_size']} px, kept path, median of {pr['repeats']}), seconds per megapixel",
+                    "bf16 = torch.autocast(bfloat16). The networks are the pipeline's trained denoise-g25 models where present; they "
+                    "restore the test image with Gaussian noise (sigma 25): PSNR of the bf16 output against the float32 output, and of "
+                    "each against the clean image.",
+                    ["model", "weights", "float32", "bf16 autocast", "speed-up", "bf16 vs float32, dB", "vs clean: noisy / float32 / bf16, dB"],
+                    [[m, "trained" if r.get("weights", "untrained") != "untrained" else "untrained", str(r["float32"]), str(r["bf16_autocast"]),
+                      _x(r["bf16_speedup"]), str(r["bf16_psnr_vs_float32_db"]),
+                      " / ".join(str(r["psnr_vs_clean_db"][k]) for k in ("noisy", "float32", "bf16_autocast")) if "psnr_vs_clean_db" in r else "–"]
+                     for m, r in pr["inference"].items()]))
+        out.append((f"Precision on {pr['device']}, training (our engine, batch {pr['batch']}, {pr['patch']} px, {pr['steps']} steps, "
+                    f"{pr['train_repeats']} run(s) each), ms per optimiser step (median)", "",
+                    ["model", "32-true", "bf16-mixed", "speed-up", "val PSNR 32-true", "val PSNR bf16-mixed"],
+                    [[m, str(r["step_ms"]["32-true"]), str(r["step_ms"]["bf16-mixed"]), _x(r["bf16_speedup"]),
+                      str(r["val_psnr"]["32-true"]), str(r["val_psnr"]["bf16-mixed"])] for m, r in pr["training"].items()]))
     pa = result.get("patchify")
     if pa and "x1" in pa:
         rows = [[stage, f"{k} ({pa[k]['images']})", str(pa[key]["patches"]), str(pa[key]["seconds"]), str(pa[key]["patches_per_second"]),
@@ -503,7 +720,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("inference", "baselines", "metrics", "training", "patchify", "dvc_noop", "repro")
+SECTIONS = ("inference", "baselines", "metrics", "training", "threads", "precision", "patchify", "dvc_noop", "repro")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,14 +728,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the reduced size CI runs")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--assets", default="../shared/assets/pyiqa")
-    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training patchify dvc_noop repro); "
+    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training threads precision patchify dvc_noop repro); "
                     "repro, the whole pipeline from nothing, runs in the full mode only unless named here")
     ap.add_argument("--mirror", default="../shared/datasets")
     ap.add_argument("--compile", action="store_true", help="time torch.compile in the inference section also in --quick mode")
     ap.add_argument("--merge", action="store_true", help="replace only the sections run in the existing OUT/bench.json, keep the others")
     args = ap.parse_args(argv)
     quick = args.quick
-    sections = set(args.only or ["inference", "baselines", "metrics", "training", "patchify", "dvc_noop", *([] if quick else ["repro"])])
+    sections = set(args.only or [s for s in SECTIONS if s != "repro" or not quick])
     mode = "quick" if quick else "full"
     result: dict = {"mode": mode, "machine": machine(), "section_modes": {}}
     if "inference" in sections:
@@ -532,6 +749,15 @@ def main(argv: list[str] | None = None) -> int:
     if "training" in sections:
         result["training"] = bench_training(["redae"] if quick else ["redae", "dncnn", "irunet", "cdae"], steps=5 if quick else 20,
                                             batch=8 if quick else 16, patch=40, repeats=1 if quick else 3, min_seconds=0 if quick else 3.0)
+    if "threads" in sections:
+        result["threads"] = bench_threads(["dncnn"] if quick else ["dncnn", "redae", "irunet"], size=256 if quick else 512,
+                                          repeats=1 if quick else 7, train_repeats=1 if quick else 3,
+                                          train_models=["dncnn"] if quick else ["dncnn", "irunet"],
+                                          steps=8 if quick else 30, batch=8 if quick else 16, patch=40)
+    if "precision" in sections:
+        result["precision"] = bench_precision(["dncnn"] if quick else ["dncnn", "redae", "irunet", "cdae"], size=256 if quick else 512,
+                                              repeats=1 if quick else 7, train_models=["dncnn"] if quick else ["dncnn", "irunet"],
+                                              steps=8 if quick else 40, batch=8 if quick else 16, patch=40, train_repeats=1 if quick else 2)
     if "patchify" in sections:
         result["patchify"] = bench_patchify(Path.cwd(), size=256 if quick else 768, stride=20 if quick else 10, mirror=args.mirror)
     if "dvc_noop" in sections:

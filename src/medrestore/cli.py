@@ -58,7 +58,7 @@ def _cmd_restore(args) -> int:
     device = "cpu" if args.cpu else None
     written, errors = restore_files(
         args.model, args.inputs, Path(args.out), fov=args.fov, tile=args.tile, overlap=args.overlap, device=device,
-        progress=None if not args.no_progress else False,
+        precision=args.precision, progress=None if not args.no_progress else False,
     )
     for err in errors:
         print(f"error: {err}", file=sys.stderr)
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--fov", choices=("auto", "none"), default="auto", help="auto: restore only a detected fundus field of view")
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even when there is one")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="bf16: autocast to bfloat16, faster on GPUs and on CPUs with bf16 units (see README, Performance)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=_cmd_restore)
     p = sub.add_parser("lineage", help="data, code, params, commit and MLflow run behind a pipeline output")

@@ -580,7 +580,7 @@ def build_report(
 _CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {
   const images = [...document.images].map(i => ({alt: i.alt, loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth}));
-  const tables = [...document.querySelectorAll('table')].map(t => t.querySelectorAll('tbody tr').length);
+  const tables = [...document.querySelectorAll('table')].map(t => ({head: t.querySelectorAll('thead tr').length, body: t.querySelectorAll('tbody tr').length}));
   const pre = document.createElement('pre');
   pre.id = 'medrestore-check';
   pre.textContent = JSON.stringify({images, tables, title: document.title, h2: document.querySelectorAll('h2').length});
