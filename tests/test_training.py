@@ -78,3 +78,24 @@ train_model(cfg, (L("ct.npy"), L("nt.npy")), (L("cv.npy"), L("nv.npy")), out, d 
 def test_killed_training_resumes_and_ends_byte_identical(tmp_path, fundus_pairs):
     (tr_c, tr_n), (va_c, va_n) = fundus_pairs
     kill_and_resume(tmp_path, RESUME_SCRIPT, {"ct.npy": tr_c, "nt.npy": tr_n, "cv.npy": va_c, "nv.npy": va_n}, settle=0.5)
+
+
+def test_curve_records_step_one_and_every_tenth_step_with_its_own_loss(tmp_path):
+    """The paired module logs its loss only on the curve's steps: each recorded step has a loss, and
+    not a stale one carried over from an earlier logged step."""
+    import numpy as np
+    import pandas as pd
+
+    from medrestore.training import TrainConfig, train_model
+    from medrestore.training.callbacks import on_curve
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (64, 24, 24, 3), dtype=np.uint8)
+    noisy = np.clip(clean.astype(int) + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    cfg = TrainConfig.from_params({"model": "cdae", "batch_size": 4, "max_steps": 21, "val_every": 21, "ckpt_every": 21,
+                                   "progress_bar": False, "seed": 3, "lr": 1e-3, "schedule": "constant"})
+    train_model(cfg, (clean, noisy), (clean[:8], noisy[:8]), tmp_path / "out", tmp_path / "ckpt")
+    curve = pd.read_csv(tmp_path / "out" / "curve.csv")
+    logged = curve.dropna(subset=["train_loss"])
+    assert logged["step"].tolist() == [1, 10, 20] == [s for s in range(1, 22) if on_curve(s)]
+    assert logged["train_loss"].nunique() == 3

@@ -23,6 +23,7 @@ from medrestore.inference import restore_array
 from medrestore.io import InputError, open_image, write_bytes_atomic
 from medrestore.models import load_model
 
+
 def workspace_root() -> Path:
     """The nearest folder with a dvc.yaml from the working directory: the workspace whose artifacts
     are meant (inside a queued experiment that is its own copy, not ``DVC_ROOT``'s parent repo)."""

@@ -85,7 +85,7 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int, compi
         fns = {
             "untiled": untiled,
             "untiled_no_grad": untiled_no_grad,
-            "tiled": lambda m=model, im=image, t=tile // scale: restore_array(m, im, tile=t, overlap=32 // scale, optimise=False),
+            "tiled": lambda m=model, im=image, t=tile // scale, s=scale: restore_array(m, im, tile=t, overlap=32 // s, optimise=False),
             "bn_folded": lambda m=folded: untiled(m),
             "bn_folded_channels_last": lambda m=folded_cl, x=x_cl: _run(m, x),
         }
@@ -372,8 +372,8 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
 
             ds, sampler = PairedPatches(clean, noisy), StepBatchSampler(len(clean), batch, 1)
 
-            def fetch(step: int = 0) -> None:
-                idx = sampler.batch_at(step)
+            def fetch(ds=ds, sampler=sampler) -> None:
+                idx = sampler.batch_at(0)
                 torch.stack([ds[i][0] for i in idx]), torch.stack([ds[i][1] for i in idx])
 
             fetch_s = _interleaved({"fetch": fetch}, 20)["fetch"]
@@ -386,7 +386,7 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
             for key in ("step_ms_by_threads", "step_ms_by_workers"):
                 rec[key] = {k: round(float(np.median(v)) * 1e3, 2) for k, v in rec[key].items()}
             big = StepBatchSampler(pipeline_patches, batch, 1)
-            rec["sampler_ms_at_pipeline_size"] = round(_interleaved({"s": lambda: big.batch_at(0)}, 20)["s"] * 1e3, 3)
+            rec["sampler_ms_at_pipeline_size"] = round(_interleaved({"s": lambda big=big: big.batch_at(0)}, 20)["s"] * 1e3, 3)
             rec["batch_fetch_ms"] = round(fetch_s * 1e3, 3)
             rec["batch_fetch_share"] = round(fetch_s * 1e3 / rec["step_ms_by_threads"][str(before)], 4)
             training[name] = rec

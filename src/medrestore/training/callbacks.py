@@ -28,10 +28,21 @@ def non_finite_error(run: str, step: int, what: str, value: float, ckpt: Path | 
     )
 
 
+#: The training curve (``curve.csv``, MLflow) is recorded at step 1 and every ``CURVE_EVERY`` steps.
+CURVE_EVERY = 10
+
+
+def on_curve(step: int, every: int = CURVE_EVERY) -> bool:
+    """Whether the curve records completed step ``step``. The paired module logs its training loss
+    on these steps only: Lightning's ``self.log`` costs about 1.2 ms a step on CPU, 4.5% of a small
+    model's step (measured: CDAE, batch 16, 40 px)."""
+    return step == 1 or step % every == 0
+
+
 class CurveRecorder(L.Callback):
     """Collects the loss/PSNR curve for ``curve.csv`` and forwards it to MLflow."""
 
-    def __init__(self, tracker=None, every: int = 10) -> None:
+    def __init__(self, tracker=None, every: int = CURVE_EVERY) -> None:
         self.rows: dict[int, dict[str, float]] = {}
         self.tracker = tracker
         self.every = every
@@ -43,7 +54,7 @@ class CurveRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step == 1:
+        if on_curve(step, self.every):
             m = trainer.callback_metrics
             values = {k: float(m[k]) for k in TRAIN_KEYS if k in m}
             if values:
