@@ -241,7 +241,9 @@ def test_unet_trained_briefly_beats_frangi_on_held_out_chase_images(tmp_path, ch
     train = [_prepared(chase_dir, s, 256) for s in ("Image_01L", "Image_02R", "Image_03L", "Image_04R")]
     summary = V.train_segmenter(
         [t[0] for t in train], [t[2] for t in train], [t[1] for t in train], tmp_path / "unet",
-        steps=300, patch_size=64, batch_size=8, lr=1e-2, width=8, seed=0,
+        # 400 steps: at 300 the AUC on Image_09R was 0.928 on an AVX-512/AMX CPU (0.943 with 2 threads), below
+        # the bar, while another machine passed; trained weights depend on the CPU (README).
+        steps=400, patch_size=64, batch_size=8, lr=1e-2, width=8, seed=0,
     )
     assert summary["loss_last10"] < 0.6 * summary["loss_first10"]
     model, _ = V.load_segmenter(tmp_path / "unet")
