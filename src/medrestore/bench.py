@@ -181,6 +181,14 @@ def _patches(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack([img[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
 
 
+def _noisy_patches(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` real fundus patches and their Gaussian-noise (sigma 25) versions: the training sections' data."""
+    from medrestore.degradations import corrupt
+
+    clean = _patches(n, size)
+    return clean, np.stack([corrupt(c, {"kind": "gaussian", "sigma": 25}, [7, i])[0] for i, c in enumerate(clean)])
+
+
 def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int, workers: int | None = None) -> float:
     """The same model, optimiser, schedule, loss, batches, augmentation and memory layout in a plain
     PyTorch loop: the reference the engine's overhead is measured against. Returns seconds.
@@ -264,11 +272,9 @@ def bench_training(models: list[str], steps: int, batch: int, patch: int, repeat
     bare loop to take ``min_seconds``."""
     import tempfile
 
-    from medrestore.degradations import corrupt
     from medrestore.training import TrainConfig, train_model
 
-    clean = _patches(512, patch)
-    noisy = np.stack([corrupt(c, {"kind": "gaussian", "sigma": 25}, [7, i])[0] for i, c in enumerate(clean)])
+    clean, noisy = _noisy_patches(512, patch)
     vclean, vnoisy = clean[:32], noisy[:32]
     out = {}
     for name in models:
@@ -330,9 +336,8 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
     its batch (indexing, stacking; the sampler's permutation also timed at ``pipeline_patches``, the
     default pipeline's training set) and the median step when batches come through the engine's
     ``DataLoader`` with 0, 1, 2 worker processes (first 3 steps of each run dropped: workers' start)."""
-    from medrestore.degradations import corrupt
     from medrestore.models import build_model
-    from medrestore.speed import fold_batchnorm
+    from medrestore.speed import prepare_for_inference
     from medrestore.training import TrainConfig
     from medrestore.training.data import PairedPatches, StepBatchSampler
 
@@ -348,7 +353,7 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
             scale = int(getattr(model, "scale", 1) or 1)
             image = _test_image(size // scale).astype(np.float32) / 255.0
             x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].contiguous(memory_format=torch.channels_last)
-            net = fold_batchnorm(model)[0].to(memory_format=torch.channels_last)
+            net = prepare_for_inference(model)
 
             def at(n: int, net=net, x=x) -> None:
                 torch.set_num_threads(n)
@@ -358,8 +363,7 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
             inference[name] = {str(n): round(v / mpix, 4) for n, v in t.items()}
             inference[name]["speedup_max_vs_1"] = round(t[1] / t[max(threads)], 3)
         torch.set_num_threads(before)
-        clean = _patches(512, patch)
-        noisy = np.stack([corrupt(c, {"kind": "gaussian", "sigma": 25}, [7, i])[0] for i, c in enumerate(clean)])
+        clean, noisy = _noisy_patches(512, patch)
         training: dict = {}
         for name in train_models:
             cfg = TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": steps, "seed": 1, "lr": 3e-4})
@@ -373,8 +377,7 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
             ds, sampler = PairedPatches(clean, noisy), StepBatchSampler(len(clean), batch, 1)
 
             def fetch(ds=ds, sampler=sampler) -> None:
-                idx = sampler.batch_at(0)
-                torch.stack([ds[i][0] for i in idx]), torch.stack([ds[i][1] for i in idx])
+                next(_batches(ds, sampler, 1, None))
 
             fetch_s = _interleaved({"fetch": fetch}, 20)["fetch"]
             rec: dict = {"step_ms_by_threads": {}, "step_ms_by_workers": {}}
@@ -411,9 +414,8 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
     (Lightning's autocast), and the validation PSNR each reaches after the same ``steps``."""
     import tempfile
 
-    from medrestore.degradations import corrupt
     from medrestore.models import build_model, load_model
-    from medrestore.speed import fold_batchnorm
+    from medrestore.speed import prepare_for_inference
     from medrestore.training import TrainConfig, train_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -430,7 +432,7 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
         trained = weights is not None and (Path(weights) / name / "model.safetensors").is_file()
         model = load_model(Path(weights) / name)[0] if trained else build_model(name).eval()
         x = torch.from_numpy(noisy_image.transpose(2, 0, 1).copy())[None].to(device).contiguous(memory_format=torch.channels_last)
-        net = fold_batchnorm(model)[0].to(device).to(memory_format=torch.channels_last)
+        net = prepare_for_inference(model.to(device))
 
         def fp32(net=net, x=x):
             with torch.inference_mode():
@@ -448,8 +450,7 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
             ref = torch.from_numpy(clean_image.transpose(2, 0, 1).copy())[None].to(device)
             rec["psnr_vs_clean_db"] = {"noisy": psnr(x.float(), ref), "float32": psnr(out32, ref), "bf16_autocast": psnr(out16, ref)}
         inference[name] = rec
-    clean = _patches(512, patch)
-    noisy = np.stack([corrupt(c, {"kind": "gaussian", "sigma": 25}, [7, i])[0] for i, c in enumerate(clean)])
+    clean, noisy = _noisy_patches(512, patch)
     val = (clean[:64], noisy[:64])
     training: dict = {}
     for name in train_models:
