@@ -1,10 +1,11 @@
-"""train RUN: train one (task, model) pair of params.yaml's train.runs, or one of train.chains
+"""train RUN: train one (task, model) pair of params.yaml's train.runs, fine-tune one of train.finetune
+(the network starts from the weights of the trained model named by ``init``), or train one of train.chains
 (seed 000's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
 network; saved as one model in artifacts/models/TASK/METHOD).
 
 Settings merge, later wins: train.defaults <- train.models[model] (the paper's recipe) <-
 train.profiles[profile].defaults <- train.profiles[profile].models[model] (the budget) <-
-train.runs[RUN].overrides. ``train.profile`` picks the profile (cpu | paper).
+train.runs[RUN].overrides. ``train.profile`` picks the profile (quick | standard | paper).
 """
 
 import os
@@ -23,7 +24,7 @@ from medrestore.training.chain import assemble_chain, chain_pairs
 
 def merged_params(train: dict, key: str, seed: int) -> dict:
     entry = run_entry(train, key)
-    name = train.get("profile", "cpu")
+    name = train.get("profile", "standard")
     profiles = train.get("profiles", {})
     if name not in profiles:
         raise InputError(f"params.yaml: train.profile is {name!r}, not one of train.profiles ({', '.join(profiles)}).")
@@ -35,18 +36,19 @@ def merged_params(train: dict, key: str, seed: int) -> dict:
         **(profile.get("defaults") or {}),
         **((profile.get("models") or {}).get(model) or {}),
         **(entry.get("overrides") or {}),
+        **({"init_from": f"artifacts/models/{entry['init']}"} if "init" in entry else {}),
         "model": model,
         "seed": seed,
     }
 
 
 def run_entry(train: dict, key: str) -> dict:
-    runs, chains = train["runs"], train.get("chains") or {}
-    if key in runs:
-        return runs[key]
-    if key in chains:
-        return chains[key]
-    raise InputError(f"params.yaml: no train.runs.{key} or train.chains.{key}. Fix: use one of {', '.join([*runs, *chains])}.")
+    groups = {"runs": train["runs"], "finetune": train.get("finetune") or {}, "chains": train.get("chains") or {}}
+    for entries in groups.values():
+        if key in entries:
+            return entries[key]
+    known = [k for entries in groups.values() for k in entries]
+    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key} or train.chains.{key}. Fix: use one of {', '.join(known)}.")
 
 
 def main() -> None:
@@ -80,7 +82,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             train_model(cfg, out_dir=Path(scratch), tracker=None, **data)
         return
-    with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "cpu"), **cfg_params}) as tracker:
+    with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "standard"), **cfg_params}) as tracker:
         with atomic_dir(out) as tmp:
             train_model(cfg, out_dir=tmp, tracker=tracker, **data)
             if first_dir is not None:

@@ -42,6 +42,7 @@ def tiny_params(p: dict) -> dict:
     t = p["train"]
     t["runs"] = {RUN: {"task": TASK, "model": MODEL}}
     t["chains"] = {}
+    t["finetune"] = {}
     steps = {"max_steps": 4, "val_every": 2, "ckpt_every": 2, "batch_size": 8}
     layers = [t["defaults"], t["models"][MODEL]]
     profile = t.get("profiles", {}).get(t.get("profile"), {})

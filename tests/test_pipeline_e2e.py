@@ -19,27 +19,32 @@ from conftest import copy_checkout
 REPO = Path(__file__).resolve().parents[1]
 
 
-# One run per kind of training (paired CNN, super-resolution, unpaired GAN) keeps this test short;
-# every model's own training is tested in tests/test_training*.py.
-E2E_RUNS = {"denoise-g25-dncnn", "denoise-g25-redae", "sr-x4-lapsrn", "enhance-cyclegan-fc"}
+# One run per kind of training (paired CNN, super-resolution, unpaired GAN) and one fine-tuned run keep
+# this test short; every model's own training is tested in tests/test_training*.py.
+E2E_RUNS = {"denoise-g25-redae", "sr-x4-lapsrn", "enhance-cyclegan-fc"}
 
 
 def tiny_params(params: dict) -> dict:
     params["download"]["sources"] = ["chase_db1"]
     params["prepare"]["size"] = 256
     params["patchify"].update(patch_size=32, stride=16)
-    tasks = {r["task"] for k, r in params["train"]["runs"].items() if k in E2E_RUNS}
+    train = params["train"]
+    train["runs"] = {k: v for k, v in train["runs"].items() if k in E2E_RUNS}
+    # DnCNN on the task's own noise, then fine-tuned from it (the default fine-tunes the blind model)
+    train["runs"]["denoise-g25-dncnn-blind"] = {"task": "denoise-g25", "model": "dncnn-blind"}
+    train["finetune"] = {"denoise-g25-dncnn": {"task": "denoise-g25", "model": "dncnn", "init": "denoise-g25/dncnn-blind"}}
+    tasks = {r["task"] for r in train["runs"].values()}
     params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in tasks}
-    params["train"]["runs"] = {k: v for k, v in params["train"]["runs"].items() if k in E2E_RUNS}
-    params["train"]["defaults"].update(progress_bar=False)
-    cpu = params["train"]["profiles"]["cpu"]["models"]
-    for name in cpu:
-        cpu[name].update(max_steps=40, val_every=20, ckpt_every=20)
-    # DnCNN from scratch sits near the identity map for its first ~150 steps (see params.yaml).
-    cpu["dncnn"].update(max_steps=250, val_every=50, ckpt_every=50, batch_size=16)
-    chains = params["train"].get("chains") or {}
-    trained = {(r["task"], r.get("method", r["model"])) for r in params["train"]["runs"].values()}
-    params["train"]["chains"] = {k: {**v, "subset": [128, 32]} for k, v in chains.items() if (v["task"], v["first"]) in trained}
+    train["defaults"].update(progress_bar=False)
+    train["profile"] = "quick"
+    quick = train["profiles"]["quick"]["models"]
+    for name in quick:
+        quick[name].update(max_steps=40, val_every=20, ckpt_every=20)
+    quick["dncnn-blind"].update(max_steps=250, val_every=50, ckpt_every=50, batch_size=16)
+    quick["dncnn"].update(max_steps=20, val_every=10, ckpt_every=10, batch_size=16)
+    chains = train.get("chains") or {}
+    trained = {(r["task"], r.get("method", r["model"])) for r in [*train["runs"].values(), *train["finetune"].values()]}
+    train["chains"] = {k: {**v, "subset": [128, 32]} for k, v in chains.items() if (v["task"], v["first"]) in trained}
     params["segmenter"].update(steps=40, patch=48)
     return params
 
@@ -87,6 +92,7 @@ def test_every_stage_ran(repro):
     expected = {"download", "prepare", "patchify", "train_segmenter", "report"}
     expected |= {f"corrupt@{t}" for t in params["corrupt"]["tasks"]} | {f"evaluate@{t}" for t in params["corrupt"]["tasks"]}
     expected |= {f"train@{k}" for k in params["train"]["runs"]}
+    expected |= {f"finetune@{k}" for k in params["train"]["finetune"]}
     expected |= {f"train_chain@{k}" for k in params["train"]["chains"]}
     assert params["train"]["chains"], "the default params chain DnCNN and SRGAN (seed 000)"
     assert expected <= set(lock)
@@ -110,8 +116,21 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
                 assert math.isfinite(value)
     md = (work / "reports" / "report.md").read_text()
     html = (work / "reports" / "index.html").read_text()
-    for method in ("dncnn", "redae", "dncnn-srgan", "nlmeans", "median", "degraded", "clean", "lapsrn", "bicubic", "cyclegan-fc", "clahe"):
+    for method in ("nlmeans", "median", "degraded", "clean", "bicubic", "clahe"):
         assert f"| {method} |" in md and f"<td>{method}</td>" in html
+    for method in ("dncnn", "dncnn-blind", "redae", "dncnn-srgan", "lapsrn", "cyclegan-fc"):  # trained: marked when not converged
+        task = next(t for t, rows in metrics.items() if method in rows)
+        converged = next(iter(metrics[task][method].values()))["converged"]
+        shown = method if converged else f"{method} (not converged)"
+        assert f"| {shown} |" in md and f"<td>{shown}</td>" in html, shown
+    # the quick profile says in the report's first line that nothing is to be concluded
+    assert md.splitlines()[2].startswith("**Quick tour (train.profile: quick)")
+    for name in ("psnr_fov", "psnr_green", "thin_kept", "invented", "converged"):
+        assert name in metrics["denoise-g25"]["dncnn"]["s25"], name
+    assert "converged" not in metrics["denoise-g25"]["nlmeans"]["s25"]
+    claims = json.loads((work / "reports" / "claims.json").read_text())
+    assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {"reproduced", "not reproduced", "not converged", "not run"}
+    assert "## Paper claims" in md and "## Best methods" in md and "denoise-g25: convergence" in md
     for fig in ("denoise-g25_crops", "denoise-g25_errors", "denoise-g25_vessels", "denoise-g25_cost", "sr-x4_crops", "enhance_curves"):
         assert (work / "reports" / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
     assert "## Vessel segmenter" in md and "AUC" in md

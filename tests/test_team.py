@@ -72,9 +72,10 @@ def tiny_params(params: dict, datasets: Path) -> dict:
     params["corrupt"]["tasks"] = {TASK: params["corrupt"]["tasks"][TASK]}
     params["train"]["runs"] = {RUN: params["train"]["runs"][RUN]}
     params["train"]["chains"] = {}
-    params["train"]["profile"] = "cpu"
+    params["train"]["finetune"] = {}
+    params["train"]["profile"] = "quick"
     params["train"]["defaults"].update(progress_bar=False)
-    params["train"]["profiles"]["cpu"]["models"][MODEL].update(max_steps=20, val_every=10, ckpt_every=10)
+    params["train"]["profiles"]["quick"]["models"][MODEL].update(max_steps=20, val_every=10, ckpt_every=10)
     return params
 
 

@@ -99,3 +99,42 @@ def test_curve_records_step_one_and_every_tenth_step_with_its_own_loss(tmp_path)
     logged = curve.dropna(subset=["train_loss"])
     assert logged["step"].tolist() == [1, 10, 20] == [s for s in range(1, 22) if on_curve(s)]
     assert logged["train_loss"].nunique() == 3
+
+
+def test_metrics_say_whether_the_run_converged_by_its_own_curve(tmp_path, fundus_pairs):
+    from medrestore.training.convergence import convergence, curve_points, model_convergence
+
+    out, metrics = _train(tmp_path, fundus_pairs, "conv", lr=1e-3, max_steps=80, val_every=20)
+    assert isinstance(metrics["converged"], bool)
+    expected = convergence(curve_points(out / "curve.csv"), 80)
+    assert metrics["converged"] == expected["converged"]
+    assert metrics["last_quarter_gain_db"] == expected["last_quarter_gain_db"]
+    assert model_convergence(out)["converged"] == metrics["converged"]
+    # the last quarter starts at step 60: the gain is the best PSNR minus the best up to step 60
+    val = [p for _, p in curve_points(out / "curve.csv")]
+    assert metrics["last_quarter_gain_db"] == round(max(val) - max(val[:3]), 4)
+
+
+def test_fine_tuning_starts_from_the_named_model_and_refuses_another_network(tmp_path, fundus_pairs):
+    import torch
+
+    from medrestore.io import InputError
+    from medrestore.models import load_model
+    from medrestore.training.engine import start_from
+    from medrestore.models import build_model
+
+    base, _ = _train(tmp_path, fundus_pairs, "base", lr=1e-3, max_steps=40)
+    fresh = build_model("redae")
+    start_from(fresh, base, "t")
+    trained, _ = load_model(base)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    with pytest.raises(InputError, match="holds a REDAE, not a DnCNN"):
+        start_from(build_model("dncnn"), base, "t")
+    with pytest.raises(InputError, match="no model.json"):
+        start_from(build_model("redae"), tmp_path / "missing", "t")
+    # a fine-tuned run starts where the base ended: its first validation is at least the base's best
+    # minus what 10 steps at a small rate can lose
+    _, tuned = _train(tmp_path, fundus_pairs, "tuned", lr=1e-5, max_steps=20, val_every=10, init_from=str(base))
+    _, scratch = _train(tmp_path, fundus_pairs, "scratch", lr=1e-5, max_steps=20, val_every=10)
+    assert tuned["best_val_psnr"] > scratch["best_val_psnr"] + 1.0

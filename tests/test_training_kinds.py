@@ -217,11 +217,27 @@ def test_profiles_switch_the_budget_but_keep_the_papers_recipe():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     stage = _stage_module()
     train = params["train"]
-    assert train["profile"] == "cpu" and set(train["profiles"]) == {"cpu", "paper"}
-    for key, entry in train["runs"].items():
-        cpu = stage.merged_params({**train, "profile": "cpu"}, key, 0)
+    assert train["profile"] == "standard" and set(train["profiles"]) == {"quick", "standard", "paper"}
+    for key, entry in {**train["runs"], **train["finetune"]}.items():
+        quick = stage.merged_params({**train, "profile": "quick"}, key, 0)
+        standard = stage.merged_params({**train, "profile": "standard"}, key, 0)
         paper = stage.merged_params({**train, "profile": "paper"}, key, 0)
-        TrainConfig.from_params(cpu), TrainConfig.from_params(paper)
+        for layer in (quick, standard, paper):
+            TrainConfig.from_params(layer)
         assert entry["model"] in MODELS
-        assert paper.get("epochs", 0) > 0 or paper["max_steps"] > cpu["max_steps"], key
-        assert cpu["loss"] == paper["loss"], key
+        assert paper.get("epochs", 0) > 0 or paper["max_steps"] > standard["max_steps"], key
+        assert quick["max_steps"] < standard["max_steps"], key
+        assert quick["loss"] == standard["loss"] == paper["loss"], key
+
+
+def test_finetuned_runs_start_from_a_trained_model_of_the_same_network():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stage = _stage_module()
+    train = params["train"]
+    assert train["finetune"], "DnCNN at sigma 25 and DnCNN-green are fine-tuned (Hayee2017's recipe)"
+    trained = {f"{r['task']}/{r.get('method', r['model'])}": r["model"] for r in train["runs"].values()}
+    for key, entry in train["finetune"].items():
+        assert entry["init"] in trained, f"{key}: init names a model trained by train.runs"
+        assert MODELS[trained[entry["init"]]].cls is MODELS[entry["model"]].cls
+        cfg = TrainConfig.from_params(stage.merged_params(train, key, 0))
+        assert cfg.init_from == f"artifacts/models/{entry['init']}"

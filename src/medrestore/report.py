@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from medrestore.claims import RULE, check_claims, claims_rows
 from medrestore.data.prepare import safe_name
 from medrestore.io import (
     read_image,
@@ -272,8 +273,43 @@ def _fmt(stats: dict | None, metric: str) -> str:
     return f"{fmt.format(m['mean'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
-def task_table(summary: dict, variant: str) -> tuple[list[str], list[list[str]]]:
-    """Rows of one task/variant table, best value per column marked with ``**``."""
+NOT_CONVERGED = "not converged"
+
+
+def label(method: str, converged: dict[str, dict] | None) -> str:
+    """A method's name in a table: trained models that did not converge say so in every row."""
+    verdict = (converged or {}).get(method)
+    return f"{method} ({NOT_CONVERGED})" if verdict is not None and not verdict["converged"] else method
+
+
+def task_convergence(models_root: Path | None, task: str) -> dict[str, dict]:
+    """Trained method -> :func:`medrestore.training.convergence.model_convergence` of its folder."""
+    from medrestore.training.convergence import model_convergence
+
+    folder = Path(models_root) / task if models_root is not None else None
+    if folder is None or not folder.is_dir():
+        return {}
+    out = {}
+    for d in sorted(folder.iterdir()):
+        if d.name.startswith("."):
+            continue
+        verdict = model_convergence(d)
+        if verdict is not None:
+            out[d.name] = verdict
+    return out
+
+
+def _eligible(method: str, kind: str, converged: dict[str, dict] | None) -> bool:
+    """Whether a method may be called best: baselines always, trained models only when converged."""
+    if kind == "baseline":
+        return True
+    verdict = (converged or {}).get(method)
+    return kind == "model" and (verdict is None or bool(verdict["converged"]))
+
+
+def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Rows of one task/variant table, best value per column marked with ``**`` (among baselines and
+    converged models: a model that did not converge is marked in its row and never called best)."""
     methods = sorted(summary["methods"], key=lambda m: (KIND_ORDER.get(summary["methods"][m][variant]["kind"], 9), m))
     best: dict[str, str] = {}
     metrics = table_metrics(summary, variant)
@@ -281,7 +317,7 @@ def task_table(summary: dict, variant: str) -> tuple[list[str], list[list[str]]]
         cands = {
             m: summary["methods"][m][variant][metric]["mean"]
             for m in methods
-            if summary["methods"][m][variant]["kind"] in ("model", "baseline") and metric in summary["methods"][m][variant]
+            if _eligible(m, summary["methods"][m][variant]["kind"], converged) and metric in summary["methods"][m][variant]
         }
         if cands:
             pick = min if metric in LOWER_BETTER else max
@@ -292,7 +328,7 @@ def task_table(summary: dict, variant: str) -> tuple[list[str], list[list[str]]]
         stats = summary["methods"][m][variant]
         cells = [_fmt(stats, k) for k in metrics]
         cells = [f"**{c}**" if best.get(k) == m else c for c, k in zip(cells, metrics)]
-        rows.append([m, stats["kind"], *cells])
+        rows.append([label(m, converged), stats["kind"], *cells])
     return header, rows
 
 
@@ -316,6 +352,10 @@ def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
     )
     runs = params["train"]["runs"]
     run_txt = "; ".join(f"{key}: {_trained(models_root, r['task'], r['model'])}" for key, r in runs.items())
+    finetune = params["train"].get("finetune") or {}
+    if finetune:
+        run_txt += ". Fine-tuned (the network starts from another trained model's weights, as Hayee2017 fine-tuned a pre-trained DnCNN): " + "; ".join(
+            f"{key}: {_trained(models_root, r['task'], r['model'])} from {r['init']}" for key, r in finetune.items())
     chains = params["train"].get("chains") or {}
     if chains:
         run_txt += ". Chains (seed 000: a trained model, frozen, then a bicubic reduction, then a network trained on its outputs): " + "; ".join(
@@ -323,7 +363,7 @@ def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
             f"on {'/'.join(str(n) for n in c.get('subset') or ['all'])} train/val patches), reported as `{c.get('method', c['model'])}`"
             for key, c in chains.items()
         )
-    profile = params["train"].get("profile", "cpu")
+    profile = params["train"].get("profile", "standard")
     return (
         f"Sources: {', '.join(d['sources'])}. Each image's field of view (FOV) is detected from the image, the black "
         f"border is cropped ({p['mode']}) and the image resized to {p['size']}x{p['size']}. Splits are by subject (both eyes of one person in one split) "
@@ -369,7 +409,7 @@ def _params_digest(entry: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, models_root: Path) -> tuple[list[str], list[list[str]]]:
+def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, models_root: Path, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """Per method: the DVC stage that produced it, the md5 of its model (as dvc.lock records it), of
     the task's corrupted data and of the evaluation code, a digest of its locked params, and the
     command that prints the rest of the chain (git commit, MLflow run)."""
@@ -382,15 +422,15 @@ def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, mod
         kind = summary["methods"][m][summary["variants"][0]]["kind"]
         if kind == "model":
             model_file = (Path(models_root) / task / m / "model.safetensors").as_posix()
-            name, entry = next(((n, e) for n, e in stages.items() if n.startswith("train@") and any(o["path"] == model_file for o in e.get("outs", []))), (None, {}))
+            name, entry = next(((n, e) for n, e in stages.items() if n.startswith(("train@", "finetune@", "train_chain@")) and any(o["path"] == model_file for o in e.get("outs", []))), (None, {}))
             md5 = next((o.get("md5") for o in entry.get("outs", []) if o["path"] == model_file), None)
-            rows.append([m, name or "-", _short(md5), data_md5, _params_digest(entry) if entry else "-", f"`medrestore lineage {model_file}`"])
+            rows.append([label(m, converged), name or "-", _short(md5), data_md5, _params_digest(entry) if entry else "-", f"`medrestore lineage {model_file}`"])
         else:
             rows.append([m, f"evaluate@{task}", "-", data_md5, _params_digest(evaluate) if evaluate else "-", f"`medrestore lineage artifacts/eval/{task}/summary.json`"])
     return header, rows
 
 
-def paired_rows(summary: dict, variant: str) -> tuple[list[str], list[list[str]]] | None:
+def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]] | None:
     """Each model minus the best classical baseline on the same test images."""
     entry = summary.get("paired_tests", {}).get(variant)
     if not entry or not entry.get("models"):
@@ -404,13 +444,13 @@ def paired_rows(summary: dict, variant: str) -> tuple[list[str], list[list[str]]
             if not t or "mean_diff" not in t:
                 continue
             fmt = "{:+.3f}" if _three_digits(metric) else "{:+.2f}"
-            rows.append([model, HEADERS.get(metric, metric), f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
+            rows.append([label(model, converged), HEADERS.get(metric, metric), f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
                          f"{t['model_better']} / {t['baseline_better']} of {t['n']}" if t.get("higher_is_better", True) else f"{t['baseline_better']} / {t['model_better']} of {t['n']}",
                          f"{t['wilcoxon_p']:.3f} ({t['min_p']:.3f})"])
     return header, rows
 
 
-def cost_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]] | None:
     """Parameters and FLOPs per output megapixel. Measured seconds are machine-dependent: they are in
     ``artifacts/eval/<task>/cost.json`` and ``reports/bench.md``, not in this reproducible report."""
     methods = (summary.get("cost") or {}).get("methods") or {}
@@ -420,7 +460,7 @@ def cost_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
     rows = []
     for m in sorted(methods):
         p, f = methods[m].get("parameters"), methods[m].get("flops_per_mpix")
-        rows.append([m, f"{p:,}" if isinstance(p, int) else "–", f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
+        rows.append([label(m, converged), f"{p:,}" if isinstance(p, int) else "–", f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
     return header, rows
 
 
@@ -484,6 +524,102 @@ def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     out.append("</tbody></table>")
     return "".join(out)
 
+CONVERGENCE_TEXT = (
+    "A trained model converged when its best validation PSNR gained less than 0.2 dB over the last quarter of its "
+    "steps (a decaying learning rate flattens that quarter by itself: the verdict means no more gain at this "
+    "schedule's length). A model that did not converge is marked in every table and is never called best: its "
+    "numbers describe the training budget, not the paper's method."
+)
+
+#: reports/metrics.json: per method and test variant, these summary columns under these names (the
+#: vessel scores against the manual masks where the dataset has them, else against the clean image's
+#: segmentation), plus ``converged`` for trained models.
+HEADLINE = {
+    "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
+    "niqe": ("niqe",), "brisque": ("brisque",),
+    "thin_kept": ("manual_thin_recall_above_chance", "ref_thin_recall_above_chance"),
+    "invented": ("manual_invented_rate", "ref_invented_rate"),
+}
+
+
+def headline_numbers(stats: dict, convergence: dict | None) -> dict:
+    out = {}
+    for name, columns in HEADLINE.items():
+        col = next((c for c in columns if c in stats), None)
+        if col is not None:
+            out[name] = stats[col]["mean"]
+    if convergence is not None:
+        out["converged"] = bool(convergence["converged"])
+    return out
+
+
+def convergence_rows(conv: dict[str, dict], task_models: Path) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "steps", "best val PSNR", "gain over last quarter (dB)", "converged"]
+    rows = []
+    for m, v in sorted(conv.items()):
+        metrics = read_json(task_models / m / "metrics.json") if (task_models / m / "metrics.json").is_file() else {}
+        gain = v.get("last_quarter_gain_db")
+        rows.append([m, str(metrics.get("steps", "?")), f"{metrics['best_val_psnr']:.2f}" if "best_val_psnr" in metrics else "–",
+                     "–" if gain is None else f"{gain:+.2f}", "yes" if v["converged"] else f"no ({v.get('why', 'still improving')})"])
+    return header, rows
+
+
+def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None:
+    """The report's first line when its numbers are not claims about the papers' methods."""
+    profile = params["train"].get("profile", "standard")
+    runs = [(t, m) for t, c in conv_by_task.items() for m, v in c.items() if not v["converged"]]
+    total = sum(len(c) for c in conv_by_task.values())
+    if profile == "quick":
+        return (f"**Quick tour (train.profile: quick): the models are undertrained ({len(runs)} of {total} did not converge); "
+                "nothing in this report is to be concluded about the methods.**")
+    if runs:
+        return (f"**{len(runs)} of {total} trained models did not converge ({', '.join(f'{t}/{m}' for t, m in runs)}): "
+                "their rows are marked and they make no claim about their papers' methods.**")
+    return None
+
+
+def best_rows(eval_root: Path, tasks: list[str], models_root: Path) -> tuple[list[str], list[list[str]]]:
+    """Per task and test corruption: the best method in PSNR inside the FOV, and the best on vessels,
+    among baselines and converged models (:func:`best_on_vessels`)."""
+    header = ["task [test]", "best in PSNR inside the FOV", "best on vessels (thin vessels kept, inventing at most half the input's)"]
+    rows = []
+    for task in tasks:
+        summary = read_json(Path(eval_root) / task / "summary.json")
+        conv = task_convergence(models_root, task)
+        for variant in summary["variants"]:
+            top = _best_by(summary, variant, conv, "psnr_fov")
+            vessels = best_on_vessels(summary, variant, conv)
+            rows.append([f"{task} [{variant}]", top or "–", vessels or "none qualifies"])
+    return header, rows
+
+
+def _best_by(summary: dict, variant: str, conv: dict, metric: str) -> str | None:
+    scores = {m: v[variant][metric]["mean"] for m, v in summary["methods"].items()
+              if variant in v and metric in v[variant] and _eligible(m, v[variant]["kind"], conv)}
+    if not scores:
+        return None
+    top = max(sorted(scores), key=scores.get)
+    return f"{top} ({scores[top]:.2f} dB)"
+
+
+def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
+    """The baseline or converged model that keeps the most thin vessels (recall above chance) among
+    those that invent at most half as large a share of vessel pixels as the degraded input does."""
+    prefix = "manual" if any("manual_thin_recall_above_chance" in v.get(variant, {}) for v in summary["methods"].values()) else "ref"
+    kept, invented = f"{prefix}_thin_recall_above_chance", f"{prefix}_invented_rate"
+    floor = summary["methods"].get("degraded", {}).get(variant, {}).get(invented, {}).get("mean")
+    cands = {}
+    for m, v in summary["methods"].items():
+        st = v.get(variant, {})
+        if kept in st and invented in st and _eligible(m, st["kind"], conv):
+            if floor is None or st[invented]["mean"] <= floor / 2:
+                cands[m] = (st[kept]["mean"], st[invented]["mean"])
+    if not cands:
+        return None
+    top = max(sorted(cands), key=lambda m: cands[m][0])
+    return f"{top} (kept {cands[top][0]:.3f}, invented {cands[top][1]:.3f})"
+
+
 
 def build_report(
     params: dict,
@@ -508,8 +644,23 @@ def build_report(
     stages = _lock_stages(Path(lock_path))
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC plots output: exists even with no sigma task
     methods = methods_paragraph(params, Path(models_root))
-    md = ["# medrestore comparison report", "", "## Methods", "", methods, ""]
-    html_parts = [f"<h1>medrestore comparison report</h1><h2>Methods</h2><p>{html.escape(methods)}</p>"]
+    conv_by_task = {t: task_convergence(models_root, t) for t in tasks}
+    first = banner(params, conv_by_task)
+    md = ["# medrestore comparison report", ""] + ([first, ""] if first else []) + ["## Methods", "", methods, ""]
+    html_parts = ["<h1>medrestore comparison report</h1>"]
+    if first:
+        html_parts.append(f"<p class='banner'><strong>{html.escape(first.strip('*'))}</strong></p>")
+    html_parts.append(f"<h2>Methods</h2><p>{html.escape(methods)}</p>")
+    claims = check_claims(Path(eval_root), Path(models_root), int(params["seed"]))
+    write_json_atomic(out_dir / "claims.json", claims)
+    header, rows = claims_rows(claims)
+    counts = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in ("reproduced", "not reproduced", "not converged", "not run"))
+    intro = f"What the papers claim, checked against this run's test images ({counts}). Rule: {RULE}."
+    md += ["## Paper claims", "", intro, "", *_md_table(header, rows)]
+    html_parts.append(f"<h2 id='claims'>Paper claims</h2><p>{html.escape(intro)}</p>" + _html_table(header, rows))
+    header, rows = best_rows(Path(eval_root), tasks, Path(models_root))
+    md += ["## Best methods", "", "Among baselines and converged models only.", "", *_md_table(header, rows)]
+    html_parts.append("<h2 id='best'>Best methods</h2><p>Among baselines and converged models only.</p>" + _html_table(header, rows))
     seg_md, seg_html = segmenter_section(segmenter_dir)
     md += seg_md
     html_parts.append(seg_html)
@@ -517,26 +668,28 @@ def build_report(
     for task in tasks:
         eval_dir = Path(eval_root) / task
         summary = read_json(eval_dir / "summary.json")
+        conv = task_convergence(models_root, task)
         md += [f"## {task}", ""]
         html_parts.append(f"<h2 id='{html.escape(task)}'>{html.escape(task)}</h2>")
         for variant in summary["variants"]:
-            header, rows = task_table(summary, variant)
+            header, rows = task_table(summary, variant, conv)
             md += [f"### {task}, test corruption `{variant}`", "", *_md_table(header, rows)]
             html_parts.append(f"<h3>test corruption <code>{html.escape(variant)}</code></h3>" + _html_table(header, rows))
-            paired = paired_rows(summary, variant)
+            paired = paired_rows(summary, variant, conv)
             if paired:
                 md += [f"Paired comparison with the best classical baseline, `{variant}`:", "", *_md_table(*paired)]
                 html_parts.append(f"<p>Paired comparison with the best classical baseline, <code>{html.escape(variant)}</code>:</p>" + _html_table(*paired))
             for m, v in summary["methods"].items():
-                stats = v[variant]
-                headline.setdefault(task, {}).setdefault(m, {})[variant] = {
-                    k: stats[k]["mean"] for k in ("psnr", "ssim", "niqe", "brisque") if k in stats
-                }
+                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(v[variant], conv.get(m))
         methods = [m for m in sorted(summary["methods"], key=lambda m: (KIND_ORDER.get(summary["methods"][m][summary["variants"][0]]["kind"], 9), m)) if m != "clean"]
-        header, rows = lineage_rows(task, methods, summary, stages, Path(models_root))
+        header, rows = lineage_rows(task, methods, summary, stages, Path(models_root), conv)
         md += [f"### {task}: lineage", "", *_md_table(header, rows)]
         html_parts.append(f"<h3>{html.escape(task)}: lineage</h3>" + _html_table(header, rows, "lineage"))
-        costs = cost_rows(summary)
+        if conv:
+            header, rows = convergence_rows(conv, Path(models_root) / task)
+            md += [f"### {task}: convergence", "", CONVERGENCE_TEXT, "", *_md_table(header, rows)]
+            html_parts.append(f"<h3>{html.escape(task)}: convergence</h3><p>{html.escape(CONVERGENCE_TEXT)}</p>" + _html_table(header, rows))
+        costs = cost_rows(summary, conv)
         if costs:
             md += [f"### {task}: cost", "", *_md_table(*costs)]
             html_parts.append(f"<h3>{html.escape(task)}: cost</h3>" + _html_table(*costs))
@@ -629,15 +782,17 @@ def browser_check(page: Path, screenshot: Path | None = None, width: int = 1200,
     return result
 
 
-def best_models(eval_root: Path, tasks: list[str], metric: str = "psnr") -> dict[str, dict]:
-    """Per task, the trained model with the highest mean ``metric`` over the test corruptions."""
+def best_models(eval_root: Path, tasks: list[str], metric: str = "psnr_fov", models_root: Path | None = None) -> dict[str, dict]:
+    """Per task, the converged trained model with the highest mean ``metric`` over the test
+    corruptions (a model that did not converge is never chosen; ``models_root`` holds the curves)."""
     best: dict[str, dict] = {}
     for task in tasks:
         summary = read_json(Path(eval_root) / task / "summary.json")
+        conv = task_convergence(models_root, task) if models_root is not None else {}
         scores = {}
         for m, variants in summary["methods"].items():
             vals = [v[metric]["mean"] for v in variants.values() if v.get("kind") == "model" and metric in v]
-            if vals:
+            if vals and (m not in conv or conv[m]["converged"]):
                 scores[m] = float(np.mean(vals))
         if scores:
             top = max(sorted(scores), key=scores.get)

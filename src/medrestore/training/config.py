@@ -31,6 +31,10 @@ class TrainConfig:
     lr_min: float = 1e-5  # cosine floor
     lr_milestones: list[float] = field(default_factory=lambda: [0.5])  # step: fractions of max_steps
     lr_gamma: float = 0.1  # step: factor at each milestone
+    warmup_steps: int = 0  # > 0: the rate rises linearly from lr / warmup_steps over these first steps
+    # a trained model folder (artifacts/models/TASK/METHOD) whose weights start the network: fine-tuning
+    # (seed 000 fine-tuned DnCNN from pre-trained weights); "" = from scratch
+    init_from: str = ""
     # length and checks
     batch_size: int = 32
     max_steps: int = 200
@@ -79,7 +83,16 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, lr: f
 
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """The multiplier of ``cfg.lr`` at each step (a ``LambdaLR`` function)."""
+    """The multiplier of ``cfg.lr`` at each step (a ``LambdaLR`` function): the schedule's, times a
+    linear warm-up over the first ``cfg.warmup_steps`` steps when that is set."""
+    base = _schedule_factor(cfg)
+    warm = int(cfg.warmup_steps)
+    if warm <= 0:
+        return base
+    return lambda s: base(s) * min(1.0, (s + 1) / warm)
+
+
+def _schedule_factor(cfg: TrainConfig) -> Callable[[int], float]:
     n = max(cfg.max_steps, 1)
     if cfg.schedule == "cosine":
         floor = min(cfg.lr_min / cfg.lr, 1.0)

@@ -37,6 +37,7 @@ from medrestore.training.callbacks import (
     RankAwareSampler,
 )
 from medrestore.training.config import TrainConfig
+from medrestore.training.convergence import convergence
 from medrestore.training.data import (
     PairedPatches,
     StepBatchSampler,
@@ -88,6 +89,22 @@ def validation_subset(val_pairs: tuple[np.ndarray, np.ndarray], limit: int) -> t
     return val_pairs[0][keep], val_pairs[1][keep]
 
 
+def start_from(net: torch.nn.Module, folder: Path, run: str) -> None:
+    """Load the weights of a trained model folder into ``net`` (fine-tuning): the same network
+    (``model.json``'s class and arguments), so every tensor must match by name and shape."""
+    from medrestore.models import load_model
+
+    if not (folder / "model.json").is_file():
+        raise InputError(f"run {run!r}: init_from {folder} has no model.json. Fix: train that model first (its train stage) or drop init_from.")
+    source, _meta = load_model(folder)
+    if type(source) is not type(net):
+        raise InputError(f"run {run!r}: init_from {folder} holds a {type(source).__name__}, not a {type(net).__name__}. Fix: start from a model of the same network.")
+    try:
+        net.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise InputError(f"run {run!r}: the weights in {folder} do not fit this network ({exc}). Fix: use the same model_kwargs as that model.") from exc
+
+
 def train_model(
     cfg: TrainConfig,
     train_pairs: tuple[np.ndarray, np.ndarray],
@@ -136,11 +153,15 @@ def train_model(
     cfg = resolve_config(cfg, train_pairs, n_train)
     scale = pair_scale(*train_pairs)
     module = GAN_MODULES[spec.trainer](cfg, run) if spec.trainer in GAN_MODULES else RestorationModule(cfg, run)
+    if cfg.init_from:
+        start_from(module.net, Path(cfg.init_from), run)
     val_pairs = validation_subset(val_pairs, cfg.val_patches)
     val_ds = PairedPatches(val_pairs[0], val_pairs[1])
     train_dl = DataLoader(train_ds, batch_sampler=sampler)
     val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False)
     arrays = [*train_pairs, *val_pairs] + ([] if train_domain is None else [np.asarray(train_domain)])
+    if cfg.init_from:  # the starting weights are part of the run's identity (resume folder)
+        arrays.append(np.frombuffer((Path(cfg.init_from) / "model.safetensors").read_bytes(), np.uint8))
     run_dir = Path(ckpt_dir) / fingerprint(cfg, arrays)
     resume = run_dir / "last.ckpt"
     module.ckpt_path = resume
@@ -186,6 +207,8 @@ def train_model(
     if module.best_state is None:
         raise RuntimeError(f"run {run!r}: training ended before any validation. Fix: raise train.max_steps or lower train.val_every.")
     final_psnr = float(trainer.callback_metrics.get("val_psnr", float("nan")))
+    points = [(step, row["val_psnr"]) for step, row in recorder.rows.items() if "val_psnr" in row]
+    verdict = convergence(points, int(trainer.global_step))
     metrics = {
         "model": cfg.model,
         "parameters": count_parameters(module.net),
@@ -195,6 +218,8 @@ def train_model(
         "train_patches": int(clean.shape[0]),
         "val_patches": len(val_ds),
         "scale": scale,
+        "converged": verdict["converged"],
+        "last_quarter_gain_db": verdict["last_quarter_gain_db"],
     }
     if not trainer.is_global_zero:
         return metrics

@@ -1,0 +1,120 @@
+"""Learning speed of one training run: validation PSNR against optimiser steps and CPU seconds.
+
+Trains a run of params.yaml (``train.runs`` key) with the pipeline's own engine on the pipeline's
+own patches (``dvc repro`` the data stages first), with any settings overridden on the command
+line, and prints one JSON object: the settings, seconds per step, and the validation curve with the
+wall time of every validation. Nothing is written to the DVC outputs or to MLflow.
+
+    .venv/bin/python benchmarks/learning.py denoise-g25-dncnn --set lr=0.001 batch_size=16 \
+        max_steps=600 val_every=100 [--out result.json]
+
+Values of --set are YAML (``lr_milestones=[0.5]``, ``model_kwargs={skip: bicubic}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Clock:
+    """A stand-in tracker: takes the time of every value the engine logs."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.rows: list[dict] = []
+
+    def log_metrics(self, values: dict, step: int | None = None) -> None:
+        if "val_psnr" in values:
+            self.rows.append({"step": step, "seconds": round(time.perf_counter() - self.start, 2), **{k: round(v, 4) for k, v in values.items()}})
+            print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--profile", default=None, help="train.profile to start from (default: params.yaml's)")
+    ap.add_argument("--init", default=None, help="a model folder whose weights start the network")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--save", type=Path, help="keep the trained model folder here")
+    args = ap.parse_args(argv)
+    os.chdir(REPO)
+    sys.path.insert(0, str(REPO / "stages"))
+    import numpy as np
+    import torch
+
+    from medrestore.data.patches import load_patches
+    from medrestore.io import load_params, read_json
+    from medrestore.training import TrainConfig, train_model
+    from train import merged_params, run_entry
+
+    params = load_params()
+    train = params["train"]
+    if args.profile:
+        train["profile"] = args.profile
+    entry = run_entry(train, args.run)
+    settings = merged_params(train, args.run, params["seed"])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        settings[key] = yaml.safe_load(value)
+    settings["progress_bar"] = False
+    if args.init:
+        settings["init_from"] = str(Path(args.init).resolve())
+    cfg = TrainConfig.from_params(settings)
+    patches, corrupted = REPO / "artifacts/patches", REPO / "artifacts/corrupt" / entry["task"]
+    corruption = read_json(corrupted / "corruption.json")
+    domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
+    clock = _Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = train_model(
+            cfg,
+            (load_patches(patches, "train"), load_patches(corrupted, "train")),
+            (load_patches(patches, "val"), load_patches(corrupted, "val")),
+            out_dir=args.save or Path(tmp) / "out",
+            ckpt_dir=Path(tmp) / "ckpt",
+            tracker=clock,
+            train_domain=domain,
+            run=args.run,
+        )
+    total = time.perf_counter() - clock.start
+    result = {
+        "run": args.run,
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "settings": {k: v for k, v in settings.items() if k not in ("progress_bar",)},
+        "steps": metrics["steps"],
+        "seconds": round(total, 1),
+        "seconds_per_step": round(total / max(metrics["steps"], 1), 4),
+        "best_val_psnr": metrics["best_val_psnr"],
+        "curve": clock.rows,
+    }
+    text = json.dumps(result, indent=1, default=str)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The papers' claims, checked against this run's numbers: ``reports/claims.json`` and the report's
+claims table.
+
+Each claim says that one method beats another on one metric of one task's test corruption. Its
+verdict comes from the per-image scores of the evaluation (``per_image.csv``), never from text:
+
+- ``not run``: a method of the claim is not in this run's evaluation;
+- ``not converged``: a trained model of the claim did not converge (:mod:`medrestore.training.convergence`):
+  its number says nothing about the paper's method;
+- ``reproduced``: the mean per-image difference is in the claimed direction and its 95% bootstrap
+  interval over the test images excludes zero;
+- ``not reproduced``: otherwise.
+
+The papers are named by the labels of :data:`PAPERS` (README: label, authors, year, title).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medrestore.evaluation import LOWER_BETTER, bootstrap_ci
+from medrestore.io import read_json
+
+#: label -> (authors, year, title, seed file)
+PAPERS = {
+    "Hayee2017": ("F. Hayee, K. Sytwu", 2017, "Image Restoration of Low-Quality Medical-Diagnostic Images", "000"),
+    "Krenz2018": ("L. Krenz (advisor N. Rieke)", 2018, "Deep-Learning-based Image Denoising in Ophthalmology (kick-off talk)", "001"),
+    "Gondara2016": ("L. Gondara", 2016, "Medical image denoising using convolutional denoising autoencoders", "002"),
+    "Zhao2019": ("H. Zhao, B. Yang, L. Cao, H. Li", 2019, "Data-Driven Enhancement of Blurry Retinal Images via Generative Adversarial Networks", "003"),
+    "GilZuluaga2021": ("F. H. Gil Zuluaga, F. Bardozzo, J. I. Rios Patino, R. Tagliaferri", 2021,
+                       "Blind microscopy image denoising with a deep residual and multiscale encoder/decoder network", "004"),
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    paper: str
+    claim: str
+    task: str
+    variant: str
+    metric: str
+    better: str  # the method the paper finds better
+    worse: str
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("Hayee2017", "DnCNN denoises better than the autoencoder with skips (39.96 vs 33.00 dB)", "denoise-g25", "s25", "psnr_fov", "dncnn", "redae"),
+    Claim("Hayee2017", "the R:G:B = 1:3:2 weighted loss raises green-channel PSNR over plain DnCNN", "denoise-g25", "s25", "psnr_green", "dncnn-green", "dncnn"),
+    Claim("Hayee2017", "the DnCNN -> x4 reduction -> SRGAN chain scores below DnCNN alone in PSNR (28.84 vs 39.96 dB)", "denoise-g25", "s25", "psnr_fov", "dncnn", "dncnn-srgan"),
+    Claim("Krenz2018", "LapSRN beats bicubic interpolation at x4", "sr-x4", "x4", "psnr_fov", "lapsrn", "bicubic"),
+    Claim("Gondara2016", "the convolutional denoising autoencoder beats the median filter in SSIM", "denoise-g25", "s25", "ssim", "cdae", "median"),
+    Claim("Gondara2016", "the convolutional denoising autoencoder beats NL-means in SSIM", "denoise-g25", "s25", "ssim", "cdae", "nlmeans"),
+    Claim("Zhao2019", "feature consistency beats the image-level cycle loss in NIQE", "enhance", "cataract", "niqe", "cyclegan-fc", "cyclegan"),
+    Claim("Zhao2019", "feature consistency beats the image-level cycle loss in BRISQUE", "enhance", "cataract", "brisque", "cyclegan-fc", "cyclegan"),
+    Claim("Zhao2019", "feature consistency keeps vessels better than the image-level cycle loss (vessel Dice)", "enhance", "cataract", "manual_dice", "cyclegan-fc", "cyclegan"),
+    Claim("GilZuluaga2021", "IRUNet beats DnCNN at sigma 25 (blind training)", "denoise-blind", "s25", "psnr_fov", "irunet", "dncnn-blind"),
+    Claim("GilZuluaga2021", "IRUNet beats DnCNN at sigma 50 (blind training)", "denoise-blind", "s50", "psnr_fov", "irunet", "dncnn-blind"),
+    Claim("GilZuluaga2021", "IRUNet beats NL-means at sigma 50", "denoise-blind", "s50", "psnr_fov", "irunet", "nlmeans"),
+)
+
+RULE = ("reproduced: the mean per-image difference is in the claimed direction and its 95% bootstrap interval over the "
+        "test images excludes zero; not converged: a trained model of the claim did not converge; not run: a method is "
+        "not in this run")
+
+
+def _scores(table: pd.DataFrame, variant: str, method: str, metric: str) -> pd.Series | None:
+    rows = table[(table["variant"] == variant) & (table["method"] == method)]
+    if rows.empty or metric not in rows or rows[metric].isna().all():
+        return None
+    return rows.set_index("image_id")[metric].astype(float)
+
+
+def _interval(values: np.ndarray, seed: int) -> dict:
+    lo, hi = bootstrap_ci(values, seed)
+    return {"mean": round(float(np.nanmean(values)), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], seed: int) -> dict:
+    """One claim's verdict from the task's per-image table; ``converged``: trained method -> verdict
+    (methods absent from it are baselines)."""
+    out = {"paper": claim.paper, "claim": claim.claim, "task": claim.task, "variant": claim.variant, "metric": claim.metric,
+           "better": claim.better, "worse": claim.worse, "lower_is_better": claim.metric in LOWER_BETTER}
+    a, b = _scores(table, claim.variant, claim.better, claim.metric), _scores(table, claim.variant, claim.worse, claim.metric)
+    if a is None or b is None:
+        missing = [m for m, s in ((claim.better, a), (claim.worse, b)) if s is None]
+        return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}"}
+    a, b = a.align(b, join="inner")
+    sign = -1.0 if out["lower_is_better"] else 1.0
+    diff = sign * (a.to_numpy() - b.to_numpy())
+    out["values"] = {claim.better: _interval(a.to_numpy(), seed), claim.worse: _interval(b.to_numpy(), seed)}
+    out["difference"] = {**_interval(diff, seed), "n": int(diff.size), "note": "claimed-better minus other, sign turned so that > 0 favours the claim"}
+    unconverged = [m for m in (claim.better, claim.worse) if converged.get(m) is False]
+    if unconverged:
+        out.update(verdict="not converged", why=f"did not converge: {', '.join(unconverged)}")
+    elif out["difference"]["mean"] > 0 and out["difference"]["ci95"][0] > 0:
+        out.update(verdict="reproduced", why="difference > 0, interval excludes 0")
+    else:
+        out.update(verdict="not reproduced", why="difference <= 0" if out["difference"]["mean"] <= 0 else "interval includes 0")
+    return out
+
+
+def check_claims(eval_root: Path, models_root: Path, seed: int, claims: tuple[Claim, ...] = CLAIMS) -> list[dict]:
+    """Every claim whose task this run evaluated (``not run`` for the others)."""
+    from medrestore.training.convergence import model_convergence
+
+    results = []
+    tables: dict[str, pd.DataFrame | None] = {}
+    for c in claims:
+        if c.task not in tables:
+            path = Path(eval_root) / c.task / "per_image.csv"
+            tables[c.task] = pd.read_csv(path) if path.is_file() else None
+        table = tables[c.task]
+        if table is None:
+            results.append({**asdict(c), "values": {}, "verdict": "not run", "why": f"task {c.task} not evaluated"})
+            continue
+        converged = {}
+        for m in (c.better, c.worse):
+            verdict = model_convergence(Path(models_root) / c.task / m)
+            if verdict is not None:
+                converged[m] = verdict["converged"]
+        results.append(check_claim(c, table, converged, seed))
+    return results
+
+
+def claims_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["paper", "claim", "task [test]", "metric", "claimed better", "other", "difference [95% CI]", "verdict"]
+    rows = []
+    for r in results:
+        vals = r.get("values") or {}
+
+        def cell(m: str) -> str:
+            v = vals.get(m)
+            return f"{m}: {v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v else m
+
+        d = r.get("difference")
+        diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "–"
+        rows.append([r["paper"], r["claim"], f"{r['task']} [{r['variant']}]", r["metric"], cell(r["better"]), cell(r["worse"]), diff, r["verdict"]])
+    return header, rows
+
+
+def read_results(path: Path) -> list[dict]:
+    return read_json(Path(path))

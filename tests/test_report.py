@@ -1,0 +1,78 @@
+"""The report's policy on convergence: a model that did not converge is marked in its rows and is
+never called best (tables, best-method choices, the registry's pick)."""
+
+import json
+
+import pytest
+
+from medrestore.io import write_json_atomic
+from medrestore.report import banner, best_models, best_on_vessels, headline_numbers, label, task_convergence, task_table
+
+
+def _stats(kind: str, psnr: float, kept: float = 0.0, invented: float = 0.5) -> dict:
+    def m(v):
+        return {"mean": v, "ci95": [v - 0.1, v + 0.1]}
+
+    return {"kind": kind, "n": 4, "psnr": m(psnr), "psnr_fov": m(psnr + 0.5), "manual_thin_recall_above_chance": m(kept), "manual_invented_rate": m(invented)}
+
+
+@pytest.fixture
+def task(tmp_path):
+    """A task with a converged and a still-climbing model (curves as the engine writes them)."""
+    models = tmp_path / "models" / "denoise-g25"
+    curves = {"irunet": [(250, 30.0), (500, 32.0), (750, 32.6), (1000, 32.7)], "dncnn": [(250, 22.0), (500, 24.0), (750, 26.0), (1000, 29.0)]}
+    for name, pts in curves.items():
+        (models / name).mkdir(parents=True)
+        rows = ["step,train_loss,lr,val_loss,val_psnr"] + [f"{s},0.01,0.001,0.01,{p}" for s, p in pts]
+        (models / name / "curve.csv").write_text("\n".join(rows) + "\n")
+        write_json_atomic(models / name / "metrics.json", {"steps": 1000, "best_val_psnr": max(p for _, p in pts)})
+    summary = {"variants": ["s25"], "methods": {
+        "degraded": {"s25": _stats("input", 21.0, 0.5, 0.76)},
+        "nlmeans": {"s25": _stats("baseline", 30.5, 0.0, 0.14)},
+        "irunet": {"s25": _stats("model", 32.0, 0.10, 0.30)},
+        "dncnn": {"s25": _stats("model", 33.0, 0.40, 0.20)},
+    }}
+    (tmp_path / "eval" / "denoise-g25").mkdir(parents=True)
+    (tmp_path / "eval" / "denoise-g25" / "summary.json").write_text(json.dumps(summary))
+    return tmp_path, summary
+
+
+def test_convergence_is_read_from_each_models_curve(task):
+    root, _ = task
+    conv = task_convergence(root / "models", "denoise-g25")
+    assert conv["irunet"]["converged"] and not conv["dncnn"]["converged"]
+    assert conv["dncnn"]["last_quarter_gain_db"] == pytest.approx(3.0)
+
+
+def test_unconverged_rows_are_marked_and_never_bold(task):
+    root, summary = task
+    conv = task_convergence(root / "models", "denoise-g25")
+    header, rows = task_table(summary, "s25", conv)
+    by_name = {r[0]: r for r in rows}
+    assert "dncnn (not converged)" in by_name and "irunet" in by_name and "dncnn" not in by_name
+    psnr = header.index("psnr")
+    assert by_name["irunet"][psnr].startswith("**")  # dncnn has the higher PSNR but did not converge
+    assert not by_name["dncnn (not converged)"][psnr].startswith("**")
+    assert label("nlmeans", conv) == "nlmeans"
+
+
+def test_best_choices_skip_unconverged_models(task):
+    root, summary = task
+    conv = task_convergence(root / "models", "denoise-g25")
+    assert best_models(root / "eval", ["denoise-g25"], models_root=root / "models")["denoise-g25"]["model"] == "irunet"
+    # on vessels: dncnn keeps more but did not converge; irunet invents 0.30 > 0.76 / 2? no: 0.30 <= 0.38 qualifies
+    assert best_on_vessels(summary, "s25", conv).startswith("irunet")
+    assert best_on_vessels(summary, "s25", {}).startswith("dncnn")
+
+
+def test_headline_numbers_and_banner(task):
+    root, summary = task
+    conv = task_convergence(root / "models", "denoise-g25")
+    nums = headline_numbers(summary["methods"]["dncnn"]["s25"], conv["dncnn"])
+    assert nums["converged"] is False and nums["thin_kept"] == 0.40 and nums["invented"] == 0.20 and nums["psnr_fov"] == 33.5
+    assert "converged" not in headline_numbers(summary["methods"]["nlmeans"]["s25"], None)
+    params = {"train": {"profile": "quick"}}
+    assert banner(params, {"denoise-g25": conv}).startswith("**Quick tour")
+    params["train"]["profile"] = "standard"
+    assert "1 of 2 trained models did not converge (denoise-g25/dncnn)" in banner(params, {"denoise-g25": conv})
+    assert banner(params, {"denoise-g25": {"irunet": conv["irunet"]}}) is None

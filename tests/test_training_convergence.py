@@ -1,0 +1,51 @@
+"""The convergence rule and the learning-rate warm-up (pure functions; the engine's use of them is
+tested in tests/test_training.py)."""
+
+import math
+
+import pytest
+
+from medrestore.training import TrainConfig
+from medrestore.training.config import lr_factor
+from medrestore.training.convergence import convergence, curve_points
+
+
+def test_a_curve_still_climbing_in_its_last_quarter_has_not_converged():
+    rising = [(100 * i, 20 + 1.5 * math.log(i)) for i in range(1, 21)]
+    verdict = convergence(rising, 2000)
+    assert not verdict["converged"] and verdict["last_quarter_gain_db"] > 0.2
+
+
+def test_a_plateau_has_converged_and_one_noisy_dip_does_not_change_that():
+    plateau = [(100 * i, 30 - 5 * math.exp(-i / 2)) for i in range(1, 21)]
+    assert convergence(plateau, 2000)["converged"]
+    dipped = plateau[:-1] + [(2000, 25.0)]  # a bad last validation: the best so far still counts
+    assert convergence(dipped, 2000)["converged"]
+
+
+def test_a_run_without_validation_before_its_last_quarter_cannot_show_a_plateau():
+    verdict = convergence([(1000, 30.0)], 1000)
+    assert not verdict["converged"] and verdict["last_quarter_gain_db"] is None
+    assert not convergence([], 1000)["converged"]
+
+
+def test_the_threshold_is_on_the_gain_over_the_last_quarter():
+    curve = [(750, 30.0), (1000, 30.19)]
+    assert convergence(curve, 1000)["converged"]
+    assert not convergence([(750, 30.0), (1000, 30.21)], 1000)["converged"]
+    assert convergence([(750, 30.0), (1000, 30.21)], 1000, min_gain_db=0.3)["converged"]
+
+
+def test_curve_points_reads_the_engines_csv():
+    text = "step,train_loss,lr,val_loss,val_psnr\n1,0.1,0.001,,\n50,0.05,0.001,0.04,22.5\n100,0.04,0.001,0.03,23.25\n"
+    assert curve_points(text) == [(50, 22.5), (100, 23.25)]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "step"])
+def test_warm_up_rises_linearly_then_follows_the_schedule(schedule):
+    plain = lr_factor(TrainConfig(model="dncnn", schedule=schedule, max_steps=1000))
+    warm = lr_factor(TrainConfig(model="dncnn", schedule=schedule, max_steps=1000, warmup_steps=100))
+    assert warm(0) == pytest.approx(plain(0) / 100)
+    assert warm(49) == pytest.approx(plain(49) * 0.5)
+    for s in (99, 100, 500, 999):
+        assert warm(s) == pytest.approx(plain(s))
