@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(REPO / "stages"))
     import numpy as np
     import torch
+    from train import merged_params, run_entry
 
     from medrestore.data.patches import load_patches
     from medrestore.io import load_params, read_json
     from medrestore.training import TrainConfig, train_model
-    from train import merged_params, run_entry
 
     params = load_params()
     train = params["train"]

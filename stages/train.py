@@ -1,6 +1,6 @@
 """train RUN: train one (task, model) pair of params.yaml's train.runs, fine-tune one of train.finetune
 (the network starts from the weights of the trained model named by ``init``), or train one of train.chains
-(seed 000's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
+(Hayee2017's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
 network; saved as one model in artifacts/models/TASK/METHOD).
 
 Settings merge, later wins: train.defaults <- train.models[model] (the paper's recipe) <-

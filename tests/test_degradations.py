@@ -178,7 +178,7 @@ def test_poisson_proportion_changes_p_times_nonzero_count_share(retina_crop):
     assert params == {"p": p, "lam": lam, "count": 255.0}
     changed = noisy != retina_crop
     assert changed.mean() == pytest.approx(p * (1 - np.exp(-lam)), abs=0.01)
-    assert (noisy[changed] == 255).all()  # seed 002 literal: one count on a [0, 1] image is white
+    assert (noisy[changed] == 255).all()  # Gondara2016 literal: one count on a [0, 1] image is white
 
 
 def test_poisson_proportion_adds_p_lambda_counts_on_average(retina_crop):

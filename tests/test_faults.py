@@ -51,6 +51,8 @@ def tiny_params(p: dict) -> dict:
         for key in ("epochs", "pretrain_epochs"):
             layer.pop(key, None)
         layer.update(steps)
+    for layer in layers[2:]:  # the profile's rate would shadow the recipe's, which the experiments below vary
+        layer.pop("lr", None)
     t["defaults"]["progress_bar"] = False
     if "segmenter" in p:
         p["segmenter"]["steps"] = 4

@@ -64,7 +64,7 @@ def test_feature_consistency_is_zero_for_identical_images_on_discriminator_featu
     d = PatchDiscriminator()
     x = torch.rand(2, 3, 32, 32)
     feats = d.forward_features(x)
-    assert len(feats) == 5  # seed 003: all conv layers
+    assert len(feats) == 5  # Zhao2019: all conv layers
     assert feature_consistency(feats, d.forward_features(x.clone())) == 0
     assert feature_consistency(d.forward_features(torch.rand(2, 3, 32, 32)), feats) > 0
 

@@ -1,4 +1,4 @@
-"""Seed 000's denoise -> shrink -> super-resolve pipeline saved as one model."""
+"""Hayee2017's denoise -> shrink -> super-resolve pipeline saved as one model."""
 
 from __future__ import annotations
 

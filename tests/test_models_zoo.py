@@ -32,7 +32,7 @@ def modules_of(net: nn.Module, kind) -> list:
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
-# --------------------------------------------------------------------------- IRUNet (seed 004)
+# --------------------------------------------------------------------------- IRUNet (GilZuluaga2021)
 def test_irunet_has_123379_parameters():
     f, c = 16, 3
     head = conv(c, f, 3)
@@ -97,7 +97,7 @@ def test_irunet_accepts_channels_last():
 
 
 def test_irunet_learns_to_reduce_mae_on_real_fundus_patches(retina):
-    """Seed 004's recipe (MAE, Adam with beta 0.9/0.999, eps 1e-7; lr 1e-3 instead of 1e-4 to fit in
+    """GilZuluaga2021's recipe (MAE, Adam with beta 0.9/0.999, eps 1e-7; lr 1e-3 instead of 1e-4 to fit in
     40 steps) fits real fundus patches with sigma-25 noise below the noisy input's own error."""
     img = torch.from_numpy(retina[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1)
     corners = [(300, 300), (560, 560), (420, 700), (700, 420)]
@@ -120,7 +120,7 @@ def test_irunet_learns_to_reduce_mae_on_real_fundus_patches(retina):
     assert end < 0.6 * noisy_mae, (noisy_mae, end)  # measured about 0.03 at 40 steps, seeds 0-2
 
 
-# --------------------------------------------------------------------------- CNN DAE (seed 002)
+# --------------------------------------------------------------------------- CNN DAE (Gondara2016)
 def test_cdae_follows_gondara_fig5_two_pools_two_upsamples():
     net = CDAE(channels=1)
     assert [m.out_channels for m in modules_of(net, nn.Conv2d)] == [64, 32, 32, 64, 1]
@@ -145,7 +145,7 @@ def test_cdae_encodes_at_a_quarter_resolution():
     assert net.encoder(torch.rand(1, 3, 64, 64)).shape == (1, 32, 16, 16)
 
 
-# --------------------------------------------------------------------------- LapSRN (seed 001)
+# --------------------------------------------------------------------------- LapSRN (Krenz2018)
 def _lapsrn_params(c: int, levels: int, depth: int, f: int, upsample: str) -> int:
     level = depth * conv(f, f, 3) + conv(f, c, 3)  # feature convs + residual conv
     if levels and upsample == "deconv":
@@ -191,7 +191,7 @@ def test_lapsrn_resize_conv_and_deconv_both_train(upsample):
 
 
 def test_lapsrn_resize_convolution_avoids_checkerboard_on_a_flat_image():
-    """Seed 001 replaces transposed convolutions to avoid checkerboard artifacts (Odena et al.):
+    """Krenz2018 replaces transposed convolutions to avoid checkerboard artifacts (Odena et al.):
     on a flat input, randomly initialised transposed convs give a period-2 pattern, resize-conv none."""
     x = torch.full((1, 3, 16, 16), 0.5)
 
@@ -235,7 +235,7 @@ def test_lapsrn_rejects_bad_options():
         LapSRN(upsample="pixelshuffle")
 
 
-# --------------------------------------------------------------------------- SRGAN (seed 000)
+# --------------------------------------------------------------------------- SRGAN (Hayee2017)
 def test_srresnet_has_16_residual_blocks_of_64_filters_with_bn_and_two_subpixel_x2():
     net = SRResNet()
     assert len(net.blocks) == 16
@@ -290,7 +290,7 @@ def test_srgan_discriminator_is_size_agnostic(size):
         assert torch.allclose(torch.sigmoid(net.logits(x)), p)
 
 
-# --------------------------------------------------------------------------- two-way GAN (seed 003)
+# --------------------------------------------------------------------------- two-way GAN (Zhao2019)
 def test_cyclegan_generator_is_7x7_64_two_strided_9_resblocks_two_deconvs():
     net = ResnetGenerator()
     convs = modules_of(net, nn.Conv2d)

@@ -94,7 +94,7 @@ def test_every_stage_ran(repro):
     expected |= {f"train@{k}" for k in params["train"]["runs"]}
     expected |= {f"finetune@{k}" for k in params["train"]["finetune"]}
     expected |= {f"train_chain@{k}" for k in params["train"]["chains"]}
-    assert params["train"]["chains"], "the default params chain DnCNN and SRGAN (seed 000)"
+    assert params["train"]["chains"], "the default params chain DnCNN and SRGAN (Hayee2017)"
     assert expected <= set(lock)
     for stage in expected:
         assert f"Running stage '{stage}'" in first.stdout

@@ -6,7 +6,15 @@ import json
 import pytest
 
 from medrestore.io import write_json_atomic
-from medrestore.report import banner, best_models, best_on_vessels, headline_numbers, label, task_convergence, task_table
+from medrestore.report import (
+    banner,
+    best_models,
+    best_on_vessels,
+    headline_numbers,
+    label,
+    task_convergence,
+    task_table,
+)
 
 
 def _stats(kind: str, psnr: float, kept: float = 0.0, invented: float = 0.5) -> dict:

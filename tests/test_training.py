@@ -102,7 +102,11 @@ def test_curve_records_step_one_and_every_tenth_step_with_its_own_loss(tmp_path)
 
 
 def test_metrics_say_whether_the_run_converged_by_its_own_curve(tmp_path, fundus_pairs):
-    from medrestore.training.convergence import convergence, curve_points, model_convergence
+    from medrestore.training.convergence import (
+        convergence,
+        curve_points,
+        model_convergence,
+    )
 
     out, metrics = _train(tmp_path, fundus_pairs, "conv", lr=1e-3, max_steps=80, val_every=20)
     assert isinstance(metrics["converged"], bool)
@@ -119,9 +123,8 @@ def test_fine_tuning_starts_from_the_named_model_and_refuses_another_network(tmp
     import torch
 
     from medrestore.io import InputError
-    from medrestore.models import load_model
+    from medrestore.models import build_model, load_model
     from medrestore.training.engine import start_from
-    from medrestore.models import build_model
 
     base, _ = _train(tmp_path, fundus_pairs, "base", lr=1e-3, max_steps=40)
     fresh = build_model("redae")

@@ -1,5 +1,5 @@
 """Every training kind on real fundus patches: paired denoising, super-resolution, SRGAN, the two-way
-GANs of seed 003; the NaN guard; the params wiring of dncnn-green's channel weights."""
+GANs of Zhao2019; the NaN guard; the params wiring of dncnn-green's channel weights."""
 
 from __future__ import annotations
 
@@ -89,7 +89,9 @@ def test_registry_has_every_model_and_baseline_of_the_five_papers():
         "lapsrn": "sr", "srresnet": "sr", "srgan": "sr", "cyclegan-fc": "enhance", "cyclegan": "enhance"}
     assert MODELS["cyclegan-fc"].options["cycle"] == "feature" and MODELS["cyclegan"].options["cycle"] == "image"
     assert {n: f.task for n, f in BASELINES.items()} == {"median": "denoise", "nlmeans": "denoise", "bm3d": "denoise", "bicubic": "sr", "clahe": "enhance"}
-    assert all(s.paper and "seed 00" in s.paper for s in MODELS.values())
+    from medrestore.claims import PAPERS
+
+    assert all(s.paper and any(label in s.paper for label in PAPERS) for s in MODELS.values())
 
 
 # --------------------------------------------------------------------------- paired
@@ -187,13 +189,13 @@ def _stage_module():
 
 def test_dncnn_green_run_weights_the_loss_red_green_blue_1_3_2():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    key = next(k for k, r in params["train"]["runs"].items() if r["model"] == "dncnn-green")
+    key = next(k for k, r in {**params["train"]["runs"], **params["train"]["finetune"]}.items() if r["model"] == "dncnn-green")
     cfg = TrainConfig.from_params(_stage_module().merged_params(params["train"], key, 0))
     loss = RestorationModule(cfg).loss_fn
     pred = torch.zeros(2, 3, 4, 4)
     target = torch.zeros(2, 3, 4, 4)
     target[:, 0], target[:, 1, :2], target[:, 2, 0, 0] = 0.5, 1.0, 2.0  # per-channel MSE 0.25, 0.5, 0.25
-    by_hand = (1 * 0.25 + 3 * 0.5 + 2 * 0.25) / 6  # seed 000 eq. 1, normalised by the weight sum
+    by_hand = (1 * 0.25 + 3 * 0.5 + 2 * 0.25) / 6  # Hayee2017 eq. 1, normalised by the weight sum
     assert torch.isclose(loss(pred, target), torch.tensor(by_hand))
     plain = RestorationModule(TrainConfig(model="dncnn")).loss_fn(pred, target)
     assert not torch.isclose(plain, torch.tensor(by_hand))
@@ -203,8 +205,8 @@ def test_chains_name_a_trained_first_run_and_merge_like_runs():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     stage = _stage_module()
     train = params["train"]
-    assert train["chains"], "seed 000's DnCNN -> SRGAN chain is a default run"
-    methods = {(r["task"], r.get("method", r["model"])) for r in train["runs"].values()}
+    assert train["chains"], "Hayee2017's DnCNN -> SRGAN chain is a default run"
+    methods = {(r["task"], r.get("method", r["model"])) for r in [*train["runs"].values(), *train["finetune"].values()]}
     for key, chain in train["chains"].items():
         assert (chain["task"], chain["first"]) in methods, "the first part is a model trained by a run of the same task"
         assert chain["downscale"] >= 2

@@ -126,19 +126,19 @@ def check_claims(eval_root: Path, models_root: Path, seed: int, claims: tuple[Cl
     return results
 
 
+def _cell(method: str, values: dict) -> str:
+    v = values.get(method)
+    return f"{method}: {v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v else method
+
+
 def claims_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["paper", "claim", "task [test]", "metric", "claimed better", "other", "difference [95% CI]", "verdict"]
     rows = []
     for r in results:
         vals = r.get("values") or {}
-
-        def cell(m: str) -> str:
-            v = vals.get(m)
-            return f"{m}: {v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v else m
-
         d = r.get("difference")
         diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "–"
-        rows.append([r["paper"], r["claim"], f"{r['task']} [{r['variant']}]", r["metric"], cell(r["better"]), cell(r["worse"]), diff, r["verdict"]])
+        rows.append([r["paper"], r["claim"], f"{r['task']} [{r['variant']}]", r["metric"], _cell(r["better"], vals), _cell(r["worse"], vals), diff, r["verdict"]])
     return header, rows
 
 

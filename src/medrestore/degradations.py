@@ -6,17 +6,17 @@ every random choice is drawn from it (no global RNG, no clock), and the sampled 
 returned, JSON-serialisable, so they can be saved beside the output. Calling :func:`corrupt` again
 with the same image, spec, seed words (and FOV mask) replays the corruption byte for byte.
 
-Results are clipped to [0, 1] and quantised to 8 bits, as an acquired image would be (seed 004).
+Results are clipped to [0, 1] and quantised to 8 bits, as an acquired image would be (GilZuluaga2021).
 Sigmas of noise are on the 0-255 scale, as in the papers; blur sizes are in pixels.
 
 Kinds (``spec = {"kind": name, **keys}``; ``x`` or ``x_range`` means: give exactly one, a fixed value
 or a ``[low, high]`` range drawn uniformly per call):
 
 noise
-  ``gaussian``            sigma | sigma_range                              (seeds 000, 004)
+  ``gaussian``            sigma | sigma_range                              (Hayee2017, GilZuluaga2021)
   ``poisson``             peak | peak_range   (expected photon count at white)
-  ``gaussian_proportion`` p | p_range, sigma | sigma_range                 (seed 002)
-  ``poisson_proportion``  p | p_range, lam | lam_range, count=255          (seed 002)
+  ``gaussian_proportion`` p | p_range, sigma | sigma_range                 (Gondara2016)
+  ``poisson_proportion``  p | p_range, lam | lam_range, count=255          (Gondara2016)
   ``salt_pepper``         amount | amount_range, salt_ratio=0.5
   ``speckle``             sigma | sigma_range  (multiplicative: x + x * N(0, sigma/255))
 blur and compression
@@ -27,7 +27,7 @@ blur and compression
   ``jpeg``                quality | quality_range (1-100)
 super-resolution inputs (the output is SMALLER than the input)
   ``downscale``           scale (integer factor, e.g. 2 or 4), method="bicubic"
-  ``blur_downscale``      scale, sigma | sigma_range, method="bicubic"     (seed 001)
+  ``blur_downscale``      scale, sigma | sigma_range, method="bicubic"     (Krenz2018)
 fundus (cofe-Net, Shen et al. 2020; ArcNet for the cataract); inside the FOV, result times the FOV
   ``fundus_colour``       brightness_range=[0.7, 1.2], contrast_range=[0.6, 1.4],
                           saturation_range=[0.6, 1.4]
@@ -223,7 +223,7 @@ def gaussian_noise(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Additive white Gaussian noise on every channel.
 
-    ``sigma`` fixed (seed 000: 25), or drawn uniformly from ``sigma_range`` per call (seed 004's
+    ``sigma`` fixed (Hayee2017: 25), or drawn uniformly from ``sigma_range`` per call (GilZuluaga2021's
     blind setting: [0, 50]). Both on the 0-255 scale.
     """
     if (sigma is None) == (sigma_range is None):
@@ -240,7 +240,7 @@ def poisson_noise(
 
     ``peak`` is the expected count of a white pixel; the variance of a pixel of value x (on [0, 1])
     is x / peak, so the noise grows with the signal and falls as the light (peak) rises. This is
-    the physical Poisson model; seed 002's additive "Poisson with lambda" is ``poisson_proportion``.
+    the physical Poisson model; Gondara2016's additive "Poisson with lambda" is ``poisson_proportion``.
     albumentations' ``shot_noise`` is not used: it linearises with a 2.2 gamma first, which is not
     the plain photon-count model.
     """
@@ -261,11 +261,11 @@ def gaussian_proportion(
     sigma: float | None = None,
     sigma_range: list[float] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Gaussian noise on a random proportion ``p`` of the pixels only (seed 002, Table I).
+    """Gaussian noise on a random proportion ``p`` of the pixels only (Gondara2016, Table I).
 
-    Each pixel is chosen independently with probability p (all its channels together: seed 002's
+    Each pixel is chosen independently with probability p (all its channels together: Gondara2016's
     images are grey); the chosen ones get N(0, sigma) on every channel, the others are untouched.
-    ``sigma`` is on the 0-255 scale like every sigma here. Seed 002 scaled its images to [0, 1], so
+    ``sigma`` is on the 0-255 scale like every sigma here. Gondara2016 scaled its images to [0, 1], so
     its "sigma = 1" is sigma 255 here. Note: its Table IV SSIMs fit the other reading of "p" (a
     noise factor, x + p * N(0, sigma), i.e. plain ``gaussian`` with sigma = 255 * p * sigma) at
     least as well; this kind implements the proportion-of-pixels reading the text states.
@@ -288,11 +288,11 @@ def poisson_proportion(
     lam_range: list[float] | None = None,
     count: float = 255.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Additive Poisson(lambda) noise on a random proportion ``p`` of the pixels (seed 002).
+    """Additive Poisson(lambda) noise on a random proportion ``p`` of the pixels (Gondara2016).
 
     Chosen pixels (probability p each, all channels) get k * count / 255 added per channel, with
     k ~ Poisson(lam). ``count`` is the intensity of one count on the 0-255 scale; the default 255
-    is seed 002 taken literally (integer counts added to images in [0, 1]), which turns most
+    is Gondara2016 taken literally (integer counts added to images in [0, 1]), which turns most
     chosen pixels white. Counts are drawn per channel and a value that draws k = 0 stays
     unchanged, so the share of changed values (pixel-channels) is about p * (1 - exp(-lam)).
     """
@@ -479,8 +479,8 @@ def blur_downscale(
     sigma_range: list[float] | None = None,
     method: str = "bicubic",
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Seed 001's low-resolution input: Gaussian blur (``sigma`` pixels, at the high resolution),
-    then downscaling by ``scale``. Seed 001 says "downscaling and blurring" without the blur's
+    """Krenz2018's low-resolution input: Gaussian blur (``sigma`` pixels, at the high resolution),
+    then downscaling by ``scale``. Krenz2018 says "downscaling and blurring" without the blur's
     size or order; blur-then-downscale is the usual degradation model (y = (x * k) downsampled)."""
     s = _draw(rng, "sigma", sigma, sigma_range)
     if s < 0:

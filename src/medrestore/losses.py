@@ -17,17 +17,17 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error (seed 004's MAE)."""
+    """Mean absolute error (GilZuluaga2021's MAE)."""
     return F.l1_loss(pred, target)
 
 
 def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """sqrt((x - y)^2 + eps^2), the robust L1 of LapSRN (seed 001)."""
+    """sqrt((x - y)^2 + eps^2), the robust L1 of LapSRN (Krenz2018)."""
     return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
 def channel_weighted_mse(weights: Sequence[float]) -> Loss:
-    """MSE with per-channel weights normalised to sum 1; seed 000's green-weighted loss is R:G:B = 1:3:2."""
+    """MSE with per-channel weights normalised to sum 1; Hayee2017's green-weighted loss is R:G:B = 1:3:2."""
     w = torch.tensor(weights, dtype=torch.float32)
     w = w / w.sum()
 
@@ -55,7 +55,7 @@ def make_loss(name: str, **kwargs) -> Loss:
         return lambda p, t: charbonnier(p, t, **kwargs)
     if name == "weighted_mse":
         if "weights" not in kwargs:
-            raise ValueError("loss weighted_mse needs loss_kwargs.weights, e.g. [1, 3, 2] (seed 000's R:G:B)")
+            raise ValueError("loss weighted_mse needs loss_kwargs.weights, e.g. [1, 3, 2] (Hayee2017's R:G:B)")
         return channel_weighted_mse(kwargs["weights"])
     if name == "multiscale_charbonnier":
         def pyramid_loss(preds, target):
@@ -68,12 +68,12 @@ def make_loss(name: str, **kwargs) -> Loss:
 
 # --------------------------------------------------------------------------- multi-level, GAN and feature losses
 # Loss weights as the seed papers give them.
-SRGAN_ADV_WEIGHT = 1e-3  # seed 000: content + 1e-3 x adversarial
-SEED003_WEIGHTS = {"adversarial": 1.0, "feature": 10.0, "identity": 10.0}  # seed 003
+SRGAN_ADV_WEIGHT = 1e-3  # Hayee2017: content + 1e-3 x adversarial
+SEED003_WEIGHTS = {"adversarial": 1.0, "feature": 10.0, "identity": 10.0}  # Zhao2019
 
 
 def multiscale_charbonnier(preds: Sequence[torch.Tensor], target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """LapSRN's multi-level loss (seed 001): the sum over pyramid levels of the Charbonnier loss
+    """LapSRN's multi-level loss (Krenz2018): the sum over pyramid levels of the Charbonnier loss
     against the target resized (bicubic, antialiased) to each level's size.
 
     ``preds`` is ``LapSRN.forward_pyramid(x)`` (coarse to fine); ``target`` the finest ground truth.
@@ -88,9 +88,9 @@ def multiscale_charbonnier(preds: Sequence[torch.Tensor], target: torch.Tensor, 
 
 
 def adversarial_bce(pred: torch.Tensor, target_is_real: bool, *, from_logits: bool = True) -> torch.Tensor:
-    """The standard GAN loss (SRGAN, seed 000): binary cross-entropy of D's output against 1 (real)
+    """The standard GAN loss (SRGAN, Hayee2017): binary cross-entropy of D's output against 1 (real)
     or 0 (fake). For the discriminator call it on real and on fake outputs; for the generator call it
-    on D(G(x)) with ``target_is_real=True`` (the non-saturating -log D(G(x)) of seed 000's eq. 3).
+    on D(G(x)) with ``target_is_real=True`` (the non-saturating -log D(G(x)) of Hayee2017's eq. 3).
 
     ``from_logits=True`` takes pre-sigmoid scores (``SRGANDiscriminator.logits``), which is stable;
     ``False`` takes probabilities (``SRGANDiscriminator.forward``).
@@ -102,7 +102,7 @@ def adversarial_bce(pred: torch.Tensor, target_is_real: bool, *, from_logits: bo
 
 
 def adversarial_lsgan(pred: torch.Tensor, target_is_real: bool, *, real_label: float = 1.0, fake_label: float = 0.0) -> torch.Tensor:
-    """Least-squares GAN loss (Mao et al. 2017; seed 003): mean (D(.) - label)^2.
+    """Least-squares GAN loss (Mao et al. 2017; Zhao2019): mean (D(.) - label)^2.
 
     Discriminator: ``lsgan(D(y), True) + lsgan(D(G(x)), False)``; generator: ``lsgan(D(G(x)), True)``.
     Works on patch score maps of any shape.
@@ -111,13 +111,13 @@ def adversarial_lsgan(pred: torch.Tensor, target_is_real: bool, *, real_label: f
 
 
 def cycle_consistency(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Image-level cycle loss ||G_b(G_e(x)) - x||_1 (seed 003 eq. 2, one direction; call per direction)."""
+    """Image-level cycle loss ||G_b(G_e(x)) - x||_1 (Zhao2019 eq. 2, one direction; call per direction)."""
     return F.l1_loss(reconstructed, original)
 
 
 def identity_loss(mapped: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """||G_e(y) - y||_1: a generator fed an image already in its target domain should not change it
-    (seed 003 eq. 4, one generator; weight 10)."""
+    (Zhao2019 eq. 4, one generator; weight 10)."""
     return F.l1_loss(mapped, original)
 
 
@@ -128,10 +128,10 @@ def feature_consistency(
     weights: Sequence[float] | None = None,
     detach_target: bool = True,
 ) -> torch.Tensor:
-    """Seed 003's feature-consistency constraint: sum over layers l of mean |F^l(pred) - F^l(target)|.
+    """Zhao2019's feature-consistency constraint: sum over layers l of mean |F^l(pred) - F^l(target)|.
 
     ``feats_*`` are lists of feature maps, e.g. ``PatchDiscriminator.forward_features`` of the
-    cycle-reconstructed image and of the original (seed 003 uses all conv layers of the current
+    cycle-reconstructed image and of the original (Zhao2019 uses all conv layers of the current
     discriminator, which keeps training: a "dynamic" descriptor). The target side is detached by
     default: it does not depend on the generator and the discriminator is not trained by this loss.
     """
@@ -190,7 +190,7 @@ class VGGFeatures(nn.Module):
                 f"the {arch} perceptual loss needs torchvision's ImageNet weights at {path}, and they are not "
                 f"there; they cannot be downloaded on this machine (no network access), so no VGG features are "
                 f"available. Fix: copy {path.name} into {path.parent} from a machine that has it, or use the "
-                f"'discriminator' feature extractor (seed 003) or a 'vessel' backbone instead."
+                f"'discriminator' feature extractor (Zhao2019) or a 'vessel' backbone instead."
             )
         net = getattr(tvm, arch)(weights=None)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -274,11 +274,11 @@ class PerceptualLoss(nn.Module):
 
     ``extractor`` picks phi:
 
-    * ``"vgg19"`` / ``"vgg16"``: frozen ImageNet VGG (seed 000's VGG19 loss, seed 001's VGG16), only
+    * ``"vgg19"`` / ``"vgg16"``: frozen ImageNet VGG (Hayee2017's VGG19 loss, Krenz2018's VGG16), only
       if its weights are already in the torch hub cache; otherwise :class:`WeightsUnavailableError`.
     * ``"discriminator"``: ``backbone`` is a discriminator (anything with ``forward_features``, e.g.
       ``PatchDiscriminator``, or a callable returning a list of maps); it keeps training elsewhere, as
-      seed 003's dynamic feature descriptor.
+      Zhao2019's dynamic feature descriptor.
     * ``"vessel"``: the pipeline's own vessel-segmentation U-Net, frozen (:class:`VesselFeatures`,
       loaded from ``path``), or any callable ``backbone`` mapping an (N, C, H, W) image to a tensor or
       list of feature maps. A retina-specific perceptual loss: thin vessels that the restoration

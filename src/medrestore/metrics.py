@@ -15,7 +15,7 @@ Conventions (the same for every row of every table):
   inside the FOV (colour: and over the three channels). Without a mask they equal the whole-image
   values (tested);
 - ``niqe``, ``brisque``: pyiqa's, on Y (lower is better);
-- ``entropy``: pyiqa's Shannon entropy of the 8-bit grey histogram (seed 003's measure).
+- ``entropy``: pyiqa's Shannon entropy of the 8-bit grey histogram (Zhao2019's measure).
 
 All images are uint8 (restored outputs are quantised first, as they would be saved).
 

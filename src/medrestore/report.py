@@ -127,7 +127,7 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
 
 
 def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128) -> bytes:
-    """Per-channel absolute error against the clean image in the zoom window (seed 000's figure 3),
+    """Per-channel absolute error against the clean image in the zoom window (Hayee2017's figure 3),
     for the hardest test corruption: rows are methods, columns R, G, B; one colour scale for all."""
     entry, clean, _, (t, l), w = _test_case(patches_dir, window)
     variant = summary["variants"][-1]
@@ -358,7 +358,7 @@ def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
             f"{key}: {_trained(models_root, r['task'], r['model'])} from {r['init']}" for key, r in finetune.items())
     chains = params["train"].get("chains") or {}
     if chains:
-        run_txt += ". Chains (seed 000: a trained model, frozen, then a bicubic reduction, then a network trained on its outputs): " + "; ".join(
+        run_txt += ". Chains (Hayee2017: a trained model, frozen, then a bicubic reduction, then a network trained on its outputs): " + "; ".join(
             f"{key} = {c['first']} -> /{c['downscale']} -> {c['model']} ({_trained(models_root, c['task'], c.get('method', c['model']))}, "
             f"on {'/'.join(str(n) for n in c.get('subset') or ['all'])} train/val patches), reported as `{c.get('method', c['model'])}`"
             for key, c in chains.items()
@@ -382,7 +382,7 @@ def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
 
 CAPTIONS = {
     "crops": "The whole test image (zoom window in yellow), then the zoomed window for the clean image and every method (PSNR of the whole test image)",
-    "errors": "Per-channel absolute error against the clean image in the zoom window (seed 000's figure 3); one colour scale for all panels",
+    "errors": "Per-channel absolute error against the clean image in the zoom window (Hayee2017's figure 3); one colour scale for all panels",
     "vessels": "Vessel segmenter on each output: reference vessels found (white), missed (magenta), invented more than 2 px from any reference vessel (cyan)",
     "sigma": "PSNR and thin-vessel recall against the test noise level",
     "cost": "Quality against compute (GFLOPs per output megapixel; parameters in brackets). Measured seconds per megapixel are machine-dependent and kept out of this report: see artifacts/eval/TASK/cost.json and reports/bench.md",
@@ -611,9 +611,8 @@ def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
     cands = {}
     for m, v in summary["methods"].items():
         st = v.get(variant, {})
-        if kept in st and invented in st and _eligible(m, st["kind"], conv):
-            if floor is None or st[invented]["mean"] <= floor / 2:
-                cands[m] = (st[kept]["mean"], st[invented]["mean"])
+        if kept in st and invented in st and _eligible(m, st["kind"], conv) and (floor is None or st[invented]["mean"] <= floor / 2):
+            cands[m] = (st[kept]["mean"], st[invented]["mean"])
     if not cands:
         return None
     top = max(sorted(cands), key=lambda m: cands[m][0])

@@ -10,7 +10,7 @@ Two segmenters turn a fundus image into a vessel score map in [0, 1] and a binar
 :func:`vessel_scores` compares a predicted map with a reference map, inside the field of view
 (FOV) only: AUC, Dice, precision/recall, **thin-vessel recall** (are the 1-2 px vessels still
 there?) and **invented-vessel rate** (how much of what is detected lies away from any reference
-vessel: seed 003's CycleGAN-type enhancers invent vessels, a denoiser can turn noise into vessels).
+vessel: Zhao2019's CycleGAN-type enhancers invent vessels, a denoiser can turn noise into vessels).
 
 All widths and distances are in pixels of the image evaluated: compare scores only between images
 of the same size (the pipeline evaluates at ``prepare.size``).

@@ -90,11 +90,11 @@ def prepare_arrays(
       ``border_centre``  crop the black border (FOV bounding box), then the centre square, then
                          resize to ``size`` (the default: square, nothing squashed).
       ``border``         crop the black border, then resize the box to ``size`` x ``size``
-                         (seed 001: "crop black borders, rescale to 1024x1024").
+                         (Krenz2018: "crop black borders, rescale to 1024x1024").
       ``centre``         centre square of the whole frame, then resize.
       ``centre_crop``    centre ``size`` x ``size`` crop at the native resolution, no resizing
-                         (seed 000: 1696x1696 centre crops); the image must be at least that big.
-      ``resize``         resize the whole frame to ``size`` x ``size`` (seed 002: 64x64).
+                         (Hayee2017: 1696x1696 centre crops); the image must be at least that big.
+      ``resize``         resize the whole frame to ``size`` x ``size`` (Gondara2016: 64x64).
     """
     if mode not in MODES:
         raise ValueError(f"prepare.mode must be one of {', '.join(MODES)}, not {mode!r}")

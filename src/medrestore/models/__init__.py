@@ -7,13 +7,13 @@ network class that restores images (the one saved and loaded), the task family i
 * ``paired``: supervised on (degraded, clean) pairs (:mod:`medrestore.training.paired`);
 * ``srgan``: generator pre-trained on the content loss, then adversarial (:mod:`medrestore.training.gan`);
 * ``cyclegan``: two generators and two discriminators on unpaired samples; ``options["cycle"]`` is
-  ``"feature"`` (seed 003's feature-consistency loss) or ``"image"`` (the image-level cycle loss).
+  ``"feature"`` (Zhao2019's feature-consistency loss) or ``"image"`` (the image-level cycle loss).
 
 Several names share a network: ``dncnn``, ``dncnn-green`` and ``dncnn-blind`` differ in their loss and
 training data (params.yaml), ``srresnet`` and ``srgan`` in their training, ``cyclegan`` and
 ``cyclegan-fc`` in their cycle loss.
 
-``chain`` (:mod:`medrestore.models.chain`) is not trained by name: it saves seed 000's pipeline (a
+``chain`` (:mod:`medrestore.models.chain`) is not trained by name: it saves Hayee2017's pipeline (a
 trained denoiser, a bicubic reduction, a super-resolution network trained on its outputs) as one
 model; ``train.chains`` in params.yaml builds it.
 """
@@ -60,21 +60,21 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "cdae": ModelSpec(CDAE, "denoise", "seed 002 (convolutional denoising autoencoder, Gondara 2016)"),
-    "redae": ModelSpec(REDAE, "denoise", "seed 000 (autoencoder with symmetric skips, Mao et al. 2016)"),
-    "dncnn": ModelSpec(DnCNN, "denoise", "seed 000 (DnCNN-17, Zhang et al. 2017)"),
-    "dncnn-green": ModelSpec(DnCNN, "denoise", "seed 000 (DnCNN-17 with the R:G:B = 1:3:2 weighted loss)"),
-    "dncnn-blind": ModelSpec(DnCNN, "denoise", "seed 000 network on the blind sigma range (Zhang et al.'s DnCNN-B setting)"),
-    "irunet": ModelSpec(IRUNet, "denoise", "seed 004 (IRUNet blind denoiser, Gil Zuluaga et al. 2021)"),
-    "lapsrn": ModelSpec(LapSRN, "sr", "seed 001 (LapSRN, Lai et al. 2017; scale=1 for deblurring)"),
-    "srresnet": ModelSpec(SRResNet, "sr", "seed 000 (SRResNet, the SRGAN generator, Ledig et al. 2017)"),
-    "srgan": ModelSpec(SRResNet, "sr", "seed 000 (SRGAN: SRResNet + 8-conv discriminator, Ledig et al. 2017)", "srgan", SRGANDiscriminator),
+    "cdae": ModelSpec(CDAE, "denoise", "Gondara2016 (convolutional denoising autoencoder, Gondara 2016)"),
+    "redae": ModelSpec(REDAE, "denoise", "Hayee2017 (autoencoder with symmetric skips, Mao et al. 2016)"),
+    "dncnn": ModelSpec(DnCNN, "denoise", "Hayee2017 (DnCNN-17, Zhang et al. 2017)"),
+    "dncnn-green": ModelSpec(DnCNN, "denoise", "Hayee2017 (DnCNN-17 with the R:G:B = 1:3:2 weighted loss)"),
+    "dncnn-blind": ModelSpec(DnCNN, "denoise", "Hayee2017 network on the blind sigma range (Zhang et al.'s DnCNN-B setting)"),
+    "irunet": ModelSpec(IRUNet, "denoise", "GilZuluaga2021 (IRUNet blind denoiser, Gil Zuluaga et al. 2021)"),
+    "lapsrn": ModelSpec(LapSRN, "sr", "Krenz2018 (LapSRN, Lai et al. 2017; scale=1 for deblurring)"),
+    "srresnet": ModelSpec(SRResNet, "sr", "Hayee2017 (SRResNet, the SRGAN generator, Ledig et al. 2017)"),
+    "srgan": ModelSpec(SRResNet, "sr", "Hayee2017 (SRGAN: SRResNet + 8-conv discriminator, Ledig et al. 2017)", "srgan", SRGANDiscriminator),
     "cyclegan-fc": ModelSpec(
-        ResnetGenerator, "enhance", "seed 003 (two-way GAN with feature-consistency loss, Zhao et al. 2019)", "cyclegan",
+        ResnetGenerator, "enhance", "Zhao2019 (two-way GAN with feature-consistency loss, Zhao et al. 2019)", "cyclegan",
         PatchDiscriminator, {"cycle": "feature"},
     ),
     "cyclegan": ModelSpec(
-        ResnetGenerator, "enhance", "seed 003 ablation (image-level cycle loss, Zhu et al. 2017)", "cyclegan",
+        ResnetGenerator, "enhance", "Zhao2019 ablation (image-level cycle loss, Zhu et al. 2017)", "cyclegan",
         PatchDiscriminator, {"cycle": "image"},
     ),
 }

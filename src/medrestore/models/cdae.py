@@ -1,6 +1,6 @@
-"""Convolutional denoising autoencoder, "CNN DAE" (Gondara 2016), seed 002.
+"""Convolutional denoising autoencoder, "CNN DAE" (Gondara 2016), Gondara2016.
 
-Seed 002: "Relatively simple architecture was used for convolutional denoising autoencoder (CNN
+Gondara2016: "Relatively simple architecture was used for convolutional denoising autoencoder (CNN
 DAE), shown in Fig. 5"; images resized to 64x64, grayscale (mammograms, dental X-rays); Keras;
 100 epochs, batch size 10; the autoencoder maps x in [0,1]^d through s(Wx + b) and reconstructs
 with "similar mapping"; squared error or cross-entropy as reconstruction error.

@@ -1,6 +1,6 @@
-"""Seed 000's two-network pipeline as one model: denoise, shrink, super-resolve.
+"""Hayee2017's two-network pipeline as one model: denoise, shrink, super-resolve.
 
-Seed 000 (section 4.3 and its training notes): "the LR image set is generated from the output of the
+Hayee2017 (section 4.3 and its training notes): "the LR image set is generated from the output of the
 DCNN network" and the SRGAN "regenerate[s] the missing thin veins" from it, scored against the
 original high-resolution image. :class:`Chain` runs its parts in order; a part is either a saved
 network (``{"model": name, "kwargs": {...}}``) or a fixed step (``{"step": "downscale", "scale": 4}``:

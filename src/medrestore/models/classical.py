@@ -29,13 +29,13 @@ def baseline(task: str, paper: str) -> Callable:
     return mark
 
 
-@baseline("denoise", "seed 002 (median filter baseline)")
+@baseline("denoise", "Gondara2016 (median filter baseline)")
 def median_filter(noisy: np.ndarray, sigma: float, size: int = 3) -> np.ndarray:
-    """Per-channel 3x3 median filter (seed 002's baseline)."""
+    """Per-channel 3x3 median filter (Gondara2016's baseline)."""
     return ndi.median_filter(noisy, size=(size, size, 1), mode="reflect")
 
 
-@baseline("denoise", "seed 002 (NL-means baseline, Buades et al. 2005)")
+@baseline("denoise", "Gondara2016 (NL-means baseline, Buades et al. 2005)")
 def nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """Non-local means (Buades et al.), scikit-image's fast mode, h = 0.8 sigma as its docs advise."""
     s = sigma / 255.0
@@ -44,7 +44,7 @@ def nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
-@baseline("denoise", "seed 004 (BM3D comparison, Dabov et al. 2007)")
+@baseline("denoise", "GilZuluaga2021 (BM3D comparison, Dabov et al. 2007)")
 def bm3d_rgb(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """BM3D (Dabov et al.) through the reference ``bm3d`` package's colour variant (slow)."""
     import bm3d
@@ -52,7 +52,7 @@ def bm3d_rgb(noisy: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(bm3d.bm3d_rgb(noisy, sigma_psd=max(sigma, 1e-3) / 255.0), 0.0, 1.0)
 
 
-@baseline("sr", "seed 000 (bicubic upsampling, the SR reference of Ledig et al.)")
+@baseline("sr", "Hayee2017 (bicubic upsampling, the SR reference of Ledig et al.)")
 def bicubic(degraded: np.ndarray, sigma: float = 0.0, scale: int = 4) -> np.ndarray:
     """Bicubic upsampling of the low-resolution input by ``scale`` (PIL, as the corrupt stage downscales)."""
     h, w = degraded.shape[:2]
@@ -63,7 +63,7 @@ def bicubic(degraded: np.ndarray, sigma: float = 0.0, scale: int = 4) -> np.ndar
     return np.clip(np.stack(planes, axis=-1), 0.0, 1.0).astype(np.float32)
 
 
-@baseline("enhance", "seed 003 (CLAHE-based enhancement baselines)")
+@baseline("enhance", "Zhao2019 (CLAHE-based enhancement baselines)")
 def clahe(degraded: np.ndarray, sigma: float = 0.0, clip_limit: float = 0.01) -> np.ndarray:
     """CLAHE (scikit-image ``equalize_adapthist``) on the L channel of CIELAB; colours kept."""
     from skimage import color, exposure

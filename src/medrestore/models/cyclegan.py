@@ -1,6 +1,6 @@
-"""Two-way GAN for unpaired fundus enhancement (Zhao et al., MICCAI 2019), seed 003.
+"""Two-way GAN for unpaired fundus enhancement (Zhao et al., MICCAI 2019), Zhao2019.
 
-Seed 003: "Our generator consists of 3 convolutional and deconvolutional layers and a residual
+Zhao2019: "Our generator consists of 3 convolutional and deconvolutional layers and a residual
 bottleneck module. The input image is passed into the first convolutional layer with kernel size
 of 7x7x64 and stride 1, which is followed by two downsampling convolutional layers whose kernel
 sizes are 3x3x128 and 3x3x256 respectively. The deconvolutional layers have the same kernel sizes

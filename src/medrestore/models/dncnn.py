@@ -1,6 +1,6 @@
-"""DnCNN (Zhang et al. 2017), as used for fundus denoising in seed 000.
+"""DnCNN (Zhang et al. 2017), as used for fundus denoising in Hayee2017.
 
-Seed 000: "17 identical convolutional layers (64 filters, 3x3 kernel) with ReLU activation, and
+Hayee2017: "17 identical convolutional layers (64 filters, 3x3 kernel) with ReLU activation, and
 the interior 15 layers having batch normalization as well. The network learns the noise [...]
 and so the output is then subtracted from the input noisy image."
 
@@ -8,7 +8,7 @@ Layer 1: conv 3x3 -> 64, ReLU. Layers 2-16: conv 3x3 64 -> 64 (no bias), BN, ReL
 Layer 17: conv 3x3 64 -> C. ``forward`` returns the restored image ``x - noise``; training on
 the restored image with MSE is the same objective as DnCNN's residual loss.
 
-Deviation: seed 000 started from weights pre-trained on BSD; none can be downloaded here, so
+Deviation: Hayee2017 started from weights pre-trained on BSD; none can be downloaded here, so
 the network is trained from scratch. Convolutions are initialised orthogonally with gain 0.2 (as the
 KAIR reference code does): with gain 1 the initial residual is large and Adam settles on the
 identity map (measured: loss stuck at the noise variance for 200 steps).

@@ -1,6 +1,6 @@
-"""IRUNet (Gil Zuluaga et al. 2021), the blind microscopy denoiser of seed 004.
+"""IRUNet (Gil Zuluaga et al. 2021), the blind microscopy denoiser of GilZuluaga2021.
 
-Seed 004: "the first layer (conv + relu) maps the initial features followed by four *inception
+GilZuluaga2021: "the first layer (conv + relu) maps the initial features followed by four *inception
 reduction* and *inception blocks* building the latent space y. The image reconstruction is composed
 of four transposed convolutions and inceptions blocks, the last layer is a convolutional layer with
 a sigmoid activation function (conv + sigmoid)"; "a total of 123.379 trainable parameters"; MAE

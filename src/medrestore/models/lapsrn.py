@@ -1,6 +1,6 @@
-"""Laplacian pyramid super-resolution network, LapSRN (Lai et al. 2017), as planned in seed 001.
+"""Laplacian pyramid super-resolution network, LapSRN (Lai et al. 2017), as planned in Krenz2018.
 
-Seed 001 (intra-operative fundus super-resolution and deblurring): "Laplacian pyramid network:
+Krenz2018 (intra-operative fundus super-resolution and deblurring): "Laplacian pyramid network:
 1. Progressive Reconstruction 2. Residual Learning 3. Low-resolution filters 4. Non-SR-case: Add
 residual to HR-images"; "Red: 3x3 convolution, blue: transposed convolution, green summation";
 robust Charbonnier loss; "Replace transposed convolutions (avoid checkerboard artifacts)" after
@@ -20,7 +20,7 @@ Architecture (Lai et al., CVPR 2017), one pyramid level per x2:
 ``forward_pyramid`` every level's output, coarse to fine (x2 then x4 for ``scale=4``), for the
 multi-level Charbonnier loss (``medrestore.losses.multiscale_charbonnier``).
 
-Options beyond the 2017 paper, both asked for by seed 001:
+Options beyond the 2017 paper, both asked for by Krenz2018:
 
 * ``upsample="resize_conv"``: the feature upsampling is nearest-neighbour x2 then a 3x3 conv
   (Odena et al.'s resize-convolution), and the image branch is a fixed bilinear x2, so no layer

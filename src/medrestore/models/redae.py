@@ -1,6 +1,6 @@
-"""Convolutional autoencoder with symmetric skip connections (seed 000, after Mao et al. 2016).
+"""Convolutional autoencoder with symmetric skip connections (Hayee2017, after Mao et al. 2016).
 
-Seed 000: "4 convolution layers with ReLU activation with increasing number of filters
+Hayee2017: "4 convolution layers with ReLU activation with increasing number of filters
 (16, 32, 64, 128) with 3x3 kernel to act as the encoder, and a symmetric set of 4 convolution
 layers to act as the decoder (the final layer is a convolution layer with 3 filters) [...] no max
 pool layers [...] skip connections add every other encoder layer to its symmetric decoder

@@ -1,16 +1,16 @@
-"""SRResNet generator and SRGAN discriminator (Ledig et al. 2017), as used in seed 000.
+"""SRResNet generator and SRGAN discriminator (Ledig et al. 2017), as used in Hayee2017.
 
-Seed 000: "The generator network is deep, consisting of 16 residual blocks. Each residual block
+Hayee2017: "The generator network is deep, consisting of 16 residual blocks. Each residual block
 contains two convolutional layers with 64 filters with 3x3 kernel size, followed by
 batch-normalization and ReLU activation. The resolution of the input image is increased by two
 sub-pixel convolution layers. The discriminator network consists of eight convolutional layers
 with increasing number of filters (64, 128, 256, 512) and a constant 3x3 kernel. A stride of 2 is
 used to reduce the image dimensions when the number of features is doubled. The last two layers
 are dense layers, followed by a sigmoid activation layer"; loss = content + 1e-3 x adversarial,
-VGG19 feature loss; the generator is pre-trained alone first (seed 000 started from Ledig's
+VGG19 feature loss; the generator is pre-trained alone first (Hayee2017 started from Ledig's
 ImageNet weights).
 
-Generator (:class:`SRResNet`), as in Ledig et al. (whose pre-trained network seed 000 fine-tuned):
+Generator (:class:`SRResNet`), as in Ledig et al. (whose pre-trained network Hayee2017 fine-tuned):
 conv 9x9 C -> 64, PReLU; 16 x [conv 3x3, BN, PReLU, conv 3x3, BN, + input]; conv 3x3, BN, + the
 first conv's output; log2(scale) x [conv 3x3 64 -> 256, pixel shuffle x2, PReLU]; conv 9x9 64 -> C.
 1,550,659 parameters for RGB x4.
@@ -27,9 +27,9 @@ Deviations:
   pixels works; the dense layers are then 1x1-equivalent linear layers on a fixed-size vector.
 * ``forward`` returns the probability (sigmoid) as the paper; ``logits`` returns the value before
   the sigmoid, which ``medrestore.losses.adversarial_bce`` prefers for numerical stability.
-* Seed 000 says "BN and ReLU" in the residual blocks; Ledig uses PReLU. ``act="prelu"`` (default,
-  Ledig) or ``act="relu"`` (seed 000's wording).
-* ``skip="bicubic"`` (not in Ledig or seed 000; off by default): the network's output is added to the
+* Hayee2017 says "BN and ReLU" in the residual blocks; Ledig uses PReLU. ``act="prelu"`` (default,
+  Ledig) or ``act="relu"`` (Hayee2017's wording).
+* ``skip="bicubic"`` (not in Ledig or Hayee2017; off by default): the network's output is added to the
   bicubic-upsampled input and its last conv starts at zero, so training starts from bicubic
   interpolation and learns the missing detail (global residual learning, as VDSR and LapSRN's image
   branch). The CPU profile uses it: a few hundred steps from scratch leave Ledig's SRResNet far
@@ -124,7 +124,7 @@ class SRGANDiscriminator(nn.Module):
         )
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The 8 conv layers' outputs after their activation (a perceptual backbone, as seed 003
+        """The 8 conv layers' outputs after their activation (a perceptual backbone, as Zhao2019
         uses its discriminator's features)."""
         feats = []
         for layer in self.features:

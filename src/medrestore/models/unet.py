@@ -14,7 +14,7 @@ What differs, and why:
   by padding here and by overlapping tiles in :func:`medrestore.vessels.segment`);
 - BatchNorm after every convolution (not in the paper): trains from scratch in a few hundred steps;
 - upsampling by bilinear interpolation followed by a 3x3 convolution instead of the 2x2 "up-
-  convolution" (transposed convolution), which avoids checkerboard artefacts (seed 001's
+  convolution" (transposed convolution), which avoids checkerboard artefacts (Krenz2018's
   resize-convolution);
 - far smaller: ``depth`` poolings (default 3, the paper has 4) and ``width`` channels at the first
   level (default 8, the paper has 64; 134,673 parameters at depth 3);

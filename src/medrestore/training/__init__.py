@@ -4,7 +4,7 @@
 * :mod:`.data`: paired / unpaired patch datasets and step-deterministic samplers;
 * :mod:`.callbacks`: the curve, atomic checkpoints, the NaN guard;
 * :mod:`.paired`: supervised restoration (denoising, deblurring, super-resolution);
-* :mod:`.gan`: SRGAN and the two-way GANs of seed 003 (manual optimisation);
+* :mod:`.gan`: SRGAN and the two-way GANs of Zhao2019 (manual optimisation);
 * :mod:`.engine`: :func:`train_model`, one resumable run from arrays to the stage's outputs.
 """
 

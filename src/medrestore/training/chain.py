@@ -1,4 +1,4 @@
-"""Training the last network of a :class:`medrestore.models.chain.Chain` (seed 000's pipeline).
+"""Training the last network of a :class:`medrestore.models.chain.Chain` (Hayee2017's pipeline).
 
 :func:`chain_pairs` gives the pairs the trained network learns from: a seeded subset of the
 patches, whose inputs are the frozen first network's (a trained run's model) outputs, reduced

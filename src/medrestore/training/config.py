@@ -33,7 +33,7 @@ class TrainConfig:
     lr_gamma: float = 0.1  # step: factor at each milestone
     warmup_steps: int = 0  # > 0: the rate rises linearly from lr / warmup_steps over these first steps
     # a trained model folder (artifacts/models/TASK/METHOD) whose weights start the network: fine-tuning
-    # (seed 000 fine-tuned DnCNN from pre-trained weights); "" = from scratch
+    # (Hayee2017 fine-tuned DnCNN from pre-trained weights); "" = from scratch
     init_from: str = ""
     # length and checks
     batch_size: int = 32
@@ -60,9 +60,9 @@ class TrainConfig:
     disc_lr: float = 0.0  # 0: same as lr
     pretrain_steps: int = 0  # srgan: content loss only for these steps, then adversarial
     pretrain_epochs: float = 0  # > 0: pretrain_steps from epochs, as max_steps from epochs
-    adv_weight: float = 1.0  # srgan: 1e-3 (seed 000); cyclegan: 1 (seed 003)
-    cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (seed 003: 10)
-    identity_weight: float = 10.0  # cyclegan: identity term (seed 003: 10)
+    adv_weight: float = 1.0  # srgan: 1e-3 (Hayee2017); cyclegan: 1 (Zhao2019)
+    cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (Zhao2019: 10)
+    identity_weight: float = 10.0  # cyclegan: identity term (Zhao2019: 10)
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:

@@ -1,5 +1,5 @@
-"""Adversarial training with Lightning's manual optimisation: SRGAN (seed 000) and the two-way GAN
-of seed 003 (``cyclegan-fc``) with its image-level-cycle ablation (``cyclegan``).
+"""Adversarial training with Lightning's manual optimisation: SRGAN (Hayee2017) and the two-way GAN
+of Zhao2019 (``cyclegan-fc``) with its image-level-cycle ablation (``cyclegan``).
 
 Each batch makes one generator step and one discriminator step. Only the generator's optimiser
 step goes through Lightning (so ``global_step`` counts batches, as in the paired engine: sampling,
@@ -68,7 +68,7 @@ class _GANModule(RestorationModule):
 
 
 class SRGANModule(_GANModule):
-    """Seed 000 / Ledig et al.: content loss for ``pretrain_steps`` (SRResNet), then each batch one
+    """Hayee2017 / Ledig et al.: content loss for ``pretrain_steps`` (SRResNet), then each batch one
     discriminator step (BCE on real HR vs generated) and one generator step on
     content + ``adv_weight`` (1e-3) x the non-saturating adversarial loss -log D(G(x))."""
 
@@ -109,10 +109,10 @@ class SRGANModule(_GANModule):
 
 
 class CycleGANModule(_GANModule):
-    """Seed 003's two-way GAN: ``net`` = G_e (degraded -> clean, the saved model), ``gen_b`` = G_b
+    """Zhao2019's two-way GAN: ``net`` = G_e (degraded -> clean, the saved model), ``gen_b`` = G_b
     (clean -> degraded), ``disc_e`` judges clean-domain images, ``disc_b`` degraded-domain ones.
 
-    Generator objective (seed 003 eq. 1, weights 1 / 10 / 10):
+    Generator objective (Zhao2019 eq. 1, weights 1 / 10 / 10):
     LSGAN adversarial + ``cycle_weight`` x cycle term + ``identity_weight`` x identity, where the
     cycle term is the feature-consistency loss on all conv layers of the (still training)
     discriminators (``cyclegan-fc``, eq. 3) or the image-level L1 cycle loss (``cyclegan``, eq. 2).
