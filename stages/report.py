@@ -18,7 +18,7 @@ def main() -> None:
         build_report(p, tasks, Path("artifacts/eval"), Path("artifacts/patches"), Path("artifacts/models"), Path("reports"),
                      segmenter=segmenter, segmenter_dir=Path("artifacts/segmenter"), bench_path=Path("reports/bench.json"))
         tag_outputs(tracker, [Path("reports/index.html"), Path("reports/report.md"), Path("reports/metrics.json")])
-        registered = register_best_models(best_models(Path("artifacts/eval"), tasks, models_root=Path("artifacts/models")), Path("artifacts/models"), tracker=tracker)
+        registered = register_best_models(best_models(Path("artifacts/eval"), tasks, models_root=Path("artifacts/models"), train=p["train"]), Path("artifacts/models"), tracker=tracker)
         for task, version in registered.items():
             print(f"[medrestore] registered {version} (best of {task})")
 

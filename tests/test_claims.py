@@ -39,7 +39,7 @@ def test_lower_is_better_metrics_turn_the_difference():
 
 def test_a_method_missing_from_the_run_is_not_run(tmp_path):
     assert check_claim(CLAIM, table([31, 32], [30, 31]).query("method == 'dncnn'"), {}, 0)["verdict"] == "not run"
-    results = check_claims(tmp_path / "eval", tmp_path / "models", 0, (CLAIM,))
+    results = check_claims(tmp_path / "eval", {}, 0, (CLAIM,))
     assert results[0]["verdict"] == "not run"
 
 

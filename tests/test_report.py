@@ -84,3 +84,29 @@ def test_headline_numbers_and_banner(task):
     params["train"]["profile"] = "standard"
     assert "1 of 2 trained models did not converge (denoise-g25/dncnn)" in banner(params, {"denoise-g25": conv})
     assert banner(params, {"denoise-g25": {"irunet": conv["irunet"]}}) is None
+
+
+def _curve(folder, pts, steps):
+    folder.mkdir(parents=True)
+    rows = ["step,train_loss,lr,val_loss,val_psnr"] + [f"{s},0.01,0.001,0.01,{p}" for s, p in pts]
+    (folder / "curve.csv").write_text("\n".join(rows) + "\n")
+    write_json_atomic(folder / "metrics.json", {"steps": steps, "best_val_psnr": max(p for _, p in pts)})
+
+
+def test_a_falling_curve_and_an_unconverged_start_are_not_convergence(tmp_path):
+    models = tmp_path / "models"
+    _curve(models / "denoise-blind" / "dncnn-blind", [(250, 22.0), (500, 24.0), (750, 26.0), (1000, 29.0)], 1000)  # still rising
+    _curve(models / "denoise-g25" / "dncnn", [(50, 25.0), (100, 25.1), (150, 25.1), (200, 25.12)], 200)  # flat, from the blind model
+    _curve(models / "denoise-g25" / "irunet", [(250, 30.0), (500, 33.0), (750, 33.1), (1000, 33.1)], 1000)
+    _curve(models / "denoise-g25" / "dncnn-srgan", [(40, 33.0), (80, 33.1), (120, 33.1)], 120)  # chained onto dncnn
+    _curve(models / "enhance" / "cyclegan", [(20, 15.0), (40, 14.0), (60, 13.5), (80, 13.0)], 80)  # best first, then falling
+    train = {"finetune": {"g25-dncnn": {"task": "denoise-g25", "model": "dncnn", "init": "denoise-blind/dncnn-blind"}},
+             "chains": {"c": {"task": "denoise-g25", "model": "srgan", "method": "dncnn-srgan", "first": "dncnn"}}}
+    conv = task_convergence(models, "denoise-g25", train)
+    assert conv["irunet"]["converged"]
+    assert conv["dncnn"]["run_converged"] and not conv["dncnn"]["converged"]
+    assert conv["dncnn"]["why"] == "starts from denoise-blind/dncnn-blind, which did not converge"
+    assert not conv["dncnn-srgan"]["converged"] and "denoise-g25/dncnn" in conv["dncnn-srgan"]["why"]
+    assert task_convergence(models, "denoise-g25")["dncnn"]["converged"]  # without params: its own curve only
+    cyc = task_convergence(models, "enhance", train)["cyclegan"]
+    assert cyc["run_converged"] and not cyc["converged"] and cyc["why"] == "validation PSNR ended 2.00 dB below its best"

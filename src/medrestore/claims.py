@@ -103,10 +103,10 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     return out
 
 
-def check_claims(eval_root: Path, models_root: Path, seed: int, claims: tuple[Claim, ...] = CLAIMS) -> list[dict]:
-    """Every claim whose task this run evaluated (``not run`` for the others)."""
-    from medrestore.training.convergence import model_convergence
-
+def check_claims(eval_root: Path, converged: dict[str, dict[str, dict]], seed: int, claims: tuple[Claim, ...] = CLAIMS) -> list[dict]:
+    """Every claim, judged on the task's ``per_image.csv`` under ``eval_root`` (``not run`` where the
+    task was not evaluated); ``converged``: task -> trained method -> convergence verdict (the report's
+    :func:`medrestore.report.task_convergence`)."""
     results = []
     tables: dict[str, pd.DataFrame | None] = {}
     for c in claims:
@@ -117,12 +117,8 @@ def check_claims(eval_root: Path, models_root: Path, seed: int, claims: tuple[Cl
         if table is None:
             results.append({**asdict(c), "values": {}, "verdict": "not run", "why": f"task {c.task} not evaluated"})
             continue
-        converged = {}
-        for m in (c.better, c.worse):
-            verdict = model_convergence(Path(models_root) / c.task / m)
-            if verdict is not None:
-                converged[m] = verdict["converged"]
-        results.append(check_claim(c, table, converged, seed))
+        verdicts = converged.get(c.task, {})
+        results.append(check_claim(c, table, {m: bool(verdicts[m]["converged"]) for m in (c.better, c.worse) if m in verdicts}, seed))
     return results
 
 

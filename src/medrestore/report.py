@@ -99,7 +99,7 @@ def _test_case(patches_dir: Path, window: int) -> tuple[dict, np.ndarray, np.nda
     return entry, clean, fov, _detail_window(clean, fov, w), w
 
 
-def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128) -> bytes:
+def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128, converged: dict[str, dict] | None = None) -> bytes:
     """Qualitative grid: the whole test image with the zoom window marked, then the zoomed window
     (the green-channel detail densest, i.e. thin vessels) for the clean image and every method."""
     from matplotlib.patches import Rectangle
@@ -119,8 +119,9 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
             ax = axes[r][c]
             ax.imshow(img[t : t + w, l : l + w], interpolation="nearest")
             stats = summary["methods"].get(name, {}).get(variant, {})
-            label = name if "psnr" not in stats else f"{name}\n{stats['psnr']['mean']:.2f} dB"
-            ax.set_title(label, fontsize=8)
+            title = label(name, converged).replace(" (", "\n(")
+            title = title if "psnr" not in stats else f"{title}\n{stats['psnr']['mean']:.2f} dB"
+            ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.suptitle(f"{task}: {entry['id']}, {w}x{w} zoom at ({t}, {l})", fontsize=9, y=1.02)
     return _fig_png(fig)
@@ -147,7 +148,7 @@ def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dic
     return _fig_png(fig)
 
 
-def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, segmenter, window: int = 192) -> bytes:
+def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, segmenter, window: int = 192, converged: dict[str, dict] | None = None) -> bytes:
     """The pipeline's vessel segmenter on every method's output in the zoom window: vessels of the
     reference found (white), missed (magenta) and invented (more than 2 px from any reference
     vessel, cyan). The reference is the manual mask when the dataset has one, else the segmentation
@@ -172,7 +173,7 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
         ax.imshow(rgb[sub], interpolation="nearest")
         missed = float((reference & ~found)[sub].sum() / max(reference[sub].sum(), 1))
         invented = float((found & ~near)[sub].sum() / max(found[sub].sum(), 1))
-        ax.set_title(f"{name}\nmissed {missed:.0%}, invented {invented:.0%}", fontsize=7)
+        ax.set_title(f"{label(name, converged)}\nmissed {missed:.0%}, invented {invented:.0%}", fontsize=7)
         ax.axis("off")
     ref_name = "manual mask" if manual else "segmentation of the clean image"
     fig.suptitle(f"{task} [{variant}]: vessels found (white), missed (magenta), invented (cyan) vs the {ref_name}", fontsize=8, y=1.04)
@@ -282,21 +283,69 @@ def label(method: str, converged: dict[str, dict] | None) -> str:
     return f"{method} ({NOT_CONVERGED})" if verdict is not None and not verdict["converged"] else method
 
 
-def task_convergence(models_root: Path | None, task: str) -> dict[str, dict]:
-    """Trained method -> :func:`medrestore.training.convergence.model_convergence` of its folder."""
-    from medrestore.training.convergence import model_convergence
+def task_convergence(models_root: Path | None, task: str, train: dict | None = None) -> dict[str, dict]:
+    """Trained method -> whether the model converged, as the report judges it:
 
-    folder = Path(models_root) / task if models_root is not None else None
-    if folder is None or not folder.is_dir():
+    - its own run: :func:`medrestore.training.convergence.model_convergence` of its curve (the gain
+      over the last quarter, also in the model's ``metrics.json`` as ``converged``);
+    - a validation PSNR that ended ``MIN_GAIN_DB`` or more below the run's best is no plateau (a GAN
+      trading PSNR for its adversary, or a fine-tuning that undoes its start): not converged;
+    - with ``train`` (params.yaml's ``train``): a model fine-tuned from another (``train.finetune``
+      ``init``) or trained on another's outputs (``train.chains`` ``first``) converged only if that
+      one did too, since its training includes the other's.
+    """
+    from medrestore.training.convergence import (
+        MIN_GAIN_DB,
+        curve_points,
+        model_convergence,
+    )
+
+    root = Path(models_root) if models_root is not None else None
+    memo: dict[tuple[str, str], dict | None] = {}
+
+    def base_of(t: str, method: str) -> tuple[str, str] | None:
+        for entry in ((train or {}).get("finetune") or {}).values():
+            if entry.get("task") == t and entry.get("method", entry.get("model")) == method and "init" in entry:
+                bt, _, bm = str(entry["init"]).partition("/")
+                return bt, bm
+        for entry in ((train or {}).get("chains") or {}).values():
+            if entry.get("task") == t and entry.get("method", entry.get("model")) == method:
+                return t, entry["first"]
+        return None
+
+    def verdict(t: str, method: str, seen: tuple = ()) -> dict | None:
+        if (t, method) in memo:
+            return memo[(t, method)]
+        folder = root / t / method if root is not None else None
+        own = model_convergence(folder) if folder is not None else None
+        if own is None:
+            memo[(t, method)] = None
+            return None
+        out = {**own, "run_converged": own["converged"]}
+        pts = curve_points(folder / "curve.csv")
+        if out["converged"] and pts:
+            fall = max(p for _, p in pts) - pts[-1][1]
+            if fall >= MIN_GAIN_DB:
+                out.update(converged=False, why=f"validation PSNR ended {fall:.2f} dB below its best")
+        base = base_of(t, method)
+        if base is not None and base not in seen:
+            b = verdict(*base, seen=(*seen, (t, method)))
+            if b is not None and not b["converged"] and out["converged"]:
+                out.update(converged=False, why=f"starts from {base[0]}/{base[1]}, which did not converge")
+        if not out["converged"] and "why" not in out:
+            out["why"] = "still improving"
+        memo[(t, method)] = out
+        return out
+
+    if root is None or not (root / task).is_dir():
         return {}
-    out = {}
-    for d in sorted(folder.iterdir()):
-        if d.name.startswith("."):
-            continue
-        verdict = model_convergence(d)
-        if verdict is not None:
-            out[d.name] = verdict
-    return out
+    found = {}
+    for d in sorted((root / task).iterdir()):
+        if not d.name.startswith("."):
+            v = verdict(task, d.name)
+            if v is not None:
+                found[d.name] = v
+    return found
 
 
 def _eligible(method: str, kind: str, converged: dict[str, dict] | None) -> bool:
@@ -526,9 +575,11 @@ def _html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
 
 CONVERGENCE_TEXT = (
     "A trained model converged when its best validation PSNR gained less than 0.2 dB over the last quarter of its "
-    "steps (a decaying learning rate flattens that quarter by itself: the verdict means no more gain at this "
-    "schedule's length). A model that did not converge is marked in every table and is never called best: its "
-    "numbers describe the training budget, not the paper's method."
+    "steps and its last validation is within 0.2 dB of its best (a falling curve is no plateau: a GAN trading PSNR "
+    "for its adversary, or a fine-tuning undoing its start), and, for a model fine-tuned from another or trained on "
+    "another's outputs, when that one converged too. A decaying learning rate flattens the last quarter by itself: "
+    "the verdict means no more gain at this schedule's length. A model that did not converge is marked in every "
+    "table and figure and is never called best: its numbers describe the training budget, not the paper's method."
 )
 
 #: reports/metrics.json: per method and test variant, these summary columns under these names (the
@@ -578,14 +629,14 @@ def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None
     return None
 
 
-def best_rows(eval_root: Path, tasks: list[str], models_root: Path) -> tuple[list[str], list[list[str]]]:
+def best_rows(eval_root: Path, tasks: list[str], conv_by_task: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[str]]]:
     """Per task and test corruption: the best method in PSNR inside the FOV, and the best on vessels,
     among baselines and converged models (:func:`best_on_vessels`)."""
     header = ["task [test]", "best in PSNR inside the FOV", "best on vessels (thin vessels kept, inventing at most half the input's)"]
     rows = []
     for task in tasks:
         summary = read_json(Path(eval_root) / task / "summary.json")
-        conv = task_convergence(models_root, task)
+        conv = conv_by_task.get(task, {})
         for variant in summary["variants"]:
             top = _best_by(summary, variant, conv, "psnr_fov")
             vessels = best_on_vessels(summary, variant, conv)
@@ -643,21 +694,21 @@ def build_report(
     stages = _lock_stages(Path(lock_path))
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC plots output: exists even with no sigma task
     methods = methods_paragraph(params, Path(models_root))
-    conv_by_task = {t: task_convergence(models_root, t) for t in tasks}
+    conv_by_task = {t: task_convergence(models_root, t, params["train"]) for t in tasks}
     first = banner(params, conv_by_task)
     md = ["# medrestore comparison report", ""] + ([first, ""] if first else []) + ["## Methods", "", methods, ""]
     html_parts = ["<h1>medrestore comparison report</h1>"]
     if first:
         html_parts.append(f"<p class='banner'><strong>{html.escape(first.strip('*'))}</strong></p>")
     html_parts.append(f"<h2>Methods</h2><p>{html.escape(methods)}</p>")
-    claims = check_claims(Path(eval_root), Path(models_root), int(params["seed"]))
+    claims = check_claims(Path(eval_root), conv_by_task, int(params["seed"]))
     write_json_atomic(out_dir / "claims.json", claims)
     header, rows = claims_rows(claims)
     counts = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in ("reproduced", "not reproduced", "not converged", "not run"))
     intro = f"What the papers claim, checked against this run's test images ({counts}). Rule: {RULE}."
     md += ["## Paper claims", "", intro, "", *_md_table(header, rows)]
     html_parts.append(f"<h2 id='claims'>Paper claims</h2><p>{html.escape(intro)}</p>" + _html_table(header, rows))
-    header, rows = best_rows(Path(eval_root), tasks, Path(models_root))
+    header, rows = best_rows(Path(eval_root), tasks, conv_by_task)
     md += ["## Best methods", "", "Among baselines and converged models only.", "", *_md_table(header, rows)]
     html_parts.append("<h2 id='best'>Best methods</h2><p>Among baselines and converged models only.</p>" + _html_table(header, rows))
     seg_md, seg_html = segmenter_section(segmenter_dir)
@@ -667,7 +718,7 @@ def build_report(
     for task in tasks:
         eval_dir = Path(eval_root) / task
         summary = read_json(eval_dir / "summary.json")
-        conv = task_convergence(models_root, task)
+        conv = conv_by_task[task]
         md += [f"## {task}", ""]
         html_parts.append(f"<h2 id='{html.escape(task)}'>{html.escape(task)}</h2>")
         for variant in summary["variants"]:
@@ -693,9 +744,9 @@ def build_report(
             md += [f"### {task}: cost", "", *_md_table(*costs)]
             html_parts.append(f"<h3>{html.escape(task)}: cost</h3>" + _html_table(*costs))
         figures = [
-            ("crops", crops_figure(task, eval_dir, patches_dir, summary)),
+            ("crops", crops_figure(task, eval_dir, patches_dir, summary, converged=conv)),
             ("errors", error_maps_figure(task, eval_dir, patches_dir, summary)),
-            ("vessels", vessel_figure(task, eval_dir, patches_dir, summary, segmenter)),
+            ("vessels", vessel_figure(task, eval_dir, patches_dir, summary, segmenter, converged=conv)),
             ("sigma", sigma_figure(task, summary)),
             ("cost", cost_figure(task, summary)),
             ("curves", curves_figure(task, Path(models_root) / task)),
@@ -781,13 +832,14 @@ def browser_check(page: Path, screenshot: Path | None = None, width: int = 1200,
     return result
 
 
-def best_models(eval_root: Path, tasks: list[str], metric: str = "psnr_fov", models_root: Path | None = None) -> dict[str, dict]:
+def best_models(eval_root: Path, tasks: list[str], metric: str = "psnr_fov", models_root: Path | None = None, train: dict | None = None) -> dict[str, dict]:
     """Per task, the converged trained model with the highest mean ``metric`` over the test
-    corruptions (a model that did not converge is never chosen; ``models_root`` holds the curves)."""
+    corruptions (a model that did not converge is never chosen; ``models_root`` holds the curves,
+    ``train`` the params that say which models start from which: :func:`task_convergence`)."""
     best: dict[str, dict] = {}
     for task in tasks:
         summary = read_json(Path(eval_root) / task / "summary.json")
-        conv = task_convergence(models_root, task) if models_root is not None else {}
+        conv = task_convergence(models_root, task, train) if models_root is not None else {}
         scores = {}
         for m, variants in summary["methods"].items():
             vals = [v[metric]["mean"] for v in variants.values() if v.get("kind") == "model" and metric in v]
