@@ -632,7 +632,7 @@ def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None
 def best_rows(eval_root: Path, tasks: list[str], conv_by_task: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[str]]]:
     """Per task and test corruption: the best method in PSNR inside the FOV, and the best on vessels,
     among baselines and converged models (:func:`best_on_vessels`)."""
-    header = ["task [test]", "best in PSNR inside the FOV", "best on vessels (thin vessels kept, inventing at most half the input's)"]
+    header = ["task [test]", "best in PSNR inside the FOV", "best on vessels (most thin vessels kept above chance, inventing at most half the input's share)"]
     rows = []
     for task in tasks:
         summary = read_json(Path(eval_root) / task / "summary.json")
@@ -640,7 +640,7 @@ def best_rows(eval_root: Path, tasks: list[str], conv_by_task: dict[str, dict[st
         for variant in summary["variants"]:
             top = _best_by(summary, variant, conv, "psnr_fov")
             vessels = best_on_vessels(summary, variant, conv)
-            rows.append([f"{task} [{variant}]", top or "–", vessels or "none qualifies"])
+            rows.append([f"{task} [{variant}]", top or "–", vessels or "none keeps thin vessels above chance without inventing"])
     return header, rows
 
 
@@ -655,14 +655,16 @@ def _best_by(summary: dict, variant: str, conv: dict, metric: str) -> str | None
 
 def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
     """The baseline or converged model that keeps the most thin vessels (recall above chance) among
-    those that invent at most half as large a share of vessel pixels as the degraded input does."""
+    those that keep some (the 95% interval of that recall above zero) and invent at most half as large
+    a share of vessel pixels as the degraded input does; None when no method qualifies."""
     prefix = "manual" if any("manual_thin_recall_above_chance" in v.get(variant, {}) for v in summary["methods"].values()) else "ref"
     kept, invented = f"{prefix}_thin_recall_above_chance", f"{prefix}_invented_rate"
     floor = summary["methods"].get("degraded", {}).get(variant, {}).get(invented, {}).get("mean")
     cands = {}
     for m, v in summary["methods"].items():
         st = v.get(variant, {})
-        if kept in st and invented in st and _eligible(m, st["kind"], conv) and (floor is None or st[invented]["mean"] <= floor / 2):
+        if (kept in st and invented in st and _eligible(m, st["kind"], conv) and st[kept]["ci95"][0] > 0
+                and (floor is None or st[invented]["mean"] <= floor / 2)):
             cands[m] = (st[kept]["mean"], st[invented]["mean"])
     if not cands:
         return None
