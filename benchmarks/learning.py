@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,16 +39,6 @@ class _Clock:
             print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
@@ -65,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from train import merged_params, run_entry
 
+    from medrestore.bench import cpu_model
     from medrestore.data.patches import load_patches
     from medrestore.io import load_params, read_json
     from medrestore.training import TrainConfig, train_model
@@ -100,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     total = time.perf_counter() - clock.start
     result = {
         "run": args.run,
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": {k: v for k, v in settings.items() if k not in ("progress_bar",)},
         "steps": metrics["steps"],

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from medrestore.evaluation import LOWER_BETTER, bootstrap_ci
-from medrestore.io import read_json
 
 #: label -> (authors, year, title, seed file)
 PAPERS = {
@@ -136,7 +135,3 @@ def claims_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "–"
         rows.append([r["paper"], r["claim"], f"{r['task']} [{r['variant']}]", r["metric"], _cell(r["better"], vals), _cell(r["worse"], vals), diff, r["verdict"]])
     return header, rows
-
-
-def read_results(path: Path) -> list[dict]:
-    return read_json(Path(path))
