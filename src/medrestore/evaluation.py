@@ -51,7 +51,7 @@ import torch
 
 from medrestore.cost import model_cost
 from medrestore.data.prepare import safe_name
-from medrestore.degradations import modcrop, spec_scale, to_float, to_uint8
+from medrestore.degradations import modcrop, noise_sigma, spec_scale, to_float, to_uint8
 from medrestore.inference import model_scale, restore_array
 from medrestore.io import (
     InputError,
@@ -227,9 +227,14 @@ def _task_scale(corruption: dict, case: dict) -> int:
     return spec_scale(case.get("spec", {}))
 
 
-def case_sigma(params: dict) -> float:
-    """Noise sigma (0-255) a corruption drew: its ``sigma``, or for a chain the steps' sigmas
-    combined in quadrature (independent noises add their variances); 0 without noise."""
+def case_sigma(params: dict, spec: dict | None = None) -> float:
+    """Noise sigma (0-255) a test case's corruption drew, from its ``spec`` and ``params`` (both in
+    ``corruption.json``): :func:`medrestore.degradations.noise_sigma`, the sigmas of its noise steps
+    only (chains walked, independent noises in quadrature), 0 without noise. A blur's sigma is a
+    width in pixels and is never read as noise. Without ``spec``, the old reading of the params
+    alone (any top-level or step ``sigma``), which cannot tell a blur's sigma from a noise's."""
+    if spec is not None:
+        return noise_sigma(spec, params)
     if "sigma" in params:
         return float(params["sigma"])
     steps = params.get("steps") or []
@@ -306,7 +311,7 @@ def evaluate_task(
                 f"{corrupt_dir / case['file']}: {degraded.shape[:2]} times {s} is not the clean test image's {clean.shape[:2]}. "
                 "Fix: rerun the corrupt stage."
             )
-        sigma = case_sigma(case.get("params", {}))
+        sigma = case_sigma(case.get("params", {}), case.get("spec"))
         base = {"task": task, "image_id": case["id"], "variant": case["variant"], "sigma": sigma, "scale": s}
         low = to_float(degraded)
         pixels = clean.shape[0] * clean.shape[1]

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
 from skimage.restoration import denoise_nl_means
+
+from medrestore.degradations import upsample_bicubic
 
 
 def baseline(task: str, paper: str) -> Callable:
@@ -54,13 +55,9 @@ def bm3d_rgb(noisy: np.ndarray, sigma: float) -> np.ndarray:
 
 @baseline("sr", "Hayee2017 (bicubic upsampling, the SR reference of Ledig et al.)")
 def bicubic(degraded: np.ndarray, sigma: float = 0.0, scale: int = 4) -> np.ndarray:
-    """Bicubic upsampling of the low-resolution input by ``scale`` (PIL, as the corrupt stage downscales)."""
-    h, w = degraded.shape[:2]
-    planes = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(degraded[..., c], dtype=np.float32), mode="F").resize((w * scale, h * scale), Image.BICUBIC))
-        for c in range(degraded.shape[2])
-    ]
-    return np.clip(np.stack(planes, axis=-1), 0.0, 1.0).astype(np.float32)
+    """Bicubic upsampling of the low-resolution input by ``scale`` (PIL, as the corrupt stage downscales):
+    :func:`medrestore.degradations.upsample_bicubic`, clipped to [0, 1] at ``scale`` 1 too."""
+    return np.clip(upsample_bicubic(degraded, scale), 0.0, 1.0).astype(np.float32)
 
 
 @baseline("enhance", "Zhao2019 (CLAHE-based enhancement baselines)")
