@@ -29,6 +29,35 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
+def cut_patches(region: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """Every ``size`` x ``size`` patch of ``region`` whose corner lies on the ``stride`` grid (row by row)."""
+    h, w = region.shape[:2]
+    return np.stack([region[y : y + size, x : x + size] for y in range(0, h - size + 1, stride) for x in range(0, w - size + 1, stride)])
+
+
+def noisy_copies(clean: np.ndarray, salt: int, sigma: float = 25) -> np.ndarray:
+    """Gaussian-noise copies of the patches ``clean``, patch ``i`` seeded ``[salt, i]`` (the pipeline's corruption)."""
+    from medrestore.degradations import corrupt
+
+    return np.stack([corrupt(p, {"kind": "gaussian", "sigma": sigma}, [salt, i])[0] for i, p in enumerate(clean)])
+
+
+def shrink_params(params: dict, *, datasets: Path | None = None, sources: list[str] = ("chase_db1",), size: int = 256,
+                  patch: int = 32, stride: int = 16, tasks: set[str] | None = None) -> dict:
+    """The repository's params.yaml made tiny for an end-to-end test: ``sources`` read from ``datasets``
+    (default ../shared/datasets), ``size`` px images, ``patch`` px patches, only the corruption ``tasks``
+    (default: those of the remaining train runs), no progress bars. Training budgets stay the caller's."""
+    params["download"].update(sources=list(sources), mirror=str(datasets or SHARED / "datasets"))
+    params["prepare"]["size"] = size
+    params["patchify"].update(patch_size=patch, stride=stride)
+    train = params["train"]
+    if tasks is None:
+        tasks = {r["task"] for r in [*train["runs"].values(), *(train.get("finetune") or {}).values()]}
+    params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in tasks}
+    train["defaults"]["progress_bar"] = False
+    return params
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         if os.environ.get("CI"):

@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import copy_checkout
+from conftest import copy_checkout, cut_patches, noisy_copies, shrink_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -35,10 +34,7 @@ RUN = f"{TASK}-{MODEL}"
 # --------------------------------------------------------------------------- a tiny pipeline copy
 def tiny_params(p: dict) -> dict:
     """One task, one model, four training steps; every other stage at its smallest useful size."""
-    p["download"].update(sources=["sample"], mirror=str(SHARED / "datasets"))
-    p["prepare"]["size"] = 256
-    p["patchify"].update(patch_size=32, stride=8)
-    p["corrupt"]["tasks"] = {TASK: p["corrupt"]["tasks"][TASK]}
+    shrink_params(p, sources=["sample"], stride=8, tasks={TASK})
     t = p["train"]
     t["runs"] = {RUN: {"task": TASK, "model": MODEL}}
     t["chains"] = {}
@@ -53,7 +49,6 @@ def tiny_params(p: dict) -> dict:
         layer.update(steps)
     for layer in layers[2:]:  # the profile's rate would shadow the recipe's, which the experiments below vary
         layer.pop("lr", None)
-    t["defaults"]["progress_bar"] = False
     if "segmenter" in p:
         p["segmenter"]["steps"] = 4
     e = p["evaluate"]
@@ -247,12 +242,9 @@ def test_model_folder_with_pickled_weights_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_pairs(retina):
-    from medrestore.degradations import corrupt
-
     def cut(region):
-        clean = np.stack([region[y : y + 16, x : x + 16] for y in range(0, 64, 16) for x in range(0, 64, 16)])
-        noisy = np.stack([corrupt(p, {"kind": "gaussian", "sigma": 25}, [0, i])[0] for i, p in enumerate(clean)])
-        return clean, noisy
+        clean = cut_patches(region, 16, 16)
+        return clean, noisy_copies(clean, 0)
 
     return cut(retina[500:564, 300:364]), cut(retina[800:864, 700:764])
 

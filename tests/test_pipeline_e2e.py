@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import copy_checkout
+from conftest import copy_checkout, shrink_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,17 +25,12 @@ E2E_RUNS = {"denoise-g25-redae", "sr-x4-lapsrn", "enhance-cyclegan-fc"}
 
 
 def tiny_params(params: dict) -> dict:
-    params["download"]["sources"] = ["chase_db1"]
-    params["prepare"]["size"] = 256
-    params["patchify"].update(patch_size=32, stride=16)
     train = params["train"]
     train["runs"] = {k: v for k, v in train["runs"].items() if k in E2E_RUNS}
     # DnCNN on the task's own noise, then fine-tuned from it (the default fine-tunes the blind model)
     train["runs"]["denoise-g25-dncnn-blind"] = {"task": "denoise-g25", "model": "dncnn-blind"}
     train["finetune"] = {"denoise-g25-dncnn": {"task": "denoise-g25", "model": "dncnn", "init": "denoise-g25/dncnn-blind"}}
-    tasks = {r["task"] for r in train["runs"].values()}
-    params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in tasks}
-    train["defaults"].update(progress_bar=False)
+    shrink_params(params)
     train["profile"] = "quick"
     quick = train["profiles"]["quick"]["models"]
     for name in quick:

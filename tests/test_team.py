@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_checkout
+from conftest import copy_checkout, shrink_params
 
 REPO = Path(__file__).resolve().parents[1]
 TASK, RUN, MODEL = "denoise-g25", "denoise-g25-cdae", "cdae"  # the cheapest model to train
@@ -66,15 +66,11 @@ def free_port() -> int:
 
 def tiny_params(params: dict, datasets: Path) -> dict:
     """CHASE_DB1 at 256 px, one corruption task and one short training run."""
-    params["download"].update(sources=["chase_db1"], mirror=str(datasets))
-    params["prepare"]["size"] = 256
-    params["patchify"].update(patch_size=32, stride=16)
-    params["corrupt"]["tasks"] = {TASK: params["corrupt"]["tasks"][TASK]}
+    shrink_params(params, datasets=datasets, tasks={TASK})
     params["train"]["runs"] = {RUN: params["train"]["runs"][RUN]}
     params["train"]["chains"] = {}
     params["train"]["finetune"] = {}
     params["train"]["profile"] = "quick"
-    params["train"]["defaults"].update(progress_bar=False)
     params["train"]["profiles"]["quick"]["models"][MODEL].update(max_steps=20, val_every=10, ckpt_every=10)
     return params
 

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
-from conftest import kill_and_resume
+from conftest import cut_patches, kill_and_resume, noisy_copies
 
-from medrestore.degradations import corrupt
 from medrestore.training import TrainConfig, train_model
 
 
@@ -10,12 +9,10 @@ from medrestore.training import TrainConfig, train_model
 def fundus_pairs(retina):
     """24x24 patches from two disjoint parts of the real fundus photograph, sigma-25 noisy copies."""
     def cut(region):
-        patches = [region[y : y + 24, x : x + 24] for y in range(0, region.shape[0] - 24, 12) for x in range(0, region.shape[1] - 24, 12)]
-        clean = np.stack(patches)
-        noisy = np.stack([corrupt(p, {"kind": "gaussian", "sigma": 25}, [0, i])[0] for i, p in enumerate(clean)])
-        return clean, noisy
+        clean = cut_patches(region, 24, 12)
+        return clean, noisy_copies(clean, 0)
 
-    return cut(retina[500:680, 300:600]), cut(retina[800:900, 700:900])
+    return cut(retina[500:679, 300:599]), cut(retina[800:899, 700:899])
 
 
 def _train(tmp_path, pairs, name, **overrides):

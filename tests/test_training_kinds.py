@@ -4,7 +4,6 @@ GANs of Zhao2019; the NaN guard; the params wiring of dncnn-green's channel weig
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import cut_patches, noisy_copies
 
 from medrestore.degradations import corrupt, sr_pair
 from medrestore.models import BASELINES, MODELS, load_model
+from medrestore.params import train_settings
 from medrestore.training import (
     NonFiniteLossError,
     RestorationModule,
@@ -26,18 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
-def _cut(region: np.ndarray, size: int, stride: int) -> np.ndarray:
-    return np.stack([region[y : y + size, x : x + size] for y in range(0, region.shape[0] - size + 1, stride) for x in range(0, region.shape[1] - size + 1, stride)])
-
-
 @pytest.fixture(scope="module")
 def regions(chase_image):
     """Two disjoint parts of a real CHASE_DB1 fundus photograph (vessels, disc border): train, val."""
     return chase_image[380:572, 380:620], chase_image[600:700, 300:460]
-
-
-def _noisy(clean: np.ndarray, salt: int) -> np.ndarray:
-    return np.stack([corrupt(p, {"kind": "gaussian", "sigma": 25}, [salt, i])[0] for i, p in enumerate(clean)])
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,14 +40,14 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def denoise_data(regions):
-    tr, va = _cut(regions[0], 24, 12), _cut(regions[1], 24, 12)
-    return (tr, _noisy(tr, 1)), (va, _noisy(va, 2))
+    tr, va = cut_patches(regions[0], 24, 12), cut_patches(regions[1], 24, 12)
+    return (tr, noisy_copies(tr, 1)), (va, noisy_copies(va, 2))
 
 
 @pytest.fixture(scope="module")
 def sr_data(regions):
     def pairs(region, salt):
-        hr, lr = zip(*[sr_pair(p, {"kind": "downscale", "scale": 4}, [salt, i])[:2] for i, p in enumerate(_cut(region, 32, 16))])
+        hr, lr = zip(*[sr_pair(p, {"kind": "downscale", "scale": 4}, [salt, i])[:2] for i, p in enumerate(cut_patches(region, 32, 16))])
         return np.stack(hr), np.stack(lr)
 
     return pairs(regions[0], 3), pairs(regions[1], 4)
@@ -67,7 +60,7 @@ def unpaired_data(regions):
     def blurred(clean, salt):
         return np.stack([corrupt(p, {"kind": "gaussian_blur", "sigma": 1.5}, [salt, i])[0] for i, p in enumerate(clean)])
 
-    tr, va = _cut(regions[0], 32, 16), _cut(regions[1], 32, 16)
+    tr, va = cut_patches(regions[0], 32, 16), cut_patches(regions[1], 32, 16)
     domain = (np.arange(len(tr)) >= len(tr) // 2).astype(np.uint8)
     return (tr, blurred(tr, 5)), (va, blurred(va, 6)), domain
 
@@ -177,20 +170,10 @@ def test_exploding_learning_rate_stops_naming_run_and_step_and_keeps_the_last_go
 
 
 # --------------------------------------------------------------------------- params wiring
-def _stage_module():
-    sys.path.insert(0, str(REPO / "stages"))
-    try:
-        import importlib
-
-        return importlib.import_module("train")
-    finally:
-        sys.path.pop(0)
-
-
 def test_dncnn_green_run_weights_the_loss_red_green_blue_1_3_2():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     key = next(k for k, r in {**params["train"]["runs"], **params["train"]["finetune"]}.items() if r["model"] == "dncnn-green")
-    cfg = TrainConfig.from_params(_stage_module().merged_params(params["train"], key, 0))
+    cfg = TrainConfig.from_params(train_settings(params["train"], key, 0))
     loss = RestorationModule(cfg).loss_fn
     pred = torch.zeros(2, 3, 4, 4)
     target = torch.zeros(2, 3, 4, 4)
@@ -203,7 +186,6 @@ def test_dncnn_green_run_weights_the_loss_red_green_blue_1_3_2():
 
 def test_chains_name_a_trained_first_run_and_merge_like_runs():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    stage = _stage_module()
     train = params["train"]
     assert train["chains"], "Hayee2017's DnCNN -> SRGAN chain is a default run"
     methods = {(r["task"], r.get("method", r["model"])) for r in [*train["runs"].values(), *train["finetune"].values()]}
@@ -211,19 +193,18 @@ def test_chains_name_a_trained_first_run_and_merge_like_runs():
         assert (chain["task"], chain["first"]) in methods, "the first part is a model trained by a run of the same task"
         assert chain["downscale"] >= 2
         assert (chain["task"], chain["method"]) not in methods  # its own folder and report row
-        cfg = TrainConfig.from_params(stage.merged_params(train, key, 0))
+        cfg = TrainConfig.from_params(train_settings(train, key, 0))
         assert cfg.model == chain["model"] and cfg.loss == chain.get("overrides", {}).get("loss", cfg.loss)
 
 
 def test_profiles_switch_the_budget_but_keep_the_papers_recipe():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    stage = _stage_module()
     train = params["train"]
     assert train["profile"] == "standard" and set(train["profiles"]) == {"quick", "standard", "paper"}
     for key, entry in {**train["runs"], **train["finetune"]}.items():
-        quick = stage.merged_params({**train, "profile": "quick"}, key, 0)
-        standard = stage.merged_params({**train, "profile": "standard"}, key, 0)
-        paper = stage.merged_params({**train, "profile": "paper"}, key, 0)
+        quick = train_settings({**train, "profile": "quick"}, key, 0)
+        standard = train_settings({**train, "profile": "standard"}, key, 0)
+        paper = train_settings({**train, "profile": "paper"}, key, 0)
         for layer in (quick, standard, paper):
             TrainConfig.from_params(layer)
         assert entry["model"] in MODELS
@@ -234,12 +215,11 @@ def test_profiles_switch_the_budget_but_keep_the_papers_recipe():
 
 def test_finetuned_runs_start_from_a_trained_model_of_the_same_network():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    stage = _stage_module()
     train = params["train"]
     assert train["finetune"], "DnCNN at sigma 25 and DnCNN-green are fine-tuned (Hayee2017's recipe)"
     trained = {f"{r['task']}/{r.get('method', r['model'])}": r["model"] for r in train["runs"].values()}
     for key, entry in train["finetune"].items():
         assert entry["init"] in trained, f"{key}: init names a model trained by train.runs"
         assert MODELS[trained[entry["init"]]].cls is MODELS[entry["model"]].cls
-        cfg = TrainConfig.from_params(stage.merged_params(train, key, 0))
+        cfg = TrainConfig.from_params(train_settings(train, key, 0))
         assert cfg.init_from == f"artifacts/models/{entry['init']}"

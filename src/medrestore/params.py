@@ -1,0 +1,259 @@
+"""params.yaml: its schema and the settings of one training run.
+
+Every section is a pydantic model that refuses unknown keys and wrong types (strict: ``"1e-3"`` is
+a string to YAML 1.1, not a number; ``true`` is no int), so a typo such as ``lr_rate: 0.1`` under
+a model stops the stage with the key's full path instead of training with the default rate.
+:func:`validate_params` runs in every stage before anything is read or written
+(:func:`medrestore.pipeline.stage.params`). Validation only checks: the stages get params.yaml's
+own values, unchanged.
+
+The settings of one run (:func:`train_settings`) merge these layers, later wins, dictionaries
+merged key by key at every depth (``model_kwargs: {upsample: ...}`` in a profile keeps the
+recipe's other ``model_kwargs``)::
+
+    train.defaults <- train.models[model] (the paper's recipe) <- train.profiles[profile].defaults
+      <- train.profiles[profile].models[model] (the budget) <- the run's overrides
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medrestore.io import InputError
+
+PROFILES_DOC = "quick | standard | paper"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TrainSettings(_Strict):
+    """One layer of a run's settings: any field of :class:`~medrestore.training.config.TrainConfig` but
+    ``model`` and ``seed`` (set by the run entry and the top-level seed). Listed here, not imported,
+    so that the data stages' code dependencies stay free of the training package;
+    tests/test_params.py checks that the two lists agree."""
+
+    model_kwargs: Optional[dict[str, Any]] = None
+    loss: Optional[str] = None
+    loss_kwargs: Optional[dict[str, Any]] = None
+    optimizer: Optional[str] = None
+    lr: Optional[float] = None
+    betas: Optional[list[float]] = None
+    eps: Optional[float] = None
+    momentum: Optional[float] = None
+    weight_decay: Optional[float] = None
+    schedule: Optional[str] = None
+    lr_decay: Optional[float] = None
+    lr_min: Optional[float] = None
+    lr_milestones: Optional[list[float]] = None
+    lr_gamma: Optional[float] = None
+    warmup_steps: Optional[int] = None
+    init_from: Optional[str] = None
+    batch_size: Optional[int] = None
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    val_every: Optional[int] = None
+    val_patches: Optional[int] = None
+    early_stop_patience: Optional[int] = None
+    accelerator: Optional[str] = None
+    devices: Optional[int | str] = None
+    num_nodes: Optional[int] = None
+    strategy: Optional[str] = None
+    precision: Optional[str] = None
+    augment: Optional[bool] = None
+    progress_bar: Optional[bool] = None
+    ckpt_every: Optional[int] = None
+    channels_last: Optional[bool] = None
+    perceptual: Optional[dict[str, Any]] = None
+    disc_kwargs: Optional[dict[str, Any]] = None
+    disc_lr: Optional[float] = None
+    pretrain_steps: Optional[int] = None
+    pretrain_epochs: Optional[float] = None
+    adv_weight: Optional[float] = None
+    cycle_weight: Optional[float] = None
+    identity_weight: Optional[float] = None
+
+
+class Download(_Strict):
+    sources: list[str]
+    mirror: str
+    folder: str
+    allow_network: bool
+    allow_unverified: bool = False
+
+
+class Prepare(_Strict):
+    size: int
+    mode: Literal["border_centre", "border", "centre", "centre_crop", "resize"]
+    grey: bool = False
+    fov_threshold: float
+
+
+class Patchify(_Strict):
+    patch_size: int
+    stride: int
+    min_fov_fraction: float
+    val_fraction: float
+    test_fraction: float
+    region_grid: int
+
+
+class Task(_Strict):
+    train: dict[str, Any]                 # a corruption spec (kind + its options: medrestore.degradations)
+    test: dict[str, dict[str, Any]]       # test variant -> corruption spec
+    level: Literal["patch", "image"] = "patch"
+    unpaired: bool = False
+
+
+class Corrupt(_Strict):
+    tasks: dict[str, Task]
+
+
+class Profile(_Strict):
+    defaults: Optional[TrainSettings] = None
+    models: dict[str, Optional[TrainSettings]] = Field(default_factory=dict)
+
+
+class RunEntry(_Strict):
+    task: str
+    model: str
+    method: Optional[str] = None          # the model's folder name when it is not the model's (chains)
+    overrides: Optional[TrainSettings] = None
+
+
+class FinetuneEntry(RunEntry):
+    init: str                             # TASK/METHOD of a trained model
+
+
+class ChainEntry(RunEntry):
+    first: str
+    downscale: int
+    subset: Optional[list[int]] = None
+
+
+class Train(_Strict):
+    profile: str = "standard"
+    defaults: TrainSettings
+    models: dict[str, Optional[TrainSettings]] = Field(default_factory=dict)
+    profiles: dict[str, Optional[Profile]] = Field(default_factory=dict)
+    runs: dict[str, RunEntry]
+    finetune: Optional[dict[str, FinetuneEntry]] = None
+    chains: Optional[dict[str, ChainEntry]] = None
+
+
+class Segmenter(_Strict):
+    steps: int
+    patch: int
+    batch: int
+    lr: float
+    lr_min: float = 1e-4
+    width: int = 8
+    depth: int = 3
+    threshold: float | str = 0.5
+    num_threads: Optional[int] = None
+    accelerator: str = "cpu"
+
+
+class Evaluate(_Strict):
+    baselines: dict[str, list[str]] | list[str]
+    tile: int
+    overlap: int
+    device: str = "cpu"
+    assets: str
+
+
+class Tracking(_Strict):
+    required: bool = False
+
+
+class Params(_Strict):
+    seed: int
+    download: Download
+    prepare: Prepare
+    patchify: Patchify
+    corrupt: Corrupt
+    train: Train
+    segmenter: Optional[Segmenter] = None
+    evaluate: Evaluate
+    tracking: Optional[Tracking] = None
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part in ("TrainSettings",)))
+
+
+def _numeric_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and bool(float(value) == float(value))
+    except ValueError:
+        return False
+
+
+def validate_params(params: Mapping[str, Any], path: str | Path = "params.yaml") -> Mapping[str, Any]:
+    """``params`` unchanged, or :class:`InputError` naming every unknown key and wrong value with its fix."""
+    try:
+        Params.model_validate(params)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _where(err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{key}: unknown key. Fix: remove it or correct its spelling (the README's params table lists the keys).")
+            elif err["type"] == "missing":
+                lines.append(f"{key}: missing. Fix: add it (params.yaml in the repository has every key).")
+            else:
+                hint = " (write 1.0e-3, not 1e-3: YAML reads the latter as text)" if _numeric_text(err.get("input")) else ""
+                lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}). Fix: give a value of that type{hint}.")
+        raise InputError(f"{path}: " + ("\n  " if len(lines) > 1 else "") + "\n  ".join(lines)) from None
+    profile = params["train"].get("profile", "standard")
+    if profile not in (params["train"].get("profiles") or {}):
+        raise InputError(f"{path}: train.profile is {profile!r}, not one of train.profiles "
+                         f"({', '.join(params['train'].get('profiles') or {}) or 'none defined'}). Fix: use {PROFILES_DOC}.")
+    return params
+
+
+def deep_merge(base: Mapping[str, Any], layer: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` updated by ``layer``; where both hold a dictionary under a key, merged the same way.
+
+    Keys keep ``base``'s order, new ones follow in ``layer``'s order (as ``{**base, **layer}``)."""
+    out = dict(base)
+    for key, value in (layer or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def run_entry(train: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The entry ``key`` of train.runs, train.finetune or train.chains."""
+    groups = {"runs": train["runs"], "finetune": train.get("finetune") or {}, "chains": train.get("chains") or {}}
+    for entries in groups.values():
+        if key in entries:
+            return entries[key]
+    known = [k for entries in groups.values() for k in entries]
+    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key} or train.chains.{key}. Fix: use one of {', '.join(known)}.")
+
+
+def train_settings(train: Mapping[str, Any], key: str, seed: int, models_root: str | Path = "artifacts/models") -> dict[str, Any]:
+    """The settings of run ``key`` (the layers of the module docstring), with ``model``, ``seed`` and,
+    for a fine-tuned run, ``init_from`` (the start model's folder under ``models_root``)."""
+    entry = run_entry(train, key)
+    name = train.get("profile", "standard")
+    profiles = train.get("profiles", {})
+    if name not in profiles:
+        raise InputError(f"params.yaml: train.profile is {name!r}, not one of train.profiles ({', '.join(profiles)}).")
+    profile = profiles[name] or {}
+    model = entry["model"]
+    settings: dict[str, Any] = {}
+    for layer in (train["defaults"], (train.get("models") or {}).get(model), profile.get("defaults"),
+                  (profile.get("models") or {}).get(model), entry.get("overrides")):
+        settings = deep_merge(settings, layer)
+    if "init" in entry:
+        settings["init_from"] = f"{Path(models_root).as_posix()}/{entry['init']}"
+    return {**settings, "model": model, "seed": seed}

@@ -1,0 +1,19 @@
+"""corrupt TASK: degraded train/val patches and full-size degraded test images for one task."""
+
+from __future__ import annotations
+
+from medrestore.data.corrupt import corrupt_task
+from medrestore.io import InputError, atomic_dir
+from medrestore.pipeline.paths import PATCHES, PREPARED, corrupt_dir
+from medrestore.pipeline.stage import arg, params, run
+
+
+def main(argv: list[str] | None = None) -> None:
+    task = arg(argv, 0, "TASK")
+    all_p = params()
+    tasks = all_p["corrupt"]["tasks"]
+    if task not in tasks:
+        raise InputError(f"params.yaml: no task {task!r} in corrupt.tasks. Fix: use one of {', '.join(tasks)}.")
+    spec = tasks[task]
+    with run(f"corrupt@{task}", spec, all_p), atomic_dir(corrupt_dir(task)) as tmp:
+        corrupt_task(PATCHES, tmp, task=task, spec=spec, seed=all_p["seed"], prepared_dir=PREPARED)

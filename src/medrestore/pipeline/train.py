@@ -1,0 +1,66 @@
+"""train RUN: train one (task, model) pair of params.yaml's train.runs, fine-tune one of train.finetune
+(the network starts from the weights of the trained model named by ``init``), or train one of train.chains
+(Hayee2017's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
+network; saved as one model in artifacts/models/TASK/METHOD). The settings: :func:`medrestore.params.train_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from medrestore.data.patches import load_patches
+from medrestore.io import atomic_dir, read_json
+from medrestore.lineage import tag_outputs
+from medrestore.params import run_entry, train_settings
+from medrestore.pipeline.paths import MODELS, PATCHES, TRAIN_CACHE, corrupt_dir, model_dir
+from medrestore.pipeline.stage import arg, params, run
+from medrestore.training import TrainConfig, train_model
+from medrestore.training.chain import assemble_chain, chain_pairs
+
+
+def main(argv: list[str] | None = None) -> None:
+    key = arg(argv, 0, "RUN")
+    all_p = params()
+    entry = run_entry(all_p["train"], key)
+    cfg_params = train_settings(all_p["train"], key, all_p["seed"], models_root=MODELS)
+    cfg = TrainConfig.from_params(cfg_params)
+    corrupted = corrupt_dir(entry["task"])
+    corruption = read_json(corrupted / "corruption.json")
+    domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
+    out = model_dir(entry["task"], entry.get("method") or entry["model"])
+    train_pairs = (load_patches(PATCHES, "train"), load_patches(corrupted, "train"))
+    val_pairs = (load_patches(PATCHES, "val"), load_patches(corrupted, "val"))
+    first_dir = None
+    if "first" in entry:  # a chain: the trained network learns from the first model's reduced outputs
+        first_dir = model_dir(entry["task"], entry["first"])
+        train_pairs, val_pairs = chain_pairs(first_dir, key, train_pairs, val_pairs, int(entry["downscale"]),
+                                             entry.get("subset"), all_p["seed"])
+    data = {
+        "train_pairs": train_pairs,
+        "val_pairs": val_pairs,
+        "ckpt_dir": TRAIN_CACHE / key,
+        "extra_meta": {"task": entry["task"]},
+        "train_domain": domain,
+        "run": f"train@{key}",
+    }
+    if not is_rank_zero():
+        # DDP: Lightning's launcher and torchrun run the stage once per process. Only rank 0 opens
+        # the MLflow run and swaps the outputs into place; the others train into a throwaway folder.
+        with tempfile.TemporaryDirectory() as scratch:
+            train_model(cfg, out_dir=Path(scratch), tracker=None, **data)
+        return
+    with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "standard"), **cfg_params}, all_p) as tracker:
+        with atomic_dir(out) as tmp:
+            train_model(cfg, out_dir=tmp, tracker=tracker, **data)
+            if first_dir is not None:
+                assemble_chain(first_dir, tmp, int(entry["downscale"]), extra={"first": str(first_dir)})
+        tag_outputs(tracker, [out])
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a DDP run (RANK, LOCAL_RANK or NODE_RANK set and not 0)."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))

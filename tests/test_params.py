@@ -1,0 +1,109 @@
+"""params.yaml's schema and the merge of a run's settings (medrestore.params)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medrestore.io import InputError
+from medrestore.params import deep_merge, run_entry, train_settings, validate_params
+from medrestore.training import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_the_repository_params_pass_and_come_back_unchanged(params):
+    before = copy.deepcopy(params)
+    assert validate_params(params) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda p: p["train"]["models"]["dncnn"].update(lr_rate=0.1), "train.models.dncnn.lr_rate: unknown key"),
+        (lambda p: p["train"]["profiles"]["standard"]["models"]["cdae"].update(max_step=10), "train.profiles.standard.models.cdae.max_step: unknown key"),
+        (lambda p: p["train"]["runs"]["denoise-g25-cdae"].update(modle="cdae"), "train.runs.denoise-g25-cdae.modle: unknown key"),
+        (lambda p: p["patchify"].update(patchsize=40), "patchify.patchsize: unknown key"),
+        (lambda p: p.update(segmentor={}), "segmentor: unknown key"),
+        (lambda p: p["patchify"].update(stride="20"), "patchify.stride: Input should be a valid integer"),
+        (lambda p: p["prepare"].update(mode="crop"), "prepare.mode: Input should be"),
+        (lambda p: p["train"]["defaults"].update(progress_bar=1), "train.defaults.progress_bar"),
+        (lambda p: p["segmenter"].pop("steps"), "segmenter.steps: missing"),
+    ],
+)
+def test_typos_and_wrong_types_are_refused_with_the_key(params, edit, key):
+    edit(params)
+    with pytest.raises(InputError) as err:
+        validate_params(params)
+    assert key in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_a_number_yaml_reads_as_text_gets_the_hint(params):
+    params["train"]["defaults"]["lr"] = yaml.safe_load("lr: 1e-3")["lr"]  # YAML 1.1: a string
+    with pytest.raises(InputError, match=r"train\.defaults\.lr: .*write 1\.0e-3"):
+        validate_params(params)
+
+
+def test_an_unknown_profile_is_refused(params):
+    params["train"]["profile"] = "fast"
+    with pytest.raises(InputError, match="train.profile is 'fast'"):
+        validate_params(params)
+
+
+def test_deep_merge_keeps_the_recipes_other_keys_and_the_key_order():
+    base = {"lr": 1.0, "model_kwargs": {"upsample": "deconv", "levels": 2}, "batch_size": 8}
+    merged = deep_merge(base, {"model_kwargs": {"upsample": "resize_conv"}, "max_steps": 5})
+    assert merged == {"lr": 1.0, "model_kwargs": {"upsample": "resize_conv", "levels": 2}, "batch_size": 8, "max_steps": 5}
+    assert list(merged) == ["lr", "model_kwargs", "batch_size", "max_steps"]
+    assert base["model_kwargs"] == {"upsample": "deconv", "levels": 2}  # the layers themselves stay as they were
+
+
+def test_settings_of_every_run_merge_the_layers_and_build_a_config(params):
+    train = params["train"]
+    train["models"]["lapsrn"]["model_kwargs"]["levels"] = 2  # the profile's upsample must not drop it
+    keys = [*train["runs"], *train["finetune"], *train["chains"]]
+    for key in keys:
+        s = train_settings(train, key, 7)
+        assert s["seed"] == 7 and s["model"] == run_entry(train, key)["model"]
+        TrainConfig.from_params(s)
+    lap = train_settings(train, "sr-x4-lapsrn", 0)
+    assert lap["model_kwargs"] == {"upsample": "resize_conv", "levels": 2}
+    assert lap["optimizer"] == "adam" and lap["lr"] == train["profiles"]["standard"]["models"]["lapsrn"]["lr"]
+    ft = train_settings(train, "denoise-g25-dncnn", 0)
+    assert ft["init_from"] == "artifacts/models/denoise-blind/dncnn-blind"
+
+
+def test_trainconfig_refuses_an_unknown_setting():
+    with pytest.raises(InputError, match="lr_rate"):
+        TrainConfig.from_params({"model": "cdae", "lr_rate": 0.1})
+
+
+def test_a_typo_stops_the_stage_before_it_writes_anything(tmp_path, params):
+    params["train"]["models"]["cdae"]["lr_rate"] = 0.1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "denoise-g25-cdae"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "train.models.cdae.lr_rate: unknown key" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_the_schema_knows_exactly_the_training_settings():
+    import dataclasses
+
+    from medrestore.params import TrainSettings
+
+    assert set(TrainSettings.model_fields) == {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "seed"}
