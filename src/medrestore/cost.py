@@ -22,11 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from medrestore.models import count_parameters
+
 PROBE = 256
-
-
-def count_parameters(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def flops_per_mpix(model: nn.Module, *, channels: int = 3, probe: int = PROBE, scale: int = 1) -> float:
