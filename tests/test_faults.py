@@ -152,6 +152,7 @@ def _absent_or(out: Path, before: dict[str, str]) -> bool:
     return not out.exists() or tree_hashes(out) == before
 
 
+@pytest.mark.slow  # a pipeline copy run with DVC
 def test_patchify_killed_mid_write_leaves_nothing_partial_and_rerun_matches(repo):
     out = repo / "artifacts" / "patches"
     before = tree_hashes(out)
@@ -175,6 +176,7 @@ def test_patchify_killed_mid_write_leaves_nothing_partial_and_rerun_matches(repo
     assert not stage_changed(repo, "patchify")
 
 
+@pytest.mark.slow  # a pipeline copy run with DVC
 def test_stage_script_killed_by_hand_keeps_the_previous_complete_output(repo):
     out = repo / "artifacts" / "patches"
     before = tree_hashes(out)
@@ -187,6 +189,7 @@ def test_stage_script_killed_by_hand_keeps_the_previous_complete_output(repo):
     assert not stage_changed(repo, "patchify")
 
 
+@pytest.mark.slow  # a pipeline copy run with DVC
 def test_evaluate_killed_mid_write_leaves_nothing_partial_and_rerun_matches(repo):
     stage = f"evaluate@{TASK}"
     out = repo / "artifacts" / "eval" / TASK

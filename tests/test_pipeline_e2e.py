@@ -16,6 +16,8 @@ import pytest
 import yaml
 from conftest import copy_checkout, shrink_params
 
+pytestmark = pytest.mark.slow  # the whole pipeline, end to end
+
 REPO = Path(__file__).resolve().parents[1]
 
 
