@@ -14,12 +14,12 @@ import pandas as pd
 
 from medrestore.degradations import corrupt
 
+pytestmark = pytest.mark.slow  # two training processes
+
 SCRIPT = """
 import sys, numpy as np, torch
 from pathlib import Path
 from medrestore.training import TrainConfig, train_model
-
-pytestmark = pytest.mark.slow  # two training processes
 torch.set_num_threads(1)
 d, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 L = lambda n: np.load(d / n)
