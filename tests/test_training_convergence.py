@@ -16,11 +16,20 @@ def test_a_curve_still_climbing_in_its_last_quarter_has_not_converged():
     assert not verdict["converged"] and verdict["last_quarter_gain_db"] > 0.2
 
 
-def test_a_plateau_has_converged_and_one_noisy_dip_does_not_change_that():
+def test_a_plateau_has_converged_and_a_small_dip_does_not_change_that():
     plateau = [(100 * i, 30 - 5 * math.exp(-i / 2)) for i in range(1, 21)]
     assert convergence(plateau, 2000)["converged"]
-    dipped = plateau[:-1] + [(2000, 25.0)]  # a bad last validation: the best so far still counts
+    dipped = plateau[:-1] + [(2000, plateau[-2][1] - 0.1)]  # validation noise: the best so far still counts
     assert convergence(dipped, 2000)["converged"]
+
+
+def test_a_curve_that_ends_well_below_its_best_is_no_plateau():
+    """A GAN trading PSNR for its adversary, or a fine-tuning that undoes its start."""
+    plateau = [(100 * i, 30 - 5 * math.exp(-i / 2)) for i in range(1, 21)]
+    fallen = plateau[:-1] + [(2000, 25.0)]
+    verdict = convergence(fallen, 2000)
+    assert not verdict["converged"] and verdict["final_drop_db"] == pytest.approx(30 - 5 * math.exp(-9.5) - 25.0, abs=1e-4)
+    assert verdict["why"].startswith("validation PSNR ended 5.00 dB below its best")
 
 
 def test_a_run_without_validation_before_its_last_quarter_cannot_show_a_plateau():

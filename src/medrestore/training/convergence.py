@@ -5,7 +5,11 @@ improving. The rule: the best validation PSNR reached by the end of the run is l
 ``MIN_GAIN_DB`` above the best reached by the start of the run's last quarter (``WINDOW``). The best
 so far is used rather than the last value, so that one noisy validation neither hides nor fakes a
 plateau. A run with no validation at or before the start of its last quarter cannot show a plateau
-and counts as not converged.
+and counts as not converged. A curve whose last validation ends ``MIN_GAIN_DB`` or more below its
+best is no plateau either (a GAN trading PSNR for its adversary, a fine-tuning that undoes its
+start): not converged. The engine writes this verdict into the model's ``metrics.json``; the report
+adds one rule that needs the other runs (a fine-tuned or chained model converged only if the model
+it starts from did: :func:`medrestore.report.policy.task_convergence`).
 
 Caveat, stated in the report: a schedule that decays the learning rate to near zero (cosine) flattens
 the last quarter by itself; the rule then says "no more gain at this schedule's length", which is what
@@ -29,7 +33,8 @@ def convergence(points: Iterable[tuple[int, float]], steps: int | None = None, *
     validated step). Returns ``converged``, ``last_quarter_gain_db`` (None when undefined) and the
     rule as text."""
     pts = sorted((int(s), float(p)) for s, p in points if p is not None and math.isfinite(float(p)))
-    rule = f"best validation PSNR gained < {min_gain_db:g} dB over the last {window:.0%} of the steps"
+    rule = (f"best validation PSNR gained < {min_gain_db:g} dB over the last {window:.0%} of the steps "
+            f"and the last validation within {min_gain_db:g} dB of the best")
     if not pts:
         return {"converged": False, "last_quarter_gain_db": None, "rule": rule, "why": "no validation"}
     end = int(steps) if steps else pts[-1][0]
@@ -37,8 +42,16 @@ def convergence(points: Iterable[tuple[int, float]], steps: int | None = None, *
     before = [p for s, p in pts if s <= start]
     if not before:
         return {"converged": False, "last_quarter_gain_db": None, "rule": rule, "why": "no validation before the last quarter"}
-    gain = max(p for _, p in pts) - max(before)
-    return {"converged": bool(gain < min_gain_db), "last_quarter_gain_db": round(gain, 4), "rule": rule}
+    best = max(p for _, p in pts)
+    gain = best - max(before)
+    fall = best - pts[-1][1]
+    out = {"converged": bool(gain < min_gain_db), "last_quarter_gain_db": round(gain, 4),
+           "final_drop_db": round(fall, 4), "rule": rule}
+    if not out["converged"]:
+        out["why"] = "still improving"
+    elif fall >= min_gain_db:
+        out.update(converged=False, why=f"validation PSNR ended {fall:.2f} dB below its best")
+    return out
 
 
 def curve_points(curve_csv: str | Path) -> list[tuple[int, float]]:
