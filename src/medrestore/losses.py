@@ -66,6 +66,19 @@ def make_loss(name: str, **kwargs) -> Loss:
     raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
 
 
+# --------------------------------------------------------------------------- vessel segmentation
+# Not a pixel loss of ``make_loss``: it takes logits, a binary target and a weight map, and trains the
+# vessel segmenter (medrestore.training.segmenter), not a restoration model.
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Binary cross-entropy + (1 - soft Dice) over the pixels where ``weight`` is 1 (the FOV)."""
+    n = weight.sum().clamp_min(1.0)
+    bce = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / n
+    p = torch.sigmoid(logits) * weight
+    t = target * weight
+    dice = (2.0 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
+    return bce + (1.0 - dice)
+
+
 # --------------------------------------------------------------------------- multi-level, GAN and feature losses
 # Loss weights as the seed papers give them.
 SRGAN_ADV_WEIGHT = 1e-3  # Hayee2017: content + 1e-3 x adversarial
@@ -220,8 +233,8 @@ class VGGFeatures(nn.Module):
 
 class VesselFeatures(nn.Module):
     """Frozen features of the vessel-segmentation U-Net (``medrestore.models.unet.UNet``) saved at
-    ``path`` by ``medrestore.vessels.train_segmenter``: the output of every contracting level and the
-    vessel probability map.
+    ``path`` by ``medrestore.training.segmenter.train_segmenter``: the output of every contracting
+    level and the vessel probability map.
 
     ``layers`` picks among them by index (0 = first level, ``depth`` = bottleneck, ``"prob"`` = the
     sigmoid of the logits); default all. A 1-channel (green) segmenter gets the green channel.
@@ -319,7 +332,7 @@ class PerceptualLoss(nn.Module):
         elif extractor == "vessel":
             if backbone is None and path is None:
                 raise ValueError(
-                    "extractor='vessel' needs path=<a segmenter folder written by medrestore.vessels.train_segmenter> "
+                    "extractor='vessel' needs path=<a segmenter folder written by medrestore.training.segmenter.train_segmenter> "
                     "(e.g. artifacts/segmenter) or backbone=<a vessel network mapping images to feature maps>"
                 )
             self.extract = VesselFeatures(path, layers=layers) if backbone is None else backbone

@@ -92,11 +92,17 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     return lambda s: base(s) * min(1.0, (s + 1) / warm)
 
 
+def cosine_factor(floor: float, n: int) -> Callable[[int], float]:
+    """Half a cosine from 1 at step 0 down to ``floor`` at step ``n`` (``floor`` after it): the
+    multiplier of the base rate, for ``LambdaLR``. Shared by the restoration runs (``schedule:
+    cosine``) and the vessel segmenter (:mod:`medrestore.training.segmenter`)."""
+    return lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, n) / n))
+
+
 def _schedule_factor(cfg: TrainConfig) -> Callable[[int], float]:
     n = max(cfg.max_steps, 1)
     if cfg.schedule == "cosine":
-        floor = min(cfg.lr_min / cfg.lr, 1.0)
-        return lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, n) / n))
+        return cosine_factor(min(cfg.lr_min / cfg.lr, 1.0), n)
     if cfg.schedule == "inverse_time":
         return lambda s: 1.0 / (1.0 + cfg.lr_decay * s)
     if cfg.schedule == "constant":

@@ -50,6 +50,31 @@ from medrestore.training.gan import GAN_MODULES
 from medrestore.training.paired import RestorationModule
 
 
+def seed_run(seed: int) -> None:
+    """What every training run starts with (restoration models and the vessel segmenter): seed
+    Python, NumPy and torch (and data-loader workers) and make torch deterministic, so that on CPU
+    the same inputs and seed give byte-identical weights."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    # cuBLAS needs a fixed workspace for deterministic results on GPU (no effect on CPU).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_trainer(root: str | Path, **options: Any) -> L.Trainer:
+    """A Lightning ``Trainer`` as every training run here has it: deterministic, no Lightning logger
+    (the stage tracks to MLflow), no Lightning checkpointing or model summary (each run saves its own
+    outputs), Lightning's files under ``root``. ``options``: the run's own (accelerator, devices,
+    max_steps, callbacks, ...)."""
+    return L.Trainer(
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+        **options,
+    )
+
+
 def _world(cfg: TrainConfig) -> int:
     per_node = cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1
     return per_node * max(int(cfg.num_nodes), 1)
@@ -127,10 +152,7 @@ def train_model(
     if spec is None:
         raise InputError(f"unknown model {cfg.model!r}. Fix: use one of {', '.join(MODELS)}.")
     run = run or cfg.model
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # cuBLAS needs a fixed workspace for deterministic results on GPU (no effect on CPU).
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_run(cfg.seed)
 
     clean, degraded = train_pairs
     if spec.trainer == "cyclegan":
@@ -171,7 +193,8 @@ def train_model(
     callbacks: list[L.Callback] = [recorder, checkpointer, RankAwareSampler(sampler)]
     if cfg.early_stop_patience > 0:
         callbacks.append(L.callbacks.EarlyStopping(monitor="val_psnr", mode="max", patience=cfg.early_stop_patience))
-    trainer = L.Trainer(
+    trainer = make_trainer(
+        run_dir,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
@@ -182,14 +205,9 @@ def train_model(
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        deterministic=True,
-        logger=False,
         callbacks=callbacks,
         enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         use_distributed_sampler=False,
-        default_root_dir=str(run_dir),
     )
     start = time.perf_counter()
     if resume.is_file():
