@@ -66,8 +66,14 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in params.items() if k in known})
+        """The config of ``params``; an unknown key is an error (a typo would otherwise train with a default)."""
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            from medrestore.io import InputError
+
+            raise InputError(f"training settings: unknown key(s) {', '.join(unknown)}. Fix: correct the spelling "
+                             f"(the keys are TrainConfig's fields: {', '.join(cls.__dataclass_fields__)}).")
+        return cls(**params)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

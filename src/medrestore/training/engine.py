@@ -238,6 +238,7 @@ def train_model(
         "scale": scale,
         "converged": verdict["converged"],
         "last_quarter_gain_db": verdict["last_quarter_gain_db"],
+        "final_drop_db": verdict.get("final_drop_db"),
     }
     if not trainer.is_global_zero:
         return metrics
