@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     os.chdir(REPO)
     sys.path.insert(0, str(REPO / "stages"))
+    sys.path.insert(0, str(REPO))  # the benchmarks package (run as a script, only benchmarks/ is on the path)
     import numpy as np
     import torch
     from train import merged_params, run_entry
 
-    from medrestore.bench import cpu_model
+    from benchmarks.bench import cpu_model
     from medrestore.data.patches import load_patches
     from medrestore.io import load_params, read_json
     from medrestore.training import TrainConfig, train_model

@@ -1,150 +1,12 @@
-"""The evaluate stage's logic on a small real task: CHASE_DB1 images at 128 px, their manual masks."""
+"""The evaluation's measures and statistics (medrestore.evaluation): test images kept out of training,
+the paired tests, the baselines per task. The stage on a real task: tests/test_pipeline_evaluate.py."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from medrestore import evaluation as E
-from medrestore.cost import count_parameters
-from medrestore.data.fov import prepare_arrays
-from medrestore.data.sources import load_mask
-from medrestore.degradations import corrupt, to_float
-from medrestore.io import read_image, write_json_atomic, write_png_atomic
-from medrestore.metrics import FULL_REFERENCE, NO_REFERENCE
-from medrestore.models import build_model, save_model
-
-SIZE = 128
-STEMS = ("Image_01L", "Image_02R", "Image_03L", "Image_04R")  # train, val, test, test
-
-
-def _patches(chase_dir, root):
-    """A patches folder as patchify writes it (splits by image id, clean test images with FOV/masks)."""
-    meta = {"splits": {"train": [f"chase_db1/{STEMS[0]}"], "val": [f"chase_db1/{STEMS[1]}"], "test": []}, "test": []}
-    for stem in STEMS[2:]:
-        img, fov, vessels = prepare_arrays(read_image(chase_dir / f"{stem}.jpg"), load_mask(chase_dir / f"{stem}_1stHO.png"), size=SIZE)
-        iid = f"chase_db1/{stem}"
-        entry = {"id": iid, "source_id": iid, "dataset": "chase_db1", "image": f"test/images/{stem}.png",
-                 "fov": f"test/fov/{stem}.png", "vessels": f"test/vessels/{stem}.png"}
-        write_png_atomic(root / entry["image"], img)
-        write_png_atomic(root / entry["fov"], fov.astype(np.uint8) * 255)
-        write_png_atomic(root / entry["vessels"], vessels.astype(np.uint8) * 255)
-        meta["splits"]["test"].append(iid)
-        meta["test"].append(entry)
-    write_json_atomic(root / "patches.json", meta)
-    return meta
-
-
-def _corrupt(patches_dir, meta, root, spec, scale):
-    cases = []
-    for i, entry in enumerate(meta["test"]):
-        degraded, params = corrupt(read_image(patches_dir / entry["image"]), spec, [3, i])
-        rel = f"test/v/{entry['id'].replace('/', '__')}.png"
-        write_png_atomic(root / rel, degraded)
-        cases.append({"id": entry["id"], "variant": "v", "file": rel, "spec": spec, "params": params})
-    write_json_atomic(root / "corruption.json", {"task": "t", "scale": scale, "test": cases})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on shared busy cores are slower than 1
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def denoise_task(one_torch_thread, chase_dir, assets_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaltask")
-    meta = _patches(chase_dir, root / "patches")
-    _corrupt(root / "patches", meta, root / "corrupt", {"kind": "gaussian", "sigma": 25}, 1)
-    torch.manual_seed(0)
-    save_model(build_model("dncnn", depth=3, features=8), root / "models" / "dncnn", name="dncnn", kwargs={"depth": 3, "features": 8})
-    kw = {"baselines": ["median"], "tile": 64, "overlap": 8, "seed": 1, "assets_dir": str(assets_dir)}
-    summary = E.evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval", **kw)
-    E.evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval2", **kw)
-    return root, summary
-
-
-def test_every_metric_for_every_restored_image(denoise_task):
-    root, _ = denoise_task
-    table = pd.read_csv(root / "eval" / "per_image.csv")
-    assert set(table["method"]) == {"degraded", "dncnn", "median", "clean"}
-    restored = table[table["kind"] != "reference"]
-    assert len(restored) == 3 * 2
-    for col in FULL_REFERENCE + NO_REFERENCE + E.VESSEL_COLUMNS:
-        assert np.isfinite(restored[col]).all(), col
-    for col in ("manual_auc", "manual_dice", "ref_dice", "manual_thin_recall", "manual_invented_rate"):
-        assert restored[col].between(0, 1).all(), col
-    # The 3x3 median removes much of sigma-25 noise: higher PSNR inside the FOV than the noisy input.
-    by = restored.groupby("method")[["psnr_fov", "ssim_fov"]].mean()
-    assert by.loc["median", "psnr_fov"] > by.loc["degraded", "psnr_fov"] + 2
-    assert by.loc["median", "ssim_fov"] > by.loc["degraded", "ssim_fov"]
-    clean = table[table["kind"] == "reference"]
-    assert clean["manual_auc"].between(0.8, 1).all() and clean["psnr"].isna().all()
-
-
-def test_summary_holds_cis_paired_tests_and_deterministic_cost(denoise_task):
-    root, summary = denoise_task
-    assert summary["segmenter"]["segmenter"] == "frangi"  # no trained segmenter given
-    psnr = summary["methods"]["median"]["v"]["psnr_fov"]
-    assert psnr["ci95"][0] <= psnr["mean"] <= psnr["ci95"][1]
-    test = summary["paired_tests"]["v"]
-    assert test["baseline"] == "median"
-    t = test["models"]["dncnn"]["psnr_fov"]
-    assert t["n"] == 2 and t["min_p"] == 0.5 and 0 < t["wilcoxon_p"] <= 1
-    table = pd.read_csv(root / "eval" / "per_image.csv").set_index(["method", "image_id"])
-    diff = table.loc["dncnn", "psnr_fov"] - table.loc["median", "psnr_fov"]
-    assert t["mean_diff"] == pytest.approx(diff.mean(), abs=1e-4)
-    net = build_model("dncnn", depth=3, features=8)
-    c = summary["cost"]["methods"]["dncnn"]
-    assert c["parameters"] == count_parameters(net)
-    # Every conv of this DnCNN is 3x3: 2 * 9 * cin * cout FLOPs per pixel (a multiply-add counts 2).
-    assert c["flops_per_mpix"] == pytest.approx(2 * 9 * (3 * 8 + 8 * 8 + 8 * 3) * 1e6, rel=1e-6)
-    timing = json.loads((root / "eval" / "cost.json").read_text())
-    assert timing["methods"]["dncnn"]["seconds_per_mpix"] > 0 and timing["methods"]["median"]["seconds_per_mpix"] > 0
-    for name in ("per_image.csv", "summary.json"):
-        assert (root / "eval" / name).read_bytes() == (root / "eval2" / name).read_bytes(), name
-
-
-def test_super_resolution_floor_is_the_bicubic_upsampled_input(chase_dir, assets_dir, tmp_path):
-    meta = _patches(chase_dir, tmp_path / "patches")
-    _corrupt(tmp_path / "patches", meta, tmp_path / "corrupt", {"kind": "downscale", "scale": 2}, 2)
-    torch.manual_seed(0)
-    kwargs = {"scale": 2, "n_blocks": 1, "features": 8}
-    save_model(build_model("srresnet", **kwargs), tmp_path / "models" / "srresnet", name="srresnet", kwargs=kwargs)
-    summary = E.evaluate_task("sr-x2", tmp_path / "patches", tmp_path / "corrupt", tmp_path / "models", tmp_path / "eval",
-                              baselines=["bicubic", "median"], tile=32, overlap=12, seed=0, assets_dir=str(assets_dir))
-    assert summary["scale"] == 2 and "bicubic" in summary["floor"]
-    for entry in meta["test"]:
-        name = entry["id"].replace("/", "__")
-        low = read_image(tmp_path / "corrupt" / "test" / "v" / f"{name}.png")
-        floor = read_image(tmp_path / "eval" / "restored" / "degraded" / "v" / f"{name}.png")
-        assert floor.shape == (SIZE, SIZE, 3) and low.shape == (SIZE // 2, SIZE // 2, 3)
-        expected = np.clip(np.rint(E.upsample_bicubic(to_float(low), 2) * 255), 0, 255)
-        assert np.abs(floor.astype(int) - expected).max() == 0
-        bic = read_image(tmp_path / "eval" / "restored" / "bicubic" / "v" / f"{name}.png")
-        assert np.array_equal(bic, floor)  # the classical SR comparator is the floor itself
-        for method in ("srresnet", "median"):
-            assert read_image(tmp_path / "eval" / "restored" / method / "v" / f"{name}.png").shape == (SIZE, SIZE, 3)
-    table = pd.read_csv(tmp_path / "eval" / "per_image.csv")
-    assert (table["scale"] == 2).all()
-    # Upsampling loses the thin vessels: the floor's PSNR stays below what the clean image would give.
-    assert table.loc[table["method"] == "degraded", "psnr_fov"].between(20, 45).all()
-
-
-def test_model_with_the_wrong_scale_is_refused(chase_dir, tmp_path):
-    meta = _patches(chase_dir, tmp_path / "patches")
-    _corrupt(tmp_path / "patches", meta, tmp_path / "corrupt", {"kind": "downscale", "scale": 2}, 2)
-    kwargs = {"scale": 4, "n_blocks": 1, "features": 8}
-    save_model(build_model("srresnet", **kwargs), tmp_path / "models" / "srresnet", name="srresnet", kwargs=kwargs)
-    with pytest.raises(E.InputError, match="x4 but task sr-x2 is x2"):
-        E.evaluate_task("sr-x2", tmp_path / "patches", tmp_path / "corrupt", tmp_path / "models", tmp_path / "eval",
-                        baselines=[], tile=48, overlap=12, seed=0)
 
 
 def test_test_images_never_in_training_nor_in_the_segmenter_training_set():
@@ -176,3 +38,23 @@ def test_baselines_per_task_and_chain_sigma():
     assert E.case_sigma({"steps": [{"scale": 4}, {"sigma": 25.0}]}) == 25.0
     with pytest.raises(E.InputError, match="unknown baseline"):
         E.baseline_function("nope")
+
+
+def test_per_image_table_has_every_registry_column_and_the_summary_means_and_intervals():
+    from medrestore.metrics import COLUMNS
+
+    rows = [{"task": "t", "method": m, "kind": k, "image_id": f"i{i}", "variant": "v", "sigma": 25.0, "scale": 1, "psnr_fov": 30.0 + i + d}
+            for m, k, d in (("b", "baseline", 0.0), ("a", "model", 1.0), ("c", "baseline", -1.0)) for i in range(4)]
+    table = E.per_image_table(rows)
+    assert list(table.columns) == ["task", "method", "kind", "image_id", "variant", "sigma", "scale", *COLUMNS]
+    assert table["ssim"].isna().all()
+    stats = E.summarise(table, seed=0)
+    assert list(stats) == ["a", "b", "c"] and stats["a"]["v"]["kind"] == "model" and stats["a"]["v"]["n"] == 4
+    s = stats["a"]["v"]["psnr_fov"]
+    assert s["mean"] == 32.5 and 31.0 <= s["ci95"][0] <= 32.5 <= s["ci95"][1] <= 34.0 and "ssim" not in stats["a"]["v"]
+    paired = E.paired_tests(table, seed=0)["v"]
+    assert paired["baseline"] == "b" and paired["chosen_by"] == "highest mean psnr_fov"  # the best baseline, as the report's
+    assert paired["models"]["a"]["psnr_fov"]["mean_diff"] == 1.0 and paired["models"]["a"]["psnr_fov"]["higher_is_better"]
+    assert E.rounded_cost({"z": {"parameters": 3, "flops_per_mpix": 1.26}, "a": {"parameters": 0}}) == {
+        "a": {"parameters": 0}, "z": {"parameters": 3, "flops_per_mpix": 1.3}}
+    assert E.median_after_warmup([9.0, 1.0, 2.0, 3.0]) == 2.0 and E.median_after_warmup([5.0]) == 5.0

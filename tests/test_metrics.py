@@ -6,7 +6,27 @@ import pytest
 
 from medrestore.degradations import corrupt
 from medrestore.io import read_image
-from medrestore.metrics import all_metrics, asset_path, full_reference, no_reference
+from medrestore.metrics import (
+    COLUMNS,
+    FULL,
+    FULL_REFERENCE,
+    LOWER_IS_BETTER,
+    METRICS,
+    NO,
+    NO_REFERENCE,
+    PAIRED,
+    REGISTRY,
+    VESSEL,
+    VESSEL_KEYS,
+    VESSEL_REFERENCES,
+    all_metrics,
+    asset_path,
+    digits,
+    full_reference,
+    header,
+    metric,
+    no_reference,
+)
 
 # ../shared/assets/README.md: pyiqa 0.1.16 with the provided parameter files.
 CALIBRATION = {
@@ -107,3 +127,54 @@ def test_every_fov_metric_ignores_damage_outside_the_mask(chase_image, assets_di
         assert b[key] == pytest.approx(a[key], rel=1e-9), key
     for key in ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb"):
         assert b[key] < a[key] - 0.01, key
+
+
+# ----------------------------------------------------------------------------- the metric registry
+def test_the_registry_names_every_metric_the_evaluation_computes(retina, assets_dir):
+    crop = retina[500:628, 500:628]
+    noisy, _ = corrupt(crop, {"kind": "gaussian", "sigma": 25}, [0])
+    assert set(all_metrics(noisy, crop, None, str(assets_dir))) == set(FULL_REFERENCE + NO_REFERENCE)
+    assert set(all_metrics(crop, None, None, str(assets_dir))) == set(NO_REFERENCE)
+    from medrestore.vessels import vessel_scores
+
+    ref = np.zeros((64, 64), bool)
+    ref[30:33, :] = True
+    assert set(VESSEL_KEYS) <= set(vessel_scores(ref.astype(float), ref, ref))  # the ref_* / manual_* columns
+    assert set(COLUMNS) == set(METRICS) and len(COLUMNS) == len(set(COLUMNS))
+
+
+def test_per_image_columns_and_paired_tests_keep_their_order():
+    # per_image.csv's columns and summary.json's paired tests: outputs, whose order must not move
+    assert COLUMNS == ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_y_fov", "psnr_green_fov", "ssim_fov",
+                       "ssim_rgb_fov", "niqe", "brisque", "entropy",
+                       *(f"{p}_{k}" for p in ("ref", "manual") for k in ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")))
+    assert PAIRED == ("psnr", "psnr_fov", "psnr_green_fov", "ssim", "ssim_fov", "niqe", "brisque",
+                      *(f"{p}_{k}" for p in ("ref", "manual") for k in ("auc", "dice", "thin_recall", "invented_rate")))
+
+
+def test_every_entry_is_well_formed_and_vessel_columns_follow_their_metric():
+    assert len({m.name for m in REGISTRY}) == len(REGISTRY)
+    for m in REGISTRY:
+        assert m.reference in (FULL, NO, VESSEL) and m.digits in (2, 3), m
+        assert not m.fov or m.reference == FULL, m
+        assert m.reference != VESSEL or m.header, f"{m.name}: a vessel metric needs a header"
+    for prefix, words in VESSEL_REFERENCES:
+        for m in (m for m in REGISTRY if m.reference == VESSEL):
+            col = metric(f"{prefix}_{m.name}")
+            assert (col.lower_is_better, col.digits, col.paired, col.table) == (m.lower_is_better, m.digits, m.paired, m.table)
+            assert header(col.name) == f"{m.header} ({words})"
+    assert header("psnr_fov") == "psnr_fov" and header("ref_auc") == "vessel AUC (vs clean)" and digits("ssim_fov") == 3
+    with pytest.raises(KeyError, match="not in medrestore.metrics.REGISTRY"):
+        metric("psnr_typo")
+
+
+def test_lower_is_better_is_one_set_and_says_which_way_quality_goes(retina, assets_dir):
+    assert LOWER_IS_BETTER == {n for n, m in METRICS.items() if m.lower_is_better}
+    assert LOWER_IS_BETTER == {"niqe", "brisque", "ref_invented_rate", "manual_invented_rate"}
+    crop = retina[400:656, 400:656]
+    mild, strong = (corrupt(crop, {"kind": "gaussian", "sigma": s}, [0])[0] for s in (5, 40))
+    a, b = all_metrics(mild, crop, None, str(assets_dir)), all_metrics(strong, crop, None, str(assets_dir))
+    for name in FULL_REFERENCE + ("niqe", "brisque"):  # entropy rises with noise: it says nothing of quality
+        better = a[name] < b[name] if name in LOWER_IS_BETTER else a[name] > b[name]
+        assert better, f"{name}: less noise should score better ({a[name]:.3f} vs {b[name]:.3f})"
+

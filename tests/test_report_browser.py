@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from medrestore.report import browser_check, chromium_binary
+from medrestore.report.browser import browser_check, chromium_binary
 
 if chromium_binary() is None and not os.environ.get("CI"):
     pytest.skip("Chromium is not installed here (CI installs it: see .ci/run)", allow_module_level=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation import LOWER_BETTER, bootstrap_ci
+from medrestore.evaluation import bootstrap_ci
+from medrestore.metrics import LOWER_IS_BETTER
 
 #: label -> (authors, year, title, seed file)
 PAPERS = {
@@ -82,7 +83,7 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     """One claim's verdict from the task's per-image table; ``converged``: trained method -> verdict
     (methods absent from it are baselines)."""
     out = {"paper": claim.paper, "claim": claim.claim, "task": claim.task, "variant": claim.variant, "metric": claim.metric,
-           "better": claim.better, "worse": claim.worse, "lower_is_better": claim.metric in LOWER_BETTER}
+           "better": claim.better, "worse": claim.worse, "lower_is_better": claim.metric in LOWER_IS_BETTER}
     a, b = _scores(table, claim.variant, claim.better, claim.metric), _scores(table, claim.variant, claim.worse, claim.metric)
     if a is None or b is None:
         missing = [m for m, s in ((claim.better, a), (claim.worse, b)) if s is None]
@@ -105,7 +106,7 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
 def check_claims(eval_root: Path, converged: dict[str, dict[str, dict]], seed: int, claims: tuple[Claim, ...] = CLAIMS) -> list[dict]:
     """Every claim, judged on the task's ``per_image.csv`` under ``eval_root`` (``not run`` where the
     task was not evaluated); ``converged``: task -> trained method -> convergence verdict (the report's
-    :func:`medrestore.report.task_convergence`)."""
+    :func:`medrestore.report.policy.task_convergence`)."""
     results = []
     tables: dict[str, pd.DataFrame | None] = {}
     for c in claims:

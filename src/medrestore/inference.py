@@ -101,7 +101,7 @@ def restore_array(
     into the convolutions and channels-last layout (:mod:`medrestore.speed`; measured by ``make bench``).
     ``precision``: ``float32``, or ``bf16`` (``torch.autocast`` to bfloat16: 1.7-2.9x faster on a CPU
     with bf16 matrix units, output within 56-61 dB of float32's, measured by ``make bench``; slower
-    where the CPU lacks them: check with ``python -m medrestore.bench --only precision``).
+    where the CPU lacks them: check with ``python -m benchmarks.bench --only precision``).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")

@@ -20,9 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from medrestore.io import InputError, repo_root
+from medrestore.dvclock import find_stage, read_lock
+from medrestore.io import InputError
 from medrestore.tracking import EXPERIMENT, tracking_uri
 
 
@@ -33,23 +32,6 @@ def file_md5(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def load_lock(root: Path) -> dict:
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        raise InputError(f"{lock}: missing. Fix: run `dvc repro` first (lineage is read from dvc.lock).")
-    return yaml.safe_load(lock.read_text()) or {}
-
-
-def find_stage(lock: dict, rel: str) -> tuple[str, dict, dict] | None:
-    """(stage name, stage entry, out entry) of the stage whose output is ``rel`` or contains it."""
-    for name, stage in (lock.get("stages") or {}).items():
-        for out in stage.get("outs", []):
-            p = out["path"]
-            if rel == p or rel.startswith(p.rstrip("/") + "/"):
-                return name, stage, out
-    return None
 
 
 def git_recording_commit(root: Path, md5: str) -> dict | None:
@@ -118,7 +100,7 @@ def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) 
         rel = full.relative_to(root).as_posix()
     except ValueError:
         raise InputError(f"{path}: not inside the repository {root}. Fix: run from the repository or give a path inside it.") from None
-    lock = load_lock(root)
+    lock = read_lock(root / "dvc.lock", required=True)
     found = find_stage(lock, rel)
     if found is None:
         raise InputError(f"{rel}: no stage of dvc.lock outputs it. Fix: give a pipeline output (see `dvc stage list`).")

@@ -19,6 +19,10 @@ Conventions (the same for every row of every table):
 
 All images are uint8 (restored outputs are quantised first, as they would be saved).
 
+Every metric has one entry in :data:`REGISTRY` (full- or no-reference or vessel score, direction,
+the report's column title and decimals, whether it is paired-tested): per_image.csv's columns, the
+paired tests, the report's tables and the claims' directions are all read from it.
+
 pyiqa downloads NIQE/BRISQUE parameter files on first use. Here they are looked up first in
 pyiqa's cache (``$TORCH_HOME/hub/pyiqa``), then in a configured folder (``assets_dir``, default
 ``../shared/assets/pyiqa``); only if both lack them is pyiqa left to download.
@@ -26,8 +30,10 @@ pyiqa's cache (``$TORCH_HOME/hub/pyiqa``), then in a configured folder (``assets
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +41,102 @@ import torch
 
 ASSET_FILES = {"niqe": "niqe_modelparameters.mat", "brisque": "brisque_svm_weights.pth"}
 DEFAULT_ASSETS = "../shared/assets/pyiqa"
-FULL_REFERENCE = ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_y_fov", "psnr_green_fov", "ssim_fov", "ssim_rgb_fov")
-NO_REFERENCE = ("niqe", "brisque", "entropy")
-LOWER_IS_BETTER = {"niqe", "brisque"}
+
+
+# ============================================================================= the metric registry
+FULL, NO, VESSEL = "full", "no", "vessel"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One entry of the metric table (in the manner of pyiqa's ``DEFAULT_CONFIGS``): what the
+    evaluation writes and how the report shows it. Adding a metric is one entry of :data:`REGISTRY`
+    (and its computation in :func:`full_reference`, :func:`no_reference` or the vessel scores)."""
+
+    name: str
+    reference: str                # FULL: against the clean image; NO: the image alone; VESSEL: vessel segmentation against a reference
+    lower_is_better: bool = False
+    header: str = ""              # the report's column title ("": the name; VESSEL: followed by the reference, "(vs clean)")
+    digits: int = 2               # decimals in the report's tables
+    paired: bool = False          # tested model against the best baseline (summary.json's ``paired_tests``)
+    table: bool = False           # a column of the report's per-task tables
+    fov: bool = False             # FULL: measured inside the field of view only (per_image.csv lists these after the whole-image ones)
+
+
+#: Every metric, in the order the report shows them (and the paired tests list them).
+REGISTRY: tuple[Metric, ...] = (
+    Metric("psnr", FULL, table=True, paired=True),
+    Metric("psnr_fov", FULL, fov=True, table=True, paired=True),
+    Metric("psnr_y", FULL),
+    Metric("psnr_y_fov", FULL, fov=True),
+    Metric("psnr_green", FULL, table=True),
+    Metric("psnr_green_fov", FULL, fov=True, paired=True),
+    Metric("ssim", FULL, digits=3, table=True, paired=True),
+    Metric("ssim_fov", FULL, fov=True, digits=3, table=True, paired=True),
+    Metric("ssim_rgb", FULL, digits=3),
+    Metric("ssim_rgb_fov", FULL, fov=True, digits=3),
+    Metric("niqe", NO, lower_is_better=True, table=True, paired=True),
+    Metric("brisque", NO, lower_is_better=True, table=True, paired=True),
+    Metric("entropy", NO, table=True),
+    Metric("auc", VESSEL, header="vessel AUC", digits=3, table=True, paired=True),
+    Metric("dice", VESSEL, header="vessel Dice", digits=3, table=True, paired=True),
+    Metric("thin_recall", VESSEL, header="thin-vessel recall", digits=3, paired=True),
+    Metric("thin_recall_above_chance", VESSEL, header="thin vessels kept", digits=3, table=True),
+    Metric("invented_rate", VESSEL, lower_is_better=True, header="vessels invented", digits=3, table=True, paired=True),
+)
+
+#: The references of the vessel scores: column prefix and the words the report's headers add.
+#: ``ref_``: the segmenter's output on the clean image; ``manual_``: the dataset's manual mask.
+VESSEL_REFERENCES = (("ref", "vs clean"), ("manual", "vs manual"))
+
+#: The metric that picks "the best": the classical baseline the models are paired against, the best
+#: method of each test corruption in the report and the model registered as the task's best.
+BEST_BY = "psnr_fov"
+
+
+def _columns() -> dict[str, Metric]:
+    """Column name -> entry: image metrics under their names, vessel metrics once per reference."""
+    out = {m.name: m for m in REGISTRY if m.reference != VESSEL}
+    for prefix, words in VESSEL_REFERENCES:
+        for m in REGISTRY:
+            if m.reference == VESSEL:
+                out[f"{prefix}_{m.name}"] = dataclasses.replace(m, name=f"{prefix}_{m.name}", header=f"{m.header} ({words})")
+    return out
+
+
+#: Every column of per_image.csv that holds a metric (image metrics, ``ref_*`` then ``manual_*``).
+METRICS: dict[str, Metric] = _columns()
+
+FULL_REFERENCE = tuple(m.name for m in REGISTRY if m.reference == FULL and not m.fov) + tuple(m.name for m in REGISTRY if m.reference == FULL and m.fov)
+NO_REFERENCE = tuple(m.name for m in REGISTRY if m.reference == NO)
+VESSEL_KEYS = tuple(m.name for m in REGISTRY if m.reference == VESSEL)
+VESSEL_COLUMNS = tuple(f"{prefix}_{k}" for prefix, _ in VESSEL_REFERENCES for k in VESSEL_KEYS)
+#: per_image.csv's metric columns, in their order.
+COLUMNS = FULL_REFERENCE + NO_REFERENCE + VESSEL_COLUMNS
+#: The columns tested model against baseline, in summary.json's order.
+PAIRED = tuple(name for name, m in METRICS.items() if m.paired)
+#: The image metrics and vessel metrics (without their reference prefix) of the report's tables.
+TABLE_IMAGE = tuple(m.name for m in REGISTRY if m.reference != VESSEL and m.table)
+TABLE_VESSEL = tuple(m.name for m in REGISTRY if m.reference == VESSEL and m.table)
+LOWER_IS_BETTER = frozenset(name for name, m in METRICS.items() if m.lower_is_better)
+
+
+def metric(name: str) -> Metric:
+    """The registry entry of a column name (``psnr_fov``, ``manual_dice``)."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"metric {name!r} is not in medrestore.metrics.REGISTRY. Fix: add an entry there.") from None
+
+
+def header(name: str) -> str:
+    """The report's column title of a metric."""
+    return metric(name).header or name
+
+
+def digits(name: str) -> int:
+    """Decimals the report shows of a metric."""
+    return metric(name).digits
 
 
 def asset_path(metric: str, assets_dir: str | os.PathLike | None = None) -> str | None:

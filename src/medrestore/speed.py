@@ -1,5 +1,5 @@
-"""Inference-time optimisations, each kept only where ``make bench`` shows it pays (see
-``reports/bench.json``):
+"""Inference-time optimisations, each kept only where ``make bench`` (``benchmarks/bench.py``)
+shows it pays (see ``reports/bench.json``):
 
 - batch-norm folding: a BatchNorm2d that follows a Conv2d in an ``nn.Sequential`` is folded into
   the convolution's weights and bias (exact up to float rounding), removing one pass over every

@@ -2,9 +2,14 @@
 
 Every comparison interleaves its two sides (A, B, A, B, ...) after a warm-up and reports medians,
 so load on the machine affects both sides alike. Results go to ``reports/bench.json`` and
-``reports/bench.md``. ``--quick`` is the reduced size CI runs; the full size is run by hand.
+``reports/bench.md``. ``--quick`` is the reduced size CI runs; the full size is run by hand. The
+harness lives outside the library; the report renders ``bench.json`` itself
+(:mod:`medrestore.report.performance`, whose :func:`sections` also make ``bench.md``).
 
-    python -m medrestore.bench [--quick] [--out reports]
+    python -m benchmarks.bench [--quick] [--out reports]     (from the repository root)
+
+The sections that run the pipeline's stages (patchify at scale, ``dvc repro``) are in
+``benchmarks/bench_pipeline.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_pipeline import (
+    bench_dvc_noop,
+    bench_patchify,
+    bench_repro,
+)
 from medrestore.io import write_json_atomic, write_text_atomic
+from medrestore.report.markup import md_table
+from medrestore.report.performance import sections
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -472,114 +483,6 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
             "train_repeats": train_repeats, "inference": inference, "training": training}
 
 
-# --------------------------------------------------------------------------- data stages
-def bench_patchify(root: Path, size: int, stride: int, mirror: str) -> dict:
-    """patchify and corrupt at 1x and 4x the CHASE_DB1 images: seconds, patches/s and peak RSS, each in
-    a fresh process (``benchmarks/patchify_bench.py``)."""
-    script = root / "benchmarks" / "patchify_bench.py"
-    if not script.is_file():
-        return {"skipped": f"{script} not found (run from the repository root)"}
-    if not Path(mirror).is_dir():
-        return {"skipped": f"{mirror}: no CHASE_DB1 mirror here"}
-    cmd = [sys.executable, str(script), "--size", str(size), "--stride", str(stride), "--mirror", str(mirror)]
-    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        return {"failed": res.stderr[-2000:]}
-    return json.loads(res.stdout[res.stdout.index("{") :])
-
-
-# --------------------------------------------------------------------------- pipeline
-def bench_dvc_noop(root: Path) -> dict:
-    """``dvc repro`` when nothing changed (skipped when the pipeline is not up to date)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=root, env=env, capture_output=True, text=True, check=False)
-    if status.returncode != 0:
-        return {"skipped": "the pipeline is not up to date here (run `make repro` first)"}
-    t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t
-    return {"seconds": round(seconds, 3), "goal_seconds": 10, "ran_nothing": "Running stage" not in res.stdout, "returncode": res.returncode}
-
-
-def bench_repro(root: Path, shared: Path, targets: list[str] | None = None) -> dict:
-    """The whole default pipeline from nothing: ``dvc repro`` in a fresh ``git clone`` of HEAD, with
-    an empty DVC cache and its own MLflow store, ``shared`` beside it as ``../shared`` (the
-    environment is this one: ``make repro``'s install step is not timed). Gives wall seconds per
-    stage and in all, and compares every output's md5 with this checkout's ``dvc.lock``.
-    ``targets``: only these stages (and what they depend on)."""
-    import tempfile
-
-    if not (root / "dvc.yaml").is_file() or not (root / ".git").exists():
-        return {"skipped": f"{root} is not a git checkout of the pipeline"}
-    if not shared.is_dir():
-        return {"skipped": f"{shared}: no shared folder (CHASE_DB1 mirror, pyiqa assets) here"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip())
-    with tempfile.TemporaryDirectory(prefix="medrestore-bench-repro-") as tmp:
-        (Path(tmp) / "shared").symlink_to(shared.resolve())
-        clone = Path(tmp) / "medrestore"
-        subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True, capture_output=True)
-        (clone / "data").mkdir(exist_ok=True)  # as `make repro`: your own images' folder, empty
-        stamps: list[tuple[str, float]] = []
-        log: list[str] = []
-        t0 = time.perf_counter()
-        with subprocess.Popen([sys.executable, "-m", "dvc", "repro", *(targets or [])], cwd=clone, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
-            for line in proc.stdout:
-                log.append(line)
-                if line.startswith("Running stage '"):
-                    stamps.append((line.split("'")[1], time.perf_counter() - t0))
-        total = time.perf_counter() - t0
-        if proc.returncode != 0:
-            return {"failed": "".join(log)[-3000:], "returncode": proc.returncode}
-        compared = compare_locks(root / "dvc.lock", clone / "dvc.lock", {s for s, _ in stamps})
-    return {
-        "commit": commit,
-        "checkout_had_uncommitted_changes": dirty,
-        "seconds": round(total, 1),
-        "stages": stage_seconds(stamps, total),
-        "by_kind": _by_kind(stage_seconds(stamps, total)),
-        **compared,
-        "note": "fresh git clone, empty DVC cache, CHASE_DB1 from the shared mirror; per stage = from its "
-                "'Running stage' line to the next (start-up and imports included)",
-    }
-
-
-def stage_seconds(stamps: list[tuple[str, float]], end: float) -> dict[str, float]:
-    """Seconds of each stage from the times its 'Running stage' lines appeared (the last one ends at ``end``)."""
-    ends = [t for _, t in stamps[1:]] + [end]
-    return {name: round(stop - start, 1) for (name, start), stop in zip(stamps, ends)}
-
-
-def _by_kind(stages: dict[str, float]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name, sec in stages.items():
-        kind = name.split("@")[0]
-        out[kind] = round(out.get(kind, 0.0) + sec, 1)
-    return out
-
-
-def compare_locks(ours: Path, theirs: Path, stages: set[str], timings: tuple[str, ...] = ("cost.json",)) -> dict:
-    """Outputs of ``stages`` whose md5 in ``theirs`` differs from ``ours`` (both dvc.lock files).
-    Outputs named in ``timings`` (the evaluate stage's measured seconds, kept out of DVC's cache)
-    are listed apart: they are not meant to match."""
-    import yaml
-
-    def outs(path: Path) -> dict[str, str | None]:
-        lock = yaml.safe_load(path.read_text())["stages"]
-        return {f"{st}:{o['path']}": o.get("md5") for st in stages if st in lock for o in lock[st].get("outs", [])}
-
-    a, b = outs(ours), outs(theirs)
-    timed = sorted(k for k in b if k.endswith(timings))
-    checked = [k for k in b if k not in timed]
-    differing = sorted(k for k in checked if a.get(k) != b[k])
-    return {"outputs_compared": len(checked), "outputs_identical": len(checked) - len(differing), "outputs_differing": differing,
-            "timing_outputs": timed}
-
-
 # --------------------------------------------------------------------------- main
 def cpu_model() -> dict:
     """The CPU's name and the vector / matrix extensions its kernels may use (trained weights and
@@ -610,114 +513,12 @@ def machine() -> dict:
     }
 
 
-Section = tuple[str, str, list[str], list[list[str]]]  # title, text, table header, table rows
-
-
-def _x(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}x"
-
-
-def sections(result: dict) -> list[Section]:
-    """The benchmark as titled tables, for ``bench.md`` and the report's performance section."""
-    out: list[Section] = []
-    inf = result.get("inference")
-    if inf:
-        rows = []
-        for m, r in inf["models"].items():
-            rows.append([m, str(r["untiled"]), str(r["tiled"]), f"{r['tiling_overhead']:+.1%}", _x(r["inference_mode_speedup"]),
-                         str(r.get("bn_folded", "–")), str(r["bn_folded_channels_last"]), _x(r["bn_folded_channels_last_speedup"]),
-                         f"{r['compiled']} ({r['compiled_vs_bn_folded_channels_last']:.2f}x)" if "compiled" in r else "–",
-                         str(r.get("compile_seconds", "–"))])
-        out.append((f"Inference, {inf['image_size']} px fundus image out, seconds per megapixel",
-                    f"Median of the runs; tiles of {inf['tile']} px with 32 px overlap (super-resolution networks: given the "
-                    f"reduced image, tiles and overlap in its pixels). Kept: batch-norm folding + channels-last.",
-                    ["model", "untiled", "tiled", "tiling overhead", "no_grad / inference_mode", "BN folded", "BN folded + channels-last",
-                     "speed-up", "torch.compile (after compiling)", "compile s"], rows))
-    base = result.get("baselines")
-    if base:
-        out.append((f"Classical baselines, {base['image_size']} px, seconds per megapixel", "", ["baseline", "s/MPix"],
-                    [[k, str(v)] for k, v in base["seconds_per_mpix"].items()]))
-    met = result.get("metrics")
-    if met:
-        out.append((f"Metrics, {met['image_size']} px, images per second", met["note"], ["path", "images/s"],
-                    [[k, str(v)] for k, v in met["images_per_second"].items()]))
-    tr = result.get("training")
-    if tr:
-        rows = [[m, str(r["steps"] if "step_ms_median" in r else r.get("steps", "")), str(r["patches_per_second"]["bare"]),
-                 str(r["patches_per_second"]["ours"]), f"{r['engine_overhead_per_step']:+.1%}",
-                 f"{r['engine_overhead_per_step_mean']:+.1%}" if "engine_overhead_per_step_mean" in r else "–", str(r["engine_fixed_seconds"])]
-                for m, r in tr["models"].items()]
-        out.append((f"Training, patches per second (batch {tr['batch']}, {tr['patch']} px, {tr.get('repeats', 1)} runs of each side)",
-                    f"Goal: engine overhead per step at most {tr['goal_overhead']:.0%}. {tr['note']}.",
-                    ["model", "steps per run", "bare PyTorch loop", "our engine", "overhead per step (median)", "(mean)", "fixed s per run"], rows))
-    th = result.get("threads")
-    if th:
-        ns = [str(n) for n in th["threads"]]
-        out.append((f"Threads, inference ({th['image_size']} px, kept path: BN folded + channels-last, median of {th['repeats']}), "
-                    "seconds per megapixel",
-                    f"torch intra-op threads; default here {th['default_threads']}.", ["model", *(f"{n} thread(s)" for n in ns), "speed-up"],
-                    [[m, *(str(r[n]) for n in ns), _x(r["speedup_max_vs_1"])] for m, r in th["inference_seconds_per_mpix"].items()]))
-        ws = list(next(iter(th["training"].values()))["step_ms_by_workers"]) if th["training"] else []
-        out.append((f"Threads and data loading, training (bare loop, batch {th['batch']}, {th['patch']} px, {th['steps']} steps, "
-                    f"median of {th.get('train_repeats', th['repeats'])} runs), ms per optimiser step",
-                    f"Batch fetch = indexing and stacking one batch in the loop; sampler = drawing one batch's indices at the default "
-                    f"pipeline's {th['pipeline_patches']} training patches. Workers: batches through the engine's DataLoader.",
-                    ["model", *(f"{n} thread(s)" for n in ns), "batch fetch ms (share of a step)", "sampler ms",
-                     *(f"{w} workers" for w in ws)],
-                    [[m, *(str(r["step_ms_by_threads"][n]) for n in ns), f"{r['batch_fetch_ms']} ({r['batch_fetch_share']:.1%})",
-                      str(r["sampler_ms_at_pipeline_size"]), *(str(r["step_ms_by_workers"][w]) for w in ws)]
-                     for m, r in th["training"].items()]))
-    pr = result.get("precision")
-    if pr:
-        out.append((f"Precision on {pr['device']}, inference ({pr['image_size']} px, kept path, median of {pr['repeats']}), seconds per megapixel",
-                    "bf16 = torch.autocast(bfloat16). The networks are the pipeline's trained denoise-g25 models where present; they "
-                    "restore the test image with Gaussian noise (sigma 25): PSNR of the bf16 output against the float32 output, and of "
-                    "each against the clean image.",
-                    ["model", "weights", "float32", "bf16 autocast", "speed-up", "bf16 vs float32, dB", "vs clean: noisy / float32 / bf16, dB"],
-                    [[m, "trained" if r.get("weights", "untrained") != "untrained" else "untrained", str(r["float32"]), str(r["bf16_autocast"]),
-                      _x(r["bf16_speedup"]), str(r["bf16_psnr_vs_float32_db"]),
-                      " / ".join(str(r["psnr_vs_clean_db"][k]) for k in ("noisy", "float32", "bf16_autocast")) if "psnr_vs_clean_db" in r else "–"]
-                     for m, r in pr["inference"].items()]))
-        out.append((f"Precision on {pr['device']}, training (our engine, batch {pr['batch']}, {pr['patch']} px, {pr['steps']} steps, "
-                    f"{pr['train_repeats']} run(s) each), ms per optimiser step (median)", "",
-                    ["model", "32-true", "bf16-mixed", "speed-up", "val PSNR 32-true", "val PSNR bf16-mixed"],
-                    [[m, str(r["step_ms"]["32-true"]), str(r["step_ms"]["bf16-mixed"]), _x(r["bf16_speedup"]),
-                      str(r["val_psnr"]["32-true"]), str(r["val_psnr"]["bf16-mixed"])] for m, r in pr["training"].items()]))
-    pa = result.get("patchify")
-    if pa and "x1" in pa:
-        rows = [[stage, f"{k} ({pa[k]['images']})", str(pa[key]["patches"]), str(pa[key]["seconds"]), str(pa[key]["patches_per_second"]),
-                 f"{pa[key]['peak_rss_mib']:.0f}"]
-                for stage, prefix in (("patchify", ""), ("corrupt", "corrupt_")) for k in ("x1", "x4") for key in [prefix + k]]
-        p = pa["params"]
-        out.append((f"patchify and corrupt at 1x and 4x the images ({p['size']} px, {p['patch_size']} px patches, stride {p['stride']})",
-                    f"Each in a fresh process; peak RSS includes the interpreter and imports ({pa['imports_only']['peak_rss_mib']:.0f} MiB).",
-                    ["stage", "images", "patches", "seconds", "patches/s", "peak RSS MiB"], rows))
-    noop = result.get("dvc_noop")
-    if noop and "seconds" in noop:
-        out.append(("dvc repro with nothing to do", f"Goal: under {noop['goal_seconds']} s.", ["seconds", "ran nothing"],
-                    [[str(noop["seconds"]), str(noop["ran_nothing"]).lower()]]))
-    rep = result.get("repro")
-    if rep and "seconds" in rep:
-        differing = f" (differing: {', '.join(rep['outputs_differing'])})" if rep["outputs_differing"] else ""
-        out.append((f"The whole default pipeline from nothing: {rep['seconds'] / 60:.1f} min",
-                    f"Commit {rep['commit'][:12]}; {rep['note']}. Outputs byte-identical to this checkout's dvc.lock: "
-                    f"{rep['outputs_identical']} of {rep['outputs_compared']}{differing}.",
-                    ["stage kind", "stages", "seconds"],
-                    [[k, str(sum(1 for s in rep["stages"] if s.split("@")[0] == k)), str(v)]
-                     for k, v in sorted(rep["by_kind"].items(), key=lambda kv: -kv[1])]))
-    for key in ("patchify", "dvc_noop", "repro"):
-        r = result.get(key)
-        if r and ("skipped" in r or "failed" in r):
-            out.append((key, str(r.get("skipped") or r.get("failed")), [], []))
-    return out
-
-
 def markdown(result: dict) -> str:
     lines = ["# medrestore benchmark", "", f"Machine: {json.dumps(result['machine'])}. Mode: {result['mode']}.", ""]
     for title, text, header, rows in sections(result):
         lines += [f"## {title}", ""] + ([text, ""] if text else [])
         if header:
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows), ""]
+            lines += md_table(header, rows)
     return "\n".join(lines)
 
 
@@ -725,7 +526,7 @@ SECTIONS = ("inference", "baselines", "metrics", "training", "threads", "precisi
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="medrestore.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced size CI runs")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--assets", default="../shared/assets/pyiqa")

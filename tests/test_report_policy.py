@@ -1,20 +1,20 @@
-"""The report's policy on convergence: a model that did not converge is marked in its rows and is
-never called best (tables, best-method choices, the registry's pick)."""
+"""The report's policy (medrestore.report.policy) on convergence: a model that did not converge is
+marked in its rows and is never called best (tables, best-method choices, the registry's pick)."""
 
 import json
 
 import pytest
 
 from medrestore.io import write_json_atomic
-from medrestore.report import (
+from medrestore.report.policy import (
     banner,
+    best_by,
     best_models,
     best_on_vessels,
-    headline_numbers,
     label,
     task_convergence,
-    task_table,
 )
+from medrestore.report.tables import headline_numbers, task_table
 
 
 def _stats(kind: str, psnr: float, kept: float = 0.0, invented: float = 0.5) -> dict:
@@ -67,7 +67,10 @@ def test_unconverged_rows_are_marked_and_never_bold(task):
 def test_best_choices_skip_unconverged_models(task):
     root, summary = task
     conv = task_convergence(root / "models", "denoise-g25")
-    assert best_models(root / "eval", ["denoise-g25"], models_root=root / "models")["denoise-g25"]["model"] == "irunet"
+    best = best_models(root / "eval", ["denoise-g25"], models_root=root / "models")["denoise-g25"]
+    assert best["model"] == "irunet" and best["metric"] == "mean psnr_fov over test corruptions"
+    # the best method of a test corruption is judged on the same metric (psnr_fov), as the evaluation's best baseline
+    assert best_by(summary, "s25", conv) == "irunet (32.50 dB)" and best_by(summary, "s25", {}) == "dncnn (33.50 dB)"
     # on vessels: dncnn keeps more but did not converge; irunet keeps some and invents 0.30 <= 0.76 / 2
     assert best_on_vessels(summary, "s25", conv).startswith("irunet")
     assert best_on_vessels(summary, "s25", {}).startswith("dncnn")
@@ -111,4 +114,5 @@ def test_a_falling_curve_and_an_unconverged_start_are_not_convergence(tmp_path):
     assert not conv["dncnn-srgan"]["converged"] and "denoise-g25/dncnn" in conv["dncnn-srgan"]["why"]
     assert task_convergence(models, "denoise-g25")["dncnn"]["converged"]  # without params: its own curve only
     cyc = task_convergence(models, "enhance", train)["cyclegan"]
-    assert cyc["run_converged"] and not cyc["converged"] and cyc["why"] == "validation PSNR ended 2.00 dB below its best"
+    # a falling curve: the run's own rule says so (training.convergence), and the report keeps it
+    assert not cyc["run_converged"] and not cyc["converged"] and cyc["why"] == "validation PSNR ended 2.00 dB below its best"

@@ -1,0 +1,194 @@
+"""evaluate TASK: restore the test images with every model and baseline; score them.
+
+Writes artifacts/eval/TASK/{per_image.csv,summary.json,restored/} (byte-identical on rerun) and
+cost.json beside them (machine-dependent timings; declared a metric with `cache: false`). What is
+measured and how it is summarised (floor, baselines, vessels, statistics, cost) is in
+:mod:`medrestore.evaluation`; this module reads the stage's inputs and writes its outputs."""
+
+from __future__ import annotations
+
+import io
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrestore.cost import model_cost
+from medrestore.data.prepare import safe_name
+from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
+from medrestore.evaluation import (
+    assert_test_unseen,
+    baseline_function,
+    baselines_for,
+    case_sigma,
+    median_after_warmup,
+    paired_tests,
+    per_image_table,
+    rounded_cost,
+    run_baseline,
+    score_clean,
+    score_restored,
+    summarise,
+    task_scale,
+)
+from medrestore.inference import model_scale, restore_array
+from medrestore.io import (
+    InputError,
+    atomic_dir,
+    read_image,
+    read_json,
+    write_json_atomic,
+    write_png_atomic,
+    write_text_atomic,
+)
+from medrestore.lineage import tag_outputs
+from medrestore.models import load_model
+from medrestore.pipeline.paths import MODELS, PATCHES, SEGMENTER, corrupt_dir, eval_dir
+from medrestore.pipeline.stage import arg, params, run
+from medrestore.vessels import load_vessel_segmenter
+
+
+def evaluate_task(
+    task: str,
+    patches_dir: Path,
+    corrupt_dir: Path,
+    models_dir: Path,
+    out_dir: Path,
+    *,
+    baselines: list[str],
+    tile: int,
+    overlap: int,
+    seed: int,
+    assets_dir: str | None = None,
+    tracker=None,
+    segmenter_dir: Path | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Write ``restored/<method>/<variant>/<id>.png``, ``per_image.csv``, ``summary.json`` and
+    ``cost.json`` (timings) to ``out_dir``; return the summary."""
+    patches_dir, corrupt_dir, models_dir, out_dir = map(Path, (patches_dir, corrupt_dir, models_dir, out_dir))
+    meta = read_json(patches_dir / "patches.json")
+    segmenter, seg_meta = load_vessel_segmenter(segmenter_dir, device=device)
+    assert_test_unseen(meta, seg_meta.get("train_ids", []))
+    corruption = read_json(corrupt_dir / "corruption.json")
+    clean_by_id = {e["id"]: e for e in meta["test"]}
+    if not corruption["test"]:
+        raise InputError(f"{corrupt_dir / 'corruption.json'}: no test images. Fix: rerun the corrupt stage.")
+    scale = task_scale(corruption, corruption["test"][0])
+
+    models, cost = {}, {}
+    for d in sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith(".")) if models_dir.is_dir() else []:
+        model, mmeta = load_model(d)
+        s = model_scale(model, mmeta)
+        if s != scale:
+            raise InputError(f"{d}: the model upscales x{s} but task {task} is x{scale}. Fix: retrain it for this task.")
+        models[d.name] = model
+        cost[d.name] = {"kind": "model", "scale": s, **model_cost(model, scale=s)}
+    fns = {name: baseline_function(name) for name in baselines}
+    for name in fns:
+        cost[name] = {"kind": "baseline", "parameters": 0}
+
+    rows: list[dict] = []
+    timings: dict[str, list[float]] = {}
+
+    def timed(name: str, pixels: int, fn: Callable[..., np.ndarray], *args: Any, **kwargs: Any) -> np.ndarray:
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings.setdefault(name, []).append((time.perf_counter() - t) / (pixels / 1e6))
+        return out
+
+    clean_cache: dict[str, tuple] = {}
+    for case in corruption["test"]:
+        entry = clean_by_id[case["id"]]
+        s = task_scale(corruption, case)
+        if case["id"] not in clean_cache:
+            clean = modcrop(read_image(patches_dir / entry["image"], "RGB"), s)
+            fov = modcrop(read_image(patches_dir / entry["fov"], "L") > 127, s)
+            manual = modcrop(read_image(patches_dir / entry["vessels"], "L") > 127, s) if entry.get("vessels") else None
+            clean_vessels = segmenter(clean, fov)[1]
+            clean_cache[case["id"]] = (clean, fov, manual, clean_vessels)
+        clean, fov, manual, clean_vessels = clean_cache[case["id"]]
+        degraded = read_image(corrupt_dir / case["file"], "RGB")
+        if degraded.shape[0] * s != clean.shape[0] or degraded.shape[1] * s != clean.shape[1]:
+            raise InputError(
+                f"{corrupt_dir / case['file']}: {degraded.shape[:2]} times {s} is not the clean test image's {clean.shape[:2]}. "
+                "Fix: rerun the corrupt stage."
+            )
+        sigma = case_sigma(case.get("params", {}), case.get("spec"))
+        base = {"task": task, "image_id": case["id"], "variant": case["variant"], "sigma": sigma, "scale": s}
+        low = to_float(degraded)
+        pixels = clean.shape[0] * clean.shape[1]
+        outputs: dict[str, tuple[str, np.ndarray]] = {"degraded": ("input", to_uint8(upsample_bicubic(low, s)))}
+        for name, model in models.items():
+            restored = timed(name, pixels, restore_array, model, low, tile=tile, overlap=overlap, device=device, scale=s)
+            outputs[name] = ("model", to_uint8(restored))
+        for name, fn in fns.items():
+            restored = timed(name, pixels, run_baseline, fn, low, sigma, s)
+            outputs[name] = ("baseline", to_uint8(restored))
+        for method, (kind, restored) in outputs.items():
+            write_png_atomic(out_dir / "restored" / method / case["variant"] / f"{safe_name(case['id'])}.png", restored)
+            rows.append({**base, "method": method, "kind": kind, **score_restored(restored, clean, fov, segmenter, clean_vessels, manual, assets_dir)})
+        rows.append({**base, "method": "clean", "kind": "reference", **score_clean(clean, fov, segmenter, clean_vessels, manual, assets_dir)})
+
+    table = per_image_table(rows)
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, float_format="%.6f", lineterminator="\n")
+    write_text_atomic(out_dir / "per_image.csv", buf.getvalue())
+
+    summary: dict = {
+        "task": task,
+        "scale": scale,
+        "floor": "degraded input" + (f", upsampled x{scale} with PIL bicubic" if scale > 1 else ""),
+        "segmenter": segmenter.describe(),
+        "methods": summarise(table, seed),
+        "test_images": sorted(clean_by_id),
+        "variants": sorted({c["variant"] for c in corruption["test"]}),
+    }
+    summary["paired_tests"] = paired_tests(table, seed)
+    cost = rounded_cost(cost)
+    summary["cost"] = {
+        "note": "parameters; FLOPs per output megapixel (torch.utils.flop_counter, 256 px input); seconds per megapixel are in cost.json",
+        "methods": cost,
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+
+    s_per_mpix = {m: round(median_after_warmup(v), 6) for m, v in sorted(timings.items())}
+    write_json_atomic(out_dir / "cost.json", {
+        "task": task,
+        "methods": {m: {**cost.get(m, {}), "seconds_per_mpix": s_per_mpix[m], "timed_runs": len(timings[m])} for m in s_per_mpix},
+        "rule": "median over test images of one restoration each, first excluded as warm-up; per output megapixel",
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        **({"gpu": torch.cuda.get_device_name()} if str(device).startswith("cuda") and torch.cuda.is_available() else {}),
+    })
+    if tracker is not None:
+        tracker.log_metrics({f"{m}.s_per_mpix": v for m, v in s_per_mpix.items()})
+        tracker.log_metrics({f"{m}.flops_per_mpix": v["flops_per_mpix"] for m, v in cost.items() if "flops_per_mpix" in v})
+        for method, variants in summary["methods"].items():
+            for variant, stats in variants.items():
+                tracker.log_metrics({f"{method}.{variant}.{k}": v["mean"] for k, v in stats.items() if isinstance(v, dict) and np.isfinite(v["mean"])})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``evaluate TASK``: :func:`evaluate_task` on the stage's paths and ``evaluate`` params, the
+    outputs written to a temporary folder and moved into place whole."""
+    task = arg(argv, 0, "TASK")
+    all_p = params()
+    p = all_p["evaluate"]
+    out = eval_dir(task)
+    with run(f"evaluate@{task}", p, all_p) as tracker:
+        with atomic_dir(out) as tmp:
+            evaluate_task(
+                task, PATCHES, corrupt_dir(task), MODELS / task, tmp,
+                baselines=baselines_for(task, p["baselines"]), tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"],
+                assets_dir=p["assets"], tracker=tracker, segmenter_dir=SEGMENTER,
+                device=p.get("device", "cpu"),
+            )
+        tag_outputs(tracker, [out])

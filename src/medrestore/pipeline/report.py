@@ -1,0 +1,25 @@
+"""report: reports/index.html, reports/report.md, reports/metrics.json, reports/claims.json and the
+figures (:func:`medrestore.report.build_report`); the best model of each task is registered in
+MLflow's model registry with its lineage."""
+
+from __future__ import annotations
+
+from medrestore.lineage import register_best_models, tag_outputs
+from medrestore.pipeline.paths import EVAL, MODELS, PATCHES, REPORTS, SEGMENTER
+from medrestore.pipeline.stage import params, run
+from medrestore.report import best_models, build_report
+from medrestore.vessels import load_vessel_segmenter
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``report`` (no arguments): every task of ``corrupt.tasks``, with ``make bench``'s
+    ``reports/bench.json`` as the performance section."""
+    p = params()
+    tasks = sorted(p["corrupt"]["tasks"])
+    with run("report", {"tasks": tasks}, p) as tracker:
+        segmenter, _ = load_vessel_segmenter(SEGMENTER)
+        build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json")
+        tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json"])
+        registered = register_best_models(best_models(EVAL, tasks, models_root=MODELS, train=p["train"]), MODELS, tracker=tracker)
+        for task, version in registered.items():
+            print(f"[medrestore] registered {version} (best of {task})")

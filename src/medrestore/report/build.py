@@ -1,0 +1,147 @@
+"""The published comparison: ``reports/report.md``, a self-contained ``reports/index.html``,
+``reports/metrics.json`` (read by ``dvc metrics show``), ``reports/claims.json`` and the figures
+they show, assembled from the evaluation's summaries, the models' curves and ``dvc.lock``."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from medrestore.claims import RULE, check_claims, claims_rows
+from medrestore.dvclock import lock_stages
+from medrestore.io import (
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from medrestore.report.figures import (
+    CAPTIONS,
+    cost_figure,
+    crops_figure,
+    curves_figure,
+    error_maps_figure,
+    sigma_csv,
+    sigma_figure,
+    vessel_figure,
+)
+from medrestore.report.markup import html_page, html_table, md_table
+from medrestore.report.performance import performance_section
+from medrestore.report.policy import banner, task_convergence
+from medrestore.report.tables import (
+    best_rows,
+    convergence_rows,
+    cost_rows,
+    headline_numbers,
+    lineage_rows,
+    paired_rows,
+    sorted_methods,
+    task_table,
+)
+from medrestore.report.text import (
+    CONVERGENCE_TEXT,
+    methods_paragraph,
+    segmenter_section,
+)
+
+
+def build_report(
+    params: dict,
+    tasks: list[str],
+    eval_root: Path,
+    patches_dir: Path,
+    models_root: Path,
+    out_dir: Path,
+    *,
+    segmenter=None,
+    segmenter_dir: Path | None = None,
+    lock_path: Path = Path("dvc.lock"),
+    bench_path: Path | None = None,
+) -> dict:
+    """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None);
+    ``bench_path``: ``make bench``'s ``bench.json``, shown as the performance section when it exists."""
+    if segmenter is None:
+        from medrestore.vessels import VesselSegmenter
+
+        segmenter = VesselSegmenter(None)
+    out_dir = Path(out_dir)
+    stages = lock_stages(Path(lock_path))
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC plots output: exists even with no sigma task
+    methods = methods_paragraph(params, Path(models_root))
+    conv_by_task = {t: task_convergence(models_root, t, params["train"]) for t in tasks}
+    first = banner(params, conv_by_task)
+    md = ["# medrestore comparison report", ""] + ([first, ""] if first else []) + ["## Methods", "", methods, ""]
+    html_parts = ["<h1>medrestore comparison report</h1>"]
+    if first:
+        html_parts.append(f"<p class='banner'><strong>{html.escape(first.strip('*'))}</strong></p>")
+    html_parts.append(f"<h2>Methods</h2><p>{html.escape(methods)}</p>")
+    claims = check_claims(Path(eval_root), conv_by_task, int(params["seed"]))
+    write_json_atomic(out_dir / "claims.json", claims)
+    header, rows = claims_rows(claims)
+    counts = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in ("reproduced", "not reproduced", "not converged", "not run"))
+    intro = f"What the papers claim, checked against this run's test images ({counts}). Rule: {RULE}."
+    md += ["## Paper claims", "", intro, "", *md_table(header, rows)]
+    html_parts.append(f"<h2 id='claims'>Paper claims</h2><p>{html.escape(intro)}</p>" + html_table(header, rows))
+    header, rows = best_rows(Path(eval_root), tasks, conv_by_task)
+    md += ["## Best methods", "", "Among baselines and converged models only.", "", *md_table(header, rows)]
+    html_parts.append("<h2 id='best'>Best methods</h2><p>Among baselines and converged models only.</p>" + html_table(header, rows))
+    seg_md, seg_html = segmenter_section(segmenter_dir)
+    md += seg_md
+    html_parts.append(seg_html)
+    headline: dict = {}
+    for task in tasks:
+        eval_dir = Path(eval_root) / task
+        summary = read_json(eval_dir / "summary.json")
+        conv = conv_by_task[task]
+        md += [f"## {task}", ""]
+        html_parts.append(f"<h2 id='{html.escape(task)}'>{html.escape(task)}</h2>")
+        for variant in summary["variants"]:
+            header, rows = task_table(summary, variant, conv)
+            md += [f"### {task}, test corruption `{variant}`", "", *md_table(header, rows)]
+            html_parts.append(f"<h3>test corruption <code>{html.escape(variant)}</code></h3>" + html_table(header, rows))
+            paired = paired_rows(summary, variant, conv)
+            if paired:
+                md += [f"Paired comparison with the best classical baseline, `{variant}`:", "", *md_table(*paired)]
+                html_parts.append(f"<p>Paired comparison with the best classical baseline, <code>{html.escape(variant)}</code>:</p>" + html_table(*paired))
+            for m, v in summary["methods"].items():
+                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(v[variant], conv.get(m))
+        methods = [m for m in sorted_methods(summary, summary["variants"][0]) if m != "clean"]
+        header, rows = lineage_rows(task, methods, summary, stages, Path(models_root), conv)
+        md += [f"### {task}: lineage", "", *md_table(header, rows)]
+        html_parts.append(f"<h3>{html.escape(task)}: lineage</h3>" + html_table(header, rows, "lineage"))
+        if conv:
+            header, rows = convergence_rows(conv, Path(models_root) / task)
+            md += [f"### {task}: convergence", "", CONVERGENCE_TEXT, "", *md_table(header, rows)]
+            html_parts.append(f"<h3>{html.escape(task)}: convergence</h3><p>{html.escape(CONVERGENCE_TEXT)}</p>" + html_table(header, rows))
+        costs = cost_rows(summary, conv)
+        if costs:
+            md += [f"### {task}: cost", "", *md_table(*costs)]
+            html_parts.append(f"<h3>{html.escape(task)}: cost</h3>" + html_table(*costs))
+        figures = [
+            ("crops", crops_figure(task, eval_dir, patches_dir, summary, converged=conv)),
+            ("errors", error_maps_figure(task, eval_dir, patches_dir, summary)),
+            ("vessels", vessel_figure(task, eval_dir, patches_dir, summary, segmenter, converged=conv)),
+            ("sigma", sigma_figure(task, summary)),
+            ("cost", cost_figure(task, summary)),
+            ("curves", curves_figure(task, Path(models_root) / task)),
+        ]
+        curve = sigma_csv(summary)
+        if curve:
+            write_text_atomic(out_dir / "plots" / f"{task}_sigma.csv", curve)
+        for kind, png in figures:
+            if png is None:
+                continue
+            rel = f"figures/{task}_{kind}.png"
+            write_bytes_atomic(out_dir / rel, png)
+            md += [f"![{task} {kind}]({rel})", "", f"*{CAPTIONS[kind]}.*", ""]
+            b64 = base64.b64encode(png).decode()
+            html_parts.append(f"<figure><img alt='{task} {kind}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(CAPTIONS[kind])}.</figcaption></figure>")
+    if bench_path is not None and Path(bench_path).is_file():
+        perf_md, perf_html = performance_section(read_json(Path(bench_path)), Path(bench_path).name)
+        md += perf_md
+        html_parts.append(perf_html)
+    write_text_atomic(out_dir / "index.html", html_page(html_parts))
+    write_text_atomic(out_dir / "report.md", "\n".join(md))
+    write_json_atomic(out_dir / "metrics.json", headline)
+    return headline

@@ -1,0 +1,156 @@
+"""The report's policy: which trained models converged (:func:`task_convergence`), and which method
+may be called best. A model that did not converge is marked wherever it appears and is never called
+best; "best" is judged on :data:`medrestore.metrics.BEST_BY` (PSNR inside the field of view)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medrestore.io import read_json
+from medrestore.metrics import BEST_BY
+
+NOT_CONVERGED = "not converged"
+
+
+def label(method: str, converged: dict[str, dict] | None) -> str:
+    """A method's name in a table: trained models that did not converge say so in every row."""
+    verdict = (converged or {}).get(method)
+    return f"{method} ({NOT_CONVERGED})" if verdict is not None and not verdict["converged"] else method
+
+
+def task_convergence(models_root: Path | None, task: str, train: dict | None = None) -> dict[str, dict]:
+    """Trained method -> whether the model converged, as the report judges it:
+
+    - its own run: :func:`medrestore.training.convergence.model_convergence` of its curve (the gain
+      over the last quarter, also in the model's ``metrics.json`` as ``converged``);
+    - a validation PSNR that ended ``MIN_GAIN_DB`` or more below the run's best is no plateau (a GAN
+      trading PSNR for its adversary, or a fine-tuning that undoes its start): not converged;
+    - with ``train`` (params.yaml's ``train``): a model fine-tuned from another (``train.finetune``
+      ``init``) or trained on another's outputs (``train.chains`` ``first``) converged only if that
+      one did too, since its training includes the other's.
+    """
+    from medrestore.training.convergence import (
+        MIN_GAIN_DB,
+        curve_points,
+        model_convergence,
+    )
+
+    root = Path(models_root) if models_root is not None else None
+    memo: dict[tuple[str, str], dict | None] = {}
+
+    def base_of(t: str, method: str) -> tuple[str, str] | None:
+        for entry in ((train or {}).get("finetune") or {}).values():
+            if entry.get("task") == t and entry.get("method", entry.get("model")) == method and "init" in entry:
+                bt, _, bm = str(entry["init"]).partition("/")
+                return bt, bm
+        for entry in ((train or {}).get("chains") or {}).values():
+            if entry.get("task") == t and entry.get("method", entry.get("model")) == method:
+                return t, entry["first"]
+        return None
+
+    def verdict(t: str, method: str, seen: tuple = ()) -> dict | None:
+        if (t, method) in memo:
+            return memo[(t, method)]
+        folder = root / t / method if root is not None else None
+        own = model_convergence(folder) if folder is not None else None
+        if own is None:
+            memo[(t, method)] = None
+            return None
+        out = {**own, "run_converged": own["converged"]}
+        pts = curve_points(folder / "curve.csv")
+        if out["converged"] and pts:
+            fall = max(p for _, p in pts) - pts[-1][1]
+            if fall >= MIN_GAIN_DB:
+                out.update(converged=False, why=f"validation PSNR ended {fall:.2f} dB below its best")
+        base = base_of(t, method)
+        if base is not None and base not in seen:
+            b = verdict(*base, seen=(*seen, (t, method)))
+            if b is not None and not b["converged"] and out["converged"]:
+                out.update(converged=False, why=f"starts from {base[0]}/{base[1]}, which did not converge")
+        if not out["converged"] and "why" not in out:
+            out["why"] = "still improving"
+        memo[(t, method)] = out
+        return out
+
+    if root is None or not (root / task).is_dir():
+        return {}
+    found = {}
+    for d in sorted((root / task).iterdir()):
+        if not d.name.startswith("."):
+            v = verdict(task, d.name)
+            if v is not None:
+                found[d.name] = v
+    return found
+
+
+def eligible(method: str, kind: str, converged: dict[str, dict] | None) -> bool:
+    """Whether a method may be called best: baselines always, trained models only when converged."""
+    if kind == "baseline":
+        return True
+    verdict = (converged or {}).get(method)
+    return kind == "model" and (verdict is None or bool(verdict["converged"]))
+
+
+def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None:
+    """The report's first line when its numbers are not claims about the papers' methods."""
+    profile = params["train"].get("profile", "standard")
+    runs = [(t, m) for t, c in conv_by_task.items() for m, v in c.items() if not v["converged"]]
+    total = sum(len(c) for c in conv_by_task.values())
+    if profile == "quick":
+        return (f"**Quick tour (train.profile: quick): the models are undertrained ({len(runs)} of {total} did not converge); "
+                "nothing in this report is to be concluded about the methods.**")
+    if runs:
+        return (f"**{len(runs)} of {total} trained models did not converge ({', '.join(f'{t}/{m}' for t, m in runs)}): "
+                "their rows are marked and they make no claim about their papers' methods.**")
+    return None
+
+
+def best_by(summary: dict, variant: str, conv: dict, metric: str = BEST_BY) -> str | None:
+    """The baseline or converged model with the highest mean ``metric`` on one test corruption, as
+    ``"name (value dB)"``; None when no method qualifies."""
+    scores = {m: v[variant][metric]["mean"] for m, v in summary["methods"].items()
+              if variant in v and metric in v[variant] and eligible(m, v[variant]["kind"], conv)}
+    if not scores:
+        return None
+    top = max(sorted(scores), key=scores.get)
+    return f"{top} ({scores[top]:.2f} dB)"
+
+
+def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
+    """The baseline or converged model that keeps the most thin vessels (recall above chance) among
+    those that keep some (the 95% interval of that recall above zero) and invent at most half as large
+    a share of vessel pixels as the degraded input does; None when no method qualifies."""
+    prefix = "manual" if any("manual_thin_recall_above_chance" in v.get(variant, {}) for v in summary["methods"].values()) else "ref"
+    kept, invented = f"{prefix}_thin_recall_above_chance", f"{prefix}_invented_rate"
+    floor = summary["methods"].get("degraded", {}).get(variant, {}).get(invented, {}).get("mean")
+    cands = {}
+    for m, v in summary["methods"].items():
+        st = v.get(variant, {})
+        if (kept in st and invented in st and eligible(m, st["kind"], conv) and st[kept]["ci95"][0] > 0
+                and (floor is None or st[invented]["mean"] <= floor / 2)):
+            cands[m] = (st[kept]["mean"], st[invented]["mean"])
+    if not cands:
+        return None
+    top = max(sorted(cands), key=lambda m: cands[m][0])
+    return f"{top} (kept {cands[top][0]:.3f}, invented {cands[top][1]:.3f})"
+
+
+def best_models(eval_root: Path, tasks: list[str], metric: str = BEST_BY, models_root: Path | None = None, train: dict | None = None) -> dict[str, dict]:
+    """Per task, the converged trained model with the highest mean ``metric`` over the test
+    corruptions (a model that did not converge is never chosen; ``models_root`` holds the curves,
+    ``train`` the params that say which models start from which: :func:`task_convergence`)."""
+    best: dict[str, dict] = {}
+    for task in tasks:
+        summary = read_json(Path(eval_root) / task / "summary.json")
+        conv = task_convergence(models_root, task, train) if models_root is not None else {}
+        scores = {}
+        for m, variants in summary["methods"].items():
+            vals = [v[metric]["mean"] for v in variants.values() if v.get("kind") == "model" and metric in v]
+            if vals and (m not in conv or conv[m]["converged"]):
+                scores[m] = float(np.mean(vals))
+        if scores:
+            top = max(sorted(scores), key=scores.get)
+            best[task] = {"model": top, "metric": f"mean {metric} over test corruptions", "value": scores[top]}
+    return best
