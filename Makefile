@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # Speed and memory figures -> reports/bench.json, reports/bench.md (BENCH_ARGS=--quick: CI's reduced size).
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m medrestore.bench $(BENCH_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 # The README's picture of the published report (needs Debian's `chromium`).
 screenshot: $(STAMP)

@@ -49,15 +49,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--save", type=Path, help="keep the trained model folder here")
     args = ap.parse_args(argv)
     os.chdir(REPO)
-    sys.path.insert(0, str(REPO / "stages"))
     sys.path.insert(0, str(REPO))  # the benchmarks package (run as a script, only benchmarks/ is on the path)
     import numpy as np
     import torch
-    from train import merged_params, run_entry
 
     from benchmarks.bench import cpu_model
     from medrestore.data.patches import load_patches
     from medrestore.io import load_params, read_json
+    from medrestore.params import run_entry, train_settings
     from medrestore.training import TrainConfig, train_model
 
     params = load_params()
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.profile:
         train["profile"] = args.profile
     entry = run_entry(train, args.run)
-    settings = merged_params(train, args.run, params["seed"])
+    settings = train_settings(train, args.run, params["seed"])
     for item in args.set:
         key, _, value = item.partition("=")
         settings[key] = yaml.safe_load(value)

@@ -1,13 +1,10 @@
 """The benchmark sections that run the pipeline itself (benchmarks/bench_pipeline.py)."""
 
-import sys
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # benchmarks/ is a folder of the checkout, not an installed package
-    sys.path.insert(0, str(REPO))
 
 from benchmarks import bench_pipeline  # noqa: E402
 

@@ -101,12 +101,27 @@ def check(name: str, spec: dict, repo: Path = REPO) -> tuple[list[str], list[str
     return missing, extra
 
 
+def _folded(deps: set[str], repo: Path) -> set[str]:
+    """``deps`` with the files of a package folder replaced by the folder where it lists all of them."""
+    out = set(deps)
+    for pkg in sorted((repo / "src").rglob("__init__.py"), key=lambda f: len(f.parts)):
+        folder = pkg.parent.relative_to(repo).as_posix()
+        if folder == "src/medrestore" or any(covers(d, folder) for d in out if d != folder):
+            continue
+        files = {f.relative_to(repo).as_posix() for f in pkg.parent.rglob("*.py")}
+        if files and files <= {f for f in out if not any(covers(d, f) for d in out if d != f)} | {
+                f for f in files if any(covers(d, f) for d in out if d != f)}:
+            out = {d for d in out if not covers(folder, d)} | {folder}
+    return out
+
+
 def wanted(spec: dict, repo: Path = REPO) -> list[str]:
-    """The stage's code dependencies once in line: the script, then the kept and added ones, sorted."""
+    """The stage's code dependencies once in line: the script, then the kept and added ones (a package
+    folder where every module of it is imported), sorted."""
     missing, extra = check("", spec, repo)
     script = script_of(spec)
     kept = [d for d in code_deps(spec) if d not in extra and d != script]
-    return [script, *sorted(set(kept) | set(missing) - {script})]
+    return [script, *sorted(_folded(set(kept) | set(missing) - {script}, repo))]
 
 
 def sync(repo: Path = REPO) -> list[str]:

@@ -23,19 +23,14 @@ def label(method: str, converged: dict[str, dict] | None) -> str:
 def task_convergence(models_root: Path | None, task: str, train: dict | None = None) -> dict[str, dict]:
     """Trained method -> whether the model converged, as the report judges it:
 
-    - its own run: :func:`medrestore.training.convergence.model_convergence` of its curve (the gain
-      over the last quarter, also in the model's ``metrics.json`` as ``converged``);
-    - a validation PSNR that ended ``MIN_GAIN_DB`` or more below the run's best is no plateau (a GAN
-      trading PSNR for its adversary, or a fine-tuning that undoes its start): not converged;
+    - its own run: :func:`medrestore.training.convergence.model_convergence` of its curve (a gain
+      below ``MIN_GAIN_DB`` over the last quarter and no fall of that much at the end; also in the
+      model's ``metrics.json`` as ``converged``);
     - with ``train`` (params.yaml's ``train``): a model fine-tuned from another (``train.finetune``
       ``init``) or trained on another's outputs (``train.chains`` ``first``) converged only if that
       one did too, since its training includes the other's.
     """
-    from medrestore.training.convergence import (
-        MIN_GAIN_DB,
-        curve_points,
-        model_convergence,
-    )
+    from medrestore.training.convergence import model_convergence
 
     root = Path(models_root) if models_root is not None else None
     memo: dict[tuple[str, str], dict | None] = {}
@@ -58,12 +53,7 @@ def task_convergence(models_root: Path | None, task: str, train: dict | None = N
         if own is None:
             memo[(t, method)] = None
             return None
-        out = {**own, "run_converged": own["converged"]}
-        pts = curve_points(folder / "curve.csv")
-        if out["converged"] and pts:
-            fall = max(p for _, p in pts) - pts[-1][1]
-            if fall >= MIN_GAIN_DB:
-                out.update(converged=False, why=f"validation PSNR ended {fall:.2f} dB below its best")
+        out = {**own, "run_converged": own["converged"]}  # the run's own rule (plateau, no fall at the end)
         base = base_of(t, method)
         if base is not None and base not in seen:
             b = verdict(*base, seen=(*seen, (t, method)))
