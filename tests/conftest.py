@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,14 +17,11 @@ ASSETS = SHARED / "assets" / "pyiqa"
 
 def copy_checkout(dest: Path) -> Path:
     """Copy the working tree as git sees it (tracked files and new files git does not ignore, as they
-    are now) to ``dest``: what a clone of this state would hold, without caches, outputs or .git."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file():  # a tracked file deleted in the working tree is left out, as a commit would
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+    are now) to ``dest``: what a clone of this state would hold, without caches, outputs or .git
+    (the quick tour's copy, tools/quick_tour.py)."""
+    from tools.quick_tour import copy_checkout as copy
+
+    copy(dest)
     return dest
 
 
@@ -108,7 +104,6 @@ def kill_and_resume(tmp_path, script_text: str, arrays: dict, settle: float) -> 
     byte-identical to the reference and leave no resume checkpoint behind. The script takes
     ``DATA_DIR OUT_DIR`` and checkpoints under ``DATA_DIR/ckpt``."""
     import signal
-    import subprocess
     import sys
     import time
 
