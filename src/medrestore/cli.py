@@ -35,14 +35,14 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_metrics(args) -> int:
-    from medrestore.io import read_image
+    from medrestore.io import read_image, read_mask
     from medrestore.metrics import all_metrics
 
     image = read_image(args.image)
     reference = read_image(args.reference) if args.reference else None
     fov = None
     if args.fov:
-        fov = read_image(args.fov, "L") > 127
+        fov = read_mask(args.fov)
     scores = all_metrics(image, reference, fov, args.assets)
     if args.json:
         print(json.dumps(scores, indent=2, sort_keys=True))

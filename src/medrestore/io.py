@@ -269,6 +269,11 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
         raise InputError(f"{path}: the image is corrupt or truncated ({type(exc).__name__}: {exc}). {_READ_FIX}") from exc
 
 
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask image (FOV, vessels) as booleans: grey level above 127 (masks are stored 0/255)."""
+    return read_image(path, "L") > 127
+
 def _is_tiff(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")

@@ -59,6 +59,7 @@ from medrestore.io import (
     atomic_path,
     read_image,
     read_json,
+    read_mask,
     write_json_atomic,
     write_npy_atomic,
     write_png_atomic,
@@ -147,7 +148,7 @@ class _Prepared:
                 raise InputError(f"{self.dir / 'manifest.json'}: no image {source_id!r}. Fix: rerun `dvc repro patchify`.")
             entry = self.by_id[source_id]
             image = read_image(self.dir / entry["image"], "RGB") if need_image else None
-            fov = read_image(self.dir / entry["fov"], "L") > 127
+            fov = read_mask(self.dir / entry["fov"])
             self._key, self._value = key, (image, fov)
         return self._value
 
@@ -253,7 +254,7 @@ def corrupt_task(patches_dir: Path, out_dir: Path, *, task: str, spec: dict, see
     for vi, (variant, vspec) in enumerate(sorted(spec["test"].items())):
         for ii, entry in enumerate(meta["test"]):
             clean = read_image(patches_dir / entry["image"], "RGB")
-            fov = read_image(patches_dir / entry["fov"], "L") > 127
+            fov = read_mask(patches_dir / entry["fov"])
             words = variant_seed(seed, task, ii, vi)
             degraded, params = _apply(clean, vspec, words, fov, grey, f"corrupt.tasks.{task}.test.{variant}")
             rel = f"test/{variant}/{safe_name(entry['id'])}.png"

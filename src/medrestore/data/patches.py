@@ -28,6 +28,7 @@ from medrestore.io import (
     InputError,
     atomic_path,
     read_image,
+    read_mask,
     write_json_atomic,
     write_npy_atomic,
     write_png_atomic,
@@ -166,7 +167,7 @@ def patchify(
     def fov_of(source_id: str) -> np.ndarray:
         if source_id not in fovs:
             fovs.clear()  # keep one mask in memory at a time
-            fovs[source_id] = read_image(prepared_dir / by_id[source_id]["fov"], "L") > 127
+            fovs[source_id] = read_mask(prepared_dir / by_id[source_id]["fov"])
         return fovs[source_id]
 
     if int(patch_size) > int(manifest["size"]):

@@ -29,6 +29,7 @@ from medrestore.io import (
     InputError,
     list_images,
     read_image,
+    read_mask,
     sha256_file,
     write_png_atomic,
 )
@@ -620,4 +621,4 @@ def gather(
 
 
 def load_mask(path: Path | None) -> np.ndarray | None:
-    return None if path is None else read_image(path, "L") > 127
+    return None if path is None else read_mask(path)

@@ -41,6 +41,7 @@ from medrestore.io import (
     atomic_dir,
     read_image,
     read_json,
+    read_mask,
     write_json_atomic,
     write_png_atomic,
     write_text_atomic,
@@ -107,8 +108,8 @@ def evaluate_task(
         s = task_scale(corruption, case)
         if case["id"] not in clean_cache:
             clean = modcrop(read_image(patches_dir / entry["image"], "RGB"), s)
-            fov = modcrop(read_image(patches_dir / entry["fov"], "L") > 127, s)
-            manual = modcrop(read_image(patches_dir / entry["vessels"], "L") > 127, s) if entry.get("vessels") else None
+            fov = modcrop(read_mask(patches_dir / entry["fov"]), s)
+            manual = modcrop(read_mask(patches_dir / entry["vessels"]), s) if entry.get("vessels") else None
             clean_vessels = segmenter(clean, fov)[1]
             clean_cache[case["id"]] = (clean, fov, manual, clean_vessels)
         clean, fov, manual, clean_vessels = clean_cache[case["id"]]

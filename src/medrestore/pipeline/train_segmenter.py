@@ -16,12 +16,26 @@ from typing import Any
 import numpy as np
 from safetensors.torch import save_file
 
-from medrestore.io import InputError, atomic_dir, atomic_path, read_image, read_json, write_json_atomic
+from medrestore.io import (
+    InputError,
+    atomic_dir,
+    atomic_path,
+    read_image,
+    read_json,
+    read_mask,
+    write_json_atomic,
+)
 from medrestore.lineage import tag_outputs
 from medrestore.pipeline.paths import PATCHES, PREPARED, SEGMENTER
 from medrestore.pipeline.stage import params, run
 from medrestore.training.segmenter import train_segmenter
-from medrestore.vessels import FRANGI_NAME, UNET_THRESHOLD, VesselSegmenter, evaluate_segmenter, load_vessel_segmenter
+from medrestore.vessels import (
+    FRANGI_NAME,
+    UNET_THRESHOLD,
+    VesselSegmenter,
+    evaluate_segmenter,
+    load_vessel_segmenter,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,9 +66,9 @@ def masked_images(prepared_dir: str | Path, patches_meta: dict, split: str) -> l
         out.append({
             "id": e["id"],
             "image": read_image(prepared_dir / e["image"], "RGB"),
-            "fov": read_image(prepared_dir / e["fov"], "L") > 127,
-            "vessels": read_image(prepared_dir / e["vessels"], "L") > 127,
-            "vessels_2nd": read_image(prepared_dir / second, "L") > 127 if second else None,
+            "fov": read_mask(prepared_dir / e["fov"]),
+            "vessels": read_mask(prepared_dir / e["vessels"]),
+            "vessels_2nd": read_mask(prepared_dir / second) if second else None,
         })
     return out
 

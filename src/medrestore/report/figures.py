@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medrestore.data.prepare import safe_name
-from medrestore.io import read_image, read_json
+from medrestore.io import read_image, read_json, read_mask
 from medrestore.report.policy import label
 
 #: The caption under each figure, by kind (the figure files are ``figures/<task>_<kind>.png``).
@@ -74,7 +74,7 @@ def _test_case(patches_dir: Path, window: int) -> tuple[dict, np.ndarray, np.nda
     meta = read_json(patches_dir / "patches.json")
     entry = meta["test"][0]
     clean = read_image(patches_dir / entry["image"], "RGB")
-    fov = read_image(patches_dir / entry["fov"], "L") > 127
+    fov = read_mask(patches_dir / entry["fov"])
     w = min(window, *clean.shape[:2])
     return entry, clean, fov, _detail_window(clean, fov, w), w
 
@@ -138,7 +138,7 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
     entry, clean, fov, (t, l), w = _test_case(patches_dir, window)
     variant = summary["variants"][len(summary["variants"]) // 2]
     manual = entry.get("vessels")
-    reference = read_image(patches_dir / manual, "L") > 127 if manual else segmenter(clean, fov)[1]
+    reference = read_mask(patches_dir / manual) if manual else segmenter(clean, fov)[1]
     reference &= fov
     near = ndimage.distance_transform_edt(~reference) <= 2.0
     panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in _methods(summary)]
