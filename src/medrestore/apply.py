@@ -20,19 +20,8 @@ from torch import nn
 
 from medrestore.data.fov import detect_fov
 from medrestore.inference import restore_array
-from medrestore.io import InputError, open_image, write_bytes_atomic
+from medrestore.io import InputError, open_image, workspace_root, write_bytes_atomic
 from medrestore.models import load_model
-
-
-def workspace_root() -> Path:
-    """The nearest folder with a dvc.yaml from the working directory: the workspace whose artifacts
-    are meant (inside a queued experiment that is its own copy, not ``DVC_ROOT``'s parent repo)."""
-    here = Path.cwd().resolve()
-    for cand in (here, *here.parents):
-        if (cand / "dvc.yaml").exists():
-            return cand
-    return here
-
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 

@@ -367,6 +367,16 @@ def load_params(section: str | None = None, path: str | os.PathLike = "params.ya
     return params[section]
 
 
+def workspace_root() -> Path:
+    """The nearest folder with a dvc.yaml from the working directory: the workspace whose artifacts
+    are meant (inside a queued experiment that is its own copy, not ``DVC_ROOT``'s parent repo)."""
+    here = Path.cwd().resolve()
+    for cand in (here, *here.parents):
+        if (cand / "dvc.yaml").exists():
+            return cand
+    return here
+
+
 def repo_root() -> Path:
     """The repository root: ``DVC_ROOT`` inside a DVC stage, else the nearest folder with dvc.yaml."""
     env = os.environ.get("DVC_ROOT")

@@ -89,7 +89,7 @@ def _run_record(run, how: str) -> dict:
 
 def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) -> dict[str, Any]:
     """The full chain for one file inside the repository (a model, a metrics file, a report)."""
-    from medrestore.apply import workspace_root
+    from medrestore.io import workspace_root
 
     root = Path(root or workspace_root()).resolve()
     path = Path(path)
