@@ -1,0 +1,129 @@
+"""``medrestore verify``: after ``dvc repro`` on another machine, each published number against this run.
+
+Training is deterministic on one machine, not across CPUs (other vector units round differently), so
+a rerun elsewhere moves the trained models' numbers a little. For every number of the committed
+``reports/metrics.json`` (task -> method -> test variant -> metric) this says:
+
+- ``identical``: this run's value is the committed one (to the 6 decimals stored);
+- ``within``: it differs, but the committed value lies inside this run's 95 % bootstrap interval over
+  the test images (``artifacts/eval/TASK/summary.json``, the column the report took the number from);
+- ``outside``: the committed value is outside that interval, or the number (or its interval) is
+  missing here, or a convergence verdict (``converged``) changed.
+
+The exit status is 1 when any number is ``outside``, so a reader can check a published report on
+their own machine with one command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from medrestore.io import InputError, read_json
+from medrestore.report.tables import HEADLINE
+
+IDENTICAL, WITHIN, OUTSIDE = "identical", "within", "outside"
+
+
+def committed_metrics(source: str, root: Path) -> tuple[dict, str]:
+    """The published ``metrics.json``: a file path, or a git revision of ``root`` (its
+    ``reports/metrics.json`` at that commit)."""
+    path = Path(source)
+    if path.is_file():
+        return read_json(path), str(path)
+    res = subprocess.run(["git", "show", f"{source}:reports/metrics.json"], cwd=root, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise InputError(f"{source}: neither a file nor a git revision with reports/metrics.json ({res.stderr.strip()[:200]}). "
+                         "Fix: give --committed a metrics.json file or a commit (default HEAD).")
+    return json.loads(res.stdout), f"{source}:reports/metrics.json"
+
+
+def _interval(stats: dict, metric: str) -> list[float] | None:
+    for col in HEADLINE.get(metric, ()):
+        if col in stats:
+            return stats[col].get("ci95")
+    return None
+
+
+def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any]]:
+    """One row per committed number: task, method, variant, metric, committed, ours, ci95, verdict."""
+    summaries: dict[str, dict] = {}
+    rows = []
+    for task, methods in sorted(committed.items()):
+        summary_path = Path(eval_root) / task / "summary.json"
+        if task not in summaries:
+            summaries[task] = read_json(summary_path) if summary_path.is_file() else {}
+        for method, variants in sorted(methods.items()):
+            for variant, numbers in sorted(variants.items()):
+                stats = summaries[task].get("methods", {}).get(method, {}).get(variant, {})
+                for metric, value in sorted(numbers.items()):
+                    mine = ours.get(task, {}).get(method, {}).get(variant, {}).get(metric)
+                    row = {"task": task, "method": method, "variant": variant, "metric": metric,
+                           "committed": value, "ours": mine, "ci95": None}
+                    if mine is None:
+                        row["verdict"], row["why"] = OUTSIDE, "missing in this run"
+                    elif isinstance(value, bool) or isinstance(mine, bool):
+                        row["verdict"] = IDENTICAL if value == mine else OUTSIDE
+                        if value != mine:
+                            row["why"] = "convergence verdict changed"
+                    elif value == mine or (isinstance(value, float) and isinstance(mine, float) and math.isclose(value, mine, abs_tol=5e-7)):
+                        row["verdict"] = IDENTICAL
+                    else:
+                        ci = _interval(stats, metric)
+                        row["ci95"] = ci
+                        if ci is None or any(c is None or not math.isfinite(c) for c in ci):
+                            row["verdict"], row["why"] = OUTSIDE, f"no interval in {summary_path}"
+                        else:
+                            row["verdict"] = WITHIN if ci[0] <= value <= ci[1] else OUTSIDE
+                    rows.append(row)
+    return rows
+
+
+def verify(root: Path, committed: str = "HEAD", metrics: Path | None = None, eval_root: Path | None = None) -> tuple[list[dict], str]:
+    root = Path(root)
+    metrics = Path(metrics) if metrics else root / "reports" / "metrics.json"
+    eval_root = Path(eval_root) if eval_root else root / "artifacts" / "eval"
+    if not metrics.is_file():
+        raise InputError(f"{metrics}: missing. Fix: run `dvc repro` (or `make repro`) first.")
+    published, source = committed_metrics(committed, root)
+    return verdicts(published, read_json(metrics), eval_root), source
+
+
+def format_rows(rows: list[dict], source: str, only_changed: bool = False) -> str:
+    lines = [f"{'task':14s} {'method':14s} {'variant':9s} {'metric':10s} {'published':>11s} {'this run':>11s}  verdict"]
+    for r in rows:
+        if only_changed and r["verdict"] == IDENTICAL:
+            continue
+        ci = f" (95% interval {r['ci95'][0]:.4g} .. {r['ci95'][1]:.4g})" if r.get("ci95") else ""
+        why = f" ({r['why']})" if r.get("why") else ""
+        fmt = lambda v: "-" if v is None else (str(v) if isinstance(v, bool) else f"{v:.6g}")
+        lines.append(f"{r['task']:14s} {r['method']:14s} {r['variant']:9s} {r['metric']:10s} {fmt(r['committed']):>11s} "
+                     f"{fmt(r['ours']):>11s}  {r['verdict']}{ci}{why}")
+    counts = Counter(r["verdict"] for r in rows)
+    lines.append(f"{len(rows)} published numbers ({source}): {counts[IDENTICAL]} identical, {counts[WITHIN]} within their "
+                 f"95% interval, {counts[OUTSIDE]} outside")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``medrestore verify [--committed REV|FILE] [--all] [--json]``: exit 1 when a number is outside."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="medrestore verify", description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--committed", default="HEAD", help="the published numbers: a git revision (its reports/metrics.json) or a file")
+    ap.add_argument("--root", type=Path, default=None, help="the workspace (default: the nearest folder with dvc.yaml)")
+    ap.add_argument("--all", action="store_true", help="list the identical numbers too")
+    ap.add_argument("--json", action="store_true", help="the rows as JSON")
+    args = ap.parse_args(argv)
+    from medrestore.io import workspace_root
+
+    rows, source = verify(args.root or workspace_root(), args.committed)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_rows(rows, source, only_changed=not args.all))
+    return 1 if any(r["verdict"] == OUTSIDE for r in rows) else 0

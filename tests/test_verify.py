@@ -1,0 +1,87 @@
+"""medrestore verify: the published numbers against a rerun's, with the rerun's 95 % intervals."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from medrestore.report.tables import HEADLINE
+from medrestore.verify import IDENTICAL, OUTSIDE, WITHIN, main, verify
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _summary(metrics: dict, width: float) -> dict:
+    """summary.json as the evaluation writes it: per method/variant/column a mean and a 95 % interval."""
+    out = {}
+    for method, variants in metrics.items():
+        for variant, numbers in variants.items():
+            stats = {}
+            for metric, value in numbers.items():
+                if metric in HEADLINE and not isinstance(value, bool):
+                    stats[HEADLINE[metric][0]] = {"mean": value, "ci95": [value - width, value + width]}
+            out.setdefault(method, {})[variant] = stats
+    return {"methods": out, "variants": sorted({v for vs in metrics.values() for v in vs})}
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    """A git workspace whose committed reports/metrics.json is the project's published one."""
+    published = json.loads((REPO / "reports" / "metrics.json").read_text())
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps(published))
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "commit", "-qm", "published"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
+    return tmp_path, published
+
+
+def _rerun(root: Path, ours: dict, width: float = 0.5) -> None:
+    (root / "reports" / "metrics.json").write_text(json.dumps(ours))
+    for task, methods in ours.items():
+        (root / "artifacts" / "eval" / task).mkdir(parents=True, exist_ok=True)
+        (root / "artifacts" / "eval" / task / "summary.json").write_text(json.dumps(_summary(methods, width)))
+
+
+def test_an_identical_rerun_is_identical_everywhere(workspace, capsys):
+    root, published = workspace
+    _rerun(root, published)
+    rows, _ = verify(root)
+    assert rows and all(r["verdict"] == IDENTICAL for r in rows)
+    assert len(rows) == sum(len(n) for m in published.values() for v in m.values() for n in v.values())
+    assert main(["--root", str(root)]) == 0
+    assert "0 outside" in capsys.readouterr().out
+
+
+def test_small_moves_are_within_large_ones_outside_and_changes_fail(workspace, capsys):
+    root, published = workspace
+    ours = copy.deepcopy(published)
+    ours["denoise-g25"]["irunet"]["s25"]["psnr_fov"] += 0.2     # inside a +-0.5 dB interval
+    ours["denoise-g25"]["cdae"]["s25"]["psnr_fov"] += 1.0       # the published value is outside this run's interval
+    ours["denoise-g25"]["redae"]["s25"]["converged"] = not ours["denoise-g25"]["redae"]["s25"]["converged"]
+    del ours["sr-x4"]["bicubic"]["x4"]["ssim"]
+    _rerun(root, ours)
+    rows, _ = verify(root)
+    by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in rows}
+    assert by[("denoise-g25", "irunet", "s25", "psnr_fov")]["verdict"] == WITHIN
+    assert by[("denoise-g25", "cdae", "s25", "psnr_fov")]["verdict"] == OUTSIDE
+    assert by[("denoise-g25", "redae", "s25", "converged")]["why"] == "convergence verdict changed"
+    assert by[("sr-x4", "bicubic", "x4", "ssim")]["why"] == "missing in this run"
+    assert sum(r["verdict"] != IDENTICAL for r in rows) == 4
+    assert main(["--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "1 within their 95% interval, 3 outside" in out and "cdae" in out and "irunet" in out
+
+
+def test_a_revision_without_the_report_is_a_clear_error(workspace):
+    from medrestore.io import InputError
+
+    root, published = workspace
+    _rerun(root, published)
+    with pytest.raises(InputError, match="--committed"):
+        verify(root, committed="no-such-revision")
