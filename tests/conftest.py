@@ -42,7 +42,7 @@ def shrink_params(params: dict, *, datasets: Path | None = None, sources: list[s
                   patch: int = 32, stride: int = 16, tasks: set[str] | None = None) -> dict:
     """The repository's params.yaml made tiny for an end-to-end test: ``sources`` read from ``datasets``
     (default ../shared/datasets), ``size`` px images, ``patch`` px patches, only the corruption ``tasks``
-    (default: those of the remaining train runs), no progress bars. Training budgets stay the caller's."""
+    (default: those of the remaining train runs), no progress bars (runtime). Training budgets stay the caller's."""
     params["download"].update(sources=list(sources), mirror=str(datasets or SHARED / "datasets"))
     params["prepare"]["size"] = size
     params["patchify"].update(patch_size=patch, stride=stride)
@@ -50,7 +50,7 @@ def shrink_params(params: dict, *, datasets: Path | None = None, sources: list[s
     if tasks is None:
         tasks = {r["task"] for r in [*train["runs"].values(), *(train.get("finetune") or {}).values()]}
     params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in tasks}
-    train["defaults"]["progress_bar"] = False
+    params.setdefault("runtime", {})["progress_bar"] = False
     return params
 
 

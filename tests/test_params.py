@@ -107,3 +107,30 @@ def test_the_schema_knows_exactly_the_training_settings():
     from medrestore.params import TrainSettings
 
     assert set(TrainSettings.model_fields) == {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "seed"}
+
+
+def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):
+    from medrestore.params import with_runtime
+    from medrestore.pipeline.deps import stages
+
+    for name, spec in stages().items():
+        tracked = [p if isinstance(p, str) else next(iter(p)) for p in spec.get("params", [])]
+        assert not any(str(t).startswith("runtime") for t in tracked), name
+    train = params["train"]
+    s = train_settings(train, "denoise-g25-cdae", 0)
+    assert "progress_bar" not in s and "ckpt_every" not in s  # not part of what DVC tracks
+    full = with_runtime(s, params["runtime"])
+    assert full["progress_bar"] is True and full["ckpt_every"] == s["val_every"]  # 0: at every validation
+    assert with_runtime(s, {"progress_bar": False, "ckpt_every": 7})["ckpt_every"] == 7
+    assert with_runtime({**s, "ckpt_every": 3}, {"ckpt_every": 7})["ckpt_every"] == 3  # a training layer's own value wins
+
+
+def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
+    import numpy as np
+
+    from medrestore.training import fingerprint
+
+    data = [np.zeros((2, 4, 4, 3), np.uint8)]
+    a = fingerprint(TrainConfig(model="cdae", ckpt_every=5, progress_bar=True), data)
+    assert a == fingerprint(TrainConfig(model="cdae", ckpt_every=50, progress_bar=False), data)
+    assert a != fingerprint(TrainConfig(model="cdae", lr=0.5), data)

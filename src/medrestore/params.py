@@ -167,6 +167,13 @@ class Evaluate(_Strict):
     assets: str
 
 
+class Runtime(_Strict):
+    """How runs show and save progress. No stage tracks this section: changing it retrains nothing."""
+
+    progress_bar: bool = True
+    ckpt_every: int = 0                   # steps between resume checkpoints; 0: at every validation
+
+
 class Tracking(_Strict):
     required: bool = False
 
@@ -180,6 +187,7 @@ class Params(_Strict):
     train: Train
     segmenter: Optional[Segmenter] = None
     evaluate: Evaluate
+    runtime: Optional[Runtime] = None
     tracking: Optional[Tracking] = None
 
 
@@ -238,6 +246,18 @@ def run_entry(train: Mapping[str, Any], key: str) -> dict[str, Any]:
             return entries[key]
     known = [k for entries in groups.values() for k in entries]
     raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key} or train.chains.{key}. Fix: use one of {', '.join(known)}.")
+
+
+def with_runtime(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run's settings with params.yaml's ``runtime`` (progress bar; resume checkpoints every
+    ``ckpt_every`` steps, or at every validation when 0). A layer of ``train`` that sets these keys
+    itself keeps its value (and is then tracked by DVC like any training setting)."""
+    runtime = dict(runtime or {})
+    out = dict(settings)
+    out.setdefault("progress_bar", bool(runtime.get("progress_bar", True)))
+    if "ckpt_every" not in out:
+        out["ckpt_every"] = int(runtime.get("ckpt_every") or 0) or int(out.get("val_every", 50))
+    return out
 
 
 def train_settings(train: Mapping[str, Any], key: str, seed: int, models_root: str | Path = "artifacts/models") -> dict[str, Any]:

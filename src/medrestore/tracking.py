@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import subprocess
 import sys
@@ -250,3 +251,31 @@ def _report(stage: str, tracker: Tracker) -> None:
             f"at {tracking_uri()}: " + "; ".join(tracker.failures[:5]) + ("; ..." if len(tracker.failures) > 5 else ""),
             file=sys.stderr,
         )
+
+
+def file_md5(path: Path) -> str:
+    """The md5 DVC records for a single file."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tag_outputs(tracker, paths: list[Path], root: Path | None = None) -> None:
+    """Tag the stage's MLflow run with ``out_md5:<path>`` for each output file (the md5 DVC records),
+    so ``medrestore lineage`` finds the exact run that wrote a file. Folders contribute their
+    top-level files."""
+    if tracker is None:
+        return
+    root = Path(root or Path.cwd()).resolve()  # the stage's workspace (a queued experiment's own copy)
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+    tags = {}
+    for f in files:
+        full = f.resolve()
+        rel = full.relative_to(root).as_posix() if full.is_relative_to(root) else f.as_posix()
+        tags[f"out_md5:{rel}"] = file_md5(full)
+    if tags:
+        tracker.set_tags(tags)

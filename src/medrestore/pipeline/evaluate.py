@@ -46,10 +46,10 @@ from medrestore.io import (
     write_png_atomic,
     write_text_atomic,
 )
-from medrestore.lineage import tag_outputs
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, SEGMENTER, corrupt_dir, eval_dir
 from medrestore.pipeline.stage import arg, params, run
+from medrestore.tracking import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
 

@@ -4,10 +4,11 @@ MLflow's model registry with its lineage."""
 
 from __future__ import annotations
 
-from medrestore.lineage import register_best_models, tag_outputs
+from medrestore.lineage import register_best_models
 from medrestore.pipeline.paths import EVAL, MODELS, PATCHES, REPORTS, SEGMENTER
 from medrestore.pipeline.stage import params, run
 from medrestore.report import best_models, build_report
+from medrestore.tracking import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
 

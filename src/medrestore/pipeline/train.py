@@ -14,10 +14,16 @@ import numpy as np
 
 from medrestore.data.patches import load_patches
 from medrestore.io import atomic_dir, read_json
-from medrestore.lineage import tag_outputs
-from medrestore.params import run_entry, train_settings
-from medrestore.pipeline.paths import MODELS, PATCHES, TRAIN_CACHE, corrupt_dir, model_dir
+from medrestore.params import run_entry, train_settings, with_runtime
+from medrestore.pipeline.paths import (
+    MODELS,
+    PATCHES,
+    TRAIN_CACHE,
+    corrupt_dir,
+    model_dir,
+)
 from medrestore.pipeline.stage import arg, params, run
+from medrestore.tracking import tag_outputs
 from medrestore.training import TrainConfig, train_model
 from medrestore.training.chain import assemble_chain, chain_pairs
 
@@ -27,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     all_p = params()
     entry = run_entry(all_p["train"], key)
     cfg_params = train_settings(all_p["train"], key, all_p["seed"], models_root=MODELS)
-    cfg = TrainConfig.from_params(cfg_params)
+    cfg = TrainConfig.from_params(with_runtime(cfg_params, all_p.get("runtime")))
     corrupted = corrupt_dir(entry["task"])
     corruption = read_json(corrupted / "corruption.json")
     domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None

@@ -25,9 +25,9 @@ from medrestore.io import (
     read_mask,
     write_json_atomic,
 )
-from medrestore.lineage import tag_outputs
 from medrestore.pipeline.paths import PATCHES, PREPARED, SEGMENTER
 from medrestore.pipeline.stage import params, run
+from medrestore.tracking import tag_outputs
 from medrestore.training.segmenter import train_segmenter
 from medrestore.vessels import (
     FRANGI_NAME,

@@ -118,8 +118,10 @@ class UnpairedStepSampler(StepBatchSampler):
 
 
 def fingerprint(cfg, arrays: list[np.ndarray]) -> str:
-    """Identity of a training run: its config and the bytes of its data (for resume folders)."""
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode())
+    """Identity of a training run: its config and the bytes of its data (for resume folders). The
+    progress bar and the checkpoint interval change no result and are left out."""
+    identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress_bar", "ckpt_every")}
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     for a in arrays:
         h.update(str(a.shape).encode())
         flat = np.asarray(a).reshape(-1)
