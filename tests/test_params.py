@@ -134,3 +134,22 @@ def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
     a = fingerprint(TrainConfig(model="cdae", ckpt_every=5, progress_bar=True), data)
     assert a == fingerprint(TrainConfig(model="cdae", ckpt_every=50, progress_bar=False), data)
     assert a != fingerprint(TrainConfig(model="cdae", lr=0.5), data)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p["corrupt"]["tasks"]["denoise-g25"]["train"].update(sigma=-25), "corrupt.tasks.denoise-g25.train.sigma is -25: it cannot be negative"),
+        (lambda p: p["corrupt"]["tasks"]["denoise-blind"]["train"].update(sigma_range=[50, 0]), "sigma_range is [50, 0]: give 0 <= low <= high"),
+        (lambda p: p["corrupt"]["tasks"]["denoise-sr"]["train"]["steps"][1].update(sigma=-1), "corrupt.tasks.denoise-sr.train.steps[1].sigma is -1"),
+        (lambda p: p["patchify"].update(patch_size=41), "corrupt.tasks.sr-x4.train: a x4 reduction of patchify.patch_size 41 is not whole"),
+        (lambda p: p["patchify"].update(val_fraction=0.6, test_fraction=0.5), "nothing is left to train on"),
+        (lambda p: p["patchify"].update(stride=0), "patchify.stride: Input should be greater than or equal to 1"),
+        (lambda p: p["prepare"].update(fov_threshold=1.5), "prepare.fov_threshold: Input should be less than 1"),
+    ],
+)
+def test_values_that_make_no_sense_are_refused_before_any_stage_runs(params, edit, message):
+    edit(params)
+    with pytest.raises(InputError) as err:
+        validate_params(params)
+    assert message in str(err.value)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medrestore.io import InputError
 
@@ -88,19 +88,26 @@ class Download(_Strict):
 
 
 class Prepare(_Strict):
-    size: int
+    size: int = Field(ge=16)
     mode: Literal["border_centre", "border", "centre", "centre_crop", "resize"]
     grey: bool = False
-    fov_threshold: float
+    fov_threshold: float = Field(gt=0, lt=1)
 
 
 class Patchify(_Strict):
-    patch_size: int
-    stride: int
-    min_fov_fraction: float
-    val_fraction: float
-    test_fraction: float
-    region_grid: int
+    patch_size: int = Field(ge=8)
+    stride: int = Field(ge=1)
+    min_fov_fraction: float = Field(ge=0, le=1)
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    region_grid: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _three_splits(self) -> "Patchify":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is left to train on; "
+                             "keep their sum below 1")
+        return self
 
 
 class Task(_Strict):
@@ -112,6 +119,44 @@ class Task(_Strict):
 
 class Corrupt(_Strict):
     tasks: dict[str, Task]
+
+
+def _spec_problems(spec: Any, where: str) -> list[str]:
+    """Values no corruption accepts: a negative sigma or probability, a reversed range, a scale below 2
+    (the rest is checked by the corruption itself when the corrupt stage runs)."""
+    problems: list[str] = []
+    if not isinstance(spec, dict):
+        return [f"{where}: a corruption is a mapping with a kind, got {spec!r}"]
+    for key, value in spec.items():
+        if key == "steps" and isinstance(value, list):
+            for i, step in enumerate(value):
+                problems += _spec_problems(step, f"{where}.steps[{i}]")
+        elif key == "options" and isinstance(value, dict):
+            for name, sub in value.items():
+                if isinstance(sub, dict):
+                    problems += _spec_problems({"kind": name, **sub}, f"{where}.options.{name}")
+        elif key in ("sigma", "p") and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            problems.append(f"{where}.{key} is {value}: it cannot be negative")
+        elif key.endswith("_range") and isinstance(value, list):
+            if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+                problems.append(f"{where}.{key} is {value}: give [low, high]")
+            elif value[0] > value[1] or (key in ("sigma_range", "p_range") and value[0] < 0):
+                problems.append(f"{where}.{key} is {value}: give 0 <= low <= high")
+        elif key == "scale" and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
+            problems.append(f"{where}.scale is {value!r}: give a whole number of at least 2")
+    return problems
+
+
+def spec_scale(spec: dict[str, Any]) -> int:
+    """How many times smaller than its input a corruption's output is (the product of its SR steps)."""
+    if spec.get("kind") in ("downscale", "blur_downscale"):
+        return int(spec.get("scale", 1))
+    if spec.get("kind") == "chain":
+        out = 1
+        for step in spec.get("steps", []):
+            out *= spec_scale(step)
+        return out
+    return 1
 
 
 class Profile(_Strict):
@@ -191,6 +236,23 @@ class Params(_Strict):
     tracking: Optional[Tracking] = None
 
 
+def value_problems(params: Mapping[str, Any]) -> list[str]:
+    """Rules across keys that the types alone cannot say, each with its fix."""
+    problems: list[str] = []
+    patch = params["patchify"]["patch_size"]
+    for task, spec in params["corrupt"]["tasks"].items():
+        specs = {f"corrupt.tasks.{task}.train": spec["train"],
+                 **{f"corrupt.tasks.{task}.test.{k}": v for k, v in spec["test"].items()}}
+        for where, one in specs.items():
+            problems += _spec_problems(one, where)
+            if where.endswith(".train") and not any(where in p for p in problems):  # the patches (test images are cropped)
+                scale = spec_scale(one)
+                if scale > 1 and patch % scale:
+                    problems.append(f"{where}: a x{scale} reduction of patchify.patch_size {patch} is not whole. "
+                                    f"Fix: a patch size that is a multiple of {scale} (e.g. {patch - patch % scale or scale})")
+    return problems
+
+
 def _where(loc: tuple) -> str:
     return ".".join(str(part) for part in loc if not (isinstance(part, str) and part in ("TrainSettings",)))
 
@@ -214,10 +276,17 @@ def validate_params(params: Mapping[str, Any], path: str | Path = "params.yaml")
                 lines.append(f"{key}: unknown key. Fix: remove it or correct its spelling (the README's params table lists the keys).")
             elif err["type"] == "missing":
                 lines.append(f"{key}: missing. Fix: add it (params.yaml in the repository has every key).")
-            else:
+            elif err["type"] == "value_error":
+                lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}.")
+            elif err["type"].endswith(("_type", "_parsing")) or err["type"] in ("literal_error", "model_type", "dict_type", "list_type"):
                 hint = " (write 1.0e-3, not 1e-3: YAML reads the latter as text)" if _numeric_text(err.get("input")) else ""
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}). Fix: give a value of that type{hint}.")
+            else:
+                lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}). Fix: give a value in that range.")
         raise InputError(f"{path}: " + ("\n  " if len(lines) > 1 else "") + "\n  ".join(lines)) from None
+    problems = value_problems(params)
+    if problems:
+        raise InputError(f"{path}: " + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
     profile = params["train"].get("profile", "standard")
     if profile not in (params["train"].get("profiles") or {}):
         raise InputError(f"{path}: train.profile is {profile!r}, not one of train.profiles "
