@@ -77,6 +77,30 @@ def _run_record(run, how: str) -> dict:
     }
 
 
+def cache_dir(root: Path) -> Path:
+    """The DVC cache of the workspace: ``cache.dir`` of ``.dvc/config`` (or ``config.local``), else ``.dvc/cache``."""
+    import configparser
+
+    for name in ("config.local", "config"):
+        cfg = configparser.ConfigParser()
+        if cfg.read(root / ".dvc" / name) and cfg.has_option("cache", "dir"):
+            d = Path(cfg.get("cache", "dir"))
+            return d if d.is_absolute() else (root / ".dvc" / d).resolve()
+    return root / ".dvc" / "cache"
+
+
+def dir_manifest(root: Path, dir_md5: str) -> dict[str, str] | None:
+    """relpath -> md5 of every file of a DVC directory output (its ``.dir`` entry in the cache, DVC 3
+    layout ``files/md5/ab/cdef....dir``); None when the cache does not hold it."""
+    if not dir_md5.endswith(".dir"):
+        return None
+    base = cache_dir(root)
+    for cand in (base / "files" / "md5" / dir_md5[:2] / dir_md5[2:], base / dir_md5[:2] / dir_md5[2:]):
+        if cand.is_file():
+            return {e["relpath"]: e["md5"] for e in json.loads(cand.read_text())}
+    return None
+
+
 def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) -> dict[str, Any]:
     """The full chain for one file inside the repository (a model, a metrics file, a report)."""
     from medrestore.io import workspace_root
@@ -96,7 +120,16 @@ def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) 
         raise InputError(f"{rel}: no stage of dvc.lock outputs it. Fix: give a pipeline output (see `dvc stage list`).")
     stage, entry, out = found
     md5 = file_md5(full) if full.is_file() else None
-    locked_md5 = out.get("md5") if out["path"] == rel else None
+    locked_md5, lock_note = (out.get("md5"), None) if out["path"] == rel else (None, None)
+    if locked_md5 is None and md5 is not None:  # a file inside a directory output: its md5 in the .dir manifest
+        manifest = dir_manifest(root, out.get("md5") or "")
+        inner = rel[len(out["path"].rstrip("/")) + 1:]
+        if manifest is None:
+            lock_note = f"the DVC cache holds no manifest of {out['path']} ({out.get('md5')}): run `dvc pull` or `dvc status`"
+        elif inner not in manifest:
+            locked_md5, lock_note = "", f"{inner} is not a file of {out['path']} as dvc.lock recorded it"
+        else:
+            locked_md5 = manifest[inner]
     params = {}
     for section in (entry.get("params") or {}).values():
         params.update(section)
@@ -107,6 +140,8 @@ def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) 
         "stage_output": out["path"],
         "stage_output_md5": out.get("md5"),
         "matches_lock": None if locked_md5 is None else md5 == locked_md5,
+        "lock_md5": locked_md5 or None,
+        "lock_note": lock_note,
         "command": entry.get("cmd"),
         "deps": [{"path": d["path"], "md5": d.get("md5")} for d in entry.get("deps", [])],
         "params": params,
@@ -119,7 +154,10 @@ def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) 
 def format_lineage(rec: dict[str, Any]) -> str:
     lines = [f"file        {rec['file']}", f"md5         {rec['md5'] or '(directory)'}"]
     if rec["matches_lock"] is False:
-        lines.append("WARNING     the file differs from what dvc.lock recorded: it was changed after the stage ran (run `dvc status`).")
+        lines.append(f"WARNING     the file differs from what dvc.lock recorded (md5 {rec.get('lock_md5') or 'none'}): it was changed "
+                     "after the stage ran (run `dvc status`; `dvc checkout` restores it).")
+    if rec.get("lock_note"):
+        lines.append(f"NOTE        {rec['lock_note']}")
     lines += [f"stage       {rec['stage']}  ({rec['command']})", f"output      {rec['stage_output']}  md5 {rec['stage_output_md5']}"]
     lines.append("inputs")
     lines += [f"  {d['md5'] or '-':<40} {d['path']}" for d in rec["deps"]]
