@@ -33,14 +33,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import cv2
 import numpy as np
 
 from medrestore.degradations.blur import _gaussian_blur
-from medrestore.degradations.core import _alb, _fov_mask, _in_fov, _uniform
+from medrestore.degradations import exact
+from medrestore.degradations.core import _fov_mask, _in_fov, _uniform
 
-# Luma weights used for grey levels (ITU-R BT.601, as torchvision and PIL use them).
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# Every filter, resize and grey conversion here is one of medrestore.degradations.exact: float64
+# arithmetic that does not depend on the CPU's vector unit, so the enhance task's data are the same
+# bytes on every x86-64 machine (OpenCV's float filters were not). Grey levels: ITU-R BT.601 luma.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,28 +51,29 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 def _grey(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 3:
-        return image @ _LUMA
-    return image.mean(axis=2)
+        return exact.luma(image)
+    return np.asarray(image, dtype=np.float64).mean(axis=2)
 
 
 def _fov_mean(image: np.ndarray, fov: np.ndarray) -> float:
-    return float(image[fov].mean()) if fov.any() else 0.0
+    return exact.mean(image[fov]) if fov.any() else 0.0
 
 
 def _smooth(field: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing of a 2-D map (illumination, haze). Large sigmas are done on a map
     shrunk by area averaging and brought back bilinearly: the map is smooth at that scale, and a
-    full-resolution kernel of several hundred taps takes seconds per image."""
+    full-resolution kernel of several hundred taps takes seconds per image. Borders: reflected
+    (``fedcba|abcdef``)."""
     field = field.astype(np.float32)
     if sigma <= 0:
         return field
     h, w = field.shape
     factor = int(sigma // 8)
     if factor >= 2 and min(h, w) // factor >= 8:
-        small = cv2.resize(field, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
-        small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma / factor, borderType=cv2.BORDER_REFLECT)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return cv2.GaussianBlur(field, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        small = exact.shrink_area(field, factor)
+        small = exact.gaussian_blur(small, sigma / factor, border="reflect")
+        return exact.resize_linear(small, w, h)
+    return exact.gaussian_blur(field, sigma, border="reflect")
 
 
 def _disc(shape: tuple[int, int], cx: float, cy: float, radius: float) -> np.ndarray:
@@ -86,20 +88,21 @@ def _contrast(image: np.ndarray, factor: float, fov: np.ndarray) -> np.ndarray:
     includes the black surround, so the result would depend on how much border a crop keeps. The
     pivot here is the FOV's mean (a deliberate deviation from cofe-Net/ArcNet)."""
     mean = _fov_mean(_grey(image), fov)
-    return np.clip(mean + factor * (image - mean), 0.0, 1.0).astype(np.float32)
+    return np.clip(mean + factor * (np.asarray(image, dtype=np.float64) - mean), 0.0, 1.0).astype(np.float32)
 
 
 def _brightness(image: np.ndarray, factor: float) -> np.ndarray:
-    _, pixel = _alb()
-    return np.clip(pixel.adjust_brightness_torchvision(image, factor), 0.0, 1.0).astype(np.float32)
+    """torchvision's brightness (the image times ``factor``), as albumentations' float version."""
+    return np.clip(np.asarray(image, dtype=np.float64) * factor, 0.0, 1.0).astype(np.float32)
 
 
 def _saturation(image: np.ndarray, factor: float) -> np.ndarray:
-    """albumentations' torchvision-equivalent saturation (a blend with the grey image; RGB only)."""
+    """torchvision's saturation (a blend with the grey image; RGB only), as albumentations' float
+    version: ``factor * image + (1 - factor) * grey``, clipped."""
     if image.shape[2] != 3:
         return image
-    _, pixel = _alb()
-    return np.asarray(pixel.adjust_saturation_torchvision(np.ascontiguousarray(image), factor), dtype=np.float32)
+    grey = exact.luma(image)[..., None]
+    return np.clip(np.asarray(image, dtype=np.float64) * factor + grey * (1.0 - factor), 0.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +252,7 @@ def fundus_spots(
         top, bottom = max(0, int(cy) - m), min(h, int(cy) + m + 1)
         left, right = max(0, int(cx) - m), min(w, int(cx) + m + 1)
         patch = _disc((bottom - top, right - left), cx - left, cy - top, size / 2).astype(np.float32)
-        light[top:bottom, left:right] += cv2.GaussianBlur(patch, (0, 0), sigmaX=soft, borderType=cv2.BORDER_CONSTANT) * np.float32(amp)
+        light[top:bottom, left:right] += exact.gaussian_blur(patch, soft, border="constant") * np.float32(amp)
         spots.append([cx, cy, size, amp])
     out = image + light[..., None]
     return _in_fov(out, mask), {"count": n, "spots": spots}
@@ -271,7 +274,7 @@ def fundus_blur(
     cofe-Net paper and REFERENCE.md describe it. ``kernel="cofe"``: cofe-Net's code, which
     truncates the Gaussian to a kernel of odd width and height drawn from [sigma/3, sigma/2]
     (1-7 px at 512), i.e. nearly a small box blur and far milder than the full Gaussian; done with
-    OpenCV directly since albumentations takes one size for both axes.
+    a kernel per axis (albumentations takes one size for both).
     Apply it to whole images: on a patch the scaling with min(H, W) is meaningless."""
     if kernel not in ("full", "cofe"):
         raise ValueError(f"kernel must be 'full' or 'cofe', not {kernel!r}")
@@ -285,8 +288,7 @@ def fundus_blur(
         k = int(rng.integers(int(sigma / 3), int(sigma / 2) + 1))
         sizes.append(k + 1 - k % 2)
     kw, kh = sizes
-    out = cv2.GaussianBlur(np.ascontiguousarray(image, dtype=np.float32), (kw, kh), sigmaX=sigma, sigmaY=sigma)
-    out = out.reshape(image.shape)
+    out = exact.gaussian_blur(image, sigma, size=(kw, kh)).reshape(image.shape)
     return _in_fov(out, mask), {"sigma_at_reference": base, "sigma": sigma, "kernel_w": kw, "kernel_h": kh}
 
 
@@ -329,8 +331,7 @@ def cataract_haze(
 
     k = max(1, round(k512 * side / float(reference_size)))
     k += 1 - k % 2
-    blur, _ = _alb()
-    blurred = np.asarray(blur.box_blur(np.ascontiguousarray(image, dtype=np.float32), k), dtype=np.float32).reshape(image.shape)
+    blurred = exact.box_blur(image, k).reshape(image.shape)
     yy, xx = np.ogrid[:h, :w]
     dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2).astype(np.float32) * mask
     far = float(dist.max())
