@@ -1,7 +1,7 @@
 """The ``medrestore`` command.
 
     medrestore models [--json]                       list the registered models
-    medrestore metrics IMAGE [REFERENCE] [--json]    every quality metric of one image
+    medrestore metrics IMAGE [REFERENCE] [--grey] [--json]   every quality metric of one image
     medrestore restore --model NAME_OR_CHECKPOINT INPUT... --out DIR   restore your own images
     medrestore lineage FILE [--json]                 commit, DVC hashes, params and MLflow run behind FILE
 """
@@ -34,21 +34,123 @@ def _cmd_models(args) -> int:
     return 0
 
 
+#: Smallest image side ``metrics`` measures: SSIM's 11 px Gaussian window ("valid" filtering).
+METRICS_MIN_SIDE = 11
+#: NIQE fits its model to 96 x 96 px blocks (pyiqa's ``block_size``): smaller images have none.
+NIQE_MIN_SIDE = 96
+
+
+def _is_grey(image) -> bool:
+    import numpy as np
+
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+
+
+def _check_metric_inputs(args, image, reference, fov) -> None:
+    """Refuse, before any metric runs, the inputs whose numbers would be errors or nonsense."""
+    from medrestore.io import InputError
+
+    h, w = image.shape[:2]
+    if min(h, w) < METRICS_MIN_SIDE:
+        raise InputError(
+            f"{args.image}: {w}x{h} pixels, smaller than {METRICS_MIN_SIDE}x{METRICS_MIN_SIDE} (SSIM's window); no quality "
+            "metric means anything at that size. Fix: measure a larger image or crop."
+        )
+    if reference is not None:
+        if reference.shape[:2] != image.shape[:2]:
+            rh, rw = reference.shape[:2]
+            raise InputError(
+                f"{args.image} is {w}x{h} pixels but the reference {args.reference} is {rw}x{rh}: full-reference metrics compare "
+                "pixel by pixel. Fix: pass the reference of this image at its size (a super-resolved output is compared "
+                "with the clean image, not with the small degraded one), or crop both to one region."
+            )
+        grey_image, grey_reference = _is_grey(image), _is_grey(reference)
+        if grey_image != grey_reference and not args.grey:
+            grey, colour = (args.image, args.reference) if grey_image else (args.reference, args.image)
+            raise InputError(
+                f"{grey} is grey (its three channels are equal) and {colour} is in colour: the colour metrics (psnr, psnr_green, "
+                "ssim_rgb) would measure the colour one of them lacks while the luminance ones (psnr_y, ssim) ignore it, so the "
+                "numbers would contradict each other (SSIM near 1 beside a PSNR near 10 dB). Fix: compare like with like: "
+                "pass --grey to measure both as grey levels, or use a reference of the same kind."
+            )
+    if fov is not None and fov.shape != image.shape[:2]:
+        raise InputError(
+            f"the FOV mask {args.fov} is {fov.shape[1]}x{fov.shape[0]} pixels, the image {w}x{h}. Fix: pass the mask of this image."
+        )
+
+
+def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]:
+    """medrestore.metrics.no_reference, one metric at a time (the same calls): a metric that is
+    not defined for this image (too small, constant, NaN) is None with the reason, the others still count."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from medrestore.metrics import _metric, _tensor
+
+    h, w = image.shape[:2]
+    flat = bool((image == image.reshape(-1, *image.shape[2:])[0]).all())
+    scores, notes = {}, {}
+    with torch.inference_mode():
+        x = _tensor(image)
+        for name in ("niqe", "brisque", "entropy"):
+            if name == "niqe" and min(h, w) < NIQE_MIN_SIDE:
+                scores[name], notes[name] = None, f"not defined: NIQE needs at least {NIQE_MIN_SIDE}x{NIQE_MIN_SIDE} pixels (its block size), the image is {w}x{h}"
+                continue
+            if name in ("niqe", "brisque") and flat:
+                scores[name], notes[name] = None, f"not defined: every pixel of the image is {image.reshape(-1, *image.shape[2:])[0].tolist()}; {name.upper()} fits statistics of local contrast, which a constant image has none of"
+                continue
+            try:
+                value = float(_metric(name, assets)(x))
+            except (RuntimeError, ValueError, IndexError, AssertionError, np.linalg.LinAlgError) as exc:  # torch's LinAlgError is a RuntimeError
+                scores[name], notes[name] = None, f"not defined: pyiqa's {name} fails on this image ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+                continue
+            if math.isnan(value):
+                scores[name], notes[name] = None, f"not defined: pyiqa's {name} gives NaN for this image (too small or too flat for its statistics)"
+                continue
+            scores[name] = value + 0.0  # -0.0 (entropy of a constant image) printed as 0
+    return scores, notes
+
+
 def _cmd_metrics(args) -> int:
+    import math
+    import warnings
+
     from medrestore.io import read_image, read_mask
-    from medrestore.metrics import all_metrics
+    from medrestore.metrics import full_reference
 
     image = read_image(args.image)
     reference = read_image(args.reference) if args.reference else None
-    fov = None
-    if args.fov:
-        fov = read_mask(args.fov)
-    scores = all_metrics(image, reference, fov, args.assets)
+    fov = read_mask(args.fov) if args.fov else None
+    _check_metric_inputs(args, image, reference, fov)
+    if args.grey:
+        image = read_image(args.image, "L")
+        reference = read_image(args.reference, "L") if args.reference else None
+    scores, notes = _no_reference_each(image, args.assets)
+    if reference is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # mean of an empty FOV: NaN, explained below
+            full = full_reference(image, reference, fov, args.assets)
+        for key, value in full.items():
+            if math.isnan(value):
+                full[key], notes[key] = None, "not defined: the FOV mask selects no pixel" if key.endswith("_fov") else "not defined (NaN)"
+            elif math.isinf(value):
+                what = "green channels" if "green" in key else "luma (Y) values" if "_y" in key else "pixels"
+                notes[key] = f"infinite: zero error, the {what} of image and reference are identical" + (" inside the FOV" if key.endswith("_fov") else "")
+            else:
+                full[key] = value + 0.0
+        scores.update(full)
     if args.json:
-        print(json.dumps(scores, indent=2, sort_keys=True))
+        print(json.dumps({k: (v if v is None or math.isfinite(v) else None) for k, v in scores.items()}, indent=2, sort_keys=True, allow_nan=False))
+        for key, note in sorted(notes.items()):
+            print(f"note: {key} is null in the JSON: {note}", file=sys.stderr)
     else:
         for k, v in sorted(scores.items()):
-            print(f"{k:<12} {v:.4f}")
+            if v is None:
+                print(f"{k:<14} {notes[k]}")
+            else:
+                print(f"{k:<14} {v:.4f}" + (f"  ({notes[k]})" if k in notes else ""))
     return 0
 
 
@@ -85,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reference", nargs="?")
     p.add_argument("--fov", help="FOV mask image for the *_fov metrics")
     p.add_argument("--assets", default=None, help="folder with pyiqa's NIQE/BRISQUE parameter files")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--grey", action="store_true",
+                   help="measure both images as grey levels (needed to compare a grey image with a colour one)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON on stdout; a metric that is infinite (identical images) or not defined is null, the reason on stderr")
     p.set_defaults(fn=_cmd_metrics)
     p = sub.add_parser("restore", help="restore images with a trained model")
     p.add_argument("--model", required=True, help="MODEL, TASK/MODEL (trained under artifacts/models), a model folder or its model.safetensors")
