@@ -60,3 +60,16 @@ def test_without_the_manifest_in_the_cache_the_verdict_is_unknown_and_said(repo)
     rec = lineage(root / "out" / "Image_11L.jpg", root=root, uri="sqlite:///" + str(root / "none.db"))
     assert rec["matches_lock"] is None and "dvc pull" in rec["lock_note"]
     assert "NOTE" in format_lineage(rec)
+
+
+def test_the_lineage_command_exits_1_on_a_tampered_file(repo, monkeypatch, capsys):
+    from medrestore.cli import main as cli
+
+    root, _ = repo
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(root / "none.db"))
+    assert cli(["lineage", "out/Image_11L.jpg"]) == 0
+    f = root / "out" / "Image_11L.jpg"
+    f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))
+    assert cli(["lineage", "out/Image_11L.jpg"]) == 1
+    assert "WARNING" in capsys.readouterr().out

@@ -85,3 +85,13 @@ def test_a_revision_without_the_report_is_a_clear_error(workspace):
     _rerun(root, published)
     with pytest.raises(InputError, match="--committed"):
         verify(root, committed="no-such-revision")
+
+
+def test_the_command_line_runs_it(workspace, monkeypatch, capsys):
+    from medrestore.cli import main as cli
+
+    root, published = workspace
+    _rerun(root, published)
+    monkeypatch.chdir(root)
+    assert cli(["verify"]) == 0
+    assert "0 outside" in capsys.readouterr().out

@@ -4,6 +4,8 @@
     medrestore metrics IMAGE [REFERENCE] [--grey] [--json]   every quality metric of one image
     medrestore restore --model NAME_OR_CHECKPOINT INPUT... --out DIR   restore your own images
     medrestore lineage FILE [--json]                 commit, DVC hashes, params and MLflow run behind FILE
+    medrestore verify [--committed REV] [--all]      this run's numbers against the published report
+    medrestore --version
 """
 
 from __future__ import annotations
@@ -173,11 +175,21 @@ def _cmd_lineage(args) -> int:
 
     rec = lineage(args.path)
     print(json.dumps(rec, indent=2, sort_keys=True) if args.json else format_lineage(rec))
-    return 0
+    return 1 if rec["matches_lock"] is False else 0  # a file changed since the stage wrote it
+
+
+def _cmd_verify(args) -> int:
+    from medrestore.verify import main as verify_main
+
+    return verify_main([*(["--committed", args.committed] if args.committed else []), *(["--all"] if args.all else []),
+                        *(["--json"] if args.json else [])])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medrestore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from importlib.metadata import version
+
+    parser.add_argument("--version", action="version", version=f"medrestore {version('medrestore')}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--json", action="store_true")
@@ -208,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="e.g. artifacts/models/denoise-g25/dncnn/model.safetensors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_lineage)
+    p = sub.add_parser("verify", help="after dvc repro: each published number of reports/metrics.json against this run")
+    p.add_argument("--committed", default=None, help="git revision (its reports/metrics.json) or a metrics.json file; default HEAD")
+    p.add_argument("--all", action="store_true", help="list the identical numbers too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_cmd_verify)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
