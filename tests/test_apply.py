@@ -62,10 +62,10 @@ def test_restore_keeps_format_alpha_and_outside_fov(tmp_path, models_root, chase
     with Image.open(tmp_path / "out" / "eye_alpha.png") as im:
         assert im.mode == "RGBA" and np.all(np.asarray(im)[..., 3] == 200)
 
-    # Outside the detected field of view the input is copied, inside the model changed it.
+    # With fov="auto", outside the detected field of view the input is copied, inside the model changed it.
     Image.fromarray(eye).save(tmp_path / "eye.png")
     restore_files(str(models_root / "artifacts/models/denoise-g25/redae"), [str(tmp_path / "eye.png")], tmp_path / "o2",
-                  tile=128, progress=False, log=lambda *_: None)
+                  tile=128, progress=False, log=lambda *_: None, fov="auto")
     out = read_image(tmp_path / "o2" / "eye.png")
     fov = detect_fov(eye)
     assert 0.3 < fov.mean() < 0.95
@@ -112,3 +112,21 @@ def test_cli_restores_in_bf16_and_refuses_an_unknown_precision(tmp_path, models_
     with pytest.raises(InputError, match="precision 'fp8'"):
         restore_files("denoise-g25/redae", [str(tmp_path / "c.png")], tmp_path / "x", precision="fp8")
     assert not (tmp_path / "x").exists()
+
+
+def test_restore_with_its_defaults_gives_the_evaluations_bytes(tmp_path, models_root, chase_image):
+    """What the report measures is what a user gets: `medrestore restore` with its defaults writes the
+    pixels the evaluation stage scores (the whole image restored, tiles of 512 with 32 px overlap)."""
+    from medrestore.cli import main
+    from medrestore.degradations import corrupt, to_float, to_uint8
+    from medrestore.inference import restore_array
+    from medrestore.models import load_model
+
+    eye = chase_image[::3, ::3]
+    noisy, _ = corrupt(eye, {"kind": "gaussian", "sigma": 25}, [7])
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    folder = models_root / "artifacts/models/denoise-g25/redae"
+    assert main(["restore", "--model", str(folder), str(tmp_path / "noisy.png"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    model, _ = load_model(folder)
+    evaluated = to_uint8(restore_array(model, to_float(noisy), tile=512, overlap=32))  # pipeline/evaluate.py's call
+    assert np.array_equal(read_image(tmp_path / "out" / "noisy.png"), evaluated)

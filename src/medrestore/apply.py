@@ -2,9 +2,12 @@
 
 Images of any size are restored tile by tile (``medrestore.inference``), on the GPU when there is
 one. The output keeps the input's format and bit depth (8- or 16-bit PNG/TIFF, JPEG at quality 95)
-and its alpha channel. For fundus photographs only the field of view is restored
-(``fov="auto"``): the black surround is copied from the input, so a model never paints noise or
-texture where the camera saw nothing.
+and its alpha channel. The whole image is restored (``fov="none"``, the default), as the evaluation
+restores the test images, so that what the report measures is what a user gets. ``fov="auto"``
+copies the surround of a detected fundus field of view from the input instead (a border with
+annotations stays as it was); measured on the 4 CHASE_DB1 test images at sigma 25 with the standard
+CDAE: whole-image PSNR 33.95 dB (none) against 28.50 dB (auto, the noisy surround is kept), inside
+the FOV 33.07 against 33.01 dB (the FOV detected on a noisy image misses some edge pixels).
 """
 
 from __future__ import annotations
@@ -311,7 +314,7 @@ def check_size(img: NativeImage, path: Path) -> None:
 
 
 def restore_image(
-    model: nn.Module, img: NativeImage, path: Path, *, fov: str = "auto", tile: int = 512, overlap: int = 32, device: str = "cpu",
+    model: nn.Module, img: NativeImage, path: Path, *, fov: str = "none", tile: int = 512, overlap: int = 32, device: str = "cpu",
     precision: str = "float32",
 ) -> NativeImage:
     """Restore one image read by :func:`read_native` (every frame of a multi-frame one).
@@ -441,7 +444,7 @@ def restore_files(
     inputs: list[str],
     out_dir: Path,
     *,
-    fov: str = "auto",
+    fov: str = "none",
     tile: int = 512,
     overlap: int = 32,
     device: str | None = None,

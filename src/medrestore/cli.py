@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--fov", choices=("auto", "none"), default="auto", help="auto: restore only a detected fundus field of view")
+    p.add_argument("--fov", choices=("none", "auto"), default="none",
+                   help="none: restore the whole image, as the report's evaluation does (default); auto: keep the input "
+                        "outside a detected fundus field of view (whole-image PSNR 5.4 dB lower on noisy photographs)")
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even when there is one")
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="bf16: autocast to bfloat16, faster on GPUs and on CPUs with bf16 units (see README, Performance)")
