@@ -5,16 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from medrestore.data.sources import gather
-from medrestore.io import atomic_dir, write_json_atomic
+from medrestore.io import InputError, atomic_dir, list_images, write_json_atomic
 from medrestore.pipeline.paths import SOURCES
 from medrestore.pipeline.stage import params, run
 
 DOWNLOAD_CACHE = Path(".cache") / "downloads"
 
 
+def check_folder_names(folder: Path) -> None:
+    """Two images of ``folder`` that would become one source (the same path but for the extension,
+    e.g. ``Image_11L.png`` and ``Image_11L.jpg``): an error naming both, before anything is gathered
+    (each would otherwise overwrite the other's copy)."""
+    seen: dict[str, Path] = {}
+    for path in list_images(folder):
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in seen:
+            raise InputError(f"{seen[key]} and {path}: two images with one name but for the extension would be one source "
+                             f"(folder/{key.replace('/', '__')}). Fix: rename or remove one of them, then `dvc add data`.")
+        seen[key] = path
+
+
 def main(argv: list[str] | None = None) -> None:
     all_p = params()
     p = all_p["download"]
+    if "folder" in p["sources"] and Path(p["folder"]).is_dir():
+        check_folder_names(Path(p["folder"]))
     with run("download", p, all_p) as tracker, atomic_dir(SOURCES) as tmp:
         records = gather(
             p["sources"], tmp, mirror=Path(p["mirror"]), folder=Path(p["folder"]),
