@@ -51,15 +51,13 @@ def _interval(stats: dict, metric: str) -> list[float] | None:
 
 def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any]]:
     """One row per committed number: task, method, variant, metric, committed, ours, ci95, verdict."""
-    summaries: dict[str, dict] = {}
     rows = []
     for task, methods in sorted(committed.items()):
         summary_path = Path(eval_root) / task / "summary.json"
-        if task not in summaries:
-            summaries[task] = read_json(summary_path) if summary_path.is_file() else {}
+        summary = read_json(summary_path) if summary_path.is_file() else {}
         for method, variants in sorted(methods.items()):
             for variant, numbers in sorted(variants.items()):
-                stats = summaries[task].get("methods", {}).get(method, {}).get(variant, {})
+                stats = summary.get("methods", {}).get(method, {}).get(variant, {})
                 for metric, value in sorted(numbers.items()):
                     mine = ours.get(task, {}).get(method, {}).get(variant, {}).get(metric)
                     row = {"task": task, "method": method, "variant": variant, "metric": metric,

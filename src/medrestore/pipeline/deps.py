@@ -108,9 +108,8 @@ def _folded(deps: set[str], repo: Path) -> set[str]:
         folder = pkg.parent.relative_to(repo).as_posix()
         if folder == "src/medrestore" or any(covers(d, folder) for d in out if d != folder):
             continue
-        files = {f.relative_to(repo).as_posix() for f in pkg.parent.rglob("*.py")}
-        if files and files <= {f for f in out if not any(covers(d, f) for d in out if d != f)} | {
-                f for f in files if any(covers(d, f) for d in out if d != f)}:
+        files = [f.relative_to(repo).as_posix() for f in pkg.parent.rglob("*.py")]
+        if files and all(any(covers(d, f) for d in out) for f in files):
             out = {d for d in out if not covers(folder, d)} | {folder}
     return out
 
