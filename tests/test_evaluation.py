@@ -58,3 +58,23 @@ def test_per_image_table_has_every_registry_column_and_the_summary_means_and_int
     assert E.rounded_cost({"z": {"parameters": 3, "flops_per_mpix": 1.26}, "a": {"parameters": 0}}) == {
         "a": {"parameters": 0}, "z": {"parameters": 3, "flops_per_mpix": 1.3}}
     assert E.median_after_warmup([9.0, 1.0, 2.0, 3.0]) == 2.0 and E.median_after_warmup([5.0]) == 5.0
+
+
+def test_bootstrap_intervals_are_scipys_bca_with_a_percentile_fallback():
+    """BCa (scipy.stats.bootstrap) on four skewed per-image values reaches further towards the long
+    tail than the percentile interval of the same resamples; equal values give the point; a sample
+    where BCa is undefined falls back to the percentile interval instead of NaN."""
+    from scipy import stats
+
+    from medrestore.evaluation import bootstrap_ci
+
+    skewed = np.array([0.10, 0.12, 0.09, 0.30])  # e.g. thin-vessel recall on four test images
+    lo, hi = bootstrap_ci(skewed, seed=1)
+    pct = stats.bootstrap((skewed,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(1)).confidence_interval
+    bca = stats.bootstrap((skewed,), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(1)).confidence_interval
+    assert (lo, hi) == (bca.low, bca.high) and hi > pct.high
+    assert bootstrap_ci(skewed, seed=1) == (lo, hi)  # seeded: the same interval every time
+    assert bootstrap_ci(np.array([0.5, 0.5, 0.5]), seed=1) == (0.5, 0.5)
+    two = bootstrap_ci(np.array([1.0, 2.0]), seed=1)  # BCa's acceleration is undefined for two values
+    assert np.isfinite(two).all() and 1.0 <= two[0] <= two[1] <= 2.0
+    assert np.isnan(bootstrap_ci(np.array([np.nan]), seed=1)).all()

@@ -147,7 +147,7 @@ def test_per_image_columns_and_paired_tests_keep_their_order():
     # per_image.csv's columns and summary.json's paired tests: outputs, whose order must not move
     assert COLUMNS == ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_y_fov", "psnr_green_fov", "ssim_fov",
                        "ssim_rgb_fov", "niqe", "brisque", "entropy",
-                       *(f"{p}_{k}" for p in ("ref", "manual") for k in ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")))
+                       *(f"{p}_{k}" for p in ("ref", "manual", "indep") for k in ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")))
     assert PAIRED == ("psnr", "psnr_fov", "psnr_green_fov", "ssim", "ssim_fov", "niqe", "brisque",
                       *(f"{p}_{k}" for p in ("ref", "manual") for k in ("auc", "dice", "thin_recall", "invented_rate")))
 
@@ -161,7 +161,8 @@ def test_every_entry_is_well_formed_and_vessel_columns_follow_their_metric():
     for prefix, words in VESSEL_REFERENCES:
         for m in (m for m in REGISTRY if m.reference == VESSEL):
             col = metric(f"{prefix}_{m.name}")
-            assert (col.lower_is_better, col.digits, col.paired, col.table) == (m.lower_is_better, m.digits, m.paired, m.table)
+            assert (col.lower_is_better, col.digits, col.table) == (m.lower_is_better, m.digits, m.table)
+            assert col.paired == (m.paired and prefix != "indep")  # independent scores: compared in the vessel-aware section
             assert header(col.name) == f"{m.header} ({words})"
     assert header("psnr_fov") == "psnr_fov" and header("ref_auc") == "vessel AUC (vs clean)" and digits("ssim_fov") == 3
     with pytest.raises(KeyError, match="not in medrestore.metrics.REGISTRY"):
@@ -170,7 +171,7 @@ def test_every_entry_is_well_formed_and_vessel_columns_follow_their_metric():
 
 def test_lower_is_better_is_one_set_and_says_which_way_quality_goes(retina, assets_dir):
     assert LOWER_IS_BETTER == {n for n, m in METRICS.items() if m.lower_is_better}
-    assert LOWER_IS_BETTER == {"niqe", "brisque", "ref_invented_rate", "manual_invented_rate"}
+    assert LOWER_IS_BETTER == {"niqe", "brisque", "ref_invented_rate", "manual_invented_rate", "indep_invented_rate"}
     crop = retina[400:656, 400:656]
     mild, strong = (corrupt(crop, {"kind": "gaussian", "sigma": s}, [0])[0] for s in (5, 40))
     a, b = all_metrics(mild, crop, None, str(assets_dir)), all_metrics(strong, crop, None, str(assets_dir))

@@ -94,3 +94,16 @@ def test_a_non_editable_install_restores_an_image(tmp_path, chase_dir):
     assert run.returncode == 0, run.stderr[-3000:]
     expected = to_uint8(restore_array(model, to_float(noisy), tile=512, overlap=32))
     assert np.array_equal(read_image(tmp_path / "out" / "noisy.png"), expected)
+
+
+def test_the_lock_is_the_closure_of_pyproject_with_one_opencv_and_one_lightning():
+    """requirements.lock is what tools/lock.py derives from pyproject.toml (the dependencies and the
+    test and team extras, transitively); it holds one OpenCV wheel (headless) and one Lightning."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, str(REPO / "tools" / "lock.py"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    names = {line.split("==")[0] for line in (REPO / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")}
+    assert "opencv-python-headless" in names and "opencv-python" not in names
+    assert "pytorch-lightning" in names and "lightning" not in names
+    assert {"pytest", "hypothesis", "moto"} <= names  # the test extra's tools are in the lock through the extra

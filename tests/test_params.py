@@ -84,6 +84,31 @@ def test_settings_of_every_run_merge_the_layers_and_build_a_config(params):
     assert ft["init_from"] == "artifacts/models/denoise-blind/dncnn-blind"
 
 
+def test_each_evaluation_tracks_only_its_own_task_s_params():
+    """Changing one task's baselines reruns that task's evaluation only: evaluate@TASK tracks
+    evaluate.baselines.TASK and the shared settings, never the whole section."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]["do"]
+    tracked = spec["params"]
+    assert "evaluate" not in tracked and "evaluate.baselines" not in tracked
+    assert "evaluate.baselines.${key}" in tracked
+    assert {t for t in tracked if isinstance(t, str) and t.startswith("evaluate.")} == {
+        "evaluate.baselines.${key}", "evaluate.tile", "evaluate.overlap", "evaluate.device", "evaluate.assets"}
+
+
+def test_a_vessel_aware_run_is_its_base_run_plus_the_vessel_term_only(params):
+    """Same data, steps, schedule and seed as the plain model: the loss is the only difference."""
+    train = params["train"]
+    assert train["vessel"], "params.yaml has vessel-aware runs"
+    for key, entry in train["vessel"].items():
+        vessel, base = train_settings(train, key, 5), train_settings(train, entry["base"], 5)
+        assert {k for k in vessel.keys() | base.keys() if vessel.get(k) != base.get(k)} == {"perceptual"}
+        assert vessel["perceptual"]["backbone"] in ("vessel", "vessel_prob") and vessel["perceptual"]["weight"] > 0
+        assert run_entry(train, key)["method"] != run_entry(train, entry["base"]).get("method", entry["model"])
+    # a profile's budget for the base model reaches its vessel-aware twin too
+    train["profiles"]["standard"]["models"]["cdae"]["max_steps"] = 123
+    assert train_settings(train, "denoise-g25-cdae-vprob", 0)["max_steps"] == 123
+
+
 def test_trainconfig_refuses_an_unknown_setting():
     with pytest.raises(InputError, match="lr_rate"):
         TrainConfig.from_params({"model": "cdae", "lr_rate": 0.1})
@@ -120,7 +145,15 @@ def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):
     s = train_settings(train, "denoise-g25-cdae", 0)
     assert "progress_bar" not in s and "ckpt_every" not in s  # not part of what DVC tracks
     full = with_runtime(s, params["runtime"])
-    assert full["progress_bar"] is True and full["ckpt_every"] == s["val_every"]  # 0: at every validation
+    assert full["progress_bar"] is sys.stderr.isatty() and full["ckpt_every"] == s["val_every"]  # 0: at every validation
+    import io
+
+    with pytest.MonkeyPatch.context() as mp:  # the bar: on a terminal only, quiet in CI and logs
+        tty = io.StringIO()
+        tty.isatty = lambda: True
+        mp.setattr(sys, "stderr", tty)
+        assert with_runtime(s, params["runtime"])["progress_bar"] is True
+        assert with_runtime(s, {"progress_bar": False})["progress_bar"] is False
     assert with_runtime(s, {"progress_bar": False, "ckpt_every": 7})["ckpt_every"] == 7
     assert with_runtime({**s, "ckpt_every": 3}, {"ckpt_every": 7})["ckpt_every"] == 3  # a training layer's own value wins
 
@@ -146,6 +179,14 @@ def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
         (lambda p: p["patchify"].update(val_fraction=0.6, test_fraction=0.5), "nothing is left to train on"),
         (lambda p: p["patchify"].update(stride=0), "patchify.stride: Input should be greater than or equal to 1"),
         (lambda p: p["prepare"].update(fov_threshold=1.5), "prepare.fov_threshold: Input should be less than 1"),
+        (lambda p: p["train"]["vessel"]["denoise-g25-cdae-vprob"].update(base="denoise-g25-cdea"),
+         "train.vessel.denoise-g25-cdae-vprob.base is 'denoise-g25-cdea', not a train.runs key"),
+        (lambda p: p["train"]["vessel"]["denoise-g25-cdae-vprob"].update(model="redae"),
+         "differ from its base run's denoise-g25/cdae"),
+        (lambda p: p["train"]["vessel"]["denoise-g25-cdae-vfeat"]["overrides"]["perceptual"].update(weight=0.0),
+         "train.vessel.denoise-g25-cdae-vfeat: overrides.perceptual needs backbone vessel or vessel_prob and a weight above 0"),
+        (lambda p: p["scoring_segmenter"].update(observer=3), "scoring_segmenter.observer: Input should be 1 or 2"),
+        (lambda p: p["evaluate"]["baselines"].pop("sr-x4"), "evaluate.baselines has no entry for task(s) sr-x4"),
     ],
 )
 def test_values_that_make_no_sense_are_refused_before_any_stage_runs(params, edit, message):

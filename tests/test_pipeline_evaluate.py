@@ -73,7 +73,13 @@ def denoise_task(one_torch_thread, chase_dir, assets_dir, tmp_path_factory):
     _corrupt(root / "patches", meta, root / "corrupt", {"kind": "gaussian", "sigma": 25}, 1)
     torch.manual_seed(0)
     save_model(build_model("dncnn", depth=3, features=8), root / "models" / "dncnn", name="dncnn", kwargs={"depth": 3, "features": 8})
-    kw = {"baselines": ["median"], "tile": 64, "overlap": 8, "seed": 1, "assets_dir": str(assets_dir)}
+    # the independent scoring segmenter: a small U-Net trained on the train image's second-observer mask
+    from medrestore.training.segmenter import train_segmenter
+
+    img, fov, v2 = prepare_arrays(read_image(chase_dir / f"{STEMS[0]}.jpg"), load_mask(chase_dir / f"{STEMS[0]}_2ndHO.png"), size=SIZE)
+    train_segmenter([img], [v2], [fov], root / "scorer", steps=8, patch_size=32, batch_size=2, width=4, seed=5,
+                    extra_meta={"train_ids": [f"chase_db1/{STEMS[0]}"]})
+    kw = {"baselines": ["median"], "tile": 64, "overlap": 8, "seed": 1, "assets_dir": str(assets_dir), "scorer_dir": root / "scorer"}
     summary = evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval", **kw)
     evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval2", **kw)
     return root, summary
@@ -95,6 +101,26 @@ def test_every_metric_for_every_restored_image(denoise_task):
     assert by.loc["median", "ssim_fov"] > by.loc["degraded", "ssim_fov"]
     clean = table[table["kind"] == "reference"]
     assert clean["manual_auc"].between(0.8, 1).all() and clean["psnr"].isna().all()
+
+
+def test_the_independent_segmenter_scores_its_own_columns(denoise_task):
+    """indep_ columns: the scoring segmenter (not the pipeline's) against the same manual mask."""
+    from medrestore.vessels import load_vessel_segmenter, vessel_scores
+
+    root, summary = denoise_task
+    table = pd.read_csv(root / "eval" / "per_image.csv")
+    assert summary["scoring_segmenter"]["segmenter"] == "unet" and summary["segmenter"]["segmenter"] == "frangi"
+    assert not np.allclose(table["indep_auc"], table["manual_auc"])
+    scorer, _ = load_vessel_segmenter(root / "scorer")
+    row = table[(table["method"] == "degraded")].iloc[0]
+    entry = next(e for e in json.loads((root / "patches" / "patches.json").read_text())["test"] if e["id"] == row["image_id"])
+    degraded = read_image(root / "corrupt" / f"test/v/{row['image_id'].replace('/', '__')}.png")
+    fov = read_image(root / "patches" / entry["fov"], "L") > 127
+    manual = read_image(root / "patches" / entry["vessels"], "L") > 127
+    score, binary = scorer(degraded, fov)
+    expected = vessel_scores(score, binary, manual, fov)
+    assert row["indep_auc"] == pytest.approx(expected["auc"], abs=1e-6)
+    assert row["indep_invented_rate"] == pytest.approx(expected["invented_rate"], abs=1e-6)
 
 
 def test_summary_holds_cis_paired_tests_and_deterministic_cost(denoise_task):
@@ -141,7 +167,7 @@ def test_main_runs_the_stage_on_the_pipeline_paths(denoise_task, assets_dir, tmp
     from medrestore.pipeline import evaluate
 
     root, _ = denoise_task
-    for src, dest in (("patches", "artifacts/patches"), ("corrupt", "artifacts/corrupt/denoise-x"), ("models", "artifacts/models/denoise-x")):
+    for src, dest in (("patches", "artifacts/patches"), ("corrupt", "artifacts/corrupt/denoise-x"), ("models", "artifacts/models/denoise-x"), ("scorer", "artifacts/segmenter_scoring")):
         shutil.copytree(root / src, tmp_path / dest)
     params = {"seed": 1, "evaluate": {"baselines": {"denoise": ["median"]}, "tile": 64, "overlap": 8, "assets": str(assets_dir)}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

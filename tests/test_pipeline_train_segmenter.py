@@ -125,3 +125,63 @@ def test_main_writes_the_stage_outputs_and_logs_the_mean_scores(tmp_path, chase_
     assert tracker.metrics == {f"segmenter.{k}": metrics[k]["mean"] for k in ("auc", "dice", "frangi_auc", "frangi_dice",
                                                                              "observer2_dice", "observer2_recall", "observer2_specificity")}
     assert len(tracker.tags) == 3 and all(k.startswith("out_md5:") for k in tracker.tags)
+
+
+def test_the_scoring_segmenter_is_independent_of_the_losss_segmenter(tmp_path, chase_dir, monkeypatch):
+    """``train_segmenter scoring``: the same recipe on the second observer's masks with another seed,
+    written to its own folder. Its weights differ from the loss's segmenter's, it learned other
+    labels, and a vessel-aware loss reads the loss's folder, never this one."""
+    from contextlib import contextmanager
+
+    from safetensors.torch import load_file
+
+    from medrestore.pipeline import paths
+    from medrestore.pipeline import train as train_stage
+    from medrestore.pipeline import train_segmenter as stage
+
+    names = []
+
+    @contextmanager
+    def fake_run(name, section, all_params):
+        names.append((name, section))
+        yield type("Tracker", (), {"log_metrics": lambda self, m: None, "set_tags": lambda self, t: None})()
+
+    _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_02R", "Image_03L", "Image_04R"))
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches" / "patches.json").write_text(json.dumps({"splits": SPLITS}))
+    monkeypatch.setattr(stage, "params", lambda: {"seed": 3, "segmenter": STAGE_PARAMS, "scoring_segmenter": {"observer": 2, "seed_offset": 1}})
+    monkeypatch.setattr(stage, "run", fake_run)
+    monkeypatch.setattr(stage, "tag_outputs", lambda tracker, outs: None)
+    monkeypatch.setattr(stage, "PREPARED", tmp_path / "prepared")
+    monkeypatch.setattr(stage, "PATCHES", tmp_path / "patches")
+    monkeypatch.setattr(stage, "SEGMENTER", tmp_path / "segmenter")
+    monkeypatch.setattr(stage, "SCORER", tmp_path / "scorer")
+    stage.main([])
+    stage.main(["scoring"])
+    assert [n for n, _ in names] == ["train_segmenter", "train_segmenter@scoring"]
+    assert names[0][1] == STAGE_PARAMS and names[1][1] == {**STAGE_PARAMS, "observer": 2, "seed": 4}
+    loss_meta = json.loads((tmp_path / "segmenter" / "model.json").read_text())
+    scorer_meta = json.loads((tmp_path / "scorer" / "model.json").read_text())
+    assert loss_meta["observer"] == 1 and scorer_meta["observer"] == 2
+    a, b = load_file(str(tmp_path / "segmenter" / "model.safetensors")), load_file(str(tmp_path / "scorer" / "model.safetensors"))
+    assert a.keys() == b.keys() and any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    # the scorer learned the second observer: the same recipe and seed on the first observer's masks gives other weights
+    train_segmenter_stage(tmp_path / "prepared", {"splits": SPLITS}, tmp_path / "obs1", params=STAGE_PARAMS, seed=4)
+    c = load_file(str(tmp_path / "obs1" / "model.safetensors"))
+    assert any(not np.array_equal(b[k].numpy(), c[k].numpy()) for k in b)
+    # the pipeline's paths: the loss's segmenter and the scorer are two folders; training reads the first
+    assert paths.SCORER != paths.SEGMENTER and train_stage.SEGMENTER == paths.SEGMENTER
+    with pytest.raises(InputError, match="WHICH|scoring"):
+        stage.main(["scorer"])
+
+
+def test_the_scoring_segmenter_needs_second_observer_masks(tmp_path, chase_dir):
+    _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_02R", "Image_04R"))
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    for e in manifest["images"]:
+        e["vessels_2nd"] = None
+    (tmp_path / "prepared" / "manifest.json").write_text(json.dumps(manifest))
+    splits = {"train": ["chase_db1/Image_01L", "chase_db1/Image_02R"], "val": [], "test": ["chase_db1/Image_04R"]}
+    with pytest.raises(InputError, match="second observer.*Fix: scoring_segmenter.observer: 1"):
+        train_segmenter_stage(tmp_path / "prepared", {"splits": splits}, tmp_path / "out", params={**STAGE_PARAMS, "observer": 2}, seed=4)
+    assert not (tmp_path / "out").exists()

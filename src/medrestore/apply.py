@@ -41,9 +41,15 @@ ORIENTATION = 0x0112
 
 
 def resolve_model(spec: str, root: Path | None = None) -> Path:
-    """A model folder from a path (folder or ``model.safetensors``), ``TASK/MODEL`` or ``MODEL``.
+    """A model folder from a path (folder or ``model.safetensors``), ``TASK/MODEL``, ``MODEL`` or an
+    MLflow model URI (``models:/medrestore-denoise-g25@champion``, ``models:/NAME/VERSION``,
+    ``runs:/RUN/model``: downloaded from the tracking store, :func:`medrestore.mlflow_model.model_folder`).
 
     Names are looked up under ``artifacts/models`` of the repository."""
+    if spec.startswith(("models:/", "runs:/")):
+        from medrestore.mlflow_model import model_folder
+
+        return model_folder(spec)
     path = Path(spec)
     if path.exists():
         return path.parent if path.is_file() else path

@@ -185,6 +185,18 @@ def _cmd_verify(args) -> int:
                         *(["--json"] if args.json else [])])
 
 
+def _cmd_sweep(args) -> int:
+    from medrestore.sweep import write_sweep
+
+    result = write_sweep(args.out, args.params)
+    print(f"{args.out}: {len(result['points'])} points")
+    for pt in result["points"]:
+        print(f"  {pt['run']} weight {pt['weight']:g} [{pt['variant']}]: PSNR in FOV {pt['psnr_fov']:.2f} dB, "
+              f"thin kept (independent) {pt.get('indep_thin_recall_above_chance', float('nan')):.3f}, "
+              f"invented (independent) {pt.get('indep_invented_rate', float('nan')):.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medrestore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from importlib.metadata import version
@@ -205,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON on stdout; a metric that is infinite (identical images) or not defined is null, the reason on stderr")
     p.set_defaults(fn=_cmd_metrics)
     p = sub.add_parser("restore", help="restore images with a trained model")
-    p.add_argument("--model", required=True, help="MODEL, TASK/MODEL (trained under artifacts/models), a model folder or its model.safetensors")
+    p.add_argument("--model", required=True, help="MODEL, TASK/MODEL (trained under artifacts/models), a model folder or its model.safetensors, "
+                        "or an MLflow model URI such as models:/medrestore-denoise-g25@champion")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--tile", type=int, default=512)
@@ -227,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="list the identical numbers too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_verify)
+    p = sub.add_parser("sweep", help="collect the vessel-term weight sweep (DVC experiments) into reports/vessel_sweep.json")
+    p.add_argument("--out", default="reports/vessel_sweep.json")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=_cmd_sweep)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -112,16 +112,30 @@ def assert_test_unseen(patches_meta: dict, segmenter_train_ids: list[str] | tupl
 
 
 def bootstrap_ci(values: np.ndarray, seed: int, n: int = 2000, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` interval of the mean of ``values`` (non-finite values left out): SciPy's
+    bias-corrected and accelerated bootstrap (``scipy.stats.bootstrap``, BCa, ``n`` resamples drawn
+    from ``seed``), which widens the too-narrow percentile interval of a few skewed values. Where BCa
+    is undefined (SciPy warns and returns NaN: e.g. every resample has the same mean), the
+    percentile interval of the same resamples; equal values give the point."""
+    import warnings
+
+    from scipy import stats
+
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
-    if values.size == 1:
+    if values.size == 1 or np.all(values == values[0]):
         return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n, values.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a degenerate BCa warns and gives NaN: the percentile interval follows
+            res = stats.bootstrap((values,), np.mean, n_resamples=n, confidence_level=level, method=method,
+                                  rng=np.random.default_rng(seed))
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if np.isfinite(lo) and np.isfinite(hi):
+            return lo, hi
+    return float(values.min()), float(values.max())
 
 
 def paired_test(model_values: np.ndarray, baseline_values: np.ndarray, seed: int) -> dict[str, Any]:
@@ -180,11 +194,18 @@ def paired_tests(table: pd.DataFrame, seed: int) -> dict[str, Any]:
 
 
 # ============================================================================= per image
-def vessel_columns(image: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_ref: np.ndarray, manual: np.ndarray | None) -> dict[str, float]:
+def vessel_columns(image: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_ref: np.ndarray, manual: np.ndarray | None,
+                   scorer: VesselSegmenter | None = None) -> dict[str, float]:
+    """The vessel scores of one image: ``segmenter``'s vessels against its own on the clean image
+    (``ref_``) and against the manual mask (``manual_``); with ``scorer`` (the independent segmenter)
+    and a manual mask, also the scorer's vessels against the manual mask (``indep_``)."""
     score, binary = segmenter(image, fov)
     out = {f"ref_{k}": v for k, v in vessel_scores(score, binary, clean_ref, fov).items() if k in VESSEL_KEYS}
     if manual is not None:
         out.update({f"manual_{k}": v for k, v in vessel_scores(score, binary, manual, fov).items() if k in VESSEL_KEYS})
+        if scorer is not None:
+            score_b, binary_b = scorer(image, fov)
+            out.update({f"indep_{k}": v for k, v in vessel_scores(score_b, binary_b, manual, fov).items() if k in VESSEL_KEYS})
     return out
 
 
@@ -216,19 +237,19 @@ def median_after_warmup(times: list[float]) -> float:
 
 # ============================================================================= scores and summary
 def score_restored(restored: np.ndarray, clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_vessels: np.ndarray,
-                   manual: np.ndarray | None, assets_dir: str | None = None) -> dict[str, float]:
+                   manual: np.ndarray | None, assets_dir: str | None = None, scorer: VesselSegmenter | None = None) -> dict[str, float]:
     """Every metric of one restored (or degraded) image: quality against the clean image, then the
-    vessel scores against the clean image's segmentation and the manual mask."""
-    return {**all_metrics(restored, clean, fov, assets_dir), **vessel_columns(restored, fov, segmenter, clean_vessels, manual)}
+    vessel scores against the clean image's segmentation and the manual mask (:func:`vessel_columns`)."""
+    return {**all_metrics(restored, clean, fov, assets_dir), **vessel_columns(restored, fov, segmenter, clean_vessels, manual, scorer)}
 
 
 def score_clean(clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_vessels: np.ndarray, manual: np.ndarray | None,
-                assets_dir: str | None = None) -> dict[str, float]:
+                assets_dir: str | None = None, scorer: VesselSegmenter | None = None) -> dict[str, float]:
     """The ceiling row: no-reference metrics of the clean image and, where there is a manual mask,
     the segmenter on the clean image against it."""
     row = all_metrics(clean, None, None, assets_dir)
     if manual is not None:
-        row.update(vessel_columns(clean, fov, segmenter, clean_vessels, manual))
+        row.update(vessel_columns(clean, fov, segmenter, clean_vessels, manual, scorer))
     return row
 
 

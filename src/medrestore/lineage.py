@@ -176,22 +176,52 @@ def format_lineage(rec: dict[str, Any]) -> str:
 
 
 def register_best_models(best: dict[str, dict], models_root: Path, root: Path | None = None, tracker=None) -> dict[str, str]:
-    """Register each task's best model in MLflow's model registry as ``medrestore-<task>``.
+    """Point the ``champion`` alias of ``medrestore-<task>`` at each task's best model.
 
-    ``best`` maps task -> {"model": name, "metric": name, "value": float}. The model folder
-    (safetensors + model.json) is logged as an artifact of the active run (the report stage's) and
-    a new version is created with its lineage as tags: DVC stage, model md5, the md5 of every
-    input, a digest of the params, the commit that recorded them and the training run's id.
-    Returns task -> "name/version"; failures are counted by ``tracker`` and never stop the report.
+    ``best`` maps task -> {"model": name, "metric": name, "value": float}. The registered source is
+    the MLflow pyfunc its training run logged (tag ``model_uri``; :mod:`medrestore.mlflow_model`), so
+    the version hangs off the training run; a new version is made only when no version holds
+    weights of the same md5 (:func:`medrestore.mlflow_model.register_champion`), with the lineage as
+    tags: DVC stage, the md5 of every input, a digest of the params, the commit that recorded them
+    and the training run's id. Returns task -> "name/version"; failures are counted by ``tracker``
+    and never stop the report.
     """
     import mlflow
     from mlflow import MlflowClient
 
+    from medrestore.mlflow_model import register_champion
+
     root = Path(root or Path.cwd())
     done: dict[str, str] = {}
-    active = mlflow.active_run()
-    if active is None:
+    if mlflow.active_run() is None:
         return done
+    client = MlflowClient()
+    for task, pick in sorted(best.items()):
+        folder = Path(models_root) / task / pick["model"]
+        try:
+            rec = lineage(folder / "model.safetensors", root=root)
+            run_id = (rec["mlflow"] or {}).get("run_id")
+            uri = client.get_run(run_id).data.tags.get("model_uri") if run_id else None
+            if not uri:
+                raise RuntimeError(f"the training run of {task}/{pick['model']} ({run_id or 'not found'}) logged no MLflow model. "
+                                   f"Fix: retrain it (dvc repro --force the stage {rec['stage']}).")
+            tags = {
+                "task": task,
+                "model": pick["model"],
+                "selected_by": f"{pick['metric']} = {pick['value']:.4f}",
+                "dvc_stage": rec["stage"],
+                "git_commit": (rec["git"] or {}).get("commit", "uncommitted"),
+                "train_run_id": run_id,
+                **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
+                "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
+            }
+            done[task] = register_champion(task, uri, rec["md5"], tags)
+        except Exception as exc:
+            if tracker is not None:
+                tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                raise
+    return done
     client = MlflowClient()
     for task, pick in sorted(best.items()):
         folder = Path(models_root) / task / pick["model"]

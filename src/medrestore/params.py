@@ -17,6 +17,7 @@ recipe's other ``model_kwargs``)::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -175,6 +176,21 @@ class FinetuneEntry(RunEntry):
     init: str                             # TASK/METHOD of a trained model
 
 
+class VesselEntry(RunEntry):
+    """A run of train.vessel: ``base`` (a train.runs key) trained again with a vessel term in its loss
+    (``overrides.perceptual``); same task, model, data, steps and seed as ``base``."""
+    base: str
+    method: str                           # required: the folder name of the vessel-aware model
+
+    @model_validator(mode="after")
+    def _has_vessel_term(self) -> "VesselEntry":
+        spec = (self.overrides.perceptual if self.overrides is not None else None) or {}
+        if spec.get("backbone") not in ("vessel", "vessel_prob") or not spec.get("weight"):
+            raise ValueError("overrides.perceptual needs backbone vessel or vessel_prob and a weight above 0 "
+                             "(a vessel-aware run without its vessel term would be the base run again)")
+        return self
+
+
 class ChainEntry(RunEntry):
     first: str
     downscale: int
@@ -189,6 +205,7 @@ class Train(_Strict):
     runs: dict[str, RunEntry]
     finetune: Optional[dict[str, FinetuneEntry]] = None
     chains: Optional[dict[str, ChainEntry]] = None
+    vessel: Optional[dict[str, VesselEntry]] = None
 
 
 class Segmenter(_Strict):
@@ -202,10 +219,20 @@ class Segmenter(_Strict):
     threshold: float | str = 0.5
     num_threads: Optional[int] = None
     accelerator: str = "cpu"
+    observer: Literal[1, 2] = 1           # whose manual masks it learns: the first or the second observer's
+
+
+class ScoringSegmenter(_Strict):
+    """The independent segmenter that scores vessels (``indep_`` columns): ``segmenter``'s recipe,
+    another observer's masks and another seed (``seed`` + ``seed_offset``), so that a vessel-aware
+    loss built on ``segmenter`` cannot fool the ruler."""
+
+    observer: Literal[1, 2] = 2
+    seed_offset: int = Field(default=1, ge=1)
 
 
 class Evaluate(_Strict):
-    baselines: dict[str, list[str]] | list[str]
+    baselines: dict[str, list[str]]       # task -> its classical baselines (each evaluate@TASK tracks its own entry)
     tile: int
     overlap: int
     device: str = "cpu"
@@ -231,6 +258,7 @@ class Params(_Strict):
     corrupt: Corrupt
     train: Train
     segmenter: Optional[Segmenter] = None
+    scoring_segmenter: Optional[ScoringSegmenter] = None
     evaluate: Evaluate
     runtime: Optional[Runtime] = None
     tracking: Optional[Tracking] = None
@@ -239,6 +267,19 @@ class Params(_Strict):
 def value_problems(params: Mapping[str, Any]) -> list[str]:
     """Rules across keys that the types alone cannot say, each with its fix."""
     problems: list[str] = []
+    runs = params["train"]["runs"]
+    for key, entry in (params["train"].get("vessel") or {}).items():
+        base = runs.get(entry["base"])
+        if base is None:
+            problems.append(f"train.vessel.{key}.base is {entry['base']!r}, not a train.runs key. Fix: one of {', '.join(runs)}.")
+        elif (base["task"], base["model"]) != (entry["task"], entry["model"]):
+            problems.append(f"train.vessel.{key}: task/model {entry['task']}/{entry['model']} differ from its base run's "
+                            f"{base['task']}/{base['model']}. Fix: the same task and model as train.runs.{entry['base']} "
+                            "(the loss is the only difference).")
+    missing = [t for t in params["corrupt"]["tasks"] if t not in params["evaluate"]["baselines"]]
+    if missing:
+        problems.append(f"evaluate.baselines has no entry for task(s) {', '.join(missing)}. Fix: add evaluate.baselines.TASK: "
+                        "[...] for each (an empty list [] for none): each evaluate@TASK stage tracks its own entry.")
     patch = params["patchify"]["patch_size"]
     for task, spec in params["corrupt"]["tasks"].items():
         specs = {f"corrupt.tasks.{task}.train": spec["train"],
@@ -308,22 +349,24 @@ def deep_merge(base: Mapping[str, Any], layer: Mapping[str, Any] | None) -> dict
 
 
 def run_entry(train: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """The entry ``key`` of train.runs, train.finetune or train.chains."""
-    groups = {"runs": train["runs"], "finetune": train.get("finetune") or {}, "chains": train.get("chains") or {}}
+    """The entry ``key`` of train.runs, train.finetune, train.chains or train.vessel."""
+    groups = {"runs": train["runs"], "finetune": train.get("finetune") or {}, "chains": train.get("chains") or {},
+              "vessel": train.get("vessel") or {}}
     for entries in groups.values():
         if key in entries:
             return entries[key]
     known = [k for entries in groups.values() for k in entries]
-    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key} or train.chains.{key}. Fix: use one of {', '.join(known)}.")
+    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key}, train.chains.{key} or train.vessel.{key}. "
+                     f"Fix: use one of {', '.join(known)}.")
 
 
 def with_runtime(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A run's settings with params.yaml's ``runtime`` (progress bar; resume checkpoints every
+    """A run's settings with params.yaml's ``runtime`` (progress bar, shown on a terminal only; resume checkpoints every
     ``ckpt_every`` steps, or at every validation when 0). A layer of ``train`` that sets these keys
     itself keeps its value (and is then tracked by DVC like any training setting)."""
     runtime = dict(runtime or {})
     out = dict(settings)
-    out.setdefault("progress_bar", bool(runtime.get("progress_bar", True)))
+    out.setdefault("progress_bar", bool(runtime.get("progress_bar", True)) and sys.stderr.isatty())  # quiet in CI and logs
     if "ckpt_every" not in out:
         out["ckpt_every"] = int(runtime.get("ckpt_every") or 0) or int(out.get("val_every", 50))
     return out
@@ -333,6 +376,9 @@ def train_settings(train: Mapping[str, Any], key: str, seed: int, models_root: s
     """The settings of run ``key`` (the layers of the module docstring), with ``model``, ``seed`` and,
     for a fine-tuned run, ``init_from`` (the start model's folder under ``models_root``)."""
     entry = run_entry(train, key)
+    if key in (train.get("vessel") or {}):  # the base run's settings, with the vessel term added
+        base = train_settings(train, entry["base"], seed, models_root)
+        return {**deep_merge(base, entry.get("overrides")), "model": base["model"], "seed": seed}
     name = train.get("profile", "standard")
     profiles = train.get("profiles", {})
     if name not in profiles:

@@ -127,14 +127,14 @@ class Tracker:
         self.failures: list[str] = []
         self.gave_up = run_id is None
 
-    def _call(self, what: str, fn, *args, **kwargs) -> None:
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)``'s value, or None when the call was not logged (counted in ``failures``)."""
         if self.gave_up:
             self.failures.append(what if self.run_id is None else f"{what}: skipped, the tracking store failed before")
-            return
+            return None
         for attempt in range(LOCKED_RETRIES):
             try:
-                fn(*args, **kwargs)
-                return
+                return fn(*args, **kwargs)
             except Exception as exc:  # mlflow raises many types (MlflowException, requests errors, OSError)
                 if "database is locked" in str(exc) and attempt + 1 < LOCKED_RETRIES:
                     time.sleep(0.5)
@@ -146,7 +146,8 @@ class Tracker:
                     ) from exc
                 self.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
                 self.gave_up = True
-                return
+                return None
+        return None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import mlflow
@@ -168,6 +169,11 @@ class Tracker:
         import mlflow
 
         self._call("log_artifact", mlflow.log_artifact, str(path))
+
+    def call(self, what: str, fn, *args, **kwargs) -> Any:
+        """Any MLflow call ``fn(*args, **kwargs)`` under the same rules as the others (counted, never
+        lost silently); its value, or None when it was not logged."""
+        return self._call(what, fn, *args, **kwargs)
 
 
 def stage_tags(stage: str) -> dict[str, str]:

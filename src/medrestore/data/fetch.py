@@ -136,10 +136,15 @@ def _fetch_into(url: str, part: Path, timeout: float) -> None:
             length = resp.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
         got = 0
-        with open(part, "ab" if start else "wb") as fh:
+        from tqdm.auto import tqdm
+
+        # a progress bar on a terminal only (tqdm's disable=None), quiet in CI and in logs
+        with open(part, "ab" if start else "wb") as fh, tqdm(total=None if expected is None else have + expected, initial=have, unit="B",
+                                                              unit_scale=True, desc=Path(part.name).stem, disable=None, leave=False) as bar:
             while block := resp.read(CHUNK):
                 fh.write(block)
                 got += len(block)
+                bar.update(len(block))
             fh.flush()
             os.fsync(fh.fileno())
     # http.client returns a short body without an error when the connection drops: check it here.

@@ -47,7 +47,7 @@ from medrestore.io import (
     write_text_atomic,
 )
 from medrestore.models import load_model
-from medrestore.pipeline.paths import MODELS, PATCHES, SEGMENTER, corrupt_dir, eval_dir
+from medrestore.pipeline.paths import MODELS, PATCHES, SCORER, SEGMENTER, corrupt_dir, eval_dir
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.tracking import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
@@ -68,6 +68,7 @@ def evaluate_task(
     tracker=None,
     segmenter_dir: Path | None = None,
     device: str = "cpu",
+    scorer_dir: Path | None = None,
 ) -> dict:
     """Write ``restored/<method>/<variant>/<id>.png``, ``per_image.csv``, ``summary.json`` and
     ``cost.json`` (timings) to ``out_dir``; return the summary."""
@@ -75,6 +76,10 @@ def evaluate_task(
     meta = read_json(patches_dir / "patches.json")
     segmenter, seg_meta = load_vessel_segmenter(segmenter_dir, device=device)
     assert_test_unseen(meta, seg_meta.get("train_ids", []))
+    scorer = None
+    if scorer_dir is not None and Path(scorer_dir, "model.json").is_file():  # the independent segmenter (indep_ columns)
+        scorer, scorer_meta = load_vessel_segmenter(scorer_dir, device=device)
+        assert_test_unseen(meta, scorer_meta.get("train_ids", []))
     corruption = read_json(corrupt_dir / "corruption.json")
     clean_by_id = {e["id"]: e for e in meta["test"]}
     if not corruption["test"]:
@@ -103,7 +108,10 @@ def evaluate_task(
         return out
 
     clean_cache: dict[str, tuple] = {}
-    for case in corruption["test"]:
+    from tqdm.auto import tqdm
+
+    # one step per test image and corruption, on a terminal only (tqdm's disable=None): quiet in CI and logs
+    for case in tqdm(corruption["test"], desc=f"evaluate {task}", unit="image", disable=None):
         entry = clean_by_id[case["id"]]
         s = task_scale(corruption, case)
         if case["id"] not in clean_cache:
@@ -132,8 +140,8 @@ def evaluate_task(
             outputs[name] = ("baseline", to_uint8(restored))
         for method, (kind, restored) in outputs.items():
             write_png_atomic(out_dir / "restored" / method / case["variant"] / f"{safe_name(case['id'])}.png", restored)
-            rows.append({**base, "method": method, "kind": kind, **score_restored(restored, clean, fov, segmenter, clean_vessels, manual, assets_dir)})
-        rows.append({**base, "method": "clean", "kind": "reference", **score_clean(clean, fov, segmenter, clean_vessels, manual, assets_dir)})
+            rows.append({**base, "method": method, "kind": kind, **score_restored(restored, clean, fov, segmenter, clean_vessels, manual, assets_dir, scorer)})
+        rows.append({**base, "method": "clean", "kind": "reference", **score_clean(clean, fov, segmenter, clean_vessels, manual, assets_dir, scorer)})
 
     table = per_image_table(rows)
     buf = io.StringIO()
@@ -145,6 +153,7 @@ def evaluate_task(
         "scale": scale,
         "floor": "degraded input" + (f", upsampled x{scale} with PIL bicubic" if scale > 1 else ""),
         "segmenter": segmenter.describe(),
+        **({"scoring_segmenter": scorer.describe()} if scorer is not None else {}),
         "methods": summarise(table, seed),
         "test_images": sorted(clean_by_id),
         "variants": sorted({c["variant"] for c in corruption["test"]}),
@@ -189,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             evaluate_task(
                 task, PATCHES, corrupt_dir(task), MODELS / task, tmp,
                 baselines=baselines_for(task, p["baselines"]), tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"],
-                assets_dir=p["assets"], tracker=tracker, segmenter_dir=SEGMENTER,
+                assets_dir=p["assets"], tracker=tracker, segmenter_dir=SEGMENTER, scorer_dir=SCORER,
                 device=p.get("device", "cpu"),
             )
         tag_outputs(tracker, [out])

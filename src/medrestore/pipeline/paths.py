@@ -11,9 +11,11 @@ PREPARED = ARTIFACTS / "prepared"        # prepare
 PATCHES = ARTIFACTS / "patches"          # patchify
 CORRUPT = ARTIFACTS / "corrupt"          # corrupt@TASK: CORRUPT / TASK
 MODELS = ARTIFACTS / "models"            # train@RUN, finetune@RUN, train_chain@RUN: MODELS / TASK / METHOD
-SEGMENTER = ARTIFACTS / "segmenter"      # train_segmenter
+SEGMENTER = ARTIFACTS / "segmenter"      # train_segmenter (the loss's and the report's vessel segmenter)
+SCORER = ARTIFACTS / "segmenter_scoring"  # train_segmenter scoring: the independent vessel segmenter (indep_ scores)
 EVAL = ARTIFACTS / "eval"                # evaluate@TASK: EVAL / TASK
 REPORTS = Path("reports")                # report
+VESSEL_SWEEP = REPORTS / "vessel_sweep.json"  # medrestore sweep (git-tracked): the report's vessel-term weight sweep
 TRAIN_CACHE = Path(".cache") / "train"   # resumable checkpoints (not a DVC output): TRAIN_CACHE / RUN
 
 

@@ -5,7 +5,7 @@ MLflow's model registry with its lineage."""
 from __future__ import annotations
 
 from medrestore.lineage import register_best_models
-from medrestore.pipeline.paths import EVAL, MODELS, PATCHES, REPORTS, SEGMENTER
+from medrestore.pipeline.paths import EVAL, MODELS, PATCHES, REPORTS, SCORER, SEGMENTER, VESSEL_SWEEP
 from medrestore.pipeline.stage import params, run
 from medrestore.report import best_models, build_report
 from medrestore.tracking import tag_outputs
@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     tasks = sorted(p["corrupt"]["tasks"])
     with run("report", {"tasks": tasks}, p) as tracker:
         segmenter, _ = load_vessel_segmenter(SEGMENTER)
-        build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json")
+        scorer = load_vessel_segmenter(SCORER)[0] if (SCORER / "model.json").is_file() else None
+        build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json",
+                     scorer=scorer, sweep_path=VESSEL_SWEEP)
         tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json"])
         registered = register_best_models(best_models(EVAL, tasks, models_root=MODELS, train=p["train"]), MODELS, tracker=tracker)
         for task, version in registered.items():
-            print(f"[medrestore] registered {version} (best of {task})")
+            print(f"[medrestore] {version} is the champion of {task} (alias @champion)")

@@ -1,5 +1,6 @@
 """train RUN: train one (task, model) pair of params.yaml's train.runs, fine-tune one of train.finetune
-(the network starts from the weights of the trained model named by ``init``), or train one of train.chains
+(the network starts from the weights of the trained model named by ``init``), train one of train.vessel
+(a run of train.runs again with a vessel term from the train_segmenter stage's U-Net in its loss), or train one of train.chains
 (Hayee2017's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
 network; saved as one model in artifacts/models/TASK/METHOD). The settings: :func:`medrestore.params.train_settings`.
 """
@@ -18,12 +19,14 @@ from medrestore.params import run_entry, train_settings, with_runtime
 from medrestore.pipeline.paths import (
     MODELS,
     PATCHES,
+    SEGMENTER,
     TRAIN_CACHE,
     corrupt_dir,
     model_dir,
 )
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.tracking import tag_outputs
+from medrestore.mlflow_model import log_restoration_model
+from medrestore.tracking import file_md5, tag_outputs
 from medrestore.training import TrainConfig, train_model
 from medrestore.training.chain import assemble_chain, chain_pairs
 
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     entry = run_entry(all_p["train"], key)
     cfg_params = train_settings(all_p["train"], key, all_p["seed"], models_root=MODELS)
     cfg = TrainConfig.from_params(with_runtime(cfg_params, all_p.get("runtime")))
+    if str(cfg.perceptual.get("backbone", "")).startswith("vessel"):  # the train_segmenter stage's U-Net (a DVC dependency)
+        cfg = cfg.replace(perceptual={"path": str(SEGMENTER), **cfg.perceptual})
     corrupted = corrupt_dir(entry["task"])
     corruption = read_json(corrupted / "corruption.json")
     domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> None:
             if first_dir is not None:
                 assemble_chain(first_dir, tmp, int(entry["downscale"]), extra={"first": str(first_dir)})
         tag_outputs(tracker, [out])
+        # the model as an MLflow pyfunc of this run (input example: a degraded validation patch of the task)
+        uri = tracker.call("log_model", log_restoration_model, out, np.asarray(load_patches(corrupted, "val")[0]))
+        if uri is not None:
+            tracker.set_tags({"model_uri": uri, "model_md5": file_md5(out / "model.safetensors")})
 
 
 def is_rank_zero() -> bool:

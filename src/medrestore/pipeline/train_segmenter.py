@@ -9,6 +9,7 @@ The libraries: :mod:`medrestore.training.segmenter` (training), :mod:`medrestore
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from medrestore.io import (
     read_mask,
     write_json_atomic,
 )
-from medrestore.pipeline.paths import PATCHES, PREPARED, SEGMENTER
+from medrestore.pipeline.paths import PATCHES, PREPARED, SCORER, SEGMENTER
 from medrestore.pipeline.stage import params, run
 from medrestore.tracking import tag_outputs
 from medrestore.training.segmenter import train_segmenter
@@ -39,12 +40,24 @@ from medrestore.vessels import (
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``train_segmenter``: the segmenter of the vessel scores and of the vessel-aware losses;
+    ``train_segmenter scoring``: the independent one (params ``scoring_segmenter``: the second
+    observer's masks, another seed), written to SCORER."""
+    argv = sys.argv[1:] if argv is None else argv
+    which = argv[0] if argv else ""
+    if which not in ("", "scoring"):
+        raise InputError(f"train_segmenter takes no argument or 'scoring', got {which!r}. Fix: python stages/train_segmenter.py [scoring]")
     all_p = params()
-    p = all_p["segmenter"]
-    with run("train_segmenter", p, all_p) as tracker:
-        with atomic_dir(SEGMENTER) as tmp:
-            metrics = train_segmenter_stage(PREPARED, read_json(PATCHES / "patches.json"), tmp, params=p, seed=all_p["seed"])
-        tag_outputs(tracker, [SEGMENTER])
+    p, seed, out, name, logged = all_p["segmenter"], all_p["seed"], SEGMENTER, "train_segmenter", all_p["segmenter"]
+    if which == "scoring":
+        scoring = {"observer": 2, "seed_offset": 1, **(all_p.get("scoring_segmenter") or {})}
+        p = {**p, "observer": scoring["observer"]}
+        seed, out, name = seed + int(scoring["seed_offset"]), SCORER, "train_segmenter@scoring"
+        logged = {**p, "seed": seed}
+    with run(name, logged, all_p) as tracker:
+        with atomic_dir(out) as tmp:
+            metrics = train_segmenter_stage(PREPARED, read_json(PATCHES / "patches.json"), tmp, params=p, seed=seed)
+        tag_outputs(tracker, [out])
         tracker.log_metrics({f"segmenter.{k}": v["mean"] for k, v in metrics.items() if isinstance(v, dict) and "mean" in v})
 
 
@@ -109,6 +122,14 @@ def train_segmenter_stage(
     """
     out_dir = Path(out_dir)
     train = masked_images(prepared_dir, patches_meta, "train")
+    observer = int(params.get("observer", 1))
+    if observer == 2:  # the second observer's masks (CHASE_DB1's 2ndHO); images without one are left out
+        missing = [i["id"] for i in train if i["vessels_2nd"] is None]
+        train = [{**i, "vessels": i["vessels_2nd"]} for i in train if i["vessels_2nd"] is not None]
+        if not train:
+            raise InputError(f"{prepared_dir}: no training image has a second observer's vessel mask (left out: {', '.join(missing) or 'none'}); "
+                             "the independent scoring segmenter needs them. Fix: scoring_segmenter.observer: 1 in params.yaml (another seed only), "
+                             "or a source with second-observer masks (chase_db1).")
     test = masked_images(prepared_dir, patches_meta, "test")
     train_ids = sorted(i["id"] for i in train)
     seen = set(train_ids) & set(patches_meta["splits"]["test"])
@@ -129,7 +150,7 @@ def train_segmenter_stage(
         steps=int(params["steps"]), patch_size=int(params["patch"]), batch_size=int(params["batch"]), lr=float(params["lr"]),
         lr_min=float(params.get("lr_min", 1e-4)), seed=int(seed), depth=int(params.get("depth", 3)), width=int(params.get("width", 8)),
         accelerator=params.get("accelerator", "cpu"), num_threads=params.get("num_threads"),
-        extra_meta={"binarize": rule, "train_ids": train_ids},
+        extra_meta={"binarize": rule, "train_ids": train_ids, "observer": observer},
     )
     segmenter, _ = load_vessel_segmenter(out_dir)
     metrics = {**evaluate_segmenter(segmenter, test), "binarize": rule, "train_images": len(train_ids)}

@@ -39,6 +39,7 @@ from medrestore.report.tables import (
     sorted_methods,
     task_table,
 )
+from medrestore.report.vessel_aware import vessel_section
 from medrestore.report.text import (
     CONVERGENCE_TEXT,
     methods_paragraph,
@@ -58,9 +59,13 @@ def build_report(
     segmenter_dir: Path | None = None,
     lock_path: Path = Path("dvc.lock"),
     bench_path: Path | None = None,
+    scorer=None,
+    sweep_path: Path | None = None,
 ) -> dict:
     """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None);
-    ``bench_path``: ``make bench``'s ``bench.json``, shown as the performance section when it exists."""
+    ``bench_path``: ``make bench``'s ``bench.json``, shown as the performance section when it exists;
+    ``scorer``: the independent vessel segmenter and ``sweep_path`` the collected weight sweep, for
+    the vessel-aware section (:mod:`medrestore.report.vessel_aware`)."""
     if segmenter is None:
         from medrestore.vessels import VesselSegmenter
 
@@ -137,6 +142,17 @@ def build_report(
             md += [f"![{task} {kind}]({rel})", "", f"*{CAPTIONS[kind]}.*", ""]
             b64 = base64.b64encode(png).decode()
             html_parts.append(f"<figure><img alt='{task} {kind}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(CAPTIONS[kind])}.</figcaption></figure>")
+    vessel = vessel_section(params, Path(eval_root), patches_dir, conv_by_task, scorer, sweep_path)
+    md += vessel["md"]
+    html_parts += vessel["html"]
+    for name, png, caption in vessel["figures"]:
+        rel = f"figures/{name}.png"
+        write_bytes_atomic(out_dir / rel, png)
+        md += [f"![{name}]({rel})", "", f"*{caption}.*", ""]
+        b64 = base64.b64encode(png).decode()
+        html_parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}.</figcaption></figure>")
+    if vessel["results"]:
+        write_json_atomic(out_dir / "vessel_aware.json", vessel["results"])
     if bench_path is not None and Path(bench_path).is_file():
         perf_md, perf_html = performance_section(read_json(Path(bench_path)), Path(bench_path).name)
         md += perf_md

@@ -128,11 +128,13 @@ def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dic
     return _fig_png(fig)
 
 
-def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, segmenter, window: int = 192, converged: dict[str, dict] | None = None) -> bytes:
-    """The pipeline's vessel segmenter on every method's output in the zoom window: vessels of the
-    reference found (white), missed (magenta) and invented (more than 2 px from any reference
-    vessel, cyan). The reference is the manual mask when the dataset has one, else the segmentation
-    of the clean image."""
+def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, segmenter, window: int = 192, converged: dict[str, dict] | None = None,
+                  methods: list[str] | None = None, title: str = "", with_images: bool = False) -> bytes:
+    """The pipeline's vessel segmenter on every method's output (or those of ``methods``) in the zoom
+    window: vessels of the reference found (white), missed (magenta) and invented (more than 2 px
+    from any reference vessel, cyan). The reference is the manual mask when the dataset has one,
+    else the segmentation of the clean image. ``with_images``: the zoomed images themselves in a
+    first row, above their vessel maps."""
     from scipy import ndimage
 
     entry, clean, fov, (t, l), w = _test_case(patches_dir, window)
@@ -141,9 +143,15 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
     reference = read_mask(patches_dir / manual) if manual else segmenter(clean, fov)[1]
     reference &= fov
     near = ndimage.distance_transform_edt(~reference) <= 2.0
-    panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in _methods(summary)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), squeeze=False)
-    for ax, (name, img) in zip(axes[0], panels):
+    panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in (methods or _methods(summary))]
+    rows = 2 if with_images else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(2.2 * len(panels), 2.6 * rows), squeeze=False)
+    for i, (name, img) in enumerate(panels):
+        ax = axes[-1][i]
+        if with_images:
+            axes[0][i].imshow(img[t : t + w, l : l + w], interpolation="nearest")
+            axes[0][i].set_title(label(name, converged), fontsize=7)
+            axes[0][i].axis("off")
         found = segmenter(img, fov)[1] & fov
         rgb = np.zeros((*found.shape, 3), np.float32)
         rgb[reference & found] = (1, 1, 1)
@@ -156,7 +164,7 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
         ax.set_title(f"{label(name, converged)}\nmissed {missed:.0%}, invented {invented:.0%}", fontsize=7)
         ax.axis("off")
     ref_name = "manual mask" if manual else "segmentation of the clean image"
-    fig.suptitle(f"{task} [{variant}]: vessels found (white), missed (magenta), invented (cyan) vs the {ref_name}", fontsize=8, y=1.04)
+    fig.suptitle(title or f"{task} [{variant}]: vessels found (white), missed (magenta), invented (cyan) vs the {ref_name}", fontsize=8, y=1.04 if rows == 1 else 0.98)
     return _fig_png(fig)
 
 

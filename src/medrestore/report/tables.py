@@ -146,6 +146,8 @@ HEADLINE = {
     "niqe": ("niqe",), "brisque": ("brisque",),
     "thin_kept": ("manual_thin_recall_above_chance", "ref_thin_recall_above_chance"),
     "invented": ("manual_invented_rate", "ref_invented_rate"),
+    "thin_kept_indep": ("indep_thin_recall_above_chance",),   # scored by the independent segmenter
+    "invented_indep": ("indep_invented_rate",),
 }
 
 

@@ -7,7 +7,7 @@ import io
 import os
 from pathlib import Path
 
-import lightning.pytorch as L
+import pytorch_lightning as L
 import torch
 
 from medrestore.training.data import StepBatchSampler

@@ -21,10 +21,11 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as L
+import pytorch_lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -213,7 +214,10 @@ def train_model(
     if resume.is_file():
         print(f"[medrestore] {run}: resuming from {resume}", flush=True)
     try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True)
+        with warnings.catch_warnings():
+            # a frozen loss network (a vessel segmenter, VGG) stays in eval mode on purpose
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+            trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True)
     except (pickle.UnpicklingError, EOFError) as exc:
         if not resume.is_file():
             raise

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning.pytorch as L
+import pytorch_lightning as L
 import numpy as np
 import torch
 
-from medrestore.losses import PerceptualLoss, make_loss
+from medrestore.losses import PerceptualLoss, VesselProbabilityLoss, make_loss
 from medrestore.models import build_model
 from medrestore.training.callbacks import non_finite_error, on_curve
 from medrestore.training.config import TrainConfig, make_optimizer, make_scheduler
@@ -25,16 +25,36 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
-def make_perceptual(spec: dict, discriminator: torch.nn.Module | None = None) -> tuple[PerceptualLoss | None, float]:
+#: The keys of ``cfg.perceptual`` per backbone (``weight`` multiplies the term). ``vessel``: the frozen
+#: vessel segmenter's features (:class:`~medrestore.losses.VesselFeatures`); ``vessel_prob``: its
+#: probability map, thin vessels weighted (:class:`~medrestore.losses.VesselProbabilityLoss`).
+PERCEPTUAL_KEYS = {
+    "vgg19": {"backbone", "weight", "layers", "criterion", "scale"},
+    "vgg16": {"backbone", "weight", "layers", "criterion", "scale"},
+    "discriminator": {"backbone", "weight", "criterion"},
+    "vessel": {"backbone", "weight", "layers", "criterion", "scale", "path"},
+    "vessel_prob": {"backbone", "weight", "thin_weight", "threshold", "path"},
+}
+
+
+def make_perceptual(spec: dict, discriminator: torch.nn.Module | None = None) -> tuple[torch.nn.Module | None, float]:
     """``cfg.perceptual`` -> (loss, weight); ``{}`` or weight 0 -> (None, 0)."""
     weight = float(spec.get("weight", 0.0)) if spec else 0.0
     if not spec or weight == 0.0:
         return None, 0.0
     backbone = spec.get("backbone", "vgg19")
+    if backbone not in PERCEPTUAL_KEYS:
+        raise ValueError(f"unknown perceptual backbone {backbone!r}; known: {', '.join(PERCEPTUAL_KEYS)}")
+    unknown = sorted(set(spec) - PERCEPTUAL_KEYS[backbone])
+    if unknown:
+        raise ValueError(f"perceptual backbone {backbone!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(PERCEPTUAL_KEYS[backbone]))}")
     if backbone == "discriminator":
         if discriminator is None:
             raise ValueError("perceptual backbone 'discriminator' needs a GAN model (srgan); this model trains without one")
         return PerceptualLoss("discriminator", backbone=discriminator, criterion=spec.get("criterion", "l1")), weight
+    if backbone == "vessel_prob":
+        kwargs = {k: spec[k] for k in ("thin_weight", "threshold") if k in spec}
+        return VesselProbabilityLoss(spec.get("path", "artifacts/segmenter"), **kwargs), weight
     kwargs = {k: spec[k] for k in ("layers", "criterion", "scale") if k in spec}
     if backbone == "vessel":
         kwargs["path"] = spec.get("path", "artifacts/segmenter")

@@ -11,13 +11,14 @@ stopping or resume, and keeps the last weights.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as L
+import pytorch_lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -176,7 +177,8 @@ def train_segmenter(
     with tempfile.TemporaryDirectory(prefix="medrestore-seg-") as root, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        trainer = make_trainer(root, accelerator=accelerator, devices=1, max_steps=steps, max_epochs=1, enable_progress_bar=False)
+        trainer = make_trainer(root, accelerator=accelerator, devices=1, max_steps=steps, max_epochs=1,
+                               enable_progress_bar=sys.stderr.isatty())  # Lightning's bar on a terminal only: quiet in CI
         try:
             trainer.fit(module, loader)
         finally:

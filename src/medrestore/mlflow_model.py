@@ -1,0 +1,125 @@
+"""A trained restoration model as an MLflow model: a ``pyfunc`` that restores whole images tile by tile.
+
+Every training stage logs its model in its own MLflow run (:func:`log_restoration_model`): the model
+folder (``model.safetensors`` + ``model.json``) as the pyfunc's artifact, the pyfunc as code
+(:mod:`medrestore.mlflow_pyfunc`, MLflow's "models from code": nothing is pickled), medrestore's
+source as its code path, a signature (an H x W x 3 uint8 image in, the restored uint8 image out, any size) and a real
+input example (a validation patch of the task). So any MLflow tool can use it::
+
+    mlflow.pyfunc.load_model("models:/medrestore-denoise-g25@champion").predict(image_uint8)
+    mlflow models predict -m models:/medrestore-denoise-g25@champion -i image.json -t json
+    medrestore restore --model models:/medrestore-denoise-g25@champion photo.png --out restored/
+
+The report stage registers each task's best converged model (:func:`register_champion`): a new
+version of ``medrestore-<task>`` only when no version holds weights with the same md5, then the
+alias ``champion`` moves to it. A registered model's folder comes back with :func:`model_folder`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The artifact key of the model folder inside the pyfunc.
+ARTIFACT = "model_dir"
+#: The name of the logged model in a training run.
+LOGGED_NAME = "model"
+#: The alias the report stage sets on each task's best converged model.
+CHAMPION = "champion"
+#: Tile and overlap of the pyfunc's restoration (input pixels): the evaluation's defaults.
+TILE, OVERLAP = 512, 32
+
+
+def _requirements() -> list[str]:
+    """The pins medrestore itself declares, without extras (the pyfunc's environment)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("medrestore") or []
+    except PackageNotFoundError:
+        return []
+    return [r for r in reqs if "extra ==" not in r]
+
+
+def signature():
+    """Any H x W x 3 uint8 image in, the restored uint8 image out (``scale`` times larger for
+    super-resolution); ``tile`` and ``overlap`` as parameters. (Inferred from the example, MLflow would
+    fix the height and width to the example's.)"""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    image = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))])
+    params = ParamSchema([ParamSpec("tile", "long", TILE), ParamSpec("overlap", "long", OVERLAP)])
+    return ModelSignature(inputs=image, outputs=image, params=params)
+
+
+def log_restoration_model(folder: Path, example: np.ndarray) -> str:
+    """Log the model folder as a pyfunc named ``model`` in the active run; returns its model URI.
+
+    ``example`` (uint8 H x W x 3, e.g. a degraded validation patch) is the input example (MLflow runs
+    the model on it once to check that it loads and predicts); the signature is :func:`signature`."""
+    import mlflow
+
+    import medrestore
+
+    example = np.ascontiguousarray(example, dtype=np.uint8)
+    if example.ndim != 3 or example.shape[2] != 3:
+        raise ValueError(f"the input example must be an H x W x 3 uint8 image, got shape {example.shape}")
+    info = mlflow.pyfunc.log_model(
+        name=LOGGED_NAME,
+        python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),  # models from code: no pickle
+        artifacts={ARTIFACT: str(folder)},
+        code_paths=[str(Path(medrestore.__file__).parent)],
+        signature=signature(),
+        input_example=example,
+        pip_requirements=_requirements(),
+    )
+    return info.model_uri
+
+
+def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str]) -> str:
+    """Register ``model_uri`` as a version of ``medrestore-<task>`` unless a version with weights of
+    ``md5`` exists (then that one is reused), and point the ``champion`` alias at it.
+    Returns ``"name/version"``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name = f"medrestore-{task}"
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001  MLflow raises its own error when the name is new
+        client.create_registered_model(name, description=f"Best converged model of the {task} task (medrestore report stage); "
+                                                          f"alias {CHAMPION}: the current best.")
+    same = [v for v in client.search_model_versions(f"name='{name}'") if (v.tags or {}).get("model_md5") == md5]
+    if same:
+        version = max(same, key=lambda v: int(v.version))
+    else:
+        version = client.create_model_version(name, source=model_uri, tags={**tags, "model_md5": md5})
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return f"{name}/{version.version}"
+
+
+def model_folder(uri: str, dest: Path | None = None) -> Path:
+    """The model folder (model.safetensors + model.json) of an MLflow model URI (``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION``, ``runs:/RUN/model``), downloaded from the tracking store."""
+    import mlflow
+
+    from medrestore.io import InputError
+    from medrestore.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=None if dest is None else str(dest)))
+    except Exception as exc:  # noqa: BLE001  MLflow raises several types for a missing model
+        raise InputError(f"{uri}: not found in the MLflow store at {tracking_uri()} ({str(exc)[:200]}). Fix: check the name and "
+                         "alias (`mlflow models` / the UI's Models page), or set MLFLOW_TRACKING_URI to the store that has it.") from None
+    found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(p.parent for p in local.rglob("model.json"))
+    if not found:
+        raise InputError(f"{uri}: the MLflow model holds no medrestore model folder (model.json). Fix: pass a model logged by a medrestore training stage.")
+    meta = json.loads((found[0] / "model.json").read_text())
+    if "model" not in meta:
+        raise InputError(f"{found[0] / 'model.json'}: names no model. Fix: pass a model logged by a medrestore training stage.")
+    return found[0]

@@ -1,0 +1,40 @@
+"""The MLflow pyfunc of a restoration model, logged as code ("models from code": no pickle is
+written or read; the weights are safetensors). MLflow runs this file when it loads the model;
+medrestore imports it nowhere. See :mod:`medrestore.mlflow_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+ARTIFACT = "model_dir"  # medrestore.mlflow_model.ARTIFACT
+TILE, OVERLAP = 512, 32  # medrestore.mlflow_model.TILE, OVERLAP
+
+
+class RestorationModel(PythonModel):
+    """Restores H x W x 3 images: uint8 in, uint8 out (float input in [0, 1] gives float output);
+    ``scale`` times larger for super-resolution. Tile and overlap (input pixels) as parameters."""
+
+    def load_context(self, context) -> None:
+        from medrestore.models import load_model
+
+        self.model, self.meta = load_model(Path(context.artifacts[ARTIFACT]))
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        from medrestore.inference import restore_array
+
+        arr = np.asarray(model_input)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 image, got shape {arr.shape}")
+        as_uint8 = arr.dtype == np.uint8
+        img = arr.astype(np.float32) / 255.0 if as_uint8 else arr.astype(np.float32)
+        p = params or {}
+        out = restore_array(self.model, img, tile=int(p.get("tile", TILE)), overlap=int(p.get("overlap", OVERLAP)))
+        return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8) if as_uint8 else out
+
+
+mlflow.models.set_model(RestorationModel())

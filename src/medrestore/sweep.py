@@ -1,0 +1,81 @@
+"""The vessel-term weight sweep: DVC experiments that vary ``train.vessel.KEY.overrides.perceptual.weight``,
+collected into ``reports/vessel_sweep.json`` (git-tracked, read by the report's sweep figure).
+
+Run (README, "Vessel-aware training")::
+
+    for w in 0.0003 0.001 0.003; do
+      dvc exp run --queue -S "train.vessel.denoise-g25-cdae-vfeat.overrides.perceptual.weight=$w"
+      dvc exp run --queue -S "train.vessel.denoise-g25-cdae-vprob.overrides.perceptual.weight=$w"
+    done
+    dvc queue start -j 1 && dvc queue status        # wait until every experiment is Success
+    medrestore sweep                                 # writes reports/vessel_sweep.json
+    dvc repro report                                 # draws the figure
+
+:func:`collect` reads the rows of ``dvc.api.exp_show`` (one flat dict per experiment: params as
+``train.vessel...weight``, metrics as ``task.method.variant.metric``, either possibly prefixed with the
+file name and a colon). Each experiment gives one point per vessel-aware run whose weight it changed
+from the workspace's; the workspace (the standard run) gives one point per run at its own weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from medrestore.io import InputError, write_json_atomic
+
+#: The headline metrics of reports/metrics.json each point keeps.
+POINT_METRICS = ("psnr_fov", "thin_kept", "invented", "thin_kept_indep", "invented_indep")
+#: Their names in the sweep figure (the evaluation's column names).
+AS_COLUMNS = {"thin_kept_indep": "indep_thin_recall_above_chance", "invented_indep": "indep_invented_rate",
+              "thin_kept": "manual_thin_recall_above_chance", "invented": "manual_invented_rate", "psnr_fov": "psnr_fov"}
+
+
+def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's keys without DVC's ``file:`` prefixes (``params.yaml:train.x`` -> ``train.x``)."""
+    return {str(k).rsplit(":", 1)[-1]: v for k, v in row.items()}
+
+
+def collect(rows: Iterable[Mapping[str, Any]], vessel: Mapping[str, Mapping[str, Any]]) -> dict:
+    """The sweep points of ``rows`` (``dvc.api.exp_show()``) for the runs of ``vessel`` (params.yaml's
+    ``train.vessel``): form, weight, task, variant and the metrics of :data:`POINT_METRICS` as the
+    evaluation's column names. Points of equal (run, weight, variant) are kept once; sorted."""
+    points: dict[tuple, dict] = {}
+    for raw in rows:
+        row = _plain(raw)
+        if row.get("State") not in (None, "Success", "") and row.get("Experiment") != "workspace":
+            continue  # queued, running or failed: no results yet
+        for key, entry in vessel.items():
+            weight = row.get(f"train.vessel.{key}.overrides.perceptual.weight")
+            if weight is None or weight == "-":
+                continue
+            form = entry["overrides"]["perceptual"]["backbone"]
+            prefix = f"{entry['task']}.{entry['method']}."
+            variants = sorted({k[len(prefix):].split(".", 1)[0] for k in row if k.startswith(prefix)})
+            for variant in variants:
+                values = {AS_COLUMNS[m]: row.get(f"{prefix}{variant}.{m}") for m in POINT_METRICS}
+                values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+                if "psnr_fov" not in values:
+                    continue
+                points[(key, float(weight), variant)] = {"run": key, "method": entry["method"], "form": form, "weight": float(weight),
+                                                         "task": entry["task"], "variant": variant, **values}
+    return {"note": "vessel-term weight sweep, collected by `medrestore sweep` from dvc exp show; metrics as in reports/metrics.json",
+            "points": [points[k] for k in sorted(points)]}
+
+
+def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml", rows: Iterable[Mapping] | None = None) -> dict:
+    """Collect the sweep from this repository's experiments (or ``rows``) and write ``out``."""
+    import yaml
+
+    params = yaml.safe_load(Path(params_path).read_text())
+    vessel = (params.get("train") or {}).get("vessel") or {}
+    if not vessel:
+        raise InputError(f"{params_path}: no train.vessel runs, so there is no sweep to collect. Fix: add them (README, \"Vessel-aware training\").")
+    if rows is None:
+        import dvc.api
+
+        rows = dvc.api.exp_show()
+    result = collect(rows, vessel)
+    write_json_atomic(Path(out), result)
+    return result

@@ -1,0 +1,109 @@
+"""Trained models as real MLflow models (medrestore.mlflow_model): a pyfunc with signature and input
+example logged in the training run, the champion alias without duplicate versions, and
+``medrestore restore --model models:/...@champion`` on a CHASE_DB1 photograph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medrestore.io import InputError, read_image, write_png_atomic
+from medrestore.models import build_model, save_model
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    return tmp_path
+
+
+def _model(folder, seed):
+    torch.manual_seed(seed)
+    save_model(build_model("dncnn", depth=3, features=8), folder, name="dncnn", kwargs={"depth": 3, "features": 8})
+    return folder
+
+
+def _logged(folder, example, stage="train@t-dncnn"):
+    import mlflow
+
+    from medrestore.mlflow_model import log_restoration_model
+    from medrestore.tracking import file_md5, stage_run
+
+    with stage_run(stage, {"task": "t"}, required=True) as tracker:  # as the training stage logs it
+        uri = tracker.call("log_model", log_restoration_model, folder, example)
+        tracker.set_tags({"model_uri": uri, "model_md5": file_md5(folder / "model.safetensors")})
+        run_id = tracker.run_id
+    assert mlflow.get_run(run_id).data.tags["dvc_stage"] == stage
+    return uri, run_id
+
+
+def test_the_pyfunc_restores_a_numpy_image_like_the_pipeline(store, chase_image):
+    import mlflow
+
+    from medrestore.inference import restore_array
+    from medrestore.mlflow_model import register_champion
+    from medrestore.models import load_model
+    from medrestore.tracking import file_md5
+
+    folder = _model(store / "m1", 0)
+    photo = chase_image[300:428, 400:560]  # a real 128 x 160 window
+    uri, run_id = _logged(folder, photo[:40, :40])
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["model_uri"] == uri and run.data.tags["model_md5"] == file_md5(folder / "model.safetensors")
+    info = mlflow.models.get_model_info(uri)
+    spec = info.signature.inputs.to_dict()[0]["tensor-spec"]
+    assert spec["dtype"] == "uint8" and list(spec["shape"]) == [-1, -1, 3]
+    assert info.saved_input_example_info is not None
+    version = register_champion("t", uri, file_md5(folder / "model.safetensors"), {"train_run_id": run_id})
+    assert version == "medrestore-t/1"
+    loaded = mlflow.pyfunc.load_model("models:/medrestore-t@champion")
+    out = loaded.predict(photo)  # any size, not only the example's
+    model, _ = load_model(folder)
+    expected = np.clip(np.round(restore_array(model, photo.astype(np.float32) / 255.0, tile=512, overlap=32) * 255), 0, 255).astype(np.uint8)
+    assert out.dtype == np.uint8 and out.shape == photo.shape and np.array_equal(out, expected)
+
+
+def test_champion_moves_without_duplicate_versions(store, chase_image):
+    from mlflow import MlflowClient
+
+    from medrestore.mlflow_model import register_champion
+    from medrestore.tracking import file_md5
+
+    a, b = _model(store / "a", 0), _model(store / "b", 1)
+    example = chase_image[300:340, 400:440]
+    ua, _ = _logged(a, example)
+    ub, _ = _logged(b, example)
+    assert register_champion("t", ua, file_md5(a / "model.safetensors"), {}) == "medrestore-t/1"
+    assert register_champion("t", ua, file_md5(a / "model.safetensors"), {}) == "medrestore-t/1"  # same weights: no new version
+    assert register_champion("t", ub, file_md5(b / "model.safetensors"), {}) == "medrestore-t/2"
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("medrestore-t", "champion").version) == "2"
+    assert register_champion("t", ua, file_md5(a / "model.safetensors"), {}) == "medrestore-t/1"  # back to the first
+    assert str(client.get_model_version_by_alias("medrestore-t", "champion").version) == "1"
+    assert len(client.search_model_versions("name='medrestore-t'")) == 2
+
+
+def test_restore_cli_takes_a_champion_uri(store, chase_image, capsys):
+    from medrestore.cli import main
+    from medrestore.mlflow_model import register_champion
+    from medrestore.tracking import file_md5
+
+    folder = _model(store / "m", 0)
+    uri, _ = _logged(folder, chase_image[300:340, 400:440])
+    register_champion("t", uri, file_md5(folder / "model.safetensors"), {})
+    write_png_atomic(store / "in" / "photo.png", chase_image[200:328, 300:428])
+    assert main(["restore", "--model", "models:/medrestore-t@champion", str(store / "in" / "photo.png"), "--out", str(store / "a")]) == 0
+    assert main(["restore", "--model", str(folder), str(store / "in" / "photo.png"), "--out", str(store / "b")]) == 0
+    assert np.array_equal(read_image(store / "a" / "photo.png"), read_image(store / "b" / "photo.png"))
+    assert main(["restore", "--model", "models:/medrestore-t@nobody", str(store / "in" / "photo.png"), "--out", str(store / "c")]) == 2
+    assert "models:/medrestore-t@nobody: not found in the MLflow store" in capsys.readouterr().err
+
+
+def test_a_missing_model_is_an_input_error(store):
+    from medrestore.mlflow_model import model_folder
+
+    with pytest.raises(InputError, match="Fix"):
+        model_folder("models:/medrestore-none@champion")
