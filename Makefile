@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro quick test install bench screenshot clean-venv
+.PHONY: repro quick test install bench screenshot clean-venv mlflow-server mlflow-server-stop queue
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ repro: $(STAMP)
 # The quick tour: every stage from nothing in a copy (quick-tour/), undertrained models, in minutes.
 quick: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/quick_tour.py
+
+# Queued experiments (`dvc exp run --queue -S ...`, then `make queue J=2`) log through the repository's local
+# MLflow tracking server (MLflow's recommendation for concurrent writers); it keeps running for `mlflow ui`
+# until `make mlflow-server-stop`.
+J ?= 2
+mlflow-server: $(STAMP)
+	$(BIN)/python tools/mlflow_server.py start
+
+mlflow-server-stop:
+	$(BIN)/python tools/mlflow_server.py stop
+
+queue: mlflow-server
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc queue start -j $(J)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

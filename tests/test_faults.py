@@ -12,9 +12,9 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -39,6 +39,7 @@ def tiny_params(p: dict) -> dict:
     t["runs"] = {RUN: {"task": TASK, "model": MODEL}}
     t["chains"] = {}
     t["finetune"] = {}
+    t["vessel"] = {}
     steps = {"max_steps": 4, "val_every": 2, "ckpt_every": 2, "batch_size": 8}
     layers = [t["defaults"], t["models"][MODEL]]
     profile = t.get("profiles", {}).get(t.get("profile"), {})
@@ -52,7 +53,7 @@ def tiny_params(p: dict) -> dict:
     if "segmenter" in p:
         p["segmenter"]["steps"] = 4
     e = p["evaluate"]
-    e["baselines"] = {"denoise": ["median"]} if isinstance(e["baselines"], dict) else ["median"]
+    e["baselines"] = {TASK: ["median"]}
     e["assets"] = str(SHARED / "assets" / "pyiqa")
     return p
 
@@ -289,54 +290,82 @@ def test_tampered_training_checkpoint_error_names_the_file_and_the_fix(tmp_path,
 
 # --------------------------------------------------------------------------- concurrent experiments
 EXPERIMENTS = {"exp-lr2": 0.002, "exp-lr3": 0.003, "exp-lr4": 0.004}  # none is the baseline lr: each must train
-METRICS = f"artifacts/models/{TASK}/{MODEL}/metrics.json"
+STAGES = {"download", "prepare", "patchify", f"corrupt@{TASK}", "train_segmenter", "train_scoring_segmenter", f"train@{RUN}",
+          f"evaluate@{TASK}", "report"}
 
 
 @pytest.mark.slow
-def test_three_queued_experiments_with_two_workers(tmp_path):
-    """``dvc exp run --queue`` x3, ``dvc queue start -j 2``: all finish, all in MLflow, none disturbs another."""
+def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_tracking_server(tmp_path):
+    """``dvc exp run --queue`` x3 from nothing (no stage has run), ``dvc queue start -j 2`` with the
+    repository's local MLflow server (``make queue``'s set-up): every stage of every experiment runs
+    (or is restored from DVC's run cache when a parallel experiment already ran it with the same
+    inputs), report included, each executed stage logged once in MLflow and tagged with its experiment; each experiment's
+    outputs are its own; shared paths in params.yaml are relative and resolve from the repository root
+    (a queued stage runs in a copy under .dvc/tmp/exps); the champion alias lands on a registered version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tools import mlflow_server
+
     work = make_repo(tmp_path / "repo")
-    assert yaml.safe_load((work / "params.yaml").read_text())["train"]["models"][MODEL]["lr"] not in EXPERIMENTS.values()
-    dvc("repro", f"train@{RUN}", cwd=work)  # the shared upstream stages run and are cached once
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["download"]["mirror"] = os.path.relpath(SHARED / "datasets", work)  # e.g. ../../shared/datasets
+    params["evaluate"]["assets"] = os.path.relpath(SHARED / "assets" / "pyiqa", work)
+    assert params["train"]["models"][MODEL]["lr"] not in EXPERIMENTS.values()
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "add", "-A"], work)
-    sh(["git", "commit", "-qm", "baseline"], work)
+    sh(["git", "commit", "-qm", "relative shared paths"], work)
     for name, lr in EXPERIMENTS.items():
-        dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models.{MODEL}.lr={lr}", f"train@{RUN}", cwd=work)
+        dvc("exp", "run", "--queue", "-n", name, "-S", f"train.models.{MODEL}.lr={lr}", cwd=work)
+    server = mlflow_server.start(work)
     try:
         dvc("queue", "start", "-j", "2", cwd=work)
-        deadline = time.time() + 900
+        deadline = time.time() + 1500
         while time.time() < deadline:
             status = dvc("queue", "status", cwd=work).stdout
             if status.count("Success") + status.count("Failed") >= len(EXPERIMENTS):
                 break
-            time.sleep(3)
+            time.sleep(5)
+        log_of = {n: dvc("queue", "logs", n, cwd=work, check=False).stdout for n in EXPERIMENTS}
+        logs = "".join(log_of.values())
+        assert status.count("Success") == len(EXPERIMENTS), status + logs[-6000:]
+        assert "were not logged" not in logs and "NOT tracked" not in logs, logs[-6000:]
+        # each experiment ran its changed stages and ran or restored (DVC's run cache: the same stage
+        # with the same inputs, already run by a parallel experiment) every other stage
+        ran = {n: re.findall(r"Running stage '([^']+)'", log) for n, log in log_of.items()}
+        restored = {n: re.findall(r"Stage '([^']+)' is cached", log) for n, log in log_of.items()}
+        for name in EXPERIMENTS:
+            assert set(ran[name]) | set(restored[name]) == STAGES, (name, ran[name], restored[name])
+            assert {f"train@{RUN}", f"evaluate@{TASK}", "report"} <= set(ran[name]), (name, ran[name])
+        assert set().union(*map(set, ran.values())) == STAGES  # every stage executed somewhere
+        shown = json.loads(dvc("exp", "show", "--json", cwd=work).stdout)
+        metrics: dict[str, dict] = {}
+        for rev in shown:
+            for exp in rev.get("experiments") or []:
+                for r in exp.get("revs", []):
+                    if r.get("name") in EXPERIMENTS:
+                        data = r["data"]
+                        metrics[r["name"]] = data["metrics"]["reports/metrics.json"]["data"]
+                        assert data["params"]["params.yaml"]["data"]["train"]["models"][MODEL]["lr"] == EXPERIMENTS[r["name"]]
+        assert set(metrics) == set(EXPERIMENTS)
+        assert len({json.dumps(m[TASK][MODEL], sort_keys=True) for m in metrics.values()}) == len(EXPERIMENTS)  # each its own
+        # MLflow, through the server: every stage of every experiment, finished, tagged with its experiment
+        mlflow.set_tracking_uri(server["uri"])
+        client = MlflowClient()
+        exp = client.get_experiment_by_name("medrestore")
+        assert ".dvc/tmp" not in exp.artifact_location
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        by_exp: dict[str, list[str]] = {}
+        for run in runs:
+            assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
+            by_exp.setdefault(run.data.tags.get("dvc_exp_name", ""), []).append(run.info.run_name)
+        for name in EXPERIMENTS:  # one finished run per executed stage, nothing lost, nothing twice
+            assert sorted(by_exp.get(name, [])) == sorted(ran[name]), (name, by_exp.get(name), ran[name])
+        trained = [r for r in runs if r.info.run_name == f"train@{RUN}"]
+        assert all(r.data.tags.get("model_uri") for r in trained)
+        champion = client.get_model_version_by_alias(f"medrestore-{TASK}", "champion")
+        assert champion.tags["train_run_id"] in {r.info.run_id for r in trained}
+        assert len(client.search_model_versions(f"name='medrestore-{TASK}'")) <= len(EXPERIMENTS)
     finally:
         dvc("queue", "stop", "--kill", cwd=work, check=False)
-    logs = "".join(dvc("queue", "logs", n, cwd=work, check=False).stdout[-2000:] for n in EXPERIMENTS)
-    assert status.count("Success") == len(EXPERIMENTS), status + logs
-    shown = json.loads(dvc("exp", "show", "--json", cwd=work).stdout)
-    metrics: dict[str, dict] = {}
-    for rev in shown:
-        for exp in rev.get("experiments") or []:
-            for r in exp.get("revs", []):
-                if r.get("name") in EXPERIMENTS:
-                    data = r["data"]
-                    metrics[r["name"]] = data["metrics"][METRICS]["data"]
-                    assert data["params"]["params.yaml"]["data"]["train"]["models"][MODEL]["lr"] == EXPERIMENTS[r["name"]]
-    assert set(metrics) == set(EXPERIMENTS)
-    assert len({json.dumps(m, sort_keys=True) for m in metrics.values()}) == len(EXPERIMENTS)  # the params mattered
-    # Each experiment's metrics equal those of the same params run alone, in the workspace, one after another.
-    for name, lr in EXPERIMENTS.items():
-        params = yaml.safe_load((work / "params.yaml").read_text())
-        params["train"]["models"][MODEL]["lr"] = lr
-        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        dvc("repro", "-s", f"train@{RUN}", cwd=work)
-        assert json.loads((work / METRICS).read_text()) == metrics[name], name
-    # Every experiment's training landed in the repository's MLflow store with its own lr.
-    con = sqlite3.connect(work / "mlflow.db")
-    rows = set(con.execute(
-        "select t.value, p.value from runs r join tags t on t.run_uuid = r.run_uuid and t.key = 'dvc_exp_name' "
-        "join params p on p.run_uuid = r.run_uuid and p.key = 'lr' where r.name = ? and r.status = 'FINISHED'",
-        (f"train@{RUN}",),
-    ).fetchall())
-    assert {(n, str(lr)) for n, lr in EXPERIMENTS.items()} <= rows, rows
+        mlflow_server.stop(work)

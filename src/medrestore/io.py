@@ -377,6 +377,14 @@ def workspace_root() -> Path:
     return here
 
 
+def repo_path(value: str | Path) -> Path:
+    """A path of params.yaml (``download.mirror``, ``evaluate.assets``): as given when absolute, else
+    relative to the repository root (:func:`repo_root`), not to the working directory: a queued
+    experiment runs in a copy under ``.dvc/tmp/exps/`` where ``../shared`` would point elsewhere."""
+    path = Path(value)
+    return path if path.is_absolute() else repo_root() / path
+
+
 def repo_root() -> Path:
     """The repository root: ``DVC_ROOT`` inside a DVC stage, else the nearest folder with dvc.yaml."""
     env = os.environ.get("DVC_ROOT")

@@ -190,6 +190,7 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     from mlflow import MlflowClient
 
     from medrestore.mlflow_model import register_champion
+    from medrestore.tracking import repo_lock
 
     root = Path(root or Path.cwd())
     done: dict[str, str] = {}
@@ -215,7 +216,8 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
                 **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
                 "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
             }
-            done[task] = register_champion(task, uri, rec["md5"], tags)
+            with repo_lock("register"):  # two queued experiments' report stages: one registration at a time
+                done[task] = register_champion(task, uri, rec["md5"], tags)
         except Exception as exc:
             if tracker is not None:
                 tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:300]}")

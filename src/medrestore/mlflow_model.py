@@ -97,7 +97,10 @@ def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str])
     if same:
         version = max(same, key=lambda v: int(v.version))
     else:
-        version = client.create_model_version(name, source=model_uri, tags={**tags, "model_md5": md5})
+        import mlflow
+
+        # register_model resolves a logged model's URI (models:/m-...) to its source and model id
+        version = mlflow.register_model(model_uri, name, tags={**tags, "model_md5": md5})
     client.set_registered_model_alias(name, CHAMPION, version.version)
     return f"{name}/{version.version}"
 

@@ -20,10 +20,13 @@ use ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=
 ``MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=0.5`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=15`` (see
 :data:`HTTP_DEFAULTS`): a dead server is given up after about 5 seconds.
 
-Several processes may log to one SQLite store at once (``dvc queue start -j N``, parallel
-stages): the creation of the database and of the run is serialised with an exclusive lock on
-the database file (MLflow's schema migrations are not safe to run concurrently), and a call
-that meets ``database is locked`` is tried again.
+Several processes may log at once (``dvc queue start -j N``, parallel stages). What MLflow
+recommends for concurrent writers is a tracking server: ``make mlflow-server`` starts one on
+127.0.0.1 over the repository's ``mlflow.db`` (``tools/mlflow_server.py``), and every stage, queued
+experiments included, finds it through ``.mlflow/server.json`` at the repository root. Without it,
+processes share the SQLite file directly: the creation of the database, the experiment and the run
+is serialised with an exclusive lock on the database file (MLflow's schema migrations are not safe
+to run concurrently), and a call that meets ``database is locked`` is tried again.
 """
 
 from __future__ import annotations
@@ -79,11 +82,55 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+#: Where ``tools/mlflow_server.py start`` (``make mlflow-server``) records the local tracking server it
+#: started, under the repository root: ``{"uri": ..., "pid": ...}``.
+SERVER_FILE = Path(".mlflow") / "server.json"
+
+
+def local_server() -> str | None:
+    """The URI of the repository's local tracking server when one is running (its record exists and
+    its process is alive), else None."""
+    import json
+
+    record = repo_root() / SERVER_FILE
+    try:
+        info = json.loads(record.read_text())
+        os.kill(int(info["pid"]), 0)  # signal 0: is it alive?
+        return str(info["uri"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``; else the repository's local tracking server when it runs (``make
+    mlflow-server``: what MLflow recommends for several concurrent writers, e.g. ``dvc queue start -j 2``:
+    one server process owns the database); else the SQLite file ``mlflow.db`` at the repository root
+    (``DVC_ROOT``: a queued experiment's stages run in a copy under ``.dvc/tmp/exps`` but log here)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{(repo_root() / 'mlflow.db').as_posix()}"
+    return local_server() or f"sqlite:///{(repo_root() / 'mlflow.db').as_posix()}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: for a SQLite store, ``mlruns/`` at the repository root
+    (MLflow's default, ``./mlruns`` of whichever process creates the experiment, would be a queued
+    experiment's temporary copy, which DVC deletes); for a server, the server's choice (None)."""
+    return (repo_root() / "mlruns").resolve().as_uri() if sqlite_path(uri) is not None else None
+
+
+@contextlib.contextmanager
+def repo_lock(name: str) -> Iterator[None]:
+    """An exclusive lock shared by every process working on this repository (queued experiments
+    included): ``.dvc/tmp/medrestore-<name>.lock`` under the repository root."""
+    path = repo_root() / ".dvc" / "tmp" / f"medrestore-{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def git_commit(root: Path | None = None) -> tuple[str, bool]:
@@ -203,6 +250,12 @@ def stage_run(stage: str | None, params: dict[str, Any], *, required: bool = Fal
 
         mlflow.set_tracking_uri(uri)
         with store_lock(uri):
+            if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+                try:
+                    mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
+                except Exception as exc:  # another process (a parallel queued experiment) created it first
+                    if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                        raise
             mlflow.set_experiment(EXPERIMENT)
             run = mlflow.start_run(run_name=stage)
     except Exception as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medrestore.data.sources import gather
-from medrestore.io import InputError, atomic_dir, list_images, write_json_atomic
+from medrestore.io import InputError, atomic_dir, list_images, repo_path, write_json_atomic
 from medrestore.pipeline.paths import SOURCES
 from medrestore.pipeline.stage import params, run
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         check_folder_names(Path(p["folder"]))
     with run("download", p, all_p) as tracker, atomic_dir(SOURCES) as tmp:
         records = gather(
-            p["sources"], tmp, mirror=Path(p["mirror"]), folder=Path(p["folder"]),
+            p["sources"], tmp, mirror=repo_path(p["mirror"]), folder=Path(p["folder"]),
             cache_dir=DOWNLOAD_CACHE, allow_network=bool(p["allow_network"]),
             allow_unverified=bool(p.get("allow_unverified", False)),
         )

@@ -42,6 +42,7 @@ from medrestore.io import (
     read_image,
     read_json,
     read_mask,
+    repo_path,
     write_json_atomic,
     write_png_atomic,
     write_text_atomic,
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             evaluate_task(
                 task, PATCHES, corrupt_dir(task), MODELS / task, tmp,
                 baselines=baselines_for(task, p["baselines"]), tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"],
-                assets_dir=p["assets"], tracker=tracker, segmenter_dir=SEGMENTER, scorer_dir=SCORER,
+                assets_dir=str(repo_path(p["assets"])), tracker=tracker, segmenter_dir=SEGMENTER, scorer_dir=SCORER,
                 device=p.get("device", "cpu"),
             )
         tag_outputs(tracker, [out])

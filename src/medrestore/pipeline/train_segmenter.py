@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if which == "scoring":
         scoring = {"observer": 2, "seed_offset": 1, **(all_p.get("scoring_segmenter") or {})}
         p = {**p, "observer": scoring["observer"]}
-        seed, out, name = seed + int(scoring["seed_offset"]), SCORER, "train_segmenter@scoring"
+        seed, out, name = seed + int(scoring["seed_offset"]), SCORER, "train_scoring_segmenter"
         logged = {**p, "seed": seed}
     with run(name, logged, all_p) as tracker:
         with atomic_dir(out) as tmp:
@@ -122,15 +122,18 @@ def train_segmenter_stage(
     """
     out_dir = Path(out_dir)
     train = masked_images(prepared_dir, patches_meta, "train")
-    observer = int(params.get("observer", 1))
-    if observer == 2:  # the second observer's masks (CHASE_DB1's 2ndHO); images without one are left out
-        missing = [i["id"] for i in train if i["vessels_2nd"] is None]
-        train = [{**i, "vessels": i["vessels_2nd"]} for i in train if i["vessels_2nd"] is not None]
-        if not train:
-            raise InputError(f"{prepared_dir}: no training image has a second observer's vessel mask (left out: {', '.join(missing) or 'none'}); "
-                             "the independent scoring segmenter needs them. Fix: scoring_segmenter.observer: 1 in params.yaml (another seed only), "
-                             "or a source with second-observer masks (chase_db1).")
     test = masked_images(prepared_dir, patches_meta, "test")
+    observer = int(params.get("observer", 1))
+    fallback = ""
+    if observer == 2 and train:  # the second observer's masks (CHASE_DB1's 2ndHO); images without one are left out
+        second = [{**i, "vessels": i["vessels_2nd"]} for i in train if i["vessels_2nd"] is not None]
+        if second:
+            train = second
+        else:  # a dataset without second-observer masks: the first observer's, still with its own seed
+            observer = 1
+            fallback = "no training image has a second observer's mask: the first observer's masks are used (another seed only)"
+            print(f"[medrestore] WARNING: {prepared_dir}: {fallback}. Fix: a source with second-observer masks (chase_db1) "
+                  "for a segmenter independent in its labels too.", file=sys.stderr)
     train_ids = sorted(i["id"] for i in train)
     seen = set(train_ids) & set(patches_meta["splits"]["test"])
     if seen:
@@ -150,7 +153,7 @@ def train_segmenter_stage(
         steps=int(params["steps"]), patch_size=int(params["patch"]), batch_size=int(params["batch"]), lr=float(params["lr"]),
         lr_min=float(params.get("lr_min", 1e-4)), seed=int(seed), depth=int(params.get("depth", 3)), width=int(params.get("width", 8)),
         accelerator=params.get("accelerator", "cpu"), num_threads=params.get("num_threads"),
-        extra_meta={"binarize": rule, "train_ids": train_ids, "observer": observer},
+        extra_meta={"binarize": rule, "train_ids": train_ids, "observer": observer, **({"observer_note": fallback} if fallback else {})},
     )
     segmenter, _ = load_vessel_segmenter(out_dir)
     metrics = {**evaluate_segmenter(segmenter, test), "binarize": rule, "train_images": len(train_ids)}

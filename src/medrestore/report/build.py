@@ -151,8 +151,7 @@ def build_report(
         md += [f"![{name}]({rel})", "", f"*{caption}.*", ""]
         b64 = base64.b64encode(png).decode()
         html_parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}.</figcaption></figure>")
-    if vessel["results"]:
-        write_json_atomic(out_dir / "vessel_aware.json", vessel["results"])
+    write_json_atomic(out_dir / "vessel_aware.json", vessel["results"])  # a DVC output: written even when empty
     if bench_path is not None and Path(bench_path).is_file():
         perf_md, perf_html = performance_section(read_json(Path(bench_path)), Path(bench_path).name)
         md += perf_md
