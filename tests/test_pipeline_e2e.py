@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # One run per kind of training (paired CNN, super-resolution, unpaired GAN) and one fine-tuned run keep
 # this test short; every model's own training is tested in tests/test_training*.py.
-E2E_RUNS = {"denoise-g25-redae", "sr-x4-lapsrn", "enhance-cyclegan-fc"}
+E2E_RUNS = {"denoise-g25-redae", "sr-x4-lapsrn", "enhance-cyclegan-fc", "denoise-g25-cdae"}  # cdae: and its vessel-aware twins
 
 
 def tiny_params(params: dict) -> dict:
@@ -49,7 +49,7 @@ def tiny_params(params: dict) -> dict:
     return params
 
 
-NOT_TRAINING = ["download", "prepare", "patchify", "corrupt", "train_segmenter", "evaluate", "report"]
+NOT_TRAINING = ["download", "prepare", "patchify", "corrupt", "train_segmenter", "train_scoring_segmenter", "evaluate", "report"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -89,11 +89,13 @@ def repro(tmp_path_factory):
 def test_every_stage_ran(repro):
     work, params, first, _, _ = repro
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    expected = {"download", "prepare", "patchify", "train_segmenter", "report"}
+    expected = {"download", "prepare", "patchify", "train_segmenter", "train_scoring_segmenter", "report"}
     expected |= {f"corrupt@{t}" for t in params["corrupt"]["tasks"]} | {f"evaluate@{t}" for t in params["corrupt"]["tasks"]}
     expected |= {f"train@{k}" for k in params["train"]["runs"]}
     expected |= {f"finetune@{k}" for k in params["train"]["finetune"]}
     expected |= {f"train_chain@{k}" for k in params["train"]["chains"]}
+    expected |= {f"train_vessel@{k}" for k in params["train"]["vessel"]}
+    assert params["train"]["vessel"], "the default params train CDAE's vessel-aware twins"
     assert params["train"]["chains"], "the default params chain DnCNN and SRGAN (Hayee2017)"
     assert expected <= set(lock)
     for stage in expected:
@@ -210,3 +212,31 @@ def test_lineage_of_a_model_names_stage_commit_and_mlflow_run(repro):
     assert {d["path"] for d in rec["deps"]} >= {"artifacts/corrupt/sr-x4", "artifacts/patches"}
     assert rec["git"]["commit"] == head
     assert rec["mlflow"]["run_id"] and rec["mlflow"]["matched_by"] == "output md5 tag"
+
+
+def test_vessel_aware_twins_are_scored_by_the_independent_segmenter_and_reported(repro):
+    work, params, _, _, _ = repro
+    vessel = {v["method"] for v in params["train"]["vessel"].values()}
+    results = json.loads((work / "reports" / "vessel_aware.json").read_text())
+    assert set(results["denoise-g25"]["s25"]) == vessel
+    for r in results["denoise-g25"]["s25"].values():
+        assert r["differences"]["indep_thin_recall_above_chance"]["n"] == len(json.loads(
+            (work / "artifacts/eval/denoise-g25/summary.json").read_text())["test_images"])
+    md = (work / "reports" / "report.md").read_text()
+    assert "## Vessel-aware training" in md and "figures/denoise-g25_vessel_overlay.png" in md
+    seg = json.loads((work / "artifacts/segmenter/model.json").read_text())
+    scorer = json.loads((work / "artifacts/segmenter_scoring/model.json").read_text())
+    assert (seg["observer"], scorer["observer"]) == (1, 2)
+    assert (work / "artifacts/segmenter/model.safetensors").read_bytes() != (work / "artifacts/segmenter_scoring/model.safetensors").read_bytes()
+    # every training run logged its model; the report's champion is a training run's model
+    con = sqlite3.connect(work / "mlflow.db")
+    train_runs = {r: u for r, u in con.execute(
+        "select r.run_uuid, t.value from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'model_uri' and "
+        "(r.name like 'train@%' or r.name like 'finetune@%' or r.name like 'train_chain@%' or r.name like 'train_vessel@%')")}
+    stages = {n for (n,) in con.execute("select name from runs where name like 'train%' or name like 'finetune%'")} - {"train_segmenter", "train_scoring_segmenter"}
+    assert len(train_runs) >= len(stages) > 0
+    champion = con.execute("select version from registered_model_aliases where name = 'medrestore-denoise-g25' and alias = 'champion'").fetchone()
+    assert champion is not None
+    run_tag = con.execute("select value from model_version_tags where name = 'medrestore-denoise-g25' and version = ? and key = 'train_run_id'",
+                          (champion[0],)).fetchone()
+    assert run_tag is not None and run_tag[0] in train_runs

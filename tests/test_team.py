@@ -70,6 +70,7 @@ def tiny_params(params: dict, datasets: Path) -> dict:
     params["train"]["runs"] = {RUN: params["train"]["runs"][RUN]}
     params["train"]["chains"] = {}
     params["train"]["finetune"] = {}
+    params["train"]["vessel"] = {}
     params["train"]["profile"] = "quick"
     params["train"]["profiles"]["quick"]["models"][MODEL].update(max_steps=20, val_every=10, ckpt_every=10)
     return params
