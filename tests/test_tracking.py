@@ -5,7 +5,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -77,15 +76,9 @@ def mlflow_server(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_client_env(""),
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    from tools.mlflow_server import wait_until_up
+
+    if not wait_until_up(url, proc, 180):
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("mlflow server did not start: " + (d / "server.log").read_text()[-2000:])
     yield url, proc, d / "server.db"

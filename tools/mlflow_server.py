@@ -53,6 +53,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_up(uri: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once the server at ``uri`` answers ``/health``; False when ``proc`` exits or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def start(root: Path = REPO, port: int | None = None, timeout: float = 90.0) -> dict:
     """Start the server for ``root`` (unless one runs) and return its record."""
     running = status(root)
@@ -67,17 +80,9 @@ def start(root: Path = REPO, port: int | None = None, timeout: float = 90.0) -> 
            "--artifacts-destination", (root / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with open(record.parent / "server.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    if not wait_until_up(uri, proc, timeout):
         if proc.poll() is not None:
             raise SystemExit(f"mlflow server exited ({proc.returncode}); see {record.parent / 'server.log'}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
         os.killpg(proc.pid, signal.SIGTERM)
         raise SystemExit(f"mlflow server did not answer at {uri} within {timeout:.0f} s; see {record.parent / 'server.log'}")
     info = {"uri": uri, "pid": proc.pid}

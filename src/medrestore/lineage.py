@@ -224,35 +224,3 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
             else:
                 raise
     return done
-    client = MlflowClient()
-    for task, pick in sorted(best.items()):
-        folder = Path(models_root) / task / pick["model"]
-        try:
-            rec = lineage(folder / "model.safetensors", root=root)
-            mlflow.log_artifacts(str(folder), artifact_path=f"models/{task}/{pick['model']}")
-            name = f"medrestore-{task}"
-            try:
-                client.get_registered_model(name)
-            except Exception:  # noqa: BLE001  MLflow raises its own error when the name is new
-                client.create_registered_model(name, description=f"Best model of the {task} task by {pick['metric']}, from the medrestore report stage.")
-            tags = {
-                "task": task,
-                "model": pick["model"],
-                "selected_by": f"{pick['metric']} = {pick['value']:.4f}",
-                "dvc_stage": rec["stage"],
-                "model_md5": rec["md5"],
-                "git_commit": (rec["git"] or {}).get("commit", "uncommitted"),
-                "train_run_id": (rec["mlflow"] or {}).get("run_id", "unknown"),
-                **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
-                "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
-            }
-            version = client.create_model_version(
-                name, source=f"{active.info.artifact_uri}/models/{task}/{pick['model']}", run_id=active.info.run_id, tags=tags
-            )
-            done[task] = f"{name}/{version.version}"
-        except Exception as exc:
-            if tracker is not None:
-                tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:200]}")
-            else:
-                raise
-    return done
