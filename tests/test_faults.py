@@ -301,7 +301,8 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
     (or is restored from DVC's run cache when a parallel experiment already ran it with the same
     inputs), report included, each executed stage logged once in MLflow and tagged with its experiment; each experiment's
     outputs are its own; shared paths in params.yaml are relative and resolve from the repository root
-    (a queued stage runs in a copy under .dvc/tmp/exps); the champion alias lands on a registered version."""
+    (a queued stage runs in a copy under .dvc/tmp/exps); each experiment's best model gets its own alias
+    (``exp-<name>``), never the published ``champion``."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -363,9 +364,13 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
             assert sorted(by_exp.get(name, [])) == sorted(ran[name]), (name, by_exp.get(name), ran[name])
         trained = [r for r in runs if r.info.run_name == f"train@{RUN}"]
         assert all(r.data.tags.get("model_uri") for r in trained)
-        champion = client.get_model_version_by_alias(f"medrestore-{TASK}", "champion")
-        assert champion.tags["train_run_id"] in {r.info.run_id for r in trained}
-        assert len(client.search_model_versions(f"name='medrestore-{TASK}'")) <= len(EXPERIMENTS)
+        # each experiment's report points its own alias at its best model; none moves the published champion
+        for name in EXPERIMENTS:
+            version = client.get_model_version_by_alias(f"medrestore-{TASK}", f"exp-{name}")
+            assert version.tags["train_run_id"] in {r.info.run_id for r in trained if r.data.tags["dvc_exp_name"] == name}
+        with pytest.raises(Exception, match="champion"):
+            client.get_model_version_by_alias(f"medrestore-{TASK}", "champion")
+        assert len(client.search_model_versions(f"name='medrestore-{TASK}'")) == len(EXPERIMENTS)  # three different models
     finally:
         dvc("queue", "stop", "--kill", cwd=work, check=False)
         mlflow_server.stop(work)

@@ -107,3 +107,12 @@ def test_a_missing_model_is_an_input_error(store):
 
     with pytest.raises(InputError, match="Fix"):
         model_folder("models:/medrestore-none@champion")
+
+
+def test_an_experiment_gets_its_own_alias_never_the_champion(monkeypatch):
+    from medrestore.mlflow_model import CHAMPION, alias_for_run
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert alias_for_run() == CHAMPION == "champion"
+    monkeypatch.setenv("DVC_EXP_NAME", "vprob-0.003")
+    assert alias_for_run() == "exp-vprob-0-003"

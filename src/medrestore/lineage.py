@@ -176,7 +176,8 @@ def format_lineage(rec: dict[str, Any]) -> str:
 
 
 def register_best_models(best: dict[str, dict], models_root: Path, root: Path | None = None, tracker=None) -> dict[str, str]:
-    """Point the ``champion`` alias of ``medrestore-<task>`` at each task's best model.
+    """Point the ``champion`` alias of ``medrestore-<task>`` at each task's best model (inside a DVC
+    experiment its own alias ``exp-<name>``: an experiment never replaces the published champion).
 
     ``best`` maps task -> {"model": name, "metric": name, "value": float}. The registered source is
     the MLflow pyfunc its training run logged (tag ``model_uri``; :mod:`medrestore.mlflow_model`), so
@@ -189,7 +190,7 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     import mlflow
     from mlflow import MlflowClient
 
-    from medrestore.mlflow_model import register_champion
+    from medrestore.mlflow_model import alias_for_run, register_champion
     from medrestore.tracking import repo_lock
 
     root = Path(root or Path.cwd())
@@ -217,7 +218,7 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
                 "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
             }
             with repo_lock("register"):  # two queued experiments' report stages: one registration at a time
-                done[task] = register_champion(task, uri, rec["md5"], tags)
+                done[task] = register_champion(task, uri, rec["md5"], tags, alias=alias_for_run())
         except Exception as exc:
             if tracker is not None:
                 tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:300]}")

@@ -12,7 +12,8 @@ input example (a validation patch of the task). So any MLflow tool can use it::
 
 The report stage registers each task's best converged model (:func:`register_champion`): a new
 version of ``medrestore-<task>`` only when no version holds weights with the same md5, then the
-alias ``champion`` moves to it. A registered model's folder comes back with :func:`model_folder`.
+alias ``champion`` moves to it (inside a DVC experiment the alias ``exp-<name>`` instead:
+:func:`alias_for_run`). A registered model's folder comes back with :func:`model_folder`.
 """
 
 from __future__ import annotations
@@ -80,9 +81,20 @@ def log_restoration_model(folder: Path, example: np.ndarray) -> str:
     return info.model_uri
 
 
-def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str]) -> str:
+def alias_for_run() -> str:
+    """The alias a report stage moves: ``champion`` in the repository's own workspace; inside a DVC
+    experiment (``DVC_EXP_NAME`` set, e.g. a queued one) ``exp-<name>``, so that an experiment never
+    replaces the published champion."""
+    import os
+    import re
+
+    exp = os.environ.get("DVC_EXP_NAME", "")
+    return f"exp-{re.sub(r'[^A-Za-z0-9_-]+', '-', exp)}" if exp else CHAMPION
+
+
+def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str], alias: str = CHAMPION) -> str:
     """Register ``model_uri`` as a version of ``medrestore-<task>`` unless a version with weights of
-    ``md5`` exists (then that one is reused), and point the ``champion`` alias at it.
+    ``md5`` exists (then that one is reused), and point ``alias`` (default ``champion``) at it.
     Returns ``"name/version"``."""
     from mlflow import MlflowClient
 
@@ -101,7 +113,7 @@ def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str])
 
         # register_model resolves a logged model's URI (models:/m-...) to its source and model id
         version = mlflow.register_model(model_uri, name, tags={**tags, "model_md5": md5})
-    client.set_registered_model_alias(name, CHAMPION, version.version)
+    client.set_registered_model_alias(name, alias, version.version)
     return f"{name}/{version.version}"
 
 

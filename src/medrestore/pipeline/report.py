@@ -5,6 +5,7 @@ MLflow's model registry with its lineage."""
 from __future__ import annotations
 
 from medrestore.lineage import register_best_models
+from medrestore.mlflow_model import alias_for_run
 from medrestore.pipeline.paths import EVAL, MODELS, PATCHES, REPORTS, SCORER, SEGMENTER, VESSEL_SWEEP
 from medrestore.pipeline.stage import params, run
 from medrestore.report import best_models, build_report
@@ -25,4 +26,4 @@ def main(argv: list[str] | None = None) -> None:
         tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json"])
         registered = register_best_models(best_models(EVAL, tasks, models_root=MODELS, train=p["train"]), MODELS, tracker=tracker)
         for task, version in registered.items():
-            print(f"[medrestore] {version} is the champion of {task} (alias @champion)")
+            print(f"[medrestore] {version} is {task}'s best converged model (alias @{alias_for_run()})")
