@@ -388,10 +388,4 @@ def repo_path(value: str | Path) -> Path:
 def repo_root() -> Path:
     """The repository root: ``DVC_ROOT`` inside a DVC stage, else the nearest folder with dvc.yaml."""
     env = os.environ.get("DVC_ROOT")
-    if env:
-        return Path(env)
-    here = Path.cwd().resolve()
-    for cand in (here, *here.parents):
-        if (cand / "dvc.yaml").exists():
-            return cand
-    return here
+    return Path(env) if env else workspace_root()
