@@ -314,7 +314,8 @@ def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tra
     found = json.loads(out.stdout)["mlflow"]
     assert found["run_id"] == train.info.run_id and found["matched_by"] == "output md5 tag", found
 
-    # The report stage's registration: the model goes to the artifact store, its version to PostgreSQL.
+    # The report stage's registration: a version of the training run's model (its files in the artifact
+    # store), the version and its champion alias in PostgreSQL.
     script = (
         "from pathlib import Path\n"
         "from medrestore.tracking import stage_run\n"
@@ -327,6 +328,9 @@ def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tra
     assert f"medrestore-{TASK}/1" in res.stdout, res.stdout + res.stderr[-3000:]
     (version,) = client.search_model_versions(f"name = 'medrestore-{TASK}'")
     assert version.tags["model_md5"] == md5(model_file) and version.tags["train_run_id"] == train.info.run_id
-    # ... and its file to the S3 artifact store, served through the tracking server.
-    stored = [v for k, v in s3_keys(s3_store[1], "mlflow/").items() if k.endswith("/model.safetensors") and version.run_id in k.split("/")]
+    # ... from the training run's logged pyfunc, whose files went to the S3 artifact store through the tracking server
+    model_id = getattr(version, "model_id", None)
+    stored = [v for k, v in s3_keys(s3_store[1], "mlflow/").items()
+              if k.endswith("/model.safetensors") and (model_id in k.split("/") if model_id else "/models/" in k)]
     assert len(stored) == 1 and stored[0] == model_file.read_bytes()
+    assert train.data.tags["model_md5"] == md5(model_file) and train.data.tags["model_uri"].startswith("models:/")
