@@ -188,7 +188,7 @@ def _cmd_verify(args) -> int:
 def _cmd_sweep(args) -> int:
     from medrestore.sweep import write_sweep
 
-    result = write_sweep(args.out, args.params)
+    result = write_sweep(args.out, args.params, revs=args.rev)
     print(f"{args.out}: {len(result['points'])} points")
     for pt in result["points"]:
         print(f"  {pt['run']} weight {pt['weight']:g} [{pt['variant']}]: PSNR in FOV {pt['psnr_fov']:.2f} dB, "
@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sweep", help="collect the vessel-term weight sweep (DVC experiments) into reports/vessel_sweep.json")
     p.add_argument("--out", default="reports/vessel_sweep.json")
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--rev", action="append", default=None,
+                   help="baseline commit whose experiments are collected (repeatable; default HEAD, as dvc exp show)")
     p.set_defaults(fn=_cmd_sweep)
     args = parser.parse_args(argv)
     try:

@@ -64,8 +64,10 @@ def collect(rows: Iterable[Mapping[str, Any]], vessel: Mapping[str, Mapping[str,
             "points": [points[k] for k in sorted(points)]}
 
 
-def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml", rows: Iterable[Mapping] | None = None) -> dict:
-    """Collect the sweep from this repository's experiments (or ``rows``) and write ``out``."""
+def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml", rows: Iterable[Mapping] | None = None,
+                revs: list[str] | None = None) -> dict:
+    """Collect the sweep from this repository's experiments (or ``rows``) and write ``out``.
+    ``revs``: the baseline commits whose experiments count (default HEAD's, as ``dvc exp show``)."""
     import yaml
 
     params = yaml.safe_load(Path(params_path).read_text())
@@ -75,7 +77,7 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
     if rows is None:
         import dvc.api
 
-        rows = dvc.api.exp_show()
+        rows = dvc.api.exp_show(revs=revs) if revs else dvc.api.exp_show()
     result = collect(rows, vessel)
     write_json_atomic(Path(out), result)
     return result

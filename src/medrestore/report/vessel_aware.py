@@ -130,13 +130,18 @@ def sweep_figure(sweep: dict, summary: dict, variant: str, plain: str) -> bytes 
             ax.plot(xs, ys, "o-", label=FORMS.get(form, form))
             for p, x, y in zip(pts, xs, ys):
                 ax.annotate(f"{p['weight']:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        plain_psnr = summary["methods"].get(plain, {}).get(variant, {}).get("psnr_fov", {}).get("mean")
+        off = []
         for m, st in summary["methods"].items():
             s = st.get(variant, {})
+            if col in s and "psnr_fov" in s and s.get("kind") == "baseline" and plain_psnr is not None and s["psnr_fov"]["mean"] < plain_psnr - 2.0:
+                off.append(f"{m} {s['psnr_fov']['mean']:.1f} dB")  # far below: it would squeeze the sweep into a corner
+                continue
             if col in s and "psnr_fov" in s and (m == plain or s.get("kind") == "baseline"):
                 ax.plot(s[col]["mean"], s["psnr_fov"]["mean"], marker="*" if m == plain else "s", linestyle="none",
                         color="black" if m == plain else "grey", markersize=10 if m == plain else 6)
                 ax.annotate(m, (s[col]["mean"], s["psnr_fov"]["mean"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
-        ax.set_xlabel(title, fontsize=8)
+        ax.set_xlabel(title + (f"\n(off the chart, more than 2 dB below {plain}: {', '.join(off)})" if off else ""), fontsize=8)
         ax.set_ylabel("PSNR inside the FOV (dB)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
