@@ -15,6 +15,25 @@ CHASE = SHARED / "datasets" / "chase_db1"
 ASSETS = SHARED / "assets" / "pyiqa"
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_restored():
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in ``os.environ`` (for subprocesses):
+    a test that calls it, directly or through a stage run in-process, would point every later test's
+    subprocesses at its store (a stopped server, a deleted folder). Restore both after each test."""
+    import sys
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before and "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None: unset
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def copy_checkout(dest: Path) -> Path:
     """Copy the working tree as git sees it (tracked files and new files git does not ignore, as they
     are now) to ``dest``: what a clone of this state would hold, without caches, outputs or .git

@@ -303,7 +303,6 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
     outputs are its own; shared paths in params.yaml are relative and resolve from the repository root
     (a queued stage runs in a copy under .dvc/tmp/exps); each experiment's best model gets its own alias
     (``exp-<name>``), never the published ``champion``."""
-    import mlflow
     from mlflow import MlflowClient
 
     from tools import mlflow_server
@@ -351,8 +350,7 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
         assert set(metrics) == set(EXPERIMENTS)
         assert len({json.dumps(m[TASK][MODEL], sort_keys=True) for m in metrics.values()}) == len(EXPERIMENTS)  # each its own
         # MLflow, through the server: every stage of every experiment, finished, tagged with its experiment
-        mlflow.set_tracking_uri(server["uri"])
-        client = MlflowClient()
+        client = MlflowClient(tracking_uri=server["uri"])  # not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to later tests
         exp = client.get_experiment_by_name("medrestore")
         assert ".dvc/tmp" not in exp.artifact_location
         runs = client.search_runs([exp.experiment_id], max_results=1000)
