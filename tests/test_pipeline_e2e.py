@@ -133,6 +133,17 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
     claims = json.loads((work / "reports" / "claims.json").read_text())
     assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {"reproduced", "not reproduced", "not converged", "not run"}
     assert "## Paper claims" in md and "## Best methods" in md and "denoise-g25: convergence" in md
+    from medrestore.targets import TARGETS
+
+    targets = json.loads((work / "reports" / "targets.json").read_text())
+    assert "## Quality targets" in md and [t["target"] for t in targets] == [t.target for t in TARGETS]
+    for t in targets:  # a verdict where every model of the target converged, from the numbers
+        if t["verdict"] in ("met", "missed"):
+            assert (t["difference"]["mean"] >= t["margin"]) == (t["verdict"] == "met"), t
+        trained = [m for m in (t.get("subject_method"), t["reference"]) if m in metrics.get(t["task"], {}) and "converged" in next(iter(metrics[t["task"]][m].values()))]
+        if trained and t["verdict"] != "not run":
+            converged = all(next(iter(metrics[t["task"]][m].values()))["converged"] for m in trained)
+            assert (t["verdict"] != "not converged") == converged, t
     for fig in ("denoise-g25_crops", "denoise-g25_errors", "denoise-g25_vessels", "denoise-g25_cost", "sr-x4_crops", "enhance_curves"):
         assert (work / "reports" / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
     assert "## Vessel segmenter" in md and "AUC" in md

@@ -1,5 +1,5 @@
 """The published comparison: ``reports/report.md``, a self-contained ``reports/index.html``,
-``reports/metrics.json`` (read by ``dvc metrics show``), ``reports/claims.json`` and the figures
+``reports/metrics.json`` (read by ``dvc metrics show``), ``reports/claims.json``, ``reports/targets.json`` and the figures
 they show, assembled from the evaluation's summaries, the models' curves and ``dvc.lock``."""
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ from medrestore.report.tables import (
     sorted_methods,
     task_table,
 )
-from medrestore.report.vessel_aware import vessel_section
 from medrestore.report.text import (
     CONVERGENCE_TEXT,
     methods_paragraph,
     segmenter_section,
 )
+from medrestore.report.vessel_aware import vessel_section
+from medrestore.targets import RULE as TARGET_RULE
+from medrestore.targets import check_targets, targets_rows
 
 
 def build_report(
@@ -88,6 +90,14 @@ def build_report(
     intro = f"What the papers claim, checked against this run's test images ({counts}). Rule: {RULE}."
     md += ["## Paper claims", "", intro, "", *md_table(header, rows)]
     html_parts.append(f"<h2 id='claims'>Paper claims</h2><p>{html.escape(intro)}</p>" + html_table(header, rows))
+    targets = check_targets(Path(eval_root), conv_by_task, int(params["seed"]), Path(models_root))
+    write_json_atomic(out_dir / "targets.json", targets)
+    header, rows = targets_rows(targets)
+    counts = ", ".join(f"{sum(t['verdict'] == v for t in targets)} {v}" for v in ("met", "missed", "not converged", "not run"))
+    intro = (f"The levels this report must reach to speak for the papers' methods ({counts}). Rule: {TARGET_RULE}. "
+             "Each task's convergence table and training curves below show the curves behind the training column.")
+    md += ["## Quality targets", "", intro, "", *md_table(header, rows)]
+    html_parts.append(f"<h2 id='targets'>Quality targets</h2><p>{html.escape(intro)}</p>" + html_table(header, rows))
     header, rows = best_rows(Path(eval_root), tasks, conv_by_task)
     md += ["## Best methods", "", "Among baselines and converged models only.", "", *md_table(header, rows)]
     html_parts.append("<h2 id='best'>Best methods</h2><p>Among baselines and converged models only.</p>" + html_table(header, rows))
