@@ -92,3 +92,22 @@ def test_without_vessel_runs_there_is_nothing_to_collect(tmp_path):
     with pytest.raises(InputError, match="no train.vessel runs"):
         write_sweep(tmp_path / "out.json", tmp_path / "params.yaml", rows=[])
     assert not (tmp_path / "out.json").exists()
+
+
+def test_merge_keeps_earlier_points_the_new_collection_does_not_replace(repo, monkeypatch):
+    import dvc.api
+
+    monkeypatch.chdir(repo)
+    out = repo / "merged.json"
+    earlier = {"run": "t-m-vfeat", "method": "m-vfeat", "form": "vessel", "weight": 0.0003, "task": "t", "variant": "s25", "psnr_fov": 33.5}
+    stale = {**earlier, "run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": 0.003, "psnr_fov": 1.0}
+    out.write_text(json.dumps({"note": "", "points": [earlier, stale]}))
+    result = write_sweep(out, repo / "params.yaml", rows=dvc.api.exp_show(repo=str(repo)), merge=True)
+    got = {(p["run"], p["weight"]): p["psnr_fov"] for p in result["points"]}
+    assert got[("t-m-vfeat", 0.0003)] == 33.5  # another clone's experiment, kept
+    assert got[("t-m-vprob", 0.003)] == pytest.approx(34.0 - 100 * 0.003)  # re-collected: the new number replaces the old
+    assert len(got) == 5
+    out.write_text("not json")
+    with pytest.raises(InputError, match="not a sweep file"):
+        write_sweep(out, repo / "params.yaml", rows=[], merge=True)
+    assert out.read_text() == "not json"

@@ -188,7 +188,7 @@ def _cmd_verify(args) -> int:
 def _cmd_sweep(args) -> int:
     from medrestore.sweep import write_sweep
 
-    result = write_sweep(args.out, args.params, revs=args.rev)
+    result = write_sweep(args.out, args.params, revs=args.rev, merge=args.merge)
     print(f"{args.out}: {len(result['points'])} points")
     for pt in result["points"]:
         print(f"  {pt['run']} weight {pt['weight']:g} [{pt['variant']}]: PSNR in FOV {pt['psnr_fov']:.2f} dB, "
@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--rev", action="append", default=None,
                    help="baseline commit whose experiments are collected (repeatable; default HEAD, as dvc exp show)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the points already in --out that this collection does not replace (experiments run in another clone)")
     p.set_defaults(fn=_cmd_sweep)
     args = parser.parse_args(argv)
     try:

@@ -64,10 +64,21 @@ def collect(rows: Iterable[Mapping[str, Any]], vessel: Mapping[str, Mapping[str,
             "points": [points[k] for k in sorted(points)]}
 
 
+def merge_points(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """``new``'s points and those of ``old`` at a (run, weight, variant) that ``new`` lacks, sorted
+    like :func:`collect`'s: a sweep whose experiments ran in several sessions or clones."""
+    key = lambda p: (p["run"], float(p["weight"]), p["variant"])  # noqa: E731
+    points = {key(p): dict(p) for p in old}
+    points.update({key(p): dict(p) for p in new})
+    return [points[k] for k in sorted(points)]
+
+
 def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml", rows: Iterable[Mapping] | None = None,
-                revs: list[str] | None = None) -> dict:
+                revs: list[str] | None = None, merge: bool = False) -> dict:
     """Collect the sweep from this repository's experiments (or ``rows``) and write ``out``.
-    ``revs``: the baseline commits whose experiments count (default HEAD's, as ``dvc exp show``)."""
+    ``revs``: the baseline commits whose experiments count (default HEAD's, as ``dvc exp show``);
+    ``merge``: keep the points already in ``out`` that this collection does not replace (experiments
+    no longer in this repository: another clone's, or removed with ``dvc exp remove``)."""
     import yaml
 
     params = yaml.safe_load(Path(params_path).read_text())
@@ -79,5 +90,13 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
 
         rows = dvc.api.exp_show(revs=revs) if revs else dvc.api.exp_show()
     result = collect(rows, vessel)
+    if merge and Path(out).is_file():
+        import json
+
+        try:
+            before = json.loads(Path(out).read_text())["points"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{out}: not a sweep file ({exc}). Fix: collect without --merge to write it anew.") from None
+        result["points"] = merge_points(before, result["points"])
     write_json_atomic(Path(out), result)
     return result
