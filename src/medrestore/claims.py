@@ -16,6 +16,7 @@ The papers are named by the labels of :data:`PAPERS` (README: label, authors, ye
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,7 +68,8 @@ RULE = ("reproduced: the mean per-image difference is in the claimed direction a
         "not in this run")
 
 
-def _scores(table: pd.DataFrame, variant: str, method: str, metric: str) -> pd.Series | None:
+def per_image_scores(table: pd.DataFrame, variant: str, method: str, metric: str) -> pd.Series | None:
+    """One method's ``metric`` per test image (indexed by image id) on ``variant``; None when absent."""
     rows = table[(table["variant"] == variant) & (table["method"] == method)]
     if rows.empty or metric not in rows or rows[metric].isna().all():
         return None
@@ -84,7 +86,7 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     (methods absent from it are baselines)."""
     out = {"paper": claim.paper, "claim": claim.claim, "task": claim.task, "variant": claim.variant, "metric": claim.metric,
            "better": claim.better, "worse": claim.worse, "lower_is_better": claim.metric in LOWER_IS_BETTER}
-    a, b = _scores(table, claim.variant, claim.better, claim.metric), _scores(table, claim.variant, claim.worse, claim.metric)
+    a, b = per_image_scores(table, claim.variant, claim.better, claim.metric), per_image_scores(table, claim.variant, claim.worse, claim.metric)
     if a is None or b is None:
         missing = [m for m, s in ((claim.better, a), (claim.worse, b)) if s is None]
         return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}"}
@@ -103,16 +105,22 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     return out
 
 
+def per_image_tables(eval_root: Path, tasks: Iterable[str]) -> dict[str, pd.DataFrame | None]:
+    """Each task's ``per_image.csv`` under ``eval_root``, read once; None where the task was not evaluated."""
+    out: dict[str, pd.DataFrame | None] = {}
+    for task in sorted(set(tasks)):
+        path = Path(eval_root) / task / "per_image.csv"
+        out[task] = pd.read_csv(path) if path.is_file() else None
+    return out
+
+
 def check_claims(eval_root: Path, converged: dict[str, dict[str, dict]], seed: int, claims: tuple[Claim, ...] = CLAIMS) -> list[dict]:
     """Every claim, judged on the task's ``per_image.csv`` under ``eval_root`` (``not run`` where the
     task was not evaluated); ``converged``: task -> trained method -> convergence verdict (the report's
     :func:`medrestore.report.policy.task_convergence`)."""
     results = []
-    tables: dict[str, pd.DataFrame | None] = {}
+    tables = per_image_tables(eval_root, {c.task for c in claims})
     for c in claims:
-        if c.task not in tables:
-            path = Path(eval_root) / c.task / "per_image.csv"
-            tables[c.task] = pd.read_csv(path) if path.is_file() else None
         table = tables[c.task]
         if table is None:
             results.append({**asdict(c), "values": {}, "verdict": "not run", "why": f"task {c.task} not evaluated"})

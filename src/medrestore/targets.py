@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from medrestore.claims import per_image_scores, per_image_tables
 from medrestore.evaluation import bootstrap_ci
 from medrestore.io import read_json
 from medrestore.metrics import BEST_BY, LOWER_IS_BETTER
@@ -80,13 +80,6 @@ def best_model(table: pd.DataFrame, variant: str, converged: dict[str, dict]) ->
     return max(sorted(scores), key=scores.get) if scores else None
 
 
-def _scores(table: pd.DataFrame, variant: str, method: str, metric: str) -> pd.Series | None:
-    rows = table[(table["variant"] == variant) & (table["method"] == method)]
-    if rows.empty or metric not in rows or rows[metric].isna().all():
-        return None
-    return rows.set_index("image_id")[metric].astype(float)
-
-
 def training_note(method: str, status: dict | None) -> str | None:
     """How far a trained model went: steps, the gain over its last quarter and the verdict."""
     if status is None:
@@ -111,7 +104,7 @@ def check_target(target: Target, table: pd.DataFrame, converged: dict[str, dict]
         return {**out, "verdict": "not converged" if trained else "not run", "values": {},
                 "why": "no trained model of the task converged" if trained else "no trained model in this run",
                 "training": [n for n in (training_note(m, converged[m]) for m in trained) if n]}
-    a, b = _scores(table, target.variant, subject, target.metric), _scores(table, target.variant, target.reference, target.metric)
+    a, b = per_image_scores(table, target.variant, subject, target.metric), per_image_scores(table, target.variant, target.reference, target.metric)
     if a is None or b is None:
         missing = [m for m, s in ((subject, a), (target.reference, b)) if s is None]
         return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}", "training": []}
@@ -140,11 +133,8 @@ def check_targets(eval_root: Path, conv_by_task: dict[str, dict[str, dict]], see
     task -> trained method -> convergence record (:func:`medrestore.report.policy.task_convergence`),
     completed with each model's steps from ``models_root/TASK/METHOD/metrics.json``."""
     results = []
-    tables: dict[str, pd.DataFrame | None] = {}
+    tables = per_image_tables(eval_root, {t.task for t in targets})
     for t in targets:
-        if t.task not in tables:
-            path = Path(eval_root) / t.task / "per_image.csv"
-            tables[t.task] = pd.read_csv(path) if path.is_file() else None
         if tables[t.task] is None:
             results.append({**asdict(t), "values": {}, "verdict": "not run", "why": f"task {t.task} not evaluated", "training": []})
             continue
