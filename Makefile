@@ -33,8 +33,10 @@ mlflow-server: $(STAMP)
 mlflow-server-stop:
 	$(BIN)/python tools/mlflow_server.py stop
 
-queue: mlflow-server
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc queue start -j $(J)
+# tools/exp_queue.py: starts the server and the workers, waits for the queue to empty, queues again (up to
+# twice) an experiment DVC's own queue dropped, stops the idle workers, prints one line per experiment.
+queue: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/exp_queue.py -j $(J)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
