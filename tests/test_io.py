@@ -5,10 +5,12 @@ import subprocess
 import sys
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import yaml
 from PIL import Image
 
 from medrestore.io import (
@@ -22,6 +24,8 @@ from medrestore.io import (
     write_json_atomic,
     write_png_atomic,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_write_json_atomic_is_byte_stable(tmp_path):
@@ -279,3 +283,22 @@ def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
         (tmp / "a").write_text("1")
     assert sorted(os.listdir(tmp_path)) == sorted([".keep.me", live.name, "patches"])
     assert remove_stale_temporaries(tmp_path) == []
+
+
+def test_params_written_by_dvc_set_param_keep_their_numbers(tmp_path):
+    """``dvc exp run -S train.models.redae.lr=1e-5`` writes ``lr: 1e-05`` (YAML 1.2, no point): the
+    pipeline reads it as the float DVC meant, not as text; ints, strings and the repository's own
+    params.yaml read as before."""
+    from dvc.utils.hydra import apply_overrides
+
+    from medrestore.io import load_params, load_yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(params, ["train.models.redae.lr=1e-5", "train.models.cdae.lr=2.5e-06", "seed=7"])
+    assert "lr: 1e-05" in params.read_text()  # what DVC writes
+    got = load_params("train", params)["models"]
+    assert got["redae"]["lr"] == 1e-05 and isinstance(got["redae"]["lr"], float)
+    assert got["cdae"]["lr"] == 2.5e-06 and load_params(path=params)["seed"] == 7
+    assert load_yaml("a: [5e3, 1E+2, .5e-1, 1.0, 12, 1e5x, v1e5, '1e-05']") == {"a": [5000.0, 100.0, 0.05, 1.0, 12, "1e5x", "v1e5", "1e-05"]}
+    assert load_params(path=REPO / "params.yaml") == yaml.safe_load((REPO / "params.yaml").read_text())

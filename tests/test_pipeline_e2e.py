@@ -256,3 +256,21 @@ def test_vessel_aware_twins_are_scored_by_the_independent_segmenter_and_reported
         run_tag = con.execute("select value from model_version_tags where name = ? and version = ? and key = 'train_run_id'",
                               (name, version)).fetchone()
         assert run_tag is not None and run_tag[0] in train_runs
+
+
+def test_score_models_benchmark_gives_the_evaluations_own_numbers(repro, tmp_path):
+    """benchmarks/score_models.py (training settings judged on the report's metric without the evaluate
+    stage) restores and scores the test images exactly as evaluate@denoise-g25 does."""
+    work, _, _, _, _ = repro
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = tmp_path / "scores.json"
+    run([sys.executable, "benchmarks/score_models.py", "denoise-g25", "artifacts/models/denoise-g25/cdae", "--out", str(out)], work, env)
+    scores = json.loads(out.read_text())["s25"]
+    per_image = pd.read_csv(work / "artifacts" / "eval" / "denoise-g25" / "per_image.csv")
+    per_image = per_image[per_image["variant"] == "s25"]
+    for name, method in (("artifacts/models/denoise-g25/cdae", "cdae"), ("degraded", "degraded")):
+        ours = {r["image"]: r["psnr_fov"] for r in scores[name]["images"]}
+        theirs = per_image[per_image["method"] == method].set_index("image_id")["psnr_fov"].to_dict()
+        assert set(ours) == set(theirs) and len(ours) > 0
+        for image, value in ours.items():
+            assert value == pytest.approx(theirs[image], abs=1e-3), (method, image)

@@ -109,8 +109,10 @@ def requeue_command(root: Path, entry) -> tuple[list[str], str | None]:
     """The ``dvc exp run --queue`` arguments that queue ``entry`` again, and why it cannot be done
     automatically (None when it can)."""
     changed = {p for p in _git(root, "diff", "--name-only", entry.baseline_rev, entry.stash_rev).stdout.split() if not _ignored(p)}
-    old = yaml.safe_load(_git(root, "show", f"{entry.baseline_rev}:{PARAMS}").stdout) or {}
-    new = yaml.safe_load(_git(root, "show", f"{entry.stash_rev}:{PARAMS}").stdout) or {}
+    from medrestore.io import load_yaml  # numbers read as DVC writes them (1e-05 is a float)
+
+    old = load_yaml(_git(root, "show", f"{entry.baseline_rev}:{PARAMS}").stdout) or {}
+    new = load_yaml(_git(root, "show", f"{entry.stash_rev}:{PARAMS}").stdout) or {}
     args = ["exp", "run", "--queue", "-n", entry.name]
     for override in param_overrides(old, new):
         args += ["-S", override]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from medrestore.io import InputError
+from medrestore.io import InputError, load_yaml
 
 
 def read_lock(path: Path, *, required: bool = False) -> dict:
@@ -20,7 +20,7 @@ def read_lock(path: Path, *, required: bool = False) -> dict:
         if required:
             raise InputError(f"{path}: missing. Fix: run `dvc repro` first (lineage is read from dvc.lock).")
         return {}
-    return yaml.safe_load(path.read_text()) or {}
+    return load_yaml(path.read_text()) or {}
 
 
 def lock_stages(path: Path, *, required: bool = False) -> dict:

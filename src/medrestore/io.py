@@ -355,11 +355,30 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- params
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads YAML 1.2 floats written without a point or an exponent
+    sign (``1e-05``, ``5e3``). ``dvc exp run -S lr=1e-5`` writes ``lr: 1e-05`` into params.yaml (DVC
+    writes YAML 1.2); YAML 1.1 reads that as the text ``'1e-05'``, and a learning rate would reach
+    the optimiser as a string."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """YAML text parsed as DVC reads it (:class:`ParamsLoader`): params files, dvc.lock."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_params(section: str | None = None, path: str | os.PathLike = "params.yaml") -> Any:
     """Read ``params.yaml`` (or one top-level section of it)."""
     path = Path(path)
     with open(path) as fh:
-        params = yaml.safe_load(fh)
+        params = load_yaml(fh.read())
     if section is None:
         return params
     if section not in params:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medrestore.io import InputError, write_json_atomic
+from medrestore.io import InputError, load_yaml, write_json_atomic
 
 #: The headline metrics of reports/metrics.json each point keeps.
 POINT_METRICS = ("psnr_fov", "thin_kept", "invented", "thin_kept_indep", "invented_indep")
@@ -79,9 +79,7 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
     ``revs``: the baseline commits whose experiments count (default HEAD's, as ``dvc exp show``);
     ``merge``: keep the points already in ``out`` that this collection does not replace (experiments
     no longer in this repository: another clone's, or removed with ``dvc exp remove``)."""
-    import yaml
-
-    params = yaml.safe_load(Path(params_path).read_text())
+    params = load_yaml(Path(params_path).read_text())
     vessel = (params.get("train") or {}).get("vessel") or {}
     if not vessel:
         raise InputError(f"{params_path}: no train.vessel runs, so there is no sweep to collect. Fix: add them (README, \"Vessel-aware training\").")
