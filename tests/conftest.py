@@ -34,6 +34,27 @@ def _tracking_uri_restored():
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def subprocess_env() -> dict:
+    """The environment of a test's DVC / git subprocesses: this one without MLflow's or DVC's own
+    variables, this Python's folder first on PATH (the stages' `python`), a git identity."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    return env
+
+
+def use_subprocess_env(monkeypatch) -> None:
+    """Make :func:`subprocess_env` this process's environment for one test (for code under test that
+    starts DVC itself)."""
+    env = subprocess_env()
+    for key in [k for k in os.environ if k not in env]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
 def copy_checkout(dest: Path) -> Path:
     """Copy the working tree as git sees it (tracked files and new files git does not ignore, as they
     are now) to ``dest``: what a clone of this state would hold, without caches, outputs or .git

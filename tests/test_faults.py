@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import copy_checkout, cut_patches, noisy_copies, shrink_params
+from conftest import copy_checkout, cut_patches, noisy_copies, shrink_params, subprocess_env, use_subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -58,15 +58,8 @@ def tiny_params(p: dict) -> dict:
     return p
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    return env
-
-
 def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout, check=False)
+    res = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False)
     if check:
         assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     return res
@@ -116,7 +109,7 @@ def kill_when_writing(work: Path, cmd: list[str], parent: Path, name: str, timeo
         return set(parent.glob(f".{name}.*.tmp")) if parent.is_dir() else set()
 
     earlier = temporaries()  # leftovers of earlier kills are not a sign of this run writing
-    proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=work, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + timeout
     seen = None
     while time.time() < deadline and proc.poll() is None:
@@ -320,9 +313,7 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
     server = mlflow_server.start(work)
     try:
         # make queue's runner: it waits for the queue and queues again what DVC's own queue dropped (#10673)
-        for key in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
-            monkeypatch.delenv(key)
-        monkeypatch.setenv("PATH", _env()["PATH"])  # the stages' `python` is this environment's
+        use_subprocess_env(monkeypatch)  # the runner starts DVC itself; the stages' `python` is this environment's
         result = exp_queue.run(work, jobs=2, retries=2, server=False, poll=5.0, timeout=1500)
         status = dvc("queue", "status", cwd=work).stdout
         log_of = {n: dvc("queue", "logs", n, cwd=work, check=False).stdout for n in EXPERIMENTS}

@@ -1,35 +1,20 @@
 """tools/exp_queue.py (make queue): DVC's queue run to the end, failed experiments queued again with
 their own parameters, real failures reported with their logs."""
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import subprocess_env, use_subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("exp_queue", REPO / "tools" / "exp_queue.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    return env
+from tools import exp_queue
 
 
 def _sh(cmd: list[str], cwd: Path) -> str:
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    res = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, f"{cmd}: {res.stdout[-2000:]} {res.stderr[-2000:]}"
     return res.stdout
 
@@ -47,7 +32,7 @@ def test_overrides_turn_the_baseline_params_into_the_experiments_through_dvcs_ow
     old = {"train": {"lr": 0.001, "profile": "standard"}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(old))
-    overrides = _tool().param_overrides(old, new)
+    overrides = exp_queue.param_overrides(old, new)
     assert overrides
     apply_overrides(path, overrides)
     assert load_yaml(path) == new  # read as DVC reads it (YAML 1.2: DVC writes 1e-05 without a point)
@@ -79,13 +64,9 @@ def test_failed_experiments_are_queued_again_and_a_real_failure_is_reported(tmp_
         _sh(cmd, work)
     for name, lr in (("ok", 0.1), ("flaky", 0.2), ("broken", 0.3)):
         _sh([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-n", name, "-S", f"lr={lr}"], work)
-    for key, value in _env().items():
-        monkeypatch.setenv(key, value)
-    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
-        monkeypatch.delenv(key)
+    use_subprocess_env(monkeypatch)  # the runner starts DVC itself
 
-    tool = _tool()
-    result = tool.run(work, jobs=2, retries=1, server=False, poll=1.0, timeout=600)
+    result = exp_queue.run(work, jobs=2, retries=1, server=False, poll=1.0, timeout=600)
     out = capsys.readouterr().out
     assert result["ok"] == {"status": "Success", "attempts": 1}, out
     assert result["flaky"] == {"status": "Success", "attempts": 2}, out
@@ -120,6 +101,6 @@ def test_a_moved_head_is_not_queued_again_blindly(tmp_path):
     class Entry:
         name, baseline_rev, stash_rev = "exp-a", base, stash
 
-    args, why = _tool().requeue_command(work, Entry)
+    args, why = exp_queue.requeue_command(work, Entry)
     assert args[-2:] == ["-S", "lr=0.2"]
     assert why and "no longer its baseline" in why

@@ -1,23 +1,16 @@
 """The quick tour's params: the quick profile at 256 px, shared paths still valid from the copy."""
 
-import importlib.util
 from pathlib import Path
 
 import yaml
 
+from tools import quick_tour
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tour():
-    spec = importlib.util.spec_from_file_location("quick_tour", REPO / "tools" / "quick_tour.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_tour_params_pick_the_quick_profile_and_keep_shared_paths_valid(tmp_path):
-    tour = _tour()
-    params = tour.tour_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    params = quick_tour.tour_params(yaml.safe_load((REPO / "params.yaml").read_text()))
     assert params["train"]["profile"] == "quick" and params["prepare"]["size"] == 256
     assert params["patchify"]["patch_size"] % 4 == 0  # x4 super-resolution inputs stay whole
     for section, key in (("download", "mirror"), ("evaluate", "assets")):
@@ -30,5 +23,5 @@ def test_tour_params_pick_the_quick_profile_and_keep_shared_paths_valid(tmp_path
 
 def test_tour_refuses_to_overwrite_an_earlier_tour(tmp_path, capsys):
     (tmp_path / "tour").mkdir()
-    assert _tour().main(["--dest", str(tmp_path / "tour")]) == 2
+    assert quick_tour.main(["--dest", str(tmp_path / "tour")]) == 2
     assert "remove it first" in capsys.readouterr().err
