@@ -128,3 +128,18 @@ def test_main_writes_json_and_markdown(tmp_path, assets_dir):
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_stage_times_splits_each_stage_into_its_run_and_the_gap_before_it():
+    from benchmarks.stage_times import format_table, stage_rows
+
+    runs = [("train@b", 20.0, 50.0), ("download", 2.0, 5.0)]  # any order: sorted by start
+    rows = stage_rows(runs, since=0.0)
+    assert [r["stage"] for r in rows] == ["download", "train@b"]
+    assert rows[0] == {"stage": "download", "wall": 5.0, "in_run": 3.0, "between": 2.0}
+    assert rows[1] == {"stage": "train@b", "wall": 45.0, "in_run": 30.0, "between": 15.0}
+    assert stage_rows(runs)[0]["between"] == 0.0  # without --since the first process start is unknown
+    text = format_table(rows, "t", tail=4.0)
+    assert text.splitlines()[-1].split() == ["total", "54.0", "33.0", "21.0"]
+    with pytest.raises(ValueError, match="train@c started at 30.0, before the previous one ended"):
+        stage_rows([*runs, ("train@c", 30.0, 60.0)], since=0.0)  # two workers' runs interleaved
