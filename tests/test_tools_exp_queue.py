@@ -24,6 +24,7 @@ def _sh(cmd: list[str], cwd: Path) -> str:
     {"train": {"lr": 0.001, "profile": "standard", "milestones": [0.5, 0.75]}},       # added list
     {"train": {"lr": 0.001}, "flag": True, "note": "a b: c's"},                        # removed + quoted text
     {"train": {"lr": 1e-05, "profile": "standard", "kw": {"skip": "bicubic", "n": None}}},
+    {"train": {"lr": 0.001, "profile": "inf", "tag": "nan", "kind": "1e5"}},          # text that reads as a number
 ])
 def test_overrides_turn_the_baseline_params_into_the_experiments_through_dvcs_own_parser(tmp_path, new):
     from dvc.utils.hydra import apply_overrides

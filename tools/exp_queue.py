@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = "params.yaml"
@@ -67,6 +66,17 @@ def failed_entries(root: Path) -> list:
         return [entry for entry, _ in repo.experiments.celery_queue.iter_failed()]
 
 
+def _hydra_text(text: str) -> bool:
+    """Whether Hydra's override parser (DVC's -S) reads ``text`` unquoted as this same string
+    (``inf``, ``nan``, ``true`` are numbers or booleans to it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(f"key={text}").value() == text
+    except Exception:  # noqa: BLE001 - any parse error: quote it
+        return False
+
+
 def hydra_value(value) -> str:
     """``value`` written in the override grammar of ``dvc exp run -S`` (Hydra's)."""
     if value is None:
@@ -83,7 +93,7 @@ def hydra_value(value) -> str:
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
-    if _PLAIN.match(text) and yaml.safe_load(text) == text:
+    if _PLAIN.match(text) and _hydra_text(text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
