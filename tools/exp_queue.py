@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = "params.yaml"
 def _ignored(path: str) -> bool:
@@ -119,7 +118,9 @@ def requeue_command(root: Path, entry) -> tuple[list[str], str | None]:
     """The ``dvc exp run --queue`` arguments that queue ``entry`` again, and why it cannot be done
     automatically (None when it can)."""
     changed = {p for p in _git(root, "diff", "--name-only", entry.baseline_rev, entry.stash_rev).stdout.split() if not _ignored(p)}
-    from medrestore.io import load_yaml  # numbers read as DVC writes them (1e-05 is a float)
+    from medrestore.io import (
+        load_yaml,  # numbers read as DVC writes them (1e-05 is a float)
+    )
 
     old = load_yaml(_git(root, "show", f"{entry.baseline_rev}:{PARAMS}").stdout) or {}
     new = load_yaml(_git(root, "show", f"{entry.stash_rev}:{PARAMS}").stdout) or {}
