@@ -9,6 +9,10 @@ wall time of every validation. Nothing is written to the DVC outputs or to MLflo
         max_steps=600 val_every=100 [--out result.json]
 
 Values of --set are YAML (``lr_milestones=[0.5]``, ``model_kwargs={skip: bicubic}``).
+
+``--snapshots DIR --snapshot-steps 1000 4000 ...`` also keeps the network as it is at those validated
+steps (``DIR/step-01000``, model folders as the train stage writes them, current weights rather than the
+best so far), so that one long run gives a test-image curve (``benchmarks/score_models.py DIR/step-*``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,32 @@ class _Clock:
             print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
 
 
+def _keep_snapshots(folder: Path, steps: set[int], cfg) -> None:
+    """Add a callback to the engine's trainer that saves the network after the validations at ``steps``."""
+    import copy
+
+    import pytorch_lightning as L
+    import torch
+
+    from medrestore.models import save_model
+    from medrestore.training import engine
+
+    class Snapshot(L.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            step = int(trainer.global_step)
+            if step in steps and not trainer.sanity_checking:
+                net = copy.deepcopy(pl_module.net).cpu().eval().to(memory_format=torch.contiguous_format)
+                save_model(net, folder / f"step-{step:05d}", name=cfg.model, kwargs=cfg.model_kwargs,
+                           extra={"train": {"steps": step, "val_psnr": round(float(trainer.callback_metrics["val_psnr"]), 4)}})
+
+    make_trainer = engine.make_trainer
+
+    def with_snapshots(*args, callbacks, **kwargs):
+        return make_trainer(*args, callbacks=[*callbacks, Snapshot()], **kwargs)
+
+    engine.make_trainer = with_snapshots
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
@@ -47,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--init", default=None, help="a model folder whose weights start the network")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--save", type=Path, help="keep the trained model folder here")
+    ap.add_argument("--snapshots", type=Path, help="keep model folders of the network at --snapshot-steps here")
+    ap.add_argument("--snapshot-steps", type=int, nargs="*", default=[], metavar="STEP")
     args = ap.parse_args(argv)
     os.chdir(REPO)
     sys.path.insert(0, str(REPO))  # the benchmarks package (run as a script, only benchmarks/ is on the path)
@@ -76,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     corruption = read_json(corrupted / "corruption.json")
     domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
     clock = _Clock()
+    if args.snapshots:
+        _keep_snapshots(args.snapshots, set(args.snapshot_steps), cfg)
     with tempfile.TemporaryDirectory() as tmp:
         metrics = train_model(
             cfg,

@@ -80,8 +80,9 @@ def test_settings_of_every_run_merge_the_layers_and_build_a_config(params):
     lap = train_settings(train, "sr-x4-lapsrn", 0)
     assert lap["model_kwargs"] == {"upsample": "resize_conv", "levels": 2}
     assert lap["optimizer"] == "adam" and lap["lr"] == train["profiles"]["standard"]["models"]["lapsrn"]["lr"]
-    ft = train_settings(train, "denoise-g25-dncnn", 0)
-    assert ft["init_from"] == "artifacts/models/denoise-blind/dncnn-blind"
+    ft = train_settings(train, "denoise-g25-dncnn-green", 0)
+    assert ft["init_from"] == "artifacts/models/denoise-g25/dncnn"
+    assert "init_from" not in train_settings(train, "denoise-g25-dncnn", 0)
 
 
 def test_each_evaluation_tracks_only_its_own_task_s_params():
