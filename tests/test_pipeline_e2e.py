@@ -274,3 +274,44 @@ def test_score_models_benchmark_gives_the_evaluations_own_numbers(repro, tmp_pat
         assert set(ours) == set(theirs) and len(ours) > 0
         for image, value in ours.items():
             assert value == pytest.approx(theirs[image], abs=1e-3), (method, image)
+
+
+def test_learning_benchmark_keeps_snapshots_that_score_models_reads(repro, tmp_path):
+    """benchmarks/learning.py --snapshots keeps the network at the asked validated steps as model folders
+    (the curve's own validation PSNR in model.json) that benchmarks/score_models.py scores on the test images."""
+    work, _, _, _, _ = repro
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    snaps, record = tmp_path / "snaps", tmp_path / "learning.json"
+    run([sys.executable, "benchmarks/learning.py", "denoise-g25-cdae", "--set", "max_steps=4", "val_every=2",
+         "--snapshots", str(snaps), "--snapshot-steps", "2", "4", "--out", str(record)], work, env)
+    curve = {row["step"]: row["val_psnr"] for row in json.loads(record.read_text())["curve"]}
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-00002", "step-00004"]
+    for step in (2, 4):
+        meta = json.loads((snaps / f"step-{step:05d}" / "model.json").read_text())
+        assert meta["model"] == "cdae" and meta["train"]["steps"] == step
+        assert meta["train"]["val_psnr"] == pytest.approx(curve[step], abs=1e-3)
+    out = tmp_path / "scores.json"
+    run([sys.executable, "benchmarks/score_models.py", "denoise-g25", str(snaps / "step-00002"), str(snaps / "step-00004"),
+         "--out", str(out)], work, env)
+    scores = json.loads(out.read_text())["s25"]
+    assert {str(snaps / "step-00002"), str(snaps / "step-00004"), "degraded"} == set(scores)
+    a, b = (scores[str(snaps / f"step-0000{s}")]["mean"]["psnr_fov"] for s in (2, 4))
+    assert math.isfinite(a) and math.isfinite(b) and a != b  # two different networks
+
+
+def test_stage_times_benchmark_reads_every_stage_back_from_mlflow(repro):
+    """benchmarks/stage_times.py: the repro's per-stage timeline from the MLflow runs the stages logged."""
+    work, _, _, _, (lock_before, _) = repro
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = run([sys.executable, "benchmarks/stage_times.py", "--title", "e2e"], work, env)
+    lines = res.stdout.splitlines()
+    assert lines[0] == "# e2e" and lines[1].split()[0] == "stage"
+    rows = {}
+    for line in lines[2:-1]:
+        stage, wall, in_run, between = line.split()
+        assert float(in_run) >= 0 and float(between) >= 0 and float(wall) == pytest.approx(float(in_run) + float(between), abs=0.11)
+        rows.setdefault(stage, []).append(float(wall))
+    assert set(lock_before) <= set(rows)  # every stage of the first repro logged one run
+    total = lines[-1].split()
+    assert total[0] == "total" and float(total[1]) == pytest.approx(sum(sum(w) for w in rows.values()), abs=0.5)
