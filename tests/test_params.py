@@ -82,7 +82,7 @@ def test_settings_of_every_run_merge_the_layers_and_build_a_config(params):
     assert lap["optimizer"] == "adam" and lap["lr"] == train["profiles"]["standard"]["models"]["lapsrn"]["lr"]
     ft = train_settings(train, "denoise-g25-dncnn-green", 0)
     assert ft["init_from"] == "artifacts/models/denoise-g25/dncnn"
-    assert "init_from" not in train_settings(train, "denoise-g25-dncnn", 0)
+    assert train_settings(train, "denoise-g25-dncnn", 0)["init_from"] == "artifacts/models/denoise-blind/dncnn-blind"
 
 
 def test_each_evaluation_tracks_only_its_own_task_s_params():
