@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--profile", default=None, help="train.profile to start from (default: params.yaml's)")
     ap.add_argument("--init", default=None, help="a model folder whose weights start the network")
+    ap.add_argument("--scratch", action="store_true", help="random start even for a train.finetune run (which starts from its init)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--save", type=Path, help="keep the trained model folder here")
     ap.add_argument("--snapshots", type=Path, help="keep model folders of the network at --snapshot-steps here")
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     settings["progress_bar"] = False
     if args.init:
         settings["init_from"] = str(Path(args.init).resolve())
+    if args.scratch:
+        settings.pop("init_from", None)
+    print(f"[learning] {args.run}: starts from {settings.get('init_from') or 'random weights'}", file=sys.stderr, flush=True)
     cfg = TrainConfig.from_params(settings)
     patches, corrupted = REPO / "artifacts/patches", REPO / "artifacts/corrupt" / entry["task"]
     corruption = read_json(corrupted / "corruption.json")

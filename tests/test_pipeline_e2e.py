@@ -297,6 +297,12 @@ def test_learning_benchmark_keeps_snapshots_that_score_models_reads(repro, tmp_p
     assert {str(snaps / "step-00002"), str(snaps / "step-00004"), "degraded"} == set(scores)
     a, b = (scores[str(snaps / f"step-0000{s}")]["mean"]["psnr_fov"] for s in (2, 4))
     assert math.isfinite(a) and math.isfinite(b) and a != b  # two different networks
+    # a train.finetune run starts from its init unless --scratch says otherwise, and the record says which
+    for extra, init in (([], "artifacts/models/denoise-g25/dncnn-blind"), (["--scratch"], None)):
+        res = run([sys.executable, "benchmarks/learning.py", "denoise-g25-dncnn", "--set", "max_steps=2", "val_every=2",
+                   "--out", str(record), *extra], work, env)
+        assert json.loads(record.read_text())["settings"].get("init_from") == init
+        assert f"starts from {init or 'random weights'}" in res.stderr
 
 
 def test_stage_times_benchmark_reads_every_stage_back_from_mlflow(repro):
