@@ -21,10 +21,12 @@ import sys
 from pathlib import Path
 
 
-def stage_rows(runs: list[tuple[str, float, float]], since: float | None = None) -> list[dict]:
+def stage_rows(runs: list[tuple[str, float, float]], since: float | None = None, exclude: tuple[tuple[str, float], ...] = ()) -> list[dict]:
     """``runs``: (stage, start, end) in seconds, any order. One row per run in start order: ``wall``
-    from the previous row's end (or ``since``) to this end, ``in_run`` its own span, ``between`` the rest."""
-    runs = sorted(runs, key=lambda r: r[1])
+    from the previous row's end (or ``since``) to this end, ``in_run`` its own span, ``between`` the rest.
+    ``exclude``: (stage, start) of runs to leave out (a run of a stage that a later params change
+    removed); their time counts as ``between`` of the next row."""
+    runs = sorted((r for r in runs if not any(r[0] == st and abs(r[1] - t0) < 1 for st, t0 in exclude)), key=lambda r: r[1])
     rows, previous = [], runs[0][1] if since is None else since
     for stage, start, end in runs:
         if start < previous:
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--until", type=float, help="dvc repro's end, seconds since the epoch")
     ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     ap.add_argument("--title", default="")
+    ap.add_argument("--exclude", nargs="*", default=[], metavar="STAGE@START",
+                    help="leave out the run of STAGE that started at START (seconds since the epoch, as printed with --starts)")
+    ap.add_argument("--starts", action="store_true", help="print each run's start time too")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     import mlflow
@@ -68,7 +73,11 @@ def main(argv: list[str] | None = None) -> str:
     if not runs:
         raise SystemExit(f"no stage runs (MLflow runs tagged dvc_stage) in {args.tracking_uri} between --since and --until. "
                          "Fix: check --tracking-uri (the repro's store) and the times.")
-    rows = stage_rows(runs, args.since)
+    exclude = tuple((item.rpartition("@")[0], float(item.rpartition("@")[2])) for item in args.exclude)
+    if args.starts:
+        for stage, start, end in sorted(runs, key=lambda r: r[1]):
+            print(f"{stage}@{start:.3f}  ({end - start:.1f} s)", file=sys.stderr)
+    rows = stage_rows(runs, args.since, exclude)
     tail = None if args.until is None else args.until - max(end for _, _, end in runs)
     text = format_table(rows, args.title, tail)
     if args.out:

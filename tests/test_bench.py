@@ -141,5 +141,7 @@ def test_stage_times_splits_each_stage_into_its_run_and_the_gap_before_it():
     assert stage_rows(runs)[0]["between"] == 0.0  # without --since the first process start is unknown
     text = format_table(rows, "t", tail=4.0)
     assert text.splitlines()[-1].split() == ["total", "54.0", "33.0", "21.0"]
+    kept = stage_rows([*runs, ("train@x", 6.0, 15.0)], since=0.0, exclude=(("train@x", 6.0),))
+    assert kept == rows  # a removed stage's run left out: its time is the next row's "between"
     with pytest.raises(ValueError, match="train@c started at 30.0, before the previous one ended"):
         stage_rows([*runs, ("train@c", 30.0, 60.0)], since=0.0)  # two workers' runs interleaved

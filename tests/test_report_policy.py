@@ -92,7 +92,7 @@ def test_headline_numbers_and_banner(task):
 
 
 def _curve(folder, pts, steps):
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     rows = ["step,train_loss,lr,val_loss,val_psnr"] + [f"{s},0.01,0.001,0.01,{p}" for s, p in pts]
     (folder / "curve.csv").write_text("\n".join(rows) + "\n")
     write_json_atomic(folder / "metrics.json", {"steps": steps, "best_val_psnr": max(p for _, p in pts)})
@@ -113,6 +113,17 @@ def test_a_falling_curve_and_an_unconverged_start_are_not_convergence(tmp_path):
     assert conv["dncnn"]["why"] == "starts from denoise-blind/dncnn-blind, which did not converge"
     assert not conv["dncnn-srgan"]["converged"] and "denoise-g25/dncnn" in conv["dncnn-srgan"]["why"]
     assert task_convergence(models, "denoise-g25")["dncnn"]["converged"]  # without params: its own curve only
+    # a fine-tuning that climbed far from its start and then flattened is judged by its own run
+    _curve(models / "denoise-g25" / "dncnn", [(1000, 27.2), (2000, 31.8), (3000, 34.42), (4000, 34.56)], 4000)
+    moved = task_convergence(models, "denoise-g25", train)["dncnn"]
+    assert moved["converged"] and "why" not in moved
+    assert moved["note"] == "starts from denoise-blind/dncnn-blind, which did not converge; its own run gained 7.4 dB over its first validation, then flattened"
+    # a chain on an unconverged first model never is, however far it climbed: its data are that model's outputs
+    _curve(models / "denoise-g25" / "redae", [(250, 22.0), (500, 26.0), (750, 28.0), (1000, 31.0)], 1000)  # rising
+    _curve(models / "denoise-g25" / "redae-srgan", [(40, 20.0), (80, 33.1), (120, 33.1)], 120)
+    chain = {"chains": {"c2": {"task": "denoise-g25", "model": "srgan", "method": "redae-srgan", "first": "redae"}}}
+    climbed = task_convergence(models, "denoise-g25", chain)["redae-srgan"]
+    assert climbed["run_converged"] and not climbed["converged"] and "denoise-g25/redae" in climbed["why"]
     cyc = task_convergence(models, "enhance", train)["cyclegan"]
     # a falling curve: the run's own rule says so (training.convergence), and the report keeps it
     assert not cyc["run_converged"] and not cyc["converged"] and cyc["why"] == "validation PSNR ended 2.00 dB below its best"

@@ -89,7 +89,8 @@ def training_note(method: str, status: dict | None) -> str | None:
     went = f"{steps} steps" if steps is not None else "trained"
     went += f", {gain:+.2f} dB over the last quarter" if gain is not None else ""
     if status["converged"]:
-        return f"{method}: converged ({went}): more steps of this schedule buy < 0.2 dB"
+        note = f"; {status['note']}" if status.get("note") else ""
+        return f"{method}: converged ({went}{note}): more steps of this schedule buy < 0.2 dB"
     return f"{method}: not converged ({went}; {status.get('why', 'still improving')})"
 
 

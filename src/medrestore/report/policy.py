@@ -20,29 +20,35 @@ def label(method: str, converged: dict[str, dict] | None) -> str:
     return f"{method} ({NOT_CONVERGED})" if verdict is not None and not verdict["converged"] else method
 
 
+OWN_RUN_GAIN_DB = 1.0  # five times the plateau rule's 0.2 dB: a fine-tuning that moved its start this far is its own run
+
+
 def task_convergence(models_root: Path | None, task: str, train: dict | None = None) -> dict[str, dict]:
     """Trained method -> whether the model converged, as the report judges it:
 
     - its own run: :func:`medrestore.training.convergence.model_convergence` of its curve (a gain
       below ``MIN_GAIN_DB`` over the last quarter and no fall of that much at the end; also in the
       model's ``metrics.json`` as ``converged``);
-    - with ``train`` (params.yaml's ``train``): a model fine-tuned from another (``train.finetune``
-      ``init``) or trained on another's outputs (``train.chains`` ``first``) converged only if that
-      one did too, since its training includes the other's.
+    - with ``train`` (params.yaml's ``train``): a model trained on another's outputs (``train.chains``
+      ``first``) converged only if that one did too, since its data are the other's outputs; a model
+      fine-tuned from another (``train.finetune`` ``init``) likewise, unless its own run moved it: best
+      validation PSNR at least ``OWN_RUN_GAIN_DB`` above its first validation before flattening. A
+      fine-tuning that stays near its start (a flat curve from an unconverged model) carries its start's
+      number and verdict; one that climbed several dB and then flattened found its own plateau.
     """
-    from medrestore.training.convergence import model_convergence
+    from medrestore.training.convergence import curve_points, model_convergence
 
     root = Path(models_root) if models_root is not None else None
     memo: dict[tuple[str, str], dict | None] = {}
 
-    def base_of(t: str, method: str) -> tuple[str, str] | None:
+    def base_of(t: str, method: str) -> tuple[str, str, str] | None:
         for entry in ((train or {}).get("finetune") or {}).values():
             if entry.get("task") == t and entry.get("method", entry.get("model")) == method and "init" in entry:
                 bt, _, bm = str(entry["init"]).partition("/")
-                return bt, bm
+                return bt, bm, "finetune"
         for entry in ((train or {}).get("chains") or {}).values():
             if entry.get("task") == t and entry.get("method", entry.get("model")) == method:
-                return t, entry["first"]
+                return t, entry["first"], "chain"
         return None
 
     def verdict(t: str, method: str, seen: tuple = ()) -> dict | None:
@@ -55,10 +61,16 @@ def task_convergence(models_root: Path | None, task: str, train: dict | None = N
             return None
         out = {**own, "run_converged": own["converged"]}  # the run's own rule (plateau, no fall at the end)
         base = base_of(t, method)
-        if base is not None and base not in seen:
-            b = verdict(*base, seen=(*seen, (t, method)))
+        if base is not None and base[:2] not in seen:
+            b = verdict(*base[:2], seen=(*seen, (t, method)))
             if b is not None and not b["converged"] and out["converged"]:
-                out.update(converged=False, why=f"starts from {base[0]}/{base[1]}, which did not converge")
+                points = [p for _, p in curve_points(folder / "curve.csv")]
+                own_gain = max(points) - points[0]
+                if base[2] == "finetune" and own_gain >= OWN_RUN_GAIN_DB:
+                    out["note"] = (f"starts from {base[0]}/{base[1]}, which did not converge; its own run gained "
+                                   f"{own_gain:.1f} dB over its first validation, then flattened")
+                else:
+                    out.update(converged=False, why=f"starts from {base[0]}/{base[1]}, which did not converge")
         if not out["converged"] and "why" not in out:
             out["why"] = "still improving"
         memo[(t, method)] = out

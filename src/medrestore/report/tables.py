@@ -169,7 +169,7 @@ def convergence_rows(conv: dict[str, dict], task_models: Path) -> tuple[list[str
         metrics = read_json(task_models / m / "metrics.json") if (task_models / m / "metrics.json").is_file() else {}
         gain = v.get("last_quarter_gain_db")
         rows.append([m, str(metrics.get("steps", "?")), f"{metrics['best_val_psnr']:.2f}" if "best_val_psnr" in metrics else "–",
-                     "–" if gain is None else f"{gain:+.2f}", "yes" if v["converged"] else f"no ({v.get('why', 'still improving')})"])
+                     "–" if gain is None else f"{gain:+.2f}", ("yes" + (f" ({v['note']})" if v.get("note") else "")) if v["converged"] else f"no ({v.get('why', 'still improving')})"])
     return header, rows
 
 
