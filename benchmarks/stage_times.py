@@ -25,10 +25,13 @@ def stage_rows(runs: list[tuple[str, float, float]], since: float | None = None,
     """``runs``: (stage, start, end) in seconds, any order. One row per run in start order: ``wall``
     from the previous row's end (or ``since``) to this end, ``in_run`` its own span, ``between`` the rest.
     ``exclude``: (stage, start) of runs to leave out (a run of a stage that a later params change
-    removed); their time counts as ``between`` of the next row."""
-    runs = sorted((r for r in runs if not any(r[0] == st and abs(r[1] - t0) < 1 for st, t0 in exclude)), key=lambda r: r[1])
+    removed, a killed run): the time up to their end is in no row."""
+    runs = sorted(runs, key=lambda r: r[1])
     rows, previous = [], runs[0][1] if since is None else since
     for stage, start, end in runs:
+        if any(stage == st and abs(start - t0) < 1 for st, t0 in exclude):
+            previous = end
+            continue
         if start < previous:
             raise ValueError(f"stage {stage} started at {start:.1f}, before the previous one ended ({previous:.1f}): "
                              "runs of more than one repro (or of parallel workers) are mixed. Fix: narrow --since/--until.")

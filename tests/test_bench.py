@@ -142,6 +142,7 @@ def test_stage_times_splits_each_stage_into_its_run_and_the_gap_before_it():
     text = format_table(rows, "t", tail=4.0)
     assert text.splitlines()[-1].split() == ["total", "54.0", "33.0", "21.0"]
     kept = stage_rows([*runs, ("train@x", 6.0, 15.0)], since=0.0, exclude=(("train@x", 6.0),))
-    assert kept == rows  # a removed stage's run left out: its time is the next row's "between"
+    assert kept[0] == rows[0]  # a removed stage's run left out, with the time up to its end
+    assert kept[1] == {"stage": "train@b", "wall": 35.0, "in_run": 30.0, "between": 5.0}
     with pytest.raises(ValueError, match="train@c started at 30.0, before the previous one ended"):
         stage_rows([*runs, ("train@c", 30.0, 60.0)], since=0.0)  # two workers' runs interleaved
