@@ -219,7 +219,15 @@ def test_finetuned_runs_start_from_a_trained_model_of_the_same_network():
     assert train["finetune"], "DnCNN at sigma 25 and DnCNN-green are fine-tuned (Hayee2017's recipe)"
     trained = {f"{r['task']}/{r.get('method', r['model'])}": r["model"] for r in train["runs"].values()}
     for key, entry in train["finetune"].items():
-        assert entry["init"] in trained, f"{key}: init names a model trained by train.runs"
+        # a model of train.runs, or of an earlier train.finetune entry (DnCNN-green starts from the
+        # fine-tuned DnCNN): DVC orders the stages by that dependency, and no entry starts from itself.
+        own = f"{entry['task']}/{entry['model']}"
+        assert entry["init"] != own, f"{key}: starts from its own output"
+        assert entry["init"] in trained, f"{key}: init names a model trained by train.runs or an earlier train.finetune entry"
         assert MODELS[trained[entry["init"]]].cls is MODELS[entry["model"]].cls
         cfg = TrainConfig.from_params(train_settings(train, key, 0))
         assert cfg.init_from == f"artifacts/models/{entry['init']}"
+        trained[own] = entry["model"]
+    # the chain of fine-tunings the standard report rests on: blind DnCNN -> DnCNN (sigma 25) -> DnCNN-green
+    assert train["finetune"]["denoise-g25-dncnn"]["init"] == "denoise-blind/dncnn-blind"
+    assert train["finetune"]["denoise-g25-dncnn-green"]["init"] == "denoise-g25/dncnn"
