@@ -13,6 +13,9 @@ Values of --set are YAML (``lr_milestones=[0.5]``, ``model_kwargs={skip: bicubic
 ``--snapshots DIR --snapshot-steps 1000 4000 ...`` also keeps the network as it is at those validated
 steps (``DIR/step-01000``, model folders as the train stage writes them, current weights rather than the
 best so far), so that one long run gives a test-image curve (``benchmarks/score_models.py DIR/step-*``).
+
+``--clip-grad-norm NORM`` clips each optimiser step's gradient norm (Lightning's ``gradient_clip_val``; paired
+models only, the GANs optimise by hand): a lever measured here, not a setting of the pipeline.
 """
 
 from __future__ import annotations
@@ -43,6 +46,25 @@ class _Clock:
             print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
 
 
+def _extend_trainer(callbacks: list | None = None, **options) -> None:
+    """Give the engine's trainer more callbacks and Lightning options (for this process only: the
+    training code itself stays the pipeline's)."""
+    from medrestore.training import engine
+
+    make_trainer = engine.make_trainer
+
+    def extended(*args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *(callbacks or [])]
+        return make_trainer(*args, **{**kwargs, **options})
+
+    engine.make_trainer = extended
+
+
+def _clip_gradients(max_norm: float) -> None:
+    """Clip the gradient norm of every optimiser step at ``max_norm`` (Lightning's gradient_clip_val)."""
+    _extend_trainer(gradient_clip_val=float(max_norm), gradient_clip_algorithm="norm")
+
+
 def _keep_snapshots(folder: Path, steps: set[int], cfg) -> None:
     """Add a callback to the engine's trainer that saves the network after the validations at ``steps``."""
     import copy
@@ -51,7 +73,6 @@ def _keep_snapshots(folder: Path, steps: set[int], cfg) -> None:
     import torch
 
     from medrestore.models import save_model
-    from medrestore.training import engine
 
     class Snapshot(L.Callback):
         def on_validation_end(self, trainer, pl_module) -> None:
@@ -61,12 +82,7 @@ def _keep_snapshots(folder: Path, steps: set[int], cfg) -> None:
                 save_model(net, folder / f"step-{step:05d}", name=cfg.model, kwargs=cfg.model_kwargs,
                            extra={"train": {"steps": step, "val_psnr": round(float(trainer.callback_metrics["val_psnr"]), 4)}})
 
-    make_trainer = engine.make_trainer
-
-    def with_snapshots(*args, callbacks, **kwargs):
-        return make_trainer(*args, callbacks=[*callbacks, Snapshot()], **kwargs)
-
-    engine.make_trainer = with_snapshots
+    _extend_trainer(callbacks=[Snapshot()])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--save", type=Path, help="keep the trained model folder here")
     ap.add_argument("--snapshots", type=Path, help="keep model folders of the network at --snapshot-steps here")
     ap.add_argument("--snapshot-steps", type=int, nargs="*", default=[], metavar="STEP")
+    ap.add_argument("--clip-grad-norm", type=float, default=None, metavar="NORM",
+                    help="clip each step's gradient norm at NORM (not a pipeline setting: a lever to measure)")
     args = ap.parse_args(argv)
     os.chdir(REPO)
     sys.path.insert(0, str(REPO))  # the benchmarks package (run as a script, only benchmarks/ is on the path)
@@ -114,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     clock = _Clock()
     if args.snapshots:
         _keep_snapshots(args.snapshots, set(args.snapshot_steps), cfg)
+    if args.clip_grad_norm:
+        _clip_gradients(args.clip_grad_norm)
     with tempfile.TemporaryDirectory() as tmp:
         metrics = train_model(
             cfg,
@@ -131,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "settings": {k: v for k, v in settings.items() if k not in ("progress_bar",)},
+        **({"clip_grad_norm": args.clip_grad_norm} if args.clip_grad_norm else {}),
         "steps": metrics["steps"],
         "seconds": round(total, 1),
         "seconds_per_step": round(total / max(metrics["steps"], 1), 4),

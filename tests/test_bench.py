@@ -146,3 +146,46 @@ def test_stage_times_splits_each_stage_into_its_run_and_the_gap_before_it():
     assert kept[1] == {"stage": "train@b", "wall": 35.0, "in_run": 30.0, "between": 5.0}
     with pytest.raises(ValueError, match="train@c started at 30.0, before the previous one ended"):
         stage_rows([*runs, ("train@c", 30.0, 60.0)], since=0.0)  # two workers' runs interleaved
+
+
+def test_learning_benchmark_adds_gradient_clipping_and_callbacks_to_the_engines_trainer(monkeypatch, tmp_path):
+    """benchmarks/learning.py --clip-grad-norm (a lever to measure, not a pipeline setting) reaches the Lightning
+    trainer the engine builds, beside the snapshot callback, and only in that process's engine."""
+    import pytorch_lightning as L
+
+    from benchmarks import learning
+    from medrestore.training import engine
+
+    monkeypatch.setattr(engine, "make_trainer", engine.make_trainer)  # restored after the test
+
+    class Marker(L.Callback):
+        pass
+
+    plain = engine.make_trainer(tmp_path, callbacks=[], max_steps=1, accelerator="cpu")
+    assert plain.gradient_clip_val in (None, 0)
+    learning._extend_trainer(callbacks=[Marker()])
+    learning._clip_gradients(0.25)
+    trainer = engine.make_trainer(tmp_path, callbacks=[], max_steps=1, accelerator="cpu")
+    assert trainer.gradient_clip_val == 0.25
+    assert trainer.gradient_clip_algorithm == "norm"
+    assert any(isinstance(c, Marker) for c in trainer.callbacks)
+
+    # and a clipped step really is clipped: one step of a linear model on a huge loss moves it by at most lr
+    net = torch.nn.Linear(4, 1)
+
+    class Fit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, _):
+            return (self.net(batch[0]) - 1e6).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1.0)
+
+    before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 4)), batch_size=8)
+    engine.make_trainer(tmp_path, callbacks=[], max_steps=1, accelerator="cpu", enable_progress_bar=False).fit(Fit(), data)
+    after = torch.cat([p.detach().flatten() for p in net.parameters()])
+    assert float((after - before).norm()) == pytest.approx(0.25, rel=1e-4)
