@@ -52,6 +52,11 @@ def tiny_params(params: dict) -> dict:
 NOT_TRAINING = ["download", "prepare", "patchify", "corrupt", "train_segmenter", "train_scoring_segmenter", "evaluate", "report"]
 
 
+def venv_env() -> dict:
+    """The environment with this interpreter's scripts (dvc, medrestore) first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
@@ -70,7 +75,7 @@ def repro(tmp_path_factory):
     params["download"]["mirror"] = str(REPO.parent / "shared" / "datasets")
     params["evaluate"]["assets"] = str(REPO.parent / "shared" / "assets" / "pyiqa")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+    env = {**venv_env(), "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)
     run(["git", "init", "-q"], work, env)
@@ -262,7 +267,7 @@ def test_score_models_benchmark_gives_the_evaluations_own_numbers(repro, tmp_pat
     """benchmarks/score_models.py (training settings judged on the report's metric without the evaluate
     stage) restores and scores the test images exactly as evaluate@denoise-g25 does."""
     work, _, _, _, _ = repro
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = venv_env()
     out = tmp_path / "scores.json"
     run([sys.executable, "benchmarks/score_models.py", "denoise-g25", "artifacts/models/denoise-g25/cdae", "--out", str(out)], work, env)
     scores = json.loads(out.read_text())["s25"]
@@ -280,7 +285,7 @@ def test_learning_benchmark_keeps_snapshots_that_score_models_reads(repro, tmp_p
     """benchmarks/learning.py --snapshots keeps the network at the asked validated steps as model folders
     (the curve's own validation PSNR in model.json) that benchmarks/score_models.py scores on the test images."""
     work, _, _, _, _ = repro
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = venv_env()
     snaps, record = tmp_path / "snaps", tmp_path / "learning.json"
     run([sys.executable, "benchmarks/learning.py", "denoise-g25-cdae", "--set", "max_steps=4", "val_every=2",
          "--snapshots", str(snaps), "--snapshot-steps", "2", "4", "--out", str(record)], work, env)
@@ -308,7 +313,7 @@ def test_learning_benchmark_keeps_snapshots_that_score_models_reads(repro, tmp_p
 def test_stage_times_benchmark_reads_every_stage_back_from_mlflow(repro):
     """benchmarks/stage_times.py: the repro's per-stage timeline from the MLflow runs the stages logged."""
     work, _, _, _, (lock_before, _) = repro
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = venv_env()
     env.pop("MLFLOW_TRACKING_URI", None)
     res = run([sys.executable, "benchmarks/stage_times.py", "--title", "e2e"], work, env)
     lines = res.stdout.splitlines()
