@@ -207,14 +207,14 @@ def test_chase_files_beyond_the_pinned_list_are_left_out_unless_opted_in(tmp_pat
     mirror.mkdir(parents=True)
     for name in ("Image_01L.jpg", "Image_01L_1stHO.png", "Image_01L_2ndHO.png"):
         shutil.copy(chase_dir / name, mirror / name)
-    shutil.copy(chase_dir / "Image_02R.jpg", mirror / "Image_11L.jpg")  # the full archive's images have no checksum here
-    with pytest.warns(UnverifiedFilesWarning, match=r"left out 1 files of 'chase_db1'.*Image_11L\.jpg"):
+    shutil.copy(chase_dir / "Image_02R.jpg", mirror / "Image_15L.jpg")  # a file beyond the archive: no pinned checksum
+    with pytest.warns(UnverifiedFilesWarning, match=r"left out 1 files of 'chase_db1'.*Image_15L\.jpg"):
         records = _gather(["chase_db1"], tmp_path, mirror.parent)
     assert [r.id for r in records] == ["chase_db1/Image_01L"]
     assert not (tmp_path / "out" / "chase_db1" / "SHA256SUMS").exists()
     with pytest.warns(UnverifiedFilesWarning, match="using 1 files"):
         records = _gather(["chase_db1"], tmp_path / "b", mirror.parent, allow_unverified=True)
-    assert [r.id for r in records] == ["chase_db1/Image_01L", "chase_db1/Image_11L"]
+    assert [r.id for r in records] == ["chase_db1/Image_01L", "chase_db1/Image_15L"]
     # allow_unverified never lets a *wrong* pinned file through
     (mirror / "Image_01L_2ndHO.png").write_bytes(b"tampered")
     with pytest.raises(InputError, match=r"Image_01L_2ndHO\.png: checksum mismatch"):
@@ -225,7 +225,7 @@ def test_pinned_dataset_warns_about_nothing_when_complete(tmp_path, chase_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         records = _gather(["chase_db1"], tmp_path, chase_dir.parent)
-    assert len(records) == 20
+    assert len(records) == 28
 
 
 # --------------------------------------------------------------------------- registering one more

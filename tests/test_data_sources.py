@@ -15,7 +15,7 @@ def test_sample_source_writes_the_scikit_image_fundus(tmp_path, retina):
 
 def test_chase_from_mirror_keeps_masks_and_verifies_checksums(tmp_path, chase_dir):
     records = gather(["chase_db1"], tmp_path / "out", mirror=chase_dir.parent, folder=tmp_path, cache_dir=tmp_path / "c", allow_network=False)
-    assert len(records) == 20  # the mirror holds 01L..10R; the code assumes no fixed count
+    assert len(records) == 28  # the mirror holds 01L..14R; the code assumes no fixed count
     r = records[0]
     assert r.id == "chase_db1/Image_01L" and r.vessels.name == "Image_01L_1stHO.png" and r.vessels_2nd.name == "Image_01L_2ndHO.png"
     assert set(DATASETS["chase_db1"].checksums()) >= {p.name for p in chase_dir.iterdir() if p.suffix in (".jpg", ".png")}

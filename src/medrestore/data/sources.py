@@ -110,8 +110,8 @@ class Dataset:
     the checksums or opt in. When unverified files are used, their digests are written to
     ``<out>/<name>/SHA256SUMS`` (and each image's to the manifest), so the copy that was used is
     on record and can be pinned by copying that file to ``checksums/<name>.sha256``.
-    CHASE_DB1 has pinned checksums, so it is strict: mismatches fail, and files beyond the
-    pinned list (images 11L-14R of the full archive) are left out unless opted in.
+    CHASE_DB1 has pinned checksums for all 28 images and both observers' masks, so it is strict:
+    mismatches fail, and a file beyond the pinned list is left out unless opted in.
     """
 
     name: str
@@ -335,7 +335,7 @@ DATASETS: dict[str, Dataset] = {
             "segmentation, IEEE Trans. Biomed. Eng. 59(9), 2012"
         ),
         parse=_parse_chase,
-        checksums_file="chase_db1.sha256",  # images 01L-10R and their masks
+        checksums_file="chase_db1.sha256",  # all 28 images (01L-14R) and both observers' masks
         archive_sha256=None,
         files=("Image_*.jpg", "Image_*_1stHO.png", "Image_*_2ndHO.png"),
     ),
