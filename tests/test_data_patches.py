@@ -141,3 +141,41 @@ def test_patch_larger_than_the_prepared_images_names_a_file_and_the_fix(prepared
         patchify(manifest, root / "prepared", tmp_path / "p", seed=1, patch_size=300, stride=12, min_fov_fraction=0.8,
                  val_fraction=0.25, test_fraction=0.25, region_grid=2)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.fixture(scope="module")
+def prepared_chase_both_ends(tmp_path_factory, chase_dir):
+    """Children 01-03 (the published training half) and 11-12 (its test half), both eyes each."""
+    root = tmp_path_factory.mktemp("chase_ends")
+    recs = gather(["chase_db1"], root / "sources", mirror=chase_dir.parent, folder=root, cache_dir=root, allow_network=False)
+    keep = [r for r in recs if r.id.rsplit("_", 1)[1][:2] in ("01", "02", "03", "11", "12")]
+    manifest = {"images": [r.as_dict(root / "sources") for r in keep]}
+    return prepare_sources(manifest, root / "sources", root / "prepared", size=128, mode="border_centre", fov_threshold=0.1), root
+
+
+def test_standard_split_keeps_chase_test_children_and_draws_validation_from_the_rest(prepared_chase_both_ends):
+    manifest, root = prepared_chase_both_ends
+    kw = dict(patch_size=32, stride=64, min_fov_fraction=0.9, val_fraction=0.25, test_fraction=0.25, region_grid=2)
+    vals = set()
+    for seed in range(4):
+        s = patchify(manifest, root / "prepared", root / f"std{seed}", seed=seed, split="standard", **kw)
+        assert s["split"] == "standard"
+        assert s["subjects"]["test"] == ["chase_db1/11", "chase_db1/12"]  # whatever the seed
+        assert s["splits"]["test"] == ["chase_db1/Image_11L", "chase_db1/Image_11R", "chase_db1/Image_12L", "chase_db1/Image_12R"]
+        assert len(s["subjects"]["val"]) == 1 and len(s["splits"]["val"]) == 2  # round(0.25 * 3) subjects, both eyes
+        assert set(s["subjects"]["train"]) | set(s["subjects"]["val"]) == {"chase_db1/01", "chase_db1/02", "chase_db1/03"}
+        vals.add(s["subjects"]["val"][0])
+    assert len(vals) > 1  # the validation children are drawn by the seed
+    again = patchify(manifest, root / "prepared", root / "std0b", seed=0, split="standard", **kw)
+    assert again["splits"] == patchify(manifest, root / "prepared", root / "std0c", seed=0, split="standard", **kw)["splits"]
+    # the random split draws the test children too: some seed puts a training child in test
+    drawn = [patchify(manifest, root / "prepared", root / f"rnd{seed}", seed=seed, split="random", **kw)["subjects"]["test"]
+             for seed in range(4)]
+    assert any(set(t) - {"chase_db1/11", "chase_db1/12"} for t in drawn)
+
+
+def test_unknown_split_names_the_param_and_the_fix(prepared_chase_both_ends, tmp_path):
+    manifest, root = prepared_chase_both_ends
+    with pytest.raises(InputError, match=r"patchify\.split is 'published'.*Fix: use 'standard' or 'random'"):
+        patchify(manifest, root / "prepared", tmp_path / "p", seed=0, split="published", patch_size=32, stride=64,
+                 min_fov_fraction=0.9, val_fraction=0.25, test_fraction=0.25, region_grid=2)

@@ -96,6 +96,7 @@ class Prepare(_Strict):
 
 
 class Patchify(_Strict):
+    split: Literal["standard", "random"] = "standard"
     patch_size: int = Field(ge=8)
     stride: int = Field(ge=1)
     min_fov_fraction: float = Field(ge=0, le=1)

@@ -47,7 +47,25 @@ class Unit:
     box: tuple[int, int, int, int]  # top, bottom, left, right (half-open)
 
 
-def split_units(manifest: dict, *, seed: int, val_fraction: float, test_fraction: float, region_grid: int) -> dict[str, list[Unit]]:
+def standard_test_subjects(images: list[dict]) -> set[str]:
+    """The subjects of ``images`` that their dataset's published split puts in the test set."""
+    from medrestore.data.sources import DATASETS
+
+    published = {s for e in images if e["dataset"] in DATASETS for s in DATASETS[e["dataset"]].test_subjects}
+    return {e.get("subject") or e["id"] for e in images} & published
+
+
+def split_units(manifest: dict, *, seed: int, val_fraction: float, test_fraction: float, region_grid: int,
+                split: str = "random") -> dict[str, list[Unit]]:
+    """Units of each split. Whole images are split by subject (both eyes of one person together).
+
+    ``split``: ``random`` draws the test and validation subjects with ``seed``; ``standard`` keeps the
+    published split of every dataset that has one (its ``test_subjects``, e.g. CHASE_DB1 11L-14R) and
+    draws only the validation subjects, from that dataset's training subjects; images of datasets
+    without a published split are split as ``random`` would.
+    """
+    if split not in ("random", "standard"):
+        raise InputError(f"params.yaml: patchify.split is {split!r}. Fix: use 'standard' or 'random'.")
     images = manifest["images"]
     size = manifest["size"]
     units: list[Unit] = []
@@ -72,13 +90,34 @@ def split_units(manifest: dict, *, seed: int, val_fraction: float, test_fraction
     names = sorted(groups)
     if len(names) < 3:
         raise InputError("patchify: fewer than 3 subjects to split. Fix: add images of more subjects.")
+    pick = lambda part: [u for name in part for u in groups[name]]  # noqa: E731
+    fixed_test = standard_test_subjects(images) if split == "standard" and len(images) >= 3 else set()
+    out: dict[str, list[Unit]] = {"test": [], "val": [], "train": []}
+    if fixed_test:
+        # the published split: its test subjects as given, validation subjects drawn from the rest of
+        # the same datasets; the other datasets' subjects go through the random split below
+        datasets = {groups[n][0].dataset for n in fixed_test}
+        own = [n for n in names if groups[n][0].dataset in datasets and n not in fixed_test]
+        if len(own) < 2:
+            raise InputError("patchify: the published split leaves fewer than 2 training subjects. Fix: add that dataset's training images.")
+        order = np.random.default_rng(seed).permutation(len(own))
+        n_val = min(len(own) - 1, max(1, int(round(val_fraction * len(own)))))
+        out["test"] = pick(sorted(fixed_test))
+        out["val"] = pick([own[i] for i in order[:n_val]])
+        out["train"] = pick([own[i] for i in order[n_val:]])
+        names = [n for n in names if groups[n][0].dataset not in datasets]
+        if not names:
+            return out
     order = np.random.default_rng(seed).permutation(len(names))
-    n_test = max(1, int(round(test_fraction * len(names))))
-    n_val = max(1, int(round(val_fraction * len(names))))
-    if n_test + n_val >= len(names):
+    n_test = max(1, int(round(test_fraction * len(names)))) if not fixed_test else int(round(test_fraction * len(names)))
+    n_val = max(1, int(round(val_fraction * len(names)))) if not fixed_test else int(round(val_fraction * len(names)))
+    if n_test + n_val >= len(names) and not fixed_test:
         raise InputError("patchify: val_fraction + test_fraction leave no training images. Fix: lower them.")
-    pick = lambda part: [u for i in part for u in groups[names[i]]]  # noqa: E731
-    return {"test": pick(order[:n_test]), "val": pick(order[n_test : n_test + n_val]), "train": pick(order[n_test + n_val :])}
+    rest = [names[i] for i in order]
+    out["test"] += pick(rest[:n_test])
+    out["val"] += pick(rest[n_test : n_test + n_val])
+    out["train"] += pick(rest[n_test + n_val :])
+    return out
 
 
 def patch_positions(fov: np.ndarray, box, patch_size: int, stride: int, min_fov_fraction: float) -> np.ndarray:
@@ -156,11 +195,12 @@ def patchify(
     val_fraction: float,
     test_fraction: float,
     region_grid: int,
+    split: str = "random",
 ) -> dict:
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     by_id = {e["id"]: e for e in manifest["images"]}
     splits = split_units(
-        manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, region_grid=region_grid
+        manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, region_grid=region_grid, split=split
     )
     fovs: dict[str, np.ndarray] = {}
 
@@ -178,7 +218,7 @@ def patchify(
         )
     if int(stride) < 1:
         raise InputError(f"params.yaml: patchify.stride is {stride}. Fix: use a positive stride.")
-    summary: dict = {"patch_size": patch_size, "stride": stride, "size": manifest["size"],
+    summary: dict = {"split": split, "patch_size": patch_size, "stride": stride, "size": manifest["size"],
                      "grey": bool(manifest.get("grey", False)), "splits": {}, "counts": {}, "units": {}}
     for split in ("train", "val"):
         units = sorted(splits[split], key=lambda u: u.id)

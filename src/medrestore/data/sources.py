@@ -127,6 +127,7 @@ class Dataset:
     extra_archives: tuple[Archive, ...] = ()
     skimage: tuple[str, ...] = ()
     modality: str = "fundus"
+    test_subjects: tuple[str, ...] = ()  # the published split's test subjects (``patchify.split: standard``)
 
     def archives(self) -> tuple[Archive, ...]:
         first = () if self.url is None else (Archive(self.url, self.archive_sha256),)
@@ -336,6 +337,8 @@ DATASETS: dict[str, Dataset] = {
         ),
         parse=_parse_chase,
         checksums_file="chase_db1.sha256",  # all 28 images (01L-14R) and both observers' masks
+        # the split of CHASE_DB1's vessel-segmentation papers: 01L-10R train, 11L-14R (4 children) test
+        test_subjects=tuple(f"chase_db1/{n}" for n in ("11", "12", "13", "14")),
         archive_sha256=None,
         files=("Image_*.jpg", "Image_*_1stHO.png", "Image_*_2ndHO.png"),
     ),
