@@ -46,11 +46,13 @@ def test_per_image_table_has_every_registry_column_and_the_summary_means_and_int
     rows = [{"task": "t", "method": m, "kind": k, "image_id": f"i{i}", "variant": "v", "sigma": 25.0, "scale": 1, "psnr_fov": 30.0 + i + d}
             for m, k, d in (("b", "baseline", 0.0), ("a", "model", 1.0), ("c", "baseline", -1.0)) for i in range(4)]
     table = E.per_image_table(rows)
-    assert list(table.columns) == ["task", "method", "kind", "image_id", "variant", "sigma", "scale", *COLUMNS]
-    assert table["ssim"].isna().all()
+    assert list(table.columns) == ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale", *COLUMNS]
+    assert table["ssim"].isna().all() and (table["subject"] == table["image_id"]).all()  # no subjects: each image its own
     stats = E.summarise(table, seed=0)
     assert list(stats) == ["a", "b", "c"] and stats["a"]["v"]["kind"] == "model" and stats["a"]["v"]["n"] == 4
+    assert stats["a"]["v"]["n_images"] == 4 and stats["a"]["v"]["n_subjects"] == 4
     s = stats["a"]["v"]["psnr_fov"]
+    assert s["n_images"] == 4 and s["n_subjects"] == 4
     assert s["mean"] == 32.5 and 31.0 <= s["ci95"][0] <= 32.5 <= s["ci95"][1] <= 34.0 and "ssim" not in stats["a"]["v"]
     paired = E.paired_tests(table, seed=0)["v"]
     assert paired["baseline"] == "b" and paired["chosen_by"] == "highest mean psnr_fov"  # the best baseline, as the report's
