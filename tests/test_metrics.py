@@ -145,7 +145,7 @@ def test_the_registry_names_every_metric_the_evaluation_computes(retina, assets_
 
 def test_per_image_columns_and_paired_tests_keep_their_order():
     # per_image.csv's columns and summary.json's paired tests: outputs, whose order must not move
-    assert COLUMNS == ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_y_fov", "psnr_green_fov", "ssim_fov",
+    assert COLUMNS == ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_fov_e3", "psnr_y_fov", "psnr_green_fov", "ssim_fov",
                        "ssim_rgb_fov", "niqe", "brisque", "entropy",
                        *(f"{p}_{k}" for p in ("ref", "manual", "indep") for k in ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")))
     assert PAIRED == ("psnr", "psnr_fov", "psnr_green_fov", "ssim", "ssim_fov", "niqe", "brisque",
