@@ -165,7 +165,8 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
     intro = (f"Each vessel-aware model is its plain twin trained again with one added loss term (same data, steps and seed), built on "
              f"the pipeline's vessel segmenter, frozen. The vessels are judged by an independent segmenter (another seed, trained "
              f"on the second observer's masks) and, for comparison, by the loss's own segmenter. Differences are paired over the "
-             f"test images (mean and 95% bootstrap interval over the test subjects, both eyes of one person resampled together; each row states its images / subjects); a vessel term is worth it when the independent thin-vessel recall "
+             f"test images (mean and 95% bootstrap interval over the test subjects, both eyes of one person resampled together; "
+             f"each row states its images / subjects); a vessel term is worth it when the independent thin-vessel recall "
              f"rises (interval above 0) at a PSNR cost below {PSNR_BUDGET_DB} dB.")
     out["md"] += ["## Vessel-aware training", "", intro, ""]
     out["html"].append(f"<h2 id='vessel-aware'>Vessel-aware training</h2><p>{_html.escape(intro)}</p>")
