@@ -49,3 +49,27 @@ def test_at_least_eight_claims_from_the_papers_on_registered_methods():
     names = set(MODELS) | set(BASELINES) | {"dncnn-srgan"}
     for c in CLAIMS:
         assert c.better in names and c.worse in names and c.better != c.worse
+
+
+def test_a_claim_is_judged_over_subjects_with_both_eyes_together():
+    """Four children, both eyes each: the difference's interval is the evaluation's over the four
+    subjects' mean differences, and the table says what it rests on."""
+    import numpy as np
+
+    from medrestore.claims import claims_rows
+    from medrestore.evaluation import interval
+
+    eyes = [f"chase_db1/Image_{c}{e}" for c in ("11", "12", "13", "14") for e in "LR"]
+    subject = {i: f"chase_db1/{i[-3:-1]}" for i in eyes}
+    better, worse = [31.0, 31.2, 29.5, 29.4, 32.0, 32.1, 30.0, 30.3], [30.1, 30.2, 29.3, 29.1, 30.9, 31.2, 29.8, 29.9]
+    t = pd.DataFrame([{"method": m, "variant": "s25", "image_id": i, "subject": subject[i], "psnr_fov": v}
+                      for m, vals in (("dncnn", better), ("redae", worse)) for i, v in zip(eyes, vals)])
+    result = check_claim(CLAIM, t, {}, 0)
+    d = result["difference"]
+    expected = interval(np.array(better) - np.array(worse), 0, [subject[i] for i in eyes], digits=4)
+    assert d["ci95"] == expected["ci95"] and d["mean"] == expected["mean"] and (d["n_images"], d["n_subjects"]) == (8, 4)
+    assert result["values"]["dncnn"]["n_subjects"] == 4
+    header, rows = claims_rows([result])
+    assert rows[0][header.index("images / subjects")] == "8 / 4"
+    no_subjects = check_claim(CLAIM, t.drop(columns="subject"), {}, 0)["difference"]  # an older per_image.csv: images
+    assert (no_subjects["n_images"], no_subjects["n_subjects"]) == (8, 8)

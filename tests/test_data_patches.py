@@ -42,6 +42,7 @@ def test_single_image_split_by_disjoint_regions(prepared_sample):
     splits = s["splits"]
     assert len(splits["train"]) == 2 and len(splits["val"]) == 1 and len(splits["test"]) == 1
     assert not set(splits["test"]) & set(splits["train"] + splits["val"])
+    assert s["test"][0]["subject"] == s["test"][0]["id"]  # a region of the one image: its own subject
     train = np.load(out / "train.npy", mmap_mode="r")
     index = np.load(out / "train_index.npy")
     prepared = read_image(root / "prepared" / manifest["images"][0]["image"])
@@ -75,6 +76,8 @@ def test_both_eyes_of_one_child_stay_in_one_split(prepared_chase):
             for i in ids:
                 assert where.setdefault(child(i), split) == split, (seed, i, where)
         assert len(s["subjects"]["test"]) == 1 and len(s["splits"]["test"]) == 2
+        # each test image names its subject, the unit the evaluation's statistics resample
+        assert [e["subject"] for e in s["test"]] == [f"chase_db1/{child(e['id'])}" for e in s["test"]] == s["subjects"]["test"] * 2
 
 
 def test_corrupt_task_is_replayable_per_patch(prepared_sample):

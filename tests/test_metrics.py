@@ -145,7 +145,7 @@ def test_the_registry_names_every_metric_the_evaluation_computes(retina, assets_
 
 def test_per_image_columns_and_paired_tests_keep_their_order():
     # per_image.csv's columns and summary.json's paired tests: outputs, whose order must not move
-    assert COLUMNS == ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_y_fov", "psnr_green_fov", "ssim_fov",
+    assert COLUMNS == ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_fov_e3", "psnr_y_fov", "psnr_green_fov", "ssim_fov",
                        "ssim_rgb_fov", "niqe", "brisque", "entropy",
                        *(f"{p}_{k}" for p in ("ref", "manual", "indep") for k in ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")))
     assert PAIRED == ("psnr", "psnr_fov", "psnr_green_fov", "ssim", "ssim_fov", "niqe", "brisque",
@@ -179,3 +179,39 @@ def test_lower_is_better_is_one_set_and_says_which_way_quality_goes(retina, asse
         better = a[name] < b[name] if name in LOWER_IS_BETTER else a[name] > b[name]
         assert better, f"{name}: less noise should score better ({a[name]:.3f} vs {b[name]:.3f})"
 
+
+
+def test_psnr_inside_the_fov_eroded_by_3_px_ignores_noise_on_the_fov_rim(chase_dir, assets_dir):
+    """A real CHASE_DB1 image and its detected FOV: noise only on the FOV's outer 3 px band leaves the
+    eroded FOV's pixels identical (the PSNR of identical pixels, as psnr_fov gives it), while
+    psnr_fov sees the noise."""
+    from scipy.ndimage import distance_transform_edt
+
+    from medrestore.data.fov import detect_fov
+    from medrestore.metrics import FOV_EROSION_PX, eroded_fov
+
+    full = read_image(chase_dir / "Image_12R.jpg")
+    full_fov = detect_fov(full)
+    cy = full.shape[0] // 2
+    left = int(np.argmax(full_fov[cy]))  # the FOV's left rim on the middle row
+    image = full[cy - 64 : cy + 64, left - 24 : left + 104]  # a window across the rim (the whole image: 10 s)
+    fov = full_fov[cy - 64 : cy + 64, left - 24 : left + 104]
+    inner = eroded_fov(fov)
+    # the eroded FOV: the pixels more than 3 px from any pixel outside the FOV (or the window)
+    dist = distance_transform_edt(np.pad(fov, 1))[1:-1, 1:-1]
+    assert FOV_EROSION_PX == 3 and np.array_equal(inner, dist > 3)
+    band = fov & ~inner
+    assert band[:, 24:28].sum() >= 128 and inner.sum() > 0.8 * fov.sum()  # the rim's band is in it
+    noisy = image.astype(np.int16)
+    noisy[band] += np.random.default_rng(0).normal(0.0, 20.0, (int(band.sum()), 3)).round().astype(np.int16)
+    noisy = np.clip(noisy, 0, 255).astype(np.uint8)
+    assert (noisy[band] != image[band]).any() and np.array_equal(noisy[~band], image[~band])
+    m = full_reference(noisy, image, fov, str(assets_dir))
+    same = full_reference(image, image, fov, str(assets_dir))
+    assert m["psnr_fov_e3"] == same["psnr_fov"] == same["psnr_fov_e3"]  # identical pixels: psnr_fov's rule
+    assert np.isfinite(m["psnr_fov"]) and m["psnr_fov_e3"] > m["psnr_fov"]
+    # noise everywhere inside the FOV: both finite, and psnr_fov_e3 is psnr_fov's rule on the eroded pixels
+    rough = np.clip(image.astype(np.int16) + np.random.default_rng(1).integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+    r = full_reference(rough, image, fov, str(assets_dir))
+    mse = np.mean((rough[inner].astype(np.float64) - image[inner]) ** 2)
+    assert r["psnr_fov_e3"] == pytest.approx(10 * np.log10(255.0**2 / mse), rel=1e-12)

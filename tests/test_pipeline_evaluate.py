@@ -37,7 +37,7 @@ def _patches(chase_dir, root):
     for stem in STEMS[2:]:
         img, fov, vessels = prepare_arrays(read_image(chase_dir / f"{stem}.jpg"), load_mask(chase_dir / f"{stem}_1stHO.png"), size=SIZE)
         iid = f"chase_db1/{stem}"
-        entry = {"id": iid, "source_id": iid, "dataset": "chase_db1", "image": f"test/images/{stem}.png",
+        entry = {"id": iid, "source_id": iid, "dataset": "chase_db1", "subject": f"chase_db1/{stem[6:8]}", "image": f"test/images/{stem}.png",
                  "fov": f"test/fov/{stem}.png", "vessels": f"test/vessels/{stem}.png"}
         write_png_atomic(root / entry["image"], img)
         write_png_atomic(root / entry["fov"], fov.astype(np.uint8) * 255)
@@ -128,11 +128,14 @@ def test_summary_holds_cis_paired_tests_and_deterministic_cost(denoise_task):
     assert summary["segmenter"]["segmenter"] == "frangi"  # no trained segmenter given
     psnr = summary["methods"]["median"]["v"]["psnr_fov"]
     assert psnr["ci95"][0] <= psnr["mean"] <= psnr["ci95"][1]
+    assert (psnr["n_images"], psnr["n_subjects"]) == (2, 2) and summary["methods"]["median"]["v"]["n_subjects"] == 2
     test = summary["paired_tests"]["v"]
     assert test["baseline"] == "median"
     t = test["models"]["dncnn"]["psnr_fov"]
-    assert t["n"] == 2 and t["min_p"] == 0.5 and 0 < t["wilcoxon_p"] <= 1
-    table = pd.read_csv(root / "eval" / "per_image.csv").set_index(["method", "image_id"])
+    assert t["n"] == 2 and t["min_p"] == 0.5 and 0 < t["wilcoxon_p"] <= 1 and (t["n_images"], t["n_subjects"]) == (2, 2)
+    raw = pd.read_csv(root / "eval" / "per_image.csv")
+    assert dict(zip(raw["image_id"], raw["subject"])) == {"chase_db1/Image_03L": "chase_db1/03", "chase_db1/Image_04R": "chase_db1/04"}
+    table = raw.set_index(["method", "image_id"])
     diff = table.loc["dncnn", "psnr_fov"] - table.loc["median", "psnr_fov"]
     assert t["mean_diff"] == pytest.approx(diff.mean(), abs=1e-4)
     net = build_model("dncnn", depth=3, features=8)
@@ -149,10 +152,10 @@ def test_summary_holds_cis_paired_tests_and_deterministic_cost(denoise_task):
 def test_every_metric_the_evaluation_writes_is_in_the_registry(denoise_task):
     root, summary = denoise_task
     table = pd.read_csv(root / "eval" / "per_image.csv")
-    assert list(table.columns) == ["task", "method", "kind", "image_id", "variant", "sigma", "scale", *COLUMNS]
+    assert list(table.columns) == ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale", *COLUMNS]
     assert all(c in METRICS for c in COLUMNS)
     for stats in (s for variants in summary["methods"].values() for s in variants.values()):
-        assert all(k in METRICS for k in stats if k not in ("kind", "n"))
+        assert all(k in METRICS for k in stats if k not in ("kind", "n", "n_images", "n_subjects"))
     tests = summary["paired_tests"]["v"]["models"]["dncnn"]
     assert list(tests) == [m for m in PAIRED if m in tests] and "psnr_fov" in tests and "manual_invented_rate" in tests
     for name, t in tests.items():

@@ -50,6 +50,10 @@ def test_the_verdict_needs_a_rise_above_zero_and_a_cost_below_the_budget():
     assert feat["differences"]["psnr_fov"]["mean"] == pytest.approx(-0.1)
     assert feat["differences"]["indep_thin_recall_above_chance"]["mean"] == pytest.approx(0.065)
     assert feat["recall_rose"] and feat["psnr_cost_db"] == pytest.approx(0.1) and feat["within_budget"]
+    assert (feat["differences"]["psnr_fov"]["n_images"], feat["differences"]["psnr_fov"]["n_subjects"]) == (4, 4)
+    paired_eyes = table.assign(subject=table["image_id"].map({"im0": "a", "im1": "a", "im2": "b", "im3": "b"}))
+    by_child = compare(paired_eyes, "s25", "cdae", vessel_groups(TRAIN)[("g", "cdae")], seed=1)[0]["differences"]["psnr_fov"]
+    assert (by_child["n_images"], by_child["n_subjects"]) == (4, 2)  # two eyes per child: two subjects
     assert "rose" in feat["verdict"] and f"below {PSNR_BUDGET_DB}" in feat["verdict"]
     assert not prob["recall_rose"] and not prob["within_budget"] and prob["psnr_cost_db"] == pytest.approx(0.5)
     assert "no rise" in prob["verdict"] and "not below" in prob["verdict"]
@@ -70,7 +74,7 @@ def test_table_rows_show_the_input_baselines_the_plain_model_and_the_variants():
     header, rows = table_rows(summary, "s25", "cdae", results, {"cdae-vprob": {"converged": False}})
     assert [r[0] for r in rows] == ["degraded", "nlmeans", "cdae", "cdae-vfeat", "cdae-vprob (not converged)"]
     assert rows[2][1] == "plain" and rows[3][1].startswith("segmenter features (0.001)")
-    assert len(header) == len(rows[0])
+    assert len(header) == len(rows[0]) and header[-1] == "images / subjects" and rows[2][-1] == "4 / 4"
     png = sweep_figure({"points": [{"task": "g", "variant": "s25", "form": "vessel", "weight": w, "psnr_fov": 33 - w,
                                     "indep_thin_recall_above_chance": 0.02 + w / 10, "indep_invented_rate": 0.3} for w in (0.5, 1, 2)]},
                        summary, "s25", "cdae")

@@ -78,3 +78,16 @@ def test_the_targets_name_registered_methods_and_the_default_tasks():
     for t in TARGETS:
         assert t.task in tasks and t.variant in tasks[t.task]["test"], t
         assert t.subject in names and t.reference in names and t.subject != t.reference, t
+
+
+def test_a_target_states_the_images_and_subjects_of_its_interval():
+    eyes = [f"chase_db1/Image_{c}{e}" for c in ("11", "12", "13", "14") for e in "LR"]
+    base = [30.0, 30.1, 31.0, 31.2, 32.0, 31.9, 33.0, 33.3]
+    t = table({"dncnn": [v + 2.1 for v in base], "bm3d": base})
+    t["image_id"] = eyes * 2
+    t["subject"] = [f"chase_db1/{i[-3:-1]}" for i in eyes] * 2
+    result = check_target(ABOVE, t, {"dncnn": CONVERGED}, 0)
+    assert result["verdict"] == "met" and result["difference"]["mean"] == pytest.approx(2.1)
+    assert (result["difference"]["n_images"], result["difference"]["n_subjects"]) == (8, 4)
+    header, rows = targets_rows([result])
+    assert rows[0][header.index("images / subjects")] == "8 / 4"

@@ -23,7 +23,7 @@ def _summary(metrics: dict, width: float) -> dict:
             stats = {}
             for metric, value in numbers.items():
                 if metric in HEADLINE and not isinstance(value, bool):
-                    stats[HEADLINE[metric][0]] = {"mean": value, "ci95": [value - width, value + width]}
+                    stats[HEADLINE[metric][0]] = {"mean": value, "ci95": [value - width, value + width], "n_images": 8, "n_subjects": 4}
             out.setdefault(method, {})[variant] = stats
     return {"methods": out, "variants": sorted({v for vs in metrics.values() for v in vs})}
 
@@ -69,6 +69,7 @@ def test_small_moves_are_within_large_ones_outside_and_changes_fail(workspace, c
     rows, _ = verify(root)
     by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in rows}
     assert by[("denoise-g25", "irunet", "s25", "psnr_fov")]["verdict"] == WITHIN
+    assert by[("denoise-g25", "irunet", "s25", "psnr_fov")]["n_subjects"] == 4  # the interval the report printed, over subjects
     assert by[("denoise-g25", "cdae", "s25", "psnr_fov")]["verdict"] == OUTSIDE
     assert by[("denoise-g25", "redae", "s25", "converged")]["why"] == "convergence verdict changed"
     assert by[("sr-x4", "bicubic", "x4", "ssim")]["why"] == "missing in this run"
@@ -76,6 +77,7 @@ def test_small_moves_are_within_large_ones_outside_and_changes_fail(workspace, c
     assert main(["--root", str(root)]) == 1
     out = capsys.readouterr().out
     assert "1 within their 95% interval, 3 outside" in out and "cdae" in out and "irunet" in out
+    assert "over 8 images / 4 subjects" in out
 
 
 def test_a_revision_without_the_report_is_a_clear_error(workspace):

@@ -7,8 +7,9 @@ verdict comes from the per-image scores of the evaluation (``per_image.csv``), n
 - ``not run``: a method of the claim is not in this run's evaluation;
 - ``not converged``: a trained model of the claim did not converge (:mod:`medrestore.training.convergence`):
   its number says nothing about the paper's method;
-- ``reproduced``: the mean per-image difference is in the claimed direction and its 95% bootstrap
-  interval over the test images excludes zero;
+- ``reproduced``: the mean difference is in the claimed direction and its 95% bootstrap interval
+  over the test subjects (:func:`medrestore.evaluation.interval`: both eyes of one person resampled
+  together) excludes zero;
 - ``not reproduced``: otherwise.
 
 The papers are named by the labels of :data:`PAPERS` (README: label, authors, year, title).
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation import bootstrap_ci
+from medrestore.evaluation import image_subjects, interval
 from medrestore.metrics import LOWER_IS_BETTER
 
 #: label -> (authors, year, title, seed file)
@@ -63,8 +64,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("GilZuluaga2021", "IRUNet beats NL-means at sigma 50", "denoise-blind", "s50", "psnr_fov", "irunet", "nlmeans"),
 )
 
-RULE = ("reproduced: the mean per-image difference is in the claimed direction and its 95% bootstrap interval over the "
-        "test images excludes zero; not converged: a trained model of the claim did not converge; not run: a method is "
+RULE = ("reproduced: the mean difference is in the claimed direction and its 95% bootstrap interval over the "
+        "test subjects (both eyes of one person resampled together) excludes zero; not converged: a trained model of the claim did not converge; not run: a method is "
         "not in this run")
 
 
@@ -76,9 +77,8 @@ def per_image_scores(table: pd.DataFrame, variant: str, method: str, metric: str
     return rows.set_index("image_id")[metric].astype(float)
 
 
-def _interval(values: np.ndarray, seed: int) -> dict:
-    lo, hi = bootstrap_ci(values, seed)
-    return {"mean": round(float(np.nanmean(values)), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+def _interval(values: np.ndarray, seed: int, subjects: list[str] | None = None) -> dict:
+    return interval(values, seed, subjects, digits=4)
 
 
 def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], seed: int) -> dict:
@@ -91,10 +91,11 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
         missing = [m for m, s in ((claim.better, a), (claim.worse, b)) if s is None]
         return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}"}
     a, b = a.align(b, join="inner")
+    subjects = [image_subjects(table).get(str(i), str(i)) for i in a.index]
     sign = -1.0 if out["lower_is_better"] else 1.0
     diff = sign * (a.to_numpy() - b.to_numpy())
-    out["values"] = {claim.better: _interval(a.to_numpy(), seed), claim.worse: _interval(b.to_numpy(), seed)}
-    out["difference"] = {**_interval(diff, seed), "n": int(diff.size), "note": "claimed-better minus other, sign turned so that > 0 favours the claim"}
+    out["values"] = {claim.better: _interval(a.to_numpy(), seed, subjects), claim.worse: _interval(b.to_numpy(), seed, subjects)}
+    out["difference"] = {**_interval(diff, seed, subjects), "note": "claimed-better minus other, sign turned so that > 0 favours the claim"}
     unconverged = [m for m in (claim.better, claim.worse) if converged.get(m) is False]
     if unconverged:
         out.update(verdict="not converged", why=f"did not converge: {', '.join(unconverged)}")
@@ -130,17 +131,25 @@ def check_claims(eval_root: Path, converged: dict[str, dict[str, dict]], seed: i
     return results
 
 
+def sample_size(d: dict | None) -> str:
+    """What an interval rests on, as the report prints it: "8 / 4" (images / subjects)."""
+    if not d or "n_images" not in d:
+        return "–"
+    return f"{d['n_images']} / {d['n_subjects']}"
+
+
 def _cell(method: str, values: dict) -> str:
     v = values.get(method)
     return f"{method}: {v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v else method
 
 
 def claims_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["paper", "claim", "task [test]", "metric", "claimed better", "other", "difference [95% CI]", "verdict"]
+    header = ["paper", "claim", "task [test]", "metric", "claimed better", "other", "difference [95% CI]", "images / subjects", "verdict"]
     rows = []
     for r in results:
         vals = r.get("values") or {}
         d = r.get("difference")
         diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "–"
-        rows.append([r["paper"], r["claim"], f"{r['task']} [{r['variant']}]", r["metric"], _cell(r["better"], vals), _cell(r["worse"], vals), diff, r["verdict"]])
+        rows.append([r["paper"], r["claim"], f"{r['task']} [{r['variant']}]", r["metric"], _cell(r["better"], vals), _cell(r["worse"], vals), diff,
+                     sample_size(d), r["verdict"]])
     return header, rows

@@ -21,14 +21,20 @@ same segmenter is run on the clean image, on the degraded input and on every res
 ``ref_*`` columns compare with its segmentation of the clean image, ``manual_*`` columns with the
 dataset's manual mask (first observer; only for images that have one).
 
-Statistics (``summary.json``): per method and test variant, the mean and a 95 % percentile
-bootstrap interval over test images of every metric; ``paired_tests``: every model against the
-best classical baseline of that variant (highest mean ``psnr_fov``) on the same images, with the
-mean paired difference (model minus baseline), its 95 % paired bootstrap interval (images resampled
-with replacement, 2000 draws, seeded) and the two-sided Wilcoxon signed-rank p-value
-(``scipy.stats.wilcoxon``, zero differences dropped, exact distribution for small n). With n test
-images the smallest p the Wilcoxon test can give is 2 / 2**n (0.0156 for n = 7): few images mean
-little power, so ``min_p`` is stored beside each p-value.
+Statistics (``summary.json``): per method and test variant, the mean and a 95 % interval of every
+metric. The unit of every interval and test is the subject (:func:`subjects_by_image`: the person
+photographed, ``subject`` in per_image.csv), not the image: both eyes of one child are not two
+independent samples. A metric is first averaged over each subject's images, then the interval is
+SciPy's bias-corrected and accelerated (BCa) bootstrap over the subjects' means (2000 resamples,
+seeded; :func:`interval`); with the same number of images per subject the mean is the mean over the
+images. Sources without subjects: each image is its own subject. Every interval states
+``n_images`` and ``n_subjects`` beside it. ``paired_tests``: every model against the best classical
+baseline of that variant (highest mean ``psnr_fov``) on the same images, with the mean paired
+difference (model minus baseline), its 95 % interval (the same BCa bootstrap over the subjects' mean
+differences) and the two-sided Wilcoxon signed-rank p-value on the subjects' mean differences
+(``scipy.stats.wilcoxon``, zero differences dropped, exact distribution for small n). With n
+subjects the smallest p the Wilcoxon test can give is 2 / 2**n (0.125 for 4 subjects): few subjects
+mean little power, so ``min_p`` is stored beside each p-value.
 
 Cost: parameters and FLOPs per output megapixel of every model go into ``summary.json`` (they are
 the same on every machine). Seconds per megapixel of every method go to ``cost.json`` beside it,
@@ -111,18 +117,48 @@ def assert_test_unseen(patches_meta: dict, segmenter_train_ids: list[str] | tupl
         raise AssertionError(f"test images among the vessel segmenter's training images: {sorted(overlap)}")
 
 
-def bootstrap_ci(values: np.ndarray, seed: int, n: int = 2000, level: float = 0.95) -> tuple[float, float]:
-    """The ``level`` interval of the mean of ``values`` (non-finite values left out): SciPy's
-    bias-corrected and accelerated bootstrap (``scipy.stats.bootstrap``, BCa, ``n`` resamples drawn
-    from ``seed``), which widens the too-narrow percentile interval of a few skewed values. Where BCa
-    is undefined (SciPy warns and returns NaN: e.g. every resample has the same mean), the
-    percentile interval of the same resamples; equal values give the point."""
+def subjects_of(table: pd.DataFrame) -> pd.Series:
+    """The subject of each row of a per-image table: its ``subject`` column where given, else its
+    image id (a source without subjects: each image is its own subject)."""
+    ids = table["image_id"].astype(str)
+    if "subject" not in table:
+        return ids
+    subj = table["subject"]
+    return subj.where(subj.notna() & (subj.astype(str) != ""), ids).astype(str)
+
+
+def image_subjects(table: pd.DataFrame) -> dict[str, str]:
+    """Image id -> subject of a per-image table (:func:`subjects_of`)."""
+    return dict(zip(table["image_id"].astype(str), subjects_of(table)))
+
+
+def subject_means(values: np.ndarray, subjects: np.ndarray | list | None = None) -> np.ndarray:
+    """The mean of each subject's finite values (subjects in sorted order; a subject without a finite
+    value left out). ``subjects`` None: each value is its own subject, in the given order."""
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    if subjects is None:
+        return values[keep]
+    subjects = np.asarray(subjects, dtype=object)
+    if subjects.shape != values.shape:
+        raise ValueError(f"{values.size} values but {subjects.size} subjects")
+    return pd.Series(values[keep]).groupby(subjects[keep].astype(str), sort=True).mean().to_numpy(dtype=np.float64)
+
+
+def bootstrap_ci(values: np.ndarray, seed: int, n: int = 2000, level: float = 0.95,
+                 subjects: np.ndarray | list | None = None) -> tuple[float, float]:
+    """The ``level`` interval of the mean of ``values`` (non-finite values left out) over subjects:
+    the values are averaged per subject first (:func:`subject_means`; ``subjects`` None: each value
+    its own subject), then SciPy's bias-corrected and accelerated bootstrap of the mean of the
+    subjects' means (``scipy.stats.bootstrap``, BCa, ``n`` resamples drawn from ``seed``), which
+    widens the too-narrow percentile interval of a few skewed values. Where BCa is undefined (SciPy
+    warns and returns NaN: e.g. every resample has the same mean), the percentile interval of the
+    same resamples; equal values give the point."""
     import warnings
 
     from scipy import stats
 
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    values = subject_means(values, subjects)
     if values.size == 0:
         return float("nan"), float("nan")
     if values.size == 1 or np.all(values == values[0]):
@@ -138,38 +174,56 @@ def bootstrap_ci(values: np.ndarray, seed: int, n: int = 2000, level: float = 0.
     return float(values.min()), float(values.max())
 
 
-def paired_test(model_values: np.ndarray, baseline_values: np.ndarray, seed: int) -> dict[str, Any]:
-    """Model minus baseline on the same images: n, mean difference, paired bootstrap 95 % CI,
-    Wilcoxon signed-rank two-sided p-value and the smallest p possible with this n."""
+def interval(values: np.ndarray, seed: int, subjects: np.ndarray | list | None = None, digits: int = 6) -> dict[str, Any]:
+    """The one interval of every stored result (summary.json, claims, targets, the report): the mean
+    over subjects of their mean value, its 95 % BCa bootstrap interval over subjects
+    (:func:`bootstrap_ci`), and how many images and subjects it rests on (finite values only)."""
+    values = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    means = subject_means(values, subjects)
+    lo, hi = bootstrap_ci(values, seed, subjects=subjects)
+    mean = float(means.mean()) if means.size else float("nan")
+    return {"mean": round(mean, digits), "ci95": [round(lo, digits), round(hi, digits)],
+            "n_images": int(keep.sum()), "n_subjects": int(means.size)}
+
+
+def paired_test(model_values: np.ndarray, baseline_values: np.ndarray, seed: int,
+                subjects: np.ndarray | list | None = None) -> dict[str, Any]:
+    """Model minus baseline on the same images, tested over subjects (each subject's mean
+    difference; ``subjects`` None: each image its own subject): n (subjects), mean difference,
+    its 95 % BCa bootstrap interval (:func:`interval`), the Wilcoxon signed-rank two-sided p-value
+    over the subjects' differences and the smallest p possible with this n, how many subjects favour
+    each side, and the numbers of images and subjects."""
     from scipy.stats import wilcoxon
 
     a, b = np.asarray(model_values, np.float64), np.asarray(baseline_values, np.float64)
     keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
-    n = int(d.size)
-    out: dict[str, Any] = {"n": n}
+    d = np.where(keep, a - b, np.nan)
+    per_subject = subject_means(d, subjects)
+    n = int(per_subject.size)
+    out: dict[str, Any] = {"n": n, "n_images": int(keep.sum()), "n_subjects": n}
     if n == 0:
         return out
-    lo, hi = bootstrap_ci(d, seed)
-    nonzero = int(np.count_nonzero(d))
+    ci = interval(d, seed, subjects)
+    nonzero = int(np.count_nonzero(per_subject))
     if nonzero == 0:
         p = 1.0
     else:
-        p = float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+        p = float(wilcoxon(per_subject, zero_method="wilcox", alternative="two-sided").pvalue)
     out.update({
-        "mean_diff": round(float(d.mean()), 6),
-        "ci95": [round(lo, 6), round(hi, 6)],
+        "mean_diff": ci["mean"],
+        "ci95": ci["ci95"],
         "wilcoxon_p": round(p, 6),
         "min_p": round(2.0 / 2.0**nonzero, 6) if nonzero else 1.0,
-        "model_better": int(np.sum(d > 0)),
-        "baseline_better": int(np.sum(d < 0)),
+        "model_better": int(np.sum(per_subject > 0)),
+        "baseline_better": int(np.sum(per_subject < 0)),
     })
     return out
 
 
 def paired_tests(table: pd.DataFrame, seed: int) -> dict[str, Any]:
     """Every model against the best baseline (highest mean :data:`~medrestore.metrics.BEST_BY`,
-    ``psnr_fov``) per test variant, on every paired metric of the registry."""
+    ``psnr_fov``) per test variant, on every paired metric of the registry, over subjects."""
     out: dict[str, Any] = {}
     for variant, grp in table.groupby("variant", sort=True):
         base = grp[grp["kind"] == "baseline"]
@@ -178,18 +232,31 @@ def paired_tests(table: pd.DataFrame, seed: int) -> dict[str, Any]:
         means = base.groupby("method")[BEST_BY].mean()
         best = str(means.idxmax()) if means.notna().any() else str(min(base["method"].unique()))
         ref = grp[grp["method"] == best].set_index("image_id")
+        subjects = subjects_of(grp[grp["method"] == best]).to_numpy()
         entry: dict[str, Any] = {"baseline": best, "chosen_by": f"highest mean {BEST_BY}", "models": {}}
         for model in sorted(grp.loc[grp["kind"] == "model", "method"].unique()):
             rows = grp[grp["method"] == model].set_index("image_id").reindex(ref.index)
             tests = {}
             for metric in PAIRED:
                 if metric in rows and rows[metric].notna().any() and ref[metric].notna().any():
-                    t = paired_test(rows[metric].to_numpy(float), ref[metric].to_numpy(float), seed)
+                    t = paired_test(rows[metric].to_numpy(float), ref[metric].to_numpy(float), seed, subjects)
                     if t["n"]:
                         t["higher_is_better"] = metric not in LOWER_IS_BETTER
                         tests[metric] = t
             entry["models"][model] = tests
         out[str(variant)] = entry
+    return out
+
+
+def subjects_by_image(patches_meta: dict, manifest: dict | None = None) -> dict[str, str]:
+    """Test image id -> subject: the test entry's ``subject`` (patches.json), else the prepare
+    manifest's subject of its source image, else the image id (each image its own subject)."""
+    by_source = {e["id"]: e.get("subject") or e["id"] for e in (manifest or {}).get("images", [])}
+    out = {}
+    for e in patches_meta.get("test", []):
+        source = e.get("source_id", e["id"])
+        whole = source == e["id"]  # a region of an image (few-image splits) is its own subject
+        out[e["id"]] = e.get("subject") or (by_source.get(source) if whole else None) or e["id"]
     return out
 
 
@@ -254,27 +321,28 @@ def score_clean(clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, 
 
 
 def per_image_table(rows: list[dict]) -> pd.DataFrame:
-    """per_image.csv's table: the row keys, then every metric column of the registry in its order
-    (empty where a row has no value)."""
+    """per_image.csv's table: the row keys (``subject``: the image id where a row has none), then
+    every metric column of the registry in its order (empty where a row has no value)."""
     table = pd.DataFrame(rows)
+    table["subject"] = subjects_of(table)
     for col in COLUMNS:
         if col not in table:
             table[col] = np.nan
-    order = ["task", "method", "kind", "image_id", "variant", "sigma", "scale", *COLUMNS]
+    order = ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale", *COLUMNS]
     return table[order]
 
 
 def summarise(table: pd.DataFrame, seed: int) -> dict[str, dict[str, dict]]:
-    """Method -> test variant -> kind, number of images and, per metric with a value, its mean and
-    95 % bootstrap interval over the images (rounded to 6 decimals)."""
+    """Method -> test variant -> kind, numbers of images and subjects and, per metric with a value,
+    its :func:`interval` over subjects (mean, 95 % interval, images, subjects; 6 decimals)."""
     methods: dict[str, dict[str, dict]] = {}
     for (method, variant), grp in table.groupby(["method", "variant"], sort=True):
-        stats = {"kind": grp["kind"].iloc[0], "n": len(grp)}
+        subjects = subjects_of(grp).to_numpy()
+        stats = {"kind": grp["kind"].iloc[0], "n": len(grp), "n_images": len(grp), "n_subjects": int(len(set(subjects)))}
         for col in COLUMNS:
             vals = grp[col].to_numpy(dtype=float)
             if np.isfinite(vals).any():
-                lo, hi = bootstrap_ci(vals, seed)
-                stats[col] = {"mean": round(float(np.nanmean(vals[np.isfinite(vals)])), 6), "ci95": [round(lo, 6), round(hi, 6)]}
+                stats[col] = interval(vals, seed, subjects)
         methods.setdefault(method, {})[variant] = stats
     return methods
 

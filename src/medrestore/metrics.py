@@ -14,6 +14,9 @@ Conventions (the same for every row of every table):
   window, "valid" filtering, as ``ssim``/``ssimc``) averaged over the windows whose centre pixel is
   inside the FOV (colour: and over the three channels). Without a mask they equal the whole-image
   values (tested);
+- ``psnr_fov_e3``: ``psnr_fov`` on the FOV eroded by a disk of radius 3 px
+  (:data:`FOV_EROSION_PX`; pixels outside the image count as outside the FOV): the FOV's rim, where
+  the detected mask and the dark border meet, is left out;
 - ``niqe``, ``brisque``: pyiqa's, on Y (lower is better);
 - ``entropy``: pyiqa's Shannon entropy of the 8-bit grey histogram (Zhao2019's measure).
 
@@ -67,6 +70,7 @@ class Metric:
 REGISTRY: tuple[Metric, ...] = (
     Metric("psnr", FULL, table=True, paired=True),
     Metric("psnr_fov", FULL, fov=True, table=True, paired=True),
+    Metric("psnr_fov_e3", FULL, fov=True, table=True),
     Metric("psnr_y", FULL),
     Metric("psnr_y_fov", FULL, fov=True),
     Metric("psnr_green", FULL, table=True),
@@ -174,6 +178,18 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.float32).transpose(2, 0, 1)).div_(255.0)[None]
 
 
+#: The radius (px) of the disk ``psnr_fov_e3`` erodes the FOV with.
+FOV_EROSION_PX = 3
+
+
+def eroded_fov(mask: np.ndarray, radius: int = FOV_EROSION_PX) -> np.ndarray:
+    """``mask`` eroded by a disk of ``radius`` px (pixels outside the image count as outside)."""
+    from scipy.ndimage import binary_erosion
+    from skimage.morphology import disk
+
+    return binary_erosion(np.asarray(mask, bool), structure=disk(radius), border_value=0)
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
@@ -243,6 +259,8 @@ def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | N
     ya, yb = _luma(x), _luma(y)
     mse_y = float(np.mean((ya[mask] - yb[mask]) ** 2)) if mask.any() else float("nan")
     out["psnr_fov"] = _psnr(image[mask], reference[mask])
+    inner = eroded_fov(mask)
+    out["psnr_fov_e3"] = _psnr(image[inner], reference[inner]) if inner.any() else float("nan")
     out["psnr_y_fov"] = float("inf") if mse_y == 0 else float(10.0 * np.log10(1.0 / mse_y))
     out["psnr_green_fov"] = _psnr(image[..., 1][mask], reference[..., 1][mask])
     out.update(_ssim_whole_and_fov(x, y, mask))

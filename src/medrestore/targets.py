@@ -2,12 +2,13 @@
 ``reports/targets.json`` and the report's "Quality targets" table.
 
 A target says that one method (or the task's best converged trained model, :data:`BEST`) reaches a
-level set by another: ``subject - factor * reference >= margin`` on the mean over the test images
-(turned for metrics where lower is better, so that ``>= margin`` always means "reached"). The
-verdict comes from the per-image scores of the evaluation (``per_image.csv``), never from text:
+level set by another: ``subject - factor * reference >= margin`` on the mean over the people of the
+test images (each person's images averaged first; turned for metrics where lower is better, so
+that ``>= margin`` always means "reached"). The verdict comes from the per-image scores of the evaluation
+(``per_image.csv``), never from text:
 
-- ``met`` / ``missed``: the mean per-image difference is at least / below the margin (its 95%
-  bootstrap interval is shown beside it);
+- ``met`` / ``missed``: the mean difference is at least / below the margin (its 95% bootstrap
+  interval over the test subjects, :func:`medrestore.evaluation.interval`, is shown beside it);
 - ``not converged``: a trained model of the target did not converge, so its number is the training
   budget's and the target is neither met nor missed by the method; the row says how far it trained;
 - ``not run``: a method of the target is not in this run.
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medrestore.claims import per_image_scores, per_image_tables
-from medrestore.evaluation import bootstrap_ci
+from medrestore.claims import per_image_scores, per_image_tables, sample_size
+from medrestore.evaluation import image_subjects, interval
 from medrestore.io import read_json
 from medrestore.metrics import BEST_BY, LOWER_IS_BETTER
 
@@ -62,7 +63,7 @@ TARGETS: tuple[Target, ...] = (
            "denoise-g25", "s25", "manual_invented_rate", BEST, "degraded", factor=0.5),
 )
 
-RULE = ("met: the mean over the test images of (model - factor x reference), turned where lower is better, is at least the "
+RULE = ("met: the mean over the test subjects (each subject's images averaged first) of (model - factor x reference), turned where lower is better, is at least the "
         "margin; not converged: a trained model of the target did not converge (its number is the budget's); the "
         "training column says how far each trained model went")
 
@@ -112,10 +113,9 @@ def check_target(target: Target, table: pd.DataFrame, converged: dict[str, dict]
     a, b = a.align(b, join="inner")
     sign = -1.0 if out["lower_is_better"] else 1.0
     diff = sign * (a.to_numpy() - target.factor * b.to_numpy())
-    lo, hi = bootstrap_ci(diff, seed)
+    subjects = [image_subjects(table).get(str(i), str(i)) for i in a.index]
     out["values"] = {subject: round(float(a.mean()), 4), target.reference: round(float(b.mean()), 4)}
-    out["difference"] = {"mean": round(float(diff.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)], "n": int(diff.size),
-                         "note": "subject - factor x reference, turned so that > 0 is better"}
+    out["difference"] = {**interval(diff, seed, subjects, digits=4), "note": "subject - factor x reference, turned so that > 0 is better"}
     trained = [m for m in (subject, target.reference) if m in converged]
     out["training"] = [n for n in (training_note(m, converged[m]) for m in trained) if n]
     unconverged = [m for m in trained if not converged[m]["converged"]]
@@ -149,7 +149,7 @@ def check_targets(eval_root: Path, conv_by_task: dict[str, dict[str, dict]], see
 
 
 def targets_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["target", "task [test]", "metric", "values", "difference - margin [95% CI]", "verdict", "training"]
+    header = ["target", "task [test]", "metric", "values", "difference - margin [95% CI]", "images / subjects", "verdict", "training"]
     rows = []
     for r in results:
         vals = ", ".join(f"{m}: {v:.3f}" for m, v in (r.get("values") or {}).items()) or "–"
@@ -158,5 +158,5 @@ def targets_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         if d:
             m = r["margin"]
             diff = f"{d['mean'] - m:+.3f} [{d['ci95'][0] - m:+.3f}, {d['ci95'][1] - m:+.3f}]"
-        rows.append([r["target"], f"{r['task']} [{r['variant']}]", r["metric"], vals, diff, r["verdict"], "; ".join(r.get("training") or []) or "–"])
+        rows.append([r["target"], f"{r['task']} [{r['variant']}]", r["metric"], vals, diff, sample_size(d), r["verdict"], "; ".join(r.get("training") or []) or "–"])
     return header, rows

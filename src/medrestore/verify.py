@@ -6,7 +6,8 @@ a rerun elsewhere moves the trained models' numbers a little. For every number o
 
 - ``identical``: this run's value is the committed one (to the 6 decimals stored);
 - ``within``: it differs, but the committed value lies inside this run's 95 % bootstrap interval over
-  the test images (``artifacts/eval/TASK/summary.json``, the column the report took the number from);
+  the test subjects (``artifacts/eval/TASK/summary.json``, the column the report took the number from:
+  the intervals of :func:`medrestore.evaluation.interval`, the report's own);
 - ``outside``: the committed value is outside that interval, or the number (or its interval) is
   missing here, or a convergence verdict (``converged``) changed.
 
@@ -42,10 +43,11 @@ def committed_metrics(source: str, root: Path) -> tuple[dict, str]:
     return json.loads(res.stdout), f"{source}:reports/metrics.json"
 
 
-def _interval(stats: dict, metric: str) -> list[float] | None:
+def _interval(stats: dict, metric: str) -> dict | None:
+    """The summary's interval of a headline number: mean, ci95, n_images, n_subjects."""
     for col in HEADLINE.get(metric, ()):
         if col in stats:
-            return stats[col].get("ci95")
+            return stats[col]
     return None
 
 
@@ -71,8 +73,10 @@ def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any
                     elif value == mine or (isinstance(value, float) and isinstance(mine, float) and math.isclose(value, mine, abs_tol=5e-7)):
                         row["verdict"] = IDENTICAL
                     else:
-                        ci = _interval(stats, metric)
+                        found = _interval(stats, metric) or {}
+                        ci = found.get("ci95")
                         row["ci95"] = ci
+                        row.update({k: found[k] for k in ("n_images", "n_subjects") if k in found})
                         if ci is None or any(c is None or not math.isfinite(c) for c in ci):
                             row["verdict"], row["why"] = OUTSIDE, f"no interval in {summary_path}"
                         else:
@@ -96,7 +100,8 @@ def format_rows(rows: list[dict], source: str, only_changed: bool = False) -> st
     for r in rows:
         if only_changed and r["verdict"] == IDENTICAL:
             continue
-        ci = f" (95% interval {r['ci95'][0]:.4g} .. {r['ci95'][1]:.4g})" if r.get("ci95") else ""
+        over = f" over {r['n_images']} images / {r['n_subjects']} subjects" if "n_subjects" in r else ""
+        ci = f" (95% interval {r['ci95'][0]:.4g} .. {r['ci95'][1]:.4g}{over})" if r.get("ci95") else ""
         why = f" ({r['why']})" if r.get("why") else ""
         fmt = lambda v: "-" if v is None else (str(v) if isinstance(v, bool) else f"{v:.6g}")
         lines.append(f"{r['task']:14s} {r['method']:14s} {r['variant']:9s} {r['metric']:10s} {fmt(r['committed']):>11s} "

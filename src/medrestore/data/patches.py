@@ -274,6 +274,8 @@ def patchify(
     summary["test"] = test_entries
     subject = {e["id"]: e.get("subject") or e["id"] for e in manifest["images"]}
     summary["subjects"] = {k: sorted({subject[u.source_id] for u in v}) for k, v in splits.items()} if len(manifest["images"]) >= 3 else None
+    for e in test_entries:  # the evaluation's statistics resample subjects: both eyes of one person together
+        e["subject"] = subject[e["source_id"]] if summary["subjects"] else e["id"]
     _assert_disjoint(summary["splits"], splits)
     if summary["subjects"]:
         for a in SPLITS:

@@ -32,6 +32,7 @@ from medrestore.evaluation import (
     run_baseline,
     score_clean,
     score_restored,
+    subjects_by_image,
     summarise,
     task_scale,
 )
@@ -83,6 +84,7 @@ def evaluate_task(
         assert_test_unseen(meta, scorer_meta.get("train_ids", []))
     corruption = read_json(corrupt_dir / "corruption.json")
     clean_by_id = {e["id"]: e for e in meta["test"]}
+    subjects = subjects_by_image(meta)
     if not corruption["test"]:
         raise InputError(f"{corrupt_dir / 'corruption.json'}: no test images. Fix: rerun the corrupt stage.")
     scale = task_scale(corruption, corruption["test"][0])
@@ -129,7 +131,7 @@ def evaluate_task(
                 "Fix: rerun the corrupt stage."
             )
         sigma = case_sigma(case.get("params", {}), case.get("spec"))
-        base = {"task": task, "image_id": case["id"], "variant": case["variant"], "sigma": sigma, "scale": s}
+        base = {"task": task, "image_id": case["id"], "subject": subjects[case["id"]], "variant": case["variant"], "sigma": sigma, "scale": s}
         low = to_float(degraded)
         pixels = clean.shape[0] * clean.shape[1]
         outputs: dict[str, tuple[str, np.ndarray]] = {"degraded": ("input", to_uint8(upsample_bicubic(low, s)))}

@@ -47,6 +47,14 @@ def _fmt(stats: dict | None, metric: str) -> str:
     return f"{fmt.format(m['mean'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+def sample_size(stats: dict) -> str:
+    """What a row's intervals rest on: "8 / 4" (test images / subjects); the number of images alone
+    in a summary written before subjects were counted."""
+    if "n_subjects" in stats:
+        return f"{stats['n_images']} / {stats['n_subjects']}"
+    return f"{stats['n']} / –" if "n" in stats else "–"
+
+
 def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """Rows of one task/variant table, best value per column marked with ``**`` (among baselines and
     converged models: a model that did not converge is marked in its row and never called best)."""
@@ -62,13 +70,13 @@ def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = 
         if cands:
             pick = min if metric in LOWER_IS_BETTER else max
             best[metric] = pick(cands, key=cands.get)
-    header = ["method", "kind", *(column_title(m) for m in metrics)]
+    header = ["method", "kind", *(column_title(m) for m in metrics), "images / subjects"]
     rows = []
     for m in methods:
         stats = summary["methods"][m][variant]
         cells = [_fmt(stats, k) for k in metrics]
         cells = [f"**{c}**" if best.get(k) == m else c for c, k in zip(cells, metrics)]
-        rows.append([label(m, converged), stats["kind"], *cells])
+        rows.append([label(m, converged), stats["kind"], *cells, sample_size(stats)])
     return header, rows
 
 
@@ -109,7 +117,8 @@ def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None =
     entry = summary.get("paired_tests", {}).get(variant)
     if not entry or not entry.get("models"):
         return None
-    header = ["model", f"vs {entry['baseline']}", "mean difference [95% CI]", "model better / worse (images)", "Wilcoxon p (smallest possible)"]
+    header = ["model", f"vs {entry['baseline']}", "mean difference [95% CI]", "model better / worse (subjects)", "Wilcoxon p (smallest possible)",
+              "images / subjects"]
     rows = []
     shown = [m for m in table_metrics(summary, variant) if METRICS[m].paired]
     for model, tests in sorted(entry["models"].items()):
@@ -120,7 +129,7 @@ def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None =
             fmt = f"{{:+.{digits(metric)}f}}"
             rows.append([label(model, converged), column_title(metric), f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
                          f"{t['model_better']} / {t['baseline_better']} of {t['n']}" if t.get("higher_is_better", True) else f"{t['baseline_better']} / {t['model_better']} of {t['n']}",
-                         f"{t['wilcoxon_p']:.3f} ({t['min_p']:.3f})"])
+                         f"{t['wilcoxon_p']:.3f} ({t['min_p']:.3f})", sample_size({"n": t["n"], **t})])
     return header, rows
 
 
@@ -142,7 +151,7 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
 #: vessel scores against the manual masks where the dataset has them, else against the clean image's
 #: segmentation), plus ``converged`` for trained models.
 HEADLINE = {
-    "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
+    "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_fov_e3": ("psnr_fov_e3",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
     "niqe": ("niqe",), "brisque": ("brisque",),
     "thin_kept": ("manual_thin_recall_above_chance", "ref_thin_recall_above_chance"),
     "invented": ("manual_invented_rate", "ref_invented_rate"),

@@ -51,11 +51,11 @@ def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
         f"{pa['patch_size']}x{pa['patch_size']} at stride {pa['stride']}, at least {pa['min_fov_fraction']:.0%} inside "
         f"the FOV. Corruptions (sigma on the 0-255 scale, clipped and quantised to 8 bits): {task_txt}. Training "
         f"(the papers' recipes in train.models under the `{profile}` budget profile, weights at the best validation PSNR kept): {run_txt}. Baselines are given the true noise sigma. Metrics: PSNR on RGB "
-        f"(whole image, inside the FOV, green channel), SSIM on Y, NIQE and BRISQUE on Y, entropy of the 8-bit grey "
+        f"(whole image, inside the FOV, inside the FOV eroded by 3 px, green channel), SSIM on Y, NIQE and BRISQUE on Y, entropy of the 8-bit grey "
         f"histogram (pyiqa). Vessels: the pipeline's vessel segmenter (next section) is run on every image; 'thin "
         f"vessels kept' is the recall of reference vessels at most 2 px wide minus the recall expected by chance, 'vessels "
         f"invented' the share of detected vessel pixels more than 2 px "
-        f"from any reference vessel, both inside the FOV; the reference is the manual mask where the dataset has one, else the segmentation of the clean image. Brackets are 95% bootstrap intervals over test images."
+        f"from any reference vessel, both inside the FOV; the reference is the manual mask where the dataset has one, else the segmentation of the clean image. Brackets are 95% BCa bootstrap intervals over the test subjects (each person's images averaged first, both eyes of one person resampled together; paired Wilcoxon tests likewise over subjects); each table states the numbers of test images and subjects they rest on."
     )
 
 

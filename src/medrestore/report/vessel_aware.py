@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation import bootstrap_ci
+from medrestore.evaluation import interval, subjects_of
 from medrestore.io import read_json
 from medrestore.report.figures import _fig_png, vessel_figure
 from medrestore.report.policy import label
@@ -54,17 +54,16 @@ def vessel_groups(train: dict) -> dict[tuple[str, str], list[dict]]:
 
 
 def _paired(table: pd.DataFrame, variant: str, a: str, b: str, column: str, seed: int) -> dict | None:
-    """Mean of a - b over the test images both have, with its 95% bootstrap interval."""
+    """Mean of a - b over the test subjects both have, with its 95% bootstrap interval over subjects
+    (:func:`medrestore.evaluation.interval`) and the numbers of images and subjects."""
     rows = table[table["variant"] == variant]
-    x = rows[rows["method"] == a].set_index("image_id")[column]
-    y = rows[rows["method"] == b].set_index("image_id")[column]
-    x, y = x.align(y, join="inner")
+    left = rows[rows["method"] == a].set_index("image_id")
+    x, y = left[column].align(rows[rows["method"] == b].set_index("image_id")[column], join="inner")
+    subjects = subjects_of(left.reset_index()).set_axis(left.index).reindex(x.index).to_numpy()
     d = (x - y).to_numpy(dtype=float)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
+    if not np.isfinite(d).any():
         return None
-    lo, hi = bootstrap_ci(d, seed)
-    return {"mean": float(d.mean()), "ci95": [lo, hi], "n": int(d.size)}
+    return interval(d, seed, subjects)
 
 
 def _fmt(d: dict | None, digits: int) -> str:
@@ -90,7 +89,8 @@ def compare(table: pd.DataFrame, variant: str, plain: str, vessel: list[dict], s
 
 
 def table_rows(summary: dict, variant: str, plain: str, results: list[dict], conv: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "form (weight)", *(t for _, t, _ in COMPARED), "vs plain: thin kept (independent)", "vs plain: PSNR in FOV (dB)", "verdict"]
+    header = ["method", "form (weight)", *(t for _, t, _ in COMPARED), "vs plain: thin kept (independent)", "vs plain: PSNR in FOV (dB)", "verdict",
+              "images / subjects"]
     rows = []
     methods = ["degraded", *sorted(m for m, v in summary["methods"].items() if v.get(variant, {}).get("kind") == "baseline"), plain]
     for m in methods + [r["method"] for r in results]:
@@ -109,7 +109,8 @@ def table_rows(summary: dict, variant: str, plain: str, results: list[dict], con
         form = "plain" if m == plain else (f"{FORMS.get(r['form'], r['form'])} ({r['weight']:g})" if r else st["kind"])
         extra = ([_fmt(r["differences"]["indep_thin_recall_above_chance"], 3), _fmt(r["differences"]["psnr_fov"], 2), r["verdict"]]
                  if r else ["", "", ""])
-        rows.append([label(m, conv), form, *cells, *extra])
+        size = f"{st['n_images']} / {st['n_subjects']}" if "n_subjects" in st else "–"
+        rows.append([label(m, conv), form, *cells, *extra, size])
     return header, rows
 
 
@@ -164,7 +165,8 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
     intro = (f"Each vessel-aware model is its plain twin trained again with one added loss term (same data, steps and seed), built on "
              f"the pipeline's vessel segmenter, frozen. The vessels are judged by an independent segmenter (another seed, trained "
              f"on the second observer's masks) and, for comparison, by the loss's own segmenter. Differences are paired over the "
-             f"test images (mean and 95% bootstrap interval); a vessel term is worth it when the independent thin-vessel recall "
+             f"test images (mean and 95% bootstrap interval over the test subjects, both eyes of one person resampled together; "
+             f"each row states its images / subjects); a vessel term is worth it when the independent thin-vessel recall "
              f"rises (interval above 0) at a PSNR cost below {PSNR_BUDGET_DB} dB.")
     out["md"] += ["## Vessel-aware training", "", intro, ""]
     out["html"].append(f"<h2 id='vessel-aware'>Vessel-aware training</h2><p>{_html.escape(intro)}</p>")
