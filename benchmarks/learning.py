@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from benchmarks.bench import cpu_model
-    from medrestore.data.patches import load_patches
+    from medrestore.data.patches import load_fov, load_patches
     from medrestore.io import load_params, read_json
     from medrestore.params import run_entry, train_settings
     from medrestore.training import TrainConfig, train_model
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             tracker=clock,
             train_domain=domain,
             run=args.run,
+            fov=(load_fov(patches, "train"), load_fov(patches, "val")) if cfg.fov_loss else None,
         )
     total = time.perf_counter() - clock.start
     result = {

@@ -67,6 +67,7 @@ class TrainSettings(_Strict):
     strategy: Optional[str] = None
     precision: Optional[str] = None
     augment: Optional[bool] = None
+    fov_loss: Optional[bool] = None
     progress_bar: Optional[bool] = None
     ckpt_every: Optional[int] = None
     channels_last: Optional[bool] = None

@@ -11,7 +11,8 @@ measures it); a memory map would keep every written page resident until the end.
 
 ``patches.json`` lists each split's units (``units[split][k]``: id, source image, dataset and box)
 and ``{split}_index.npy`` holds, per patch, ``[k, y, x]``: its unit and its top-left corner in the
-prepared image.
+prepared image; ``{split}_fov.npy`` (N, P, P) uint8 the patch's FOV mask (1 inside), for a loss
+counted inside the FOV as the evaluation is.
 """
 
 from __future__ import annotations
@@ -230,11 +231,13 @@ def patchify(
                 "Fix: lower patchify.patch_size or patchify.min_fov_fraction."
             )
         index = np.zeros((total, 3), dtype=np.int32)
-        with npy_writer(out_dir / f"{split}.npy", (total, patch_size, patch_size, 3)) as out:
+        with npy_writer(out_dir / f"{split}.npy", (total, patch_size, patch_size, 3)) as out, \
+                npy_writer(out_dir / f"{split}_fov.npy", (total, patch_size, patch_size)) as fov_out:
             k = 0
             for ui, (unit, pos) in enumerate(zip(units, positions)):
                 if len(pos) == 0:
                     continue
+                fov_out.write(_cut(fov_of(unit.source_id)[..., None].astype(np.uint8), pos, patch_size)[..., 0])
                 path = prepared_dir / by_id[unit.source_id]["image"]
                 image = read_image(path, "RGB")
                 if image.shape[:2] != (manifest["size"], manifest["size"]):
@@ -307,6 +310,14 @@ def _assert_disjoint(names: dict[str, list[str]], splits: dict[str, list[Unit]])
             if key in seen and seen[key] != split:
                 raise AssertionError(f"{key} is in both {seen[key]} and {split}")
             seen[key] = split
+
+
+def load_fov(out_dir: Path, split: str) -> np.ndarray:
+    """Memory-mapped FOV masks of one split's patches (N, P, P) uint8, 1 inside the FOV."""
+    path = Path(out_dir) / f"{split}_fov.npy"
+    if not path.is_file():
+        raise InputError(f"{path}: missing (patches cut before FOV masks were stored). Fix: rerun `dvc repro patchify`.")
+    return np.load(path, mmap_mode="r")
 
 
 def load_patches(out_dir: Path, split: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.data.patches import load_patches
+from medrestore.data.patches import load_fov, load_patches
 from medrestore.io import atomic_dir, read_json
 from medrestore.params import run_entry, train_settings, with_runtime
 from medrestore.pipeline.paths import (
@@ -46,10 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     train_pairs = (load_patches(PATCHES, "train"), load_patches(corrupted, "train"))
     val_pairs = (load_patches(PATCHES, "val"), load_patches(corrupted, "val"))
     first_dir = None
+    fov = (load_fov(PATCHES, "train"), load_fov(PATCHES, "val")) if cfg.fov_loss else None
     if "first" in entry:  # a chain: the trained network learns from the first model's reduced outputs
         first_dir = model_dir(entry["task"], entry["first"])
         train_pairs, val_pairs = chain_pairs(first_dir, key, train_pairs, val_pairs, int(entry["downscale"]),
                                              entry.get("subset"), all_p["seed"])
+        # its samples are a seeded subset of the first model's outputs: the loss covers whole patches
+        cfg, fov = cfg.replace(fov_loss=False), None
     data = {
         "train_pairs": train_pairs,
         "val_pairs": val_pairs,
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         "extra_meta": {"task": entry["task"]},
         "train_domain": domain,
         "run": f"train@{key}",
+        "fov": fov,
     }
     if not is_rank_zero():
         # DDP: Lightning's launcher and torchrun run the stage once per process. Only rank 0 opens

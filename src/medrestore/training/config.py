@@ -50,6 +50,9 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     augment: bool = True
+    # paired models: the loss and the validation PSNR count only the pixels inside the field of view
+    # (patchify's {split}_fov.npy), as the evaluation does; patches may then cross the FOV's edge
+    fov_loss: bool = False
     progress_bar: bool = True
     ckpt_every: int = 100
     channels_last: bool = True  # measured faster for 3x3 convs on CPU (see README, performance)

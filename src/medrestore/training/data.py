@@ -35,17 +35,25 @@ class PairedPatches(Dataset):
     """(degraded, clean) pairs from two aligned (N, P, P, C) uint8 arrays, as float CHW in [0, 1].
 
     For super-resolution the degraded patches are ``scale`` times smaller: (N, P/s, P/s, C).
+    With ``fov`` (N, P, P), the clean patches' FOV masks, each item is (degraded, clean, mask) with
+    the mask as float 1 x P x P (1 inside the FOV).
     """
 
-    def __init__(self, clean: np.ndarray, degraded: np.ndarray) -> None:
+    def __init__(self, clean: np.ndarray, degraded: np.ndarray, fov: np.ndarray | None = None) -> None:
         self.scale = pair_scale(clean, degraded)
-        self.clean, self.degraded = clean, degraded
+        if fov is not None and tuple(fov.shape) != tuple(clean.shape[:3]):
+            raise InputError(f"FOV masks {tuple(fov.shape)} do not match the clean patches {tuple(clean.shape[:3])}. "
+                             "Fix: rerun the patchify stage.")
+        self.clean, self.degraded, self.fov = clean, degraded, fov
 
     def __len__(self) -> int:
         return self.clean.shape[0]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _to_tensor(self.degraded[i]), _to_tensor(self.clean[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        if self.fov is None:
+            return _to_tensor(self.degraded[i]), _to_tensor(self.clean[i])
+        mask = torch.from_numpy(np.array(self.fov[i], dtype=np.float32, copy=True))[None]
+        return _to_tensor(self.degraded[i]), _to_tensor(self.clean[i]), mask
 
 
 class UnpairedPatches(Dataset):

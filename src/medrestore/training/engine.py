@@ -105,14 +105,14 @@ def resolve_config(cfg: TrainConfig, train_pairs: tuple[np.ndarray, np.ndarray],
     return cfg.replace(**changes)
 
 
-def validation_subset(val_pairs: tuple[np.ndarray, np.ndarray], limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """``limit`` (clean, degraded) validation pairs evenly spaced over the set, which is stored image
-    by image, so every validation image keeps its share; all of them when ``limit`` is 0 or larger."""
+def validation_subset(val_pairs: tuple[np.ndarray, ...], limit: int) -> tuple[np.ndarray, ...]:
+    """``limit`` (clean, degraded[, FOV mask]) validation rows evenly spaced over the set, which is stored
+    image by image, so every validation image keeps its share; all of them when ``limit`` is 0 or larger."""
     n = int(val_pairs[0].shape[0])
     if limit <= 0 or n <= limit:
         return val_pairs
     keep = np.unique(np.linspace(0, n - 1, int(limit)).round().astype(np.int64))
-    return val_pairs[0][keep], val_pairs[1][keep]
+    return tuple(a[keep] for a in val_pairs)
 
 
 def start_from(net: torch.nn.Module, folder: Path, run: str) -> None:
@@ -142,12 +142,15 @@ def train_model(
     *,
     train_domain: np.ndarray | None = None,
     run: str | None = None,
+    fov: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on (clean, degraded) patch arrays; write the stage's outputs to ``out_dir``.
 
     ``train_domain`` (unpaired tasks): per training patch, 0 = use its clean version only, 1 = use its
     degraded version only. Paired models refuse it; cyclegan models without it draw both sides
     independently from all patches. ``run`` names the run in errors (default: the model).
+    ``fov``: the (train, val) patches' FOV masks (patchify's ``{split}_fov.npy``); with ``cfg.fov_loss``
+    a paired model's loss and validation PSNR count the pixels inside the FOV only.
     """
     spec = MODELS.get(cfg.model)
     if spec is None:
@@ -170,7 +173,10 @@ def train_model(
     else:
         if train_domain is not None:
             raise InputError(f"{cfg.model!r} trains on pairs, but this task is unpaired (train_domain.npy). Fix: use cyclegan or cyclegan-fc.")
-        train_ds = PairedPatches(clean, degraded)
+        if cfg.fov_loss and fov is None:
+            raise InputError(f"run {run!r}: fov_loss needs the patches' FOV masks (train_fov.npy, val_fov.npy). "
+                             "Fix: rerun the patchify stage, or set fov_loss: false.")
+        train_ds = PairedPatches(clean, degraded, fov[0] if cfg.fov_loss else None)
         sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed)
         n_train = len(train_ds)
     cfg = resolve_config(cfg, train_pairs, n_train)
@@ -178,11 +184,18 @@ def train_model(
     module = GAN_MODULES[spec.trainer](cfg, run) if spec.trainer in GAN_MODULES else RestorationModule(cfg, run)
     if cfg.init_from:
         start_from(module.net, Path(cfg.init_from), run)
-    val_pairs = validation_subset(val_pairs, cfg.val_patches)
-    val_ds = PairedPatches(val_pairs[0], val_pairs[1])
+    masked = cfg.fov_loss and spec.trainer != "cyclegan"
+    val_fov = fov[1] if masked else None
+    if val_fov is not None:
+        *val_pairs, val_fov = validation_subset((*val_pairs, val_fov), cfg.val_patches)
+    else:
+        val_pairs = validation_subset(val_pairs, cfg.val_patches)
+    val_ds = PairedPatches(val_pairs[0], val_pairs[1], val_fov)
     train_dl = DataLoader(train_ds, batch_sampler=sampler)
     val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False)
     arrays = [*train_pairs, *val_pairs] + ([] if train_domain is None else [np.asarray(train_domain)])
+    if masked:
+        arrays += [fov[0], val_fov]
     if cfg.init_from:  # the starting weights are part of the run's identity (resume folder)
         arrays.append(np.frombuffer((Path(cfg.init_from) / "model.safetensors").read_bytes(), np.uint8))
     run_dir = Path(ckpt_dir) / fingerprint(cfg, arrays)

@@ -83,17 +83,17 @@ class SRGANModule(_GANModule):
         return self.disc.parameters()
 
     def training_step(self, batch, batch_idx):
-        x, y = self._batch(batch)
+        x, y, mask = self._batch(batch)
         adversarial = self.global_step >= self.cfg.pretrain_steps
         if not adversarial:
-            loss, _ = self.content_loss(x, y)
+            loss, _ = self.content_loss(x, y, mask)
             self._check(loss, "the content loss (pre-training)")
             self._g_step(loss)
             self._end_batch()
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
             return
         # discriminator: real HR patches vs the generator's output (detached)
-        content, pred = self.content_loss(x, y)
+        content, pred = self.content_loss(x, y, mask)
         d_loss = adversarial_bce(self.disc.logits(y), True) + adversarial_bce(self.disc.logits(pred.detach()), False)
         self._check(d_loss, "the discriminator loss")
         self._d_step(d_loss)
@@ -136,7 +136,7 @@ class CycleGANModule(_GANModule):
         return itertools.chain(self.disc_e.parameters(), self.disc_b.parameters())
 
     def training_step(self, batch, batch_idx):
-        x, y = self._batch(batch)  # x: a degraded-domain sample, y: an unrelated clean-domain sample
+        x, y, _ = self._batch(batch)  # x: a degraded-domain sample, y: an unrelated clean-domain sample
         cfg = self.cfg
         g_e, g_b, d_e, d_b = self.net, self.gen_b, self.disc_e, self.disc_b
         # generators

@@ -20,9 +20,23 @@ from medrestore.training.callbacks import non_finite_error, on_curve
 from medrestore.training.config import TrainConfig, make_optimizer, make_scheduler
 
 
-def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10.0 * torch.log10(1.0 / mse)
+def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PSNR of each image of a batch (values in [0, 1]); with ``mask`` (N x 1 x H x W, 1 inside the
+    FOV) over the masked pixels only, as the evaluation's psnr_fov (an empty mask counts the whole patch)."""
+    err = (pred.clamp(0, 1) - target) ** 2
+    if mask is None:
+        mse = err.flatten(1).mean(1)
+    else:
+        weight = mask.expand_as(err).flatten(1)
+        inside = weight.sum(1)
+        mse = torch.where(inside > 0, (err.flatten(1) * weight).sum(1) / inside.clamp_min(1), err.flatten(1).mean(1))
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def inside_fov(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``pred`` inside the FOV and the target outside it: a pixel loss of the result counts the FOV only
+    (no value and no gradient outside), the rule of the evaluation's psnr_fov."""
+    return pred if mask is None else torch.where(mask > 0.5, pred, target)
 
 
 #: The keys of ``cfg.perceptual`` per backbone (``weight`` multiplies the term). ``vessel``: the frozen
@@ -84,19 +98,21 @@ class RestorationModule(L.LightningModule):
         return self.net(x)
 
     # ---- shared pieces
-    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _augment(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # One of the 8 dihedral transforms per batch, a function of (seed, step): resumable.
         k = int(np.random.default_rng([self.cfg.seed, self.global_step, 8]).integers(0, 8))
         if k >= 4:
-            x, y = x.flip(-1), y.flip(-1)
-        return torch.rot90(x, k % 4, (-2, -1)), torch.rot90(y, k % 4, (-2, -1))
+            tensors = tuple(t.flip(-1) for t in tensors)
+        return tuple(torch.rot90(t, k % 4, (-2, -1)) for t in tensors)
 
-    def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
+    def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(degraded, clean, FOV mask or None) of a training batch, laid out and augmented."""
+        x, y, mask = (*batch, None)[:3]
         x, y = self._layout(x), self._layout(y)
         if self.cfg.augment:
-            x, y = self._augment(x, y)
-        return x, y
+            x, y, *rest = self._augment(x, y, *([] if mask is None else [mask]))
+            mask = rest[0] if rest else None
+        return x, y, mask
 
     def _check(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value):
@@ -117,33 +133,37 @@ class RestorationModule(L.LightningModule):
         self.best_psnr = best.get("psnr", -math.inf)
         self.best_state = best.get("state")
 
-    def content_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel loss + weighted perceptual term, the restored image)."""
+    def content_loss(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel loss + weighted perceptual term, the restored image); with ``mask`` (a paired
+        model with ``fov_loss``) both terms see the restored image inside the FOV only
+        (:func:`inside_fov`). The pyramid loss (LapSRN's levels) stays over the whole patch."""
         if self.pyramid:
             preds = self.net.forward_pyramid(x)
             loss, pred = self.loss_fn(preds, y), preds[-1]
+            scored = pred
         else:
             pred = self.net(x)
-            loss = self.loss_fn(pred, y)
+            scored = inside_fov(pred, y, mask)
+            loss = self.loss_fn(scored, y)
         if self.perceptual is not None:
-            loss = loss + self.perceptual_weight * self.perceptual(pred, y)
+            loss = loss + self.perceptual_weight * self.perceptual(scored, y)
         return loss, pred
 
     # ---- training
     def training_step(self, batch, batch_idx):
-        x, y = self._batch(batch)
-        loss, _ = self.content_loss(x, y)
+        x, y, mask = self._batch(batch)
+        loss, _ = self.content_loss(x, y, mask)
         self._check(loss, "the training loss")
         if on_curve(self.global_step + 1):  # the step this batch completes; the curve reads it then
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, mask = (*batch, None)[:3]
         x = self._layout(x)
         pred = self.net(x)
-        loss = self.loss_fn([pred], y) if self.pyramid else self.loss_fn(pred, y)
-        psnr = psnr_per_image(pred, y)
+        loss = self.loss_fn([pred], y) if self.pyramid else self.loss_fn(inside_fov(pred, y, mask), y)
+        psnr = psnr_per_image(pred, y, mask)
         self._val.append((float(loss) * x.shape[0], float(psnr.sum()), x.shape[0]))
 
     def on_validation_epoch_end(self) -> None:
