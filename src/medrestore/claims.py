@@ -5,6 +5,8 @@ Each claim says that one method beats another on one metric of one task's test c
 verdict comes from the per-image scores of the evaluation (``per_image.csv``), never from text:
 
 - ``not run``: a method of the claim is not in this run's evaluation;
+- ``failed``: a trained model of the claim scores below its degraded input on the claim's test
+  corruption (:mod:`medrestore.gates`): it restored nothing, so it says nothing about its method;
 - ``not converged``: a trained model of the claim did not converge (:mod:`medrestore.training.convergence`):
   its number says nothing about the paper's method;
 - ``reproduced``: the mean per-image difference is in the claimed direction and its 95% bootstrap
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medrestore.evaluation import bootstrap_ci
+from medrestore.gates import FAILED, failed_in_table
 from medrestore.metrics import LOWER_IS_BETTER
 
 #: label -> (authors, year, title, seed file)
@@ -64,8 +67,8 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 RULE = ("reproduced: the mean per-image difference is in the claimed direction and its 95% bootstrap interval over the "
-        "test images excludes zero; not converged: a trained model of the claim did not converge; not run: a method is "
-        "not in this run")
+        "test images excludes zero; failed: a trained model of the claim scores below its degraded input in PSNR inside "
+        "the FOV; not converged: a trained model of the claim did not converge; not run: a method is not in this run")
 
 
 def per_image_scores(table: pd.DataFrame, variant: str, method: str, metric: str) -> pd.Series | None:
@@ -95,8 +98,11 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     diff = sign * (a.to_numpy() - b.to_numpy())
     out["values"] = {claim.better: _interval(a.to_numpy(), seed), claim.worse: _interval(b.to_numpy(), seed)}
     out["difference"] = {**_interval(diff, seed), "n": int(diff.size), "note": "claimed-better minus other, sign turned so that > 0 favours the claim"}
+    failed = [m for m in (claim.better, claim.worse) if m in failed_in_table(table, claim.variant)]
     unconverged = [m for m in (claim.better, claim.worse) if converged.get(m) is False]
-    if unconverged:
+    if failed:
+        out.update(verdict="failed", why=f"{FAILED}: {', '.join(failed)}")
+    elif unconverged:
         out.update(verdict="not converged", why=f"did not converge: {', '.join(unconverged)}")
     elif out["difference"]["mean"] > 0 and out["difference"]["ci95"][0] > 0:
         out.update(verdict="reproduced", why="difference > 0, interval excludes 0")

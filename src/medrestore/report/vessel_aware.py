@@ -22,6 +22,7 @@ import pandas as pd
 from medrestore.evaluation import bootstrap_ci
 from medrestore.io import read_json
 from medrestore.report.figures import _fig_png, vessel_figure
+from medrestore.gates import failed_in_summary
 from medrestore.report.policy import label
 
 #: The PSNR a vessel term may cost and still count as free (dB, inside the FOV).
@@ -109,7 +110,7 @@ def table_rows(summary: dict, variant: str, plain: str, results: list[dict], con
         form = "plain" if m == plain else (f"{FORMS.get(r['form'], r['form'])} ({r['weight']:g})" if r else st["kind"])
         extra = ([_fmt(r["differences"]["indep_thin_recall_above_chance"], 3), _fmt(r["differences"]["psnr_fov"], 2), r["verdict"]]
                  if r else ["", "", ""])
-        rows.append([label(m, conv), form, *cells, *extra])
+        rows.append([label(m, conv, failed_in_summary(summary, variant)), form, *cells, *extra])
     return header, rows
 
 
