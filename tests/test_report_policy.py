@@ -24,11 +24,16 @@ def _stats(kind: str, psnr: float, kept: float = 0.0, invented: float = 0.5) -> 
     return {"kind": kind, "n": 4, "psnr": m(psnr), "psnr_fov": m(psnr + 0.5), "manual_thin_recall_above_chance": m(kept), "manual_invented_rate": m(invented)}
 
 
+def _every(step: int, values: list[float]) -> list[tuple[int, float]]:
+    """A validation curve as the engine writes it: one point every ``step`` steps (at least 8 to be judged)."""
+    return [(step * (i + 1), v) for i, v in enumerate(values)]
+
+
 @pytest.fixture
 def task(tmp_path):
     """A task with a converged and a still-climbing model (curves as the engine writes them)."""
     models = tmp_path / "models" / "denoise-g25"
-    curves = {"irunet": [(250, 30.0), (500, 32.0), (750, 32.6), (1000, 32.7)], "dncnn": [(250, 22.0), (500, 24.0), (750, 26.0), (1000, 29.0)]}
+    curves = {"irunet": _every(125, [30.0, 31.0, 32.0, 32.3, 32.5, 32.6, 32.65, 32.7]), "dncnn": _every(125, [22.0, 23.0, 24.0, 24.5, 25.0, 26.0, 27.5, 29.0])}
     for name, pts in curves.items():
         (models / name).mkdir(parents=True)
         rows = ["step,train_loss,lr,val_loss,val_psnr"] + [f"{s},0.01,0.001,0.01,{p}" for s, p in pts]
@@ -100,11 +105,11 @@ def _curve(folder, pts, steps):
 
 def test_a_falling_curve_and_an_unconverged_start_are_not_convergence(tmp_path):
     models = tmp_path / "models"
-    _curve(models / "denoise-blind" / "dncnn-blind", [(250, 22.0), (500, 24.0), (750, 26.0), (1000, 29.0)], 1000)  # still rising
-    _curve(models / "denoise-g25" / "dncnn", [(50, 25.0), (100, 25.1), (150, 25.1), (200, 25.12)], 200)  # flat, from the blind model
-    _curve(models / "denoise-g25" / "irunet", [(250, 30.0), (500, 33.0), (750, 33.1), (1000, 33.1)], 1000)
-    _curve(models / "denoise-g25" / "dncnn-srgan", [(40, 33.0), (80, 33.1), (120, 33.1)], 120)  # chained onto dncnn
-    _curve(models / "enhance" / "cyclegan", [(20, 15.0), (40, 14.0), (60, 13.5), (80, 13.0)], 80)  # best first, then falling
+    _curve(models / "denoise-blind" / "dncnn-blind", _every(125, [22.0, 23.0, 24.0, 24.5, 25.0, 26.0, 27.5, 29.0]), 1000)  # still rising
+    _curve(models / "denoise-g25" / "dncnn", _every(25, [25.0, 25.05, 25.1, 25.1, 25.1, 25.1, 25.11, 25.12]), 200)  # flat, from the blind model
+    _curve(models / "denoise-g25" / "irunet", _every(125, [30.0, 31.0, 32.0, 33.0, 33.05, 33.1, 33.1, 33.1]), 1000)
+    _curve(models / "denoise-g25" / "dncnn-srgan", _every(15, [33.0, 33.05, 33.1, 33.1, 33.1, 33.1, 33.1, 33.1]), 120)  # chained onto dncnn
+    _curve(models / "enhance" / "cyclegan", _every(10, [15.0, 14.8, 14.6, 14.4, 14.2, 14.0, 13.5, 13.0]), 80)  # best first, then falling
     train = {"finetune": {"g25-dncnn": {"task": "denoise-g25", "model": "dncnn", "init": "denoise-blind/dncnn-blind"}},
              "chains": {"c": {"task": "denoise-g25", "model": "srgan", "method": "dncnn-srgan", "first": "dncnn"}}}
     conv = task_convergence(models, "denoise-g25", train)
@@ -114,13 +119,13 @@ def test_a_falling_curve_and_an_unconverged_start_are_not_convergence(tmp_path):
     assert not conv["dncnn-srgan"]["converged"] and "denoise-g25/dncnn" in conv["dncnn-srgan"]["why"]
     assert task_convergence(models, "denoise-g25")["dncnn"]["converged"]  # without params: its own curve only
     # a fine-tuning that climbed far from its start and then flattened is judged by its own run
-    _curve(models / "denoise-g25" / "dncnn", [(1000, 27.2), (2000, 31.8), (3000, 34.42), (4000, 34.56)], 4000)
+    _curve(models / "denoise-g25" / "dncnn", _every(500, [27.2, 29.5, 31.8, 33.0, 34.0, 34.42, 34.5, 34.56]), 4000)
     moved = task_convergence(models, "denoise-g25", train)["dncnn"]
     assert moved["converged"] and "why" not in moved
     assert moved["note"] == "starts from denoise-blind/dncnn-blind, which did not converge; its own run gained 7.4 dB over its first validation, then flattened"
     # a chain on an unconverged first model never is, however far it climbed: its data are that model's outputs
-    _curve(models / "denoise-g25" / "redae", [(250, 22.0), (500, 26.0), (750, 28.0), (1000, 31.0)], 1000)  # rising
-    _curve(models / "denoise-g25" / "redae-srgan", [(40, 20.0), (80, 33.1), (120, 33.1)], 120)
+    _curve(models / "denoise-g25" / "redae", _every(125, [22.0, 23.5, 25.0, 26.0, 27.0, 28.0, 29.5, 31.0]), 1000)  # rising
+    _curve(models / "denoise-g25" / "redae-srgan", _every(15, [20.0, 30.0, 33.0, 33.1, 33.1, 33.1, 33.1, 33.1]), 120)
     chain = {"chains": {"c2": {"task": "denoise-g25", "model": "srgan", "method": "redae-srgan", "first": "redae"}}}
     climbed = task_convergence(models, "denoise-g25", chain)["redae-srgan"]
     assert climbed["run_converged"] and not climbed["converged"] and "denoise-g25/redae" in climbed["why"]
