@@ -49,3 +49,26 @@ def test_at_least_eight_claims_from_the_papers_on_registered_methods():
     names = set(MODELS) | set(BASELINES) | {"dncnn-srgan"}
     for c in CLAIMS:
         assert c.better in names and c.worse in names and c.better != c.worse
+
+
+def test_a_claim_on_a_model_below_its_input_is_failed(tmp_path, chase_dir):
+    """Real CHASE_DB1 images, degraded, "restored" by a red checkerboard (cyclegan-fc) and scored with
+    the project's metrics (tests/gates_data.py): the paper's claims on it are failed, not lost or won."""
+    from gates_data import BROKEN, VARIANT, write_workspace
+
+    write_workspace(tmp_path, chase_dir)
+    on_enhance = tuple(c for c in CLAIMS if c.task == "enhance" and c.variant == VARIANT)
+    assert on_enhance and all(BROKEN in (c.better, c.worse) for c in on_enhance)
+    converged = {"enhance": {BROKEN: {"converged": True}, "cyclegan": {"converged": True}}}
+    results = check_claims(tmp_path / "eval", converged, 0, on_enhance)
+    assert {r["verdict"] for r in results} == {"failed"}
+    assert all(r["why"] == f"failed: below its input: {BROKEN}" for r in results)
+    # a failed model that did not converge either: failed says more than not converged
+    converged["enhance"][BROKEN]["converged"] = False
+    assert {r["verdict"] for r in check_claims(tmp_path / "eval", converged, 0, on_enhance)} == {"failed"}
+    psnr = Claim("Zhao2019", "CycleGAN-FC beats CycleGAN in PSNR", "enhance", VARIANT, "psnr_fov", BROKEN, "cyclegan")
+    shown = check_claims(tmp_path / "eval", converged, 0, (psnr,))[0]
+    assert shown["verdict"] == "failed" and shown["values"][BROKEN]["mean"] < shown["values"]["cyclegan"]["mean"]  # numbers still shown
+    # the other model, above its input, still makes its claims
+    other = Claim("Zhao2019", "cyclegan beats the input", "enhance", VARIANT, "psnr_fov", "cyclegan", "degraded")
+    assert check_claims(tmp_path / "eval", converged, 0, (other,))[0]["verdict"] == "reproduced"

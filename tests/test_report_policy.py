@@ -132,3 +132,82 @@ def test_a_falling_curve_and_an_unconverged_start_are_not_convergence(tmp_path):
     cyc = task_convergence(models, "enhance", train)["cyclegan"]
     # a falling curve: the run's own rule says so (training.convergence), and the report keeps it
     assert not cyc["run_converged"] and not cyc["converged"] and cyc["why"] == "validation PSNR ended 2.00 dB below its best"
+
+
+# The sanity gate (medrestore.gates): a trained model below its degraded input failed there. The
+# evaluation is built from real CHASE_DB1 photographs, degraded, "restored" by a red checkerboard
+# (cyclegan-fc) and scored with the project's own metrics (tests/gates_data.py).
+
+
+@pytest.fixture
+def broken(tmp_path, chase_dir):
+    from gates_data import write_workspace
+
+    table, summary = write_workspace(tmp_path, chase_dir)
+    return tmp_path, table, summary
+
+
+def test_a_checkerboard_below_its_input_is_failed_in_the_summary_and_the_table(broken):
+    from gates_data import BROKEN, VARIANT
+
+    from medrestore.gates import failed_in_summary, failed_in_table
+
+    _, table, summary = broken
+    scores = {m: v[VARIANT]["psnr_fov"]["mean"] for m, v in summary["methods"].items()}
+    assert scores[BROKEN] < scores["degraded"] < scores["cyclegan"]  # the checkerboard is far below its input
+    assert failed_in_summary(summary, VARIANT) == failed_in_table(table, VARIANT) == {BROKEN}
+
+
+def test_the_failed_rule_is_a_strict_comparison_with_the_input():
+    from medrestore.gates import failed_models
+
+    assert failed_models({"a": 14.9, "b": 15.0, "c": 15.1}, 15.0) == {"a"}  # equal to the input is no failure
+    assert failed_models({"a": 1.0}, None) == set()  # no input row: nothing to judge against
+    assert failed_models({"a": float("nan")}, 15.0) == set()
+
+
+def test_a_failed_model_is_never_best_and_its_rows_say_so(broken):
+    from gates_data import BROKEN, VARIANT
+
+    root, _, summary = broken
+    conv = task_convergence(root / "models", "enhance")
+    assert conv[BROKEN]["converged"] and conv["cyclegan"]["converged"]  # only the gate stops it
+    assert best_by(summary, VARIANT, conv).startswith("cyclegan (")
+    summary_best_only_broken = {"variants": [VARIANT], "methods": {m: v for m, v in summary["methods"].items() if m in ("degraded", BROKEN)}}
+    assert best_by(summary_best_only_broken, VARIANT, conv) is None
+    header, rows = task_table(summary, VARIANT, conv)
+    by_name = {r[0]: r for r in rows}
+    shown = f"{BROKEN} (failed: below its input)"
+    assert shown in by_name and BROKEN not in by_name
+    assert not any(cell.startswith("**") for cell in by_name[shown][2:])  # never bold, not even on its own columns
+    assert label(BROKEN, {BROKEN: {"converged": False}}, {BROKEN}) == f"{BROKEN} (not converged; failed: below its input)"
+
+
+def test_a_task_whose_converged_models_all_fail_gets_no_champion(tmp_path, chase_dir):
+    from gates_data import BROKEN, write_workspace
+
+    from medrestore.report.policy import champion_lines
+
+    write_workspace(tmp_path, chase_dir, "enhance")
+    write_workspace(tmp_path, chase_dir, "enhance-x", all_broken=True)  # cyclegan outputs the inverted image
+    best = best_models(tmp_path / "eval", ["enhance", "enhance-x"], models_root=tmp_path / "models")
+    assert best["enhance"]["model"] == "cyclegan" and BROKEN not in [b["model"] for b in best.values()]
+    assert "enhance-x" not in best
+    assert champion_lines(["enhance", "enhance-x"], best) == [
+        "enhance: cyclegan", "enhance-x: no champion: no converged model beats the degraded input"]
+
+
+def test_the_crops_and_error_figures_title_a_failed_model_so(broken, monkeypatch):
+    from gates_data import BROKEN
+
+    import medrestore.report.figures as figures
+
+    root, _, summary = broken
+    titles = []
+    monkeypatch.setattr(figures, "_fig_png", lambda fig: titles.extend(ax.get_title() for ax in fig.axes) or b"")
+    conv = task_convergence(root / "models", "enhance")
+    figures.crops_figure("enhance", root / "eval" / "enhance", root / "patches", summary, window=48, converged=conv)
+    figures.error_maps_figure("enhance", root / "eval" / "enhance", root / "patches", summary, window=48, converged=conv)
+    assert any(t.startswith(f"{BROKEN}\n(failed: below its input)\n") for t in titles[:8])  # name, mark, PSNR
+    assert any(t.startswith(f"{BROKEN} (failed: below its input), R") for t in titles)
+    assert any(t.startswith("cyclegan\n") and "dB" in t for t in titles) and not any(t.startswith("cyclegan (") for t in titles)

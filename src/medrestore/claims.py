@@ -90,6 +90,9 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     out = {"paper": claim.paper, "claim": claim.claim, "task": claim.task, "variant": claim.variant, "metric": claim.metric,
            "better": claim.better, "worse": claim.worse, "lower_is_better": claim.metric in LOWER_IS_BETTER}
     a, b = per_image_scores(table, claim.variant, claim.better, claim.metric), per_image_scores(table, claim.variant, claim.worse, claim.metric)
+    failed = [m for m in (claim.better, claim.worse) if m in failed_in_table(table, claim.variant)]
+    if failed and (a is None or b is None):
+        return {**out, "values": {}, "verdict": "failed", "why": f"{FAILED}: {', '.join(failed)}"}
     if a is None or b is None:
         missing = [m for m, s in ((claim.better, a), (claim.worse, b)) if s is None]
         return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}"}
@@ -98,7 +101,6 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     diff = sign * (a.to_numpy() - b.to_numpy())
     out["values"] = {claim.better: _interval(a.to_numpy(), seed), claim.worse: _interval(b.to_numpy(), seed)}
     out["difference"] = {**_interval(diff, seed), "n": int(diff.size), "note": "claimed-better minus other, sign turned so that > 0 favours the claim"}
-    failed = [m for m in (claim.better, claim.worse) if m in failed_in_table(table, claim.variant)]
     unconverged = [m for m in (claim.better, claim.worse) if converged.get(m) is False]
     if failed:
         out.update(verdict="failed", why=f"{FAILED}: {', '.join(failed)}")
