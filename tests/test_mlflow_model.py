@@ -137,8 +137,11 @@ def registry(tmp_path, monkeypatch, empty_registry):
 
     from mlflow import MlflowClient
 
+    import mlflow
+
     shutil.copy(empty_registry, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # over one an earlier test set (model_folder sets it)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     client = MlflowClient()
@@ -183,6 +186,7 @@ def test_the_report_stage_withdraws_the_champion_of_a_task_without_one(registry)
     from medrestore.lineage import register_best_models
 
     root, client = registry
+    mlflow.set_experiment("medrestore")  # in this store (an earlier test's experiment may still be the active one)
     with mlflow.start_run():
         assert register_best_models({}, root / "models", root=root, tasks=["t"]) == {}
     model = client.get_registered_model("medrestore-t")
