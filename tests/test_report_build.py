@@ -72,3 +72,19 @@ def test_the_report_is_written_whole(tmp_path, retina):
 def test_the_report_does_not_import_the_benchmark_harness():
     code = "import sys, medrestore.report; print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_the_best_methods_section_names_each_champion_or_why_there_is_none(tmp_path, retina):
+    params = _workspace(tmp_path, retina)
+    kw = {"lock_path": tmp_path / "dvc.lock"}
+    build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "out", **kw)
+    assert "Champion of each task (the registry's alias): t: dncnn." in (tmp_path / "out" / "report.md").read_text()
+    summary = json.loads((tmp_path / "eval/t/summary.json").read_text())
+    summary["methods"]["dncnn"]["s25"]["psnr_fov"] = _m(20.5)  # below the degraded input's 21.0 on one test corruption
+    write_json_atomic(tmp_path / "eval/t/summary.json", summary)
+    build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "failed", **kw)
+    md = (tmp_path / "failed" / "report.md").read_text()
+    best = md[md.index("## Best methods"):md.index("## Vessel segmenter")]
+    assert "t: no champion: no converged model beats the degraded input." in best
+    assert "| t [s25] | median (26.00 dB) |" in best and "| t [s15] | dncnn (28.00 dB) |" in best
+    assert "| dncnn (failed: below its input) | model |" in md and "| dncnn | model |" in md  # s25 marked, s15 not
