@@ -20,6 +20,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from medrestore.data.fov import prepare_arrays
@@ -70,7 +71,12 @@ def outputs(clean: np.ndarray, degraded: np.ndarray, all_broken: bool) -> dict[s
 def scores(chase_dir: Path, index: int, method: str, all_broken: bool) -> dict[str, float]:
     """The project's full-reference metrics of one method's output on one photograph."""
     _, clean, fov, degraded = cases(chase_dir)[index]
-    return full_reference(outputs(clean, degraded, all_broken)[method][1], clean, fov)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine's cores are shared with training runs: one thread is many times faster there
+    try:
+        return full_reference(outputs(clean, degraded, all_broken)[method][1], clean, fov)
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.cache
