@@ -58,7 +58,8 @@ def test_the_report_is_written_whole(tmp_path, retina):
     md = (out / "report.md").read_text()
     assert "| dncnn | train@r | abcdef0123 |" in md  # the model's md5 as dvc.lock records it
     assert "## Performance" in md and "| median | 0.5 |" in md
-    assert headline["t"]["dncnn"]["s25"] == {"psnr": 27.0, "psnr_fov": 28.0, "ssim": 0.7, "converged": True}
+    assert headline["t"]["dncnn"]["s25"] == {"psnr": 27.0, "psnr_fov": 28.0, "ssim": 0.7, "converged": True, "failed": False}
+    assert "failed" not in headline["t"]["median"]["s25"]  # a verdict on trained models only
     assert json.loads((out / "metrics.json").read_text()) == headline
     page = (out / "index.html").read_text()
     assert page.startswith("<!doctype html>") and page.count("<img ") == 6 and "<h2 id='performance'>" in page
@@ -88,3 +89,5 @@ def test_the_best_methods_section_names_each_champion_or_why_there_is_none(tmp_p
     assert "t: no champion: no converged model beats the degraded input." in best
     assert "| t [s25] | median (26.00 dB) |" in best and "| t [s15] | dncnn (28.00 dB) |" in best
     assert "| dncnn (failed: below its input) | model |" in md and "| dncnn | model |" in md  # s25 marked, s15 not
+    metrics = json.loads((tmp_path / "failed" / "metrics.json").read_text())
+    assert metrics["t"]["dncnn"]["s25"]["failed"] is True and metrics["t"]["dncnn"]["s15"]["failed"] is False

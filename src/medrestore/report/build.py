@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medrestore.claims import RULE, check_claims, claims_rows
 from medrestore.dvclock import lock_stages
+from medrestore.gates import failed_in_summary
 from medrestore.io import (
     read_json,
     write_bytes_atomic,
@@ -122,8 +123,10 @@ def build_report(
             if paired:
                 md += [f"Paired comparison with the best classical baseline, `{variant}`:", "", *md_table(*paired)]
                 html_parts.append(f"<p>Paired comparison with the best classical baseline, <code>{html.escape(variant)}</code>:</p>" + html_table(*paired))
+            failed = failed_in_summary(summary, variant)
             for m, v in summary["methods"].items():
-                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(v[variant], conv.get(m))
+                trained = v[variant].get("kind") == "model"
+                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(v[variant], conv.get(m), (m in failed) if trained else None)
         methods = [m for m in sorted_methods(summary, summary["variants"][0]) if m != "clean"]
         header, rows = lineage_rows(task, methods, summary, stages, Path(models_root), conv)
         md += [f"### {task}: lineage", "", *md_table(header, rows)]

@@ -151,7 +151,8 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
 
 #: reports/metrics.json: per method and test variant, these summary columns under these names (the
 #: vessel scores against the manual masks where the dataset has them, else against the clean image's
-#: segmentation), plus ``converged`` for trained models.
+#: segmentation), plus ``converged`` and ``failed`` (below the degraded input on that test corruption:
+#: :mod:`medrestore.gates`) for trained models.
 HEADLINE = {
     "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
     "niqe": ("niqe",), "brisque": ("brisque",),
@@ -162,7 +163,7 @@ HEADLINE = {
 }
 
 
-def headline_numbers(stats: dict, convergence: dict | None) -> dict:
+def headline_numbers(stats: dict, convergence: dict | None, failed: bool | None = None) -> dict:
     out = {}
     for name, columns in HEADLINE.items():
         col = next((c for c in columns if c in stats), None)
@@ -170,6 +171,8 @@ def headline_numbers(stats: dict, convergence: dict | None) -> dict:
             out[name] = stats[col]["mean"]
     if convergence is not None:
         out["converged"] = bool(convergence["converged"])
+    if failed is not None:
+        out["failed"] = bool(failed)
     return out
 
 
