@@ -73,3 +73,26 @@ def test_a_claim_is_judged_over_subjects_with_both_eyes_together():
     assert rows[0][header.index("images / subjects")] == "8 / 4"
     no_subjects = check_claim(CLAIM, t.drop(columns="subject"), {}, 0)["difference"]  # an older per_image.csv: images
     assert (no_subjects["n_images"], no_subjects["n_subjects"]) == (8, 8)
+
+
+def test_a_claim_on_a_model_below_its_input_is_failed(tmp_path, chase_dir):
+    """Real CHASE_DB1 images, degraded, "restored" by a red checkerboard (cyclegan-fc) and scored with
+    the project's metrics (tests/gates_data.py): the paper's claims on it are failed, not lost or won."""
+    from gates_data import BROKEN, VARIANT, write_workspace
+
+    write_workspace(tmp_path, chase_dir)
+    on_enhance = tuple(c for c in CLAIMS if c.task == "enhance" and c.variant == VARIANT)
+    assert on_enhance and all(BROKEN in (c.better, c.worse) for c in on_enhance)
+    converged = {"enhance": {BROKEN: {"converged": True}, "cyclegan": {"converged": True}}}
+    results = check_claims(tmp_path / "eval", converged, 0, on_enhance)
+    assert {r["verdict"] for r in results} == {"failed"}
+    assert all(r["why"] == f"failed: below its input: {BROKEN}" for r in results)
+    # a failed model that did not converge either: failed says more than not converged
+    converged["enhance"][BROKEN]["converged"] = False
+    assert {r["verdict"] for r in check_claims(tmp_path / "eval", converged, 0, on_enhance)} == {"failed"}
+    psnr = Claim("Zhao2019", "CycleGAN-FC beats CycleGAN in PSNR", "enhance", VARIANT, "psnr_fov", BROKEN, "cyclegan")
+    shown = check_claims(tmp_path / "eval", converged, 0, (psnr,))[0]
+    assert shown["verdict"] == "failed" and shown["values"][BROKEN]["mean"] < shown["values"]["cyclegan"]["mean"]  # numbers still shown
+    # the other model, above its input, still makes its claims
+    other = Claim("Zhao2019", "cyclegan beats the input", "enhance", VARIANT, "psnr_fov", "cyclegan", "degraded")
+    assert check_claims(tmp_path / "eval", converged, 0, (other,))[0]["verdict"] == "reproduced"

@@ -116,3 +116,78 @@ def test_an_experiment_gets_its_own_alias_never_the_champion(monkeypatch):
     assert alias_for_run() == CHAMPION == "champion"
     monkeypatch.setenv("DVC_EXP_NAME", "vprob-0.003")
     assert alias_for_run() == "exp-vprob-0-003"
+
+
+
+@pytest.fixture(scope="module")
+def empty_registry(tmp_path_factory):
+    """An MLflow sqlite store with its tables made, once per module (making them takes seconds)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("registry") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_registered_models()
+    return db
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch, empty_registry):
+    """A fresh copy of the empty store as this test's tracking store; a task's registered model whose
+    ``champion`` points at a version (yesterday's champion)."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    import mlflow
+
+    shutil.copy(empty_registry, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # over one an earlier test set (model_folder sets it)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient()
+    client.create_registered_model("medrestore-t")
+    client.create_model_version("medrestore-t", str(_model(tmp_path / "old", 0)), tags={"model_md5": "old"})
+    client.set_registered_model_alias("medrestore-t", "champion", "1")
+    return tmp_path, client
+
+
+def test_a_task_without_a_champion_loses_its_stale_alias_and_says_why(registry):
+    from medrestore.mlflow_model import reason_tag, register_champion, withdraw_champion
+    from medrestore.tracking import file_md5
+
+    root, client = registry
+    name = "medrestore-t"
+    assert withdraw_champion("t", "no converged model beats the degraded input") == name
+    model = client.get_registered_model(name)
+    assert not model.aliases and model.tags["no_champion_reason"] == "no converged model beats the degraded input"
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias(name, "champion")  # models:/medrestore-t@champion serves nothing
+    assert len(client.search_model_versions(f"name='{name}'")) == 1  # the versions stay, for the record
+    assert withdraw_champion("unknown", "why") is None  # no registered model: nothing to withdraw
+    # an experiment's alias is withdrawn on its own, leaving the published champion alone
+    client.set_registered_model_alias(name, "champion", "1")
+    client.set_registered_model_alias(name, "exp-a", "1")
+    withdraw_champion("t", "why", alias="exp-a")
+    model = client.get_registered_model(name)
+    assert set(model.aliases) == {"champion"} and model.tags[reason_tag("exp-a")] == "why"
+    # a champion set again clears the reason of its own alias
+    folder = _model(root / "new", 1)
+    assert register_champion("t", str(folder), file_md5(folder / "model.safetensors"), {}, alias="exp-a") == f"{name}/2"
+    tags = client.get_registered_model(name).tags
+    assert reason_tag("exp-a") not in tags and "no_champion_reason" in tags
+
+
+def test_the_report_stage_withdraws_the_champion_of_a_task_without_one(registry):
+    """register_best_models with a task that best_models left out (no converged model above its input:
+    tests/test_report_policy.py builds that case from CHASE_DB1 images): nothing registered, the stale
+    alias removed, the reason recorded."""
+    import mlflow
+
+    from medrestore.lineage import register_best_models
+
+    root, client = registry
+    mlflow.set_experiment("medrestore")  # in this store (an earlier test's experiment may still be the active one)
+    with mlflow.start_run():
+        assert register_best_models({}, root / "models", root=root, tasks=["t"]) == {}
+    model = client.get_registered_model("medrestore-t")
+    assert not model.aliases and model.tags["no_champion_reason"] == "no converged model beats the degraded input"

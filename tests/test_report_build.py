@@ -34,8 +34,8 @@ def _workspace(root, retina):
     write_json_atomic(root / "eval/t/summary.json", summary)
     model = root / "models/t/dncnn"
     model.mkdir(parents=True)
-    (model / "curve.csv").write_text("step,train_loss,lr,val_loss,val_psnr\n10,0.1,0.001,0.1,25.0\n20,0.05,0.001,0.05,25.05\n")
-    write_json_atomic(model / "metrics.json", {"steps": 20, "best_val_psnr": 25.05})
+    (model / "curve.csv").write_text("step,train_loss,lr,val_loss,val_psnr\n" + "".join(f"{10 * i},0.1,0.001,0.1,{25.0 + 0.01 * i}\n" for i in range(1, 9)))
+    write_json_atomic(model / "metrics.json", {"steps": 80, "best_val_psnr": 25.08})
     lock = {"stages": {"train@r": {"params": {"params.yaml": {"seed": 1}},
                                    "outs": [{"path": (model / "model.safetensors").as_posix(), "md5": "abcdef0123456789"}]}}}
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
@@ -58,7 +58,8 @@ def test_the_report_is_written_whole(tmp_path, retina):
     md = (out / "report.md").read_text()
     assert "| dncnn | train@r | abcdef0123 |" in md  # the model's md5 as dvc.lock records it
     assert "## Performance" in md and "| median | 0.5 |" in md
-    assert headline["t"]["dncnn"]["s25"] == {"psnr": 27.0, "psnr_fov": 28.0, "ssim": 0.7, "converged": True}
+    assert headline["t"]["dncnn"]["s25"] == {"psnr": 27.0, "psnr_fov": 28.0, "ssim": 0.7, "converged": True, "failed": False}
+    assert "failed" not in headline["t"]["median"]["s25"]  # a verdict on trained models only
     assert json.loads((out / "metrics.json").read_text()) == headline
     page = (out / "index.html").read_text()
     assert page.startswith("<!doctype html>") and page.count("<img ") == 6 and "<h2 id='performance'>" in page
@@ -72,3 +73,21 @@ def test_the_report_is_written_whole(tmp_path, retina):
 def test_the_report_does_not_import_the_benchmark_harness():
     code = "import sys, medrestore.report; print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_the_best_methods_section_names_each_champion_or_why_there_is_none(tmp_path, retina):
+    params = _workspace(tmp_path, retina)
+    kw = {"lock_path": tmp_path / "dvc.lock"}
+    build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "out", **kw)
+    assert "Champion of each task (the registry's alias): t: dncnn." in (tmp_path / "out" / "report.md").read_text()
+    summary = json.loads((tmp_path / "eval/t/summary.json").read_text())
+    summary["methods"]["dncnn"]["s25"]["psnr_fov"] = _m(20.5)  # below the degraded input's 21.0 on one test corruption
+    write_json_atomic(tmp_path / "eval/t/summary.json", summary)
+    build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "failed", **kw)
+    md = (tmp_path / "failed" / "report.md").read_text()
+    best = md[md.index("## Best methods"):md.index("## Vessel segmenter")]
+    assert "t: no champion: no converged model beats the degraded input." in best
+    assert "| t [s25] | median (26.00 dB) |" in best and "| t [s15] | dncnn (28.00 dB) |" in best
+    assert "| dncnn (failed: below its input) | model |" in md and "| dncnn | model |" in md  # s25 marked, s15 not
+    metrics = json.loads((tmp_path / "failed" / "metrics.json").read_text())
+    assert metrics["t"]["dncnn"]["s25"]["failed"] is True and metrics["t"]["dncnn"]["s15"]["failed"] is False

@@ -91,3 +91,23 @@ def test_a_target_states_the_images_and_subjects_of_its_interval():
     assert (result["difference"]["n_images"], result["difference"]["n_subjects"]) == (8, 4)
     header, rows = targets_rows([result])
     assert rows[0][header.index("images / subjects")] == "8 / 4"
+
+
+def test_the_best_model_is_never_one_below_its_input(tmp_path, chase_dir):
+    """Real CHASE_DB1 images, degraded, "restored" by a red checkerboard (cyclegan-fc, converged but
+    far below its input) and scored with the project's metrics (tests/gates_data.py)."""
+    from gates_data import BROKEN, VARIANT, evaluation, write_workspace
+
+    table, _ = evaluation(chase_dir)
+    conv = {BROKEN: CONVERGED, "cyclegan": CONVERGED}
+    assert best_model(table, VARIANT, conv) == "cyclegan"
+    assert best_model(table[table["method"] != "cyclegan"], VARIANT, conv) is None  # only the failed one left
+    over_input = Target("the best enhancer above its input", "test", "enhance", VARIANT, "psnr_fov", BEST, "degraded")
+    assert check_target(over_input, table, conv, 0)["subject_method"] == "cyclegan"
+    named = Target("CycleGAN-FC above its input", "test", "enhance", VARIANT, "psnr_fov", BROKEN, "degraded")
+    result = check_target(named, table, conv, 0)
+    assert result["verdict"] == "failed" and result["difference"]["mean"] < 0
+    write_workspace(tmp_path, chase_dir, all_broken=True)  # cyclegan: the inverted image, below its input too
+    nothing = check_targets(tmp_path / "eval", {"enhance": conv}, 0, tmp_path / "models", (over_input,))[0]
+    assert nothing["subject_method"] is None and nothing["verdict"] == "failed"
+    assert nothing["why"] == "no converged model beats the degraded input"

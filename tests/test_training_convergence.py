@@ -7,7 +7,7 @@ import pytest
 
 from medrestore.training import TrainConfig
 from medrestore.training.config import lr_factor
-from medrestore.training.convergence import convergence, curve_points
+from medrestore.training.convergence import MIN_VAL_POINTS, convergence, curve_points, model_convergence
 
 
 def test_a_curve_still_climbing_in_its_last_quarter_has_not_converged():
@@ -36,13 +36,31 @@ def test_a_run_without_validation_before_its_last_quarter_cannot_show_a_plateau(
     verdict = convergence([(1000, 30.0)], 1000)
     assert not verdict["converged"] and verdict["last_quarter_gain_db"] is None
     assert not convergence([], 1000)["converged"]
+    late = [(1600 + 25 * i, 30.0) for i in range(MIN_VAL_POINTS)]  # enough points, all in the last quarter of 2000 steps
+    assert convergence(late, 2000)["why"] == "no validation before the last quarter"
 
 
 def test_the_threshold_is_on_the_gain_over_the_last_quarter():
-    curve = [(750, 30.0), (1000, 30.19)]
-    assert convergence(curve, 1000)["converged"]
-    assert not convergence([(750, 30.0), (1000, 30.21)], 1000)["converged"]
-    assert convergence([(750, 30.0), (1000, 30.21)], 1000, min_gain_db=0.3)["converged"]
+    flat = [(125 * i, 30.0) for i in range(1, 7)]  # steps 125 .. 750, then the last quarter
+    assert convergence([*flat, (875, 30.1), (1000, 30.19)], 1000)["converged"]
+    assert not convergence([*flat, (875, 30.1), (1000, 30.21)], 1000)["converged"]
+    assert convergence([*flat, (875, 30.1), (1000, 30.21)], 1000, min_gain_db=0.3)["converged"]
+
+
+def test_a_curve_of_fewer_than_eight_validations_is_not_judged_converged(tmp_path):
+    """Four flat validations over a GAN's 80 steps look like a plateau but say nothing."""
+    assert MIN_VAL_POINTS == 8
+    four = [(20, 14.9), (40, 15.0), (60, 15.0), (80, 15.0)]
+    verdict = convergence(four, 80)
+    assert not verdict["converged"] and verdict["why"] == "only 4 validation points; at least 8 needed"
+    assert verdict["last_quarter_gain_db"] == pytest.approx(0.0)  # the gain is still reported
+    # the same flat curve validated every 10 steps: 8 points, judged by the plateau rule
+    assert convergence([(10 * i, 15.0) for i in range(1, 9)], 80)["converged"]
+    # a model folder as the engine writes it: the report reads the same verdict
+    (tmp_path / "curve.csv").write_text("step,train_loss,lr,val_loss,val_psnr\n" + "".join(f"{s},0.1,0.0002,0.1,{p}\n" for s, p in four))
+    (tmp_path / "metrics.json").write_text('{"steps": 80}')
+    folder = model_convergence(tmp_path)
+    assert not folder["converged"] and folder["why"] == "only 4 validation points; at least 8 needed"
 
 
 def test_curve_points_reads_the_engines_csv():

@@ -5,6 +5,8 @@ Each claim says that one method beats another on one metric of one task's test c
 verdict comes from the per-image scores of the evaluation (``per_image.csv``), never from text:
 
 - ``not run``: a method of the claim is not in this run's evaluation;
+- ``failed``: a trained model of the claim scores below its degraded input on the claim's test
+  corruption (:mod:`medrestore.gates`): it restored nothing, so it says nothing about its method;
 - ``not converged``: a trained model of the claim did not converge (:mod:`medrestore.training.convergence`):
   its number says nothing about the paper's method;
 - ``reproduced``: the mean difference is in the claimed direction and its 95% bootstrap interval
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from medrestore.evaluation import image_subjects, interval
+from medrestore.gates import FAILED, failed_in_table
 from medrestore.metrics import LOWER_IS_BETTER
 
 #: label -> (authors, year, title, seed file)
@@ -65,8 +68,9 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 RULE = ("reproduced: the mean difference is in the claimed direction and its 95% bootstrap interval over the "
-        "test subjects (both eyes of one person resampled together) excludes zero; not converged: a trained model of the claim did not converge; not run: a method is "
-        "not in this run")
+        "test subjects (both eyes of one person resampled together) excludes zero; failed: a trained model of the claim "
+        "scores below its degraded input in PSNR inside the FOV; not converged: a trained model of the claim did not "
+        "converge; not run: a method is not in this run")
 
 
 def per_image_scores(table: pd.DataFrame, variant: str, method: str, metric: str) -> pd.Series | None:
@@ -87,6 +91,9 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     out = {"paper": claim.paper, "claim": claim.claim, "task": claim.task, "variant": claim.variant, "metric": claim.metric,
            "better": claim.better, "worse": claim.worse, "lower_is_better": claim.metric in LOWER_IS_BETTER}
     a, b = per_image_scores(table, claim.variant, claim.better, claim.metric), per_image_scores(table, claim.variant, claim.worse, claim.metric)
+    failed = [m for m in (claim.better, claim.worse) if m in failed_in_table(table, claim.variant)]
+    if failed and (a is None or b is None):
+        return {**out, "values": {}, "verdict": "failed", "why": f"{FAILED}: {', '.join(failed)}"}
     if a is None or b is None:
         missing = [m for m, s in ((claim.better, a), (claim.worse, b)) if s is None]
         return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}"}
@@ -97,7 +104,9 @@ def check_claim(claim: Claim, table: pd.DataFrame, converged: dict[str, bool], s
     out["values"] = {claim.better: _interval(a.to_numpy(), seed, subjects), claim.worse: _interval(b.to_numpy(), seed, subjects)}
     out["difference"] = {**_interval(diff, seed, subjects), "note": "claimed-better minus other, sign turned so that > 0 favours the claim"}
     unconverged = [m for m in (claim.better, claim.worse) if converged.get(m) is False]
-    if unconverged:
+    if failed:
+        out.update(verdict="failed", why=f"{FAILED}: {', '.join(failed)}")
+    elif unconverged:
         out.update(verdict="not converged", why=f"did not converge: {', '.join(unconverged)}")
     elif out["difference"]["mean"] > 0 and out["difference"]["ci95"][0] > 0:
         out.update(verdict="reproduced", why="difference > 0, interval excludes 0")

@@ -175,9 +175,13 @@ def format_lineage(rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def register_best_models(best: dict[str, dict], models_root: Path, root: Path | None = None, tracker=None) -> dict[str, str]:
+def register_best_models(best: dict[str, dict], models_root: Path, root: Path | None = None, tracker=None,
+                         tasks: list[str] = ()) -> dict[str, str]:
     """Point the ``champion`` alias of ``medrestore-<task>`` at each task's best model (inside a DVC
     experiment its own alias ``exp-<name>``: an experiment never replaces the published champion).
+    A task of ``tasks`` absent from ``best`` has no converged model that beats its degraded input: it
+    gets no champion, a stale alias is removed and the registered model's tag says why
+    (:func:`medrestore.mlflow_model.withdraw_champion`).
 
     ``best`` maps task -> {"model": name, "metric": name, "value": float}. The registered source is
     the MLflow pyfunc its training run logged (tag ``model_uri``; :mod:`medrestore.mlflow_model`), so
@@ -190,7 +194,8 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     import mlflow
     from mlflow import MlflowClient
 
-    from medrestore.mlflow_model import alias_for_run, register_champion
+    from medrestore.gates import NO_CHAMPION
+    from medrestore.mlflow_model import alias_for_run, register_champion, withdraw_champion
     from medrestore.tracking import repo_lock
 
     root = Path(root or Path.cwd())
@@ -198,6 +203,15 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     if mlflow.active_run() is None:
         return done
     client = MlflowClient()
+    for task in sorted(set(tasks) - set(best)):
+        try:
+            with repo_lock("register"):
+                withdraw_champion(task, NO_CHAMPION, alias=alias_for_run())
+        except Exception as exc:
+            if tracker is not None:
+                tracker.failures.append(f"withdraw {task}: {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                raise
     for task, pick in sorted(best.items()):
         folder = Path(models_root) / task / pick["model"]
         try:

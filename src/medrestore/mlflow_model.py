@@ -13,7 +13,10 @@ input example (a validation patch of the task). So any MLflow tool can use it::
 The report stage registers each task's best converged model (:func:`register_champion`): a new
 version of ``medrestore-<task>`` only when no version holds weights with the same md5, then the
 alias ``champion`` moves to it (inside a DVC experiment the alias ``exp-<name>`` instead:
-:func:`alias_for_run`). A registered model's folder comes back with :func:`model_folder`.
+:func:`alias_for_run`). A task with no converged model that beats its degraded input gets no
+champion (:func:`withdraw_champion`): the alias is removed, so that a stale champion does not go on
+serving, and the registered model's tag ``no_<alias>_reason`` says why. A registered model's
+folder comes back with :func:`model_folder`.
 """
 
 from __future__ import annotations
@@ -92,6 +95,11 @@ def alias_for_run() -> str:
     return f"exp-{re.sub(r'[^A-Za-z0-9_-]+', '-', exp)}" if exp else CHAMPION
 
 
+def reason_tag(alias: str = CHAMPION) -> str:
+    """The registered model's tag that says why ``alias`` points at no version."""
+    return f"no_{alias}_reason"
+
+
 def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str], alias: str = CHAMPION) -> str:
     """Register ``model_uri`` as a version of ``medrestore-<task>`` unless a version with weights of
     ``md5`` exists (then that one is reused), and point ``alias`` (default ``champion``) at it.
@@ -114,7 +122,27 @@ def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str],
         # register_model resolves a logged model's URI (models:/m-...) to its source and model id
         version = mlflow.register_model(model_uri, name, tags={**tags, "model_md5": md5})
     client.set_registered_model_alias(name, alias, version.version)
+    if reason_tag(alias) in (client.get_registered_model(name).tags or {}):
+        client.delete_registered_model_tag(name, reason_tag(alias))
     return f"{name}/{version.version}"
+
+
+def withdraw_champion(task: str, reason: str, alias: str = CHAMPION) -> str | None:
+    """A task without a champion: remove ``alias`` from ``medrestore-<task>`` if it is set, and record
+    ``reason`` in the registered model's tag :func:`reason_tag`. Returns the registered model's name,
+    None when the task has none (no alias to remove)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name = f"medrestore-{task}"
+    try:
+        model = client.get_registered_model(name)
+    except Exception:  # noqa: BLE001  MLflow raises its own error when the name is unknown
+        return None
+    if alias in (model.aliases or {}):
+        client.delete_registered_model_alias(name, alias)
+    client.set_registered_model_tag(name, reason_tag(alias), reason)
+    return name
 
 
 def model_folder(uri: str, dest: Path | None = None) -> Path:

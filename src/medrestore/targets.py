@@ -9,6 +9,8 @@ that ``>= margin`` always means "reached"). The verdict comes from the per-image
 
 - ``met`` / ``missed``: the mean difference is at least / below the margin (its 95% bootstrap
   interval over the test subjects, :func:`medrestore.evaluation.interval`, is shown beside it);
+- ``failed``: a trained model of the target scores below its degraded input on the target's test
+  corruption (:mod:`medrestore.gates`); :data:`BEST` never stands for such a model;
 - ``not converged``: a trained model of the target did not converge, so its number is the training
   budget's and the target is neither met nor missed by the method; the row says how far it trained;
 - ``not run``: a method of the target is not in this run.
@@ -27,11 +29,12 @@ import pandas as pd
 
 from medrestore.claims import per_image_scores, per_image_tables, sample_size
 from medrestore.evaluation import image_subjects, interval
+from medrestore.gates import FAILED, NO_CHAMPION, failed_in_table
 from medrestore.io import read_json
 from medrestore.metrics import BEST_BY, LOWER_IS_BETTER
 
 #: Stands for the task's trained model with the highest mean :data:`~medrestore.metrics.BEST_BY`
-#: (PSNR inside the FOV) on the target's test corruption, among converged models only.
+#: (PSNR inside the FOV) on the target's test corruption, among converged models above their input only.
 BEST = "best converged model"
 
 
@@ -64,7 +67,7 @@ TARGETS: tuple[Target, ...] = (
 )
 
 RULE = ("met: the mean over the test subjects (each subject's images averaged first) of (model - factor x reference), turned where lower is better, is at least the "
-        "margin; not converged: a trained model of the target did not converge (its number is the budget's); the "
+        "margin; failed: a trained model of the target scores below its degraded input; not converged: a trained model of the target did not converge (its number is the budget's); the "
         "training column says how far each trained model went")
 
 
@@ -76,8 +79,11 @@ def _means(table: pd.DataFrame, variant: str, metric: str, kinds: tuple[str, ...
 
 
 def best_model(table: pd.DataFrame, variant: str, converged: dict[str, dict]) -> str | None:
-    """The converged trained model with the highest mean :data:`BEST_BY` on ``variant``."""
-    scores = {m: v for m, v in _means(table, variant, BEST_BY, ("model",)).items() if converged.get(m, {}).get("converged", True)}
+    """The converged trained model with the highest mean :data:`BEST_BY` on ``variant``, among those
+    not below the degraded input there."""
+    failed = failed_in_table(table, variant)
+    scores = {m: v for m, v in _means(table, variant, BEST_BY, ("model",)).items()
+              if converged.get(m, {}).get("converged", True) and m not in failed}
     return max(sorted(scores), key=scores.get) if scores else None
 
 
@@ -103,8 +109,9 @@ def check_target(target: Target, table: pd.DataFrame, converged: dict[str, dict]
     out["subject_method"] = subject
     if subject is None:
         trained = sorted(converged)
-        return {**out, "verdict": "not converged" if trained else "not run", "values": {},
-                "why": "no trained model of the task converged" if trained else "no trained model in this run",
+        above = any(v.get("converged") for v in converged.values())  # some converged, and all of those failed
+        return {**out, "verdict": ("failed" if above else "not converged") if trained else "not run", "values": {},
+                "why": (NO_CHAMPION if above else "no trained model of the task converged") if trained else "no trained model in this run",
                 "training": [n for n in (training_note(m, converged[m]) for m in trained) if n]}
     a, b = per_image_scores(table, target.variant, subject, target.metric), per_image_scores(table, target.variant, target.reference, target.metric)
     if a is None or b is None:
@@ -119,7 +126,10 @@ def check_target(target: Target, table: pd.DataFrame, converged: dict[str, dict]
     trained = [m for m in (subject, target.reference) if m in converged]
     out["training"] = [n for n in (training_note(m, converged[m]) for m in trained) if n]
     unconverged = [m for m in trained if not converged[m]["converged"]]
-    if unconverged:
+    failed = [m for m in (subject, target.reference) if m in failed_in_table(table, target.variant)]
+    if failed:
+        out.update(verdict="failed", why=f"{FAILED}: {', '.join(failed)}")
+    elif unconverged:
         out.update(verdict="not converged", why=f"did not converge: {', '.join(unconverged)}")
     elif out["difference"]["mean"] >= target.margin:
         out.update(verdict="met", why=f"{out['difference']['mean']:+.3f} >= {target.margin:+.3f}")

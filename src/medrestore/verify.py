@@ -9,7 +9,7 @@ a rerun elsewhere moves the trained models' numbers a little. For every number o
   the test subjects (``artifacts/eval/TASK/summary.json``, the column the report took the number from:
   the intervals of :func:`medrestore.evaluation.interval`, the report's own);
 - ``outside``: the committed value is outside that interval, or the number (or its interval) is
-  missing here, or a convergence verdict (``converged``) changed.
+  missing here, or a verdict (``converged``, ``failed``) changed.
 
 The exit status is 1 when any number is ``outside``, so a reader can check a published report on
 their own machine with one command.
@@ -69,7 +69,7 @@ def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any
                     elif isinstance(value, bool) or isinstance(mine, bool):
                         row["verdict"] = IDENTICAL if value == mine else OUTSIDE
                         if value != mine:
-                            row["why"] = "convergence verdict changed"
+                            row["why"] = "convergence verdict changed" if metric == "converged" else f"{metric} verdict changed"
                     elif value == mine or (isinstance(value, float) and isinstance(mine, float) and math.isclose(value, mine, abs_tol=5e-7)):
                         row["verdict"] = IDENTICAL
                     else:

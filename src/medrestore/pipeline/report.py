@@ -4,6 +4,7 @@ MLflow's model registry with its lineage."""
 
 from __future__ import annotations
 
+from medrestore.gates import NO_CHAMPION
 from medrestore.lineage import register_best_models
 from medrestore.mlflow_model import alias_for_run
 from medrestore.pipeline.paths import EVAL, MODELS, PATCHES, REPORTS, SCORER, SEGMENTER, VESSEL_SWEEP
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json",
                      scorer=scorer, sweep_path=VESSEL_SWEEP)
         tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json"])
-        registered = register_best_models(best_models(EVAL, tasks, models_root=MODELS, train=p["train"]), MODELS, tracker=tracker)
+        best = best_models(EVAL, tasks, models_root=MODELS, train=p["train"])
+        registered = register_best_models(best, MODELS, tracker=tracker, tasks=tasks)
         for task, version in registered.items():
             print(f"[medrestore] {version} is {task}'s best converged model (alias @{alias_for_run()})")
+        for task in sorted(set(tasks) - set(best)):
+            print(f"[medrestore] {task}: no champion (alias @{alias_for_run()} not set): {NO_CHAMPION}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medrestore.claims import RULE, check_claims, claims_rows
 from medrestore.dvclock import lock_stages
+from medrestore.gates import failed_in_summary
 from medrestore.io import (
     read_json,
     write_bytes_atomic,
@@ -28,7 +29,7 @@ from medrestore.report.figures import (
 )
 from medrestore.report.markup import html_page, html_table, md_table
 from medrestore.report.performance import performance_section
-from medrestore.report.policy import banner, task_convergence
+from medrestore.report.policy import banner, best_models, champion_lines, task_convergence
 from medrestore.report.tables import (
     best_rows,
     convergence_rows,
@@ -86,21 +87,24 @@ def build_report(
     claims = check_claims(Path(eval_root), conv_by_task, int(params["seed"]))
     write_json_atomic(out_dir / "claims.json", claims)
     header, rows = claims_rows(claims)
-    counts = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in ("reproduced", "not reproduced", "not converged", "not run"))
+    counts = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in ("reproduced", "not reproduced", "failed", "not converged", "not run"))
     intro = f"What the papers claim, checked against this run's test images ({counts}). Rule: {RULE}."
     md += ["## Paper claims", "", intro, "", *md_table(header, rows)]
     html_parts.append(f"<h2 id='claims'>Paper claims</h2><p>{html.escape(intro)}</p>" + html_table(header, rows))
     targets = check_targets(Path(eval_root), conv_by_task, int(params["seed"]), Path(models_root))
     write_json_atomic(out_dir / "targets.json", targets)
     header, rows = targets_rows(targets)
-    counts = ", ".join(f"{sum(t['verdict'] == v for t in targets)} {v}" for v in ("met", "missed", "not converged", "not run"))
+    counts = ", ".join(f"{sum(t['verdict'] == v for t in targets)} {v}" for v in ("met", "missed", "failed", "not converged", "not run"))
     intro = (f"The levels this report must reach to speak for the papers' methods ({counts}). Rule: {TARGET_RULE}. "
              "Each task's convergence table and training curves below show the curves behind the training column.")
     md += ["## Quality targets", "", intro, "", *md_table(header, rows)]
     html_parts.append(f"<h2 id='targets'>Quality targets</h2><p>{html.escape(intro)}</p>" + html_table(header, rows))
     header, rows = best_rows(Path(eval_root), tasks, conv_by_task)
-    md += ["## Best methods", "", "Among baselines and converged models only.", "", *md_table(header, rows)]
-    html_parts.append("<h2 id='best'>Best methods</h2><p>Among baselines and converged models only.</p>" + html_table(header, rows))
+    among = "Among baselines and converged models that score above their degraded input (a model below it failed there) only."
+    champions = "Champion of each task (the registry's alias): " + "; ".join(
+        champion_lines(tasks, best_models(Path(eval_root), tasks, models_root=Path(models_root), train=params["train"]))) + "."
+    md += ["## Best methods", "", among, "", *md_table(header, rows), champions, ""]
+    html_parts.append(f"<h2 id='best'>Best methods</h2><p>{html.escape(among)}</p>" + html_table(header, rows) + f"<p>{html.escape(champions)}</p>")
     seg_md, seg_html = segmenter_section(segmenter_dir)
     md += seg_md
     html_parts.append(seg_html)
@@ -119,8 +123,10 @@ def build_report(
             if paired:
                 md += [f"Paired comparison with the best classical baseline, `{variant}`:", "", *md_table(*paired)]
                 html_parts.append(f"<p>Paired comparison with the best classical baseline, <code>{html.escape(variant)}</code>:</p>" + html_table(*paired))
+            failed = failed_in_summary(summary, variant)
             for m, v in summary["methods"].items():
-                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(v[variant], conv.get(m))
+                trained = v[variant].get("kind") == "model"
+                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(v[variant], conv.get(m), (m in failed) if trained else None)
         methods = [m for m in sorted_methods(summary, summary["variants"][0]) if m != "clean"]
         header, rows = lineage_rows(task, methods, summary, stages, Path(models_root), conv)
         md += [f"### {task}: lineage", "", *md_table(header, rows)]
@@ -135,7 +141,7 @@ def build_report(
             html_parts.append(f"<h3>{html.escape(task)}: cost</h3>" + html_table(*costs))
         figures = [
             ("crops", crops_figure(task, eval_dir, patches_dir, summary, converged=conv)),
-            ("errors", error_maps_figure(task, eval_dir, patches_dir, summary)),
+            ("errors", error_maps_figure(task, eval_dir, patches_dir, summary, converged=conv)),
             ("vessels", vessel_figure(task, eval_dir, patches_dir, summary, segmenter, converged=conv)),
             ("sigma", sigma_figure(task, summary)),
             ("cost", cost_figure(task, summary)),

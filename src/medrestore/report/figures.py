@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medrestore.data.prepare import safe_name
+from medrestore.gates import failed_in_summary
 from medrestore.io import read_image, read_json, read_mask
 from medrestore.report.policy import label
 
@@ -95,11 +96,12 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
         ax.set_title("test image" + (f"  [{variant}]" if len(variants) > 1 else ""), fontsize=8)
         ax.axis("off")
         panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in methods]
+        failed = failed_in_summary(summary, variant)
         for c, (name, img) in enumerate(panels, start=1):
             ax = axes[r][c]
             ax.imshow(img[t : t + w, l : l + w], interpolation="nearest")
             stats = summary["methods"].get(name, {}).get(variant, {})
-            title = label(name, converged).replace(" (", "\n(")
+            title = label(name, converged, failed).replace(" (", "\n(")
             title = title if "psnr" not in stats else f"{title}\n{stats['psnr']['mean']:.2f} dB"
             ax.set_title(title, fontsize=8)
             ax.axis("off")
@@ -107,12 +109,13 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
     return _fig_png(fig)
 
 
-def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128) -> bytes:
+def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128, converged: dict[str, dict] | None = None) -> bytes:
     """Per-channel absolute error against the clean image in the zoom window (Hayee2017's figure 3),
     for the hardest test corruption: rows are methods, columns R, G, B; one colour scale for all."""
     entry, clean, _, (t, l), w = _test_case(patches_dir, window)
     variant = summary["variants"][-1]
     methods = _methods(summary)
+    failed = failed_in_summary(summary, variant)
     ref = clean[t : t + w, l : l + w].astype(np.float32)
     errs = {m: np.abs(_as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)[t : t + w, l : l + w].astype(np.float32) - ref) for m in methods}
     vmax = max(float(np.percentile(e, 99)) for e in errs.values()) or 1.0
@@ -121,7 +124,7 @@ def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dic
         for c, ch in enumerate("RGB"):
             ax = axes[r][c]
             im = ax.imshow(errs[m][..., c], cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
-            ax.set_title(f"{m}, {ch}: mean {errs[m][..., c].mean():.1f}", fontsize=7)
+            ax.set_title(f"{label(m, converged, failed)}, {ch}: mean {errs[m][..., c].mean():.1f}", fontsize=7)
             ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="absolute error (0-255)")
     fig.suptitle(f"{task} [{variant}]: per-channel error, {entry['id']}", fontsize=9)
@@ -143,6 +146,7 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
     reference = read_mask(patches_dir / manual) if manual else segmenter(clean, fov)[1]
     reference &= fov
     near = ndimage.distance_transform_edt(~reference) <= 2.0
+    failed = failed_in_summary(summary, variant)
     panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in (methods or _methods(summary))]
     rows = 2 if with_images else 1
     fig, axes = plt.subplots(rows, len(panels), figsize=(2.2 * len(panels), 2.6 * rows), squeeze=False)
@@ -150,7 +154,7 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
         ax = axes[-1][i]
         if with_images:
             axes[0][i].imshow(img[t : t + w, l : l + w], interpolation="nearest")
-            axes[0][i].set_title(label(name, converged), fontsize=7)
+            axes[0][i].set_title(label(name, converged, failed), fontsize=7)
             axes[0][i].axis("off")
         found = segmenter(img, fov)[1] & fov
         rgb = np.zeros((*found.shape, 3), np.float32)
@@ -161,7 +165,7 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
         ax.imshow(rgb[sub], interpolation="nearest")
         missed = float((reference & ~found)[sub].sum() / max(reference[sub].sum(), 1))
         invented = float((found & ~near)[sub].sum() / max(found[sub].sum(), 1))
-        ax.set_title(f"{label(name, converged)}\nmissed {missed:.0%}, invented {invented:.0%}", fontsize=7)
+        ax.set_title(f"{label(name, converged, failed)}\nmissed {missed:.0%}, invented {invented:.0%}", fontsize=7)
         ax.axis("off")
     ref_name = "manual mask" if manual else "segmentation of the clean image"
     fig.suptitle(title or f"{task} [{variant}]: vessels found (white), missed (magenta), invented (cyan) vs the {ref_name}", fontsize=8, y=1.04 if rows == 1 else 0.98)

@@ -1,23 +1,31 @@
 """The report's policy: which trained models converged (:func:`task_convergence`), and which method
-may be called best. A model that did not converge is marked wherever it appears and is never called
-best; "best" is judged on :data:`medrestore.metrics.BEST_BY` (PSNR inside the field of view)."""
+may be called best. A model that did not converge, or that failed on a test corruption (scored below
+its degraded input there: :mod:`medrestore.gates`), is marked wherever it appears and is never called
+best there; "best" is judged on :data:`medrestore.metrics.BEST_BY` (PSNR inside the field of view).
+A task's champion (:func:`best_models`) is a converged trained model that failed on none of its test
+corruptions; a task without one gets none (:data:`~medrestore.gates.NO_CHAMPION`)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
+from medrestore.gates import FAILED, NO_CHAMPION, failed_in_summary
 from medrestore.io import read_json
 from medrestore.metrics import BEST_BY
 
 NOT_CONVERGED = "not converged"
 
 
-def label(method: str, converged: dict[str, dict] | None) -> str:
-    """A method's name in a table: trained models that did not converge say so in every row."""
+def label(method: str, converged: dict[str, dict] | None, failed: Collection[str] = ()) -> str:
+    """A method's name in a table: trained models that did not converge say so in every row, and
+    those in ``failed`` (:func:`medrestore.gates.failed_in_summary`) say that they scored below their input."""
     verdict = (converged or {}).get(method)
-    return f"{method} ({NOT_CONVERGED})" if verdict is not None and not verdict["converged"] else method
+    marks = [NOT_CONVERGED] if verdict is not None and not verdict["converged"] else []
+    marks += [FAILED] if method in failed else []
+    return f"{method} ({'; '.join(marks)})" if marks else method
 
 
 OWN_RUN_GAIN_DB = 1.0  # five times the plateau rule's 0.2 dB: a fine-tuning that moved its start this far is its own run
@@ -87,12 +95,13 @@ def task_convergence(models_root: Path | None, task: str, train: dict | None = N
     return found
 
 
-def eligible(method: str, kind: str, converged: dict[str, dict] | None) -> bool:
-    """Whether a method may be called best: baselines always, trained models only when converged."""
+def eligible(method: str, kind: str, converged: dict[str, dict] | None, failed: Collection[str] = ()) -> bool:
+    """Whether a method may be called best: baselines always, trained models only when converged and
+    not in ``failed`` (below their input on this test corruption)."""
     if kind == "baseline":
         return True
     verdict = (converged or {}).get(method)
-    return kind == "model" and (verdict is None or bool(verdict["converged"]))
+    return kind == "model" and (verdict is None or bool(verdict["converged"])) and method not in failed
 
 
 def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None:
@@ -110,10 +119,11 @@ def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None
 
 
 def best_by(summary: dict, variant: str, conv: dict, metric: str = BEST_BY) -> str | None:
-    """The baseline or converged model with the highest mean ``metric`` on one test corruption, as
-    ``"name (value dB)"``; None when no method qualifies."""
+    """The baseline or converged model not below its input with the highest mean ``metric`` on one
+    test corruption, as ``"name (value dB)"``; None when no method qualifies."""
+    failed = failed_in_summary(summary, variant)
     scores = {m: v[variant][metric]["mean"] for m, v in summary["methods"].items()
-              if variant in v and metric in v[variant] and eligible(m, v[variant]["kind"], conv)}
+              if variant in v and metric in v[variant] and eligible(m, v[variant]["kind"], conv, failed)}
     if not scores:
         return None
     top = max(sorted(scores), key=scores.get)
@@ -121,16 +131,17 @@ def best_by(summary: dict, variant: str, conv: dict, metric: str = BEST_BY) -> s
 
 
 def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
-    """The baseline or converged model that keeps the most thin vessels (recall above chance) among
+    """The baseline or converged model not below its input that keeps the most thin vessels (recall above chance) among
     those that keep some (the 95% interval of that recall above zero) and invent at most half as large
     a share of vessel pixels as the degraded input does; None when no method qualifies."""
     prefix = "manual" if any("manual_thin_recall_above_chance" in v.get(variant, {}) for v in summary["methods"].values()) else "ref"
     kept, invented = f"{prefix}_thin_recall_above_chance", f"{prefix}_invented_rate"
     floor = summary["methods"].get("degraded", {}).get(variant, {}).get(invented, {}).get("mean")
+    failed = failed_in_summary(summary, variant)
     cands = {}
     for m, v in summary["methods"].items():
         st = v.get(variant, {})
-        if (kept in st and invented in st and eligible(m, st["kind"], conv) and st[kept]["ci95"][0] > 0
+        if (kept in st and invented in st and eligible(m, st["kind"], conv, failed) and st[kept]["ci95"][0] > 0
                 and (floor is None or st[invented]["mean"] <= floor / 2)):
             cands[m] = (st[kept]["mean"], st[invented]["mean"])
     if not cands:
@@ -140,19 +151,27 @@ def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
 
 
 def best_models(eval_root: Path, tasks: list[str], metric: str = BEST_BY, models_root: Path | None = None, train: dict | None = None) -> dict[str, dict]:
-    """Per task, the converged trained model with the highest mean ``metric`` over the test
-    corruptions (a model that did not converge is never chosen; ``models_root`` holds the curves,
-    ``train`` the params that say which models start from which: :func:`task_convergence`)."""
+    """Per task, its champion: the converged trained model with the highest mean ``metric`` over the
+    test corruptions, among those that failed on none of them (below the degraded input's
+    :data:`~medrestore.metrics.BEST_BY`: :mod:`medrestore.gates`). ``models_root`` holds the curves,
+    ``train`` the params that say which models start from which (:func:`task_convergence`). A task
+    with no such model is left out: it gets no champion (:func:`champion_lines` says why)."""
     best: dict[str, dict] = {}
     for task in tasks:
         summary = read_json(Path(eval_root) / task / "summary.json")
         conv = task_convergence(models_root, task, train) if models_root is not None else {}
+        failed = set().union(*(failed_in_summary(summary, v) for v in summary.get("variants", [])))
         scores = {}
         for m, variants in summary["methods"].items():
             vals = [v[metric]["mean"] for v in variants.values() if v.get("kind") == "model" and metric in v]
-            if vals and (m not in conv or conv[m]["converged"]):
+            if vals and (m not in conv or conv[m]["converged"]) and m not in failed:
                 scores[m] = float(np.mean(vals))
         if scores:
             top = max(sorted(scores), key=scores.get)
             best[task] = {"model": top, "metric": f"mean {metric} over test corruptions", "value": scores[top]}
     return best
+
+
+def champion_lines(tasks: list[str], best: dict[str, dict]) -> list[str]:
+    """Per task, its champion (:func:`best_models`) or why it has none."""
+    return [f"{t}: {best[t]['model']}" if t in best else f"{t}: no champion: {NO_CHAMPION}" for t in tasks]

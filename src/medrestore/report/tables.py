@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medrestore.gates import failed_in_summary
 from medrestore.io import read_json
 from medrestore.metrics import (
     LOWER_IS_BETTER,
@@ -57,15 +58,17 @@ def sample_size(stats: dict) -> str:
 
 def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """Rows of one task/variant table, best value per column marked with ``**`` (among baselines and
-    converged models: a model that did not converge is marked in its row and never called best)."""
+    converged models: a model that did not converge, or failed here (below its input:
+    :mod:`medrestore.gates`), is marked in its row and never called best)."""
     methods = sorted_methods(summary, variant)
+    failed = failed_in_summary(summary, variant)
     best: dict[str, str] = {}
     metrics = table_metrics(summary, variant)
     for metric in metrics:
         cands = {
             m: summary["methods"][m][variant][metric]["mean"]
             for m in methods
-            if eligible(m, summary["methods"][m][variant]["kind"], converged) and metric in summary["methods"][m][variant]
+            if eligible(m, summary["methods"][m][variant]["kind"], converged, failed) and metric in summary["methods"][m][variant]
         }
         if cands:
             pick = min if metric in LOWER_IS_BETTER else max
@@ -76,8 +79,13 @@ def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = 
         stats = summary["methods"][m][variant]
         cells = [_fmt(stats, k) for k in metrics]
         cells = [f"**{c}**" if best.get(k) == m else c for c, k in zip(cells, metrics)]
-        rows.append([label(m, converged), stats["kind"], *cells, sample_size(stats)])
+        rows.append([label(m, converged, failed), stats["kind"], *cells, sample_size(stats)])
     return header, rows
+
+
+def failed_anywhere(summary: dict) -> set[str]:
+    """The trained models that failed on at least one test corruption (for the task-level tables)."""
+    return set().union(*(failed_in_summary(summary, v) for v in summary.get("variants", [])))
 
 
 def _short(md5: str | None) -> str:
@@ -100,13 +108,14 @@ def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, mod
     corrupt = stages.get(f"corrupt@{task}", {})
     data_md5 = _short(next((o.get("md5") for o in corrupt.get("outs", [])), None))
     evaluate = stages.get(f"evaluate@{task}", {})
+    failed = failed_anywhere(summary)
     for m in methods:
         kind = summary["methods"][m][summary["variants"][0]]["kind"]
         if kind == "model":
             model_file = (Path(models_root) / task / m / "model.safetensors").as_posix()
             name, entry = next(((n, e) for n, e in stages.items() if n.startswith(("train@", "finetune@", "train_chain@")) and any(o["path"] == model_file for o in e.get("outs", []))), (None, {}))
             md5 = next((o.get("md5") for o in entry.get("outs", []) if o["path"] == model_file), None)
-            rows.append([label(m, converged), name or "-", _short(md5), data_md5, _params_digest(entry) if entry else "-", f"`medrestore lineage {model_file}`"])
+            rows.append([label(m, converged, failed), name or "-", _short(md5), data_md5, _params_digest(entry) if entry else "-", f"`medrestore lineage {model_file}`"])
         else:
             rows.append([m, f"evaluate@{task}", "-", data_md5, _params_digest(evaluate) if evaluate else "-", f"`medrestore lineage artifacts/eval/{task}/summary.json`"])
     return header, rows
@@ -120,6 +129,7 @@ def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None =
     header = ["model", f"vs {entry['baseline']}", "mean difference [95% CI]", "model better / worse (subjects)", "Wilcoxon p (smallest possible)",
               "images / subjects"]
     rows = []
+    failed = failed_in_summary(summary, variant)
     shown = [m for m in table_metrics(summary, variant) if METRICS[m].paired]
     for model, tests in sorted(entry["models"].items()):
         for metric in shown:
@@ -127,7 +137,7 @@ def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None =
             if not t or "mean_diff" not in t:
                 continue
             fmt = f"{{:+.{digits(metric)}f}}"
-            rows.append([label(model, converged), column_title(metric), f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
+            rows.append([label(model, converged, failed), column_title(metric), f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
                          f"{t['model_better']} / {t['baseline_better']} of {t['n']}" if t.get("higher_is_better", True) else f"{t['baseline_better']} / {t['model_better']} of {t['n']}",
                          f"{t['wilcoxon_p']:.3f} ({t['min_p']:.3f})", sample_size({"n": t["n"], **t})])
     return header, rows
@@ -140,16 +150,18 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
     if not methods:
         return None
     header = ["method", "parameters", "GFLOPs per output megapixel"]
+    failed = failed_anywhere(summary)
     rows = []
     for m in sorted(methods):
         p, f = methods[m].get("parameters"), methods[m].get("flops_per_mpix")
-        rows.append([label(m, converged), f"{p:,}" if isinstance(p, int) else "–", f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
+        rows.append([label(m, converged, failed), f"{p:,}" if isinstance(p, int) else "–", f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
     return header, rows
 
 
 #: reports/metrics.json: per method and test variant, these summary columns under these names (the
 #: vessel scores against the manual masks where the dataset has them, else against the clean image's
-#: segmentation), plus ``converged`` for trained models.
+#: segmentation), plus ``converged`` and ``failed`` (below the degraded input on that test corruption:
+#: :mod:`medrestore.gates`) for trained models.
 HEADLINE = {
     "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_fov_e3": ("psnr_fov_e3",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
     "niqe": ("niqe",), "brisque": ("brisque",),
@@ -160,7 +172,7 @@ HEADLINE = {
 }
 
 
-def headline_numbers(stats: dict, convergence: dict | None) -> dict:
+def headline_numbers(stats: dict, convergence: dict | None, failed: bool | None = None) -> dict:
     out = {}
     for name, columns in HEADLINE.items():
         col = next((c for c in columns if c in stats), None)
@@ -168,6 +180,8 @@ def headline_numbers(stats: dict, convergence: dict | None) -> dict:
             out[name] = stats[col]["mean"]
     if convergence is not None:
         out["converged"] = bool(convergence["converged"])
+    if failed is not None:
+        out["failed"] = bool(failed)
     return out
 
 

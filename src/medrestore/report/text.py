@@ -83,10 +83,12 @@ def segmenter_section(segmenter_dir: Path | None) -> tuple[list[str], str]:
 
 
 CONVERGENCE_TEXT = (
-    "A trained model converged when its best validation PSNR gained less than 0.2 dB over the last quarter of its "
+    "A trained model converged when its curve has at least 8 validation points, its best validation PSNR gained less than 0.2 dB over the last quarter of its "
     "steps and its last validation is within 0.2 dB of its best (a falling curve is no plateau: a GAN trading PSNR "
     "for its adversary, or a fine-tuning undoing its start), and, for a model fine-tuned from another or trained on "
     "another's outputs, when that one converged too. A decaying learning rate flattens the last quarter by itself: "
     "the verdict means no more gain at this schedule's length. A model that did not converge is marked in every "
-    "table and figure and is never called best: its numbers describe the training budget, not the paper's method."
+    "table and figure and is never called best: its numbers describe the training budget, not the paper's method. "
+    "A trained model whose mean PSNR inside the FOV on a test corruption is below the degraded input's failed there: "
+    "it is marked, never called best, its claims there are failed, and it is never a task's champion."
 )

@@ -22,6 +22,7 @@ import pandas as pd
 from medrestore.evaluation import interval, subjects_of
 from medrestore.io import read_json
 from medrestore.report.figures import _fig_png, vessel_figure
+from medrestore.gates import failed_in_summary
 from medrestore.report.policy import label
 
 #: The PSNR a vessel term may cost and still count as free (dB, inside the FOV).
@@ -110,7 +111,7 @@ def table_rows(summary: dict, variant: str, plain: str, results: list[dict], con
         extra = ([_fmt(r["differences"]["indep_thin_recall_above_chance"], 3), _fmt(r["differences"]["psnr_fov"], 2), r["verdict"]]
                  if r else ["", "", ""])
         size = f"{st['n_images']} / {st['n_subjects']}" if "n_subjects" in st else "–"
-        rows.append([label(m, conv), form, *cells, *extra, size])
+        rows.append([label(m, conv, failed_in_summary(summary, variant)), form, *cells, *extra, size])
     return header, rows
 
 
