@@ -162,7 +162,7 @@ def _cmd_restore(args) -> int:
     device = "cpu" if args.cpu else None
     written, errors = restore_files(
         args.model, args.inputs, Path(args.out), fov=args.fov, tile=args.tile, overlap=args.overlap, device=device,
-        precision=args.precision, progress=None if not args.no_progress else False,
+        precision=args.precision, progress=None if not args.no_progress else False, overwrite=args.overwrite,
     )
     for err in errors:
         print(f"error: {err}", file=sys.stderr)
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="bf16: autocast to bfloat16, faster on GPUs and on CPUs with bf16 units (see README, Performance)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace files of the same name already in --out (never an input)")
     p.set_defaults(fn=_cmd_restore)
     p = sub.add_parser("lineage", help="data, code, params, commit and MLflow run behind a pipeline output")
     p.add_argument("path", help="e.g. artifacts/models/denoise-g25/dncnn/model.safetensors")
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
+    except KeyboardInterrupt:
+        print(f"interrupted: medrestore {args.cmd} stopped; files already finished are complete, none is half-written.", file=sys.stderr)
+        return 130
     except Exception as exc:
         from medrestore.io import InputError
 
