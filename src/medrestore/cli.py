@@ -133,7 +133,7 @@ def _cmd_metrics(args) -> int:
     if reference is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # mean of an empty FOV: NaN, explained below
-            full = full_reference(image, reference, fov, args.assets)
+            full = full_reference(image, reference, fov, args.assets, exact_psnr=True)
         for key, value in full.items():
             if math.isnan(value):
                 full[key], notes[key] = None, "not defined: the FOV mask selects no pixel" if key.endswith("_fov") else "not defined (NaN)"
