@@ -5,6 +5,7 @@
     medrestore restore --model NAME_OR_CHECKPOINT INPUT... --out DIR   restore your own images
     medrestore lineage FILE [--json]                 commit, DVC hashes, params and MLflow run behind FILE
     medrestore verify [--committed REV] [--all]      this run's numbers against the published report
+    medrestore check-params [--params FILE]          params.yaml against its schema, before `dvc repro` touches outputs
     medrestore --version
 """
 
@@ -185,6 +186,15 @@ def _cmd_verify(args) -> int:
                         *(["--json"] if args.json else [])])
 
 
+def _cmd_check_params(args) -> int:
+    from medrestore.io import load_params
+    from medrestore.params import validate_params
+
+    validate_params(load_params(path=args.params), args.params)
+    print(f"{args.params}: valid")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from medrestore.sweep import write_sweep
 
@@ -241,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="list the identical numbers too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_verify)
+    p = sub.add_parser("check-params", help="check params.yaml (schema, ranges, duplicate keys) without running any stage")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=_cmd_check_params)
     p = sub.add_parser("sweep", help="collect the vessel-term weight sweep (DVC experiments) into reports/vessel_sweep.json")
     p.add_argument("--out", default="reports/vessel_sweep.json")
     p.add_argument("--params", default="params.yaml")

@@ -13,9 +13,18 @@ from medrestore.params import validate_params
 from medrestore.tracking import Tracker, stage_run
 
 
+#: Said after every params error of a stage: DVC has removed the stage's outputs before running it.
+CHECKOUT_FIX = ("DVC removed this stage's previous outputs before running it: after fixing params.yaml, `dvc checkout` "
+                "brings them back (or `dvc repro` rebuilds them). `medrestore check-params` checks params.yaml without "
+                "touching any output (`make repro` runs it first).")
+
+
 def params() -> dict:
     """params.yaml, checked against its schema (:mod:`medrestore.params`) before the stage reads it."""
-    return dict(validate_params(load_params()))
+    try:
+        return dict(validate_params(load_params()))
+    except InputError as exc:
+        raise InputError(f"{exc}\n  {CHECKOUT_FIX}") from None
 
 
 def run(name: str, section_params: dict[str, Any], all_params: dict | None = None) -> AbstractContextManager[Tracker]:
