@@ -198,7 +198,11 @@ def _cmd_check_params(args) -> int:
 def _cmd_sweep(args) -> int:
     from medrestore.sweep import write_sweep
 
-    result = write_sweep(args.out, args.params, revs=args.rev, merge=args.merge)
+    if args.merge and args.replace:
+        from medrestore.io import InputError
+
+        raise InputError("--merge and --replace: one or the other. Fix: --merge keeps the points already in --out, --replace drops them.")
+    result = write_sweep(args.out, args.params, revs=args.rev, merge=args.merge, replace=args.replace)
     print(f"{args.out}: {len(result['points'])} points")
     for pt in result["points"]:
         print(f"  {pt['run']} weight {pt['weight']:g} [{pt['variant']}]: PSNR in FOV {pt['psnr_fov']:.2f} dB, "
@@ -261,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="baseline commit whose experiments are collected (repeatable; default HEAD, as dvc exp show)")
     p.add_argument("--merge", action="store_true",
                    help="keep the points already in --out that this collection does not replace (experiments run in another clone)")
+    p.add_argument("--replace", action="store_true",
+                   help="write only this collection even where --out holds points it lacks (without it, that is refused)")
     p.set_defaults(fn=_cmd_sweep)
     args = parser.parse_args(argv)
     try:
