@@ -95,3 +95,44 @@ def test_the_command_line_runs_it(workspace, monkeypatch, capsys):
     monkeypatch.chdir(root)
     assert cli(["verify"]) == 0
     assert "0 outside" in capsys.readouterr().out
+
+
+def test_a_fresh_clone_where_nothing_ran_is_refused_not_identical(workspace, monkeypatch, capsys):
+    from medrestore.cli import main as cli
+    from medrestore.io import InputError
+
+    root, published = workspace  # reports/metrics.json is the committed one, artifacts/eval is absent
+    with pytest.raises(InputError, match="nothing to compare.*make repro"):
+        verify(root)
+    monkeypatch.chdir(root)
+    assert cli(["verify"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to compare" in err and "summary.json" in err and "Fix:" in err
+    # one task evaluated here, the others not: theirs are not confirmed by this checkout
+    task = sorted(published)[0]
+    _rerun(root, {task: published[task]})
+    (root / "reports" / "metrics.json").write_text(json.dumps(published))
+    rows, _ = verify(root)
+    assert {r["verdict"] for r in rows if r["task"] == task} == {IDENTICAL}
+    assert all(r["verdict"] == OUTSIDE and "not evaluated in this checkout" in r["why"] for r in rows if r["task"] != task)
+
+
+@pytest.mark.parametrize("content,words", [(b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not text"), (b"[1, 2]", "a JSON list"),
+                                           (b'{"t": [1]}', "task 't'"), (b"{", "not valid JSON")])
+def test_a_broken_metrics_json_here_or_committed_is_a_clear_error(workspace, monkeypatch, capsys, content, words):
+    from medrestore.cli import main as cli
+
+    root, published = workspace
+    _rerun(root, published)
+    monkeypatch.chdir(root)
+    good = (root / "reports" / "metrics.json").read_bytes()
+    (root / "reports" / "metrics.json").write_bytes(content)
+    assert cli(["verify"]) == 2
+    err = capsys.readouterr().err
+    assert "reports/metrics.json" in err and words in err and "Fix:" in err
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "commit", "-qam", "broken"], cwd=root, check=True, env=env)
+    (root / "reports" / "metrics.json").write_bytes(good)
+    assert cli(["verify", "--committed", "HEAD"]) == 2
+    err = capsys.readouterr().err
+    assert "HEAD:reports/metrics.json" in err and words in err and "Fix:" in err
