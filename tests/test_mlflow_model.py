@@ -116,3 +116,28 @@ def test_an_experiment_gets_its_own_alias_never_the_champion(monkeypatch):
     assert alias_for_run() == CHAMPION == "champion"
     monkeypatch.setenv("DVC_EXP_NAME", "vprob-0.003")
     assert alias_for_run() == "exp-vprob-0-003"
+
+
+def test_restoring_with_a_registered_model_leaves_the_store_as_it_was(store, chase_image):
+    import os
+
+    from medrestore.cli import main
+    from medrestore.mlflow_model import register_champion
+    from medrestore.tracking import file_md5
+
+    folder = _model(store / "m", 0)
+    uri, _ = _logged(folder, chase_image[300:340, 400:440])
+    register_champion("t", uri, file_md5(folder / "model.safetensors"), {})
+    write_png_atomic(store / "in" / "photo.png", chase_image[200:328, 300:428])
+    artifacts = [p for p in store.iterdir() if p.is_dir() and p.name.startswith(("mlruns", "mlartifacts"))]
+    assert artifacts
+    before = sorted(str(p) for a in artifacts for p in a.rglob("*"))
+    for path in (p for a in artifacts for p in [a, *a.rglob("*")]):
+        os.chmod(path, 0o555 if path.is_dir() else 0o444)  # a read-only store
+    try:
+        assert main(["restore", "--model", "models:/medrestore-t@champion", str(store / "in" / "photo.png"), "--out", str(store / "a"),
+                     "--no-progress"]) == 0
+    finally:
+        for path in (p for a in artifacts for p in [a, *a.rglob("*")]):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    assert sorted(str(p) for a in artifacts for p in a.rglob("*")) == before  # no registered_model_meta written into it
