@@ -114,3 +114,31 @@ def test_whole_image_and_fov_psnr_follow_one_rule_on_near_identical_images(tmp_p
     scores = _strict_json(captured.out)
     for key in ("psnr", "psnr_y", "psnr_green", "psnr_fov", "psnr_y_fov", "psnr_green_fov"):
         assert scores[key] is None and f"note: {key} is null in the JSON: infinite" in captured.err
+
+
+def test_missing_assets_offline_are_a_clear_error_not_a_url_error(tmp_path, crop, monkeypatch, capsys):
+    import socket
+
+    from medrestore.metrics import _metric
+
+    Image.fromarray(crop).save(tmp_path / "a.png")
+    assert main(["metrics", str(tmp_path / "a.png"), "--assets", "/nonexistent", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "--assets /nonexistent: no such folder" in err and "Fix:" in err
+    # outside the repository, offline, pyiqa's cache empty: the parameter files are nowhere
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MEDRESTORE_PYIQA_ASSETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def offline(*_a, **_k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    _metric.cache_clear()
+    try:
+        assert main(["metrics", "a.png", "--json"]) == 2
+    finally:
+        _metric.cache_clear()
+    err = capsys.readouterr().err
+    assert "niqe_modelparameters.mat" in err and "--assets" in err and "Fix:" in err

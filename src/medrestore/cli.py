@@ -86,6 +86,7 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
     """medrestore.metrics.no_reference, one metric at a time (the same calls): a metric that is
     not defined for this image (too small, constant, NaN) is None with the reason, the others still count."""
     import math
+    import os
 
     import numpy as np
     import torch
@@ -105,7 +106,21 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
                 scores[name], notes[name] = None, f"not defined: every pixel of the image is {image.reshape(-1, *image.shape[2:])[0].tolist()}; {name.upper()} fits statistics of local contrast, which a constant image has none of"
                 continue
             try:
-                value = float(_metric(name, assets)(x))
+                fn = _metric(name, assets)
+            except OSError as exc:  # urllib's URLError: pyiqa downloads a parameter file it finds nowhere
+                from medrestore.io import InputError
+                from medrestore.metrics import ASSET_FILES
+
+                file = ASSET_FILES.get(name, "its parameter file")
+                raise InputError(
+                    f"{name}: pyiqa's {file} is neither in its cache ({torch.hub.get_dir()}/pyiqa) nor in the assets folder "
+                    f"({assets or 'default ' + os.environ.get('MEDRESTORE_PYIQA_ASSETS', '../shared/assets/pyiqa') + ', relative to this folder'}), "
+                    f"and downloading it failed ({type(exc).__name__}: {exc}). Fix: pass --assets FOLDER holding "
+                    "niqe_modelparameters.mat and brisque_svm_weights.pth (e.g. the repository's ../shared/assets/pyiqa), "
+                    "or run once with network access."
+                ) from None
+            try:
+                value = float(fn(x))
             except (RuntimeError, ValueError, IndexError, AssertionError, np.linalg.LinAlgError) as exc:  # torch's LinAlgError is a RuntimeError
                 scores[name], notes[name] = None, f"not defined: pyiqa's {name} fails on this image ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
                 continue
@@ -120,9 +135,12 @@ def _cmd_metrics(args) -> int:
     import math
     import warnings
 
-    from medrestore.io import read_image, read_mask
+    from medrestore.io import InputError, read_image, read_mask
     from medrestore.metrics import full_reference
 
+    if args.assets is not None and not Path(args.assets).is_dir():
+        raise InputError(f"--assets {args.assets}: no such folder. Fix: pass the folder holding pyiqa's niqe_modelparameters.mat and "
+                         "brisque_svm_weights.pth (e.g. the repository's ../shared/assets/pyiqa), or leave --assets out.")
     image = read_image(args.image)
     reference = read_image(args.reference) if args.reference else None
     fov = read_mask(args.fov) if args.fov else None
