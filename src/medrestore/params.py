@@ -86,6 +86,7 @@ class Download(_Strict):
     folder: str
     allow_network: bool
     allow_unverified: bool = False
+    allow_partial: bool = False  # true: a registered dataset missing pinned files is used without them (warned)
 
 
 class Prepare(_Strict):
