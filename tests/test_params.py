@@ -174,7 +174,7 @@ def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
     ("edit", "message"),
     [
         (lambda p: p["corrupt"]["tasks"]["denoise-g25"]["train"].update(sigma=-25), "corrupt.tasks.denoise-g25.train.sigma is -25: it cannot be negative"),
-        (lambda p: p["corrupt"]["tasks"]["denoise-blind"]["train"].update(sigma_range=[50, 0]), "sigma_range is [50, 0]: give 0 <= low <= high"),
+        (lambda p: p["corrupt"]["tasks"]["denoise-blind"]["train"].update(sigma_range=[50, 0]), "sigma_range is [50, 0]: the range is reversed or negative. Fix: give [low, high] with 0 <= low <= high"),
         (lambda p: p["corrupt"]["tasks"]["denoise-sr"]["train"]["steps"][1].update(sigma=-1), "corrupt.tasks.denoise-sr.train.steps[1].sigma is -1"),
         (lambda p: p["patchify"].update(patch_size=41), "corrupt.tasks.sr-x4.train: a x4 reduction of patchify.patch_size 41 is not whole"),
         (lambda p: p["patchify"].update(val_fraction=0.6, test_fraction=0.5), "nothing is left to train on"),
@@ -195,6 +195,8 @@ def test_values_that_make_no_sense_are_refused_before_any_stage_runs(params, edi
     with pytest.raises(InputError) as err:
         validate_params(params)
     assert message in str(err.value)
+    problems = [line for line in str(err.value).removeprefix("params.yaml: ").split("\n  ") if line.strip()]
+    assert problems and all("Fix:" in line for line in problems), str(err.value)  # every problem says what to do
 
 
 # ------------------------------------------------------------------ checked before DVC touches any output
