@@ -43,9 +43,26 @@ def arg(argv: list[str] | None, i: int, usage: str = "KEY") -> str:
 
 def execute(main: Callable[[list[str]], None]) -> None:
     """Run a stage's ``main`` on the command line: bad input (:class:`InputError`) ends it with the
-    message and exit status 2, without a traceback; anything else is a bug and keeps its traceback."""
+    message and exit status 2, without a traceback; anything else is a bug and keeps its traceback.
+
+    SIGTERM and SIGHUP (a stage stopped by hand, a closed terminal) are handled as Ctrl-C: the
+    temporary outputs are removed, the MLflow run is ended as KILLED, and the exit status is 128 + the
+    signal's number."""
+    import signal
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
         main(sys.argv[1:])
     except InputError as exc:
         print(f"[medrestore] ERROR: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        print(f"[medrestore] stopped by {signal.Signals(signum).name}: no half-written output is left (under `dvc repro` the "
+              "previous outputs were removed when the stage started: `dvc checkout` brings them back); "
+              "its MLflow run is ended as KILLED. Run it again with `dvc repro`.", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
