@@ -141,3 +141,25 @@ def test_restoring_with_a_registered_model_leaves_the_store_as_it_was(store, cha
         for path in (p for a in artifacts for p in [a, *a.rglob("*")]):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
     assert sorted(str(p) for a in artifacts for p in a.rglob("*")) == before  # no registered_model_meta written into it
+
+
+def test_a_tracking_server_that_is_down_is_given_up_in_seconds(tmp_path, monkeypatch, chase_image, capsys):
+    import os
+    import socket
+    import time
+
+    from medrestore.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.delenv(key, raising=False)
+    write_png_atomic(tmp_path / "photo.png", chase_image[200:328, 300:428])
+    start = time.monotonic()
+    code = main(["restore", "--model", "models:/medrestore-t@champion", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out")])
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be reached" in err and "Fix:" in err
+    assert not os.path.exists(tmp_path / "out")

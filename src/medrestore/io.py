@@ -249,6 +249,8 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     path = Path(path)
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be RGB or L, not {mode!r}")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not an image file. Fix: pass an image file (e.g. one of {path}/*.png).")
     if not path.is_file():
         raise InputError(f"{path}: no such file. Fix: check the path.")
     if path.stat().st_size == 0:

@@ -142,6 +142,10 @@ def model_folder(uri: str, dest: Path | None = None) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as exc:  # noqa: BLE001  MLflow raises several types for a missing model
+        text = f"{type(exc).__name__}: {exc}"
+        if any(word in text for word in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out")):
+            raise InputError(f"{uri}: the MLflow tracking server at {tracking_uri()} cannot be reached ({' '.join(text.split())[:200]}). "
+                             "Fix: start it (`make mlflow-server`), or set MLFLOW_TRACKING_URI to the store that has the model.") from None
         raise InputError(f"{uri}: not found in the MLflow store at {tracking_uri()} ({str(exc)[:200]}). Fix: check the name and "
                          "alias (`mlflow models` / the UI's Models page), or set MLFLOW_TRACKING_URI to the store that has it.") from None
     found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(p.parent for p in local.rglob("model.json"))
