@@ -136,3 +136,15 @@ def test_a_broken_metrics_json_here_or_committed_is_a_clear_error(workspace, mon
     assert cli(["verify", "--committed", "HEAD"]) == 2
     err = capsys.readouterr().err
     assert "HEAD:reports/metrics.json" in err and words in err and "Fix:" in err
+
+
+def test_this_checkouts_numbers_come_from_its_evaluation_not_the_committed_file(workspace):
+    root, published = workspace
+    ours = copy.deepcopy(published)
+    ours["denoise-g25"]["cdae"]["s25"]["psnr_fov"] += 1.0
+    _rerun(root, ours)  # an evaluation whose number moved ...
+    (root / "reports" / "metrics.json").write_text(json.dumps(published))  # ... beside the committed report (not rebuilt)
+    rows, _ = verify(root)
+    by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in rows}
+    row = by[("denoise-g25", "cdae", "s25", "psnr_fov")]
+    assert row["verdict"] == OUTSIDE and row["ours"] == pytest.approx(published["denoise-g25"]["cdae"]["s25"]["psnr_fov"] + 1.0)

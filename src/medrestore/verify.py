@@ -11,8 +11,11 @@ a rerun elsewhere moves the trained models' numbers a little. For every number o
   missing here, or a convergence verdict (``converged``) changed, or its task was not evaluated in
   this checkout (no ``artifacts/eval/TASK/summary.json``).
 
-Where no task was evaluated in this checkout (a fresh clone: ``reports/metrics.json`` is the committed
-one) there is nothing to compare, and verify refuses rather than compare the numbers with themselves.
+This run's numbers are recomputed from its evaluation outputs (the means of ``summary.json``, as the
+report stage computes them), not read from ``reports/metrics.json``, which is the committed file until
+the report stage runs again; only the convergence verdicts come from it. Where no task was evaluated
+in this checkout (a fresh clone) there is nothing to compare, and verify refuses rather than compare
+the committed numbers with themselves.
 
 The exit status is 1 when any number is ``outside``, so a reader can check a published report on
 their own machine with one command.
@@ -121,7 +124,32 @@ def verify(root: Path, committed: str = "HEAD", metrics: Path | None = None, eva
             f"{', '.join(sorted(published))}), so {metrics} holds the committed numbers, not this checkout's. "
             "Fix: run `make repro` (or `dvc repro`) first, then verify."
         )
-    return verdicts(published, ours, eval_root), source
+    return verdicts(published, recomputed(ours, published, eval_root), eval_root), source
+
+
+def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
+    """``ours`` with every number of an evaluated task recomputed from its ``summary.json``
+    (:func:`medrestore.report.tables.headline_numbers`); ``converged`` kept from ``ours``."""
+    from medrestore.report.tables import headline_numbers
+
+    out = {task: {m: {v: dict(n) for v, n in vs.items()} for m, vs in methods.items()} for task, methods in ours.items()}
+    for task in published:
+        path = Path(eval_root) / task / "summary.json"
+        if not path.is_file():
+            continue
+        summary = read_json(path)
+        methods = summary.get("methods") if isinstance(summary, dict) else None
+        if not isinstance(methods, dict):
+            raise InputError(f"{path}: no 'methods' of an evaluation summary. Fix: rerun the evaluation (`dvc repro evaluate@{task}`).")
+        task_out = out.setdefault(task, {})
+        for method, variants in methods.items():
+            for variant, stats in (variants or {}).items():
+                before = task_out.get(method, {}).get(variant, {})
+                numbers = headline_numbers(stats, None)
+                if "converged" in before:
+                    numbers["converged"] = before["converged"]
+                task_out.setdefault(method, {})[variant] = numbers
+    return out
 
 
 def format_rows(rows: list[dict], source: str, only_changed: bool = False) -> str:
