@@ -17,10 +17,12 @@ install: $(STAMP)
 
 repro: $(STAMP)
 	@mkdir -p data  # data/ (your own images, tracked by data.dvc) is empty in a fresh clone
+	$(BIN)/python -m medrestore.cli check-params  # before DVC removes any stage's outputs
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # The quick tour: every stage from nothing in a copy (quick-tour/), undertrained models, in minutes.
 quick: $(STAMP)
+	$(BIN)/python -m medrestore.cli check-params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/quick_tour.py
 
 # Queued experiments (`dvc exp run --queue -S ...`, then `make queue J=2`) log through the repository's local

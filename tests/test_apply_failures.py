@@ -249,3 +249,145 @@ def test_broken_model_json_is_a_clear_error_naming_it(tmp_path, chase_image, cap
     assert code == 2
     assert "model.json" in err and words in err and "Fix:" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ tiling values, weights and outputs that are not numbers
+@pytest.mark.parametrize("flag,value", [("--tile", "0"), ("--tile", "-8"), ("--overlap", "-10")])
+def test_invalid_tile_or_overlap_is_refused_before_restoring(tmp_path, identity, chase_image, capsys, flag, value):
+    Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
+    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), flag, value, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{flag} {value}" in err and "Fix:" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_holding_nan_are_refused_at_load(tmp_path, chase_image, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = _dncnn(tmp_path / "model")
+    state = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in state if k.endswith("weight"))
+    state[key][0].view(-1)[0] = float("nan")
+    save_file(state, str(folder / "model.safetensors"))
+    Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
+    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "model.safetensors" in err and "NaN" in err and key in err and "Fix:" in err
+    assert not (tmp_path / "out" / "x.png").exists()
+
+
+def test_non_finite_output_is_refused_and_not_written(tmp_path, chase_image, capsys):
+    folder = tmp_path / "model"
+    torch.manual_seed(0)
+    model = build_model("dncnn", **KW).eval()
+    with torch.no_grad():  # finite weights whose output overflows float32
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(torch.sign(torch.randn_like(m.weight)) * 1e30)
+    save_model(model, folder, name="dncnn", kwargs=KW)
+    Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
+    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "NaN or infinite" in err and "x.png" in err and "Fix:" in err
+    assert not (tmp_path / "out" / "x.png").exists()
+
+
+def test_sixteen_bit_rgba_png_keeps_its_sixteen_bit_alpha(tmp_path, identity, chase_image):
+    import cv2
+
+    rgb16 = chase_image[300:364, 300:364].astype(np.uint16) * 257 + 3
+    alpha = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    cv2.imwrite(str(tmp_path / "x.png"), np.dstack([rgb16[..., ::-1], alpha]))
+    written, errors = restore_files(str(identity), [str(tmp_path / "x.png")], tmp_path / "out", progress=False, log=_quiet)
+    assert errors == []
+    back = cv2.imread(str(written[0]), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and back.shape == (64, 64, 4)
+    assert np.array_equal(back[..., 3], alpha)
+    assert np.abs(back[..., 2::-1].astype(int) - rgb16).max() <= 257  # the identity network, at 16 bits
+
+
+# ------------------------------------------------------------------ files that are not the run's own
+def test_output_that_is_another_input_is_never_overwritten(tmp_path, identity, chase_image, capsys):
+    for folder, crop in (("inA", chase_image[300:364, 300:364]), ("inB", chase_image[400:464, 400:464])):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(crop).save(tmp_path / folder / "x.png")
+    (tmp_path / "inB" / "link.png").symlink_to(tmp_path / "inA" / "x.png")
+    original = (tmp_path / "inB/x.png").read_bytes()
+    # inB/x.png, another photograph: a file this run did not write
+    code = main(["restore", "--model", str(identity), str(tmp_path / "inA/x.png"), "--out", str(tmp_path / "inB"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists" in err and "--overwrite" in err and "Fix:" in err
+    assert (tmp_path / "inB/x.png").read_bytes() == original
+    # inA/x.png is an input (under another name): refused even with --overwrite
+    code = main(["restore", "--model", str(identity), str(tmp_path / "inB/link.png"), str(tmp_path / "inB/x.png"), "--out",
+                 str(tmp_path / "inA"), "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "also an input" in err and "Fix:" in err
+    assert (tmp_path / "inA/x.png").read_bytes() == (tmp_path / "inB/link.png").read_bytes() != original
+
+
+def test_existing_output_is_replaced_only_with_overwrite(tmp_path, identity, chase_image, capsys):
+    Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
+    (tmp_path / "out").mkdir()
+    Image.fromarray(chase_image[0:64, 0:64]).save(tmp_path / "out" / "x.png")
+    other = (tmp_path / "out" / "x.png").read_bytes()
+    args = ["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "out" / "x.png") in err and "--overwrite" in err and "Fix:" in err
+    assert (tmp_path / "out" / "x.png").read_bytes() == other
+    assert main([*args, "--overwrite"]) == 0
+    assert "replaced (--overwrite)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "x.png").read_bytes() != other
+
+
+# ------------------------------------------------------------------ interrupted, huge, misleading
+def test_interrupt_during_restore_is_a_message_not_a_traceback(tmp_path, identity, chase_image, capsys, monkeypatch):
+    import medrestore.apply as apply
+
+    Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(apply, "restore_array", interrupted)
+    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "x.png").exists()
+
+
+def test_image_above_the_pixel_limit_is_refused_before_opencv_decodes_it(tmp_path, chase_image, monkeypatch):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "x.png"), chase_image[300:364, 300:364].astype(np.uint16) * 257)
+    monkeypatch.setenv("MEDRESTORE_MAX_PIXELS", "1000")
+    decoded = []
+    real = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    with pytest.raises(InputError, match="above the limit of 1000 pixels"):
+        read_native(tmp_path / "x.png")
+    assert decoded == []
+
+
+def test_model_name_outside_the_repository_says_so(tmp_path, monkeypatch, capsys, chase_image):
+    Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
+    monkeypatch.chdir(tmp_path)
+    code = main(["restore", "--model", "denoise-g25/dncnn", "x.png", "--out", "out", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not inside the medrestore repository" in err and "Fix:" in err and "dvc repro" not in err
+
+
+def test_folder_and_float_tiff_inputs_are_named_for_what_they_are(tmp_path, chase_image):
+    import tifffile
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="a folder, not an image file"):
+        read_native(tmp_path / "folder")
+    tifffile.imwrite(tmp_path / "f.tif", chase_image[300:364, 300:364].astype(np.float32) / 255.0)
+    with pytest.raises(InputError, match="floating-point") as info:
+        read_native(tmp_path / "f.tif")
+    assert "Fix:" in str(info.value)

@@ -36,7 +36,7 @@ def test_grey_image_against_colour_reference_is_refused_and_measured_as_grey_on_
     assert main([*args, "--grey"]) == 0
     scores = _strict_json(capsys.readouterr().out)
     # Both as grey levels: the grey image is the reference's own luma, every measure agrees it is identical.
-    assert scores["ssim"] == pytest.approx(1.0) and scores["ssim_rgb"] == pytest.approx(1.0) and scores["psnr"] >= 60
+    assert scores["ssim"] == pytest.approx(1.0) and scores["ssim_rgb"] == pytest.approx(1.0) and scores["psnr"] is None  # identical: infinite
     # The other way round too.
     assert main(["metrics", str(tmp_path / "rgb_reference.png"), str(tmp_path / "grey.png"), "--assets", str(assets_dir)]) == 2
 
@@ -93,3 +93,52 @@ def test_image_and_reference_of_different_sizes_is_a_clear_error(tmp_path, crop,
     assert main(["metrics", str(tmp_path / "big.png"), str(tmp_path / "big.png"), "--fov", str(tmp_path / "mask.png"),
                  "--assets", str(assets_dir)]) == 2
     assert "FOV mask" in capsys.readouterr().err
+
+
+def test_whole_image_and_fov_psnr_follow_one_rule_on_near_identical_images(tmp_path, chase_image, assets_dir, capsys):
+    image = chase_image[200:456, 200:456].copy()
+    other = image.copy()
+    other[100, 100, 1] += 1 if other[100, 100, 1] < 255 else -1  # one LSB of one pixel
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(other).save(tmp_path / "b.png")
+    Image.fromarray(np.full(image.shape[:2], 255, np.uint8)).save(tmp_path / "fov.png")
+    assert main(["metrics", str(tmp_path / "b.png"), str(tmp_path / "a.png"), "--fov", str(tmp_path / "fov.png"),
+                 "--assets", str(assets_dir), "--json"]) == 0
+    scores = _strict_json(capsys.readouterr().out)
+    expected = 10 * np.log10(255.0**2 * image.size)  # MSE: one squared LSB over every sample
+    assert scores["psnr"] == pytest.approx(expected) and scores["psnr_fov"] == pytest.approx(expected)
+    assert scores["psnr_y"] == pytest.approx(scores["psnr_y_fov"])
+    # identical images: every PSNR infinite (null in the JSON, the reason on stderr), none capped at 80 dB
+    assert main(["metrics", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--assets", str(assets_dir), "--json"]) == 0
+    captured = capsys.readouterr()
+    scores = _strict_json(captured.out)
+    for key in ("psnr", "psnr_y", "psnr_green", "psnr_fov", "psnr_y_fov", "psnr_green_fov"):
+        assert scores[key] is None and f"note: {key} is null in the JSON: infinite" in captured.err
+
+
+def test_missing_assets_offline_are_a_clear_error_not_a_url_error(tmp_path, crop, monkeypatch, capsys):
+    import socket
+
+    from medrestore.metrics import _metric
+
+    Image.fromarray(crop).save(tmp_path / "a.png")
+    assert main(["metrics", str(tmp_path / "a.png"), "--assets", "/nonexistent", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "--assets /nonexistent: no such folder" in err and "Fix:" in err
+    # outside the repository, offline, pyiqa's cache empty: the parameter files are nowhere
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MEDRESTORE_PYIQA_ASSETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def offline(*_a, **_k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    _metric.cache_clear()
+    try:
+        assert main(["metrics", "a.png", "--json"]) == 2
+    finally:
+        _metric.cache_clear()
+    err = capsys.readouterr().err
+    assert "niqe_modelparameters.mat" in err and "--assets" in err and "Fix:" in err

@@ -209,16 +209,16 @@ def test_chase_files_beyond_the_pinned_list_are_left_out_unless_opted_in(tmp_pat
         shutil.copy(chase_dir / name, mirror / name)
     shutil.copy(chase_dir / "Image_02R.jpg", mirror / "Image_15L.jpg")  # a file beyond the archive: no pinned checksum
     with pytest.warns(UnverifiedFilesWarning, match=r"left out 1 files of 'chase_db1'.*Image_15L\.jpg"):
-        records = _gather(["chase_db1"], tmp_path, mirror.parent)
+        records = _gather(["chase_db1"], tmp_path, mirror.parent, allow_partial=True)
     assert [r.id for r in records] == ["chase_db1/Image_01L"]
     assert not (tmp_path / "out" / "chase_db1" / "SHA256SUMS").exists()
     with pytest.warns(UnverifiedFilesWarning, match="using 1 files"):
-        records = _gather(["chase_db1"], tmp_path / "b", mirror.parent, allow_unverified=True)
+        records = _gather(["chase_db1"], tmp_path / "b", mirror.parent, allow_unverified=True, allow_partial=True)
     assert [r.id for r in records] == ["chase_db1/Image_01L", "chase_db1/Image_15L"]
     # allow_unverified never lets a *wrong* pinned file through
     (mirror / "Image_01L_2ndHO.png").write_bytes(b"tampered")
     with pytest.raises(InputError, match=r"Image_01L_2ndHO\.png: checksum mismatch"):
-        _gather(["chase_db1"], tmp_path / "c", mirror.parent, allow_unverified=True)
+        _gather(["chase_db1"], tmp_path / "c", mirror.parent, allow_unverified=True, allow_partial=True)
 
 
 def test_pinned_dataset_warns_about_nothing_when_complete(tmp_path, chase_dir):
@@ -226,6 +226,25 @@ def test_pinned_dataset_warns_about_nothing_when_complete(tmp_path, chase_dir):
         warnings.simplefilter("error")
         records = _gather(["chase_db1"], tmp_path, chase_dir.parent)
     assert len(records) == 28
+
+
+@pytest.mark.parametrize("left_out", ["Image_07R.jpg", "Image_07R_1stHO.png"])
+def test_a_pinned_dataset_missing_a_file_is_refused_naming_it(tmp_path, chase_dir, left_out):
+    from medrestore.data.sources import IncompleteDatasetWarning
+
+    mirror = tmp_path / "mirror" / "chase_db1"
+    mirror.mkdir(parents=True)
+    for p in chase_dir.iterdir():
+        if p.name != left_out:
+            (mirror / p.name).symlink_to(p)
+    with pytest.raises(InputError, match=rf"incomplete: 1 of its 84 pinned files are missing \({left_out}\).*Fix:.*allow_partial"):
+        _gather(["chase_db1"], tmp_path, mirror.parent)
+    with pytest.warns(IncompleteDatasetWarning, match=left_out):
+        records = _gather(["chase_db1"], tmp_path / "b", mirror.parent, allow_partial=True)
+    if left_out.endswith(".jpg"):
+        assert len(records) == 27
+    else:
+        assert next(r for r in records if r.id == "chase_db1/Image_07R").vessels is None
 
 
 # --------------------------------------------------------------------------- registering one more

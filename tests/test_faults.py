@@ -370,3 +370,38 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
     finally:
         dvc("queue", "stop", "--kill", cwd=work, check=False)
         mlflow_server.stop(work)
+
+
+STOPPABLE = """
+import sys, time
+from medrestore.io import atomic_dir
+from medrestore.pipeline.stage import execute
+from medrestore.tracking import stage_run
+
+def main(argv):
+    with stage_run("prepare", {"size": 1}) as tracker, atomic_dir("artifacts/prepared") as tmp:
+        (tmp / "part.bin").write_bytes(bytes(4096))
+        print("RUN", tracker.run_id, flush=True)
+        time.sleep(120)
+
+execute(main)
+"""
+
+
+def test_a_stage_stopped_by_hand_removes_its_temporary_and_ends_its_run_as_killed(tmp_path):
+    import medrestore
+    from mlflow import MlflowClient
+
+    (tmp_path / "stage.py").write_text(STOPPABLE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(Path(medrestore.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "stage.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("RUN "), proc.communicate()[1][-2000:]
+    assert list((tmp_path / "artifacts").glob(".prepared.*.tmp"))  # writing
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in err and "dvc checkout" in err and "Traceback" not in err
+    assert list((tmp_path / "artifacts").iterdir()) == []  # no hidden .prepared.<pid>.*.tmp left
+    assert MlflowClient(tracking_uri=uri).get_run(line.split()[1]).info.status == "KILLED"

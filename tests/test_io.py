@@ -302,3 +302,10 @@ def test_params_written_by_dvc_set_param_keep_their_numbers(tmp_path):
     assert got["cdae"]["lr"] == 2.5e-06 and load_params(path=params)["seed"] == 7
     assert load_yaml("a: [5e3, 1E+2, .5e-1, 1.0, 12, 1e5x, v1e5, '1e-05']") == {"a": [5000.0, 100.0, 0.05, 1.0, 12, "1e5x", "v1e5", "1e-05"]}
     assert load_params(path=REPO / "params.yaml") == yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_a_folder_given_as_an_image_is_named_a_folder(tmp_path):
+    from medrestore.io import InputError, read_image
+
+    with pytest.raises(InputError, match="a folder, not an image file.*Fix:"):
+        read_image(tmp_path)

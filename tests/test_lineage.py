@@ -73,3 +73,30 @@ def test_the_lineage_command_exits_1_on_a_tampered_file(repo, monkeypatch, capsy
     f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))
     assert cli(["lineage", "out/Image_11L.jpg"]) == 1
     assert "WARNING" in capsys.readouterr().out
+
+
+def test_a_corrupt_dvc_lock_is_a_clear_error(repo, monkeypatch, capsys):
+    from medrestore.cli import main
+
+    root, _ = repo
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  make: [unclosed\n")
+    monkeypatch.chdir(root)
+    assert main(["lineage", "out/Image_11L.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert "dvc.lock: not valid YAML" in err and "git checkout dvc.lock" in err
+
+
+def test_a_tracking_server_that_is_down_is_given_up_in_seconds(repo, monkeypatch):
+    import socket
+    import time
+
+    root, _ = repo
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.delenv(key, raising=False)
+    start = time.monotonic()
+    rec = lineage(root / "out" / "Image_11L.jpg", root=root, uri=f"http://127.0.0.1:{port}")
+    assert time.monotonic() - start < 15
+    assert rec["stage"] == "make" and "error" in rec["mlflow"]

@@ -191,3 +191,50 @@ def test_the_report_stage_withdraws_the_champion_of_a_task_without_one(registry)
         assert register_best_models({}, root / "models", root=root, tasks=["t"]) == {}
     model = client.get_registered_model("medrestore-t")
     assert not model.aliases and model.tags["no_champion_reason"] == "no converged model beats the degraded input"
+
+
+def test_restoring_with_a_registered_model_leaves_the_store_as_it_was(store, chase_image):
+    import os
+
+    from medrestore.cli import main
+    from medrestore.mlflow_model import register_champion
+    from medrestore.tracking import file_md5
+
+    folder = _model(store / "m", 0)
+    uri, _ = _logged(folder, chase_image[300:340, 400:440])
+    register_champion("t", uri, file_md5(folder / "model.safetensors"), {})
+    write_png_atomic(store / "in" / "photo.png", chase_image[200:328, 300:428])
+    artifacts = [p for p in store.iterdir() if p.is_dir() and p.name.startswith(("mlruns", "mlartifacts"))]
+    assert artifacts
+    before = sorted(str(p) for a in artifacts for p in a.rglob("*"))
+    for path in (p for a in artifacts for p in [a, *a.rglob("*")]):
+        os.chmod(path, 0o555 if path.is_dir() else 0o444)  # a read-only store
+    try:
+        assert main(["restore", "--model", "models:/medrestore-t@champion", str(store / "in" / "photo.png"), "--out", str(store / "a"),
+                     "--no-progress"]) == 0
+    finally:
+        for path in (p for a in artifacts for p in [a, *a.rglob("*")]):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    assert sorted(str(p) for a in artifacts for p in a.rglob("*")) == before  # no registered_model_meta written into it
+
+
+def test_a_tracking_server_that_is_down_is_given_up_in_seconds(tmp_path, monkeypatch, chase_image, capsys):
+    import os
+    import socket
+    import time
+
+    from medrestore.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.delenv(key, raising=False)
+    write_png_atomic(tmp_path / "photo.png", chase_image[200:328, 300:428])
+    start = time.monotonic()
+    code = main(["restore", "--model", "models:/medrestore-t@champion", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out")])
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be reached" in err and "Fix:" in err
+    assert not os.path.exists(tmp_path / "out")

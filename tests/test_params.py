@@ -174,7 +174,7 @@ def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
     ("edit", "message"),
     [
         (lambda p: p["corrupt"]["tasks"]["denoise-g25"]["train"].update(sigma=-25), "corrupt.tasks.denoise-g25.train.sigma is -25: it cannot be negative"),
-        (lambda p: p["corrupt"]["tasks"]["denoise-blind"]["train"].update(sigma_range=[50, 0]), "sigma_range is [50, 0]: give 0 <= low <= high"),
+        (lambda p: p["corrupt"]["tasks"]["denoise-blind"]["train"].update(sigma_range=[50, 0]), "sigma_range is [50, 0]: the range is reversed or negative. Fix: give [low, high] with 0 <= low <= high"),
         (lambda p: p["corrupt"]["tasks"]["denoise-sr"]["train"]["steps"][1].update(sigma=-1), "corrupt.tasks.denoise-sr.train.steps[1].sigma is -1"),
         (lambda p: p["patchify"].update(patch_size=41), "corrupt.tasks.sr-x4.train: a x4 reduction of patchify.patch_size 41 is not whole"),
         (lambda p: p["patchify"].update(val_fraction=0.6, test_fraction=0.5), "nothing is left to train on"),
@@ -195,3 +195,44 @@ def test_values_that_make_no_sense_are_refused_before_any_stage_runs(params, edi
     with pytest.raises(InputError) as err:
         validate_params(params)
     assert message in str(err.value)
+    problems = [line for line in str(err.value).removeprefix("params.yaml: ").split("\n  ") if line.strip()]
+    assert problems and all("Fix:" in line for line in problems), str(err.value)  # every problem says what to do
+
+
+# ------------------------------------------------------------------ checked before DVC touches any output
+def test_a_duplicate_key_is_refused_naming_it_and_both_lines(tmp_path, monkeypatch):
+    from medrestore.io import InputError
+    from medrestore.pipeline.stage import params as stage_params
+
+    text = (REPO / "params.yaml").read_text()
+    assert "\nprepare:\n" in text
+    head, tail = text.split("\nprepare:\n", 1)
+    (tmp_path / "params.yaml").write_text(f"{head}\nprepare:\n  size: 64\n{tail}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as info:
+        stage_params()
+    msg = str(info.value)
+    assert "params.yaml" in msg and "duplicate key 'size'" in msg and "Fix:" in msg
+    assert "dvc checkout" in msg  # the stage's outputs are gone by then: how to get them back
+
+
+def test_check_params_refuses_bad_params_before_any_stage_and_make_runs_it_first(tmp_path, capsys):
+    import subprocess
+
+    from medrestore.cli import main
+
+    assert main(["check-params", "--params", str(REPO / "params.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = yaml.safe_load((REPO / "params.yaml").read_text())
+    bad["prepare"]["size"] = -3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["check-params", "--params", str(tmp_path / "params.yaml")]) == 2
+    assert "prepare.size" in capsys.readouterr().err
+    assert main(["check-params", "--params", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such params file" in capsys.readouterr().err
+    for target in ("repro", "quick"):
+        lines = subprocess.run(["make", "-n", "-W", "requirements.lock", target, "STAMP=/dev/null"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.splitlines()
+        check = next(i for i, line in enumerate(lines) if "check-params" in line)
+        run = next(i for i, line in enumerate(lines) if "dvc repro" in line or "quick_tour.py" in line)
+        assert check < run, target

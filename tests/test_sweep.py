@@ -111,3 +111,36 @@ def test_merge_keeps_earlier_points_the_new_collection_does_not_replace(repo, mo
     with pytest.raises(InputError, match="not a sweep file"):
         write_sweep(out, repo / "params.yaml", rows=[], merge=True)
     assert out.read_text() == "not json"
+
+
+def test_a_sweep_file_is_not_shrunk_without_replace(tmp_path, monkeypatch, capsys):
+    from medrestore.cli import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}}, "vessel": VESSEL}}))
+    rows = [{"Experiment": None, "State": "Success", "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.001,
+             "metrics.json:t.m-vprob.s25.psnr_fov": 33.9}]
+    out = tmp_path / "sweep.json"
+    committed = {"note": "", "points": [
+        {"run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": w, "task": "t", "variant": "s25", "psnr_fov": 30.0}
+        for w in (0.001, 0.003, 0.01)]}
+    out.write_text(json.dumps(committed))
+    before = out.read_text()
+    with pytest.raises(InputError, match=r"2 of its 3 points are not in this collection.*--merge.*--replace"):
+        write_sweep(out, tmp_path / "params.yaml", rows=rows)
+    assert out.read_text() == before
+    assert [p["weight"] for p in write_sweep(out, tmp_path / "params.yaml", rows=rows, merge=True)["points"]] == [0.001, 0.003, 0.01]
+    assert [p["weight"] for p in write_sweep(out, tmp_path / "params.yaml", rows=rows, replace=True)["points"]] == [0.001]
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--params", str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml: no such file" in err and "Fix:" in err
+
+
+def test_an_unknown_revision_is_a_clear_error(repo, monkeypatch, capsys):
+    from medrestore.cli import main
+
+    monkeypatch.chdir(repo)
+    assert main(["sweep", "--rev", "deadbeef", "--params", str(repo / "params.yaml"), "--out", str(repo / "rev.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--rev deadbeef" in err and "Fix:" in err
+    assert not (repo / "rev.json").exists()

@@ -204,3 +204,30 @@ def test_concurrent_writers_to_one_fresh_sqlite_store_all_land(tmp_path):
     assert runs == {f"train@writer{i}": "FINISHED" for i in range(n)}
     per_run = dict(con.execute("select r.name, count(*) from metrics m join runs r on r.run_uuid = m.run_uuid group by r.name"))
     assert per_run == {f"train@writer{i}": 10 for i in range(n)}
+
+
+def test_a_run_left_running_by_a_killed_stage_is_ended_at_the_next_start(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from medrestore.tracking import EXPERIMENT, stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    with stage_run("prepare", {}):
+        pass
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    host = socket.gethostname()
+    killed = client.create_run(exp, tags={"dvc_stage": "prepare", "pid": str(dead), "host": host}).info.run_id  # kill -9 left it
+    alive = client.create_run(exp, tags={"dvc_stage": "prepare", "pid": str(os.getpid()), "host": host}).info.run_id
+    other = client.create_run(exp, tags={"dvc_stage": "patchify", "pid": str(dead), "host": host}).info.run_id
+    assert client.get_run(killed).info.status == "RUNNING"
+    with stage_run("prepare", {}) as tracker:
+        assert tracker.failures == []
+    assert client.get_run(killed).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING" and client.get_run(other).info.status == "RUNNING"

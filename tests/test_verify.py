@@ -97,3 +97,56 @@ def test_the_command_line_runs_it(workspace, monkeypatch, capsys):
     monkeypatch.chdir(root)
     assert cli(["verify"]) == 0
     assert "0 outside" in capsys.readouterr().out
+
+
+def test_a_fresh_clone_where_nothing_ran_is_refused_not_identical(workspace, monkeypatch, capsys):
+    from medrestore.cli import main as cli
+    from medrestore.io import InputError
+
+    root, published = workspace  # reports/metrics.json is the committed one, artifacts/eval is absent
+    with pytest.raises(InputError, match="nothing to compare.*make repro"):
+        verify(root)
+    monkeypatch.chdir(root)
+    assert cli(["verify"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to compare" in err and "summary.json" in err and "Fix:" in err
+    # one task evaluated here, the others not: theirs are not confirmed by this checkout
+    task = sorted(published)[0]
+    _rerun(root, {task: published[task]})
+    (root / "reports" / "metrics.json").write_text(json.dumps(published))
+    rows, _ = verify(root)
+    assert {r["verdict"] for r in rows if r["task"] == task} == {IDENTICAL}
+    assert all(r["verdict"] == OUTSIDE and "not evaluated in this checkout" in r["why"] for r in rows if r["task"] != task)
+
+
+@pytest.mark.parametrize("content,words", [(b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not text"), (b"[1, 2]", "a JSON list"),
+                                           (b'{"t": [1]}', "task 't'"), (b"{", "not valid JSON")])
+def test_a_broken_metrics_json_here_or_committed_is_a_clear_error(workspace, monkeypatch, capsys, content, words):
+    from medrestore.cli import main as cli
+
+    root, published = workspace
+    _rerun(root, published)
+    monkeypatch.chdir(root)
+    good = (root / "reports" / "metrics.json").read_bytes()
+    (root / "reports" / "metrics.json").write_bytes(content)
+    assert cli(["verify"]) == 2
+    err = capsys.readouterr().err
+    assert "reports/metrics.json" in err and words in err and "Fix:" in err
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "commit", "-qam", "broken"], cwd=root, check=True, env=env)
+    (root / "reports" / "metrics.json").write_bytes(good)
+    assert cli(["verify", "--committed", "HEAD"]) == 2
+    err = capsys.readouterr().err
+    assert "HEAD:reports/metrics.json" in err and words in err and "Fix:" in err
+
+
+def test_this_checkouts_numbers_come_from_its_evaluation_not_the_committed_file(workspace):
+    root, published = workspace
+    ours = copy.deepcopy(published)
+    ours["denoise-g25"]["cdae"]["s25"]["psnr_fov"] += 1.0
+    _rerun(root, ours)  # an evaluation whose number moved ...
+    (root / "reports" / "metrics.json").write_text(json.dumps(published))  # ... beside the committed report (not rebuilt)
+    rows, _ = verify(root)
+    by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in rows}
+    row = by[("denoise-g25", "cdae", "s25", "psnr_fov")]
+    assert row["verdict"] == OUTSIDE and row["ours"] == pytest.approx(published["denoise-g25"]["cdae"]["s25"]["psnr_fov"] + 1.0)

@@ -53,7 +53,14 @@ def resolve_model(spec: str, root: Path | None = None) -> Path:
     path = Path(spec)
     if path.exists():
         return path.parent if path.is_file() else path
-    models = Path(root or workspace_root()) / "artifacts" / "models"
+    workspace = Path(root or workspace_root())
+    if not (workspace / "dvc.yaml").is_file():
+        raise InputError(
+            f"{spec}: no such model folder, and {Path.cwd()} is not inside the medrestore repository (no dvc.yaml here or "
+            "above), where trained models are looked up by name under artifacts/models. Fix: run the command from the "
+            "repository, or pass the path of a model folder (or its model.safetensors)."
+        )
+    models = workspace / "artifacts" / "models"
     if "/" in spec:
         cand = models / spec
         if (cand / "model.json").is_file():
@@ -96,10 +103,13 @@ _FIX = "Fix: re-export it as an 8- or 16-bit PNG, JPEG or TIFF."
 def read_native(path: Path) -> NativeImage:
     """Read an image as it is displayed: EXIF/TIFF orientation applied, every frame of a multi-frame file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not an image file. Fix: pass the image files in it (e.g. {path}/*.png).")
     if not path.is_file():
         raise InputError(f"{path}: no such file. Fix: check the path.")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes). {_FIX}")
+    _check_header(path)
     colour16 = _read_colour16(path)
     if colour16 is not None:
         return colour16
@@ -120,6 +130,9 @@ def read_native(path: Path) -> NativeImage:
     except InputError:
         raise
     except UnidentifiedImageError as exc:
+        kind = _tiff_sample_kind(path)
+        if kind == "float":
+            raise InputError(f"{path}: a floating-point TIFF; restoration needs 8- or 16-bit pixels. {_FIX}") from exc
         raise InputError(f"{path}: not an image format that can be read. {_FIX}") from exc
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: the image cannot be decoded ({exc}). {_FIX}") from exc
@@ -132,6 +145,45 @@ def read_native(path: Path) -> NativeImage:
     first.durations = tuple(int(d or 0) for d in durations) if animated else None
     first.loop = int(loop) if loop is not None and fmt in ("GIF", "PNG", "WEBP") else None
     return first
+
+
+def _tiff_pages(path: Path):
+    """tifffile's first page of a TIFF (read from its header only), or None for anything else."""
+    from medrestore.io import _is_tiff
+
+    if not _is_tiff(path):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            return page.imagewidth, page.imagelength, page.dtype
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile parses: the decoders below report it
+        return None
+
+
+def _tiff_sample_kind(path: Path) -> str | None:
+    page = _tiff_pages(path)
+    if page is None or page[2] is None:
+        return None
+    return "float" if np.dtype(page[2]).kind == "f" else "int"
+
+
+def _check_header(path: Path) -> None:
+    """Refuse an image above the pixel limit (:func:`medrestore.io.max_pixels`) from its header,
+    before any decoder (OpenCV's included) allocates its pixels."""
+    from medrestore.io import check_pixel_limit
+
+    try:
+        with open_image(path):
+            return
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow cannot parse it: tifffile's header, else the decoders report it
+        page = _tiff_pages(path)
+        if page is not None:
+            check_pixel_limit(path, page[0], page[1])
 
 
 def _native_frame(img: Image.Image, fmt: str, path: Path) -> NativeImage:
@@ -228,7 +280,7 @@ def _read_colour16(path: Path) -> NativeImage | None:
                              "reliably. Fix: save it upright without the orientation tag.")
     alpha = None
     if arr.shape[2] == 4:
-        alpha = np.round(arr[..., 3] / 257.0).astype(np.uint8)
+        alpha = np.ascontiguousarray(arr[..., 3])  # uint16: written back at 16 bits
     rgb = arr[..., :3].astype(np.float32) / 65535.0
     return NativeImage(np.ascontiguousarray(rgb), alpha, 16, False, "TIFF" if path.suffix.lower() != ".png" else "PNG")
 
@@ -267,6 +319,9 @@ def encode_native(img: NativeImage) -> bytes:
         import cv2
 
         bgr = np.round(img.pixels.clip(0, 1)[..., ::-1] * 65535.0).astype(np.uint16)
+        if img.alpha is not None:
+            alpha = img.alpha.astype(np.uint16) * (257 if img.alpha.dtype == np.uint8 else 1)
+            bgr = np.concatenate([bgr, alpha[..., None]], axis=2)
         ok, buf = cv2.imencode(".tif" if img.format == "TIFF" else ".png", np.ascontiguousarray(bgr))
         if not ok:
             raise InputError("could not encode a 16-bit colour image. Fix: write PNG output.")
@@ -346,6 +401,13 @@ def restore_image(
         out = np.repeat(np.repeat(img.pixels, s, axis=0), s, axis=1)
     else:
         out = restore_array(model, np.ascontiguousarray(x, dtype=np.float32), tile=tile, overlap=overlap, device=device, precision=precision)
+        if not np.isfinite(out).all():
+            bad = int(np.count_nonzero(~np.isfinite(out).all(axis=2)))
+            raise InputError(
+                f"{path}: the model returned NaN or infinite values for {bad} pixel(s); nothing was written for this image. "
+                + ("Fix: restore with --precision float32." if precision != "float32" else
+                   "Fix: use another model (its weights or arithmetic overflow on this image).")
+            )
         if want == 3 and have == 1:
             out = out.mean(axis=2, keepdims=True)
         if out.shape[:2] == img.pixels.shape[:2] and fov == "auto":
@@ -383,7 +445,7 @@ def load_model_checked(folder: Path) -> tuple[nn.Module, dict]:
         if name != "chain" and name not in MODELS:
             raise InputError(f"{meta_path}: names the network {name!r}, which is not one of {', '.join(MODELS)}. {restore_fix}")
     try:
-        return load_model(folder)
+        model, loaded = load_model(folder)
     except InputError as exc:
         if "model.json" in str(exc) or "model.safetensors" in str(exc):
             raise
@@ -397,11 +459,20 @@ def load_model_checked(folder: Path) -> tuple[nn.Module, dict]:
         ) from exc
     except (TypeError, ValueError, KeyError) as exc:  # kwargs the network does not take
         raise InputError(f"{meta_path}: cannot build {meta.get('model')!r} with kwargs {meta.get('kwargs', {})} ({exc}). {restore_fix}") from exc
+    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise InputError(
+            f"{folder / 'model.safetensors'}: {len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): every output would be NaN. Fix: use a checkpoint saved before training "
+            "diverged, or retrain the model (`dvc repro`)."
+        )
+    return model, loaded
 
 
-def plan_outputs(inputs: list[str], out_dir: Path, log=print) -> list[tuple[Path, Path]]:
-    """(input, output) per input, checked before anything is restored: an ``out_dir`` that is a file
-    and two inputs with one file name (which would overwrite each other's output) are refused.
+def plan_outputs(inputs: list[str], out_dir: Path, log=print, *, overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """(input, output) per input, checked before anything is restored: an ``out_dir`` that is a file,
+    two inputs with one file name (which would overwrite each other's output), an output that is one
+    of the inputs and (unless ``overwrite``) an output file that exists already are refused.
     A file listed twice is restored once."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -426,7 +497,32 @@ def plan_outputs(inputs: list[str], out_dir: Path, log=print) -> list[tuple[Path
             f"{lines}. Outputs keep their input's file name, so one would overwrite the other: nothing was restored. "
             "Fix: restore the files of each folder in a separate run with its own --out, or rename one of them."
         )
+    inputs_real = {os.path.realpath(p) for p, _ in pairs}
+    hits = [(p, d) for p, d in pairs if os.path.realpath(d) in inputs_real and os.path.realpath(d) != os.path.realpath(p)]
+    if hits:
+        lines = "; ".join(f"the output of {p} would be {d}, which is also an input" for p, d in hits)
+        raise InputError(f"{lines}: nothing was restored, no input is ever overwritten. Fix: choose an --out folder that holds none of the inputs.")
+    existing = [d for p, d in pairs if os.path.realpath(d) != os.path.realpath(p) and d.is_file()]
+    if existing and not overwrite:
+        shown = ", ".join(str(d) for d in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise InputError(
+            f"{shown}: already exist{'s' if len(existing) == 1 else ''} in --out and would be replaced: nothing was restored. "
+            "Fix: choose another --out folder, or pass --overwrite to replace them."
+        )
+    if existing:
+        for d in existing:
+            log(f"{d}: exists; replaced (--overwrite)")
     return pairs
+
+
+def check_tiling(tile, overlap) -> None:
+    """Refuse tile and overlap values tiling cannot use (before any image is restored)."""
+    from medrestore.inference import MIN_TILE
+
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE:
+        raise InputError(f"--tile {tile}: tiles must be at least {MIN_TILE} px on a side. Fix: pass e.g. --tile 512 (the default).")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise InputError(f"--overlap {overlap}: the overlap is a number of pixels, 0 or more. Fix: pass e.g. --overlap 32 (the default).")
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -457,20 +553,23 @@ def restore_files(
     precision: str = "float32",
     progress: bool | None = None,
     log=print,
+    overwrite: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """Restore every input into ``out_dir`` (same file name and format). A bad file is reported and
     skipped; the others are still restored. Returns (written files, error messages).
 
     Checked before any image is restored (:class:`InputError`, nothing written): the precision,
-    ``out_dir`` (a folder, writable), output names (no two inputs with one name) and the model."""
+    ``out_dir`` (a folder, writable), output names (no two inputs with one name, no output that is an
+    input, no existing file replaced unless ``overwrite``), tile and overlap, and the model."""
     from tqdm.auto import tqdm
 
     from medrestore.inference import PRECISIONS
 
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}. Fix: use one of {', '.join(PRECISIONS)}.")
+    check_tiling(tile, overlap)
     out_dir = Path(out_dir)
-    pairs = plan_outputs(inputs, out_dir, log)
+    pairs = plan_outputs(inputs, out_dir, log, overwrite=overwrite)
     folder = resolve_model(model_spec)
     model, _ = load_model_checked(folder)
     prepare_out_dir(out_dir)

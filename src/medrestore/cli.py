@@ -5,6 +5,7 @@
     medrestore restore --model NAME_OR_CHECKPOINT INPUT... --out DIR   restore your own images
     medrestore lineage FILE [--json]                 commit, DVC hashes, params and MLflow run behind FILE
     medrestore verify [--committed REV] [--all]      this run's numbers against the published report
+    medrestore check-params [--params FILE]          params.yaml against its schema, before `dvc repro` touches outputs
     medrestore --version
 """
 
@@ -85,6 +86,7 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
     """medrestore.metrics.no_reference, one metric at a time (the same calls): a metric that is
     not defined for this image (too small, constant, NaN) is None with the reason, the others still count."""
     import math
+    import os
 
     import numpy as np
     import torch
@@ -104,7 +106,21 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
                 scores[name], notes[name] = None, f"not defined: every pixel of the image is {image.reshape(-1, *image.shape[2:])[0].tolist()}; {name.upper()} fits statistics of local contrast, which a constant image has none of"
                 continue
             try:
-                value = float(_metric(name, assets)(x))
+                fn = _metric(name, assets)
+            except OSError as exc:  # urllib's URLError: pyiqa downloads a parameter file it finds nowhere
+                from medrestore.io import InputError
+                from medrestore.metrics import ASSET_FILES
+
+                file = ASSET_FILES.get(name, "its parameter file")
+                raise InputError(
+                    f"{name}: pyiqa's {file} is neither in its cache ({torch.hub.get_dir()}/pyiqa) nor in the assets folder "
+                    f"({assets or 'default ' + os.environ.get('MEDRESTORE_PYIQA_ASSETS', '../shared/assets/pyiqa') + ', relative to this folder'}), "
+                    f"and downloading it failed ({type(exc).__name__}: {exc}). Fix: pass --assets FOLDER holding "
+                    "niqe_modelparameters.mat and brisque_svm_weights.pth (e.g. the repository's ../shared/assets/pyiqa), "
+                    "or run once with network access."
+                ) from None
+            try:
+                value = float(fn(x))
             except (RuntimeError, ValueError, IndexError, AssertionError, np.linalg.LinAlgError) as exc:  # torch's LinAlgError is a RuntimeError
                 scores[name], notes[name] = None, f"not defined: pyiqa's {name} fails on this image ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
                 continue
@@ -119,9 +135,12 @@ def _cmd_metrics(args) -> int:
     import math
     import warnings
 
-    from medrestore.io import read_image, read_mask
+    from medrestore.io import InputError, read_image, read_mask
     from medrestore.metrics import full_reference
 
+    if args.assets is not None and not Path(args.assets).is_dir():
+        raise InputError(f"--assets {args.assets}: no such folder. Fix: pass the folder holding pyiqa's niqe_modelparameters.mat and "
+                         "brisque_svm_weights.pth (e.g. the repository's ../shared/assets/pyiqa), or leave --assets out.")
     image = read_image(args.image)
     reference = read_image(args.reference) if args.reference else None
     fov = read_mask(args.fov) if args.fov else None
@@ -133,7 +152,7 @@ def _cmd_metrics(args) -> int:
     if reference is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # mean of an empty FOV: NaN, explained below
-            full = full_reference(image, reference, fov, args.assets)
+            full = full_reference(image, reference, fov, args.assets, exact_psnr=True)
         for key, value in full.items():
             if math.isnan(value):
                 full[key], notes[key] = None, "not defined: the FOV mask selects no pixel" if key.endswith("_fov") else "not defined (NaN)"
@@ -162,7 +181,7 @@ def _cmd_restore(args) -> int:
     device = "cpu" if args.cpu else None
     written, errors = restore_files(
         args.model, args.inputs, Path(args.out), fov=args.fov, tile=args.tile, overlap=args.overlap, device=device,
-        precision=args.precision, progress=None if not args.no_progress else False,
+        precision=args.precision, progress=None if not args.no_progress else False, overwrite=args.overwrite,
     )
     for err in errors:
         print(f"error: {err}", file=sys.stderr)
@@ -185,10 +204,23 @@ def _cmd_verify(args) -> int:
                         *(["--json"] if args.json else [])])
 
 
+def _cmd_check_params(args) -> int:
+    from medrestore.io import load_params
+    from medrestore.params import validate_params
+
+    validate_params(load_params(path=args.params), args.params)
+    print(f"{args.params}: valid")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from medrestore.sweep import write_sweep
 
-    result = write_sweep(args.out, args.params, revs=args.rev, merge=args.merge)
+    if args.merge and args.replace:
+        from medrestore.io import InputError
+
+        raise InputError("--merge and --replace: one or the other. Fix: --merge keeps the points already in --out, --replace drops them.")
+    result = write_sweep(args.out, args.params, revs=args.rev, merge=args.merge, replace=args.replace)
     print(f"{args.out}: {len(result['points'])} points")
     for pt in result["points"]:
         print(f"  {pt['run']} weight {pt['weight']:g} [{pt['variant']}]: PSNR in FOV {pt['psnr_fov']:.2f} dB, "
@@ -230,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="bf16: autocast to bfloat16, faster on GPUs and on CPUs with bf16 units (see README, Performance)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace files of the same name already in --out (never an input)")
     p.set_defaults(fn=_cmd_restore)
     p = sub.add_parser("lineage", help="data, code, params, commit and MLflow run behind a pipeline output")
     p.add_argument("path", help="e.g. artifacts/models/denoise-g25/dncnn/model.safetensors")
@@ -240,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="list the identical numbers too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_verify)
+    p = sub.add_parser("check-params", help="check params.yaml (schema, ranges, duplicate keys) without running any stage")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=_cmd_check_params)
     p = sub.add_parser("sweep", help="collect the vessel-term weight sweep (DVC experiments) into reports/vessel_sweep.json")
     p.add_argument("--out", default="reports/vessel_sweep.json")
     p.add_argument("--params", default="params.yaml")
@@ -247,10 +283,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="baseline commit whose experiments are collected (repeatable; default HEAD, as dvc exp show)")
     p.add_argument("--merge", action="store_true",
                    help="keep the points already in --out that this collection does not replace (experiments run in another clone)")
+    p.add_argument("--replace", action="store_true",
+                   help="write only this collection even where --out holds points it lacks (without it, that is refused)")
     p.set_defaults(fn=_cmd_sweep)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
+    except KeyboardInterrupt:
+        print(f"interrupted: medrestore {args.cmd} stopped; files already finished are complete, none is half-written.", file=sys.stderr)
+        return 130
     except Exception as exc:
         from medrestore.io import InputError
 

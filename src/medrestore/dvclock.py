@@ -20,7 +20,14 @@ def read_lock(path: Path, *, required: bool = False) -> dict:
         if required:
             raise InputError(f"{path}: missing. Fix: run `dvc repro` first (lineage is read from dvc.lock).")
         return {}
-    return load_yaml(path.read_text()) or {}
+    try:
+        lock = load_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:300]}). Fix: restore it with "
+                         f"`git checkout {path.name}` (or rerun `dvc repro`, which rewrites it).") from None
+    if not isinstance(lock, dict):
+        raise InputError(f"{path}: not a dvc.lock (a mapping with 'stages'). Fix: restore it with `git checkout {path.name}`.")
+    return lock
 
 
 def lock_stages(path: Path, *, required: bool = False) -> dict:

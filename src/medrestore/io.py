@@ -249,6 +249,8 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     path = Path(path)
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be RGB or L, not {mode!r}")
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not an image file. Fix: pass an image file (e.g. one of {path}/*.png).")
     if not path.is_file():
         raise InputError(f"{path}: no such file. Fix: check the path.")
     if path.stat().st_size == 0:
@@ -362,6 +364,30 @@ class ParamsLoader(yaml.SafeLoader):
     the optimiser as a string."""
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose every key appears once (YAML forbids duplicates; PyYAML keeps the last value
+    silently, DVC's loader refuses them): a repeated key is a :class:`yaml.constructor.ConstructorError`."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # keys merged in (<<) may be overridden
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # the base constructor reports an unhashable key
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+ParamsLoader.construct_mapping = _mapping_without_duplicates  # type: ignore[method-assign]
+
+
 ParamsLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
@@ -377,8 +403,17 @@ def load_yaml(text: str | bytes) -> Any:
 def load_params(section: str | None = None, path: str | os.PathLike = "params.yaml") -> Any:
     """Read ``params.yaml`` (or one top-level section of it)."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such params file. Fix: check the path (the repository's params.yaml is at its root).")
     with open(path) as fh:
-        params = load_yaml(fh.read())
+        text = fh.read()
+    try:
+        params = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())}). Fix: correct that line "
+                         "(each key once per section; `git diff` shows what changed).") from exc
+    if not isinstance(params, dict):
+        raise InputError(f"{path}: not a mapping of sections (got {type(params).__name__}). Fix: restore it with `git checkout {path}`.")
     if section is None:
         return params
     if section not in params:

@@ -45,6 +45,9 @@ def mlflow_run(stage: str, rel: str, md5: str | None, uri: str | None = None) ->
         import mlflow
         from mlflow import MlflowClient
 
+        from medrestore.tracking import configure_http
+
+        configure_http()  # a tracking server that is down: seconds, not minutes
         client = MlflowClient(tracking_uri=uri or tracking_uri())
         exp = client.get_experiment_by_name(EXPERIMENT)
         if exp is None:

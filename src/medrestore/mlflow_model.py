@@ -147,16 +147,33 @@ def withdraw_champion(task: str, reason: str, alias: str = CHAMPION) -> str | No
 
 def model_folder(uri: str, dest: Path | None = None) -> Path:
     """The model folder (model.safetensors + model.json) of an MLflow model URI (``models:/NAME@ALIAS``,
-    ``models:/NAME/VERSION``, ``runs:/RUN/model``), downloaded from the tracking store."""
+    ``models:/NAME/VERSION``, ``runs:/RUN/model``), downloaded from the tracking store.
+
+    Always copied into ``dest`` (default: a temporary folder removed at exit), never read in place:
+    MLflow writes a ``registered_model_meta`` file into the folder it returns, which for a local
+    artifact store would be the store itself. HTTP retries are bounded as in the stages
+    (:func:`medrestore.tracking.configure_http`): a tracking server that is down is given up in seconds."""
+    import atexit
+    import shutil
+    import tempfile
+
     import mlflow
 
     from medrestore.io import InputError
-    from medrestore.tracking import tracking_uri
+    from medrestore.tracking import configure_http, tracking_uri
 
+    configure_http()
     mlflow.set_tracking_uri(tracking_uri())
+    if dest is None:
+        dest = Path(tempfile.mkdtemp(prefix="medrestore-model-"))
+        atexit.register(shutil.rmtree, dest, ignore_errors=True)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=None if dest is None else str(dest)))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as exc:  # noqa: BLE001  MLflow raises several types for a missing model
+        text = f"{type(exc).__name__}: {exc}"
+        if any(word in text for word in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out")):
+            raise InputError(f"{uri}: the MLflow tracking server at {tracking_uri()} cannot be reached ({' '.join(text.split())[:200]}). "
+                             "Fix: start it (`make mlflow-server`), or set MLFLOW_TRACKING_URI to the store that has the model.") from None
         raise InputError(f"{uri}: not found in the MLflow store at {tracking_uri()} ({str(exc)[:200]}). Fix: check the name and "
                          "alias (`mlflow models` / the UI's Models page), or set MLFLOW_TRACKING_URI to the store that has it.") from None
     found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(p.parent for p in local.rglob("model.json"))

@@ -87,6 +87,7 @@ class Download(_Strict):
     folder: str
     allow_network: bool
     allow_unverified: bool = False
+    allow_partial: bool = False  # true: a registered dataset missing pinned files is used without them (warned)
 
 
 class Prepare(_Strict):
@@ -108,8 +109,8 @@ class Patchify(_Strict):
     @model_validator(mode="after")
     def _three_splits(self) -> "Patchify":
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is left to train on; "
-                             "keep their sum below 1")
+            raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is left to train on. "
+                             "Fix: keep their sum below 1 (e.g. 0.15 each)")
         return self
 
 
@@ -129,7 +130,7 @@ def _spec_problems(spec: Any, where: str) -> list[str]:
     (the rest is checked by the corruption itself when the corrupt stage runs)."""
     problems: list[str] = []
     if not isinstance(spec, dict):
-        return [f"{where}: a corruption is a mapping with a kind, got {spec!r}"]
+        return [f"{where}: a corruption is a mapping with a kind, got {spec!r}. Fix: e.g. {{kind: gaussian, sigma: 25}}."]
     for key, value in spec.items():
         if key == "steps" and isinstance(value, list):
             for i, step in enumerate(value):
@@ -139,14 +140,14 @@ def _spec_problems(spec: Any, where: str) -> list[str]:
                 if isinstance(sub, dict):
                     problems += _spec_problems({"kind": name, **sub}, f"{where}.options.{name}")
         elif key in ("sigma", "p") and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            problems.append(f"{where}.{key} is {value}: it cannot be negative")
+            problems.append(f"{where}.{key} is {value}: it cannot be negative. Fix: give 0 or more (e.g. {key}: {25 if key == 'sigma' else 0.5}).")
         elif key.endswith("_range") and isinstance(value, list):
             if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
-                problems.append(f"{where}.{key} is {value}: give [low, high]")
+                problems.append(f"{where}.{key} is {value}: not a [low, high] pair of numbers. Fix: give [low, high].")
             elif value[0] > value[1] or (key in ("sigma_range", "p_range") and value[0] < 0):
-                problems.append(f"{where}.{key} is {value}: give 0 <= low <= high")
+                problems.append(f"{where}.{key} is {value}: the range is reversed or negative. Fix: give [low, high] with 0 <= low <= high.")
         elif key == "scale" and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
-            problems.append(f"{where}.scale is {value!r}: give a whole number of at least 2")
+            problems.append(f"{where}.scale is {value!r}: not a whole number of at least 2. Fix: give 2, 3 or 4.")
     return problems
 
 
@@ -189,7 +190,8 @@ class VesselEntry(RunEntry):
         spec = (self.overrides.perceptual if self.overrides is not None else None) or {}
         if spec.get("backbone") not in ("vessel", "vessel_prob") or not spec.get("weight"):
             raise ValueError("overrides.perceptual needs backbone vessel or vessel_prob and a weight above 0 "
-                             "(a vessel-aware run without its vessel term would be the base run again)")
+                             "(a vessel-aware run without its vessel term would be the base run again). Fix: e.g. "
+                             "overrides: {perceptual: {backbone: vessel_prob, weight: 0.001}}, or remove this run")
         return self
 
 

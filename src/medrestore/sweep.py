@@ -74,23 +74,49 @@ def merge_points(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, An
 
 
 def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml", rows: Iterable[Mapping] | None = None,
-                revs: list[str] | None = None, merge: bool = False) -> dict:
+                revs: list[str] | None = None, merge: bool = False, replace: bool = False) -> dict:
     """Collect the sweep from this repository's experiments (or ``rows``) and write ``out``.
     ``revs``: the baseline commits whose experiments count (default HEAD's, as ``dvc exp show``);
     ``merge``: keep the points already in ``out`` that this collection does not replace (experiments
-    no longer in this repository: another clone's, or removed with ``dvc exp remove``)."""
-    params = load_yaml(Path(params_path).read_text())
+    no longer in this repository: another clone's, or removed with ``dvc exp remove``); without it
+    (and without ``replace``) an ``out`` holding points this collection lacks is refused, not shrunk."""
+    import json
+
+    if not Path(params_path).is_file():
+        raise InputError(f"--params {params_path}: no such file. Fix: pass the repository's params.yaml (the default, from its root).")
+    try:
+        params = load_yaml(Path(params_path).read_text())
+    except Exception as exc:  # noqa: BLE001 - any YAML error, a duplicate key
+        raise InputError(f"--params {params_path}: not valid YAML ({' '.join(str(exc).split())[:300]}). Fix: correct it.") from exc
+    if not isinstance(params, dict):
+        raise InputError(f"--params {params_path}: not a params file (a mapping of sections). Fix: pass the repository's params.yaml.")
     vessel = (params.get("train") or {}).get("vessel") or {}
     if not vessel:
         raise InputError(f"{params_path}: no train.vessel runs, so there is no sweep to collect. Fix: add them (README, \"Vessel-aware training\").")
     if rows is None:
         import dvc.api
 
-        rows = dvc.api.exp_show(revs=revs) if revs else dvc.api.exp_show()
+        try:
+            rows = dvc.api.exp_show(revs=revs) if revs else dvc.api.exp_show()
+        except Exception as exc:  # noqa: BLE001 - dvc's RevError, SCMError, NotDvcRepoError ...
+            what = f"--rev {', '.join(revs)}" if revs else "HEAD"
+            raise InputError(f"cannot list the DVC experiments of {what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
+                             "Fix: pass a commit of this repository (`git log --oneline`), from inside the repository.") from None
     result = collect(rows, vessel)
+    if not merge and not replace and Path(out).is_file():
+        try:
+            before = json.loads(Path(out).read_text())["points"]
+            key = lambda p: (p["run"], float(p["weight"]), p["variant"])  # noqa: E731
+            lost = sorted({key(p) for p in before} - {key(p) for p in result["points"]})
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            lost = None
+        if lost is None or lost:
+            shown = "it is not a sweep file" if lost is None else (
+                f"{len(lost)} of its {len(before)} points are not in this collection ("
+                + ", ".join(f"{r} weight {w:g} [{v}]" for r, w, v in lost[:4]) + (", ..." if len(lost) > 4 else "") + ")")
+            raise InputError(f"{out}: {shown}; writing {len(result['points'])} points would lose them. Fix: pass --merge to keep "
+                             "them beside the new ones, or --replace to write only this collection.")
     if merge and Path(out).is_file():
-        import json
-
         try:
             before = json.loads(Path(out).read_text())["points"]
         except (ValueError, KeyError, TypeError) as exc:

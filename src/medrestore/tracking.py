@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -232,7 +233,32 @@ def stage_tags(stage: str) -> dict[str, str]:
         "dvc_root": os.environ.get("DVC_ROOT", str(repo_root())),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "pid": str(os.getpid()),
+        "host": socket.gethostname(),
     }
+
+
+def end_abandoned_runs(stage: str, current: str | None = None) -> list[str]:
+    """End as KILLED the RUNNING runs of ``stage`` whose process (tags ``pid`` and ``host``: this
+    machine) is gone, i.e. a stage killed with ``kill -9``; returns their ids."""
+    from mlflow import MlflowClient
+
+    from medrestore.io import _pid_alive
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    ended = []
+    for run in client.search_runs([exp.experiment_id], filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'",
+                                  max_results=100):
+        tags = run.data.tags
+        if run.info.run_id == current or tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+            continue
+        if not _pid_alive(int(tags["pid"])):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 @contextlib.contextmanager
@@ -275,9 +301,13 @@ def stage_run(stage: str | None, params: dict[str, Any], *, required: bool = Fal
     status = "FAILED"
     try:
         tracker.set_tags(stage_tags(stage))
+        tracker.call("end_abandoned_runs", end_abandoned_runs, stage, run.info.run_id)
         tracker.log_params(params)
         yield tracker
         status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a signal the stage turns into one (pipeline.stage.execute)
+        status = "KILLED"
+        raise
     finally:
         # After a failure the run's end is tried once, without retries: the server may be back.
         with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5") if tracker.gave_up else contextlib.nullcontext():

@@ -9,7 +9,14 @@ a rerun elsewhere moves the trained models' numbers a little. For every number o
   the test subjects (``artifacts/eval/TASK/summary.json``, the column the report took the number from:
   the intervals of :func:`medrestore.evaluation.interval`, the report's own);
 - ``outside``: the committed value is outside that interval, or the number (or its interval) is
-  missing here, or a verdict (``converged``, ``failed``) changed.
+  missing here, or a verdict (``converged``, ``failed``) changed, or its task was not evaluated in
+  this checkout (no ``artifacts/eval/TASK/summary.json``).
+
+This run's numbers are recomputed from its evaluation outputs (the means of ``summary.json``, as the
+report stage computes them), not read from ``reports/metrics.json``, which is the committed file until
+the report stage runs again; only the convergence verdicts come from it. Where no task was evaluated
+in this checkout (a fresh clone) there is nothing to compare, and verify refuses rather than compare
+the committed numbers with themselves.
 
 The exit status is 1 when any number is ``outside``, so a reader can check a published report on
 their own machine with one command.
@@ -34,13 +41,32 @@ def committed_metrics(source: str, root: Path) -> tuple[dict, str]:
     """The published ``metrics.json``: a file path, or a git revision of ``root`` (its
     ``reports/metrics.json`` at that commit)."""
     path = Path(source)
+    fix = "Fix: give --committed a metrics.json file written by the report stage, or a commit whose reports/metrics.json is (default HEAD)."
     if path.is_file():
-        return read_json(path), str(path)
-    res = subprocess.run(["git", "show", f"{source}:reports/metrics.json"], cwd=root, capture_output=True, text=True)
+        return load_metrics(path.read_bytes(), str(path), fix), str(path)
+    res = subprocess.run(["git", "show", f"{source}:reports/metrics.json"], cwd=root, capture_output=True)
     if res.returncode != 0:
-        raise InputError(f"{source}: neither a file nor a git revision with reports/metrics.json ({res.stderr.strip()[:200]}). "
-                         "Fix: give --committed a metrics.json file or a commit (default HEAD).")
-    return json.loads(res.stdout), f"{source}:reports/metrics.json"
+        raise InputError(f"{source}: neither a file nor a git revision with reports/metrics.json "
+                         f"({res.stderr.decode(errors='replace').strip()[:200]}). {fix}")
+    return load_metrics(res.stdout, f"{source}:reports/metrics.json", fix), f"{source}:reports/metrics.json"
+
+
+def load_metrics(data: bytes, where: str, fix: str) -> dict:
+    """A metrics.json's bytes as task -> method -> variant -> metric -> number, or :class:`InputError`."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: not text (binary bytes), not a metrics.json. {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc}). {fix}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: a JSON {type(obj).__name__}, not the object task -> method -> variant -> metric. {fix}")
+    for task, methods in obj.items():
+        if not isinstance(methods, dict) or not all(
+            isinstance(variants, dict) and all(isinstance(numbers, dict) for numbers in variants.values()) for variants in methods.values()
+        ):
+            raise InputError(f"{where}: task {task!r} is not an object method -> variant -> metric -> number. {fix}")
+    return obj
 
 
 def _interval(stats: dict, metric: str) -> dict | None:
@@ -56,7 +82,8 @@ def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any
     rows = []
     for task, methods in sorted(committed.items()):
         summary_path = Path(eval_root) / task / "summary.json"
-        summary = read_json(summary_path) if summary_path.is_file() else {}
+        evaluated = summary_path.is_file()
+        summary = read_json(summary_path) if evaluated else {}
         for method, variants in sorted(methods.items()):
             for variant, numbers in sorted(variants.items()):
                 stats = summary.get("methods", {}).get(method, {}).get(variant, {})
@@ -64,7 +91,9 @@ def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any
                     mine = ours.get(task, {}).get(method, {}).get(variant, {}).get(metric)
                     row = {"task": task, "method": method, "variant": variant, "metric": metric,
                            "committed": value, "ours": mine, "ci95": None}
-                    if mine is None:
+                    if not evaluated:
+                        row["verdict"], row["why"] = OUTSIDE, f"not evaluated in this checkout ({summary_path} missing)"
+                    elif mine is None:
                         row["verdict"], row["why"] = OUTSIDE, "missing in this run"
                     elif isinstance(value, bool) or isinstance(mine, bool):
                         row["verdict"] = IDENTICAL if value == mine else OUTSIDE
@@ -92,7 +121,39 @@ def verify(root: Path, committed: str = "HEAD", metrics: Path | None = None, eva
     if not metrics.is_file():
         raise InputError(f"{metrics}: missing. Fix: run `dvc repro` (or `make repro`) first.")
     published, source = committed_metrics(committed, root)
-    return verdicts(published, read_json(metrics), eval_root), source
+    ours = load_metrics(metrics.read_bytes(), str(metrics), "Fix: rebuild it with `dvc repro report` (or `git checkout` it).")
+    if published and not any((eval_root / task / "summary.json").is_file() for task in published):
+        raise InputError(
+            f"nothing to compare: no task of {source} was evaluated in this checkout ({eval_root}/TASK/summary.json missing for "
+            f"{', '.join(sorted(published))}), so {metrics} holds the committed numbers, not this checkout's. "
+            "Fix: run `make repro` (or `dvc repro`) first, then verify."
+        )
+    return verdicts(published, recomputed(ours, published, eval_root), eval_root), source
+
+
+def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
+    """``ours`` with every number of an evaluated task recomputed from its ``summary.json``
+    (:func:`medrestore.report.tables.headline_numbers`); ``converged`` kept from ``ours``."""
+    from medrestore.report.tables import headline_numbers
+
+    out = {task: {m: {v: dict(n) for v, n in vs.items()} for m, vs in methods.items()} for task, methods in ours.items()}
+    for task in published:
+        path = Path(eval_root) / task / "summary.json"
+        if not path.is_file():
+            continue
+        summary = read_json(path)
+        methods = summary.get("methods") if isinstance(summary, dict) else None
+        if not isinstance(methods, dict):
+            raise InputError(f"{path}: no 'methods' of an evaluation summary. Fix: rerun the evaluation (`dvc repro evaluate@{task}`).")
+        task_out = out.setdefault(task, {})
+        for method, variants in methods.items():
+            for variant, stats in (variants or {}).items():
+                before = task_out.get(method, {}).get(variant, {})
+                numbers = headline_numbers(stats, None)
+                if "converged" in before:
+                    numbers["converged"] = before["converged"]
+                task_out.setdefault(method, {})[variant] = numbers
+    return out
 
 
 def format_rows(rows: list[dict], source: str, only_changed: bool = False) -> str:

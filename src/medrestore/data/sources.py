@@ -43,6 +43,10 @@ class UnverifiedFilesWarning(UserWarning):
     """Files of a registered dataset were left out (or, with ``allow_unverified``, used) unverified."""
 
 
+class IncompleteDatasetWarning(UserWarning):
+    """Pinned files of a registered dataset are missing and ``allow_partial`` let it be used without them."""
+
+
 @dataclass(frozen=True)
 class SourceImage:
     id: str
@@ -482,11 +486,15 @@ def gather_registered(
     *,
     allow_network: bool = True,
     allow_unverified: bool = False,
+    allow_partial: bool = False,
 ) -> list[SourceImage]:
     """Copy a registered dataset into ``out_dir/name``, checking every file against its checksum.
 
     Looks in ``mirror/name`` first; downloads and extracts the public archive(s) otherwise. See
-    :class:`Dataset` for the verification policy and ``allow_unverified``.
+    :class:`Dataset` for the verification policy and ``allow_unverified``. A dataset with pinned
+    checksums is complete (every pinned file present) or refused with the missing files named,
+    unless ``allow_partial`` (``download.allow_partial`` in params.yaml): then the files present are
+    used, with an :class:`IncompleteDatasetWarning`.
     """
     ds = DATASETS[name]
     if ds.skimage:
@@ -538,6 +546,16 @@ def gather_registered(
             unverified.append(rel)
         used[rel] = got
     pin = f"{CHECKSUMS_PACKAGE}/{name}.sha256"
+    missing = sorted(set(known or {}) - set(files))
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        where = f"{roots[0]}: dataset '{name}' is incomplete: {len(missing)} of its {len(known)} pinned files are missing ({shown})"
+        if not allow_partial:
+            raise InputError(
+                f"{where}. Fix: put them back from the dataset's original copy ({ds.homepage or ds.url}; with a mirror folder, "
+                f"copy them into {roots[0]}), or set download.allow_partial: true in params.yaml to run on the files present."
+            )
+        warnings.warn(f"{where}; used without them (download.allow_partial).", IncompleteDatasetWarning, stacklevel=2)
     if not used:
         if unverified:
             why = "has no pinned checksums" if known is None else "has no pinned checksum for any of them"
@@ -604,6 +622,7 @@ def gather(
     cache_dir: Path,
     allow_network: bool,
     allow_unverified: bool = False,
+    allow_partial: bool = False,
 ) -> list[SourceImage]:
     """Gather the named sources: ``folder`` or any key of ``DATASETS``."""
     records: list[SourceImage] = []
@@ -612,7 +631,8 @@ def gather(
             records += gather_folder(folder, out_dir)
         elif name in DATASETS:
             records += gather_registered(
-                name, out_dir, mirror, cache_dir, allow_network=allow_network, allow_unverified=allow_unverified
+                name, out_dir, mirror, cache_dir, allow_network=allow_network, allow_unverified=allow_unverified,
+                allow_partial=allow_partial,
             )
         else:
             known = ", ".join(["folder", *DATASETS])

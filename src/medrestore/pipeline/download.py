@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         records = gather(
             p["sources"], tmp, mirror=repo_path(p["mirror"]), folder=Path(p["folder"]),
             cache_dir=DOWNLOAD_CACHE, allow_network=bool(p["allow_network"]),
-            allow_unverified=bool(p.get("allow_unverified", False)),
+            allow_unverified=bool(p.get("allow_unverified", False)), allow_partial=bool(p.get("allow_partial", False)),
         )
         write_json_atomic(tmp / "manifest.json", {"images": [r.as_dict(tmp) for r in records]})
         tracker.log_metrics({"images": len(records)})

@@ -13,9 +13,18 @@ from medrestore.params import validate_params
 from medrestore.tracking import Tracker, stage_run
 
 
+#: Said after every params error of a stage: DVC has removed the stage's outputs before running it.
+CHECKOUT_FIX = ("DVC removed this stage's previous outputs before running it: after fixing params.yaml, `dvc checkout` "
+                "brings them back (or `dvc repro` rebuilds them). `medrestore check-params` checks params.yaml without "
+                "touching any output (`make repro` runs it first).")
+
+
 def params() -> dict:
     """params.yaml, checked against its schema (:mod:`medrestore.params`) before the stage reads it."""
-    return dict(validate_params(load_params()))
+    try:
+        return dict(validate_params(load_params()))
+    except InputError as exc:
+        raise InputError(f"{exc}\n  {CHECKOUT_FIX}") from None
 
 
 def run(name: str, section_params: dict[str, Any], all_params: dict | None = None) -> AbstractContextManager[Tracker]:
@@ -34,9 +43,26 @@ def arg(argv: list[str] | None, i: int, usage: str = "KEY") -> str:
 
 def execute(main: Callable[[list[str]], None]) -> None:
     """Run a stage's ``main`` on the command line: bad input (:class:`InputError`) ends it with the
-    message and exit status 2, without a traceback; anything else is a bug and keeps its traceback."""
+    message and exit status 2, without a traceback; anything else is a bug and keeps its traceback.
+
+    SIGTERM and SIGHUP (a stage stopped by hand, a closed terminal) are handled as Ctrl-C: the
+    temporary outputs are removed, the MLflow run is ended as KILLED, and the exit status is 128 + the
+    signal's number."""
+    import signal
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
         main(sys.argv[1:])
     except InputError as exc:
         print(f"[medrestore] ERROR: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        print(f"[medrestore] stopped by {signal.Signals(signum).name}: no half-written output is left (under `dvc repro` the "
+              "previous outputs were removed when the stage started: `dvc checkout` brings them back); "
+              "its MLflow run is ended as KILLED. Run it again with `dvc repro`.", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
