@@ -116,6 +116,7 @@ class Task(_Strict):
     test: dict[str, dict[str, Any]]       # test variant -> corruption spec
     level: Literal["patch", "image"] = "patch"
     unpaired: bool = False
+    photometric: Optional[dict[str, Any]] = None  # colour augmentation of the clean train patches (medrestore.data.photometric)
 
 
 class Corrupt(_Strict):
@@ -239,6 +240,16 @@ class Evaluate(_Strict):
     assets: str
 
 
+class EvaluateExternal(_Strict):
+    """The evaluation on images from other cameras than the training set's (medrestore.external)."""
+
+    tasks: list[str]                      # one evaluate_external@TASK stage each
+    variant: str                          # the task's test corruption (corrupt.tasks.TASK.test.VARIANT)
+    profiles: list[str]                   # recolouring targets (medrestore.data.photometric.PROFILES)
+    gamma_range: list[float] = Field(min_length=2, max_length=2)
+    sample: bool = True                   # also scikit-image's fundus photograph
+
+
 class Runtime(_Strict):
     """How runs show and save progress. No stage tracks this section: changing it retrains nothing."""
 
@@ -260,6 +271,7 @@ class Params(_Strict):
     segmenter: Optional[Segmenter] = None
     scoring_segmenter: Optional[ScoringSegmenter] = None
     evaluate: Evaluate
+    evaluate_external: Optional[EvaluateExternal] = None
     runtime: Optional[Runtime] = None
     tracking: Optional[Tracking] = None
 

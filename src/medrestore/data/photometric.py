@@ -23,7 +23,8 @@ import numpy as np
 from medrestore.io import InputError
 
 CHANNELS = ("red", "green", "blue")
-GAIN_LIMITS = (0.2, 8.0)
+GAIN_LIMITS = (0.2, 8.0)  # augmentation
+RECOLOUR_GAIN_LIMITS = (0.2, 16.0)  # recolouring: CHASE_DB1's darkest blue (mean ~7) must reach 60
 # Channel means inside the FOV (0-255) of other cameras than CHASE_DB1's, spanning the published
 # fundus datasets' range (blue 30-60, green 80-120): the recoloured test images of the external evaluation.
 PROFILES: dict[str, dict[str, float]] = {
@@ -117,19 +118,19 @@ def recolour(image: np.ndarray, fov: np.ndarray, profile: dict[str, float], gamm
 
     Deterministic (no randomness): per channel a fixed ``gamma`` then the gain that makes the channel
     mean inside ``fov`` equal ``profile[channel]`` (0-255; see :data:`PROFILES`), within
-    :data:`GAIN_LIMITS`; the surround outside the FOV stays black. Returns the image and
+    :data:`RECOLOUR_GAIN_LIMITS`; the surround outside the FOV stays black. Returns the image and
     ``{"gain", "gamma", "target_mean"}``. The means hit their targets up to rounding and clipping at 255."""
     mask = np.asarray(fov, dtype=bool)
     if not mask.any():
         raise InputError("recolour: the FOV mask is empty. Fix: pass the image's FOV mask.")
     gamma = np.asarray(gamma, np.float64)
     target = np.array([float(profile[c]) for c in CHANNELS])
-    gain = _gains_for(image, mask, gamma, target, GAIN_LIMITS)
+    gain = _gains_for(image, mask, gamma, target, RECOLOUR_GAIN_LIMITS)
     # clipping at 255 lowers the mean: a few fixed-point steps on the gain make up for it
     for _ in range(4):
         out = apply_gain_gamma(image, gain, gamma)
         got = out[mask].astype(np.float64).mean(axis=0)
-        gain = np.clip(gain * target / np.maximum(got, 1e-3), *GAIN_LIMITS)
+        gain = np.clip(gain * target / np.maximum(got, 1e-3), *RECOLOUR_GAIN_LIMITS)
     out = apply_gain_gamma(image, gain, gamma)
     out[~mask] = 0
     return out, {"gain": [round(float(v), 6) for v in gain], "gamma": [float(v) for v in gamma],

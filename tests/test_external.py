@@ -1,0 +1,96 @@
+"""Another camera: the external evaluation (recoloured CHASE_DB1 test images and scikit-image's fundus
+photograph), its report table, the colour range a trained model records, and `medrestore restore`'s
+warning on inputs far outside it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medrestore.apply import restore_files
+from medrestore.colour import CHANNELS, allowed_range, colour_statistics, colour_warnings
+from medrestore.data.patches import patchify
+from medrestore.data.photometric import PROFILES, recolour
+from medrestore.data.prepare import prepare_sources
+from medrestore.data.sources import gather
+from medrestore.io import read_image, read_mask, write_png_atomic
+from medrestore.models import build_model, save_model
+from medrestore.pipeline.evaluate_external import evaluate_external
+from medrestore.report.external import external_section
+
+PATCH_ARGS = {"patch_size": 32, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}
+PREPARE = {"size": 128, "mode": "border_centre", "fov_threshold": 0.1}
+S25 = {"kind": "gaussian", "sigma": 25}
+
+
+@pytest.fixture(scope="module")
+def chase(tmp_path_factory, chase_dir):
+    """8 CHASE_DB1 photographs at 128 px, patchified; a (random-weight) RED-AE for denoise-g25 whose
+    model.json holds the colour statistics of the real CHASE_DB1 training patches."""
+    root = tmp_path_factory.mktemp("external")
+    (root / "mirror").mkdir()
+    (root / "mirror" / "chase_db1").symlink_to(chase_dir)
+    recs = gather(["chase_db1"], root / "sources", mirror=root / "mirror", folder=root, cache_dir=root, allow_network=False)
+    manifest = {"images": [r.as_dict(root / "sources") for r in recs[:8]]}
+    prepared = prepare_sources(manifest, root / "sources", root / "prepared", size=128, mode="border_centre", fov_threshold=0.1)
+    patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
+    colour = colour_statistics(np.load(root / "patches" / "train.npy"))
+    save_model(build_model("redae").eval(), root / "models" / "denoise-g25" / "redae", name="redae", kwargs={}, extra={"colour": colour})
+    return root
+
+
+def _run(chase, out):
+    return evaluate_external("denoise-g25", chase / "patches", chase / "models" / "denoise-g25", out, spec=S25, variant="s25",
+                             baselines=["median"], seed=11, profiles=sorted(PROFILES), gamma_range=[0.8, 1.25], sample=True,
+                             prepare=PREPARE, tile=512, overlap=32)
+
+
+def test_external_evaluation_writes_its_table_and_replays_byte_identical(chase, tmp_path):
+    summary = _run(chase, tmp_path / "a")
+    n_test = len(json.loads((chase / "patches" / "patches.json").read_text())["test"])
+    lines = (tmp_path / "a" / "per_image.csv").read_text().splitlines()
+    assert lines[0].startswith("task,method,kind,image_id,source,profile,sigma,psnr_fov")
+    assert len(lines) == 1 + (n_test + 1) * 3  # degraded, redae, median per image
+    assert set(summary["methods"]) == {"degraded", "redae", "median"}
+    assert summary["methods"]["degraded"]["recoloured"]["n"] == n_test and summary["methods"]["degraded"]["sample"]["n"] == 1
+    assert 18 < summary["methods"]["degraded"]["all"]["psnr_fov"]["mean"] < 24  # sigma 25: about 20.2 dB before clipping
+    assert summary["methods"]["median"]["all"]["psnr_fov"]["mean"] > summary["methods"]["degraded"]["all"]["psnr_fov"]["mean"]
+    for img in summary["images"]:
+        if img["source"] == "recoloured":
+            want = [PROFILES[img["profile"]][c] for c in CHANNELS]
+            assert np.allclose(img["fov_channel_means"], want, atol=1.5), img
+    assert len({i["profile"] for i in summary["images"] if i["profile"]}) > 1  # profiles differ between images (seeded)
+    _run(chase, tmp_path / "b")
+    for name in ("per_image.csv", "summary.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    md, parts = external_section(tmp_path, ["a", "sr-x4"], {"a": {}})
+    text = "\n".join(md)
+    assert "## Another camera" in text and "| degraded | input |" in text and "| redae | model |" in text
+    assert "PSNR FOV, recoloured (dB)" in text and "PSNR FOV, sample (dB)" in text and len(parts) == 2
+    assert external_section(tmp_path / "none", ["a"], {}) == ([], [])
+
+
+def test_model_colour_range_comes_from_the_training_targets(chase):
+    meta = json.loads((chase / "models" / "denoise-g25" / "redae" / "model.json").read_text())["colour"]
+    assert meta["blue"]["p95"] < 30 and meta["green"]["mean"] < 90  # CHASE_DB1: nearly black blue, dark green
+    lo, hi = allowed_range(meta["blue"])
+    assert lo < meta["blue"]["p5"] and hi < 50
+
+
+def test_restore_warns_on_a_recoloured_image_and_not_on_a_chase_image(chase, tmp_path):
+    manifest = json.loads((chase / "patches" / "patches.json").read_text())
+    entry = manifest["test"][0]
+    image, fov = read_image(chase / "patches" / entry["image"]), read_mask(chase / "patches" / entry["fov"])
+    other, _ = recolour(image, fov, PROFILES["neutral"])
+    write_png_atomic(tmp_path / "in" / "chase.png", image)
+    write_png_atomic(tmp_path / "in" / "other.png", other)
+    logged = []
+    written, errors = restore_files(str(chase / "models" / "denoise-g25" / "redae"), [str(tmp_path / "in" / "chase.png"), str(tmp_path / "in" / "other.png")],
+                                    tmp_path / "out", progress=False, log=logged.append, device="cpu")
+    assert len(written) == 2 and not errors
+    warnings = [line for line in logged if line.startswith("warning:")]
+    assert warnings and all("other.png" in w for w in warnings), logged
+    blue = next(w for w in warnings if "blue channel" in w)
+    assert "mean 44.9" in blue or "mean 45" in blue
+    assert "may be unreliable" in blue and "training range" in blue
+    assert colour_warnings(image, fov, None, "x") == []  # a model without a colour record: no check
