@@ -14,7 +14,6 @@ from medrestore.data.photometric import PROFILES, recolour
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.io import read_image, read_mask, write_png_atomic
-from medrestore.models import build_model, save_model
 from medrestore.pipeline.evaluate_external import evaluate_external
 from medrestore.report.external import external_section
 
@@ -25,8 +24,8 @@ S25 = {"kind": "gaussian", "sigma": 25}
 
 @pytest.fixture(scope="module")
 def chase(tmp_path_factory, chase_dir):
-    """8 CHASE_DB1 photographs at 128 px, patchified; a (random-weight) RED-AE for denoise-g25 whose
-    model.json holds the colour statistics of the real CHASE_DB1 training patches."""
+    """8 CHASE_DB1 photographs at 128 px, patchified; a RED-AE for denoise-g25 trained for a few steps
+    on their train patches (so its model.json holds their colour statistics)."""
     root = tmp_path_factory.mktemp("external")
     (root / "mirror").mkdir()
     (root / "mirror" / "chase_db1").symlink_to(chase_dir)
@@ -34,8 +33,13 @@ def chase(tmp_path_factory, chase_dir):
     manifest = {"images": [r.as_dict(root / "sources") for r in recs[:8]]}
     prepared = prepare_sources(manifest, root / "sources", root / "prepared", size=128, mode="border_centre", fov_threshold=0.1)
     patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
-    colour = colour_statistics(np.load(root / "patches" / "train.npy"))
-    save_model(build_model("redae").eval(), root / "models" / "denoise-g25" / "redae", name="redae", kwargs={}, extra={"colour": colour})
+    from medrestore.training import TrainConfig, train_model
+
+    clean = np.load(root / "patches" / "train.npy")
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    cfg = TrainConfig.from_params({"model": "redae", "batch_size": 4, "max_steps": 4, "val_every": 4, "ckpt_every": 4,
+                                   "progress_bar": False, "seed": 3})
+    train_model(cfg, (clean, noisy), (clean[:8], noisy[:8]), root / "models" / "denoise-g25" / "redae", root / "ckpt")
     return root
 
 
@@ -72,6 +76,7 @@ def test_external_evaluation_writes_its_table_and_replays_byte_identical(chase, 
 
 def test_model_colour_range_comes_from_the_training_targets(chase):
     meta = json.loads((chase / "models" / "denoise-g25" / "redae" / "model.json").read_text())["colour"]
+    assert meta == colour_statistics(np.load(chase / "patches" / "train.npy"))
     assert meta["blue"]["p95"] < 30 and meta["green"]["mean"] < 90  # CHASE_DB1: nearly black blue, dark green
     lo, hi = allowed_range(meta["blue"])
     assert lo < meta["blue"]["p5"] and hi < 50
