@@ -96,3 +96,15 @@ def test_recolour_hits_the_profile_inside_the_fov_and_is_deterministic(chase):
         assert not out[~fov].any()
         again, params2 = recolour(image, fov, profile, gamma=(1.0, 0.9, 0.8))
         assert np.array_equal(out, again) and params == params2
+
+
+def test_super_resolution_targets_are_augmented_at_full_size_and_image_level_tasks_refuse(chase, tmp_path):
+    chain = {"kind": "chain", "steps": [{"kind": "downscale", "scale": 4}, {"kind": "gaussian", "sigma": 25}]}
+    spec = {"train": chain, "test": {"x4-s25": chain}, "photometric": PHOTO}
+    corrupt_task(chase / "patches", tmp_path / "sr", task="denoise-sr", spec=spec, seed=11, prepared_dir=chase / "prepared")
+    aug, low = np.load(tmp_path / "sr" / "train_clean.npy"), np.load(tmp_path / "sr" / "train.npy")
+    assert aug.shape[1] == 32 and low.shape[1] == 8 and len(aug) == len(low)
+    rec = read_params(tmp_path / "sr" / "train_params.jsonl")[5]
+    assert np.array_equal(corrupt(aug[5], chain, rec["seed_words"], None)[0], low[5])
+    with pytest.raises(InputError, match=r"corrupt.tasks.e.photometric: only patch-level paired tasks.*Fix"):
+        corrupt_task(chase / "patches", tmp_path / "e", task="e", spec={**SPEC, "level": "image"}, seed=11, prepared_dir=chase / "prepared")
