@@ -8,7 +8,14 @@ import pytest
 
 from medrestore.data.corrupt import corrupt_task, read_params
 from medrestore.data.patches import patchify
-from medrestore.data.photometric import CHANNELS, PROFILES, augment_patch, channel_means, check_photometric, recolour
+from medrestore.data.photometric import (
+    CHANNELS,
+    PROFILES,
+    augment_patch,
+    channel_means,
+    check_photometric,
+    recolour,
+)
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.degradations import corrupt

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from medrestore.apply import restore_files
-from medrestore.colour import CHANNELS, allowed_range, colour_statistics, colour_warnings
+from medrestore.colour import (
+    CHANNELS,
+    allowed_range,
+    colour_statistics,
+    colour_warnings,
+)
 from medrestore.data.patches import patchify
 from medrestore.data.photometric import PROFILES, recolour
 from medrestore.data.prepare import prepare_sources

@@ -36,12 +36,12 @@ def colour_statistics(patches: np.ndarray, rows: np.ndarray | None = None, limit
     are not black surround. At most ``limit`` evenly spaced patches are read (deterministic). Empty for
     non-RGB or no patches."""
     rows = np.arange(len(patches)) if rows is None else np.asarray(rows, dtype=np.int64)
-    n = int(len(rows))
+    n = len(rows)
     if n == 0 or np.asarray(patches[rows[0]]).ndim != 3 or np.asarray(patches[rows[0]]).shape[-1] != 3:
         return {}
     rows = rows[np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(np.int64))]
     means = np.stack([fov_channel_means(np.asarray(patches[i])) for i in rows])
-    out: dict = {"patches": int(len(rows)), "measure": "per-patch channel means over the pixels inside the FOV, 0-255"}
+    out: dict = {"patches": len(rows), "measure": "per-patch channel means over the pixels inside the FOV, 0-255"}
     for k, c in enumerate(CHANNELS):
         out[c] = {"mean": round(float(means[:, k].mean()), 3), "p5": round(float(np.percentile(means[:, k], 5)), 3),
                   "p95": round(float(np.percentile(means[:, k], 95)), 3)}

@@ -12,8 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from medrestore.degradations import corrupt, to_float, to_uint8
-from medrestore.evaluation import baseline_function, baselines_for, case_sigma, run_baseline
-from medrestore.external import METRICS, NOISE_WORD, external_cases, score, seed_words, summarise_external
+from medrestore.evaluation import (
+    baseline_function,
+    baselines_for,
+    case_sigma,
+    run_baseline,
+)
+from medrestore.external import (
+    METRICS,
+    NOISE_WORD,
+    external_cases,
+    score,
+    seed_words,
+    summarise_external,
+)
 from medrestore.inference import model_scale, restore_array
 from medrestore.io import InputError, atomic_dir, write_json_atomic, write_text_atomic
 from medrestore.models import load_model
