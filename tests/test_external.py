@@ -3,6 +3,7 @@ photograph), its report table, the colour range a trained model records, and `me
 warning on inputs far outside it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,25 @@ def test_restore_warns_on_a_recoloured_image_and_not_on_a_chase_image(chase, tmp
     assert "mean 44.9" in blue or "mean 45" in blue
     assert "may be unreliable" in blue and "training range" in blue
     assert colour_warnings(image, fov, None, "x") == []  # a model without a colour record: no check
+
+
+def test_the_stage_runs_on_the_pipeline_paths_and_refuses_a_task_it_does_not_list(chase, tmp_path, monkeypatch):
+    import contextlib
+    import shutil
+
+    from medrestore.io import InputError, load_params
+    from medrestore.pipeline import evaluate_external as stage
+
+    params = load_params(path=Path(__file__).resolve().parents[1] / "params.yaml")
+    params["prepare"] = PREPARE
+    params["evaluate"]["baselines"]["denoise-g25"] = ["median"]
+    shutil.copytree(chase / "patches", tmp_path / "artifacts" / "patches")
+    shutil.copytree(chase / "models" / "denoise-g25", tmp_path / "artifacts" / "models" / "denoise-g25")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stage, "params", lambda: params)
+    monkeypatch.setattr(stage, "run", lambda name, p, all_p: contextlib.nullcontext(None))
+    stage.main(["denoise-g25"])
+    summary = json.loads((tmp_path / "artifacts" / "evaluate_external" / "denoise-g25" / "summary.json").read_text())
+    assert summary["variant"] == "s25" and set(summary["methods"]) == {"degraded", "median", "redae"}
+    with pytest.raises(InputError, match=r"evaluate_external.tasks. Fix"):
+        stage.main(["sr-x4"])
