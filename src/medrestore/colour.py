@@ -56,21 +56,20 @@ def allowed_range(stats: dict) -> tuple[float, float]:
 
 
 def colour_warnings(image: np.ndarray, fov: np.ndarray | None, colour: dict | None, name: str) -> list[str]:
-    """One line per channel whose mean inside the FOV of ``image`` lies outside the model's widened
-    training range (``colour``: :func:`colour_statistics` of its targets); empty when the model has
-    no colour record or the image is not RGB."""
+    """One line (or none) naming every channel whose mean inside the FOV of ``image`` lies outside the
+    model's widened training range (``colour``: :func:`colour_statistics` of its targets); empty when
+    the model has no colour record or the image is not RGB."""
     if not colour or image.ndim != 3 or image.shape[-1] != 3:
         return []
     means = fov_channel_means(image, fov)
-    lines = []
+    outside = []
     for k, c in enumerate(CHANNELS):
         if c not in colour:
             continue
         lo, hi = allowed_range(colour[c])
         if not lo <= means[k] <= hi:
-            lines.append(
-                f"warning: {name}: {c} channel mean {means[k]:.1f} inside the FOV is outside the model's training range "
-                f"({colour[c]['p5']:.1f}-{colour[c]['p95']:.1f}, patch means 5th-95th percentile; trusted {max(lo, 0):.1f}-{min(hi, 255):.1f}): "
-                "the output may be unreliable (another camera's colours than the training images')."
-            )
-    return lines
+            outside.append(f"{c} channel mean {means[k]:.1f} (training range {colour[c]['p5']:.1f}-{colour[c]['p95']:.1f})")
+    if not outside:
+        return []
+    return [f"warning: {name}: inside the FOV, {', '.join(outside)} is far outside the colours the model was trained on "
+            "(5th-95th percentile of its training patches' channel means): the output may be unreliable."]
