@@ -12,6 +12,10 @@ is brighter. One transform covers both uses, per channel c on values in [0, 255]
 mean over the patch's FOV pixels becomes ``t_c`` (gains limited to ``gain_limits``, so that a very dark
 channel is not blown up into quantisation steps). ``recolour`` does the same for a whole image with a
 fixed target profile. Both return the parameters they used, so the transform can be replayed.
+
+Not albumentations (2.0): its ``RandomGamma`` draws one gamma for all channels, ``MultiplicativeNoise``
+(``per_channel``) draws gains from a fixed range rather than toward target channel means, and both draw
+from albumentations' own generator rather than from the project's per-patch seed words.
 """
 
 from __future__ import annotations
