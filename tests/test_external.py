@@ -127,3 +127,17 @@ def test_the_stage_runs_on_the_pipeline_paths_and_refuses_a_task_it_does_not_lis
     assert summary["variant"] == "s25" and set(summary["methods"]) == {"degraded", "median", "redae"}
     with pytest.raises(InputError, match=r"evaluate_external.tasks. Fix"):
         stage.main(["sr-x4"])
+
+
+def test_the_report_prints_the_another_camera_table_when_the_stage_ran(chase, tmp_path, retina):
+    from test_report_build import _workspace
+
+    from medrestore.report.build import build_report
+
+    params = _workspace(tmp_path, retina)
+    _run(chase, tmp_path / "external" / "t")
+    build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "out",
+                 lock_path=tmp_path / "dvc.lock", external_root=tmp_path / "external")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Another camera" in md and "| degraded | input |" in md and "| median | baseline |" in md
+    assert "<h2 id='another-camera'>" in (tmp_path / "out" / "index.html").read_text()
