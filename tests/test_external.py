@@ -141,3 +141,14 @@ def test_the_report_prints_the_another_camera_table_when_the_stage_ran(chase, tm
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Another camera" in md and "| degraded | input |" in md and "| median | baseline |" in md
     assert "<h2 id='another-camera'>" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_params_refuse_an_external_task_without_its_variant_or_models():
+    from medrestore.io import InputError, load_params
+    from medrestore.params import validate_params
+
+    params = load_params(path=Path(__file__).resolve().parents[1] / "params.yaml")
+    validate_params(params)
+    params["evaluate_external"]["tasks"] = ["denoise-g25", "sr-x4"]
+    with pytest.raises(InputError, match=r"evaluate_external.tasks lists 'sr-x4'.*Fix"):
+        validate_params(params)

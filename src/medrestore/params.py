@@ -292,6 +292,13 @@ def value_problems(params: Mapping[str, Any]) -> list[str]:
     if missing:
         problems.append(f"evaluate.baselines has no entry for task(s) {', '.join(missing)}. Fix: add evaluate.baselines.TASK: "
                         "[...] for each (an empty list [] for none): each evaluate@TASK stage tracks its own entry.")
+    external = params.get("evaluate_external") or {}
+    trained = {e["task"] for key in ("runs", "finetune", "chains", "vessel") for e in (params["train"].get(key) or {}).values()}
+    for task in external.get("tasks", []):
+        test = (params["corrupt"]["tasks"].get(task) or {}).get("test", {})
+        if external["variant"] not in test or task not in trained:
+            problems.append(f"evaluate_external.tasks lists {task!r}, which is not a corrupt task with a test variant "
+                            f"{external['variant']!r} and a trained model. Fix: list only such tasks (or drop {task!r}).")
     patch = params["patchify"]["patch_size"]
     for task, spec in params["corrupt"]["tasks"].items():
         specs = {f"corrupt.tasks.{task}.train": spec["train"],
