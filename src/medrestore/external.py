@@ -70,8 +70,12 @@ def external_cases(patches_dir: Path, *, seed: int, profiles: list[str], gamma_r
     if sample:
         import skimage.data
 
-        image, fov, _ = prepare_arrays(skimage.data.retina()[..., :3], None, size=int(prepare["size"]),
-                                       mode=prepare.get("mode", "border_centre"), fov_threshold=float(prepare.get("fov_threshold", 0.1)))
+        try:
+            image, fov, _ = prepare_arrays(skimage.data.retina()[..., :3], None, size=int(prepare["size"]),
+                                           mode=prepare.get("mode", "border_centre"), fov_threshold=float(prepare.get("fov_threshold", 0.1)))
+        except ValueError as exc:
+            raise InputError(f"evaluate_external: scikit-image's fundus photograph cannot be prepared with the prepare params ({exc}). "
+                             "Fix: set evaluate_external.sample: false, or a prepare.size the photograph (1411 px) allows.") from exc
         if grey:
             image = to_grey_rgb(image)
         cases.append({"id": "skimage-retina", "source": "sample", "profile": None, "gamma": None, "gain": None, "image": image, "fov": fov})
