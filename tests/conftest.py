@@ -90,6 +90,8 @@ def shrink_params(params: dict, *, datasets: Path | None = None, sources: list[s
     if tasks is None:
         tasks = {r["task"] for r in [*train["runs"].values(), *(train.get("finetune") or {}).values()]}
     params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in tasks}
+    if params.get("evaluate_external"):  # one evaluate_external stage per remaining denoising task
+        params["evaluate_external"]["tasks"] = [t for t in params["evaluate_external"]["tasks"] if t in tasks]
     # vessel-aware runs whose plain twin was dropped go too (their base must be a train.runs entry)
     train["vessel"] = {k: v for k, v in (train.get("vessel") or {}).items() if v["base"] in train["runs"] and v["task"] in tasks}
     params.setdefault("runtime", {})["progress_bar"] = False

@@ -541,6 +541,19 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise InputError(f"--out {out_dir}: cannot write in this folder ({exc.strerror or exc}). {fix}") from exc
 
 
+def input_colour_warnings(img: NativeImage, colour: dict | None, path: Path) -> list[str]:
+    """:func:`medrestore.colour.colour_warnings` of an RGB input (its FOV detected) against the
+    model's training colour range (``model.json``'s ``colour``)."""
+    if not colour or img.pixels.shape[2] != 3:
+        return []
+    from medrestore.colour import colour_warnings
+
+    step = max(1, max(img.pixels.shape[:2]) // 512)  # channel means of a large photograph: every step-th pixel suffices
+    rgb = np.round(np.clip(img.pixels[::step, ::step], 0, 1) * 255).astype(np.uint8)
+    mask = detect_fov(rgb)
+    return colour_warnings(rgb, mask if mask.mean() > 0.05 else None, colour, str(path))
+
+
 def restore_files(
     model_spec: str,
     inputs: list[str],
@@ -571,7 +584,7 @@ def restore_files(
     out_dir = Path(out_dir)
     pairs = plan_outputs(inputs, out_dir, log, overwrite=overwrite)
     folder = resolve_model(model_spec)
-    model, _ = load_model_checked(folder)
+    model, meta = load_model_checked(folder)
     prepare_out_dir(out_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     written, errors = [], []
@@ -582,6 +595,8 @@ def restore_files(
             if dest.is_dir():
                 raise InputError(f"{dest}: a folder has the output's name. Fix: move it away, or choose another --out folder.")
             img = read_native(path)
+            for line in input_colour_warnings(img, meta.get("colour"), path):
+                log(line)
             restored = restore_image(model, img, path, fov=fov, tile=tile, overlap=overlap, device=device, precision=precision)
             data = encode_native(restored)
             try:

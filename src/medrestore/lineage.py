@@ -234,6 +234,9 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
                 **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
                 "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
             }
+            colour = json.loads((folder / "model.json").read_text()).get("colour") if (folder / "model.json").is_file() else None
+            if colour:  # the training targets' channel means (medrestore restore's colour-range check)
+                tags["train_colour"] = json.dumps(colour, sort_keys=True)[:4000]
             with repo_lock("register"):  # two queued experiments' report stages: one registration at a time
                 done[task] = register_champion(task, uri, rec["md5"], tags, alias=alias_for_run())
         except Exception as exc:

@@ -119,6 +119,7 @@ class Task(_Strict):
     test: dict[str, dict[str, Any]]       # test variant -> corruption spec
     level: Literal["patch", "image"] = "patch"
     unpaired: bool = False
+    photometric: Optional[dict[str, Any]] = None  # colour augmentation of the clean train patches (medrestore.data.photometric)
 
 
 class Corrupt(_Strict):
@@ -243,6 +244,16 @@ class Evaluate(_Strict):
     assets: str
 
 
+class EvaluateExternal(_Strict):
+    """The evaluation on images from other cameras than the training set's (medrestore.external)."""
+
+    tasks: list[str]                      # one evaluate_external@TASK stage each
+    variant: str                          # the task's test corruption (corrupt.tasks.TASK.test.VARIANT)
+    profiles: list[str]                   # recolouring targets (medrestore.data.photometric.PROFILES)
+    gamma_range: list[float] = Field(min_length=2, max_length=2)
+    sample: bool = True                   # also scikit-image's fundus photograph
+
+
 class Runtime(_Strict):
     """How runs show and save progress. No stage tracks this section: changing it retrains nothing."""
 
@@ -264,6 +275,7 @@ class Params(_Strict):
     segmenter: Optional[Segmenter] = None
     scoring_segmenter: Optional[ScoringSegmenter] = None
     evaluate: Evaluate
+    evaluate_external: Optional[EvaluateExternal] = None
     runtime: Optional[Runtime] = None
     tracking: Optional[Tracking] = None
 
@@ -284,6 +296,13 @@ def value_problems(params: Mapping[str, Any]) -> list[str]:
     if missing:
         problems.append(f"evaluate.baselines has no entry for task(s) {', '.join(missing)}. Fix: add evaluate.baselines.TASK: "
                         "[...] for each (an empty list [] for none): each evaluate@TASK stage tracks its own entry.")
+    external = params.get("evaluate_external") or {}
+    trained = {e["task"] for key in ("runs", "finetune", "chains", "vessel") for e in (params["train"].get(key) or {}).values()}
+    for task in external.get("tasks", []):
+        test = (params["corrupt"]["tasks"].get(task) or {}).get("test", {})
+        if external["variant"] not in test or task not in trained:
+            problems.append(f"evaluate_external.tasks lists {task!r}, which is not a corrupt task with a test variant "
+                            f"{external['variant']!r} and a trained model. Fix: list only such tasks (or drop {task!r}).")
     patch = params["patchify"]["patch_size"]
     for task, spec in params["corrupt"]["tasks"].items():
         specs = {f"corrupt.tasks.{task}.train": spec["train"],

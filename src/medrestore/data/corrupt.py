@@ -11,6 +11,9 @@ A task spec (``corrupt.tasks.<task>`` in params.yaml)::
                                    defined on whole photographs)
     unpaired: false | true         true: the train images are split in two halves (seeded) and
                                    ``train_domain.npy`` says which half each patch belongs to
+    photometric: {...}             optional, patch-level paired tasks: every clean TRAIN patch gets
+                                   per-channel gains and gammas first (:mod:`medrestore.data.photometric`),
+                                   written to ``train_clean.npy``, and is then degraded
 
 Outputs under ``artifacts/corrupt/<task>/`` (the contract the trainer and the evaluator read):
 
@@ -22,6 +25,9 @@ Outputs under ``artifacts/corrupt/<task>/`` (the contract the trainer and the ev
     one JSON object per patch, in row order: ``{"seed_words": [...], "params": {...}}`` (plus
     ``"unit", "y", "x"`` for image-level tasks, where the params are those of the whole unit).
     ``corrupt(clean, spec, seed_words, fov)`` with them gives the same pixels again.
+``train_clean.npy`` (tasks with ``photometric`` only)
+    uint8 (N, P, P, 3): the augmented clean train patches, the training targets; ``train.npy`` row i
+    is the degraded form of row i of this file (val stays unaugmented).
 ``train_domain.npy`` (unpaired tasks only)
     uint8 per train patch: 0 = use the patch only as a CLEAN sample, 1 = only as a DEGRADED one.
     The two halves come from different source images (different regions when all train units are
@@ -35,7 +41,8 @@ Outputs under ``artifacts/corrupt/<task>/`` (the contract the trainer and the ev
 
 Seed words: a patch ``[seed, task, split, index]`` (:func:`patch_seed`), an image-level unit
 ``[seed, task, split, unit]`` with the unit's place in ``patches.json``'s ``units[split]``, a test
-image ``[seed, task, 2, image, variant]``. Any single one can be replayed without the others.
+image ``[seed, task, 2, image, variant]``, the photometric augmentation of a train patch its patch's words
+plus ``PHOTOMETRIC_WORD``. Any single one can be replayed without the others.
 
 Grey data (``prepare.grey``: three equal channels): the corruption is applied to one channel and
 copied to all three, so grey stays grey (noise drawn once per pixel, not per channel).
@@ -51,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from medrestore.data.patches import npy_writer, read_rows
+from medrestore.data.photometric import augment_patch, check_photometric
 from medrestore.data.prepare import safe_name
 from medrestore.degradations import corrupt, spec_scale, stable_id
 from medrestore.io import (
@@ -66,9 +74,10 @@ from medrestore.io import (
 )
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-TASK_KEYS = {"train", "test", "level", "unpaired"}
+TASK_KEYS = {"train", "test", "level", "unpaired", "photometric"}
 LEVELS = ("patch", "image")
 DOMAIN_WORD = 3  # the rng stream of the unpaired split: [seed, task, DOMAIN_WORD]
+PHOTOMETRIC_WORD = 5  # the photometric augmentation of a train patch: patch_seed(...) + [PHOTOMETRIC_WORD]
 CHUNK = 4096  # patches read and written per block
 
 
@@ -102,7 +111,12 @@ def check_task_spec(task: str, spec: dict) -> dict:
     odd = {v: s for v, s in test_scales.items() if s != scale}
     if odd:
         raise InputError(f"{where}: test variants {odd} change the size by another factor than train ({scale}). Fix: use one scale per task.")
-    return {**spec, "level": level, "unpaired": unpaired, "scale": scale}
+    photometric = None
+    if spec.get("photometric") is not None:
+        if level != "patch" or unpaired:
+            raise InputError(f"{where}.photometric: only patch-level paired tasks are augmented. Fix: drop photometric, or use level patch and unpaired false.")
+        photometric = check_photometric(task, spec["photometric"])
+    return {**spec, "level": level, "unpaired": unpaired, "scale": scale, "photometric": photometric}
 
 
 def _apply(image: np.ndarray, spec: dict, words: list[int], fov, grey: bool, where: str):
@@ -212,7 +226,11 @@ def corrupt_task(patches_dir: Path, out_dir: Path, *, task: str, spec: dict, see
         if n != int(meta["counts"][split]):
             raise InputError(f"{patches_dir / f'{split}_index.npy'}: {n} rows, patches.json says {meta['counts'][split]}. Fix: rerun `dvc repro patchify`.")
         where = f"corrupt.tasks.{task}.train"
-        with npy_writer(out_dir / f"{split}.npy", (n, p // s, p // s, 3)) as out, _jsonl_writer(out_dir / f"{split}_params.jsonl") as put:
+        photometric = spec["photometric"] if split == "train" else None
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(npy_writer(out_dir / f"{split}.npy", (n, p // s, p // s, 3)))
+            put = stack.enter_context(_jsonl_writer(out_dir / f"{split}_params.jsonl"))
+            clean_out = stack.enter_context(npy_writer(out_dir / "train_clean.npy", (n, p, p, 3))) if photometric else None
             for k, (start, stop) in enumerate(_unit_ranges(index, len(units))):
                 if stop == start:
                     continue
@@ -226,15 +244,25 @@ def corrupt_task(patches_dir: Path, out_dir: Path, *, task: str, spec: dict, see
                     b = min(stop, a + CHUNK)
                     clean = read_rows(patches_dir / f"{split}.npy", a, b)
                     block = np.empty((b - a, p // s, p // s, 3), np.uint8)
+                    if photometric:
+                        clean = np.array(clean)
                     for j in range(b - a):
                         i = a + j
                         _, y, x = index[i]
                         words = patch_seed(seed, task, split, i)
                         pf = None if fov is None else fov[y : y + p, x : x + p]
+                        extra = {}
+                        if photometric:
+                            clean[j], extra["photometric"] = augment_patch(clean[j], photometric, words + [PHOTOMETRIC_WORD], pf)
                         block[j], params = _apply(clean[j], spec["train"], words, pf, grey, where)
-                        put({"seed_words": words, "params": params})
+                        put({"seed_words": words, "params": params, **extra})
                     out.write(block)
+                    if clean_out is not None:
+                        clean_out.write(clean)
         record["splits"][split] = {"count": n, "params": f"{split}_params.jsonl", "shape": [n, p // s, p // s, 3]}
+        if photometric:
+            record["splits"][split]["clean"] = "train_clean.npy"
+            record["photometric"] = photometric
 
     if spec["unpaired"]:
         units = meta["units"]["train"]

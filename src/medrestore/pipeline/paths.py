@@ -14,6 +14,7 @@ MODELS = ARTIFACTS / "models"            # train@RUN, finetune@RUN, train_chain@
 SEGMENTER = ARTIFACTS / "segmenter"      # train_segmenter (the loss's and the report's vessel segmenter)
 SCORER = ARTIFACTS / "segmenter_scoring"  # train_segmenter scoring: the independent vessel segmenter (indep_ scores)
 EVAL = ARTIFACTS / "eval"                # evaluate@TASK: EVAL / TASK
+EXTERNAL = ARTIFACTS / "evaluate_external"  # evaluate_external@TASK: EXTERNAL / TASK (other cameras' photographs)
 REPORTS = Path("reports")                # report
 VESSEL_SWEEP = REPORTS / "vessel_sweep.json"  # medrestore sweep (git-tracked): the report's vessel-term weight sweep
 TRAIN_CACHE = Path(".cache") / "train"   # resumable checkpoints (not a DVC output): TRAIN_CACHE / RUN
@@ -29,3 +30,7 @@ def model_dir(task: str, method: str) -> Path:
 
 def eval_dir(task: str) -> Path:
     return EVAL / task
+
+
+def external_dir(task: str) -> Path:
+    return EXTERNAL / task

@@ -7,7 +7,7 @@ from __future__ import annotations
 from medrestore.gates import NO_CHAMPION
 from medrestore.lineage import register_best_models
 from medrestore.mlflow_model import alias_for_run
-from medrestore.pipeline.paths import EVAL, MODELS, PATCHES, REPORTS, SCORER, SEGMENTER, VESSEL_SWEEP
+from medrestore.pipeline.paths import EVAL, EXTERNAL, MODELS, PATCHES, REPORTS, SCORER, SEGMENTER, VESSEL_SWEEP
 from medrestore.pipeline.stage import params, run
 from medrestore.report import best_models, build_report
 from medrestore.tracking import tag_outputs
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         segmenter, _ = load_vessel_segmenter(SEGMENTER)
         scorer = load_vessel_segmenter(SCORER)[0] if (SCORER / "model.json").is_file() else None
         build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json",
-                     scorer=scorer, sweep_path=VESSEL_SWEEP)
+                     scorer=scorer, sweep_path=VESSEL_SWEEP, external_root=EXTERNAL)
         tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json"])
         best = best_models(EVAL, tasks, models_root=MODELS, train=p["train"])
         registered = register_best_models(best, MODELS, tracker=tracker, tasks=tasks)

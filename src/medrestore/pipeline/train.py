@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     corruption = read_json(corrupted / "corruption.json")
     domain = np.load(corrupted / "train_domain.npy") if corruption.get("unpaired") else None
     out = model_dir(entry["task"], entry.get("method") or entry["model"])
-    train_pairs = (load_patches(PATCHES, "train"), load_patches(corrupted, "train"))
+    train_pairs = (train_targets(PATCHES, corrupted), load_patches(corrupted, "train"))
     val_pairs = (load_patches(PATCHES, "val"), load_patches(corrupted, "val"))
     first_dir = None
     fov = (load_fov(PATCHES, "train"), load_fov(PATCHES, "val")) if cfg.fov_loss else None
@@ -78,6 +78,15 @@ def main(argv: list[str] | None = None) -> None:
         uri = tracker.call("log_model", log_restoration_model, out, np.asarray(load_patches(corrupted, "val")[0]))
         if uri is not None:
             tracker.set_tags({"model_uri": uri, "model_md5": file_md5(out / "model.safetensors")})
+
+
+def train_targets(patches_dir: Path, corrupted: Path) -> np.ndarray:
+    """The clean training targets: the corrupt stage's photometrically augmented patches
+    (``train_clean.npy``, row i the clean form of its ``train.npy`` row i) when it wrote them, else
+    the patchify stage's ``train.npy``."""
+    if (Path(corrupted) / "train_clean.npy").is_file():
+        return load_patches(corrupted, "train_clean")
+    return load_patches(patches_dir, "train")
 
 
 def is_rank_zero() -> bool:

@@ -17,6 +17,7 @@ from medrestore.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from medrestore.report.external import external_section
 from medrestore.report.figures import (
     CAPTIONS,
     cost_figure,
@@ -64,11 +65,13 @@ def build_report(
     bench_path: Path | None = None,
     scorer=None,
     sweep_path: Path | None = None,
+    external_root: Path | None = None,
 ) -> dict:
     """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None);
     ``bench_path``: ``make bench``'s ``bench.json``, shown as the performance section when it exists;
     ``scorer``: the independent vessel segmenter and ``sweep_path`` the collected weight sweep, for
-    the vessel-aware section (:mod:`medrestore.report.vessel_aware`)."""
+    the vessel-aware section (:mod:`medrestore.report.vessel_aware`); ``external_root``: the
+    evaluate_external stage's folder, shown as "Another camera" for the tasks it holds."""
     if segmenter is None:
         from medrestore.vessels import VesselSegmenter
 
@@ -158,6 +161,9 @@ def build_report(
             md += [f"![{task} {kind}]({rel})", "", f"*{CAPTIONS[kind]}.*", ""]
             b64 = base64.b64encode(png).decode()
             html_parts.append(f"<figure><img alt='{task} {kind}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(CAPTIONS[kind])}.</figcaption></figure>")
+    ext_md, ext_html = external_section(external_root, tasks, conv_by_task)  # "Another camera" (evaluate_external)
+    md += ext_md
+    html_parts += ext_html
     vessel = vessel_section(params, Path(eval_root), patches_dir, conv_by_task, scorer, sweep_path)
     md += vessel["md"]
     html_parts += vessel["html"]

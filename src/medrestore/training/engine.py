@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from medrestore.colour import colour_statistics
 from medrestore.io import InputError, write_json_atomic, write_text_atomic
 from medrestore.models import MODELS, count_parameters, save_model
 from medrestore.training.callbacks import (
@@ -261,7 +262,9 @@ def train_model(
         return metrics
     module.net.load_state_dict(module.best_state)
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
-    meta = {"train": metrics, "scale": scale, "task_kind": spec.task, **(extra_meta or {})}
+    # the colour range of the training targets: medrestore restore warns on inputs far outside it
+    colour = colour_statistics(clean, None if train_domain is None else np.flatnonzero(np.asarray(train_domain) == 0))
+    meta = {"train": metrics, "scale": scale, "task_kind": spec.task, **({"colour": colour} if colour else {}), **(extra_meta or {})}
     save_model(net, out_dir, name=cfg.model, kwargs=cfg.model_kwargs, extra=meta)
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "curve.csv", recorder.csv_text())
