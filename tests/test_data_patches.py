@@ -182,3 +182,21 @@ def test_unknown_split_names_the_param_and_the_fix(prepared_chase_both_ends, tmp
     with pytest.raises(InputError, match=r"patchify\.split is 'published'.*Fix: use 'standard' or 'random'"):
         patchify(manifest, root / "prepared", tmp_path / "p", seed=0, split="published", patch_size=32, stride=64,
                  min_fov_fraction=0.9, val_fraction=0.25, test_fraction=0.25, region_grid=2)
+
+
+def test_patch_fov_masks_are_the_prepared_fov_at_each_patch(prepared_chase_both_ends):
+    from medrestore.data.patches import load_fov
+    from medrestore.io import read_mask
+
+    manifest, root = prepared_chase_both_ends
+    s = patchify(manifest, root / "prepared", root / "fovmasks", seed=0, split="standard", patch_size=32, stride=16,
+                 min_fov_fraction=0.3, val_fraction=0.25, test_fraction=0.25, region_grid=2)
+    by_id = {e["id"]: e for e in manifest["images"]}
+    for split in ("train", "val"):
+        masks, index = load_fov(root / "fovmasks", split), np.load(root / "fovmasks" / f"{split}_index.npy")
+        assert masks.shape == (s["counts"][split], 32, 32) and masks.dtype == np.uint8
+        assert 0 < masks.mean() < 1  # patches cross the FOV's edge
+        for k in range(0, len(index), 23):
+            u, y, x = index[k]
+            fov = read_mask(root / "prepared" / by_id[s["units"][split][u]["source_id"]]["fov"])
+            assert np.array_equal(masks[k], fov[y : y + 32, x : x + 32].astype(np.uint8))

@@ -138,3 +138,54 @@ def test_fine_tuning_starts_from_the_named_model_and_refuses_another_network(tmp
     _, tuned = _train(tmp_path, fundus_pairs, "tuned", lr=1e-5, max_steps=20, val_every=10, init_from=str(base))
     _, scratch = _train(tmp_path, fundus_pairs, "scratch", lr=1e-5, max_steps=20, val_every=10)
     assert tuned["best_val_psnr"] > scratch["best_val_psnr"] + 1.0
+
+
+def test_fov_loss_counts_only_the_pixels_inside_the_fov(chase_image):
+    """A real CHASE_DB1 patch across its FOV edge: with the mask, the loss and the validation PSNR do not
+    see the pixels outside the FOV (any value there, no gradient), as the evaluation's psnr_fov does not."""
+    import torch
+
+    from medrestore.data.fov import detect_fov
+    from medrestore.training.paired import RestorationModule, inside_fov, psnr_per_image
+
+    fov = detect_fov(chase_image)
+    y = fov.shape[0] // 2 - 24
+    x = int(np.flatnonzero(fov[y + 24]).min()) - 24  # a 48 px window across the FOV's left edge
+    clean = chase_image[y : y + 48, x : x + 48]
+    mask = fov[y : y + 48, x : x + 48]
+    assert 0.2 < mask.mean() < 0.8
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float()[None] / 255  # noqa: E731
+    target, m = to_t(clean), torch.from_numpy(mask.astype(np.float32))[None, None]
+    module = RestorationModule(TrainConfig(model="redae", fov_loss=True, seed=0))
+    noisy = (target + 0.1 * torch.randn_like(target, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    loss, _ = module.content_loss(noisy, target, m)
+    garbage = torch.where(m > 0, target, torch.rand_like(target))  # any target outside the FOV
+    assert float(module.content_loss(noisy, garbage, m)[0]) == pytest.approx(float(loss), rel=1e-6)
+    pred = torch.zeros_like(target, requires_grad=True)
+    module.loss_fn(inside_fov(pred, target, m), target).backward()
+    assert float(pred.grad[m.expand_as(pred) == 0].abs().max()) == 0.0 and float(pred.grad.abs().max()) > 0
+    # the validation PSNR over the FOV pixels is the evaluation's psnr_fov of the same pixels
+    out = (target + torch.where(m > 0, 0.05, 0.2)).clamp(0, 1)  # worse outside the FOV
+    err = ((out - target) ** 2)[m.expand_as(out) > 0].mean()
+    assert float(psnr_per_image(out, target, m)[0]) == pytest.approx(float(10 * torch.log10(1 / err)), rel=1e-5)
+    assert float(psnr_per_image(out, target, m)[0]) != pytest.approx(float(psnr_per_image(out, target)[0]), rel=1e-3)
+
+
+def test_fov_loss_without_masks_names_the_fix(tmp_path, fundus_pairs):
+    from medrestore.io import InputError
+
+    with pytest.raises(InputError, match=r"fov_loss needs the patches' FOV masks.*Fix: rerun the patchify stage"):
+        _train(tmp_path, fundus_pairs, "nomask", fov_loss=True)
+
+
+def test_fov_loss_trains_on_masks_and_changes_what_is_learned(tmp_path, fundus_pairs):
+    """The same run with every patch's outside-FOV share masked gives other weights (the masks reach the loss)."""
+    (tr, va) = fundus_pairs
+    masks = [np.ones(a[0].shape[:3], np.uint8) for a in (tr, va)]
+    for mk in masks:
+        mk[:, :, :8] = 0  # the left third of every patch outside the FOV
+    settings = {"max_steps": 20, "val_every": 10, "ckpt_every": 10, "batch_size": 16, "progress_bar": False, "seed": 3}
+    a = train_model(TrainConfig(model="redae", **settings), tr, va, tmp_path / "a", tmp_path / "ck")
+    b = train_model(TrainConfig(model="redae", fov_loss=True, **settings), tr, va, tmp_path / "b", tmp_path / "ck", fov=tuple(masks))
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert a["best_val_psnr"] != b["best_val_psnr"]
