@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medrestore.pipeline.train import train_targets
 from medrestore.data.patches import load_patches
 from medrestore.models.dncnn import DnCNN
 
@@ -31,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     art = REPO / "artifacts"
-    clean, noisy = load_patches(art / "patches", "train"), load_patches(art / "corrupt/denoise-g25", "train")
+    clean, noisy = train_targets(art / "patches", art / "corrupt/denoise-g25"), load_patches(art / "corrupt/denoise-g25", "train")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).float() / 255

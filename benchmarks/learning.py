@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     from medrestore.data.patches import load_fov, load_patches
     from medrestore.io import load_params, read_json
     from medrestore.params import run_entry, train_settings
+    from medrestore.pipeline.train import train_targets
     from medrestore.training import TrainConfig, train_model
 
     params = load_params()
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = train_model(
             cfg,
-            (load_patches(patches, "train"), load_patches(corrupted, "train")),
+            (train_targets(patches, corrupted), load_patches(corrupted, "train")),
             (load_patches(patches, "val"), load_patches(corrupted, "val")),
             out_dir=args.save or Path(tmp) / "out",
             ckpt_dir=Path(tmp) / "ckpt",
