@@ -80,3 +80,20 @@ def test_table_rows_show_the_input_baselines_the_plain_model_and_the_variants():
                        summary, "s25", "cdae")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert sweep_figure({"points": []}, summary, "s25", "cdae") is None
+
+
+def test_a_sweep_of_other_test_images_is_not_drawn_and_says_how_to_redo_it(tmp_path):
+    import json
+
+    from medrestore.report.vessel_aware import sweep_on_split
+
+    (tmp_path / "patches.json").write_text(json.dumps({"splits": {"test": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}}))
+    point = {"task": "g", "variant": "s25", "form": "vessel", "weight": 0.001, "psnr_fov": 33.0}
+    older = {"points": [point]}  # collected before the file recorded its test images
+    kept, why = sweep_on_split(older, tmp_path)
+    assert kept["points"] == [] and "test images it does not record" in why and "medrestore sweep --replace" in why
+    other = {"points": [point], "test_images": ["chase_db1/Image_02L", "chase_db1/Image_02R"]}
+    kept, why = sweep_on_split(other, tmp_path)
+    assert kept["points"] == [] and "other test images" in why
+    same = {"points": [point], "test_images": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}
+    assert sweep_on_split(same, tmp_path) == (same, None)

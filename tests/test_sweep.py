@@ -144,3 +144,22 @@ def test_an_unknown_revision_is_a_clear_error(repo, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "--rev deadbeef" in err and "Fix:" in err
     assert not (repo / "rev.json").exists()
+
+
+def test_the_sweep_records_its_test_images_and_never_merges_another_splits_points(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}}, "vessel": VESSEL}}))
+    patches = tmp_path / "artifacts" / "patches" / "patches.json"
+    patches.parent.mkdir(parents=True)
+    patches.write_text(json.dumps({"splits": {"test": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}}))
+    rows = [{"Experiment": None, "State": "Success", "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.001,
+             "metrics.json:t.m-vprob.s25.psnr_fov": 33.9}]
+    out = tmp_path / "sweep.json"
+    old = {"note": "", "points": [{"run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": 0.003, "task": "t",
+                                   "variant": "s25", "psnr_fov": 30.0}]}  # an older file: no test images recorded
+    out.write_text(json.dumps(old))
+    with pytest.raises(InputError, match=r"scored on other test images.*Fix: pass --replace"):
+        write_sweep(out, tmp_path / "params.yaml", rows=rows, merge=True)
+    assert json.loads(out.read_text()) == old
+    result = write_sweep(out, tmp_path / "params.yaml", rows=rows, replace=True)
+    assert result["test_images"] == ["chase_db1/Image_11L", "chase_db1/Image_11R"] and len(result["points"]) == 1
+    assert len(write_sweep(out, tmp_path / "params.yaml", rows=rows, merge=True)["points"]) == 1  # same split: merges

@@ -74,12 +74,16 @@ def merge_points(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, An
 
 
 def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml", rows: Iterable[Mapping] | None = None,
-                revs: list[str] | None = None, merge: bool = False, replace: bool = False) -> dict:
+                revs: list[str] | None = None, merge: bool = False, replace: bool = False,
+                patches: str | Path | None = None) -> dict:
     """Collect the sweep from this repository's experiments (or ``rows``) and write ``out``.
     ``revs``: the baseline commits whose experiments count (default HEAD's, as ``dvc exp show``);
     ``merge``: keep the points already in ``out`` that this collection does not replace (experiments
     no longer in this repository: another clone's, or removed with ``dvc exp remove``); without it
-    (and without ``replace``) an ``out`` holding points this collection lacks is refused, not shrunk."""
+    (and without ``replace``) an ``out`` holding points this collection lacks is refused, not shrunk.
+    The file records the test images of ``patches`` (default: the workspace's
+    ``artifacts/patches/patches.json`` beside ``params_path``) as ``test_images``: the report draws the
+    points only on that split, and ``merge`` refuses points of another one."""
     import json
 
     if not Path(params_path).is_file():
@@ -103,6 +107,9 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
             raise InputError(f"cannot list the DVC experiments of {what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
                              "Fix: pass a commit of this repository (`git log --oneline`), from inside the repository.") from None
     result = collect(rows, vessel)
+    patches = Path(params_path).parent / "artifacts" / "patches" / "patches.json" if patches is None else Path(patches)
+    if patches.is_file():
+        result["test_images"] = json.loads(Path(patches).read_text())["splits"]["test"]
     if not merge and not replace and Path(out).is_file():
         try:
             before = json.loads(Path(out).read_text())["points"]
@@ -121,6 +128,10 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
             before = json.loads(Path(out).read_text())["points"]
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{out}: not a sweep file ({exc}). Fix: collect without --merge to write it anew.") from None
+        earlier = json.loads(Path(out).read_text()).get("test_images")
+        if before and earlier != result.get("test_images"):
+            raise InputError(f"{out}: its {len(before)} points were scored on other test images than this workspace's "
+                             f"({patches}): merged, they would compare different splits. Fix: pass --replace to write only this collection.")
         result["points"] = merge_points(before, result["points"])
     write_json_atomic(Path(out), result)
     return result

@@ -152,6 +152,22 @@ def sweep_figure(sweep: dict, summary: dict, variant: str, plain: str) -> bytes 
     return _fig_png(fig)
 
 
+def sweep_on_split(sweep: dict, patches_dir: Path) -> tuple[dict, str | None]:
+    """``sweep`` as it may be drawn beside this evaluation, and why not when it may not: points scored on
+    other test images (or on test images the file does not record) than ``patches_dir``'s split are
+    not comparable with this evaluation's numbers, so none are drawn."""
+    if not sweep.get("points") or not (Path(patches_dir) / "patches.json").is_file():
+        return sweep, None
+    test_images = read_json(Path(patches_dir) / "patches.json")["splits"]["test"]
+    if sweep.get("test_images") == test_images:
+        return sweep, None
+    why = (f"The recorded weight sweep ({len(sweep['points'])} points in reports/vessel_sweep.json) was collected on "
+           + ("other test images" if sweep.get("test_images") else "test images it does not record")
+           + f" than this evaluation's {len(test_images)}: it is not drawn. Fix: run the sweep again on this split "
+           "(docs/pipeline.md, vessel-aware training) and collect it with `medrestore sweep --replace`.")
+    return {**sweep, "points": []}, why
+
+
 def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_task: dict[str, dict], scorer, sweep_path: Path | None) -> dict:
     """The section as ``{"md": [...], "html": [...], "figures": [(name, png, caption)], "results": {...}}``
     (empty when params.yaml has no ``train.vessel``)."""
@@ -163,6 +179,7 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
     if not groups:
         return out
     sweep = read_json(sweep_path) if sweep_path is not None and Path(sweep_path).is_file() else {"points": []}
+    sweep, stale = sweep_on_split(sweep, patches_dir)
     intro = (f"Each vessel-aware model is its plain twin trained again with one added loss term (same data, steps and seed), built on "
              f"the pipeline's vessel segmenter, frozen. The vessels are judged by an independent segmenter (another seed, trained "
              f"on the second observer's masks) and, for comparison, by the loss's own segmenter. Differences are paired over the "
@@ -198,8 +215,8 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
             if png is not None:
                 out["figures"].append((f"{task}_vessel_sweep", png, CAPTION_SWEEP))
             elif not sweep.get("points"):
-                note = ("No weight sweep recorded yet (reports/vessel_sweep.json has no points): run the sweep of the README's "
-                        "\"Vessel-aware training\" and `medrestore sweep` to draw it.")
+                note = stale or ("No weight sweep recorded yet (reports/vessel_sweep.json has no points): run the sweep of "
+                                 "docs/pipeline.md (vessel-aware training) and `medrestore sweep` to draw it.")
                 out["md"] += [note, ""]
                 out["html"].append(f"<p>{_html.escape(note)}</p>")
     return out
