@@ -211,3 +211,25 @@ def test_the_crops_and_error_figures_title_a_failed_model_so(broken, monkeypatch
     assert any(t.startswith(f"{BROKEN}\n(failed: below its input)\n") for t in titles[:8])  # name, mark, PSNR
     assert any(t.startswith(f"{BROKEN} (failed: below its input), R") for t in titles)
     assert any(t.startswith("cyclegan\n") and "dB" in t for t in titles) and not any(t.startswith("cyclegan (") for t in titles)
+
+
+def test_a_baseline_below_its_input_is_never_best(chase_dir):
+    """The red checkerboard of tests/gates_data.py offered as a classical baseline: below its input on
+    real CHASE_DB1 images, so it is marked and never best, whatever its kind."""
+    from gates_data import BROKEN, VARIANT, evaluation
+
+    from medrestore.evaluation import summarise
+    from medrestore.report.policy import best_by
+    from medrestore.report.tables import task_table
+
+    table, _ = evaluation(chase_dir)
+    table = table.copy()
+    table.loc[table["method"] == BROKEN, ["method", "kind"]] = ["checker", "baseline"]
+    summary = {"task": "enhance", "variants": [VARIANT], "methods": summarise(table, 0)}
+    assert not best_by(summary, VARIANT, {}).startswith("checker")
+    header, rows = task_table(summary, VARIANT, {})
+    row = next(r for r in rows if r[0].startswith("checker"))
+    assert row[0] == "checker (failed: below its input)" and not any(c.startswith("**") for c in row[2:])
+    only = table[table["method"].isin(["degraded", "checker"])]
+    alone = {"task": "enhance", "variants": [VARIANT], "methods": summarise(only, 0)}
+    assert best_by(alone, VARIANT, {}) is None

@@ -35,13 +35,21 @@ def failed_models(model_means: Mapping[str, float], input_mean: float | None) ->
     return {m for m, v in model_means.items() if v is not None and np.isfinite(v) and float(v) < float(input_mean)}
 
 
-def failed_in_summary(summary: dict, variant: str, metric: str = BEST_BY) -> set[str]:
-    """The failed trained models of one test corruption of an evaluation summary."""
+def below_input_in_summary(summary: dict, variant: str, metric: str = BEST_BY, kinds: tuple[str, ...] = ("model", "baseline")) -> set[str]:
+    """The methods of ``kinds`` (trained models and classical baselines) of one test corruption of an
+    evaluation summary whose mean ``metric`` is below the degraded input's: none of them is ever called
+    best there, whatever its kind (a baseline below its input, e.g. CLAHE on a cataract photograph in
+    PSNR, did not restore it either)."""
     methods = summary.get("methods", {})
     entry = methods.get(INPUT, {}).get(variant, {}).get(metric)
     means = {m: v[variant][metric]["mean"] for m, v in methods.items()
-             if v.get(variant, {}).get("kind") == "model" and metric in v[variant]}
+             if v.get(variant, {}).get("kind") in kinds and metric in v[variant]}
     return failed_models(means, entry["mean"] if entry else None)
+
+
+def failed_in_summary(summary: dict, variant: str, metric: str = BEST_BY) -> set[str]:
+    """The failed trained models of one test corruption of an evaluation summary."""
+    return below_input_in_summary(summary, variant, metric, kinds=("model",))
 
 
 def failed_in_table(table: pd.DataFrame, variant: str, metric: str = BEST_BY) -> set[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.gates import FAILED, NO_CHAMPION, failed_in_summary
+from medrestore.gates import FAILED, NO_CHAMPION, below_input_in_summary, failed_in_summary
 from medrestore.io import read_json
 from medrestore.metrics import BEST_BY
 
@@ -96,10 +96,10 @@ def task_convergence(models_root: Path | None, task: str, train: dict | None = N
 
 
 def eligible(method: str, kind: str, converged: dict[str, dict] | None, failed: Collection[str] = ()) -> bool:
-    """Whether a method may be called best: baselines always, trained models only when converged and
-    not in ``failed`` (below their input on this test corruption)."""
+    """Whether a method may be called best: baselines and converged trained models that are not in
+    ``failed`` (below their input on this test corruption: :func:`medrestore.gates.below_input_in_summary`)."""
     if kind == "baseline":
-        return True
+        return method not in failed
     verdict = (converged or {}).get(method)
     return kind == "model" and (verdict is None or bool(verdict["converged"])) and method not in failed
 
@@ -121,7 +121,7 @@ def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None
 def best_by(summary: dict, variant: str, conv: dict, metric: str = BEST_BY) -> str | None:
     """The baseline or converged model not below its input with the highest mean ``metric`` on one
     test corruption, as ``"name (value dB)"``; None when no method qualifies."""
-    failed = failed_in_summary(summary, variant)
+    failed = below_input_in_summary(summary, variant)
     scores = {m: v[variant][metric]["mean"] for m, v in summary["methods"].items()
               if variant in v and metric in v[variant] and eligible(m, v[variant]["kind"], conv, failed)}
     if not scores:
@@ -137,7 +137,7 @@ def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
     prefix = "manual" if any("manual_thin_recall_above_chance" in v.get(variant, {}) for v in summary["methods"].values()) else "ref"
     kept, invented = f"{prefix}_thin_recall_above_chance", f"{prefix}_invented_rate"
     floor = summary["methods"].get("degraded", {}).get(variant, {}).get(invented, {}).get("mean")
-    failed = failed_in_summary(summary, variant)
+    failed = below_input_in_summary(summary, variant)
     cands = {}
     for m, v in summary["methods"].items():
         st = v.get(variant, {})

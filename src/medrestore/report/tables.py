@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medrestore.gates import failed_in_summary
+from medrestore.gates import below_input_in_summary, failed_in_summary
 from medrestore.io import read_json
 from medrestore.metrics import (
     LOWER_IS_BETTER,
@@ -61,7 +61,7 @@ def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = 
     converged models: a model that did not converge, or failed here (below its input:
     :mod:`medrestore.gates`), is marked in its row and never called best)."""
     methods = sorted_methods(summary, variant)
-    failed = failed_in_summary(summary, variant)
+    failed = below_input_in_summary(summary, variant)  # trained models (failed) and baselines below their input
     best: dict[str, str] = {}
     metrics = table_metrics(summary, variant)
     for metric in metrics:
@@ -207,6 +207,6 @@ def best_rows(eval_root: Path, tasks: list[str], conv_by_task: dict[str, dict[st
         for variant in summary["variants"]:
             top = best_by(summary, variant, conv)
             vessels = best_on_vessels(summary, variant, conv)
-            rows.append([f"{task} [{variant}]", top or "–", vessels or "none keeps thin vessels above chance without inventing"])
+            rows.append([f"{task} [{variant}]", top or "none: no baseline or converged model beats the degraded input", vessels or "none keeps thin vessels above chance without inventing"])
     return header, rows
 
