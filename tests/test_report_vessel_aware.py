@@ -91,9 +91,9 @@ def test_a_sweep_of_other_test_images_is_not_drawn_and_says_how_to_redo_it(tmp_p
     point = {"task": "g", "variant": "s25", "form": "vessel", "weight": 0.001, "psnr_fov": 33.0}
     older = {"points": [point]}  # collected before the file recorded its test images
     kept, why = sweep_on_split(older, tmp_path)
-    assert kept["points"] == [] and "test images it does not record" in why and "medrestore sweep --replace" in why
+    assert kept["points"] == [] and "does not record the test images" in why and "medrestore sweep --replace" in why
     other = {"points": [point], "test_images": ["chase_db1/Image_02L", "chase_db1/Image_02R"]}
     kept, why = sweep_on_split(other, tmp_path)
-    assert kept["points"] == [] and "other test images" in why
+    assert kept["points"] == [] and "scored on other test images" in why
     same = {"points": [point], "test_images": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}
     assert sweep_on_split(same, tmp_path) == (same, None)

@@ -161,10 +161,11 @@ def sweep_on_split(sweep: dict, patches_dir: Path) -> tuple[dict, str | None]:
     test_images = read_json(Path(patches_dir) / "patches.json")["splits"]["test"]
     if sweep.get("test_images") == test_images:
         return sweep, None
-    why = (f"The recorded weight sweep ({len(sweep['points'])} points in reports/vessel_sweep.json) was collected on "
-           + ("other test images" if sweep.get("test_images") else "test images it does not record")
-           + f" than this evaluation's {len(test_images)}: it is not drawn. Fix: run the sweep again on this split "
-           "(docs/pipeline.md, vessel-aware training) and collect it with `medrestore sweep --replace`.")
+    where = ("was scored on other test images than" if sweep.get("test_images") else
+             "does not record the test images it was scored on, so it cannot be matched with")
+    why = (f"The recorded weight sweep ({len(sweep['points'])} points in reports/vessel_sweep.json) {where} this evaluation's "
+           f"{len(test_images)}: it is not drawn. Fix: run the sweep again on this split (docs/pipeline.md, vessel-aware "
+           "training) and collect it with `medrestore sweep --replace`.")
     return {**sweep, "points": []}, why
 
 
