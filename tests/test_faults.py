@@ -284,7 +284,7 @@ def test_tampered_training_checkpoint_error_names_the_file_and_the_fix(tmp_path,
 # --------------------------------------------------------------------------- concurrent experiments
 EXPERIMENTS = {"exp-lr2": 0.002, "exp-lr3": 0.003, "exp-lr4": 0.004}  # none is the baseline lr: each must train
 STAGES = {"download", "prepare", "patchify", f"corrupt@{TASK}", "train_segmenter", "train_scoring_segmenter", f"train@{RUN}",
-          f"evaluate@{TASK}", "report"}
+          f"evaluate@{TASK}", f"evaluate_external@{TASK}", "report"}
 
 
 @pytest.mark.slow

@@ -102,6 +102,8 @@ def test_every_stage_ran(repro):
     expected |= {f"finetune@{k}" for k in params["train"]["finetune"]}
     expected |= {f"train_chain@{k}" for k in params["train"]["chains"]}
     expected |= {f"train_vessel@{k}" for k in params["train"]["vessel"]}
+    expected |= {f"evaluate_external@{t}" for t in params["evaluate_external"]["tasks"]}
+    assert params["evaluate_external"]["tasks"], "the default params score the denoisers on another camera's photographs"
     assert params["train"]["vessel"], "the default params train CDAE's vessel-aware twins"
     assert params["train"]["chains"], "the default params chain DnCNN and SRGAN (Hayee2017)"
     assert expected <= set(lock)
