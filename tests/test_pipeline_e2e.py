@@ -263,13 +263,15 @@ def test_vessel_aware_twins_are_scored_by_the_independent_segmenter_and_reported
     stages = {n for (n,) in con.execute("select name from runs where name like 'train%' or name like 'finetune%'")} - {"train_segmenter", "train_scoring_segmenter"}
     assert len(train_runs) >= len(stages) > 0
     # a task's champion only where one of its models converged and beats the degraded input on every test
-    # corruption (the tiny run converges LapSRN, not the denoisers)
+    # corruption (the tiny run converges LapSRN, which may still fall below bicubic: then no task has one)
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     converged = {t for t, rows in metrics.items() if any(
         next(iter(v.values())).get("converged") and all(s["psnr_fov"] >= rows["degraded"][var]["psnr_fov"] for var, s in v.items())
         for v in rows.values())}
     champions = dict(con.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall())
-    assert converged and set(champions) == {f"medrestore-{t}" for t in converged}, (converged, champions)
+    assert set(champions) == {f"medrestore-{t}" for t in converged}, (converged, champions)
+    for task in set(metrics) - converged:  # the report says why a task has none
+        assert f"{task}: no champion: no converged model beats the degraded input" in md
     for name, version in champions.items():
         run_tag = con.execute("select value from model_version_tags where name = ? and version = ? and key = 'train_run_id'",
                               (name, version)).fetchone()
