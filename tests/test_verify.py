@@ -150,3 +150,21 @@ def test_this_checkouts_numbers_come_from_its_evaluation_not_the_committed_file(
     by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in rows}
     row = by[("denoise-g25", "cdae", "s25", "psnr_fov")]
     assert row["verdict"] == OUTSIDE and row["ours"] == pytest.approx(published["denoise-g25"]["cdae"]["s25"]["psnr_fov"] + 1.0)
+
+
+def test_a_model_now_below_its_input_is_a_changed_failed_verdict(workspace):
+    """``failed`` is recomputed from this run's summary (the gate's rule), not copied from the report."""
+    root, published = workspace
+    _rerun(root, copy.deepcopy(published))
+    path = root / "artifacts" / "eval" / "denoise-g25" / "summary.json"
+    summary = json.loads(path.read_text())
+    for method, kind in (("degraded", "input"), ("redae", "model")):
+        summary["methods"][method]["s25"]["kind"] = kind
+    floor = summary["methods"]["degraded"]["s25"]["psnr_fov"]["mean"]
+    summary["methods"]["redae"]["s25"]["psnr_fov"]["mean"] = floor - 1.0
+    path.write_text(json.dumps(summary))
+    by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in verify(root)[0]}
+    assert published["denoise-g25"]["redae"]["s25"]["failed"] is False
+    assert by[("denoise-g25", "redae", "s25", "failed")]["verdict"] == OUTSIDE
+    assert by[("denoise-g25", "redae", "s25", "failed")]["why"] == "failed verdict changed"
+    assert by[("denoise-g25", "cdae", "s25", "failed")]["verdict"] == IDENTICAL  # no kind in its summary: kept

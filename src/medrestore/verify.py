@@ -133,7 +133,10 @@ def verify(root: Path, committed: str = "HEAD", metrics: Path | None = None, eva
 
 def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
     """``ours`` with every number of an evaluated task recomputed from its ``summary.json``
-    (:func:`medrestore.report.tables.headline_numbers`); ``converged`` kept from ``ours``."""
+    (:func:`medrestore.report.tables.headline_numbers`); ``failed`` recomputed from it too
+    (:func:`medrestore.gates.failed_in_summary`, where the summary says each method's kind);
+    ``converged`` kept from ``ours``."""
+    from medrestore.gates import failed_in_summary
     from medrestore.report.tables import headline_numbers
 
     out = {task: {m: {v: dict(n) for v, n in vs.items()} for m, vs in methods.items()} for task, methods in ours.items()}
@@ -152,6 +155,8 @@ def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
                 numbers = headline_numbers(stats, None)
                 if "converged" in before:
                     numbers["converged"] = before["converged"]
+                if "failed" in before:
+                    numbers["failed"] = (method in failed_in_summary(summary, variant)) if "kind" in stats else before["failed"]
                 task_out.setdefault(method, {})[variant] = numbers
     return out
 
