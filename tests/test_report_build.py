@@ -91,3 +91,17 @@ def test_the_best_methods_section_names_each_champion_or_why_there_is_none(tmp_p
     assert "| dncnn (failed: below its input) | model |" in md and "| dncnn | model |" in md  # s25 marked, s15 not
     metrics = json.loads((tmp_path / "failed" / "metrics.json").read_text())
     assert metrics["t"]["dncnn"]["s25"]["failed"] is True and metrics["t"]["dncnn"]["s15"]["failed"] is False
+
+
+def test_the_methods_say_which_split_the_test_images_come_from():
+    from pathlib import Path
+
+    from medrestore.report.text import split_sentence
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert params["patchify"]["split"] == "standard"
+    standard = split_sentence(params)
+    assert "published test subjects" in standard and "11L-14R" in standard and f"seed {params['seed']}" in standard
+    params["patchify"]["split"] = "random"
+    drawn = split_sentence(params)
+    assert "11L-14R" not in drawn and f"test {params['patchify']['test_fraction']} of the subjects drawn" in drawn

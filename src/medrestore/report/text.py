@@ -21,6 +21,18 @@ def _trained(models_root: Path | None, task: str, model: str) -> str:
     return f"{m.get('steps', '?')} steps"
 
 
+def split_sentence(params: dict) -> str:
+    """How the images were split, as params.yaml's ``patchify`` says."""
+    pa, seed = params["patchify"], params["seed"]
+    regions = f"fewer than three images are split by disjoint {pa['region_grid']}x{pa['region_grid']} regions"
+    drawn = f"val {pa['val_fraction']} and test {pa['test_fraction']} of the subjects drawn with seed {seed}"
+    if pa.get("split", "standard") == "standard":
+        return ("Splits are by subject (both eyes of one person in one split): a dataset's published test subjects where it "
+                f"has them (CHASE_DB1: 11L-14R, its vessel-segmentation papers' split), validation subjects ({pa['val_fraction']} "
+                f"of the rest) drawn with seed {seed}; other datasets: {drawn}; {regions}")
+    return f"Splits are by subject (both eyes of one person in one split), {drawn}; {regions}"
+
+
 def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
     """How the numbers were made, from params.yaml and the runs' own metrics.json."""
     d, p, pa = params["download"], params["prepare"], params["patchify"]
@@ -45,9 +57,7 @@ def methods_paragraph(params: dict, models_root: Path | None = None) -> str:
     profile = params["train"].get("profile", "standard")
     return (
         f"Sources: {', '.join(d['sources'])}. Each image's field of view (FOV) is detected from the image, the black "
-        f"border is cropped ({p['mode']}) and the image resized to {p['size']}x{p['size']}. Splits are by subject (both eyes of one person in one split) "
-        f"(or, for fewer than three images, by disjoint {pa['region_grid']}x{pa['region_grid']} regions; val "
-        f"{pa['val_fraction']}, test {pa['test_fraction']}, seed {params['seed']}); training patches are "
+        f"border is cropped ({p['mode']}) and the image resized to {p['size']}x{p['size']}. {split_sentence(params)}; training patches are "
         f"{pa['patch_size']}x{pa['patch_size']} at stride {pa['stride']}, at least {pa['min_fov_fraction']:.0%} inside "
         f"the FOV. Corruptions (sigma on the 0-255 scale, clipped and quantised to 8 bits): {task_txt}. Training "
         f"(the papers' recipes in train.models under the `{profile}` budget profile, weights at the best validation PSNR kept): {run_txt}. Baselines are given the true noise sigma. Metrics: PSNR on RGB "
