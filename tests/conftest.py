@@ -179,3 +179,16 @@ def kill_and_resume(tmp_path, script_text: str, arrays: dict, settle: float) -> 
     for name in ("model.safetensors", "metrics.json", "curve.csv"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
     assert not list((tmp_path / "ckpt").glob("*/last.ckpt"))  # cleaned up once finished
+
+
+def prepare_chase(root: Path, chase_dir: Path, size: int, keep=lambda recs: recs[:8]) -> dict:
+    """CHASE_DB1 photographs (``keep`` of the gathered records, default the first 8: children 01-04)
+    gathered from the shared mirror into ``root`` and prepared as the pipeline prepares them
+    (border_centre, ``size`` px); returns the prepared manifest."""
+    from medrestore.data.prepare import prepare_sources
+    from medrestore.data.sources import gather
+
+    recs = gather(["chase_db1"], root / "sources", mirror=chase_dir.parent, folder=root, cache_dir=root, allow_network=False)
+    manifest = {"images": [r.as_dict(root / "sources") for r in keep(recs)]}
+    return prepare_sources(manifest, root / "sources", root / "prepared", size=size, mode="border_centre", fov_threshold=0.1)
+

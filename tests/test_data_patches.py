@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import prepare_chase
 
 from medrestore.data.corrupt import corrupt_task, read_params
 from medrestore.data.patches import npy_writer, patch_positions, patchify, read_rows
@@ -20,9 +21,7 @@ def prepared_sample(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared_chase(tmp_path_factory, chase_dir):
     root = tmp_path_factory.mktemp("chase")
-    recs = gather(["chase_db1"], root / "sources", mirror=chase_dir.parent, folder=root, cache_dir=root, allow_network=False)
-    manifest = {"images": [r.as_dict(root / "sources") for r in recs[:8]]}
-    return prepare_sources(manifest, root / "sources", root / "prepared", size=192, mode="border_centre", fov_threshold=0.1), root
+    return prepare_chase(root, chase_dir, 192), root
 
 
 def test_patch_positions_respect_fov_and_box():
@@ -150,10 +149,8 @@ def test_patch_larger_than_the_prepared_images_names_a_file_and_the_fix(prepared
 def prepared_chase_both_ends(tmp_path_factory, chase_dir):
     """Children 01-03 (the published training half) and 11-12 (its test half), both eyes each."""
     root = tmp_path_factory.mktemp("chase_ends")
-    recs = gather(["chase_db1"], root / "sources", mirror=chase_dir.parent, folder=root, cache_dir=root, allow_network=False)
-    keep = [r for r in recs if r.id.rsplit("_", 1)[1][:2] in ("01", "02", "03", "11", "12")]
-    manifest = {"images": [r.as_dict(root / "sources") for r in keep]}
-    return prepare_sources(manifest, root / "sources", root / "prepared", size=128, mode="border_centre", fov_threshold=0.1), root
+    ends = lambda recs: [r for r in recs if r.id.rsplit("_", 1)[1][:2] in ("01", "02", "03", "11", "12")]  # noqa: E731
+    return prepare_chase(root, chase_dir, 128, keep=ends), root
 
 
 def test_standard_split_keeps_chase_test_children_and_draws_validation_from_the_rest(prepared_chase_both_ends):

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import prepare_chase
 
 from medrestore.data.corrupt import corrupt_task, read_params
 from medrestore.data.patches import patchify
@@ -16,8 +17,6 @@ from medrestore.data.photometric import (
     check_photometric,
     recolour,
 )
-from medrestore.data.prepare import prepare_sources
-from medrestore.data.sources import gather
 from medrestore.degradations import corrupt
 from medrestore.io import InputError, read_image, read_mask
 from medrestore.pipeline.train import train_targets
@@ -30,11 +29,7 @@ PATCH_ARGS = {"patch_size": 32, "stride": 32, "min_fov_fraction": 0.8, "val_frac
 @pytest.fixture(scope="module")
 def chase(tmp_path_factory, chase_dir):
     root = tmp_path_factory.mktemp("chase_photo")
-    (root / "mirror").mkdir()
-    (root / "mirror" / "chase_db1").symlink_to(chase_dir)
-    recs = gather(["chase_db1"], root / "sources", mirror=root / "mirror", folder=root, cache_dir=root, allow_network=False)
-    manifest = {"images": [r.as_dict(root / "sources") for r in recs[:8]]}
-    prepared = prepare_sources(manifest, root / "sources", root / "prepared", size=160, mode="border_centre", fov_threshold=0.1)
+    prepared = prepare_chase(root, chase_dir, 160)
     patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
     corrupt_task(root / "patches", root / "corrupt", task="denoise-g25", spec=SPEC, seed=11, prepared_dir=root / "prepared")
     return root

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import prepare_chase
 
 from medrestore.apply import restore_files
 from medrestore.colour import (
@@ -17,8 +18,6 @@ from medrestore.colour import (
 )
 from medrestore.data.patches import patchify
 from medrestore.data.photometric import PROFILES, recolour
-from medrestore.data.prepare import prepare_sources
-from medrestore.data.sources import gather
 from medrestore.io import read_image, read_mask, write_png_atomic
 from medrestore.pipeline.evaluate_external import evaluate_external
 from medrestore.report.external import external_section
@@ -33,11 +32,7 @@ def chase(tmp_path_factory, chase_dir):
     """8 CHASE_DB1 photographs at 128 px, patchified; a RED-AE for denoise-g25 trained for a few steps
     on their train patches (so its model.json holds their colour statistics)."""
     root = tmp_path_factory.mktemp("external")
-    (root / "mirror").mkdir()
-    (root / "mirror" / "chase_db1").symlink_to(chase_dir)
-    recs = gather(["chase_db1"], root / "sources", mirror=root / "mirror", folder=root, cache_dir=root, allow_network=False)
-    manifest = {"images": [r.as_dict(root / "sources") for r in recs[:8]]}
-    prepared = prepare_sources(manifest, root / "sources", root / "prepared", size=128, mode="border_centre", fov_threshold=0.1)
+    prepared = prepare_chase(root, chase_dir, 128)
     patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
     from medrestore.training import TrainConfig, train_model
 
