@@ -149,6 +149,7 @@ def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
         if not isinstance(methods, dict):
             raise InputError(f"{path}: no 'methods' of an evaluation summary. Fix: rerun the evaluation (`dvc repro evaluate@{task}`).")
         task_out = out.setdefault(task, {})
+        failed = {variant: failed_in_summary(summary, variant) for variant in summary.get("variants") or []}
         for method, variants in methods.items():
             for variant, stats in (variants or {}).items():
                 before = task_out.get(method, {}).get(variant, {})
@@ -156,7 +157,7 @@ def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
                 if "converged" in before:
                     numbers["converged"] = before["converged"]
                 if "failed" in before:
-                    numbers["failed"] = (method in failed_in_summary(summary, variant)) if "kind" in stats else before["failed"]
+                    numbers["failed"] = (method in failed.get(variant, set())) if "kind" in stats else before["failed"]
                 task_out.setdefault(method, {})[variant] = numbers
     return out
 
