@@ -31,7 +31,7 @@ from benchmarks.bench_pipeline import (
     bench_patchify,
     bench_repro,
 )
-from medrestore.io import write_json_atomic, write_text_atomic
+from medrestore.core.io import write_json_atomic, write_text_atomic
 from medrestore.report.markup import md_table
 from medrestore.report.performance import sections
 
@@ -69,9 +69,9 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int, compi
     s) is given the ``size / s`` px reduction, as in its use, and its tiles are ``tile / s`` px.
     ``compile``: also ``torch.compile`` (inductor) of the folded channels-last network, timed after
     its compilation (whose seconds are reported apart: paid once per process and input shape)."""
-    from medrestore.inference import restore_array
+    from medrestore.serving.inference import restore_array
     from medrestore.models import build_model
-    from medrestore.speed import fold_batchnorm
+    from medrestore.serving.bn_folding import fold_batchnorm
 
     mpix = size * size / 1e6
     out = {}
@@ -144,7 +144,7 @@ def bench_metrics(n_images: int, size: int, assets: str | None) -> dict:
     """Images per second of our metric set against calling pyiqa's metrics directly."""
     import pyiqa
 
-    from medrestore.metrics import _metric, all_metrics, asset_path
+    from medrestore.evaluation.metrics import _metric, all_metrics, asset_path
 
     clean = _test_image(size)
     rng = np.random.default_rng(1)
@@ -205,7 +205,7 @@ def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int, workers: i
     PyTorch loop: the reference the engine's overhead is measured against. Returns seconds.
     ``workers``: fetch the batches through a ``DataLoader`` with that many worker processes (the
     engine's loader, same sampler) instead of indexing the patches in the loop."""
-    from medrestore.losses import make_loss
+    from medrestore.training.losses import make_loss
     from medrestore.models import build_model
     from medrestore.training.config import make_optimizer, make_scheduler
     from medrestore.training.data import PairedPatches, StepBatchSampler
@@ -348,7 +348,7 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
     default pipeline's training set) and the median step when batches come through the engine's
     ``DataLoader`` with 0, 1, 2 worker processes (first 3 steps of each run dropped: workers' start)."""
     from medrestore.models import build_model
-    from medrestore.speed import prepare_for_inference
+    from medrestore.serving.bn_folding import prepare_for_inference
     from medrestore.training import TrainConfig
     from medrestore.training.data import PairedPatches, StepBatchSampler
 
@@ -426,7 +426,7 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
     import tempfile
 
     from medrestore.models import build_model, load_model
-    from medrestore.speed import prepare_for_inference
+    from medrestore.serving.bn_folding import prepare_for_inference
     from medrestore.training import TrainConfig, train_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from medrestore.dvclock import lock_stages, output_md5s
+from medrestore.tracking.dvclock import lock_stages, output_md5s
 
 
 # --------------------------------------------------------------------------- data stages

@@ -12,14 +12,14 @@ import json, os, sys, time
 from pathlib import Path
 import numpy as np, yaml, torch
 from scipy import ndimage
-from medrestore.io import read_json, read_image, read_mask
-from medrestore.params import train_settings
+from medrestore.core.io import read_json, read_image, read_mask
+from medrestore.core.params import train_settings
 from medrestore.pipeline.train import train_targets
 from medrestore.data.patches import patchify, load_patches
 from medrestore.data.corrupt import corrupt_task
 from medrestore.training import TrainConfig, train_model
 from medrestore.models import load_model
-from medrestore.inference import restore_array
+from medrestore.serving.inference import restore_array
 
 root = Path(__file__).resolve().parents[1]
 P = yaml.safe_load((root / "params.yaml").read_text())

@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.bench import cpu_model
     from medrestore.data.patches import load_fov, load_patches
-    from medrestore.io import load_params, read_json
-    from medrestore.params import run_entry, train_settings
+    from medrestore.core.io import load_params, read_json
+    from medrestore.core.params import run_entry, train_settings
     from medrestore.pipeline.train import train_targets
     from medrestore.training import TrainConfig, train_model
 

@@ -41,7 +41,7 @@ def _peak_rss_mib() -> float:
 
 def _child(args: argparse.Namespace) -> None:
     from medrestore.data.patches import patchify
-    from medrestore.io import read_json
+    from medrestore.core.io import read_json
 
     result = {"baseline_rss_mib": _peak_rss_mib()}
     if args.stage == "corrupt":
@@ -98,7 +98,7 @@ def _measure(prepared: Path | None, out: Path, args: argparse.Namespace, *, stag
 def _build(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     from medrestore.data.prepare import prepare_sources, safe_name
     from medrestore.data.sources import gather
-    from medrestore.io import write_json_atomic
+    from medrestore.core.io import write_json_atomic
 
     sources = work / "sources"
     records = gather(["chase_db1"], sources, mirror=Path(args.mirror), folder=work, cache_dir=work / "cache", allow_network=False)

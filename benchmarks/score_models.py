@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
 
     from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
-    from medrestore.evaluation import task_scale
-    from medrestore.inference import restore_array
-    from medrestore.io import load_params, read_image, read_json, read_mask
-    from medrestore.metrics import full_reference
+    from medrestore.evaluation.scoring import task_scale
+    from medrestore.serving.inference import restore_array
+    from medrestore.core.io import load_params, read_image, read_json, read_mask
+    from medrestore.evaluation.metrics import full_reference
     from medrestore.models import load_model
 
     ev = load_params("evaluate")

@@ -9,7 +9,7 @@ line. Needs ``dvc repro patchify`` first. Nothing is written to the DVC outputs 
 import json, os, sys, time
 from pathlib import Path
 import numpy as np, yaml
-from medrestore.io import read_json
+from medrestore.core.io import read_json
 from medrestore.pipeline.train_segmenter import train_segmenter_stage, masked_images
 from medrestore.vessels import load_vessel_segmenter, vessel_scores
 

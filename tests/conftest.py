@@ -125,7 +125,7 @@ def retina() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def chase_image(chase_dir) -> np.ndarray:
-    from medrestore.io import read_image
+    from medrestore.core.io import read_image
 
     return read_image(chase_dir / "Image_01L.jpg")
 

@@ -9,8 +9,8 @@ Four CHASE_DB1 photographs prepared as the pipeline prepares them (96 px), degra
   or, with ``all_broken``, the inverted degraded image: below its input as well;
 - ``median``: a classical baseline (3 x 3 median filter).
 
-Every image is scored with the project's own metrics (:func:`medrestore.metrics.full_reference`) and
-summarised by the evaluation's :func:`medrestore.evaluation.summarise`; the trained models' curves
+Every image is scored with the project's own metrics (:func:`medrestore.evaluation.metrics.full_reference`) and
+summarised by the evaluation's :func:`medrestore.evaluation.scoring.summarise`; the trained models' curves
 are flat over 8 validations, so they converged and only the gate can stop them.
 """
 
@@ -27,9 +27,9 @@ from medrestore.data.fov import prepare_arrays
 from medrestore.data.prepare import safe_name
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt
-from medrestore.evaluation import per_image_table, summarise
-from medrestore.io import read_image, write_json_atomic, write_png_atomic
-from medrestore.metrics import full_reference
+from medrestore.evaluation.scoring import per_image_table, summarise
+from medrestore.core.io import read_image, write_json_atomic, write_png_atomic
+from medrestore.evaluation.metrics import full_reference
 
 STEMS = ("Image_01L", "Image_01R", "Image_02L", "Image_02R")
 SIZE = 96

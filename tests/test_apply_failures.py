@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps, ImageSequence
 
-from medrestore.apply import MIN_SIDE, read_native, restore_files
+from medrestore.serving.restore import MIN_SIDE, read_native, restore_files
 from medrestore.cli import main
-from medrestore.io import InputError, read_image
+from medrestore.core.io import InputError, read_image
 from medrestore.models import build_model, save_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -346,7 +346,7 @@ def test_existing_output_is_replaced_only_with_overwrite(tmp_path, identity, cha
 
 # ------------------------------------------------------------------ interrupted, huge, misleading
 def test_interrupt_during_restore_is_a_message_not_a_traceback(tmp_path, identity, chase_image, capsys, monkeypatch):
-    import medrestore.apply as apply
+    import medrestore.serving.restore as apply
 
     Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
 

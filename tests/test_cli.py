@@ -4,7 +4,7 @@ import pytest
 
 from medrestore.cli import main
 from medrestore.degradations import corrupt
-from medrestore.io import read_image, write_png_atomic
+from medrestore.core.io import read_image, write_png_atomic
 from medrestore.models import build_model, save_model
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from medrestore.cli import main
-from medrestore.metrics import all_metrics
+from medrestore.evaluation.metrics import all_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -119,7 +119,7 @@ def test_whole_image_and_fov_psnr_follow_one_rule_on_near_identical_images(tmp_p
 def test_missing_assets_offline_are_a_clear_error_not_a_url_error(tmp_path, crop, monkeypatch, capsys):
     import socket
 
-    from medrestore.metrics import _metric
+    from medrestore.evaluation.metrics import _metric
 
     Image.fromarray(crop).save(tmp_path / "a.png")
     assert main(["metrics", str(tmp_path / "a.png"), "--assets", "/nonexistent", "--json"]) == 2

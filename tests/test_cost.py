@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from medrestore.cost import (
+from medrestore.evaluation.cost import (
     count_parameters,
     flops_per_mpix,
     model_cost,

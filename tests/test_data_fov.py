@@ -17,7 +17,7 @@ def test_fov_of_sample_retina_is_a_central_disc(retina):
 
 
 def test_fov_of_chase_contains_the_manual_vessels(chase_dir):
-    from medrestore.io import read_image
+    from medrestore.core.io import read_image
 
     for stem in ("Image_01L", "Image_05R", "Image_10L"):
         image = read_image(chase_dir / f"{stem}.jpg")

@@ -18,7 +18,7 @@ from medrestore.data.photometric import (
     recolour,
 )
 from medrestore.degradations import corrupt
-from medrestore.io import InputError, read_image, read_mask
+from medrestore.core.io import InputError, read_image, read_mask
 from medrestore.pipeline.train import train_targets
 
 PHOTO = {"p": 1.0, "mean_range": {"red": [110, 210], "green": [50, 120], "blue": [5, 60]}, "gamma_range": [0.8, 1.25]}

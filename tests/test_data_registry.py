@@ -27,7 +27,7 @@ from medrestore.data.sources import (
     gather,
     load_mask,
 )
-from medrestore.io import InputError, read_image, sha256_file
+from medrestore.core.io import InputError, read_image, sha256_file
 
 FUNDUS = {"chase_db1", "drive", "stare", "hrf"}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medrestore.data.sources import DATASETS, gather
-from medrestore.io import InputError, read_image
+from medrestore.core.io import InputError, read_image
 
 
 def test_sample_source_writes_the_scikit_image_fundus(tmp_path, retina):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medrestore import evaluation as E
+from medrestore.evaluation import scoring as E
 from medrestore.data.fov import detect_fov
 from medrestore.degradations import blur_sigma, corrupt, noise_sigma
 

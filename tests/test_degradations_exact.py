@@ -26,7 +26,7 @@ cv2.setUseOptimized(sys.argv[1] == "1")
 import numpy as np
 from medrestore.degradations import corrupt
 from medrestore.data.fov import prepare_arrays
-from medrestore.io import read_image
+from medrestore.core.io import read_image
 specs = json.loads(sys.argv[3])
 image, fov, _ = prepare_arrays(read_image(sys.argv[2]), None, size=256)
 out = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medrestore.io import load_yaml
+from medrestore.core.io import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "benchmarks" / "RESULTS.md"])

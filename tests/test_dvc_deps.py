@@ -38,10 +38,10 @@ def test_an_import_added_without_its_dvc_yaml_entry_fails_and_write_fixes_it(tmp
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
     module = tmp_path / "src" / "medrestore" / "pipeline" / "prepare.py"
-    module.write_text(module.read_text() + "\n\ndef _speed():\n    from medrestore import speed\n\n    return speed\n")
+    module.write_text(module.read_text() + "\n\ndef _folding():\n    from medrestore.serving import bn_folding\n\n    return bn_folding\n")
     spec = stages(tmp_path)["prepare"]
     missing, extra = check("prepare", spec, tmp_path)
-    assert missing == ["src/medrestore/speed.py"] and extra == []
+    assert missing == ["src/medrestore/serving/__init__.py", "src/medrestore/serving/bn_folding.py"] and extra == []
     assert sync(tmp_path) == ["prepare"]
     assert check("prepare", stages(tmp_path)["prepare"], tmp_path) == ([], [])
     assert sync(tmp_path) == []  # in line: nothing to rewrite

@@ -1,4 +1,4 @@
-"""The evaluation's measures and statistics (medrestore.evaluation): test images kept out of training,
+"""The evaluation's measures and statistics (medrestore.evaluation.scoring): test images kept out of training,
 the paired tests, the baselines per task. The stage on a real task: tests/test_pipeline_evaluate.py."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medrestore import evaluation as E
+from medrestore.evaluation import scoring as E
 
 
 def test_test_images_never_in_training_nor_in_the_segmenter_training_set():
@@ -41,7 +41,7 @@ def test_baselines_per_task_and_chain_sigma():
 
 
 def test_per_image_table_has_every_registry_column_and_the_summary_means_and_intervals():
-    from medrestore.metrics import COLUMNS
+    from medrestore.evaluation.metrics import COLUMNS
 
     rows = [{"task": "t", "method": m, "kind": k, "image_id": f"i{i}", "variant": "v", "sigma": 25.0, "scale": 1, "psnr_fov": 30.0 + i + d}
             for m, k, d in (("b", "baseline", 0.0), ("a", "model", 1.0), ("c", "baseline", -1.0)) for i in range(4)]
@@ -68,7 +68,7 @@ def test_bootstrap_intervals_are_scipys_bca_with_a_percentile_fallback():
     where BCa is undefined falls back to the percentile interval instead of NaN."""
     from scipy import stats
 
-    from medrestore.evaluation import bootstrap_ci
+    from medrestore.evaluation.scoring import bootstrap_ci
 
     skewed = np.array([0.10, 0.12, 0.09, 0.30])  # e.g. thin-vessel recall on four test images
     lo, hi = bootstrap_ci(skewed, seed=1)

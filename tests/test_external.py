@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import prepare_chase
 
-from medrestore.apply import restore_files
-from medrestore.colour import (
+from medrestore.serving.restore import restore_files
+from medrestore.serving.colour import (
     CHANNELS,
     allowed_range,
     colour_statistics,
@@ -18,7 +18,7 @@ from medrestore.colour import (
 )
 from medrestore.data.patches import patchify
 from medrestore.data.photometric import PROFILES, recolour
-from medrestore.io import read_image, read_mask, write_png_atomic
+from medrestore.core.io import read_image, read_mask, write_png_atomic
 from medrestore.pipeline.evaluate_external import evaluate_external
 from medrestore.report.external import external_section
 
@@ -106,7 +106,7 @@ def test_the_stage_runs_on_the_pipeline_paths_and_refuses_a_task_it_does_not_lis
     import contextlib
     import shutil
 
-    from medrestore.io import InputError, load_params
+    from medrestore.core.io import InputError, load_params
     from medrestore.pipeline import evaluate_external as stage
 
     params = load_params(path=Path(__file__).resolve().parents[1] / "params.yaml")
@@ -139,8 +139,8 @@ def test_the_report_prints_the_another_camera_table_when_the_stage_ran(chase, tm
 
 
 def test_params_refuse_an_external_task_without_its_variant_or_models():
-    from medrestore.io import InputError, load_params
-    from medrestore.params import validate_params
+    from medrestore.core.io import InputError, load_params
+    from medrestore.core.params import validate_params
 
     params = load_params(path=Path(__file__).resolve().parents[1] / "params.yaml")
     validate_params(params)

@@ -219,7 +219,7 @@ class _Payload:
 
 
 def test_model_folder_with_pickled_weights_is_refused(tmp_path):
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
     from medrestore.models import build_model, load_model, save_model
 
     folder = tmp_path / "model"
@@ -272,7 +272,7 @@ def test_tampered_training_checkpoint_does_not_run_its_payload(tmp_path, tiny_pa
 
 
 def test_tampered_training_checkpoint_error_names_the_file_and_the_fix(tmp_path, tiny_pairs):
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
     from medrestore.training import train_model
 
     cfg, marker, ckpt = _tampered_resume(tmp_path, tiny_pairs)
@@ -380,9 +380,9 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
 
 STOPPABLE = """
 import sys, time
-from medrestore.io import atomic_dir
+from medrestore.core.io import atomic_dir
 from medrestore.pipeline.stage import execute
-from medrestore.tracking import stage_run
+from medrestore.tracking.runs import stage_run
 
 def main(argv):
     with stage_run("prepare", {"size": 1}) as tracker, atomic_dir("artifacts/prepared") as tmp:

@@ -2,7 +2,7 @@
 
 Inputs are random bytes and real files (a CHASE_DB1 crop as PNG, JPEG and TIFF; a zip and a tar
 of real images) with random bytes overwritten, inserted or cut. The only outcomes allowed are a
-correct result or :class:`medrestore.io.InputError` naming the file: never another exception,
+correct result or :class:`medrestore.core.io.InputError` naming the file: never another exception,
 never a file outside the target folder. Each test is bounded (example count, no deadline) so the
 file runs in well under a minute in CI.
 """
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from medrestore.data.fetch import extract_archive
-from medrestore.io import MAX_PIXELS_ENV, InputError, read_image
+from medrestore.core.io import MAX_PIXELS_ENV, InputError, read_image
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

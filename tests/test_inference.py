@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from medrestore.degradations import corrupt, to_float
-from medrestore.inference import restore_array
+from medrestore.serving.inference import restore_array
 from medrestore.models import build_model
 
 
@@ -46,7 +46,7 @@ def _tiny_srresnet(scale=2):
 
 
 def test_super_resolution_tiles_paste_at_scale_and_match_untiled(chase_image):
-    from medrestore.inference import model_scale
+    from medrestore.serving.inference import model_scale
 
     net = _tiny_srresnet(2)
     img = to_float(chase_image[300:370, 400:461])  # odd sizes: tiles at the borders are partial

@@ -13,7 +13,7 @@ import tifffile
 import yaml
 from PIL import Image
 
-from medrestore.io import (
+from medrestore.core.io import (
     MAX_PIXELS_ENV,
     InputError,
     atomic_dir,
@@ -191,7 +191,7 @@ def _huge_png(path, side: int) -> None:
 # Peak memory from VmHWM: getrusage's ru_maxrss carries the parent's (pytest's) peak across fork and exec.
 HUGE_READER = """
 import re, sys
-from medrestore.io import InputError, read_image
+from medrestore.core.io import InputError, read_image
 try:
     read_image(sys.argv[1])
     print("READ")
@@ -291,7 +291,7 @@ def test_params_written_by_dvc_set_param_keep_their_numbers(tmp_path):
     params.yaml read as before."""
     from dvc.utils.hydra import apply_overrides
 
-    from medrestore.io import load_params, load_yaml
+    from medrestore.core.io import load_params, load_yaml
 
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
@@ -305,7 +305,7 @@ def test_params_written_by_dvc_set_param_keep_their_numbers(tmp_path):
 
 
 def test_a_folder_given_as_an_image_is_named_a_folder(tmp_path):
-    from medrestore.io import InputError, read_image
+    from medrestore.core.io import InputError, read_image
 
     with pytest.raises(InputError, match="a folder, not an image file.*Fix:"):
         read_image(tmp_path)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from medrestore.lineage import format_lineage, lineage
+from medrestore.tracking.lineage import format_lineage, lineage
 
 WRITE = (
     "import pathlib, shutil; out = pathlib.Path('out'); out.mkdir(exist_ok=True); "

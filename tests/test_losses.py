@@ -1,6 +1,6 @@
 import torch
 
-from medrestore.losses import channel_weighted_mse, charbonnier, make_loss, mse
+from medrestore.training.losses import channel_weighted_mse, charbonnier, make_loss, mse
 
 
 def test_green_weighted_mse_weights_channels_1_3_2():

@@ -1,5 +1,5 @@
 """The vessel-aware loss terms on a real CHASE_DB1 photograph: the segmenter-feature perceptual loss
-and the thin-vessel weighted vessel-probability loss (medrestore.losses), built on a U-Net segmenter
+and the thin-vessel weighted vessel-probability loss (medrestore.training.losses), built on a U-Net segmenter
 trained here on CHASE_DB1's manual masks."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
-from medrestore.losses import PerceptualLoss, VesselProbabilityLoss, thin_structure
+from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, thin_structure
 from medrestore.training.config import TrainConfig
 from medrestore.training.paired import make_perceptual
 from medrestore.training.segmenter import train_segmenter

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medrestore import losses
-from medrestore.losses import (
+from medrestore.training import losses
+from medrestore.training.losses import (
     PerceptualLoss,
     VGGFeatures,
     WeightsUnavailableError,
@@ -201,7 +201,7 @@ def test_perceptual_vessel_loss_uses_the_saved_segmenter_frozen(tmp_path):
 
 
 def test_make_loss_multiscale_charbonnier_takes_the_pyramid():
-    from medrestore.losses import make_loss
+    from medrestore.training.losses import make_loss
 
     net = LapSRN(scale=4, depth=1)
     lr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from medrestore.degradations import corrupt
-from medrestore.io import read_image
-from medrestore.metrics import (
+from medrestore.core.io import read_image
+from medrestore.evaluation.metrics import (
     COLUMNS,
     FULL,
     FULL_REFERENCE,
@@ -105,7 +105,7 @@ def test_fov_variants_equal_whole_image_without_a_mask_and_ssim_is_pyiqas(chase_
     from pyiqa.archs.func_util import preprocess_rgb
     from pyiqa.archs.ssim_arch import ssim
 
-    from medrestore.metrics import _gaussian_1d
+    from medrestore.evaluation.metrics import _gaussian_1d
 
     g = _gaussian_1d()
     for key, luma, c in (("ssim", True, 1), ("ssim_rgb", False, 3)):
@@ -165,7 +165,7 @@ def test_every_entry_is_well_formed_and_vessel_columns_follow_their_metric():
             assert col.paired == (m.paired and prefix != "indep")  # independent scores: compared in the vessel-aware section
             assert header(col.name) == f"{m.header} ({words})"
     assert header("psnr_fov") == "psnr_fov" and header("ref_auc") == "vessel AUC (vs clean)" and digits("ssim_fov") == 3
-    with pytest.raises(KeyError, match="not in medrestore.metrics.REGISTRY"):
+    with pytest.raises(KeyError, match="not in medrestore.evaluation.metrics.REGISTRY"):
         metric("psnr_typo")
 
 
@@ -188,7 +188,7 @@ def test_psnr_inside_the_fov_eroded_by_3_px_ignores_noise_on_the_fov_rim(chase_d
     from scipy.ndimage import distance_transform_edt
 
     from medrestore.data.fov import detect_fov
-    from medrestore.metrics import FOV_EROSION_PX, eroded_fov
+    from medrestore.evaluation.metrics import FOV_EROSION_PX, eroded_fov
 
     full = read_image(chase_dir / "Image_12R.jpg")
     full_fov = detect_fov(full)

@@ -1,4 +1,4 @@
-"""Trained models as real MLflow models (medrestore.mlflow_model): a pyfunc with signature and input
+"""Trained models as real MLflow models (medrestore.serving.mlflow_model): a pyfunc with signature and input
 example logged in the training run, the champion alias without duplicate versions, and
 ``medrestore restore --model models:/...@champion`` on a CHASE_DB1 photograph."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medrestore.io import InputError, read_image, write_png_atomic
+from medrestore.core.io import InputError, read_image, write_png_atomic
 from medrestore.models import build_model, save_model
 
 
@@ -29,8 +29,8 @@ def _model(folder, seed):
 def _logged(folder, example, stage="train@t-dncnn"):
     import mlflow
 
-    from medrestore.mlflow_model import log_restoration_model
-    from medrestore.tracking import file_md5, stage_run
+    from medrestore.serving.mlflow_model import log_restoration_model
+    from medrestore.tracking.runs import file_md5, stage_run
 
     with stage_run(stage, {"task": "t"}, required=True) as tracker:  # as the training stage logs it
         uri = tracker.call("log_model", log_restoration_model, folder, example)
@@ -43,10 +43,10 @@ def _logged(folder, example, stage="train@t-dncnn"):
 def test_the_pyfunc_restores_a_numpy_image_like_the_pipeline(store, chase_image):
     import mlflow
 
-    from medrestore.inference import restore_array
-    from medrestore.mlflow_model import register_champion
+    from medrestore.serving.inference import restore_array
+    from medrestore.serving.mlflow_model import register_champion
     from medrestore.models import load_model
-    from medrestore.tracking import file_md5
+    from medrestore.tracking.runs import file_md5
 
     folder = _model(store / "m1", 0)
     photo = chase_image[300:428, 400:560]  # a real 128 x 160 window
@@ -69,8 +69,8 @@ def test_the_pyfunc_restores_a_numpy_image_like_the_pipeline(store, chase_image)
 def test_champion_moves_without_duplicate_versions(store, chase_image):
     from mlflow import MlflowClient
 
-    from medrestore.mlflow_model import register_champion
-    from medrestore.tracking import file_md5
+    from medrestore.serving.mlflow_model import register_champion
+    from medrestore.tracking.runs import file_md5
 
     a, b = _model(store / "a", 0), _model(store / "b", 1)
     example = chase_image[300:340, 400:440]
@@ -88,8 +88,8 @@ def test_champion_moves_without_duplicate_versions(store, chase_image):
 
 def test_restore_cli_takes_a_champion_uri(store, chase_image, capsys):
     from medrestore.cli import main
-    from medrestore.mlflow_model import register_champion
-    from medrestore.tracking import file_md5
+    from medrestore.serving.mlflow_model import register_champion
+    from medrestore.tracking.runs import file_md5
 
     folder = _model(store / "m", 0)
     uri, _ = _logged(folder, chase_image[300:340, 400:440])
@@ -103,14 +103,14 @@ def test_restore_cli_takes_a_champion_uri(store, chase_image, capsys):
 
 
 def test_a_missing_model_is_an_input_error(store):
-    from medrestore.mlflow_model import model_folder
+    from medrestore.serving.mlflow_model import model_folder
 
     with pytest.raises(InputError, match="Fix"):
         model_folder("models:/medrestore-none@champion")
 
 
 def test_an_experiment_gets_its_own_alias_never_the_champion(monkeypatch):
-    from medrestore.mlflow_model import CHAMPION, alias_for_run
+    from medrestore.serving.mlflow_model import CHAMPION, alias_for_run
 
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     assert alias_for_run() == CHAMPION == "champion"
@@ -152,8 +152,8 @@ def registry(tmp_path, monkeypatch, empty_registry):
 
 
 def test_a_task_without_a_champion_loses_its_stale_alias_and_says_why(registry):
-    from medrestore.mlflow_model import reason_tag, register_champion, withdraw_champion
-    from medrestore.tracking import file_md5
+    from medrestore.serving.mlflow_model import reason_tag, register_champion, withdraw_champion
+    from medrestore.tracking.runs import file_md5
 
     root, client = registry
     name = "medrestore-t"
@@ -183,7 +183,7 @@ def test_the_report_stage_withdraws_the_champion_of_a_task_without_one(registry)
     alias removed, the reason recorded."""
     import mlflow
 
-    from medrestore.lineage import register_best_models
+    from medrestore.tracking.lineage import register_best_models
 
     root, client = registry
     mlflow.set_experiment("medrestore")  # in this store (an earlier test's experiment may still be the active one)
@@ -197,8 +197,8 @@ def test_restoring_with_a_registered_model_leaves_the_store_as_it_was(store, cha
     import os
 
     from medrestore.cli import main
-    from medrestore.mlflow_model import register_champion
-    from medrestore.tracking import file_md5
+    from medrestore.serving.mlflow_model import register_champion
+    from medrestore.tracking.runs import file_md5
 
     folder = _model(store / "m", 0)
     uri, _ = _logged(folder, chase_image[300:340, 400:440])

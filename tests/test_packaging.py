@@ -71,8 +71,8 @@ def test_a_non_editable_install_restores_an_image(tmp_path, chase_dir):
     from PIL import Image
 
     from medrestore.degradations import corrupt, to_float, to_uint8
-    from medrestore.inference import restore_array
-    from medrestore.io import read_image
+    from medrestore.serving.inference import restore_array
+    from medrestore.core.io import read_image
     from medrestore.models import build_model, save_model
 
     target = tmp_path / "site"

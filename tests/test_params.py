@@ -1,4 +1,4 @@
-"""params.yaml's schema and the merge of a run's settings (medrestore.params)."""
+"""params.yaml's schema and the merge of a run's settings (medrestore.core.params)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medrestore.io import InputError
-from medrestore.params import deep_merge, run_entry, train_settings, validate_params
+from medrestore.core.io import InputError
+from medrestore.core.params import deep_merge, run_entry, train_settings, validate_params
 from medrestore.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,13 +130,13 @@ def test_a_typo_stops_the_stage_before_it_writes_anything(tmp_path, params):
 def test_the_schema_knows_exactly_the_training_settings():
     import dataclasses
 
-    from medrestore.params import TrainSettings
+    from medrestore.core.params import TrainSettings
 
     assert set(TrainSettings.model_fields) == {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "seed"}
 
 
 def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):
-    from medrestore.params import with_runtime
+    from medrestore.core.params import with_runtime
     from medrestore.pipeline.deps import stages
 
     for name, spec in stages().items():
@@ -201,7 +201,7 @@ def test_values_that_make_no_sense_are_refused_before_any_stage_runs(params, edi
 
 # ------------------------------------------------------------------ checked before DVC touches any output
 def test_a_duplicate_key_is_refused_naming_it_and_both_lines(tmp_path, monkeypatch):
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
     from medrestore.pipeline.stage import params as stage_params
 
     text = (REPO / "params.yaml").read_text()

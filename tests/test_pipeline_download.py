@@ -7,7 +7,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from medrestore.io import InputError
+from medrestore.core.io import InputError
 from medrestore.pipeline.download import check_folder_names
 
 

@@ -129,7 +129,7 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
     html = (work / "reports" / "index.html").read_text()
     for method in ("nlmeans", "median", "degraded", "clean", "bicubic", "clahe"):
         assert f"| {method} |" in md and f"<td>{method}</td>" in html
-    from medrestore.gates import failed_in_summary
+    from medrestore.evaluation.gates import failed_in_summary
     from medrestore.report.policy import label
 
     for method in ("dncnn", "dncnn-blind", "redae", "dncnn-srgan", "lapsrn", "cyclegan-fc"):  # trained: marked when not converged or below its input
@@ -147,7 +147,7 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
     claims = json.loads((work / "reports" / "claims.json").read_text())
     assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {"reproduced", "not reproduced", "failed", "not converged", "not run"}
     assert "## Paper claims" in md and "## Best methods" in md and "denoise-g25: convergence" in md
-    from medrestore.targets import TARGETS
+    from medrestore.report.targets import TARGETS
 
     targets = json.loads((work / "reports" / "targets.json").read_text())
     assert "## Quality targets" in md and [t["target"] for t in targets] == [t.target for t in TARGETS]

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from medrestore.cost import count_parameters
+from medrestore.evaluation.cost import count_parameters
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt, to_float, upsample_bicubic
-from medrestore.io import InputError, read_image, write_json_atomic, write_png_atomic
-from medrestore.metrics import (
+from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
+from medrestore.evaluation.metrics import (
     COLUMNS,
     FULL_REFERENCE,
     LOWER_IS_BETTER,

@@ -10,13 +10,13 @@ import pytest
 from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 from medrestore import vessels as V
-from medrestore.io import InputError
+from medrestore.core.io import InputError
 from medrestore.pipeline.train_segmenter import resolve_binarize_rule, train_segmenter_stage
 
 
 def _prepared_dir(chase_dir, root, stems, size=128, masks=True):
     """A prepared folder as the prepare stage writes it (manifest + PNGs; two observers' masks)."""
-    from medrestore.io import write_json_atomic, write_png_atomic
+    from medrestore.core.io import write_json_atomic, write_png_atomic
 
     entries = []
     for stem in stems:

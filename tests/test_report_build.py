@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import yaml
 
-from medrestore.io import write_json_atomic, write_png_atomic
+from medrestore.core.io import write_json_atomic, write_png_atomic
 from medrestore.report.build import build_report
 
 

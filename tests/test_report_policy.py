@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medrestore.io import write_json_atomic
+from medrestore.core.io import write_json_atomic
 from medrestore.report.policy import (
     banner,
     best_by,
@@ -134,7 +134,7 @@ def test_a_falling_curve_and_an_unconverged_start_are_not_convergence(tmp_path):
     assert not cyc["run_converged"] and not cyc["converged"] and cyc["why"] == "validation PSNR ended 2.00 dB below its best"
 
 
-# The sanity gate (medrestore.gates): a trained model below its degraded input failed there. The
+# The sanity gate (medrestore.evaluation.gates): a trained model below its degraded input failed there. The
 # evaluation is built from real CHASE_DB1 photographs, degraded, "restored" by a red checkerboard
 # (cyclegan-fc) and scored with the project's own metrics (tests/gates_data.py).
 
@@ -150,7 +150,7 @@ def broken(tmp_path, chase_dir):
 def test_a_checkerboard_below_its_input_is_failed_in_the_summary_and_the_table(broken):
     from gates_data import BROKEN, VARIANT
 
-    from medrestore.gates import failed_in_summary, failed_in_table
+    from medrestore.evaluation.gates import failed_in_summary, failed_in_table
 
     _, table, summary = broken
     scores = {m: v[VARIANT]["psnr_fov"]["mean"] for m, v in summary["methods"].items()}
@@ -159,7 +159,7 @@ def test_a_checkerboard_below_its_input_is_failed_in_the_summary_and_the_table(b
 
 
 def test_the_failed_rule_is_a_strict_comparison_with_the_input():
-    from medrestore.gates import failed_models
+    from medrestore.evaluation.gates import failed_models
 
     assert failed_models({"a": 14.9, "b": 15.0, "c": 15.1}, 15.0) == {"a"}  # equal to the input is no failure
     assert failed_models({"a": 1.0}, None) == set()  # no input row: nothing to judge against
@@ -218,7 +218,7 @@ def test_a_baseline_below_its_input_is_never_best(chase_dir):
     real CHASE_DB1 images, so it is marked and never best, whatever its kind."""
     from gates_data import BROKEN, VARIANT, evaluation
 
-    from medrestore.evaluation import summarise
+    from medrestore.evaluation.scoring import summarise
     from medrestore.report.policy import best_by
     from medrestore.report.tables import task_table
 

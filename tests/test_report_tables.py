@@ -1,7 +1,7 @@
 """The report's tables (medrestore.report.tables): columns, titles, decimals and the direction of "best"
 come from the metric registry."""
 
-from medrestore.metrics import LOWER_IS_BETTER, TABLE_IMAGE
+from medrestore.evaluation.metrics import LOWER_IS_BETTER, TABLE_IMAGE
 from medrestore.report.tables import paired_rows, table_metrics, task_table
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medrestore.evaluation import summarise
+from medrestore.evaluation.scoring import summarise
 from medrestore.report.vessel_aware import PSNR_BUDGET_DB, compare, sweep_figure, table_rows, vessel_groups
 
 TRAIN = {
@@ -64,7 +64,7 @@ def test_table_rows_show_the_input_baselines_the_plain_model_and_the_variants():
     table["sigma"], table["scale"] = 25.0, 1
     summary = {"task": "g", "methods": {}, "variants": ["s25"]}
     # summarise needs every registry column: fill the ones this table lacks
-    from medrestore.metrics import COLUMNS
+    from medrestore.evaluation.metrics import COLUMNS
 
     for col in COLUMNS:
         if col not in table:

@@ -3,7 +3,7 @@
 import torch
 
 from medrestore.models import build_model
-from medrestore.speed import fold_batchnorm, prepare_for_inference
+from medrestore.serving.bn_folding import fold_batchnorm, prepare_for_inference
 
 
 def _trained_bn(name, retina):

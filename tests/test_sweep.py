@@ -1,4 +1,4 @@
-"""medrestore.sweep: the vessel-term weight sweep collected from real DVC experiments (a small
+"""medrestore.experiments.sweep: the vessel-term weight sweep collected from real DVC experiments (a small
 repository whose one stage writes a metrics.json shaped like reports/metrics.json)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medrestore.io import InputError
-from medrestore.sweep import collect, write_sweep
+from medrestore.core.io import InputError
+from medrestore.experiments.sweep import collect, write_sweep
 
 VESSEL = {
     "t-m-vfeat": {"task": "t", "model": "m", "method": "m-vfeat", "base": "t-m",

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from medrestore.models import BASELINES, MODELS
-from medrestore.targets import BEST, TARGETS, Target, best_model, check_target, check_targets, targets_rows
+from medrestore.report.targets import BEST, TARGETS, Target, best_model, check_target, check_targets, targets_rows
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -318,8 +318,8 @@ def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tra
     # store), the version and its champion alias in PostgreSQL.
     script = (
         "from pathlib import Path\n"
-        "from medrestore.tracking import stage_run\n"
-        "from medrestore.lineage import register_best_models\n"
+        "from medrestore.tracking.runs import stage_run\n"
+        "from medrestore.tracking.lineage import register_best_models\n"
         "with stage_run('report', {}, required=True) as t:\n"
         f"    done = register_best_models({{'{TASK}': {{'model': '{MODEL}', 'metric': 'mean psnr', 'value': 1.0}}}}, Path('artifacts/models'))\n"
         "print(done)\n"

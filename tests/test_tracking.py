@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medrestore.tracking import HTTP_DEFAULTS, flatten, stage_run, tracking_uri
+from medrestore.tracking.runs import HTTP_DEFAULTS, flatten, stage_run, tracking_uri
 
 
 def test_default_store_is_sqlite_at_dvc_root(monkeypatch, tmp_path):
@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 
 def _client_env(uri: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # the defaults of tracking.py apply
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # the defaults of tracking/runs.py apply
     env["MLFLOW_TRACKING_URI"] = uri
     return env
 
@@ -90,7 +90,7 @@ def mlflow_server(tmp_path_factory):
 
 CLIENT = """
 import sys, time, pathlib
-from medrestore.tracking import stage_run
+from medrestore.tracking.runs import stage_run
 d, required = pathlib.Path(sys.argv[1]), sys.argv[2] == "1"
 with stage_run(f"evaluate@fault{int(required)}", {"required": required}, required=required) as t:
     t.log_metrics({"before_kill": 1.0})
@@ -165,7 +165,7 @@ def test_server_down_from_the_start_is_reported_or_fails_without_hanging(tmp_pat
 WRITER = """
 import sys, time, pathlib
 import mlflow
-from medrestore.tracking import stage_run
+from medrestore.tracking.runs import stage_run
 d, i = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 (d / f"ready-{i}").touch()
 while not (d / "go").exists():
@@ -213,7 +213,7 @@ def test_a_run_left_running_by_a_killed_stage_is_ended_at_the_next_start(tmp_pat
 
     from mlflow import MlflowClient
 
-    from medrestore.tracking import EXPERIMENT, stage_run
+    from medrestore.tracking.runs import EXPERIMENT, stage_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)

@@ -119,7 +119,7 @@ def test_metrics_say_whether_the_run_converged_by_its_own_curve(tmp_path, fundus
 def test_fine_tuning_starts_from_the_named_model_and_refuses_another_network(tmp_path, fundus_pairs):
     import torch
 
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
     from medrestore.models import build_model, load_model
     from medrestore.training.engine import start_from
 
@@ -172,7 +172,7 @@ def test_fov_loss_counts_only_the_pixels_inside_the_fov(chase_image):
 
 
 def test_fov_loss_without_masks_names_the_fix(tmp_path, fundus_pairs):
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
 
     with pytest.raises(InputError, match=r"fov_loss needs the patches' FOV masks.*Fix: rerun the patchify stage"):
         _train(tmp_path, fundus_pairs, "nomask", fov_loss=True)

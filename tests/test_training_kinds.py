@@ -15,7 +15,7 @@ from conftest import cut_patches, noisy_copies
 
 from medrestore.degradations import corrupt, sr_pair
 from medrestore.models import BASELINES, MODELS, load_model
-from medrestore.params import train_settings
+from medrestore.core.params import train_settings
 from medrestore.training import (
     NonFiniteLossError,
     RestorationModule,
@@ -82,7 +82,7 @@ def test_registry_has_every_model_and_baseline_of_the_five_papers():
         "lapsrn": "sr", "srresnet": "sr", "srgan": "sr", "cyclegan-fc": "enhance", "cyclegan": "enhance"}
     assert MODELS["cyclegan-fc"].options["cycle"] == "feature" and MODELS["cyclegan"].options["cycle"] == "image"
     assert {n: f.task for n, f in BASELINES.items()} == {"median": "denoise", "nlmeans": "denoise", "bm3d": "denoise", "bicubic": "sr", "clahe": "enhance"}
-    from medrestore.claims import PAPERS
+    from medrestore.report.claims import PAPERS
 
     assert all(s.paper and any(label in s.paper for label in PAPERS) for s in MODELS.values())
 
@@ -113,7 +113,7 @@ def test_super_resolution_trains_on_small_inputs_and_saves_its_scale(tmp_path, s
 
 
 def test_a_denoiser_refuses_a_super_resolution_task(tmp_path, sr_data):
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
 
     (tr_hr, tr_lr), (va_hr, va_lr) = sr_data
     with pytest.raises(InputError, match="cannot upscale"):

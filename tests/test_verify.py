@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medrestore.report.tables import HEADLINE
-from medrestore.verify import IDENTICAL, OUTSIDE, WITHIN, main, verify
+from medrestore.experiments.verify import IDENTICAL, OUTSIDE, WITHIN, main, verify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_small_moves_are_within_large_ones_outside_and_changes_fail(workspace, c
 
 
 def test_a_revision_without_the_report_is_a_clear_error(workspace):
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
 
     root, published = workspace
     _rerun(root, published)
@@ -101,7 +101,7 @@ def test_the_command_line_runs_it(workspace, monkeypatch, capsys):
 
 def test_a_fresh_clone_where_nothing_ran_is_refused_not_identical(workspace, monkeypatch, capsys):
     from medrestore.cli import main as cli
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
 
     root, published = workspace  # reports/metrics.json is the committed one, artifacts/eval is absent
     with pytest.raises(InputError, match="nothing to compare.*make repro"):

@@ -11,7 +11,7 @@ import torch
 from vessels_data import one_torch_thread, small_training_set  # noqa: F401  (one_torch_thread: autouse fixture)
 
 from medrestore import vessels as V
-from medrestore.io import InputError
+from medrestore.core.io import InputError
 from medrestore.models.unet import UNet
 from medrestore.training.segmenter import train_segmenter
 

@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt
-from medrestore.io import read_image
+from medrestore.core.io import read_image
 from medrestore.vessels import segment_frangi
 
 

@@ -118,7 +118,7 @@ def requeue_command(root: Path, entry) -> tuple[list[str], str | None]:
     """The ``dvc exp run --queue`` arguments that queue ``entry`` again, and why it cannot be done
     automatically (None when it can)."""
     changed = {p for p in _git(root, "diff", "--name-only", entry.baseline_rev, entry.stash_rev).stdout.split() if not _ignored(p)}
-    from medrestore.io import (
+    from medrestore.core.io import (
         load_yaml,  # numbers read as DVC writes them (1e-05 is a float)
     )
 

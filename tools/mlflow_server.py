@@ -8,7 +8,7 @@ the database, rather than many processes on one SQLite file.
 
 ``start`` serves the repository's ``mlflow.db`` on 127.0.0.1 (artifacts proxied into ``mlartifacts/``),
 waits until it answers, and records ``{"uri", "pid"}`` in ``.mlflow/server.json``. Every stage finds
-it there (:func:`medrestore.tracking.tracking_uri`), queued experiments included: they run in copies
+it there (:func:`medrestore.tracking.runs.tracking_uri`), queued experiments included: they run in copies
 under ``.dvc/tmp/exps`` and read the record from ``DVC_ROOT``, the repository itself. With no server
 running the stages log to ``mlflow.db`` directly, as before.
 """

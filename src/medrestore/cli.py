@@ -51,7 +51,7 @@ def _is_grey(image) -> bool:
 
 def _check_metric_inputs(args, image, reference, fov) -> None:
     """Refuse, before any metric runs, the inputs whose numbers would be errors or nonsense."""
-    from medrestore.io import InputError
+    from medrestore.core.io import InputError
 
     h, w = image.shape[:2]
     if min(h, w) < METRICS_MIN_SIDE:
@@ -83,7 +83,7 @@ def _check_metric_inputs(args, image, reference, fov) -> None:
 
 
 def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]:
-    """medrestore.metrics.no_reference, one metric at a time (the same calls): a metric that is
+    """medrestore.evaluation.metrics.no_reference, one metric at a time (the same calls): a metric that is
     not defined for this image (too small, constant, NaN) is None with the reason, the others still count."""
     import math
     import os
@@ -91,7 +91,7 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
     import numpy as np
     import torch
 
-    from medrestore.metrics import _metric, _tensor
+    from medrestore.evaluation.metrics import _metric, _tensor
 
     h, w = image.shape[:2]
     flat = bool((image == image.reshape(-1, *image.shape[2:])[0]).all())
@@ -108,8 +108,8 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
             try:
                 fn = _metric(name, assets)
             except OSError as exc:  # urllib's URLError: pyiqa downloads a parameter file it finds nowhere
-                from medrestore.io import InputError
-                from medrestore.metrics import ASSET_FILES
+                from medrestore.core.io import InputError
+                from medrestore.evaluation.metrics import ASSET_FILES
 
                 file = ASSET_FILES.get(name, "its parameter file")
                 raise InputError(
@@ -135,8 +135,8 @@ def _cmd_metrics(args) -> int:
     import math
     import warnings
 
-    from medrestore.io import InputError, read_image, read_mask
-    from medrestore.metrics import full_reference
+    from medrestore.core.io import InputError, read_image, read_mask
+    from medrestore.evaluation.metrics import full_reference
 
     if args.assets is not None and not Path(args.assets).is_dir():
         raise InputError(f"--assets {args.assets}: no such folder. Fix: pass the folder holding pyiqa's niqe_modelparameters.mat and "
@@ -176,7 +176,7 @@ def _cmd_metrics(args) -> int:
 
 
 def _cmd_restore(args) -> int:
-    from medrestore.apply import restore_files
+    from medrestore.serving.restore import restore_files
 
     device = "cpu" if args.cpu else None
     written, errors = restore_files(
@@ -190,7 +190,7 @@ def _cmd_restore(args) -> int:
 
 
 def _cmd_lineage(args) -> int:
-    from medrestore.lineage import format_lineage, lineage
+    from medrestore.tracking.lineage import format_lineage, lineage
 
     rec = lineage(args.path)
     print(json.dumps(rec, indent=2, sort_keys=True) if args.json else format_lineage(rec))
@@ -198,15 +198,15 @@ def _cmd_lineage(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from medrestore.verify import main as verify_main
+    from medrestore.experiments.verify import main as verify_main
 
     return verify_main([*(["--committed", args.committed] if args.committed else []), *(["--all"] if args.all else []),
                         *(["--json"] if args.json else [])])
 
 
 def _cmd_check_params(args) -> int:
-    from medrestore.io import load_params
-    from medrestore.params import validate_params
+    from medrestore.core.io import load_params
+    from medrestore.core.params import validate_params
 
     validate_params(load_params(path=args.params), args.params)
     print(f"{args.params}: valid")
@@ -214,10 +214,10 @@ def _cmd_check_params(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from medrestore.sweep import write_sweep
+    from medrestore.experiments.sweep import write_sweep
 
     if args.merge and args.replace:
-        from medrestore.io import InputError
+        from medrestore.core.io import InputError
 
         raise InputError("--merge and --replace: one or the other. Fix: --merge keeps the points already in --out, --replace drops them.")
     result = write_sweep(args.out, args.params, revs=args.rev, merge=args.merge, replace=args.replace)
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: medrestore {args.cmd} stopped; files already finished are complete, none is half-written.", file=sys.stderr)
         return 130
     except Exception as exc:
-        from medrestore.io import InputError
+        from medrestore.core.io import InputError
 
         if isinstance(exc, InputError):
             print(f"error: {exc}", file=sys.stderr)

@@ -61,7 +61,7 @@ from medrestore.data.patches import npy_writer, read_rows
 from medrestore.data.photometric import augment_patch, check_photometric
 from medrestore.data.prepare import safe_name
 from medrestore.degradations import corrupt, spec_scale, stable_id
-from medrestore.io import (
+from medrestore.core.io import (
     InputError,
     _json_default,
     atomic_path,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from medrestore.io import InputError, atomic_dir, sha256_file
+from medrestore.core.io import InputError, atomic_dir, sha256_file
 
 MAX_EXTRACT_BYTES = 8 << 30
 MAX_EXTRACT_FILES = 100_000

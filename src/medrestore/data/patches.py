@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medrestore.data.prepare import safe_name
-from medrestore.io import (
+from medrestore.core.io import (
     InputError,
     atomic_path,
     read_image,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medrestore.io import InputError
+from medrestore.core.io import InputError
 
 CHANNELS = ("red", "green", "blue")
 GAIN_LIMITS = (0.2, 8.0)  # augmentation

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medrestore.data.fov import MODES, detect_fov, prepare_arrays, to_grey_rgb
 from medrestore.data.sources import load_mask
-from medrestore.io import InputError, read_image, write_json_atomic, write_png_atomic
+from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
 
 MIN_SOURCE_SIDE = 32
 

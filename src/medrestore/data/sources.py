@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from medrestore.data.fetch import download, extract_archive
-from medrestore.io import (
+from medrestore.core.io import (
     InputError,
     list_images,
     read_image,

@@ -30,7 +30,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medrestore.io import InputError, atomic_path, write_json_atomic
+from medrestore.core.io import InputError, atomic_path, write_json_atomic
 from medrestore.models.cdae import CDAE
 from medrestore.models.classical import (
     bicubic,

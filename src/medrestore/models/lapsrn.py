@@ -18,7 +18,7 @@ Architecture (Lai et al., CVPR 2017), one pyramid level per x2:
 
 ``scale`` 2 / 4 / 8 gives 1 / 2 / 3 levels; ``forward`` returns the finest output and
 ``forward_pyramid`` every level's output, coarse to fine (x2 then x4 for ``scale=4``), for the
-multi-level Charbonnier loss (``medrestore.losses.multiscale_charbonnier``).
+multi-level Charbonnier loss (``medrestore.training.losses.multiscale_charbonnier``).
 
 Options beyond the 2017 paper, both asked for by Krenz2018:
 

@@ -26,7 +26,7 @@ Deviations:
   (default 6, so a 96x96 input is exactly Ledig's) comes first, so any input size of at least 16
   pixels works; the dense layers are then 1x1-equivalent linear layers on a fixed-size vector.
 * ``forward`` returns the probability (sigmoid) as the paper; ``logits`` returns the value before
-  the sigmoid, which ``medrestore.losses.adversarial_bce`` prefers for numerical stability.
+  the sigmoid, which ``medrestore.training.losses.adversarial_bce`` prefers for numerical stability.
 * Hayee2017 says "BN and ReLU" in the residual blocks; Ledig uses PReLU. ``act="prelu"`` (default,
   Ledig) or ``act="relu"`` (Hayee2017's wording).
 * ``skip="bicubic"`` (not in Ledig or Hayee2017; off by default): the network's output is added to the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medrestore.data.corrupt import corrupt_task
-from medrestore.io import InputError, atomic_dir
+from medrestore.core.io import InputError, atomic_dir
 from medrestore.pipeline.paths import PATCHES, PREPARED, corrupt_dir
 from medrestore.pipeline.stage import arg, params, run
 

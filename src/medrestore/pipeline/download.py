@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medrestore.data.sources import gather
-from medrestore.io import InputError, atomic_dir, list_images, repo_path, write_json_atomic
+from medrestore.core.io import InputError, atomic_dir, list_images, repo_path, write_json_atomic
 from medrestore.pipeline.paths import SOURCES
 from medrestore.pipeline.stage import params, run
 

@@ -3,7 +3,7 @@
 Writes artifacts/eval/TASK/{per_image.csv,summary.json,restored/} (byte-identical on rerun) and
 cost.json beside them (machine-dependent timings; declared a metric with `cache: false`). What is
 measured and how it is summarised (floor, baselines, vessels, statistics, cost) is in
-:mod:`medrestore.evaluation`; this module reads the stage's inputs and writes its outputs."""
+:mod:`medrestore.evaluation.scoring`; this module reads the stage's inputs and writes its outputs."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrestore.cost import model_cost
+from medrestore.evaluation.cost import model_cost
 from medrestore.data.prepare import safe_name
 from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
-from medrestore.evaluation import (
+from medrestore.evaluation.scoring import (
     assert_test_unseen,
     baseline_function,
     baselines_for,
@@ -36,8 +36,8 @@ from medrestore.evaluation import (
     summarise,
     task_scale,
 )
-from medrestore.inference import model_scale, restore_array
-from medrestore.io import (
+from medrestore.serving.inference import model_scale, restore_array
+from medrestore.core.io import (
     InputError,
     atomic_dir,
     read_image,
@@ -51,7 +51,7 @@ from medrestore.io import (
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, SCORER, SEGMENTER, corrupt_dir, eval_dir
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.tracking import tag_outputs
+from medrestore.tracking.runs import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
 

@@ -1,5 +1,5 @@
 """evaluate_external TASK: the task's trained models and classical baselines on images from other
-cameras than the training set's (:mod:`medrestore.external`), at one test corruption.
+cameras than the training set's (:mod:`medrestore.evaluation.external`), at one test corruption.
 
 Writes artifacts/evaluate_external/TASK/{per_image.csv,summary.json}, byte-identical on rerun (no
 timings, no restored images)."""
@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from medrestore.degradations import corrupt, to_float, to_uint8
-from medrestore.evaluation import (
+from medrestore.evaluation.scoring import (
     baseline_function,
     baselines_for,
     case_sigma,
     run_baseline,
 )
-from medrestore.external import (
+from medrestore.evaluation.external import (
     METRICS,
     NOISE_WORD,
     external_cases,
@@ -26,12 +26,12 @@ from medrestore.external import (
     seed_words,
     summarise_external,
 )
-from medrestore.inference import model_scale, restore_array
-from medrestore.io import InputError, atomic_dir, write_json_atomic, write_text_atomic
+from medrestore.serving.inference import model_scale, restore_array
+from medrestore.core.io import InputError, atomic_dir, write_json_atomic, write_text_atomic
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, external_dir
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.tracking import tag_outputs
+from medrestore.tracking.runs import tag_outputs
 
 COLUMNS = ("task", "method", "kind", "image_id", "source", "profile", "sigma", *METRICS)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medrestore.data.patches import patchify
-from medrestore.io import atomic_dir, read_json
+from medrestore.core.io import atomic_dir, read_json
 from medrestore.pipeline.paths import PATCHES, PREPARED
 from medrestore.pipeline.stage import params, run
 

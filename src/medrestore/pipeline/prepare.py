@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medrestore.data.prepare import prepare_sources
-from medrestore.io import atomic_dir, read_json
+from medrestore.core.io import atomic_dir, read_json
 from medrestore.pipeline.paths import PREPARED, SOURCES
 from medrestore.pipeline.stage import params, run
 

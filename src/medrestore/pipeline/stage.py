@@ -8,9 +8,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from medrestore.io import InputError, load_params
-from medrestore.params import validate_params
-from medrestore.tracking import Tracker, stage_run
+from medrestore.core.io import InputError, load_params
+from medrestore.core.params import validate_params
+from medrestore.tracking.runs import Tracker, stage_run
 
 
 #: Said after every params error of a stage: DVC has removed the stage's outputs before running it.
@@ -20,7 +20,7 @@ CHECKOUT_FIX = ("DVC removed this stage's previous outputs before running it: af
 
 
 def params() -> dict:
-    """params.yaml, checked against its schema (:mod:`medrestore.params`) before the stage reads it."""
+    """params.yaml, checked against its schema (:mod:`medrestore.core.params`) before the stage reads it."""
     try:
         return dict(validate_params(load_params()))
     except InputError as exc:

@@ -2,7 +2,7 @@
 (the network starts from the weights of the trained model named by ``init``), train one of train.vessel
 (a run of train.runs again with a vessel term from the train_segmenter stage's U-Net in its loss), or train one of train.chains
 (Hayee2017's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
-network; saved as one model in artifacts/models/TASK/METHOD). The settings: :func:`medrestore.params.train_settings`.
+network; saved as one model in artifacts/models/TASK/METHOD). The settings: :func:`medrestore.core.params.train_settings`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from medrestore.data.patches import load_fov, load_patches
-from medrestore.io import atomic_dir, read_json
-from medrestore.params import run_entry, train_settings, with_runtime
+from medrestore.core.io import atomic_dir, read_json
+from medrestore.core.params import run_entry, train_settings, with_runtime
 from medrestore.pipeline.paths import (
     MODELS,
     PATCHES,
@@ -25,8 +25,8 @@ from medrestore.pipeline.paths import (
     model_dir,
 )
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.mlflow_model import log_restoration_model
-from medrestore.tracking import file_md5, tag_outputs
+from medrestore.serving.mlflow_model import log_restoration_model
+from medrestore.tracking.runs import file_md5, tag_outputs
 from medrestore.training import TrainConfig, train_model
 from medrestore.training.chain import assemble_chain, chain_pairs
 

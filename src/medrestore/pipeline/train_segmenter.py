@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import save_file
 
-from medrestore.io import (
+from medrestore.core.io import (
     InputError,
     atomic_dir,
     atomic_path,
@@ -28,7 +28,7 @@ from medrestore.io import (
 )
 from medrestore.pipeline.paths import PATCHES, PREPARED, SCORER, SEGMENTER
 from medrestore.pipeline.stage import params, run
-from medrestore.tracking import tag_outputs
+from medrestore.tracking.runs import tag_outputs
 from medrestore.training.segmenter import train_segmenter
 from medrestore.vessels import (
     FRANGI_NAME,

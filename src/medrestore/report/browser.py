@@ -8,7 +8,7 @@ import html
 import json
 from pathlib import Path
 
-from medrestore.io import write_bytes_atomic
+from medrestore.core.io import write_bytes_atomic
 
 _CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {

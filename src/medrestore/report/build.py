@@ -8,10 +8,10 @@ import base64
 import html
 from pathlib import Path
 
-from medrestore.claims import RULE, check_claims, claims_rows
-from medrestore.dvclock import lock_stages
-from medrestore.gates import failed_in_summary
-from medrestore.io import (
+from medrestore.report.claims import RULE, check_claims, claims_rows
+from medrestore.tracking.dvclock import lock_stages
+from medrestore.evaluation.gates import failed_in_summary
+from medrestore.core.io import (
     read_json,
     write_bytes_atomic,
     write_json_atomic,
@@ -47,8 +47,8 @@ from medrestore.report.text import (
     segmenter_section,
 )
 from medrestore.report.vessel_aware import vessel_section
-from medrestore.targets import RULE as TARGET_RULE
-from medrestore.targets import check_targets, targets_rows
+from medrestore.report.targets import RULE as TARGET_RULE
+from medrestore.report.targets import check_targets, targets_rows
 
 
 def build_report(

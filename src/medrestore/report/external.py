@@ -1,5 +1,5 @@
 """The report's "Another camera" section: each task's models and baselines on photographs from
-other cameras than the training set's (the evaluate_external stage, :mod:`medrestore.external`),
+other cameras than the training set's (the evaluate_external stage, :mod:`medrestore.evaluation.external`),
 one table per task: PSNR and SSIM in the FOV, mean and 95 % interval over the images, for all images,
 the recoloured test images and the sample photograph."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from medrestore.io import read_json
+from medrestore.core.io import read_json
 from medrestore.report.markup import html_table, md_table
 from medrestore.report.policy import eligible, label
 from medrestore.report.tables import KIND_ORDER, _fmt

@@ -1,9 +1,9 @@
 """The report's policy: which trained models converged (:func:`task_convergence`), and which method
 may be called best. A model that did not converge, or that failed on a test corruption (scored below
-its degraded input there: :mod:`medrestore.gates`), is marked wherever it appears and is never called
-best there; "best" is judged on :data:`medrestore.metrics.BEST_BY` (PSNR inside the field of view).
+its degraded input there: :mod:`medrestore.evaluation.gates`), is marked wherever it appears and is never called
+best there; "best" is judged on :data:`medrestore.evaluation.metrics.BEST_BY` (PSNR inside the field of view).
 A task's champion (:func:`best_models`) is a converged trained model that failed on none of its test
-corruptions; a task without one gets none (:data:`~medrestore.gates.NO_CHAMPION`)."""
+corruptions; a task without one gets none (:data:`~medrestore.evaluation.gates.NO_CHAMPION`)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.gates import FAILED, NO_CHAMPION, below_input_in_summary, failed_in_summary
-from medrestore.io import read_json
-from medrestore.metrics import BEST_BY
+from medrestore.evaluation.gates import FAILED, NO_CHAMPION, below_input_in_summary, failed_in_summary
+from medrestore.core.io import read_json
+from medrestore.evaluation.metrics import BEST_BY
 
 NOT_CONVERGED = "not converged"
 
 
 def label(method: str, converged: dict[str, dict] | None, failed: Collection[str] = ()) -> str:
     """A method's name in a table: trained models that did not converge say so in every row, and
-    those in ``failed`` (:func:`medrestore.gates.failed_in_summary`) say that they scored below their input."""
+    those in ``failed`` (:func:`medrestore.evaluation.gates.failed_in_summary`) say that they scored below their input."""
     verdict = (converged or {}).get(method)
     marks = [NOT_CONVERGED] if verdict is not None and not verdict["converged"] else []
     marks += [FAILED] if method in failed else []
@@ -97,7 +97,7 @@ def task_convergence(models_root: Path | None, task: str, train: dict | None = N
 
 def eligible(method: str, kind: str, converged: dict[str, dict] | None, failed: Collection[str] = ()) -> bool:
     """Whether a method may be called best: baselines and converged trained models that are not in
-    ``failed`` (below their input on this test corruption: :func:`medrestore.gates.below_input_in_summary`)."""
+    ``failed`` (below their input on this test corruption: :func:`medrestore.evaluation.gates.below_input_in_summary`)."""
     if kind == "baseline":
         return method not in failed
     verdict = (converged or {}).get(method)
@@ -153,7 +153,7 @@ def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
 def best_models(eval_root: Path, tasks: list[str], metric: str = BEST_BY, models_root: Path | None = None, train: dict | None = None) -> dict[str, dict]:
     """Per task, its champion: the converged trained model with the highest mean ``metric`` over the
     test corruptions, among those that failed on none of them (below the degraded input's
-    :data:`~medrestore.metrics.BEST_BY`: :mod:`medrestore.gates`). ``models_root`` holds the curves,
+    :data:`~medrestore.evaluation.metrics.BEST_BY`: :mod:`medrestore.evaluation.gates`). ``models_root`` holds the curves,
     ``train`` the params that say which models start from which (:func:`task_convergence`). A task
     with no such model is left out: it gets no champion (:func:`champion_lines` says why)."""
     best: dict[str, dict] = {}

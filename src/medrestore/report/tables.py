@@ -1,23 +1,23 @@
 """The report's tables as (header, rows) of strings: per task and test corruption, the lineage, the
 convergence verdicts, the costs, the paired tests and the best methods; and the headline numbers
 of ``reports/metrics.json``. Columns, titles, decimals and directions come from the metric registry
-(:data:`medrestore.metrics.REGISTRY`)."""
+(:data:`medrestore.evaluation.metrics.REGISTRY`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from medrestore.gates import below_input_in_summary, failed_in_summary
-from medrestore.io import read_json
-from medrestore.metrics import (
+from medrestore.evaluation.gates import below_input_in_summary, failed_in_summary
+from medrestore.core.io import read_json
+from medrestore.evaluation.metrics import (
     LOWER_IS_BETTER,
     METRICS,
     TABLE_IMAGE,
     TABLE_VESSEL,
     digits,
 )
-from medrestore.metrics import header as column_title
+from medrestore.evaluation.metrics import header as column_title
 from medrestore.report.policy import best_by, best_on_vessels, eligible, label
 
 KIND_ORDER = {"reference": 0, "input": 1, "baseline": 2, "model": 3}
@@ -59,7 +59,7 @@ def sample_size(stats: dict) -> str:
 def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """Rows of one task/variant table, best value per column marked with ``**`` (among baselines and
     converged models: a model that did not converge, or failed here (below its input:
-    :mod:`medrestore.gates`), is marked in its row and never called best)."""
+    :mod:`medrestore.evaluation.gates`), is marked in its row and never called best)."""
     methods = sorted_methods(summary, variant)
     failed = below_input_in_summary(summary, variant)  # trained models (failed) and baselines below their input
     best: dict[str, str] = {}
@@ -161,7 +161,7 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
 #: reports/metrics.json: per method and test variant, these summary columns under these names (the
 #: vessel scores against the manual masks where the dataset has them, else against the clean image's
 #: segmentation), plus ``converged`` and ``failed`` (below the degraded input on that test corruption:
-#: :mod:`medrestore.gates`) for trained models.
+#: :mod:`medrestore.evaluation.gates`) for trained models.
 HEADLINE = {
     "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_fov_e3": ("psnr_fov_e3",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
     "niqe": ("niqe",), "brisque": ("brisque",),

@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from medrestore.io import read_json
+from medrestore.core.io import read_json
 
 
 def _trained(models_root: Path | None, task: str, model: str) -> str:

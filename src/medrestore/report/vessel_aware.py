@@ -1,7 +1,7 @@
 """The report's vessel-aware section: each model of ``train.vessel`` (a run of ``train.runs`` trained
 again with a vessel term in its loss) against its plain twin, image by image; the vessel overlays of
 both in one zoom window; and the weight sweep (``reports/vessel_sweep.json``, collected from DVC
-experiments by :mod:`medrestore.sweep`).
+experiments by :mod:`medrestore.experiments.sweep`).
 
 Vessels here are judged by the independent segmenter (``indep_`` columns: another seed, the second
 observer's masks), never by the segmenter inside the loss alone: a loss built on one network can
@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation import interval, subjects_of
-from medrestore.io import read_json
+from medrestore.evaluation.scoring import interval, subjects_of
+from medrestore.core.io import read_json
 from medrestore.report.figures import _fig_png, vessel_figure
-from medrestore.gates import failed_in_summary
+from medrestore.evaluation.gates import failed_in_summary
 from medrestore.report.policy import label
 
 #: The PSNR a vessel term may cost and still count as free (dB, inside the FOV).
@@ -56,7 +56,7 @@ def vessel_groups(train: dict) -> dict[tuple[str, str], list[dict]]:
 
 def _paired(table: pd.DataFrame, variant: str, a: str, b: str, column: str, seed: int) -> dict | None:
     """Mean of a - b over the test subjects both have, with its 95% bootstrap interval over subjects
-    (:func:`medrestore.evaluation.interval`) and the numbers of images and subjects."""
+    (:func:`medrestore.evaluation.scoring.interval`) and the numbers of images and subjects."""
     rows = table[table["variant"] == variant]
     left = rows[rows["method"] == a].set_index("image_id")
     x, y = left[column].align(rows[rows["method"] == b].set_index("image_id")[column], join="inner")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrestore.io import InputError, read_json
+from medrestore.core.io import InputError, read_json
 from medrestore.models import load_model, save_model
 from medrestore.models.chain import Chain, Downscale
 

@@ -72,7 +72,7 @@ class TrainConfig:
         """The config of ``params``; an unknown key is an error (a typo would otherwise train with a default)."""
         unknown = sorted(set(params) - set(cls.__dataclass_fields__))
         if unknown:
-            from medrestore.io import InputError
+            from medrestore.core.io import InputError
 
             raise InputError(f"training settings: unknown key(s) {', '.join(unknown)}. Fix: correct the spelling "
                              f"(the keys are TrainConfig's fields: {', '.join(cls.__dataclass_fields__)}).")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from medrestore.io import InputError
+from medrestore.core.io import InputError
 
 
 def _to_tensor(a: np.ndarray) -> torch.Tensor:

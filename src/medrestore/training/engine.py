@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medrestore.colour import colour_statistics
-from medrestore.io import InputError, write_json_atomic, write_text_atomic
+from medrestore.serving.colour import colour_statistics
+from medrestore.core.io import InputError, write_json_atomic, write_text_atomic
 from medrestore.models import MODELS, count_parameters, save_model
 from medrestore.training.callbacks import (
     AtomicCheckpoint,

@@ -17,7 +17,7 @@ import itertools
 
 import torch
 
-from medrestore.losses import (
+from medrestore.training.losses import (
     adversarial_bce,
     adversarial_lsgan,
     cycle_consistency,

@@ -14,7 +14,7 @@ import pytorch_lightning as L
 import numpy as np
 import torch
 
-from medrestore.losses import PerceptualLoss, VesselProbabilityLoss, make_loss
+from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, make_loss
 from medrestore.models import build_model
 from medrestore.training.callbacks import non_finite_error, on_curve
 from medrestore.training.config import TrainConfig, make_optimizer, make_scheduler
@@ -40,8 +40,8 @@ def inside_fov(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
 
 
 #: The keys of ``cfg.perceptual`` per backbone (``weight`` multiplies the term). ``vessel``: the frozen
-#: vessel segmenter's features (:class:`~medrestore.losses.VesselFeatures`); ``vessel_prob``: its
-#: probability map, thin vessels weighted (:class:`~medrestore.losses.VesselProbabilityLoss`).
+#: vessel segmenter's features (:class:`~medrestore.training.losses.VesselFeatures`); ``vessel_prob``: its
+#: probability map, thin vessels weighted (:class:`~medrestore.training.losses.VesselProbabilityLoss`).
 PERCEPTUAL_KEYS = {
     "vgg19": {"backbone", "weight", "layers", "criterion", "scale"},
     "vgg16": {"backbone", "weight", "layers", "criterion", "scale"},

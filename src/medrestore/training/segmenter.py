@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medrestore.losses import bce_dice_loss
+from medrestore.training.losses import bce_dice_loss
 from medrestore.models.unet import UNet
 from medrestore.training.config import cosine_factor
 from medrestore.training.engine import make_trainer, seed_run
@@ -76,7 +76,7 @@ class _PatchBatches(Dataset):
 
 
 class SegmenterModule(L.LightningModule):
-    """The U-Net ``net`` trained on BCE + soft Dice over the FOV (:func:`~medrestore.losses.bce_dice_loss`),
+    """The U-Net ``net`` trained on BCE + soft Dice over the FOV (:func:`~medrestore.training.losses.bce_dice_loss`),
     Adam at ``lr`` with a cosine decay to ``lr_min`` over ``steps``; keeps every step's loss."""
 
     def __init__(self, net: UNet, lr: float, lr_min: float, steps: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrestore.io import InputError
+from medrestore.core.io import InputError
 from medrestore.models import save_model
 from medrestore.models.unet import UNet
 from medrestore.vessels.frangi import (

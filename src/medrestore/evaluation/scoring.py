@@ -1,5 +1,5 @@
 """What the evaluate stage measures and how it summarises it: every test image restored by every
-method and scored (the metrics of :data:`medrestore.metrics.REGISTRY`), then statistics over the
+method and scored (the metrics of :data:`medrestore.evaluation.metrics.REGISTRY`), then statistics over the
 images. The stage itself, which reads the folders and writes the outputs, is
 :mod:`medrestore.pipeline.evaluate`.
 
@@ -54,8 +54,8 @@ import numpy as np
 import pandas as pd
 
 from medrestore.degradations import noise_sigma, spec_scale, upsample_bicubic
-from medrestore.io import InputError
-from medrestore.metrics import (
+from medrestore.core.io import InputError
+from medrestore.evaluation.metrics import (
     BEST_BY,
     COLUMNS,
     LOWER_IS_BETTER,
@@ -222,7 +222,7 @@ def paired_test(model_values: np.ndarray, baseline_values: np.ndarray, seed: int
 
 
 def paired_tests(table: pd.DataFrame, seed: int) -> dict[str, Any]:
-    """Every model against the best baseline (highest mean :data:`~medrestore.metrics.BEST_BY`,
+    """Every model against the best baseline (highest mean :data:`~medrestore.evaluation.metrics.BEST_BY`,
     ``psnr_fov``) per test variant, on every paired metric of the registry, over subjects."""
     out: dict[str, Any] = {}
     for variant, grp in table.groupby("variant", sort=True):

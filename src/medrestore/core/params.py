@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medrestore.io import InputError
+from medrestore.core.io import InputError
 
 PROFILES_DOC = "quick | standard | paper"
 
@@ -245,7 +245,7 @@ class Evaluate(_Strict):
 
 
 class EvaluateExternal(_Strict):
-    """The evaluation on images from other cameras than the training set's (medrestore.external)."""
+    """The evaluation on images from other cameras than the training set's (medrestore.evaluation.external)."""
 
     tasks: list[str]                      # one evaluate_external@TASK stage each
     variant: str                          # the task's test corruption (corrupt.tasks.TASK.test.VARIANT)

@@ -7,7 +7,7 @@ a rerun elsewhere moves the trained models' numbers a little. For every number o
 - ``identical``: this run's value is the committed one (to the 6 decimals stored);
 - ``within``: it differs, but the committed value lies inside this run's 95 % bootstrap interval over
   the test subjects (``artifacts/eval/TASK/summary.json``, the column the report took the number from:
-  the intervals of :func:`medrestore.evaluation.interval`, the report's own);
+  the intervals of :func:`medrestore.evaluation.scoring.interval`, the report's own);
 - ``outside``: the committed value is outside that interval, or the number (or its interval) is
   missing here, or a verdict (``converged``, ``failed``) changed, or its task was not evaluated in
   this checkout (no ``artifacts/eval/TASK/summary.json``).
@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from medrestore.io import InputError, read_json
+from medrestore.core.io import InputError, read_json
 from medrestore.report.tables import HEADLINE
 
 IDENTICAL, WITHIN, OUTSIDE = "identical", "within", "outside"
@@ -134,9 +134,9 @@ def verify(root: Path, committed: str = "HEAD", metrics: Path | None = None, eva
 def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
     """``ours`` with every number of an evaluated task recomputed from its ``summary.json``
     (:func:`medrestore.report.tables.headline_numbers`); ``failed`` recomputed from it too
-    (:func:`medrestore.gates.failed_in_summary`, where the summary says each method's kind);
+    (:func:`medrestore.evaluation.gates.failed_in_summary`, where the summary says each method's kind);
     ``converged`` kept from ``ours``."""
-    from medrestore.gates import failed_in_summary
+    from medrestore.evaluation.gates import failed_in_summary
     from medrestore.report.tables import headline_numbers
 
     out = {task: {m: {v: dict(n) for v, n in vs.items()} for m, vs in methods.items()} for task, methods in ours.items()}
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="list the identical numbers too")
     ap.add_argument("--json", action="store_true", help="the rows as JSON")
     args = ap.parse_args(argv)
-    from medrestore.io import workspace_root
+    from medrestore.core.io import workspace_root
 
     rows, source = verify(args.root or workspace_root(), args.committed)
     if args.json:

@@ -98,7 +98,7 @@ def restore_array(
 
     ``tile`` and ``overlap`` are in input pixels. On out-of-memory the tile is halved (see the
     module docstring); a warning names the tile size that worked. ``optimise``: batch-norm folded
-    into the convolutions and channels-last layout (:mod:`medrestore.speed`; measured by ``make bench``).
+    into the convolutions and channels-last layout (:mod:`medrestore.serving.bn_folding`; measured by ``make bench``).
     ``precision``: ``float32``, or ``bf16`` (``torch.autocast`` to bfloat16: 1.7-2.9x faster on a CPU
     with bf16 matrix units, output within 56-61 dB of float32's, measured by ``make bench``; slower
     where the CPU lacks them: check with ``python -m benchmarks.bench --only precision``).
@@ -107,7 +107,7 @@ def restore_array(
         raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     model = model.to(device).eval()
     if optimise:
-        from medrestore.speed import prepare_for_inference
+        from medrestore.serving.bn_folding import prepare_for_inference
 
         model = prepare_for_inference(model)
     h, w, c = image.shape

@@ -34,7 +34,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
 
 
 def prepare_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
-    """The model as ``medrestore.inference`` runs it: eval mode, BN folded, channels-last."""
+    """The model as ``medrestore.serving.inference`` runs it: eval mode, BN folded, channels-last."""
     model = model.eval()
     if fold_bn:
         model, _ = fold_batchnorm(model)

@@ -8,9 +8,9 @@ that ``>= margin`` always means "reached"). The verdict comes from the per-image
 (``per_image.csv``), never from text:
 
 - ``met`` / ``missed``: the mean difference is at least / below the margin (its 95% bootstrap
-  interval over the test subjects, :func:`medrestore.evaluation.interval`, is shown beside it);
+  interval over the test subjects, :func:`medrestore.evaluation.scoring.interval`, is shown beside it);
 - ``failed``: a trained model of the target scores below its degraded input on the target's test
-  corruption (:mod:`medrestore.gates`); :data:`BEST` never stands for such a model;
+  corruption (:mod:`medrestore.evaluation.gates`); :data:`BEST` never stands for such a model;
 - ``not converged``: a trained model of the target did not converge, so its number is the training
   budget's and the target is neither met nor missed by the method; the row says how far it trained;
 - ``not run``: a method of the target is not in this run.
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from medrestore.claims import per_image_scores, per_image_tables, sample_size
-from medrestore.evaluation import image_subjects, interval
-from medrestore.gates import FAILED, NO_CHAMPION, failed_in_table
-from medrestore.io import read_json
-from medrestore.metrics import BEST_BY, LOWER_IS_BETTER
+from medrestore.report.claims import per_image_scores, per_image_tables, sample_size
+from medrestore.evaluation.scoring import image_subjects, interval
+from medrestore.evaluation.gates import FAILED, NO_CHAMPION, failed_in_table
+from medrestore.core.io import read_json
+from medrestore.evaluation.metrics import BEST_BY, LOWER_IS_BETTER
 
-#: Stands for the task's trained model with the highest mean :data:`~medrestore.metrics.BEST_BY`
+#: Stands for the task's trained model with the highest mean :data:`~medrestore.evaluation.metrics.BEST_BY`
 #: (PSNR inside the FOV) on the target's test corruption, among converged models above their input only.
 BEST = "best converged model"
 

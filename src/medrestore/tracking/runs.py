@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medrestore.io import repo_root
+from medrestore.core.io import repo_root
 
 EXPERIMENT = "medrestore"
 HTTP_DEFAULTS = {
@@ -243,7 +243,7 @@ def end_abandoned_runs(stage: str, current: str | None = None) -> list[str]:
     machine) is gone, i.e. a stage killed with ``kill -9``; returns their ids."""
     from mlflow import MlflowClient
 
-    from medrestore.io import _pid_alive
+    from medrestore.core.io import _pid_alive
 
     client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT)

@@ -2,7 +2,7 @@
 
 Every training stage logs its model in its own MLflow run (:func:`log_restoration_model`): the model
 folder (``model.safetensors`` + ``model.json``) as the pyfunc's artifact, the pyfunc as code
-(:mod:`medrestore.mlflow_pyfunc`, MLflow's "models from code": nothing is pickled), medrestore's
+(:mod:`medrestore.serving.mlflow_pyfunc`, MLflow's "models from code": nothing is pickled), medrestore's
 source as its code path, a signature (an H x W x 3 uint8 image in, the restored uint8 image out, any size) and a real
 input example (a validation patch of the task). So any MLflow tool can use it::
 
@@ -152,15 +152,15 @@ def model_folder(uri: str, dest: Path | None = None) -> Path:
     Always copied into ``dest`` (default: a temporary folder removed at exit), never read in place:
     MLflow writes a ``registered_model_meta`` file into the folder it returns, which for a local
     artifact store would be the store itself. HTTP retries are bounded as in the stages
-    (:func:`medrestore.tracking.configure_http`): a tracking server that is down is given up in seconds."""
+    (:func:`medrestore.tracking.runs.configure_http`): a tracking server that is down is given up in seconds."""
     import atexit
     import shutil
     import tempfile
 
     import mlflow
 
-    from medrestore.io import InputError
-    from medrestore.tracking import configure_http, tracking_uri
+    from medrestore.core.io import InputError
+    from medrestore.tracking.runs import configure_http, tracking_uri
 
     configure_http()
     mlflow.set_tracking_uri(tracking_uri())

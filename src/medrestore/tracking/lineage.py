@@ -19,9 +19,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from medrestore.dvclock import find_stage, read_lock
-from medrestore.io import InputError
-from medrestore.tracking import EXPERIMENT, file_md5, tracking_uri
+from medrestore.tracking.dvclock import find_stage, read_lock
+from medrestore.core.io import InputError
+from medrestore.tracking.runs import EXPERIMENT, file_md5, tracking_uri
 
 
 def git_recording_commit(root: Path, md5: str) -> dict | None:
@@ -45,7 +45,7 @@ def mlflow_run(stage: str, rel: str, md5: str | None, uri: str | None = None) ->
         import mlflow
         from mlflow import MlflowClient
 
-        from medrestore.tracking import configure_http
+        from medrestore.tracking.runs import configure_http
 
         configure_http()  # a tracking server that is down: seconds, not minutes
         client = MlflowClient(tracking_uri=uri or tracking_uri())
@@ -106,7 +106,7 @@ def dir_manifest(root: Path, dir_md5: str) -> dict[str, str] | None:
 
 def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) -> dict[str, Any]:
     """The full chain for one file inside the repository (a model, a metrics file, a report)."""
-    from medrestore.io import workspace_root
+    from medrestore.core.io import workspace_root
 
     root = Path(root or workspace_root()).resolve()
     path = Path(path)
@@ -184,12 +184,12 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     experiment its own alias ``exp-<name>``: an experiment never replaces the published champion).
     A task of ``tasks`` absent from ``best`` has no converged model that beats its degraded input: it
     gets no champion, a stale alias is removed and the registered model's tag says why
-    (:func:`medrestore.mlflow_model.withdraw_champion`).
+    (:func:`medrestore.serving.mlflow_model.withdraw_champion`).
 
     ``best`` maps task -> {"model": name, "metric": name, "value": float}. The registered source is
-    the MLflow pyfunc its training run logged (tag ``model_uri``; :mod:`medrestore.mlflow_model`), so
+    the MLflow pyfunc its training run logged (tag ``model_uri``; :mod:`medrestore.serving.mlflow_model`), so
     the version hangs off the training run; a new version is made only when no version holds
-    weights of the same md5 (:func:`medrestore.mlflow_model.register_champion`), with the lineage as
+    weights of the same md5 (:func:`medrestore.serving.mlflow_model.register_champion`), with the lineage as
     tags: DVC stage, the md5 of every input, a digest of the params, the commit that recorded them
     and the training run's id. Returns task -> "name/version"; failures are counted by ``tracker``
     and never stop the report.
@@ -197,9 +197,9 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     import mlflow
     from mlflow import MlflowClient
 
-    from medrestore.gates import NO_CHAMPION
-    from medrestore.mlflow_model import alias_for_run, register_champion, withdraw_champion
-    from medrestore.tracking import repo_lock
+    from medrestore.evaluation.gates import NO_CHAMPION
+    from medrestore.serving.mlflow_model import alias_for_run, register_champion, withdraw_champion
+    from medrestore.tracking.runs import repo_lock
 
     root = Path(root or Path.cwd())
     done: dict[str, str] = {}

@@ -1,6 +1,6 @@
 """Apply a trained model to one's own images: ``medrestore restore``.
 
-Images of any size are restored tile by tile (``medrestore.inference``), on the GPU when there is
+Images of any size are restored tile by tile (``medrestore.serving.inference``), on the GPU when there is
 one. The output keeps the input's format and bit depth (8- or 16-bit PNG/TIFF, JPEG at quality 95)
 and its alpha channel. The whole image is restored (``fov="none"``, the default), as the evaluation
 restores the test images, so that what the report measures is what a user gets. ``fov="auto"``
@@ -25,8 +25,8 @@ from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from torch import nn
 
 from medrestore.data.fov import detect_fov
-from medrestore.inference import model_scale, restore_array
-from medrestore.io import InputError, open_image, workspace_root, write_bytes_atomic
+from medrestore.serving.inference import model_scale, restore_array
+from medrestore.core.io import InputError, open_image, workspace_root, write_bytes_atomic
 from medrestore.models import MODELS, load_model
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
@@ -43,11 +43,11 @@ ORIENTATION = 0x0112
 def resolve_model(spec: str, root: Path | None = None) -> Path:
     """A model folder from a path (folder or ``model.safetensors``), ``TASK/MODEL``, ``MODEL`` or an
     MLflow model URI (``models:/medrestore-denoise-g25@champion``, ``models:/NAME/VERSION``,
-    ``runs:/RUN/model``: downloaded from the tracking store, :func:`medrestore.mlflow_model.model_folder`).
+    ``runs:/RUN/model``: downloaded from the tracking store, :func:`medrestore.serving.mlflow_model.model_folder`).
 
     Names are looked up under ``artifacts/models`` of the repository."""
     if spec.startswith(("models:/", "runs:/")):
-        from medrestore.mlflow_model import model_folder
+        from medrestore.serving.mlflow_model import model_folder
 
         return model_folder(spec)
     path = Path(spec)
@@ -149,7 +149,7 @@ def read_native(path: Path) -> NativeImage:
 
 def _tiff_pages(path: Path):
     """tifffile's first page of a TIFF (read from its header only), or None for anything else."""
-    from medrestore.io import _is_tiff
+    from medrestore.core.io import _is_tiff
 
     if not _is_tiff(path):
         return None
@@ -171,9 +171,9 @@ def _tiff_sample_kind(path: Path) -> str | None:
 
 
 def _check_header(path: Path) -> None:
-    """Refuse an image above the pixel limit (:func:`medrestore.io.max_pixels`) from its header,
+    """Refuse an image above the pixel limit (:func:`medrestore.core.io.max_pixels`) from its header,
     before any decoder (OpenCV's included) allocates its pixels."""
-    from medrestore.io import check_pixel_limit
+    from medrestore.core.io import check_pixel_limit
 
     try:
         with open_image(path):
@@ -517,7 +517,7 @@ def plan_outputs(inputs: list[str], out_dir: Path, log=print, *, overwrite: bool
 
 def check_tiling(tile, overlap) -> None:
     """Refuse tile and overlap values tiling cannot use (before any image is restored)."""
-    from medrestore.inference import MIN_TILE
+    from medrestore.serving.inference import MIN_TILE
 
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE:
         raise InputError(f"--tile {tile}: tiles must be at least {MIN_TILE} px on a side. Fix: pass e.g. --tile 512 (the default).")
@@ -542,11 +542,11 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 
 def input_colour_warnings(img: NativeImage, colour: dict | None, path: Path) -> list[str]:
-    """:func:`medrestore.colour.colour_warnings` of an RGB input (its FOV detected) against the
+    """:func:`medrestore.serving.colour.colour_warnings` of an RGB input (its FOV detected) against the
     model's training colour range (``model.json``'s ``colour``)."""
     if not colour or img.pixels.shape[2] != 3:
         return []
-    from medrestore.colour import colour_warnings
+    from medrestore.serving.colour import colour_warnings
 
     step = max(1, max(img.pixels.shape[:2]) // 512)  # channel means of a large photograph: every step-th pixel suffices
     rgb = np.round(np.clip(img.pixels[::step, ::step], 0, 1) * 255).astype(np.uint8)
@@ -576,7 +576,7 @@ def restore_files(
     input, no existing file replaced unless ``overwrite``), tile and overlap, and the model."""
     from tqdm.auto import tqdm
 
-    from medrestore.inference import PRECISIONS
+    from medrestore.serving.inference import PRECISIONS
 
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}. Fix: use one of {', '.join(PRECISIONS)}.")

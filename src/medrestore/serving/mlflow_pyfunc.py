@@ -1,6 +1,6 @@
 """The MLflow pyfunc of a restoration model, logged as code ("models from code": no pickle is
 written or read; the weights are safetensors). MLflow runs this file when it loads the model;
-medrestore imports it nowhere. See :mod:`medrestore.mlflow_model`."""
+medrestore imports it nowhere. See :mod:`medrestore.serving.mlflow_model`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-ARTIFACT = "model_dir"  # medrestore.mlflow_model.ARTIFACT
-TILE, OVERLAP = 512, 32  # medrestore.mlflow_model.TILE, OVERLAP
+ARTIFACT = "model_dir"  # medrestore.serving.mlflow_model.ARTIFACT
+TILE, OVERLAP = 512, 32  # medrestore.serving.mlflow_model.TILE, OVERLAP
 
 
 class RestorationModel(PythonModel):
@@ -25,7 +25,7 @@ class RestorationModel(PythonModel):
         self.model, self.meta = load_model(Path(context.artifacts[ARTIFACT]))
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        from medrestore.inference import restore_array
+        from medrestore.serving.inference import restore_array
 
         arr = np.asarray(model_input)
         if arr.ndim != 3 or arr.shape[2] != 3:

@@ -1,6 +1,6 @@
 """The one reader of ``dvc.lock``: what each stage of the last ``dvc repro`` ran with and wrote.
 
-Used by the lineage of a file (:mod:`medrestore.lineage`), the report's lineage tables
+Used by the lineage of a file (:mod:`medrestore.tracking.lineage`), the report's lineage tables
 (:mod:`medrestore.report`) and the benchmark's comparison of two runs (``benchmarks/bench.py``)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from medrestore.io import InputError, load_yaml
+from medrestore.core.io import InputError, load_yaml
 
 
 def read_lock(path: Path, *, required: bool = False) -> dict:

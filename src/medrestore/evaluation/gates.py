@@ -1,6 +1,6 @@
 """The sanity gate on trained models: a restoration that scores below its own input has failed.
 
-A trained model whose mean :data:`~medrestore.metrics.BEST_BY` (PSNR inside the FOV) over the test
+A trained model whose mean :data:`~medrestore.evaluation.metrics.BEST_BY` (PSNR inside the FOV) over the test
 images of one test corruption is below that of the degraded input (the evaluation's row
 :data:`INPUT`) is **failed** on that corruption: leaving the image alone would have done better. A
 failed model is never called best, never becomes a task's champion, its claims on that corruption
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from medrestore.metrics import BEST_BY
+from medrestore.evaluation.metrics import BEST_BY
 
 #: The evaluation's row for the degraded test images: the floor every restoration must clear.
 INPUT = "degraded"

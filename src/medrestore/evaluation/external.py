@@ -18,7 +18,7 @@ Each clean image is degraded once by the task's test corruption with the seed wo
 ``[seed, stable_id("external"), NOISE_WORD, image]``: every task sees the same noisy inputs. The
 scores (:func:`score`) are PSNR and SSIM over the FOV against the clean (recoloured) image;
 :func:`summarise_external` gives, per method and source group (``all``, ``recoloured``, ``sample``),
-the mean and a 95 % bootstrap interval over images (:func:`medrestore.evaluation.bootstrap_ci`).
+the mean and a 95 % bootstrap interval over images (:func:`medrestore.evaluation.scoring.bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import numpy as np
 from medrestore.data.fov import prepare_arrays, to_grey_rgb
 from medrestore.data.photometric import PROFILES, recolour
 from medrestore.degradations import stable_id
-from medrestore.evaluation import bootstrap_ci
-from medrestore.io import InputError, read_image, read_json, read_mask
+from medrestore.evaluation.scoring import bootstrap_ci
+from medrestore.core.io import InputError, read_image, read_json, read_mask
 
 EXTERNAL_WORD = 1  # the recolouring of test image i: [seed, stable_id("external"), EXTERNAL_WORD, i]
 NOISE_WORD = 2  # the corruption of external image i: [seed, stable_id("external"), NOISE_WORD, i]
@@ -85,8 +85,8 @@ def external_cases(patches_dir: Path, *, seed: int, profiles: list[str], gamma_r
 
 
 def score(restored: np.ndarray, clean: np.ndarray, fov: np.ndarray) -> dict[str, float]:
-    """:data:`METRICS` of a restoration against its clean image (:func:`medrestore.metrics.full_reference`)."""
-    from medrestore.metrics import full_reference
+    """:data:`METRICS` of a restoration against its clean image (:func:`medrestore.evaluation.metrics.full_reference`)."""
+    from medrestore.evaluation.metrics import full_reference
 
     values = full_reference(restored, clean, fov)
     return {k: float(values[k]) for k in METRICS}

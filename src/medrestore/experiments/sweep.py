@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medrestore.io import InputError, load_yaml, write_json_atomic
+from medrestore.core.io import InputError, load_yaml, write_json_atomic
 
 #: The headline metrics of reports/metrics.json each point keeps.
 POINT_METRICS = ("psnr_fov", "thin_kept", "invented", "thin_kept_indep", "invented_indep")

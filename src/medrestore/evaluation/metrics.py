@@ -135,7 +135,7 @@ def metric(name: str) -> Metric:
     try:
         return METRICS[name]
     except KeyError:
-        raise KeyError(f"metric {name!r} is not in medrestore.metrics.REGISTRY. Fix: add an entry there.") from None
+        raise KeyError(f"metric {name!r} is not in medrestore.evaluation.metrics.REGISTRY. Fix: add an entry there.") from None
 
 
 def header(name: str) -> str:

@@ -6,11 +6,11 @@ verdict comes from the per-image scores of the evaluation (``per_image.csv``), n
 
 - ``not run``: a method of the claim is not in this run's evaluation;
 - ``failed``: a trained model of the claim scores below its degraded input on the claim's test
-  corruption (:mod:`medrestore.gates`): it restored nothing, so it says nothing about its method;
+  corruption (:mod:`medrestore.evaluation.gates`): it restored nothing, so it says nothing about its method;
 - ``not converged``: a trained model of the claim did not converge (:mod:`medrestore.training.convergence`):
   its number says nothing about the paper's method;
 - ``reproduced``: the mean difference is in the claimed direction and its 95% bootstrap interval
-  over the test subjects (:func:`medrestore.evaluation.interval`: both eyes of one person resampled
+  over the test subjects (:func:`medrestore.evaluation.scoring.interval`: both eyes of one person resampled
   together) excludes zero;
 - ``not reproduced``: otherwise.
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation import image_subjects, interval
-from medrestore.gates import FAILED, failed_in_table
-from medrestore.metrics import LOWER_IS_BETTER
+from medrestore.evaluation.scoring import image_subjects, interval
+from medrestore.evaluation.gates import FAILED, failed_in_table
+from medrestore.evaluation.metrics import LOWER_IS_BETTER
 
 #: label -> (authors, year, title, seed file)
 PAPERS = {
