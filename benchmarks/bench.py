@@ -283,7 +283,8 @@ def bench_training(models: list[str], steps: int, batch: int, patch: int, repeat
     bare loop to take ``min_seconds``."""
     import tempfile
 
-    from medrestore.training import TrainConfig, train_model
+    from medrestore.training.config import TrainConfig
+    from medrestore.training.engine import train_model
 
     clean, noisy = _noisy_patches(512, patch)
     vclean, vnoisy = clean[:32], noisy[:32]
@@ -349,7 +350,7 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
     ``DataLoader`` with 0, 1, 2 worker processes (first 3 steps of each run dropped: workers' start)."""
     from medrestore.models import build_model
     from medrestore.serving.bn_folding import prepare_for_inference
-    from medrestore.training import TrainConfig
+    from medrestore.training.config import TrainConfig
     from medrestore.training.data import PairedPatches, StepBatchSampler
 
     before = torch.get_num_threads()
@@ -427,7 +428,8 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
 
     from medrestore.models import build_model, load_model
     from medrestore.serving.bn_folding import prepare_for_inference
-    from medrestore.training import TrainConfig, train_model
+    from medrestore.training.config import TrainConfig
+    from medrestore.training.engine import train_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     mpix = size * size / 1e6

@@ -17,7 +17,8 @@ from medrestore.core.params import train_settings
 from medrestore.pipeline.train import train_targets
 from medrestore.data.patches import patchify, load_patches
 from medrestore.data.corrupt import corrupt_task
-from medrestore.training import TrainConfig, train_model
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
 from medrestore.models import load_model
 from medrestore.serving.inference import restore_array
 

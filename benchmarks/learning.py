@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     from medrestore.core.io import load_params, read_json
     from medrestore.core.params import run_entry, train_settings
     from medrestore.pipeline.train import train_targets
-    from medrestore.training import TrainConfig, train_model
+    from medrestore.training.config import TrainConfig
+    from medrestore.training.engine import train_model
 
     params = load_params()
     train = params["train"]

@@ -96,7 +96,8 @@ def _measure(prepared: Path | None, out: Path, args: argparse.Namespace, *, stag
 
 
 def _build(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
-    from medrestore.data.prepare import prepare_sources, safe_name
+    from medrestore.data.names import safe_name
+    from medrestore.data.prepare import prepare_sources
     from medrestore.data.sources import gather
     from medrestore.core.io import write_json_atomic
 

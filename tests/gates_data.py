@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage
 
 from medrestore.data.fov import prepare_arrays
-from medrestore.data.prepare import safe_name
+from medrestore.data.names import safe_name
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt
 from medrestore.evaluation.scoring import per_image_table, summarise

@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from medrestore.pipeline.deps import REPO, check, closure, stages, sync
+from medrestore.pipeline.deps import REPO, check, closure, code_deps, covers, script_of, stages, sync
 
 
 @pytest.mark.parametrize("stage", sorted(stages()))
@@ -45,3 +45,41 @@ def test_an_import_added_without_its_dvc_yaml_entry_fails_and_write_fixes_it(tmp
     assert sync(tmp_path) == ["prepare"]
     assert check("prepare", stages(tmp_path)["prepare"], tmp_path) == ([], [])
     assert sync(tmp_path) == []  # in line: nothing to rewrite
+
+
+def _closure_and_deps(stage: str) -> tuple[set[str], list[str]]:
+    spec = stages()[stage]
+    files = {f.relative_to(REPO).as_posix() for f in closure(REPO / script_of(spec))}
+    return files, code_deps(spec)
+
+
+ENGINE = ("engine", "paired", "gan", "chain", "callbacks", "data", "config", "losses", "segmenter")
+DOWNLOAD = ("src/medrestore/data/fetch.py", "src/medrestore/data/sources.py", "src/medrestore/data/prepare.py")
+
+
+def test_the_report_does_not_depend_on_the_training_engine():
+    """The report reads the convergence verdict only: an engine change must not rerun it."""
+    files, deps = _closure_and_deps("report")
+    assert "src/medrestore/training/convergence.py" in files
+    for name in ENGINE:
+        path = f"src/medrestore/training/{name}.py"
+        assert (REPO / path).is_file(), path  # the list above still names real modules
+        assert path not in files, f"the report stage imports {path}"
+        assert not any(covers(d, path) for d in deps), f"dvc.yaml's report stage depends on {path}"
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "evaluate_external", "report"])
+def test_evaluation_and_report_do_not_depend_on_the_download_code(stage):
+    """They read stored images by name (data/names.py), never the sources or their download."""
+    files, deps = _closure_and_deps(stage)
+    for path in DOWNLOAD:
+        assert path not in files, f"the {stage} stage imports {path}"
+        assert not any(covers(d, path) for d in deps), f"dvc.yaml's {stage} stage depends on {path}"
+    if stage != "evaluate_external":  # it names no stored image
+        assert "src/medrestore/data/names.py" in files
+
+
+def test_only_the_face_and_the_command_sit_at_the_package_root():
+    root = REPO / "src" / "medrestore"
+    assert sorted(p.name for p in root.glob("*.py")) == ["__init__.py", "cli.py"]
+    assert all((d / "__init__.py").is_file() for d in root.iterdir() if d.is_dir() and d.name != "__pycache__")

@@ -34,7 +34,8 @@ def chase(tmp_path_factory, chase_dir):
     root = tmp_path_factory.mktemp("external")
     prepared = prepare_chase(root, chase_dir, 128)
     patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
-    from medrestore.training import TrainConfig, train_model
+    from medrestore.training.config import TrainConfig
+    from medrestore.training.engine import train_model
 
     clean = np.load(root / "patches" / "train.npy")
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)

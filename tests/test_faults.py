@@ -247,7 +247,9 @@ def tiny_pairs(retina):
 
 
 def _tampered_resume(tmp_path, pairs):
-    from medrestore.training import TrainConfig, fingerprint, resolve_config
+    from medrestore.training.config import TrainConfig
+    from medrestore.training.data import fingerprint
+    from medrestore.training.engine import resolve_config
 
     cfg = TrainConfig(model=MODEL, max_steps=4, val_every=2, ckpt_every=2, batch_size=4, progress_bar=False, seed=1)
     (tc, tn), (vc, vn) = pairs
@@ -259,7 +261,7 @@ def _tampered_resume(tmp_path, pairs):
 
 
 def test_tampered_training_checkpoint_does_not_run_its_payload(tmp_path, tiny_pairs, capsys):
-    from medrestore.training import train_model
+    from medrestore.training.engine import train_model
 
     cfg, marker, _ = _tampered_resume(tmp_path, tiny_pairs)
     with pytest.raises(Exception) as info:
@@ -273,7 +275,7 @@ def test_tampered_training_checkpoint_does_not_run_its_payload(tmp_path, tiny_pa
 
 def test_tampered_training_checkpoint_error_names_the_file_and_the_fix(tmp_path, tiny_pairs):
     from medrestore.core.io import InputError
-    from medrestore.training import train_model
+    from medrestore.training.engine import train_model
 
     cfg, marker, ckpt = _tampered_resume(tmp_path, tiny_pairs)
     with pytest.raises(InputError, match=rf"{ckpt.name}.*Fix: delete"):

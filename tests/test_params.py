@@ -13,7 +13,7 @@ import yaml
 
 from medrestore.core.io import InputError
 from medrestore.core.params import deep_merge, run_entry, train_settings, validate_params
-from medrestore.training import TrainConfig
+from medrestore.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):
 def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
     import numpy as np
 
-    from medrestore.training import fingerprint
+    from medrestore.training.data import fingerprint
 
     data = [np.zeros((2, 4, 4, 3), np.uint8)]
     a = fingerprint(TrainConfig(model="cdae", ckpt_every=5, progress_bar=True), data)

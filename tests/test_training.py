@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from conftest import cut_patches, kill_and_resume, noisy_copies
 
-from medrestore.training import TrainConfig, train_model
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,8 @@ def test_exploding_loss_stops_with_a_clear_error(tmp_path, fundus_pairs):
 RESUME_SCRIPT = """
 import sys, numpy as np
 from pathlib import Path
-from medrestore.training import TrainConfig, train_model
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
 d = Path(sys.argv[1]); out = Path(sys.argv[2])
 L = lambda n: np.load(d / n, mmap_mode="r")
 cfg = TrainConfig(model="redae", max_steps=60, val_every=10, ckpt_every=5, batch_size=8, progress_bar=False, seed=11)
@@ -83,7 +85,8 @@ def test_curve_records_step_one_and_every_tenth_step_with_its_own_loss(tmp_path)
     import numpy as np
     import pandas as pd
 
-    from medrestore.training import TrainConfig, train_model
+    from medrestore.training.config import TrainConfig
+    from medrestore.training.engine import train_model
     from medrestore.training.callbacks import on_curve
 
     rng = np.random.default_rng(0)

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow  # two training processes
 SCRIPT = """
 import sys, numpy as np, torch
 from pathlib import Path
-from medrestore.training import TrainConfig, train_model
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
 torch.set_num_threads(1)
 d, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 L = lambda n: np.load(d / n)

@@ -16,12 +16,10 @@ from conftest import cut_patches, noisy_copies
 from medrestore.degradations import corrupt, sr_pair
 from medrestore.models import BASELINES, MODELS, load_model
 from medrestore.core.params import train_settings
-from medrestore.training import (
-    NonFiniteLossError,
-    RestorationModule,
-    TrainConfig,
-    train_model,
-)
+from medrestore.training.callbacks import NonFiniteLossError
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
+from medrestore.training.paired import RestorationModule
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")

@@ -11,7 +11,8 @@ from medrestore.degradations import sr_pair
 SCRIPT = """
 import sys, numpy as np, torch
 from pathlib import Path
-from medrestore.training import TrainConfig, train_model
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
 torch.set_num_threads(1)
 d = Path(sys.argv[1]); out = Path(sys.argv[2])
 L = lambda n: np.load(d / n, mmap_mode="r")

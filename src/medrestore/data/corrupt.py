@@ -59,7 +59,7 @@ import numpy as np
 
 from medrestore.data.patches import npy_writer, read_rows
 from medrestore.data.photometric import augment_patch, check_photometric
-from medrestore.data.prepare import safe_name
+from medrestore.data.names import safe_name
 from medrestore.degradations import corrupt, spec_scale, stable_id
 from medrestore.core.io import (
     InputError,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.data.prepare import safe_name
+from medrestore.data.names import safe_name
 from medrestore.core.io import (
     InputError,
     atomic_path,

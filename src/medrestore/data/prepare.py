@@ -12,15 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from medrestore.data.fov import MODES, detect_fov, prepare_arrays, to_grey_rgb
+from medrestore.data.names import safe_name
 from medrestore.data.sources import load_mask
 from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
 
 MIN_SOURCE_SIDE = 32
-
-
-def safe_name(image_id: str) -> str:
-    """File-name form of an image id (``chase_db1/Image_01L`` -> ``chase_db1__Image_01L``)."""
-    return image_id.replace("/", "__").replace("#", "--")
 
 
 def _mask(sources_dir: Path, rel: str | None, image_shape, what: str):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from medrestore.evaluation.cost import model_cost
-from medrestore.data.prepare import safe_name
+from medrestore.data.names import safe_name
 from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
 from medrestore.evaluation.scoring import (
     assert_test_unseen,

@@ -27,7 +27,8 @@ from medrestore.pipeline.paths import (
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.serving.mlflow_model import log_restoration_model
 from medrestore.tracking.runs import file_md5, tag_outputs
-from medrestore.training import TrainConfig, train_model
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
 from medrestore.training.chain import assemble_chain, chain_pairs
 
 
