@@ -133,6 +133,34 @@ def test_the_schema_knows_exactly_the_training_settings():
     from medrestore.core.params import TrainSettings
 
     assert set(TrainSettings.model_fields) == {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "seed"}
+    # every default of TrainConfig is a value its params.yaml key accepts (the types are derived, not copied)
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "seed")}
+    TrainSettings.model_validate(defaults)
+
+
+def test_a_training_key_is_one_field_of_train_config(params):
+    """A field added to TrainConfig is a params.yaml key at once, with its type checked: the schema of a
+    layer is derived from the dataclass, not listed a second time."""
+    import dataclasses
+
+    from medrestore.core import params as P
+
+    @dataclasses.dataclass
+    class WithNewKey(TrainConfig):
+        label_smoothing: float = 0.0
+
+    original = P.TrainConfig
+    try:
+        P.TrainConfig = WithNewKey
+        settings = P._settings_model()
+    finally:
+        P.TrainConfig = original
+    assert settings.model_validate({"label_smoothing": 0.1}).label_smoothing == 0.1
+    with pytest.raises(Exception, match="label_smoothing"):
+        settings.model_validate({"label_smoothing": "a lot"})
+    with pytest.raises(InputError, match="train.defaults.label_smoothing: unknown key"):  # the real schema: not yet a key
+        validate_params({**params, "train": {**params["train"], "defaults": {**params["train"]["defaults"], "label_smoothing": 0.1}}})
 
 
 def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):

@@ -1,4 +1,5 @@
-"""params.yaml: its schema and the settings of one training run.
+"""params.yaml: its schema and the settings of one training run (:class:`TrainConfig`, the one
+definition of a training key: :data:`TrainSettings`, a layer of params.yaml's ``train``, is derived from it).
 
 Every section is a pydantic model that refuses unknown keys and wrong types (strict: ``"1e-3"`` is
 a string to YAML 1.1, not a number; ``true`` is no int), so a typo such as ``lr_rate: 0.1`` under
@@ -17,12 +18,15 @@ recipe's other ``model_kwargs``)::
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Mapping
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from medrestore.core.io import InputError
 
@@ -33,52 +37,91 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class TrainSettings(_Strict):
-    """One layer of a run's settings: any field of :class:`~medrestore.training.config.TrainConfig` but
-    ``model`` and ``seed`` (set by the run entry and the top-level seed). Listed here, not imported,
-    so that the data stages' code dependencies stay free of the training package;
-    tests/test_params.py checks that the two lists agree."""
+@dataclass
+class TrainConfig:
+    model: str
+    model_kwargs: dict = field(default_factory=dict)
+    loss: str = "mse"
+    loss_kwargs: dict = field(default_factory=dict)
+    # optimiser
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    betas: Sequence[float] = (0.9, 0.999)  # two numbers
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # one of SCHEDULES
+    lr_decay: float = 0.0  # inverse_time: lr / (1 + lr_decay * step) (Keras' "decay")
+    lr_min: float = 1e-5  # cosine floor
+    lr_milestones: list[float] = field(default_factory=lambda: [0.5])  # step: fractions of max_steps
+    lr_gamma: float = 0.1  # step: factor at each milestone
+    warmup_steps: int = 0  # > 0: the rate rises linearly from lr / warmup_steps over these first steps
+    # a trained model folder (artifacts/models/TASK/METHOD) whose weights start the network: fine-tuning
+    # (Hayee2017 fine-tuned DnCNN from pre-trained weights); "" = from scratch
+    init_from: str = ""
+    # length and checks
+    batch_size: int = 32
+    max_steps: int = 200
+    epochs: float = 0  # > 0: max_steps = epochs x (batches per pass over the training patches)
+    val_every: int = 50
+    val_patches: int = 0  # > 0: validate on this many patches, evenly spaced over the validation set; 0 = all
+    early_stop_patience: int = 0  # validation checks without improvement; 0 = off
+    seed: int = 0
+    # devices
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    num_nodes: int = 1  # machines; DDP world size = devices x num_nodes (torchrun or a cluster launcher)
+    strategy: str = "auto"
+    precision: str = "32-true"
+    augment: bool = True
+    # paired models: the loss and the validation PSNR count only the pixels inside the field of view
+    # (patchify's {split}_fov.npy), as the evaluation does; patches may then cross the FOV's edge
+    fov_loss: bool = False
+    progress_bar: bool = True
+    ckpt_every: int = 100
+    channels_last: bool = True  # measured faster for 3x3 convs on CPU (see README, performance)
+    # extra perceptual term: {backbone: vgg19 | vessel | discriminator, weight, path, layers, criterion}
+    perceptual: dict = field(default_factory=dict)
+    # GANs (srgan, cyclegan, cyclegan-fc)
+    disc_kwargs: dict = field(default_factory=dict)
+    disc_lr: float = 0.0  # 0: same as lr
+    pretrain_steps: int = 0  # srgan: content loss only for these steps, then adversarial
+    pretrain_epochs: float = 0  # > 0: pretrain_steps from epochs, as max_steps from epochs
+    adv_weight: float = 1.0  # srgan: 1e-3 (Hayee2017); cyclegan: 1 (Zhao2019)
+    cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (Zhao2019: 10)
+    identity_weight: float = 10.0  # cyclegan: identity term (Zhao2019: 10)
 
-    model_kwargs: Optional[dict[str, Any]] = None
-    loss: Optional[str] = None
-    loss_kwargs: Optional[dict[str, Any]] = None
-    optimizer: Optional[str] = None
-    lr: Optional[float] = None
-    betas: Optional[list[float]] = None
-    eps: Optional[float] = None
-    momentum: Optional[float] = None
-    weight_decay: Optional[float] = None
-    schedule: Optional[str] = None
-    lr_decay: Optional[float] = None
-    lr_min: Optional[float] = None
-    lr_milestones: Optional[list[float]] = None
-    lr_gamma: Optional[float] = None
-    warmup_steps: Optional[int] = None
-    init_from: Optional[str] = None
-    batch_size: Optional[int] = None
-    max_steps: Optional[int] = None
-    epochs: Optional[float] = None
-    val_every: Optional[int] = None
-    val_patches: Optional[int] = None
-    early_stop_patience: Optional[int] = None
-    accelerator: Optional[str] = None
-    devices: Optional[int | str] = None
-    num_nodes: Optional[int] = None
-    strategy: Optional[str] = None
-    precision: Optional[str] = None
-    augment: Optional[bool] = None
-    fov_loss: Optional[bool] = None
-    progress_bar: Optional[bool] = None
-    ckpt_every: Optional[int] = None
-    channels_last: Optional[bool] = None
-    perceptual: Optional[dict[str, Any]] = None
-    disc_kwargs: Optional[dict[str, Any]] = None
-    disc_lr: Optional[float] = None
-    pretrain_steps: Optional[int] = None
-    pretrain_epochs: Optional[float] = None
-    adv_weight: Optional[float] = None
-    cycle_weight: Optional[float] = None
-    identity_weight: Optional[float] = None
+    @classmethod
+    def from_params(cls, params: dict) -> TrainConfig:
+        """The config of ``params``; an unknown key is an error (a typo would otherwise train with a default)."""
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"training settings: unknown key(s) {', '.join(unknown)}. Fix: correct the spelling "
+                             f"(the keys are TrainConfig's fields: {', '.join(cls.__dataclass_fields__)}).")
+        return cls(**params)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+
+#: The keys of :class:`TrainConfig` a params.yaml layer does not set: the run entry names the model,
+#: the top-level ``seed`` seeds it.
+RUN_KEYS = ("model", "seed")
+
+
+def _settings_model() -> type[_Strict]:
+    """:class:`TrainSettings`, derived from :class:`TrainConfig`: every field but :data:`RUN_KEYS`, each
+    optional (a layer sets only what it changes), of the same type. A training key is one field of
+    :class:`TrainConfig`; the schema follows."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name: (Optional[hints[f.name]], None) for f in dataclasses.fields(TrainConfig) if f.name not in RUN_KEYS}
+    model = create_model("TrainSettings", __base__=_Strict, **fields)
+    model.__doc__ = "One layer of a run's settings: any field of :class:`TrainConfig` but ``model`` and ``seed``."
+    return model
+
+
+TrainSettings = _settings_model()
 
 
 class Download(_Strict):
@@ -152,9 +195,15 @@ def _spec_problems(spec: Any, where: str) -> list[str]:
     return problems
 
 
+#: The corruption kinds that reduce an image, by their ``scale`` key (the super-resolution tasks'
+#: inputs); ``chain`` multiplies the reductions of its steps. Read by every user of :func:`spec_scale`.
+SCALING_KINDS = ("downscale", "blur_downscale")
+
+
 def spec_scale(spec: dict[str, Any]) -> int:
-    """How many times smaller than its input a corruption's output is (the product of its SR steps)."""
-    if spec.get("kind") in ("downscale", "blur_downscale"):
+    """How many times smaller than its input a corruption's output is (the product of its SR steps;
+    1 for every other kind). The one definition: :mod:`medrestore.degradations` re-exports it."""
+    if spec.get("kind") in SCALING_KINDS:
         return int(spec.get("scale", 1))
     if spec.get("kind") == "chain":
         out = 1

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from medrestore.core.params import SCALING_KINDS, spec_scale
 from medrestore.degradations.blur import BLUR_SIGMA_KINDS, defocus_blur, gaussian_blur, jpeg_compression, motion_blur
 from medrestore.degradations.core import Degradation, _check_probability, _fov_mask, _in_fov, to_float, to_uint8
 from medrestore.degradations.fundus import cataract_haze, fundus_blur, fundus_colour, fundus_halo, fundus_hole, fundus_spots
@@ -169,6 +170,8 @@ DEGRADATIONS: dict[str, Degradation] = {
     "chain": chain,
     "fundus_random": fundus_random,
 }
+if not set(SCALING_KINDS) <= set(DEGRADATIONS):
+    raise RuntimeError(f"medrestore.core.params.SCALING_KINDS names unregistered kinds: {sorted(set(SCALING_KINDS) - set(DEGRADATIONS))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,16 +182,6 @@ DEGRADATIONS: dict[str, Degradation] = {
 def stable_id(text: str) -> int:
     """A 32-bit integer from a name, identical on every machine and Python run."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-
-
-def spec_scale(spec: dict[str, Any]) -> int:
-    """How many times smaller than its input a spec's output is (1 for all but the SR kinds)."""
-    kind = spec.get("kind")
-    if kind in ("downscale", "blur_downscale"):
-        return int(spec["scale"])
-    if kind == "chain":
-        return math.prod(spec_scale(step) for step in spec["steps"])
-    return 1
 
 
 def corrupt(

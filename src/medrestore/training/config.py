@@ -1,85 +1,21 @@
-"""What one training run is: :class:`TrainConfig`, and the optimiser and learning-rate schedule it names."""
+"""The optimiser and learning-rate schedule a training run names.
+
+:class:`TrainConfig`, what one run is, is defined once with params.yaml's schema
+(:mod:`medrestore.core.params`) and re-exported here."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import torch
+
+from medrestore.core.params import TrainConfig
 
 SCHEDULES = ("cosine", "inverse_time", "constant", "linear_decay", "step")
 OPTIMIZERS = ("adam", "sgd")
 
-
-@dataclass
-class TrainConfig:
-    model: str
-    model_kwargs: dict = field(default_factory=dict)
-    loss: str = "mse"
-    loss_kwargs: dict = field(default_factory=dict)
-    # optimiser
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    betas: tuple[float, float] | list[float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.9  # sgd
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # one of SCHEDULES
-    lr_decay: float = 0.0  # inverse_time: lr / (1 + lr_decay * step) (Keras' "decay")
-    lr_min: float = 1e-5  # cosine floor
-    lr_milestones: list[float] = field(default_factory=lambda: [0.5])  # step: fractions of max_steps
-    lr_gamma: float = 0.1  # step: factor at each milestone
-    warmup_steps: int = 0  # > 0: the rate rises linearly from lr / warmup_steps over these first steps
-    # a trained model folder (artifacts/models/TASK/METHOD) whose weights start the network: fine-tuning
-    # (Hayee2017 fine-tuned DnCNN from pre-trained weights); "" = from scratch
-    init_from: str = ""
-    # length and checks
-    batch_size: int = 32
-    max_steps: int = 200
-    epochs: float = 0  # > 0: max_steps = epochs x (batches per pass over the training patches)
-    val_every: int = 50
-    val_patches: int = 0  # > 0: validate on this many patches, evenly spaced over the validation set; 0 = all
-    early_stop_patience: int = 0  # validation checks without improvement; 0 = off
-    seed: int = 0
-    # devices
-    accelerator: str = "cpu"
-    devices: int | str = 1
-    num_nodes: int = 1  # machines; DDP world size = devices x num_nodes (torchrun or a cluster launcher)
-    strategy: str = "auto"
-    precision: str = "32-true"
-    augment: bool = True
-    # paired models: the loss and the validation PSNR count only the pixels inside the field of view
-    # (patchify's {split}_fov.npy), as the evaluation does; patches may then cross the FOV's edge
-    fov_loss: bool = False
-    progress_bar: bool = True
-    ckpt_every: int = 100
-    channels_last: bool = True  # measured faster for 3x3 convs on CPU (see README, performance)
-    # extra perceptual term: {backbone: vgg19 | vessel | discriminator, weight, path, layers, criterion}
-    perceptual: dict = field(default_factory=dict)
-    # GANs (srgan, cyclegan, cyclegan-fc)
-    disc_kwargs: dict = field(default_factory=dict)
-    disc_lr: float = 0.0  # 0: same as lr
-    pretrain_steps: int = 0  # srgan: content loss only for these steps, then adversarial
-    pretrain_epochs: float = 0  # > 0: pretrain_steps from epochs, as max_steps from epochs
-    adv_weight: float = 1.0  # srgan: 1e-3 (Hayee2017); cyclegan: 1 (Zhao2019)
-    cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (Zhao2019: 10)
-    identity_weight: float = 10.0  # cyclegan: identity term (Zhao2019: 10)
-
-    @classmethod
-    def from_params(cls, params: dict) -> TrainConfig:
-        """The config of ``params``; an unknown key is an error (a typo would otherwise train with a default)."""
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            from medrestore.core.io import InputError
-
-            raise InputError(f"training settings: unknown key(s) {', '.join(unknown)}. Fix: correct the spelling "
-                             f"(the keys are TrainConfig's fields: {', '.join(cls.__dataclass_fields__)}).")
-        return cls(**params)
-
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "cosine_factor", "lr_factor", "make_optimizer", "make_scheduler"]
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
