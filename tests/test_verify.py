@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medrestore.report.tables import HEADLINE
+from medrestore.evaluation.metrics import headline
 from medrestore.experiments.verify import IDENTICAL, OUTSIDE, WITHIN, main, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +22,8 @@ def _summary(metrics: dict, width: float) -> dict:
         for variant, numbers in variants.items():
             stats = {}
             for metric, value in numbers.items():
-                if metric in HEADLINE and not isinstance(value, bool):
-                    stats[HEADLINE[metric][0]] = {"mean": value, "ci95": [value - width, value + width], "n_images": 8, "n_subjects": 4}
+                if metric in headline() and not isinstance(value, bool):
+                    stats[headline()[metric][0]] = {"mean": value, "ci95": [value - width, value + width], "n_images": 8, "n_subjects": 4}
             out.setdefault(method, {})[variant] = stats
     return {"methods": out, "variants": sorted({v for vs in metrics.values() for v in vs})}
 

@@ -91,14 +91,13 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
     import numpy as np
     import torch
 
-    from medrestore.evaluation.metrics import _metric, _tensor
+    from medrestore.evaluation import metrics
 
     h, w = image.shape[:2]
     flat = bool((image == image.reshape(-1, *image.shape[2:])[0]).all())
     scores, notes = {}, {}
     with torch.inference_mode():
-        x = _tensor(image)
-        for name in ("niqe", "brisque", "entropy"):
+        for name in metrics.NO_REFERENCE:
             if name == "niqe" and min(h, w) < NIQE_MIN_SIDE:
                 scores[name], notes[name] = None, f"not defined: NIQE needs at least {NIQE_MIN_SIDE}x{NIQE_MIN_SIDE} pixels (its block size), the image is {w}x{h}"
                 continue
@@ -106,12 +105,11 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
                 scores[name], notes[name] = None, f"not defined: every pixel of the image is {image.reshape(-1, *image.shape[2:])[0].tolist()}; {name.upper()} fits statistics of local contrast, which a constant image has none of"
                 continue
             try:
-                fn = _metric(name, assets)
+                value = float(metrics.metric(name).compute(image, assets))
             except OSError as exc:  # urllib's URLError: pyiqa downloads a parameter file it finds nowhere
                 from medrestore.core.io import InputError
-                from medrestore.evaluation.metrics import ASSET_FILES
 
-                file = ASSET_FILES.get(name, "its parameter file")
+                file = metrics.ASSET_FILES.get(name, "its parameter file")
                 raise InputError(
                     f"{name}: pyiqa's {file} is neither in its cache ({torch.hub.get_dir()}/pyiqa) nor in the assets folder "
                     f"({assets or 'default ' + os.environ.get('MEDRESTORE_PYIQA_ASSETS', '../shared/assets/pyiqa') + ', relative to this folder'}), "
@@ -119,8 +117,6 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
                     "niqe_modelparameters.mat and brisque_svm_weights.pth (e.g. the repository's ../shared/assets/pyiqa), "
                     "or run once with network access."
                 ) from None
-            try:
-                value = float(fn(x))
             except (RuntimeError, ValueError, IndexError, AssertionError, np.linalg.LinAlgError) as exc:  # torch's LinAlgError is a RuntimeError
                 scores[name], notes[name] = None, f"not defined: pyiqa's {name} fails on this image ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
                 continue

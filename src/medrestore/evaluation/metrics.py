@@ -23,8 +23,10 @@ Conventions (the same for every row of every table):
 All images are uint8 (restored outputs are quantised first, as they would be saved).
 
 Every metric has one entry in :data:`REGISTRY` (full- or no-reference or vessel score, direction,
-the report's column title and decimals, whether it is paired-tested): per_image.csv's columns, the
-paired tests, the report's tables and the claims' directions are all read from it.
+the report's column title and decimals, whether it is paired-tested, its computation): per_image.csv's
+columns, the paired tests, the report's tables and ``metrics.json``, the claims' directions and
+``medrestore metrics`` are all read from it. A new metric is one :func:`register_metric` call with its
+``compute`` (in this module, or in a module of its own imported before the evaluation runs).
 
 pyiqa downloads NIQE/BRISQUE parameter files on first use. Here they are looked up first in
 pyiqa's cache (``$TORCH_HOME/hub/pyiqa``), then in a configured folder (``assets_dir``, default
@@ -36,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +56,13 @@ FULL, NO, VESSEL = "full", "no", "vessel"
 @dataclass(frozen=True)
 class Metric:
     """One entry of the metric table (in the manner of pyiqa's ``DEFAULT_CONFIGS``): what the
-    evaluation writes and how the report shows it. Adding a metric is one entry of :data:`REGISTRY`
-    (and its computation in :func:`full_reference`, :func:`no_reference` or the vessel scores)."""
+    evaluation computes and writes, and how the report shows it.
+
+    ``compute`` is the computation: for ``NO``, ``compute(image, assets_dir) -> float``; for ``FULL``,
+    ``compute(image, reference, fov, assets_dir) -> float`` (uint8 H x W x 3 arrays, ``fov`` a bool
+    mask or None). The built-in full-reference metrics share their work (one SSIM map gives four of
+    them) and are computed together by :func:`full_reference` (their ``compute`` is None); the vessel
+    scores come from :func:`medrestore.vessels.vessel_scores`."""
 
     name: str
     reference: str                # FULL: against the clean image; NO: the image alone; VESSEL: vessel segmentation against a reference
@@ -64,29 +72,41 @@ class Metric:
     paired: bool = False          # tested model against the best baseline (summary.json's ``paired_tests``)
     table: bool = False           # a column of the report's per-task tables
     fov: bool = False             # FULL: measured inside the field of view only (per_image.csv lists these after the whole-image ones)
+    headline: str = ""            # its key in reports/metrics.json ("": not there); VESSEL: also KEY_indep (independent segmenter)
+    compute: Callable[..., float] | None = field(default=None, compare=False, repr=False)
+
+
+def _pyiqa_no_reference(name: str) -> Callable[[np.ndarray, str | None], float]:
+    """pyiqa's no-reference metric ``name`` of a uint8 image (its parameter files from :func:`asset_path`)."""
+
+    def compute(image: np.ndarray, assets_dir: str | None = None) -> float:
+        return float(_metric(name, assets_dir)(_tensor(image)))
+
+    compute.__name__ = f"pyiqa_{name}"
+    return compute
 
 
 #: Every metric, in the order the report shows them (and the paired tests list them).
 REGISTRY: tuple[Metric, ...] = (
-    Metric("psnr", FULL, table=True, paired=True),
-    Metric("psnr_fov", FULL, fov=True, table=True, paired=True),
-    Metric("psnr_fov_e3", FULL, fov=True, table=True),
+    Metric("psnr", FULL, table=True, paired=True, headline="psnr"),
+    Metric("psnr_fov", FULL, fov=True, table=True, paired=True, headline="psnr_fov"),
+    Metric("psnr_fov_e3", FULL, fov=True, table=True, headline="psnr_fov_e3"),
     Metric("psnr_y", FULL),
     Metric("psnr_y_fov", FULL, fov=True),
-    Metric("psnr_green", FULL, table=True),
+    Metric("psnr_green", FULL, table=True, headline="psnr_green"),
     Metric("psnr_green_fov", FULL, fov=True, paired=True),
-    Metric("ssim", FULL, digits=3, table=True, paired=True),
+    Metric("ssim", FULL, digits=3, table=True, paired=True, headline="ssim"),
     Metric("ssim_fov", FULL, fov=True, digits=3, table=True, paired=True),
     Metric("ssim_rgb", FULL, digits=3),
     Metric("ssim_rgb_fov", FULL, fov=True, digits=3),
-    Metric("niqe", NO, lower_is_better=True, table=True, paired=True),
-    Metric("brisque", NO, lower_is_better=True, table=True, paired=True),
-    Metric("entropy", NO, table=True),
+    Metric("niqe", NO, lower_is_better=True, table=True, paired=True, headline="niqe", compute=_pyiqa_no_reference("niqe")),
+    Metric("brisque", NO, lower_is_better=True, table=True, paired=True, headline="brisque", compute=_pyiqa_no_reference("brisque")),
+    Metric("entropy", NO, table=True, compute=_pyiqa_no_reference("entropy")),
     Metric("auc", VESSEL, header="vessel AUC", digits=3, table=True, paired=True),
     Metric("dice", VESSEL, header="vessel Dice", digits=3, table=True, paired=True),
     Metric("thin_recall", VESSEL, header="thin-vessel recall", digits=3, paired=True),
-    Metric("thin_recall_above_chance", VESSEL, header="thin vessels kept", digits=3, table=True),
-    Metric("invented_rate", VESSEL, lower_is_better=True, header="vessels invented", digits=3, table=True, paired=True),
+    Metric("thin_recall_above_chance", VESSEL, header="thin vessels kept", digits=3, table=True, headline="thin_kept"),
+    Metric("invented_rate", VESSEL, lower_is_better=True, header="vessels invented", digits=3, table=True, paired=True, headline="invented"),
 )
 
 #: The references of the vessel scores: column prefix and the words the report's headers add.
@@ -113,21 +133,67 @@ def _columns() -> dict[str, Metric]:
     return out
 
 
-#: Every column of per_image.csv that holds a metric (image metrics, ``ref_*`` then ``manual_*``).
-METRICS: dict[str, Metric] = _columns()
+def _derive() -> None:
+    """The views of :data:`REGISTRY` below, (re)computed from it (at import and by :func:`register_metric`).
+    Read them as attributes of this module (``metrics.COLUMNS``) where a metric may be registered later."""
+    g = globals()
+    g["METRICS"] = _columns()
+    g["FULL_REFERENCE"] = tuple(m.name for m in REGISTRY if m.reference == FULL and not m.fov) + tuple(
+        m.name for m in REGISTRY if m.reference == FULL and m.fov)
+    g["NO_REFERENCE"] = tuple(m.name for m in REGISTRY if m.reference == NO)
+    g["VESSEL_KEYS"] = tuple(m.name for m in REGISTRY if m.reference == VESSEL)
+    g["VESSEL_COLUMNS"] = tuple(f"{prefix}_{k}" for prefix, _ in VESSEL_REFERENCES for k in g["VESSEL_KEYS"])
+    g["COLUMNS"] = g["FULL_REFERENCE"] + g["NO_REFERENCE"] + g["VESSEL_COLUMNS"]
+    g["PAIRED"] = tuple(name for name, m in g["METRICS"].items() if m.paired)
+    g["TABLE_IMAGE"] = tuple(m.name for m in REGISTRY if m.reference != VESSEL and m.table)
+    g["TABLE_VESSEL"] = tuple(m.name for m in REGISTRY if m.reference == VESSEL and m.table)
+    g["LOWER_IS_BETTER"] = frozenset(name for name, m in g["METRICS"].items() if m.lower_is_better)
 
-FULL_REFERENCE = tuple(m.name for m in REGISTRY if m.reference == FULL and not m.fov) + tuple(m.name for m in REGISTRY if m.reference == FULL and m.fov)
-NO_REFERENCE = tuple(m.name for m in REGISTRY if m.reference == NO)
-VESSEL_KEYS = tuple(m.name for m in REGISTRY if m.reference == VESSEL)
-VESSEL_COLUMNS = tuple(f"{prefix}_{k}" for prefix, _ in VESSEL_REFERENCES for k in VESSEL_KEYS)
+
+#: Every column of per_image.csv that holds a metric (image metrics, ``ref_*`` then ``manual_*``).
+METRICS: dict[str, Metric]
+FULL_REFERENCE: tuple[str, ...]
+NO_REFERENCE: tuple[str, ...]
+VESSEL_KEYS: tuple[str, ...]
+VESSEL_COLUMNS: tuple[str, ...]
 #: per_image.csv's metric columns, in their order.
-COLUMNS = FULL_REFERENCE + NO_REFERENCE + VESSEL_COLUMNS
+COLUMNS: tuple[str, ...]
 #: The columns tested model against baseline, in summary.json's order.
-PAIRED = tuple(name for name, m in METRICS.items() if m.paired)
+PAIRED: tuple[str, ...]
 #: The image metrics and vessel metrics (without their reference prefix) of the report's tables.
-TABLE_IMAGE = tuple(m.name for m in REGISTRY if m.reference != VESSEL and m.table)
-TABLE_VESSEL = tuple(m.name for m in REGISTRY if m.reference == VESSEL and m.table)
-LOWER_IS_BETTER = frozenset(name for name, m in METRICS.items() if m.lower_is_better)
+TABLE_IMAGE: tuple[str, ...]
+TABLE_VESSEL: tuple[str, ...]
+LOWER_IS_BETTER: frozenset[str]
+_derive()
+
+
+def register_metric(entry: Metric) -> Metric:
+    """Add ``entry`` to :data:`REGISTRY` (after the metrics of its kind there) and refresh every view of
+    it: the evaluation computes it, per_image.csv and summary.json hold it, the report shows it as its
+    flags say. ``FULL`` and ``NO`` metrics must carry their ``compute``; a ``VESSEL`` key must be one
+    that :func:`medrestore.vessels.vessel_scores` returns."""
+    global REGISTRY
+    if entry.reference not in (FULL, NO, VESSEL):
+        raise ValueError(f"metric {entry.name!r}: reference is {entry.reference!r}. Fix: one of {FULL!r}, {NO!r}, {VESSEL!r}.")
+    if any(m.name == entry.name for m in REGISTRY) or entry.name in METRICS:
+        raise ValueError(f"metric {entry.name!r} is registered already. Fix: give the new metric another name.")
+    if entry.reference in (FULL, NO) and entry.compute is None:
+        raise ValueError(f"metric {entry.name!r}: no compute. Fix: pass compute=FUNCTION (see Metric).")
+    last = max((i for i, m in enumerate(REGISTRY) if m.reference == entry.reference), default=len(REGISTRY) - 1)
+    REGISTRY = REGISTRY[: last + 1] + (entry,) + REGISTRY[last + 1:]
+    _derive()
+    return entry
+
+
+def headline() -> dict[str, tuple[str, ...]]:
+    """``reports/metrics.json``'s numbers: key -> the per_image columns it is read from (the first one a
+    method's statistics hold). Image metrics under their ``headline`` key; a vessel metric's key is read
+    against the manual mask, else the clean image, and ``KEY_indep`` from the independent segmenter."""
+    out: dict[str, tuple[str, ...]] = {m.headline: (m.name,) for m in REGISTRY if m.headline and m.reference != VESSEL}
+    vessel = [m for m in REGISTRY if m.headline and m.reference == VESSEL]
+    out.update({m.headline: (f"manual_{m.name}", f"ref_{m.name}") for m in vessel})
+    out.update({f"{m.headline}_indep": (f"indep_{m.name}",) for m in vessel})
+    return out
 
 
 def metric(name: str) -> Metric:
@@ -273,17 +339,16 @@ def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | N
         mse_y_all = float(np.mean((ya - yb) ** 2))
         out["psnr_y"] = float("inf") if mse_y_all == 0 else float(10.0 * np.log10(1.0 / mse_y_all))
     out.update(_ssim_whole_and_fov(x, y, mask))
+    for m in REGISTRY:
+        if m.reference == FULL and m.compute is not None:
+            out[m.name] = float(m.compute(image, reference, fov, assets_dir))
     return out
 
 
 @torch.inference_mode()
 def no_reference(image: np.ndarray, assets_dir: str | None = None) -> dict[str, float]:
-    x = _tensor(image)
-    return {
-        "niqe": float(_metric("niqe", assets_dir)(x)),
-        "brisque": float(_metric("brisque", assets_dir)(x)),
-        "entropy": float(_metric("entropy", assets_dir)(x)),
-    }
+    """Every no-reference metric of :data:`REGISTRY`, by its ``compute``."""
+    return {m.name: float(m.compute(image, assets_dir)) for m in REGISTRY if m.reference == NO}
 
 
 def all_metrics(image: np.ndarray, reference: np.ndarray | None = None, fov: np.ndarray | None = None, assets_dir: str | None = None) -> dict[str, float]:

@@ -55,14 +55,8 @@ import pandas as pd
 
 from medrestore.degradations import noise_sigma, spec_scale, upsample_bicubic
 from medrestore.core.io import InputError
-from medrestore.evaluation.metrics import (
-    BEST_BY,
-    COLUMNS,
-    LOWER_IS_BETTER,
-    PAIRED,
-    VESSEL_KEYS,
-    all_metrics,
-)
+from medrestore.evaluation import metrics as M  # its views are read at call time: a metric may be registered after import
+from medrestore.evaluation.metrics import BEST_BY, all_metrics
 from medrestore.models import BASELINES
 from medrestore.vessels import VesselSegmenter, vessel_scores
 
@@ -237,11 +231,11 @@ def paired_tests(table: pd.DataFrame, seed: int) -> dict[str, Any]:
         for model in sorted(grp.loc[grp["kind"] == "model", "method"].unique()):
             rows = grp[grp["method"] == model].set_index("image_id").reindex(ref.index)
             tests = {}
-            for metric in PAIRED:
+            for metric in M.PAIRED:
                 if metric in rows and rows[metric].notna().any() and ref[metric].notna().any():
                     t = paired_test(rows[metric].to_numpy(float), ref[metric].to_numpy(float), seed, subjects)
                     if t["n"]:
-                        t["higher_is_better"] = metric not in LOWER_IS_BETTER
+                        t["higher_is_better"] = metric not in M.LOWER_IS_BETTER
                         tests[metric] = t
             entry["models"][model] = tests
         out[str(variant)] = entry
@@ -267,12 +261,12 @@ def vessel_columns(image: np.ndarray, fov: np.ndarray, segmenter: VesselSegmente
     (``ref_``) and against the manual mask (``manual_``); with ``scorer`` (the independent segmenter)
     and a manual mask, also the scorer's vessels against the manual mask (``indep_``)."""
     score, binary = segmenter(image, fov)
-    out = {f"ref_{k}": v for k, v in vessel_scores(score, binary, clean_ref, fov).items() if k in VESSEL_KEYS}
+    out = {f"ref_{k}": v for k, v in vessel_scores(score, binary, clean_ref, fov).items() if k in M.VESSEL_KEYS}
     if manual is not None:
-        out.update({f"manual_{k}": v for k, v in vessel_scores(score, binary, manual, fov).items() if k in VESSEL_KEYS})
+        out.update({f"manual_{k}": v for k, v in vessel_scores(score, binary, manual, fov).items() if k in M.VESSEL_KEYS})
         if scorer is not None:
             score_b, binary_b = scorer(image, fov)
-            out.update({f"indep_{k}": v for k, v in vessel_scores(score_b, binary_b, manual, fov).items() if k in VESSEL_KEYS})
+            out.update({f"indep_{k}": v for k, v in vessel_scores(score_b, binary_b, manual, fov).items() if k in M.VESSEL_KEYS})
     return out
 
 
@@ -325,10 +319,10 @@ def per_image_table(rows: list[dict]) -> pd.DataFrame:
     every metric column of the registry in its order (empty where a row has no value)."""
     table = pd.DataFrame(rows)
     table["subject"] = subjects_of(table)
-    for col in COLUMNS:
+    for col in M.COLUMNS:
         if col not in table:
             table[col] = np.nan
-    order = ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale", *COLUMNS]
+    order = ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale", *M.COLUMNS]
     return table[order]
 
 
@@ -339,7 +333,7 @@ def summarise(table: pd.DataFrame, seed: int) -> dict[str, dict[str, dict]]:
     for (method, variant), grp in table.groupby(["method", "variant"], sort=True):
         subjects = subjects_of(grp).to_numpy()
         stats = {"kind": grp["kind"].iloc[0], "n": len(grp), "n_images": len(grp), "n_subjects": int(len(set(subjects)))}
-        for col in COLUMNS:
+        for col in M.COLUMNS:
             vals = grp[col].to_numpy(dtype=float)
             if np.isfinite(vals).any():
                 stats[col] = interval(vals, seed, subjects)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medrestore.core.io import InputError, read_json
-from medrestore.report.tables import HEADLINE
+from medrestore.evaluation.metrics import headline
 
 IDENTICAL, WITHIN, OUTSIDE = "identical", "within", "outside"
 
@@ -71,7 +71,7 @@ def load_metrics(data: bytes, where: str, fix: str) -> dict:
 
 def _interval(stats: dict, metric: str) -> dict | None:
     """The summary's interval of a headline number: mean, ci95, n_images, n_subjects."""
-    for col in HEADLINE.get(metric, ()):
+    for col in headline().get(metric, ()):
         if col in stats:
             return stats[col]
     return None

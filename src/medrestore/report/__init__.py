@@ -37,7 +37,6 @@ from medrestore.report.policy import (
     task_convergence,
 )
 from medrestore.report.tables import (
-    HEADLINE,
     KIND_ORDER,
     best_rows,
     convergence_rows,
@@ -57,7 +56,6 @@ from medrestore.report.text import (
 __all__ = [
     "CAPTIONS",
     "CONVERGENCE_TEXT",
-    "HEADLINE",
     "KIND_ORDER",
     "NOT_CONVERGED",
     "banner",

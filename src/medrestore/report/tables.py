@@ -10,13 +10,8 @@ from pathlib import Path
 
 from medrestore.evaluation.gates import below_input_in_summary, failed_in_summary
 from medrestore.core.io import read_json
-from medrestore.evaluation.metrics import (
-    LOWER_IS_BETTER,
-    METRICS,
-    TABLE_IMAGE,
-    TABLE_VESSEL,
-    digits,
-)
+from medrestore.evaluation import metrics as M  # its views are read at call time: a metric may be registered after import
+from medrestore.evaluation.metrics import digits
 from medrestore.evaluation.metrics import header as column_title
 from medrestore.report.policy import best_by, best_on_vessels, eligible, label
 
@@ -28,7 +23,7 @@ def table_metrics(summary: dict, variant: str) -> tuple[str, ...]:
     them (the clinical reference), else against the segmentation of the clean image."""
     has_manual = any("manual_auc" in v.get(variant, {}) for v in summary["methods"].values())
     prefix = "manual" if has_manual else "ref"
-    return TABLE_IMAGE + tuple(f"{prefix}_{k}" for k in TABLE_VESSEL)
+    return M.TABLE_IMAGE + tuple(f"{prefix}_{k}" for k in M.TABLE_VESSEL)
 
 
 def sorted_methods(summary: dict, variant: str) -> list[str]:
@@ -71,7 +66,7 @@ def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = 
             if eligible(m, summary["methods"][m][variant]["kind"], converged, failed) and metric in summary["methods"][m][variant]
         }
         if cands:
-            pick = min if metric in LOWER_IS_BETTER else max
+            pick = min if metric in M.LOWER_IS_BETTER else max
             best[metric] = pick(cands, key=cands.get)
     header = ["method", "kind", *(column_title(m) for m in metrics), "images / subjects"]
     rows = []
@@ -130,7 +125,7 @@ def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None =
               "images / subjects"]
     rows = []
     failed = failed_in_summary(summary, variant)
-    shown = [m for m in table_metrics(summary, variant) if METRICS[m].paired]
+    shown = [m for m in table_metrics(summary, variant) if M.METRICS[m].paired]
     for model, tests in sorted(entry["models"].items()):
         for metric in shown:
             t = tests.get(metric)
@@ -162,19 +157,11 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
 #: vessel scores against the manual masks where the dataset has them, else against the clean image's
 #: segmentation), plus ``converged`` and ``failed`` (below the degraded input on that test corruption:
 #: :mod:`medrestore.evaluation.gates`) for trained models.
-HEADLINE = {
-    "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_fov_e3": ("psnr_fov_e3",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
-    "niqe": ("niqe",), "brisque": ("brisque",),
-    "thin_kept": ("manual_thin_recall_above_chance", "ref_thin_recall_above_chance"),
-    "invented": ("manual_invented_rate", "ref_invented_rate"),
-    "thin_kept_indep": ("indep_thin_recall_above_chance",),   # scored by the independent segmenter
-    "invented_indep": ("indep_invented_rate",),
-}
 
 
 def headline_numbers(stats: dict, convergence: dict | None, failed: bool | None = None) -> dict:
     out = {}
-    for name, columns in HEADLINE.items():
+    for name, columns in M.headline().items():
         col = next((c for c in columns if c in stats), None)
         if col is not None:
             out[name] = stats[col]["mean"]
