@@ -1,6 +1,9 @@
 """Every restoration method, registered by name.
 
-``MODELS`` holds trainable networks, ``BASELINES`` the classical methods. A model's entry gives the
+``MODELS`` holds trainable networks, ``BASELINES`` the classical methods (:mod:`.registry`). Each
+module of this folder registers what it defines (``register_model(...)`` after a network class, the
+``@baseline(...)`` decorator on a classical method), and this package imports every module of the
+folder: a new network is one file here (plus its params.yaml recipe). A model's entry gives the
 network class that restores images (the one saved and loaded), the task family it is for
 (``denoise``, ``sr``, ``enhance``), the paper it follows, and how it trains:
 
@@ -20,10 +23,10 @@ model; ``train.chains`` in params.yaml builds it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -31,61 +34,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medrestore.core.io import InputError, atomic_path, write_json_atomic
-from medrestore.models.cdae import CDAE
-from medrestore.models.classical import (
-    bicubic,
-    bm3d_rgb,
-    clahe,
-    median_filter,
-    nl_means,
-)
-from medrestore.models.cyclegan import PatchDiscriminator, ResnetGenerator
-from medrestore.models.dncnn import DnCNN
-from medrestore.models.irunet import IRUNet
-from medrestore.models.lapsrn import LapSRN
-from medrestore.models.redae import REDAE
-from medrestore.models.srresnet import SRGANDiscriminator, SRResNet
+from medrestore.models.registry import BASELINES, MODELS, TRAINERS, ModelSpec, baseline, register_model
 
-TRAINERS = ("paired", "srgan", "cyclegan")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    cls: type[nn.Module]
-    task: str
-    paper: str
-    trainer: str = "paired"
-    discriminator: type[nn.Module] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-MODELS: dict[str, ModelSpec] = {
-    "cdae": ModelSpec(CDAE, "denoise", "Gondara2016 (convolutional denoising autoencoder, Gondara 2016)"),
-    "redae": ModelSpec(REDAE, "denoise", "Hayee2017 (autoencoder with symmetric skips, Mao et al. 2016)"),
-    "dncnn": ModelSpec(DnCNN, "denoise", "Hayee2017 (DnCNN-17, Zhang et al. 2017)"),
-    "dncnn-green": ModelSpec(DnCNN, "denoise", "Hayee2017 (DnCNN-17 with the R:G:B = 1:3:2 weighted loss)"),
-    "dncnn-blind": ModelSpec(DnCNN, "denoise", "Hayee2017 network on the blind sigma range (Zhang et al.'s DnCNN-B setting)"),
-    "irunet": ModelSpec(IRUNet, "denoise", "GilZuluaga2021 (IRUNet blind denoiser, Gil Zuluaga et al. 2021)"),
-    "lapsrn": ModelSpec(LapSRN, "sr", "Krenz2018 (LapSRN, Lai et al. 2017; scale=1 for deblurring)"),
-    "srresnet": ModelSpec(SRResNet, "sr", "Hayee2017 (SRResNet, the SRGAN generator, Ledig et al. 2017)"),
-    "srgan": ModelSpec(SRResNet, "sr", "Hayee2017 (SRGAN: SRResNet + 8-conv discriminator, Ledig et al. 2017)", "srgan", SRGANDiscriminator),
-    "cyclegan-fc": ModelSpec(
-        ResnetGenerator, "enhance", "Zhao2019 (two-way GAN with feature-consistency loss, Zhao et al. 2019)", "cyclegan",
-        PatchDiscriminator, {"cycle": "feature"},
-    ),
-    "cyclegan": ModelSpec(
-        ResnetGenerator, "enhance", "Zhao2019 ablation (image-level cycle loss, Zhu et al. 2017)", "cyclegan",
-        PatchDiscriminator, {"cycle": "image"},
-    ),
-}
-
-BASELINES: dict[str, Callable[..., Any]] = {
-    "median": median_filter,
-    "nlmeans": nl_means,
-    "bm3d": bm3d_rgb,
-    "bicubic": bicubic,
-    "clahe": clahe,
-}
+# every module of this folder, in name order: each registers its networks and baselines on import
+# (medrestore.pipeline.deps counts the whole folder as imported, for this call)
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -137,4 +91,5 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-__all__ = ["BASELINES", "MODELS", "TRAINERS", "ModelSpec", "build_discriminator", "build_model", "count_parameters", "load_model", "save_model"]
+__all__ = ["BASELINES", "MODELS", "TRAINERS", "ModelSpec", "baseline", "build_discriminator", "build_model", "count_parameters", "load_model",
+           "register_model", "save_model"]

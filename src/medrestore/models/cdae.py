@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from medrestore.models.padding import crop_to, pad_to_multiple
+from medrestore.models.registry import register_model
+
 
 MULTIPLE = 4  # two 2x2 max-pools
 
@@ -49,3 +51,6 @@ class CDAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, MULTIPLE)
         return crop_to(self.decoder(self.encoder(x)), size)
+
+
+register_model("cdae", CDAE, "denoise", "Gondara2016 (convolutional denoising autoencoder, Gondara 2016)")

@@ -11,32 +11,21 @@ Each function carries ``task`` (the task family it is for: denoise, sr or enhanc
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.restoration import denoise_nl_means
 
 from medrestore.degradations import upsample_bicubic
+from medrestore.models.registry import baseline
 
 
-def baseline(task: str, paper: str) -> Callable:
-    """Mark a function as a classical baseline for ``task``, citing ``paper``."""
-
-    def mark(fn: Callable) -> Callable:
-        fn.task, fn.paper = task, paper
-        return fn
-
-    return mark
-
-
-@baseline("denoise", "Gondara2016 (median filter baseline)")
+@baseline("median", "denoise", "Gondara2016 (median filter baseline)")
 def median_filter(noisy: np.ndarray, sigma: float, size: int = 3) -> np.ndarray:
     """Per-channel 3x3 median filter (Gondara2016's baseline)."""
     return ndi.median_filter(noisy, size=(size, size, 1), mode="reflect")
 
 
-@baseline("denoise", "Gondara2016 (NL-means baseline, Buades et al. 2005)")
+@baseline("nlmeans", "denoise", "Gondara2016 (NL-means baseline, Buades et al. 2005)")
 def nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """Non-local means (Buades et al.), scikit-image's fast mode, h = 0.8 sigma as its docs advise."""
     s = sigma / 255.0
@@ -45,7 +34,7 @@ def nl_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
-@baseline("denoise", "GilZuluaga2021 (BM3D comparison, Dabov et al. 2007)")
+@baseline("bm3d", "denoise", "GilZuluaga2021 (BM3D comparison, Dabov et al. 2007)")
 def bm3d_rgb(noisy: np.ndarray, sigma: float) -> np.ndarray:
     """BM3D (Dabov et al.) through the reference ``bm3d`` package's colour variant (slow)."""
     import bm3d
@@ -53,14 +42,14 @@ def bm3d_rgb(noisy: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(bm3d.bm3d_rgb(noisy, sigma_psd=max(sigma, 1e-3) / 255.0), 0.0, 1.0)
 
 
-@baseline("sr", "Hayee2017 (bicubic upsampling, the SR reference of Ledig et al.)")
+@baseline("bicubic", "sr", "Hayee2017 (bicubic upsampling, the SR reference of Ledig et al.)")
 def bicubic(degraded: np.ndarray, sigma: float = 0.0, scale: int = 4) -> np.ndarray:
     """Bicubic upsampling of the low-resolution input by ``scale`` (PIL, as the corrupt stage downscales):
     :func:`medrestore.degradations.upsample_bicubic`, clipped to [0, 1] at ``scale`` 1 too."""
     return np.clip(upsample_bicubic(degraded, scale), 0.0, 1.0).astype(np.float32)
 
 
-@baseline("enhance", "Zhao2019 (CLAHE-based enhancement baselines)")
+@baseline("clahe", "enhance", "Zhao2019 (CLAHE-based enhancement baselines)")
 def clahe(degraded: np.ndarray, sigma: float = 0.0, clip_limit: float = 0.01) -> np.ndarray:
     """CLAHE (scikit-image ``equalize_adapthist``) on the L channel of CIELAB; colours kept."""
     from skimage import color, exposure

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 
 from medrestore.models.padding import crop_to, pad_to_multiple
+from medrestore.models.registry import register_model
+
 
 MULTIPLE = 4  # two stride-2 convs
 
@@ -114,3 +116,9 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[-1]
+
+
+register_model("cyclegan-fc", ResnetGenerator, "enhance", "Zhao2019 (two-way GAN with feature-consistency loss, Zhao et al. 2019)",
+               "cyclegan", PatchDiscriminator, {"cycle": "feature"})
+register_model("cyclegan", ResnetGenerator, "enhance", "Zhao2019 ablation (image-level cycle loss, Zhu et al. 2017)", "cyclegan",
+               PatchDiscriminator, {"cycle": "image"})

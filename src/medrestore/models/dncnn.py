@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medrestore.models.registry import register_model
+
 
 class DnCNN(nn.Module):
     def __init__(self, channels: int = 3, depth: int = 17, features: int = 64) -> None:
@@ -40,3 +42,8 @@ class DnCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.body(x)
+
+
+register_model("dncnn", DnCNN, "denoise", "Hayee2017 (DnCNN-17, Zhang et al. 2017)")
+register_model("dncnn-green", DnCNN, "denoise", "Hayee2017 (DnCNN-17 with the R:G:B = 1:3:2 weighted loss)")
+register_model("dncnn-blind", DnCNN, "denoise", "Hayee2017 network on the blind sigma range (Zhang et al.'s DnCNN-B setting)")

@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrestore.models.padding import crop_to, pad_to_multiple
+from medrestore.models.registry import register_model
+
 
 MULTIPLE = 16  # four stride-2 stages
 
@@ -140,3 +142,6 @@ class IRUNet(nn.Module):
                 y = y + skips[0]  # 1/2: encoder stage 1
         y = torch.sigmoid(self.tail(y))
         return crop_to(y, size)
+
+
+register_model("irunet", IRUNet, "denoise", "GilZuluaga2021 (IRUNet blind denoiser, Gil Zuluaga et al. 2021)")

@@ -42,6 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrestore.models.registry import register_model
+
+
 UPSAMPLE_MODES = ("deconv", "resize_conv")
 
 
@@ -134,3 +137,6 @@ class LapSRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_pyramid(x)[-1]
+
+
+register_model("lapsrn", LapSRN, "sr", "Krenz2018 (LapSRN, Lai et al. 2017; scale=1 for deblurring)")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medrestore.models.registry import register_model
+
 
 class REDAE(nn.Module):
     def __init__(self, channels: int = 3, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
@@ -34,3 +36,6 @@ class REDAE(nn.Module):
         d2 = self.act(self.dec[1](d1))
         d3 = self.act(self.dec[2](d2) + e1)
         return self.dec[3](d3)
+
+
+register_model("redae", REDAE, "denoise", "Hayee2017 (autoencoder with symmetric skips, Mao et al. 2016)")

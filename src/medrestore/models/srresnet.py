@@ -47,6 +47,8 @@ import math
 import torch
 from torch import nn
 
+from medrestore.models.registry import register_model
+
 
 def _act(kind: str, channels: int) -> nn.Module:
     if kind == "prelu":
@@ -140,3 +142,7 @@ class SRGANDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probability that ``x`` is a real high-resolution image, shape (N, 1)."""
         return torch.sigmoid(self.logits(x))
+
+
+register_model("srresnet", SRResNet, "sr", "Hayee2017 (SRResNet, the SRGAN generator, Ledig et al. 2017)")
+register_model("srgan", SRResNet, "sr", "Hayee2017 (SRGAN: SRResNet + 8-conv discriminator, Ledig et al. 2017)", "srgan", SRGANDiscriminator)

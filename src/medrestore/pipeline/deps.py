@@ -2,7 +2,8 @@
 
 For a stage script (``stages/*.py``), :func:`closure` follows every import of a ``medrestore`` module
 (function-level imports included, with the ``__init__.py`` of every package on the way) with
-``ast``, without importing anything. dvc.yaml must list every file of it (a file, or a folder that
+``ast``, without importing anything; a package that imports every module of its folder by discovery
+(``pkgutil.iter_modules(__path__)``: the model registry) imports all of them. dvc.yaml must list every file of it (a file, or a folder that
 holds it) and nothing that covers none of it: ``tests/test_dvc_deps.py`` checks this, and
 
     python -m medrestore.pipeline.deps --write
@@ -40,6 +41,9 @@ def imports_of(path: Path, repo: Path = REPO) -> set[Path]:
     found: set[Path] = set()
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
+        if path.name == "__init__.py" and _discovers_its_modules(node):  # a registry package (medrestore.models)
+            found.update(f for f in path.parent.glob("*.py") if f != path)
+            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -55,6 +59,16 @@ def imports_of(path: Path, repo: Path = REPO) -> set[Path]:
             elif path.parent == repo / "stages" and (repo / "stages" / f"{name}.py").is_file():
                 found.add(repo / "stages" / f"{name}.py")
     return found
+
+
+def _discovers_its_modules(node: ast.AST) -> bool:
+    """``pkgutil.iter_modules(__path__)`` (or ``iter_modules(__path__)``): a package that imports every
+    module of its folder, so that each registers itself; all of them are its imports."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name == "iter_modules" and isinstance(node.args[0], ast.Name) and node.args[0].id == "__path__"
 
 
 def closure(script: Path, repo: Path = REPO) -> set[Path]:
