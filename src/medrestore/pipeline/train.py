@@ -26,7 +26,7 @@ from medrestore.pipeline.paths import (
 )
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.mlflow_model import log_restoration_model
-from medrestore.tracking import file_md5, tag_outputs
+from medrestore.tracking import file_md5, log_datasets, tag_outputs
 from medrestore.training import TrainConfig, train_model
 from medrestore.training.chain import assemble_chain, chain_pairs
 
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             train_model(cfg, out_dir=Path(scratch), tracker=None, **data)
         return
     with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "standard"), **cfg_params}, all_p) as tracker:
+        log_datasets(tracker, [PATCHES, corrupted], "train")
         with atomic_dir(out) as tmp:
             train_model(cfg, out_dir=tmp, tracker=tracker, **data)
             if first_dir is not None:
