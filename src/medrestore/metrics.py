@@ -130,6 +130,44 @@ TABLE_VESSEL = tuple(m.name for m in REGISTRY if m.reference == VESSEL and m.tab
 LOWER_IS_BETTER = frozenset(name for name, m in METRICS.items() if m.lower_is_better)
 
 
+#: reports/metrics.json: per method and test variant, these summary columns under these names (the
+#: vessel scores against the manual masks where the dataset has them, else against the clean image's
+#: segmentation), plus ``converged`` and ``failed`` (below the degraded input on that test corruption:
+#: :mod:`medrestore.gates`) for trained models; and each trained model's MLflow test scores
+#: (:func:`headline_scores`).
+HEADLINE = {
+    "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_fov_e3": ("psnr_fov_e3",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
+    "niqe": ("niqe",), "brisque": ("brisque",),
+    "thin_kept": ("manual_thin_recall_above_chance", "ref_thin_recall_above_chance"),
+    "invented": ("manual_invented_rate", "ref_invented_rate"),
+    "thin_kept_indep": ("indep_thin_recall_above_chance",),   # scored by the independent segmenter
+    "invented_indep": ("indep_invented_rate",),
+}
+
+
+def headline_key(variant: str, name: str) -> str:
+    """The MLflow metric a trained model's test score is logged under: ``test_<variant>_<name>``
+    (``test_s25_psnr_fov``; a test corruption's characters other than letters, digits and ``_`` become
+    ``_``: ``x4-s25`` gives ``test_x4_s25_psnr_fov``), a plain name that a filter string takes unquoted."""
+    import re
+
+    return f"test_{re.sub(r'[^A-Za-z0-9_]', '_', variant)}_{name}"
+
+
+def headline_scores(summary: dict, method: str) -> dict[str, float]:
+    """A method's :data:`HEADLINE` numbers on each test corruption of an evaluation's ``summary.json``
+    (the mean over the test images), under :func:`headline_key`; non-finite means are left out."""
+    import math
+
+    out: dict[str, float] = {}
+    for variant, stats in sorted(summary["methods"].get(method, {}).items()):
+        for name, columns in HEADLINE.items():
+            col = next((c for c in columns if isinstance(stats.get(c), dict) and "mean" in stats[c]), None)
+            if col is not None and stats[col]["mean"] is not None and math.isfinite(stats[col]["mean"]):
+                out[headline_key(variant, name)] = float(stats[col]["mean"])
+    return out
+
+
 def metric(name: str) -> Metric:
     """The registry entry of a column name (``psnr_fov``, ``manual_dice``)."""
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from medrestore.gates import below_input_in_summary, failed_in_summary
 from medrestore.io import read_json
 from medrestore.metrics import (
+    HEADLINE,
     LOWER_IS_BETTER,
     METRICS,
     TABLE_IMAGE,
@@ -156,20 +157,6 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
         p, f = methods[m].get("parameters"), methods[m].get("flops_per_mpix")
         rows.append([label(m, converged, failed), f"{p:,}" if isinstance(p, int) else "–", f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
     return header, rows
-
-
-#: reports/metrics.json: per method and test variant, these summary columns under these names (the
-#: vessel scores against the manual masks where the dataset has them, else against the clean image's
-#: segmentation), plus ``converged`` and ``failed`` (below the degraded input on that test corruption:
-#: :mod:`medrestore.gates`) for trained models.
-HEADLINE = {
-    "psnr": ("psnr",), "psnr_fov": ("psnr_fov",), "psnr_fov_e3": ("psnr_fov_e3",), "psnr_green": ("psnr_green",), "ssim": ("ssim",),
-    "niqe": ("niqe",), "brisque": ("brisque",),
-    "thin_kept": ("manual_thin_recall_above_chance", "ref_thin_recall_above_chance"),
-    "invented": ("manual_invented_rate", "ref_invented_rate"),
-    "thin_kept_indep": ("indep_thin_recall_above_chance",),   # scored by the independent segmenter
-    "invented_indep": ("indep_invented_rate",),
-}
 
 
 def headline_numbers(stats: dict, convergence: dict | None, failed: bool | None = None) -> dict:
