@@ -158,3 +158,32 @@ def test_dirty_paths_leave_out_the_lock_and_outputs_dvc_rewrites():
     assert dirty_paths(porcelain, "", outputs) == ["src/a.py", "src/new.py", "sub/params.yaml"]
     # a DVC project in a sub-folder of the git repository: paths relative to it
     assert dirty_paths(" M sub/dvc.lock\0 M sub/params.yaml\0", "sub/", set()) == ["params.yaml"]
+
+
+@pytest.mark.slow  # a pipeline copy run with DVC (about a minute on 2 cores)
+def test_the_data_stages_of_the_pipeline_tag_what_dvc_records(tmp_path):
+    """download, prepare, patchify and corrupt@TASK (the stages whose runs had no out_md5 tags) under `dvc repro`
+    in a tiny copy of the repository: each run's tags are dvc.lock's outputs, one repro id for all."""
+    from conftest import copy_checkout, shrink_params
+
+    work = copy_checkout(tmp_path / "repo")
+    for p in (work / ".dvc" / "cache", work / ".dvc" / "tmp"):
+        subprocess.run(["rm", "-rf", str(p)], check=True)
+    (work / "dvc.lock").unlink(missing_ok=True)
+    (work / "data").mkdir(exist_ok=True)
+    params = shrink_params(yaml.safe_load((work / "params.yaml").read_text()), sources=["sample"], stride=8, tasks={"denoise-g25"})
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(work, "git", "init", "-q")
+    _run(work, "git", "add", "-A")
+    _run(work, "git", "commit", "-qm", "tiny")
+    _run(work, sys.executable, "-m", "dvc", "repro", "-q", "corrupt@denoise-g25")
+    outs = _lock_outs(work)
+    runs = {r.data.tags["dvc_stage"]: r for r in _runs(work)}
+    assert set(runs) == {"download", "prepare", "patchify", "corrupt@denoise-g25"} == set(outs)
+    for stage, run in runs.items():
+        for path, md5 in outs[stage].items():
+            assert run.data.tags.get(f"out_md5:{path}") == md5, (stage, path)
+        assert run.data.tags["git_dirty"] == "false", run.data.tags.get("git_dirty_paths")
+    assert len({r.data.tags["dvc_repro_id"] for r in runs.values()}) == 1
+    corrupt = {i.dataset.name: i.dataset.digest for i in runs["corrupt@denoise-g25"].inputs.dataset_inputs}
+    assert corrupt == {"artifacts/patches": outs["patchify"]["artifacts/patches"], "artifacts/prepared": outs["prepare"]["artifacts/prepared"]}
