@@ -218,3 +218,78 @@ def test_model_with_the_wrong_scale_is_refused(chase_dir, tmp_path):
     with pytest.raises(InputError, match="x4 but task sr-x2 is x2"):
         evaluate_task("sr-x2", tmp_path / "patches", tmp_path / "corrupt", tmp_path / "models", tmp_path / "eval",
                         baselines=[], tile=48, overlap=12, seed=0)
+
+
+def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registered_version(denoise_task, tmp_path, monkeypatch):
+    """After the evaluation, ``metrics.test_v_psnr_fov > x`` finds the run that trained the scored weights (and
+    its logged model); weights without a training run in the store get a child run of the evaluation; the
+    registered version carries the same numbers as tags and description."""
+    import shutil
+
+    import mlflow
+    import yaml
+    from mlflow import MlflowClient
+
+    from medrestore.tracking.lineage import register_best_models
+    from medrestore.evaluation.metrics import headline_scores
+    from medrestore.serving.mlflow_model import log_restoration_model
+    from medrestore.pipeline.evaluate import log_test_scores
+    from medrestore.tracking.runs import file_md5, log_datasets, stage_run, tag_outputs
+
+    root, summary = denoise_task
+    models = tmp_path / "artifacts" / "models" / "denoise-x"
+    shutil.copytree(root / "models" / "dncnn", models / "dncnn")
+    shutil.copytree(root / "models" / "dncnn", models / "dncnn-copy")  # the same weights under a name no run wrote
+    shutil.copytree(root / "corrupt", tmp_path / "artifacts" / "corrupt" / "denoise-x")
+    summary = {**summary, "methods": {**summary["methods"], "dncnn-copy": summary["methods"]["dncnn"]}}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    weights = "artifacts/models/denoise-x/dncnn/model.safetensors"
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train@denoise-x-dncnn": {
+        "cmd": "python stages/train.py denoise-x-dncnn", "outs": [{"path": weights, "md5": file_md5(tmp_path / weights)}]}}}))
+    with stage_run("train@denoise-x-dncnn", {"lr": 0.001}, required=True) as train:  # as the training stage logs it
+        tag_outputs(train, [models / "dncnn"])
+        uri = train.call("log_model", log_restoration_model, models / "dncnn", read_image(root / "corrupt" / "test/v/chase_db1__Image_03L.png")[:64, :64])
+        train.set_tags({"model_uri": uri})
+    with stage_run("evaluate@denoise-x", {}, required=True) as ev:
+        datasets = log_datasets(ev, [tmp_path / "artifacts" / "corrupt" / "denoise-x"], "test")
+        (name, digest), = datasets.items()
+        done = log_test_scores(ev, "denoise-x", summary, models, (name, digest))
+    assert not ev.failures and set(done) == {"dncnn", "dncnn-copy"}
+    assert done["dncnn"] == train.run_id and done["dncnn-copy"] != train.run_id
+
+    psnr = summary["methods"]["dncnn"]["v"]["psnr_fov"]["mean"]
+    scores = headline_scores(summary, "dncnn")
+    assert scores["test_v_psnr_fov"] == psnr and {"test_v_ssim", "test_v_thin_kept", "test_v_niqe"} <= set(scores)
+    found = mlflow.search_runs(filter_string=f"metrics.test_v_psnr_fov > {psnr - 0.01}", search_all_experiments=True, output_format="list")
+    assert {r.info.run_name for r in found} == {"train@denoise-x-dncnn", "evaluate@denoise-x dncnn-copy"}
+    trained = next(r for r in found if r.info.run_id == train.run_id)
+    assert trained.data.params["lr"] == "0.001" and trained.data.tags["test_eval_run_id"] == ev.run_id
+    assert {k: v for k, v in trained.data.metrics.items() if k.startswith("test_")} == pytest.approx(scores)
+    assert not mlflow.search_runs(filter_string=f"metrics.test_v_psnr_fov > {psnr + 0.01}", search_all_experiments=True, output_format="list")
+    child = next(r for r in found if r.info.run_id == done["dncnn-copy"])
+    assert child.data.tags["mlflow.parentRunId"] == ev.run_id and child.data.tags["model"] == "dncnn-copy"
+    assert child.info.status == "FINISHED"
+    # the logged model holds them too, linked to the test images' dataset
+    (logged,) = mlflow.search_logged_models(filter_string=f"metrics.test_v_psnr_fov > {psnr - 0.01}", output_format="list")
+    assert logged.model_id == uri.split("/")[-1]
+    assert {m.key: (m.dataset_name, m.dataset_digest) for m in logged.metrics}["test_v_psnr_fov"] == (name, digest)
+
+    with stage_run("report", {}) as report:
+        best = {"denoise-x": {"model": "dncnn", "metric": "psnr_fov", "value": psnr}}
+        registered = register_best_models(best, tmp_path / "artifacts" / "models", root=tmp_path, tracker=report,
+                                          tasks=["denoise-x"], eval_root=tmp_path / "eval")
+    assert not report.failures, report.failures
+    name, version = registered["denoise-x"].rsplit("/", 1)
+    assert not any(k.startswith("test_") for k in MlflowClient().get_model_version(name, version).tags)  # no summary.json yet
+    (tmp_path / "eval" / "denoise-x").mkdir(parents=True)
+    (tmp_path / "eval" / "denoise-x" / "summary.json").write_text(json.dumps(summary))
+    with stage_run("report", {}) as report:
+        registered = register_best_models(best, tmp_path / "artifacts" / "models", root=tmp_path, tracker=report,
+                                          tasks=["denoise-x"], eval_root=tmp_path / "eval")
+    assert not report.failures, report.failures
+    assert registered["denoise-x"] == f"{name}/{version}"  # the same weights: the version is reused, its tags completed
+    mv = MlflowClient().get_model_version(name, version)
+    assert float(mv.tags["test_v_psnr_fov"]) == pytest.approx(psnr, abs=1e-3) and mv.tags["train_run_id"] == train.run_id
+    assert "- v: psnr " in mv.description and f"psnr_fov {psnr:.4g}" in mv.description

@@ -196,6 +196,29 @@ def headline() -> dict[str, tuple[str, ...]]:
     return out
 
 
+def headline_key(variant: str, name: str) -> str:
+    """The MLflow metric a trained model's test score is logged under: ``test_<variant>_<name>``
+    (``test_s25_psnr_fov``; a test corruption's characters other than letters, digits and ``_`` become
+    ``_``: ``x4-s25`` gives ``test_x4_s25_psnr_fov``), a plain name that a filter string takes unquoted."""
+    import re
+
+    return f"test_{re.sub(r'[^A-Za-z0-9_]', '_', variant)}_{name}"
+
+
+def headline_scores(summary: dict, method: str) -> dict[str, float]:
+    """A method's :func:`headline` numbers on each test corruption of an evaluation's ``summary.json``
+    (the mean over the test images), under :func:`headline_key`; non-finite means are left out."""
+    import math
+
+    out: dict[str, float] = {}
+    for variant, stats in sorted(summary["methods"].get(method, {}).items()):
+        for name, columns in headline().items():
+            col = next((c for c in columns if isinstance(stats.get(c), dict) and "mean" in stats[c]), None)
+            if col is not None and stats[col]["mean"] is not None and math.isfinite(stats[col]["mean"]):
+                out[headline_key(variant, name)] = float(stats[col]["mean"])
+    return out
+
+
 def metric(name: str) -> Metric:
     """The registry entry of a column name (``psnr_fov``, ``manual_dice``)."""
     try:

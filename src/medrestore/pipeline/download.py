@@ -8,6 +8,7 @@ from medrestore.data.sources import gather
 from medrestore.core.io import InputError, atomic_dir, list_images, repo_path, write_json_atomic
 from medrestore.pipeline.paths import SOURCES
 from medrestore.pipeline.stage import params, run
+from medrestore.tracking.runs import log_datasets, tag_outputs
 
 DOWNLOAD_CACHE = Path(".cache") / "downloads"
 
@@ -30,11 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     p = all_p["download"]
     if "folder" in p["sources"] and Path(p["folder"]).is_dir():
         check_folder_names(Path(p["folder"]))
-    with run("download", p, all_p) as tracker, atomic_dir(SOURCES) as tmp:
-        records = gather(
-            p["sources"], tmp, mirror=repo_path(p["mirror"]), folder=Path(p["folder"]),
-            cache_dir=DOWNLOAD_CACHE, allow_network=bool(p["allow_network"]),
-            allow_unverified=bool(p.get("allow_unverified", False)), allow_partial=bool(p.get("allow_partial", False)),
-        )
-        write_json_atomic(tmp / "manifest.json", {"images": [r.as_dict(tmp) for r in records]})
+    with run("download", p, all_p) as tracker:
+        if "folder" in p["sources"]:
+            log_datasets(tracker, [Path(p["folder"])], "source")  # the DVC-tracked folder of one's own photographs
+        with atomic_dir(SOURCES) as tmp:
+            records = gather(
+                p["sources"], tmp, mirror=repo_path(p["mirror"]), folder=Path(p["folder"]),
+                cache_dir=DOWNLOAD_CACHE, allow_network=bool(p["allow_network"]),
+                allow_unverified=bool(p.get("allow_unverified", False)), allow_partial=bool(p.get("allow_partial", False)),
+            )
+            write_json_atomic(tmp / "manifest.json", {"images": [r.as_dict(tmp) for r in records]})
         tracker.log_metrics({"images": len(records)})
+        tag_outputs(tracker, [SOURCES])

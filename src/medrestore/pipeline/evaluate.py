@@ -51,7 +51,8 @@ from medrestore.core.io import (
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, SCORER, SEGMENTER, corrupt_dir, eval_dir
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.tracking.runs import tag_outputs
+from medrestore.evaluation.metrics import headline_scores
+from medrestore.tracking.runs import file_md5, log_datasets, relative_path, run_by_output, tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
 
@@ -197,11 +198,64 @@ def main(argv: list[str] | None = None) -> None:
     p = all_p["evaluate"]
     out = eval_dir(task)
     with run(f"evaluate@{task}", p, all_p) as tracker:
+        datasets = log_datasets(tracker, [PATCHES, corrupt_dir(task)], "test")
         with atomic_dir(out) as tmp:
-            evaluate_task(
+            summary = evaluate_task(
                 task, PATCHES, corrupt_dir(task), MODELS / task, tmp,
                 baselines=baselines_for(task, p["baselines"]), tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"],
                 assets_dir=str(repo_path(p["assets"])), tracker=tracker, segmenter_dir=SEGMENTER, scorer_dir=SCORER,
                 device=p.get("device", "cpu"),
             )
-        tag_outputs(tracker, [out])
+        tag_outputs(tracker, [out / "per_image.csv", out / "summary.json", out / "cost.json", out / "restored"])
+        for name in ("per_image.csv", "summary.json"):
+            if tracker is not None:
+                tracker.log_artifact(out / name)
+        test_set = relative_path(corrupt_dir(task))
+        log_test_scores(tracker, task, summary, MODELS / task, (test_set, datasets[test_set]) if test_set in datasets else None)
+
+
+def log_test_scores(tracker, task: str, summary: dict, models_dir: Path, dataset: tuple[str, str] | None = None) -> dict[str, str]:
+    """Log each trained model's test scores (:func:`medrestore.evaluation.metrics.headline_scores`: ``test_<variant>_<metric>``,
+    e.g. ``test_s25_psnr_fov``) to the MLflow run that trained it: the finished run tagged
+    ``out_md5:<models_dir>/<model>/model.safetensors`` with the md5 of the weights scored here, and to the
+    model it logged (tag ``model_uri``), linked to ``dataset`` (name, digest: the test images). A model
+    whose training run is not in the store (its weights came from the DVC cache) gets them in a child
+    run of the evaluation run, named ``evaluate@<task> <model>`` and tagged ``model``. Returns model ->
+    id of the run that holds its scores; failed calls are counted by ``tracker``."""
+    if tracker is None or tracker.run_id is None:
+        return {}
+    import time
+
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    client = MlflowClient()
+    link = {"dataset_name": dataset[0], "dataset_digest": dataset[1]} if dataset else {}
+    now = int(time.time() * 1000)
+    done: dict[str, str] = {}
+    for method, variants in sorted(summary["methods"].items()):
+        weights = Path(models_dir) / method / "model.safetensors"
+        if next(iter(variants.values()), {}).get("kind") != "model" or not weights.is_file():
+            continue
+        md5, failed = file_md5(weights), len(tracker.failures)
+        trained = tracker.call(f"find the training run of {method}", run_by_output, client, relative_path(weights), md5)
+        if trained is not None:
+            run_id = trained.info.run_id
+            model_uri = trained.data.tags.get("model_uri", "")
+            model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+        else:
+            child = tracker.call(f"child run of {method}", client.create_run, mlflow.active_run().info.experiment_id,
+                                 run_name=f"evaluate@{task} {method}",
+                                 tags={"mlflow.parentRunId": tracker.run_id, "model": method, "task": task, "model_md5": md5})
+            if child is None:
+                continue
+            run_id, model_id = child.info.run_id, None
+        metrics = [Metric(k, v, now, 0, model_id=model_id, **link) for k, v in sorted(headline_scores(summary, method).items())]
+        tags = [RunTag("test_eval_run_id", tracker.run_id), RunTag("test_eval_stage", f"evaluate@{task}")]
+        tracker.call(f"log the test scores of {method}", client.log_batch, run_id, metrics=metrics, tags=tags)
+        if trained is None:
+            tracker.call(f"end the child run of {method}", client.set_terminated, run_id)
+        if len(tracker.failures) == failed:
+            done[method] = run_id
+    return done

@@ -31,7 +31,7 @@ from medrestore.core.io import InputError, atomic_dir, write_json_atomic, write_
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, external_dir
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.tracking.runs import tag_outputs
+from medrestore.tracking.runs import log_datasets, tag_outputs
 
 COLUMNS = ("task", "method", "kind", "image_id", "source", "profile", "sigma", *METRICS)
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     ev = all_p["evaluate"]
     out = external_dir(task)
     with run(f"evaluate_external@{task}", p, all_p) as tracker:
+        log_datasets(tracker, [PATCHES], "test")
         with atomic_dir(out) as tmp:
             summary = evaluate_external(
                 task, PATCHES, MODELS / task, tmp, spec=tasks[task]["test"][p["variant"]], variant=p["variant"],
@@ -130,4 +131,5 @@ def main(argv: list[str] | None = None) -> None:
         if tracker is not None:
             tracker.log_metrics({f"external.{m}.{k}": v["all"][k]["mean"] for m, v in summary["methods"].items()
                                  for k in ("psnr_fov", "ssim_fov") if k in v.get("all", {}) and np.isfinite(v["all"][k]["mean"])})
+            tracker.log_artifact(out / "per_image.csv")
         tag_outputs(tracker, [out])

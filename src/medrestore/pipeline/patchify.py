@@ -6,11 +6,15 @@ from medrestore.data.patches import patchify
 from medrestore.core.io import atomic_dir, read_json
 from medrestore.pipeline.paths import PATCHES, PREPARED
 from medrestore.pipeline.stage import params, run
+from medrestore.tracking.runs import log_datasets, tag_outputs
 
 
 def main(argv: list[str] | None = None) -> None:
     all_p = params()
     p = all_p["patchify"]
-    with run("patchify", p, all_p) as tracker, atomic_dir(PATCHES) as tmp:
-        summary = patchify(read_json(PREPARED / "manifest.json"), PREPARED, tmp, seed=all_p["seed"], **p)
+    with run("patchify", p, all_p) as tracker:
+        log_datasets(tracker, [PREPARED], "source")
+        with atomic_dir(PATCHES) as tmp:
+            summary = patchify(read_json(PREPARED / "manifest.json"), PREPARED, tmp, seed=all_p["seed"], **p)
         tracker.log_metrics({f"{k}_count": v for k, v in summary["counts"].items()})
+        tag_outputs(tracker, [PATCHES])

@@ -13,6 +13,9 @@ from medrestore.report import best_models, build_report
 from medrestore.tracking.runs import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
+#: What the stage writes under reports/ (dvc.yaml's outs, metrics and plots of the stage), tagged on its run.
+OUTPUTS = ("index.html", "report.md", "figures", "claims.json", "targets.json", "vessel_aware.json", "metrics.json", "plots")
+
 
 def main(argv: list[str] | None = None) -> None:
     """``report`` (no arguments): every task of ``corrupt.tasks``, with ``make bench``'s
@@ -24,9 +27,11 @@ def main(argv: list[str] | None = None) -> None:
         scorer = load_vessel_segmenter(SCORER)[0] if (SCORER / "model.json").is_file() else None
         build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json",
                      scorer=scorer, sweep_path=VESSEL_SWEEP, external_root=EXTERNAL)
-        tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json"])
+        tag_outputs(tracker, [REPORTS / name for name in OUTPUTS])
+        for name in ("report.md", "index.html", "metrics.json"):  # index.html holds the figures inline
+            tracker.log_artifact(REPORTS / name)
         best = best_models(EVAL, tasks, models_root=MODELS, train=p["train"])
-        registered = register_best_models(best, MODELS, tracker=tracker, tasks=tasks)
+        registered = register_best_models(best, MODELS, tracker=tracker, tasks=tasks, eval_root=EVAL)
         for task, version in registered.items():
             print(f"[medrestore] {version} is {task}'s best converged model (alias @{alias_for_run()})")
         for task in sorted(set(tasks) - set(best)):

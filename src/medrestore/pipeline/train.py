@@ -26,7 +26,7 @@ from medrestore.pipeline.paths import (
 )
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.serving.mlflow_model import log_restoration_model
-from medrestore.tracking.runs import file_md5, tag_outputs
+from medrestore.tracking.runs import file_md5, log_datasets, tag_outputs
 from medrestore.training.config import TrainConfig
 from medrestore.training.engine import train_model
 from medrestore.training.chain import assemble_chain, chain_pairs
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             train_model(cfg, out_dir=Path(scratch), tracker=None, **data)
         return
     with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "standard"), **cfg_params}, all_p) as tracker:
+        log_datasets(tracker, [PATCHES, corrupted], "train")
         with atomic_dir(out) as tmp:
             train_model(cfg, out_dir=tmp, tracker=tracker, **data)
             if first_dir is not None:

@@ -28,7 +28,7 @@ from medrestore.core.io import (
 )
 from medrestore.pipeline.paths import PATCHES, PREPARED, SCORER, SEGMENTER
 from medrestore.pipeline.stage import params, run
-from medrestore.tracking.runs import tag_outputs
+from medrestore.tracking.runs import log_datasets, tag_outputs
 from medrestore.training.segmenter import train_segmenter
 from medrestore.vessels import (
     FRANGI_NAME,
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         seed, out, name = seed + int(scoring["seed_offset"]), SCORER, "train_scoring_segmenter"
         logged = {**p, "seed": seed}
     with run(name, logged, all_p) as tracker:
+        log_datasets(tracker, [PREPARED, PATCHES], "train")
         with atomic_dir(out) as tmp:
             metrics = train_segmenter_stage(PREPARED, read_json(PATCHES / "patches.json"), tmp, params=p, seed=seed)
         tag_outputs(tracker, [out])

@@ -153,12 +153,6 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
     return header, rows
 
 
-#: reports/metrics.json: per method and test variant, these summary columns under these names (the
-#: vessel scores against the manual masks where the dataset has them, else against the clean image's
-#: segmentation), plus ``converged`` and ``failed`` (below the degraded input on that test corruption:
-#: :mod:`medrestore.evaluation.gates`) for trained models.
-
-
 def headline_numbers(stats: dict, convergence: dict | None, failed: bool | None = None) -> dict:
     out = {}
     for name, columns in M.headline().items():

@@ -22,6 +22,7 @@ from typing import Any
 from medrestore.tracking.dvclock import find_stage, read_lock
 from medrestore.core.io import InputError
 from medrestore.tracking.runs import EXPERIMENT, file_md5, tracking_uri
+from medrestore.evaluation.metrics import headline, headline_key, headline_scores
 
 
 def git_recording_commit(root: Path, md5: str) -> dict | None:
@@ -178,8 +179,19 @@ def format_lineage(rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scores_description(task: str, model: str, summary: dict) -> str:
+    """A registered version's description: the model and its mean test scores, one line per test corruption."""
+    scores = headline_scores(summary, model)
+    lines = [(f"{task}/{model}: mean scores over the test images (artifacts/eval/{task}/summary.json; the same numbers "
+              "are the version's tags and its training run's metrics test_<corruption>_<metric>).")]
+    for variant in sorted(summary["methods"].get(model, {})):
+        parts = [f"{name} {scores[headline_key(variant, name)]:.4g}" for name in headline() if headline_key(variant, name) in scores]
+        lines.append(f"- {variant}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def register_best_models(best: dict[str, dict], models_root: Path, root: Path | None = None, tracker=None,
-                         tasks: list[str] = ()) -> dict[str, str]:
+                         tasks: list[str] = (), eval_root: Path | None = None) -> dict[str, str]:
     """Point the ``champion`` alias of ``medrestore-<task>`` at each task's best model (inside a DVC
     experiment its own alias ``exp-<name>``: an experiment never replaces the published champion).
     A task of ``tasks`` absent from ``best`` has no converged model that beats its degraded input: it
@@ -191,7 +203,10 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     the version hangs off the training run; a new version is made only when no version holds
     weights of the same md5 (:func:`medrestore.serving.mlflow_model.register_champion`), with the lineage as
     tags: DVC stage, the md5 of every input, a digest of the params, the commit that recorded them
-    and the training run's id. Returns task -> "name/version"; failures are counted by ``tracker``
+    and the training run's id. With ``eval_root`` (the evaluate stage's folders), the model's test scores
+    in ``<eval_root>/<task>/summary.json`` become tags of the version under the training run's metric
+    names (``test_s25_psnr_fov``: :func:`medrestore.metrics.headline_scores`) and its description, a
+    reused version included. Returns task -> "name/version"; failures are counted by ``tracker``
     and never stop the report.
     """
     import mlflow
@@ -239,6 +254,13 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
                 tags["train_colour"] = json.dumps(colour, sort_keys=True)[:4000]
             with repo_lock("register"):  # two queued experiments' report stages: one registration at a time
                 done[task] = register_champion(task, uri, rec["md5"], tags, alias=alias_for_run())
+            summary = Path(eval_root or "") / task / "summary.json"
+            if eval_root is not None and summary.is_file():
+                name, version = done[task].rsplit("/", 1)
+                scored = json.loads(summary.read_text())
+                for key, value in sorted(headline_scores(scored, pick["model"]).items()):
+                    client.set_model_version_tag(name, version, key, f"{value:.6g}")
+                client.update_model_version(name, version, description=scores_description(task, pick["model"], scored))
         except Exception as exc:
             if tracker is not None:
                 tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:300]}")

@@ -1,8 +1,11 @@
 """MLflow runs tagged with DVC lineage.
 
 Every stage execution is one MLflow run named after its DVC stage and tagged with the stage name,
-the git commit of the working tree it runs in (and whether it was dirty), ``DVC_ROOT``,
-``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV``. The
+the git commit of the working tree it runs in (and whether its code or params differ from it:
+:func:`git_commit`), ``DVC_ROOT``, ``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV`` and the ``dvc repro``
+that started it (:func:`repro_id`: one id shared by every stage of one ``dvc repro`` or ``dvc exp
+run``); each output it wrote is a tag ``out_md5:<path>`` (:func:`tag_outputs`, the md5 DVC records)
+and each DVC-tracked folder it read an MLflow dataset input (:func:`log_datasets`). The
 tracking store defaults to an SQLite file at the repository root, resolved from ``DVC_ROOT`` so
 queued experiments share one database; ``MLFLOW_TRACKING_URI`` overrides it.
 
@@ -139,16 +142,86 @@ def git_commit(root: Path | None = None) -> tuple[str, bool]:
 
     The stage's working directory, not ``DVC_ROOT``: a queued experiment runs in its own copy
     of the repository (``.dvc/tmp/exps/...``) while ``DVC_ROOT`` names the parent repository.
+    Dirty means that a tracked file other than what DVC itself rewrites during a repro differs from
+    the commit (:func:`dirty_paths`).
     """
+    sha, changed = git_state(root)
+    return sha, bool(changed)
+
+
+def git_state(root: Path | None = None) -> tuple[str, list[str]]:
+    """(commit sha, :func:`dirty_paths`) of the working tree at ``root`` (default: the working
+    directory), or ("unknown", []) outside git."""
     root = root or Path.cwd()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        prefix = subprocess.run(["git", "rev-parse", "--show-prefix"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout
-        return sha, bool(status.strip())
+            ["git", "status", "--porcelain=v1", "-z", "--untracked-files=no", "--", "."], cwd=root, capture_output=True, check=True
+        ).stdout.decode(errors="replace")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
+        return "unknown", []
+    return sha, dirty_paths(status, prefix, dvc_outputs(Path(root)))
+
+
+def dvc_outputs(root: Path) -> set[str]:
+    """The output paths ``dvc.lock`` at ``root`` records (relative to it), an empty set without one."""
+    import yaml
+
+    try:
+        lock = yaml.safe_load((Path(root) / "dvc.lock").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return set()
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    return {str(o["path"]) for st in (stages or {}).values() if isinstance(st, dict)
+            for o in st.get("outs") or [] if isinstance(o, dict) and "path" in o}
+
+
+def dirty_paths(porcelain: str, prefix: str = "", outputs: set[str] = frozenset()) -> list[str]:
+    """The changed paths of ``git status --porcelain=v1 -z`` (relative to the repository root; ``prefix``
+    is where the DVC project sits in it) that make a stage's commit a lie about its inputs: every one but
+    ``dvc.lock`` and the DVC outputs git tracks (``outputs``: ``cache: false`` outs such as
+    reports/report.md), which ``dvc repro`` itself rewrites or removes while it runs."""
+    entries = porcelain.split("\0")
+    out, i = [], 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        if "R" in entry[:2] or "C" in entry[:2]:
+            i += 1  # a rename or copy: the next entry is its source path
+        path = entry[3:]
+        rel = path[len(prefix):] if prefix and path.startswith(prefix) else path
+        if rel == "dvc.lock" or any(rel == o or rel.startswith(o.rstrip("/") + "/") for o in outputs):
+            continue
+        out.append(rel)
+    return out
+
+
+def repro_id() -> str:
+    """One id per ``dvc repro`` (or ``dvc exp run``, a queued experiment included), shared by all the
+    stages it runs; "" when the stage was not started by DVC or the process table cannot be read (not Linux).
+
+    DVC starts each stage's command in a shell whose environment holds ``DVC_STAGE``; the DVC process
+    itself has none. The id is a digest of the host, the process id and the start time of the nearest
+    ancestor without ``DVC_STAGE``, so it never repeats; it goes only to MLflow, never into an output."""
+    if not os.environ.get("DVC_STAGE"):
+        return ""
+    pid = os.getppid()
+    for _ in range(16):
+        if pid <= 1:
+            return ""
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return ""
+        if not any(e.startswith(b"DVC_STAGE=") for e in environ):
+            start = fields[19]  # field 22 of proc(5): the start time in clock ticks after boot
+            return hashlib.sha1(f"{socket.gethostname()}:{pid}:{start}".encode()).hexdigest()[:16]
+        pid = int(fields[1])  # field 4: the parent's pid
+    return ""
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, str]:
@@ -225,17 +298,21 @@ class Tracker:
 
 
 def stage_tags(stage: str) -> dict[str, str]:
-    sha, dirty = git_commit()
-    return {
+    sha, changed = git_state()
+    tags = {
         "dvc_stage": stage,
         "git_commit": sha,
-        "git_dirty": str(dirty).lower(),
+        "git_dirty": str(bool(changed)).lower(),
         "dvc_root": os.environ.get("DVC_ROOT", str(repo_root())),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "dvc_repro_id": repro_id(),
         "pid": str(os.getpid()),
         "host": socket.gethostname(),
     }
+    if changed:  # what makes it dirty, so that the flag can be judged
+        tags["git_dirty_paths"] = " ".join(changed[:20]) + (f" (+{len(changed) - 20} more)" if len(changed) > 20 else "")
+    return tags
 
 
 def end_abandoned_runs(stage: str, current: str | None = None) -> list[str]:
@@ -351,20 +428,79 @@ def file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def dir_md5(folder: Path) -> str:
+    """The md5 DVC 3 records for a directory output (``<md5>.dir``): the md5 of the JSON list of
+    ``{"md5": ..., "relpath": ...}`` of every file under it, sorted by relpath."""
+    import json
+
+    folder = Path(folder)
+    entries = sorted(({"md5": file_md5(f), "relpath": f.relative_to(folder).as_posix()} for f in folder.rglob("*") if f.is_file()),
+                     key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def output_md5(path: Path) -> str:
+    """What ``dvc.lock`` records for ``path``: :func:`file_md5` of a file, :func:`dir_md5` of a folder."""
+    return dir_md5(path) if Path(path).is_dir() else file_md5(path)
+
+
+def relative_path(path: Path, root: Path | None = None) -> str:
+    """``path`` relative to ``root`` (default: the working directory, the stage's workspace) in POSIX form,
+    as dvc.yaml names it; the path as given when it lies outside."""
+    root = Path(root or Path.cwd()).resolve()
+    full = Path(path).resolve()
+    return full.relative_to(root).as_posix() if full.is_relative_to(root) else Path(path).as_posix()
+
+
 def tag_outputs(tracker, paths: list[Path], root: Path | None = None) -> None:
-    """Tag the stage's MLflow run with ``out_md5:<path>`` for each output file (the md5 DVC records),
-    so ``medrestore lineage`` finds the exact run that wrote a file. Folders contribute their
-    top-level files."""
+    """Tag the stage's MLflow run with ``out_md5:<path>`` for each output (the md5 DVC records), so
+    ``medrestore lineage`` finds the exact run that wrote a file. A folder is tagged with DVC's
+    directory md5 (``<md5>.dir``) and each of its top-level files with its own md5. Paths that do
+    not exist are left out."""
     if tracker is None:
         return
-    root = Path(root or Path.cwd()).resolve()  # the stage's workspace (a queued experiment's own copy)
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
     tags = {}
-    for f in files:
-        full = f.resolve()
-        rel = full.relative_to(root).as_posix() if full.is_relative_to(root) else f.as_posix()
-        tags[f"out_md5:{rel}"] = file_md5(full)
+    for p in map(Path, paths):
+        if not p.exists():
+            continue
+        tags[f"out_md5:{relative_path(p, root)}"] = output_md5(p)
+        if p.is_dir():
+            for f in sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")):
+                tags[f"out_md5:{relative_path(f, root)}"] = file_md5(f)
     if tags:
         tracker.set_tags(tags)
+
+
+def log_datasets(tracker, paths: list[Path], context: str, root: Path | None = None) -> dict[str, str]:
+    """Log each DVC-tracked input of the stage (a folder or a file) as an MLflow dataset input of its
+    run, with ``context`` (``train``, ``test``...): named by its path in the repository, digest the md5
+    DVC records for it (so a run's dataset is found in ``dvc.lock`` and the other way round), source
+    its local path. Returns name -> digest of those that exist."""
+    datasets = {relative_path(p, root): output_md5(Path(p)) for p in map(Path, paths) if p.exists()}
+    if tracker is None or not datasets:
+        return datasets
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for name, digest in datasets.items():
+        with warnings.catch_warnings():
+            # MLflow 3.17 registers its local-file source twice, then warns that a local path "can be
+            # interpreted in multiple ways" (both are the same class)
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(str((Path(root or Path.cwd()) / name).resolve()))
+        tracker.call("log_input", mlflow.log_input, MetaDataset(source, name=name, digest=digest), context=context)
+    return datasets
+
+
+def run_by_output(client, rel: str, md5: str, stage_prefix: str = "") -> Any:
+    """The newest finished run of the experiment tagged ``out_md5:<rel>`` = ``md5`` (the run that wrote
+    that very file) whose stage starts with ``stage_prefix``, else None."""
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`out_md5:{rel}` = '{md5}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    return next((r for r in runs if r.data.tags.get("dvc_stage", "").startswith(stage_prefix)), None)
