@@ -65,16 +65,14 @@ def requirements() -> list[str]:
     """The served model's pip requirements: ``mlflow-skinny`` at the running MLflow's version,
     :data:`PYFUNC_PACKAGES` and :data:`SERVING_PACKAGES` at the pins medrestore declares (the installed version where it declares
     none, e.g. when medrestore runs from a source folder without being installed)."""
+    import re
     from importlib.metadata import PackageNotFoundError, requires, version
-
-    from packaging.requirements import Requirement
 
     pins: dict[str, str] = {}
     try:
         for line in requires("medrestore") or []:
-            req = Requirement(line)
-            if req.marker is None:  # extras (test, team) carry a marker
-                pins[_canonical(req.name)] = str(req)
+            if ";" not in line:  # extras (test, team) carry a marker
+                pins[_canonical(re.split(r"[<>=!~\[ (]", line, maxsplit=1)[0])] = line.replace(" ", "")
     except PackageNotFoundError:
         pass
     import mlflow
