@@ -257,7 +257,8 @@ def model_folder(uri: str, dest: Path | None = None) -> Path:
                              "Fix: start it (`make mlflow-server`), or set MLFLOW_TRACKING_URI to the store that has the model.") from None
         raise InputError(f"{uri}: not found in the MLflow store at {tracking_uri()} ({str(exc)[:200]}). Fix: check the name and "
                          "alias (`mlflow models` / the UI's Models page), or set MLFLOW_TRACKING_URI to the store that has it.") from None
-    found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(p.parent for p in local.rglob("model.json"))
+    found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(
+        p.parent for p in local.rglob("model.json") if CODE_ARTIFACT not in p.relative_to(local).parts)  # not in the source copy
     if not found:
         raise InputError(f"{uri}: the MLflow model holds no medrestore model folder (model.json). Fix: pass a model logged by a medrestore training stage.")
     meta = json.loads((found[0] / "model.json").read_text())
