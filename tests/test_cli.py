@@ -15,6 +15,57 @@ def test_models_json_lists_every_model_with_parameter_count(capsys):
     assert rows["dncnn"]["task"] == "denoise" and rows["nlmeans"]["kind"] == "baseline"
 
 
+def test_every_command_and_option_has_help_and_the_top_level_help_lists_every_command():
+    import argparse
+
+    from medrestore.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) >= {"models", "metrics", "restore", "lineage", "verify", "check-params", "sweep"}
+    missing = []
+    for name, command in sub.choices.items():
+        assert f"medrestore {name} " in parser.description or f"medrestore {name}\n" in parser.description, f"{name} not in the top-level help"
+        assert any(name == c.dest for c in sub._choices_actions) and next(c for c in sub._choices_actions if c.dest == name).help
+        for action in command._actions:
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, f"options without help: {missing}"
+    top = parser.format_help()
+    assert "medrestore sweep" in top and "COMMAND --help" in top
+
+
+def test_models_reads_the_catalog_without_importing_torch(tmp_path):
+    """`medrestore models` lists the registry from medrestore/models_catalog.json: current (the md5 of
+    the models' source matches, the rows are the registry's), read without torch, and ignored for the
+    registry itself once the models' source changes."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from medrestore.core import catalog
+
+    saved = json.loads(catalog.CATALOG.read_text())
+    assert saved["models_md5"] == catalog.source_md5(), "stale catalog. Fix: python -m medrestore.core.catalog --write"
+    registry = catalog.from_registry()
+    assert saved["rows"] == registry
+    src = str(Path(catalog.__file__).resolve().parents[1])
+    code = ("import sys, json; from medrestore.cli import main; main(['models', '--json']); "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy') or m.startswith('medrestore.models')], sorted(sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == [{k: r[k] for k in ("name", "kind", "task", "parameters", "paper")} for r in registry]
+    # the fast path reads the file: a catalog that matches the source is believed ...
+    fake = tmp_path / "catalog.json"
+    fake.write_text(json.dumps({"models_md5": catalog.source_md5(), "rows": [{"name": "x"}]}))
+    assert catalog.rows(fake) == [{"name": "x"}]
+    # ... and one written for other source is not: a changed model is counted from the registry
+    models = shutil.copytree(catalog.MODELS_DIR, tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__"))
+    (models / "dncnn.py").write_text((models / "dncnn.py").read_text() + "\n# changed\n")
+    assert catalog.rows(fake, models_dir=models) == registry
+
+
 def test_metrics_command_prints_every_metric(tmp_path, chase_dir, assets_dir, capsys):
     clean = read_image(chase_dir / "Image_03R.jpg")[300:556, 300:556]
     noisy, _ = corrupt(clean, {"kind": "gaussian", "sigma": 25}, [1])

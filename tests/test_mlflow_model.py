@@ -238,3 +238,108 @@ def test_a_tracking_server_that_is_down_is_given_up_in_seconds(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and "cannot be reached" in err and "Fix:" in err
     assert not os.path.exists(tmp_path / "out")
+
+
+# The served model in a Python that has only what its requirements install: argv[1] the model folder,
+# argv[2] an image (.npy); writes the restored pixels to argv[3] and where medrestore came from to argv[4].
+_SERVE = r'''
+import importlib.util, sys
+for other in ("dvc", "pyiqa", "pytorch_lightning", "sqlalchemy", "matplotlib"):  # installed here, not in the requirements
+    assert importlib.util.find_spec(other) is None, f"the lean Python finds {other}"
+import numpy as np
+import mlflow.pyfunc
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))
+import medrestore
+open(sys.argv[4], "w").write(medrestore.__file__)
+'''
+
+
+def _lean_site(requirements: list[str], dest):
+    """A folder that holds (as links into this environment) the distributions ``requirements`` install:
+    their transitive closure, markers evaluated, as pip would resolve them here. With ``python -S`` and
+    this folder alone on PYTHONPATH, a Python sees what a fresh environment made from the requirements
+    would, and nothing else."""
+    import importlib.metadata as md
+    import sysconfig
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name as canon
+
+    todo, seen, wanted = [(Requirement(r), "") for r in requirements], set(), set()
+    while todo:
+        req, parent_extra = todo.pop()  # req as asked by a distribution installed with extra parent_extra
+        if req.marker is not None and not req.marker.evaluate({"extra": parent_extra}):
+            continue
+        wanted.add(canon(req.name))
+        for extra in ["", *sorted(req.extras)]:
+            if (canon(req.name), extra) not in seen:
+                seen.add((canon(req.name), extra))
+                todo += [(Requirement(r), extra) for r in (md.requires(req.name) or [])]
+    site = Path(sysconfig.get_paths()["purelib"])
+    dest.mkdir()
+    found = set()
+    for dist in md.distributions(path=[str(site)]):
+        if canon(dist.metadata["Name"]) not in wanted:
+            continue
+        found.add(canon(dist.metadata["Name"]))
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".." and not f.name.endswith(".pth")}:
+            if (site / top).exists() and not (dest / top).exists():
+                (dest / top).symlink_to(site / top)
+    assert found == wanted, f"not installed here: {sorted(wanted - found)}"
+    return dest
+
+
+def test_the_served_model_is_lean_portable_and_restores_like_the_cli(store, chase_image):
+    """The logged model asks for what restoring needs, names no path of this machine, and in a Python
+    that has only its requirements gives the pixels of `medrestore restore`: with medrestore installed
+    it imports that one, without it the copy logged with the model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+
+    from medrestore.cli import main
+    from medrestore.serving.mlflow_model import CODE_ARTIFACT, SERVING_PACKAGES
+
+    folder = _model(store / "m1", 0)
+    uri, _ = _logged(folder, chase_image[300:340, 400:440])
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(store / "served")))
+    mlmodel = (local / "MLmodel").read_text()
+    for root in (str(store), str(Path.cwd()), str(Path(__file__).resolve().parents[1]), "/tmp", os.path.expanduser("~")):
+        assert root not in mlmodel, f"MLmodel names a local path under {root}:\n{mlmodel}"
+    conf = yaml.safe_load(mlmodel)["flavors"]["python_function"]
+    assert conf["model_code_path"] == "mlflow_pyfunc.py" and not conf.get("code")
+    assert {k: v for k, v in conf["artifacts"].items()} == {"model_dir": {"path": "artifacts/m1"},
+                                                            CODE_ARTIFACT: {"path": f"artifacts/{CODE_ARTIFACT}"}}
+    names = [line.split("==")[0] for line in (local / "requirements.txt").read_text().split()]
+    assert names == ["mlflow-skinny", "pandas", *SERVING_PACKAGES]
+    assert not {"dvc", "mlflow", "pyiqa", "pytorch-lightning", "torchvision", "albumentations", "matplotlib"} & set(names)
+
+    photo = chase_image[200:328, 300:456]  # a real 128 x 156 window
+    write_png_atomic(store / "in" / "photo.png", photo)
+    assert main(["restore", "--model", str(folder), str(store / "in" / "photo.png"), "--out", str(store / "cli"), "--no-progress"]) == 0
+    expected = read_image(store / "cli" / "photo.png")
+    np.save(store / "photo.npy", photo)
+    (store / "serve.py").write_text(_SERVE)
+    lean = str(_lean_site((local / "requirements.txt").read_text().split(), store / "lean-site"))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))} | {"OMP_NUM_THREADS": "1"}
+    # python -S: no site-packages, so nothing but PYTHONPATH: medrestore's source and the requirements, or the requirements alone
+    for case, path in {"installed": f"{src}:{lean}", "copy": lean}.items():
+        out, origin = store / f"{case}.npy", store / f"{case}.txt"
+        proc = subprocess.run([sys.executable, "-S", str(store / "serve.py"), str(local), str(store / "photo.npy"), str(out), str(origin)],
+                              env=env | {"PYTHONPATH": path}, cwd=store, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{case}: {proc.stderr[-3000:]}"
+        where = origin.read_text()
+        if case == "installed":
+            assert where.startswith(src)  # not the copy in the model
+        else:
+            assert where.startswith(str(local / "artifacts" / CODE_ARTIFACT / "medrestore"))
+        got = np.load(out)
+        assert got.dtype == np.uint8 and np.array_equal(got, expected), case

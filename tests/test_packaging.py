@@ -59,6 +59,7 @@ def test_the_wheel_holds_the_dataset_checksums(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {Path(n).name for n in names if "/checksums/" in n}
     assert shipped == {p.name for p in (REPO / "src" / "medrestore" / "data" / "checksums").glob("*.sha256")}
+    assert "medrestore/models_catalog.json" in names  # `medrestore models` without importing torch
 
 
 def test_a_non_editable_install_restores_an_image(tmp_path, chase_dir):

@@ -250,7 +250,7 @@ def test_vessel_aware_twins_are_scored_by_the_independent_segmenter_and_reported
         assert r["differences"]["indep_thin_recall_above_chance"]["n_images"] == len(json.loads(
             (work / "artifacts/eval/denoise-g25/summary.json").read_text())["test_images"])
     md = (work / "reports" / "report.md").read_text()
-    assert "## Vessel-aware training" in md and "figures/denoise-g25_vessel_overlay.png" in md
+    assert "## Vessel-aware training" in md and "(report_figures/denoise-g25_vessel_overlay.png)" in md
     seg = json.loads((work / "artifacts/segmenter/model.json").read_text())
     scorer = json.loads((work / "artifacts/segmenter_scoring/model.json").read_text())
     assert (seg["observer"], scorer["observer"]) == (1, 2)

@@ -105,3 +105,77 @@ def test_the_methods_say_which_split_the_test_images_come_from():
     params["patchify"]["split"] = "random"
     drawn = split_sentence(params)
     assert "11L-14R" not in drawn and f"test {params['patchify']['test_fraction']} of the subjects drawn" in drawn
+
+
+def _png_chunks(data: bytes) -> list[bytes]:
+    import struct
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunks.append(kind)
+        pos += 12 + length
+    return chunks
+
+
+def test_every_image_of_report_md_is_a_small_file_git_tracks(tmp_path, retina):
+    """report.md shows its figures where git is read: every image link is a small PNG under a report
+    output that DVC leaves to git (`cache: false`) and that no .gitignore hides; the full-size figures
+    (DVC-cached, ignored) are only inline in index.html. Rebuilt, the small copies are byte-identical."""
+    import re
+    from io import BytesIO
+    from pathlib import Path
+
+    import pytest
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    params = _workspace(tmp_path, retina)
+    kw = {"lock_path": tmp_path / "dvc.lock", "bench_path": tmp_path / "bench.json"}
+    build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "out", **kw)
+    out = tmp_path / "out"
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (out / "report.md").read_text())
+    assert len(links) == 6, links  # crops, errors, vessels, sigma, cost, curves of task t
+    outs = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["report"]["outs"]
+    git_outs = [next(iter(o)) for o in outs if isinstance(o, dict) and next(iter(o.values())).get("cache") is False]
+    for link in links:
+        path = f"reports/{link}"
+        data = (out / link).read_bytes()
+        assert any(path == o or path.startswith(o.rstrip("/") + "/") for o in git_outs), f"{path}: not under a cache: false output of the report stage"
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode
+        assert ignored == 1, f"{path} is gitignored: a git host would not have it"
+        full = (out / "figures" / Path(link).name).read_bytes()
+        with Image.open(BytesIO(data)) as small, Image.open(BytesIO(full)) as big:
+            assert small.mode == "P" and small.width == min(big.width, 1000) and len(data) < len(full)
+        assert not {b"tIME", b"tEXt", b"iTXt", b"zTXt"} & set(_png_chunks(data)), link  # no timestamp, no software name
+    # the full-size figures are what the report stage leaves to DVC: ignored by git, so never linked from report.md
+    assert subprocess.run(["git", "check-ignore", "-q", "reports/figures/t_crops.png"], cwd=repo).returncode == 0
+    build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "again", **kw)
+    for link in links:
+        assert (tmp_path / "again" / link).read_bytes() == (out / link).read_bytes(), link
+
+
+def test_a_wide_figure_gets_a_small_palette_copy(retina):
+    """A figure wider than a page column (a row of CHASE-sized crops) is scaled to 1000 px, in at most
+    128 colours, and its PNG is the same bytes each time."""
+    from io import BytesIO
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from medrestore.report.figures import _fig_png, small_png
+
+    fig, axes = plt.subplots(1, 6, figsize=(18, 3))
+    for i, ax in enumerate(axes):
+        ax.imshow(retina[100 + 40 * i : 356 + 40 * i, 200:456])
+        ax.set_title(f"window {i}")
+    full = _fig_png(fig)
+    small = small_png(full)
+    with Image.open(BytesIO(full)) as big, Image.open(BytesIO(small)) as im:
+        assert big.width > 1000 and im.width == 1000 and abs(im.height - big.height * 1000 / big.width) <= 1
+        assert im.mode == "P" and len(im.getcolors(256)) <= 128
+        assert np.abs(np.asarray(im.convert("RGB").resize(big.size), np.float32) - np.asarray(big.convert("RGB"), np.float32)).mean() < 12
+    assert small_png(full) == small and len(small) < len(full)

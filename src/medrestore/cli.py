@@ -6,7 +6,10 @@
     medrestore lineage FILE [--json]                 commit, DVC hashes, params and MLflow run behind FILE
     medrestore verify [--committed REV] [--all]      this run's numbers against the published report
     medrestore check-params [--params FILE]          params.yaml against its schema, before `dvc repro` touches outputs
+    medrestore sweep [--out FILE] [--rev REV]...     the vessel-term weight sweep (DVC experiments) into one file
     medrestore --version
+
+`medrestore COMMAND --help` describes each command's options.
 """
 
 from __future__ import annotations
@@ -18,17 +21,10 @@ from pathlib import Path
 
 
 def _cmd_models(args) -> int:
-    from medrestore.models import BASELINES, MODELS, build_model, count_parameters
+    from medrestore.core.catalog import rows as catalog_rows
 
-    rows = [
-        {"name": n, "kind": "network", "task": s.task, "parameters": count_parameters(build_model(n)), "paper": s.paper}
-        for n, s in MODELS.items()
-    ]
-    rows += [
-        {"name": n, "kind": "baseline", "task": getattr(f, "task", "denoise"), "parameters": 0,
-         "paper": getattr(f, "paper", None) or (f.__doc__ or "").strip().splitlines()[0]}
-        for n, f in BASELINES.items()
-    ]
+    columns = ("name", "kind", "task", "parameters", "paper")
+    rows = [{c: r[c] for c in columns} for r in catalog_rows()]  # the registry's table without importing torch (medrestore.core.catalog)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -91,7 +87,7 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
     import numpy as np
     import torch
 
-    from medrestore.evaluation import metrics
+    from medrestore.evaluation.scoring import metrics
 
     h, w = image.shape[:2]
     flat = bool((image == image.reshape(-1, *image.shape[2:])[0]).all())
@@ -225,18 +221,19 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``medrestore`` command line (every option with its help: tests/test_cli.py walks it)."""
     parser = argparse.ArgumentParser(prog="medrestore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from importlib.metadata import version
 
     parser.add_argument("--version", action="version", version=f"medrestore {version('medrestore')}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="one of the commands above")
     p = sub.add_parser("models", help="list the registered models")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="a JSON list (name, kind, task, parameters, paper) instead of the table")
     p.set_defaults(fn=_cmd_models)
     p = sub.add_parser("metrics", help="every quality metric of one image")
-    p.add_argument("image")
-    p.add_argument("reference", nargs="?")
+    p.add_argument("image", help="the image to measure (PNG, JPEG, TIFF, ...)")
+    p.add_argument("reference", nargs="?", help="its clean reference, same size: adds the full-reference metrics (PSNR, SSIM, ...)")
     p.add_argument("--fov", help="FOV mask image for the *_fov metrics")
     p.add_argument("--assets", default=None, help="folder with pyiqa's NIQE/BRISQUE parameter files")
     p.add_argument("--grey", action="store_true",
@@ -247,34 +244,37 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("restore", help="restore images with a trained model")
     p.add_argument("--model", required=True, help="MODEL, TASK/MODEL (trained under artifacts/models), a model folder or its model.safetensors, "
                         "or an MLflow model URI such as models:/medrestore-denoise-g25@champion")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("inputs", nargs="+", help="images to restore (each written under --out with its own name)")
+    p.add_argument("--out", required=True, help="folder for the restored images (created if missing)")
+    p.add_argument("--tile", type=int, default=512,
+                   help="tile side in input pixels (default 512); halved automatically when a tile runs out of memory")
+    p.add_argument("--overlap", type=int, default=32,
+                   help="context pixels around each tile (default 32, at least half the network's receptive field for "
+                        "results equal to untiled restoration)")
     p.add_argument("--fov", choices=("none", "auto"), default="none",
                    help="none: restore the whole image, as the report's evaluation does (default); auto: keep the input "
                         "outside a detected fundus field of view (whole-image PSNR 5.4 dB lower on noisy photographs)")
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even when there is one")
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="bf16: autocast to bfloat16, faster on GPUs and on CPUs with bf16 units (see README, Performance)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--overwrite", action="store_true", help="replace files of the same name already in --out (never an input)")
     p.set_defaults(fn=_cmd_restore)
     p = sub.add_parser("lineage", help="data, code, params, commit and MLflow run behind a pipeline output")
     p.add_argument("path", help="e.g. artifacts/models/denoise-g25/dncnn/model.safetensors")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the lineage record as JSON instead of text")
     p.set_defaults(fn=_cmd_lineage)
     p = sub.add_parser("verify", help="after dvc repro: each published number of reports/metrics.json against this run")
     p.add_argument("--committed", default=None, help="git revision (its reports/metrics.json) or a metrics.json file; default HEAD")
     p.add_argument("--all", action="store_true", help="list the identical numbers too")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="every compared number as JSON instead of text")
     p.set_defaults(fn=_cmd_verify)
     p = sub.add_parser("check-params", help="check params.yaml (schema, ranges, duplicate keys) without running any stage")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default="params.yaml", help="the params file to check (default params.yaml)")
     p.set_defaults(fn=_cmd_check_params)
     p = sub.add_parser("sweep", help="collect the vessel-term weight sweep (DVC experiments) into reports/vessel_sweep.json")
-    p.add_argument("--out", default="reports/vessel_sweep.json")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", default="reports/vessel_sweep.json", help="the sweep file written (default reports/vessel_sweep.json)")
+    p.add_argument("--params", default="params.yaml", help="the params file whose sweep settings apply (default params.yaml)")
     p.add_argument("--rev", action="append", default=None,
                    help="baseline commit whose experiments are collected (repeatable; default HEAD, as dvc exp show)")
     p.add_argument("--merge", action="store_true",
@@ -282,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replace", action="store_true",
                    help="write only this collection even where --out holds points it lacks (without it, that is refused)")
     p.set_defaults(fn=_cmd_sweep)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

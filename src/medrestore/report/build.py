@@ -26,6 +26,7 @@ from medrestore.report.figures import (
     error_maps_figure,
     sigma_csv,
     sigma_figure,
+    small_png,
     vessel_figure,
 )
 from medrestore.report.markup import html_page, html_table, md_table
@@ -49,6 +50,22 @@ from medrestore.report.text import (
 from medrestore.report.vessel_aware import vessel_section
 from medrestore.report.targets import RULE as TARGET_RULE
 from medrestore.report.targets import check_targets, targets_rows
+
+
+#: Where the figures go, under the report's folder: full size (DVC-cached; inline in index.html) and the
+#: small copies report.md links to (in git, so that report.md shows its figures where git is read).
+FIGURES, SMALL_FIGURES = "figures", "report_figures"
+
+
+def _add_figure(out_dir: Path, md: list[str], html_parts: list[str], name: str, alt: str, png: bytes, caption: str) -> None:
+    """Write figure ``name`` full size and as its small copy (:func:`small_png`); report.md shows the
+    small copy, index.html the full figure inline."""
+    write_bytes_atomic(out_dir / FIGURES / f"{name}.png", png)
+    rel = f"{SMALL_FIGURES}/{name}.png"
+    write_bytes_atomic(out_dir / rel, small_png(png))
+    md += [f"![{alt}]({rel})", "", f"*{caption}.*", ""]
+    b64 = base64.b64encode(png).decode()
+    html_parts.append(f"<figure><img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}.</figcaption></figure>")
 
 
 def build_report(
@@ -154,13 +171,8 @@ def build_report(
         if curve:
             write_text_atomic(out_dir / "plots" / f"{task}_sigma.csv", curve)
         for kind, png in figures:
-            if png is None:
-                continue
-            rel = f"figures/{task}_{kind}.png"
-            write_bytes_atomic(out_dir / rel, png)
-            md += [f"![{task} {kind}]({rel})", "", f"*{CAPTIONS[kind]}.*", ""]
-            b64 = base64.b64encode(png).decode()
-            html_parts.append(f"<figure><img alt='{task} {kind}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(CAPTIONS[kind])}.</figcaption></figure>")
+            if png is not None:
+                _add_figure(out_dir, md, html_parts, f"{task}_{kind}", f"{task} {kind}", png, CAPTIONS[kind])
     ext_md, ext_html = external_section(external_root, tasks, conv_by_task)  # "Another camera" (evaluate_external)
     md += ext_md
     html_parts += ext_html
@@ -168,11 +180,7 @@ def build_report(
     md += vessel["md"]
     html_parts += vessel["html"]
     for name, png, caption in vessel["figures"]:
-        rel = f"figures/{name}.png"
-        write_bytes_atomic(out_dir / rel, png)
-        md += [f"![{name}]({rel})", "", f"*{caption}.*", ""]
-        b64 = base64.b64encode(png).decode()
-        html_parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}.</figcaption></figure>")
+        _add_figure(out_dir, md, html_parts, name, name, png, caption)
     write_json_atomic(out_dir / "vessel_aware.json", vessel["results"])  # a DVC output: written even when empty
     if bench_path is not None and Path(bench_path).is_file():
         perf_md, perf_html = performance_section(read_json(Path(bench_path)), Path(bench_path).name)

@@ -18,7 +18,8 @@ from medrestore.evaluation.gates import failed_in_summary
 from medrestore.core.io import read_image, read_json, read_mask
 from medrestore.report.policy import label
 
-#: The caption under each figure, by kind (the figure files are ``figures/<task>_<kind>.png``).
+#: The caption under each figure, by kind (the figure files are ``figures/<task>_<kind>.png``, their small
+#: copies ``report_figures/<task>_<kind>.png``).
 CAPTIONS = {
     "crops": "The whole test image (zoom window in yellow), then the zoomed window for the clean image and every method (PSNR of the whole test image)",
     "errors": "Per-channel absolute error against the clean image in the zoom window (Hayee2017's figure 3); one colour scale for all panels",
@@ -27,6 +28,29 @@ CAPTIONS = {
     "cost": "Quality against compute (GFLOPs per output megapixel; parameters in brackets). Measured seconds per megapixel are machine-dependent and kept out of this report: see artifacts/eval/TASK/cost.json and reports/bench.md",
     "curves": "Training curves (loss on training batches, PSNR on the validation patches)",
 }
+
+
+#: The small copies of the figures that report.md shows (``report_figures/``, in git): at most this wide
+#: (pixels; about a git host's page column) and in a palette of this many colours.
+SMALL_WIDTH, SMALL_COLOURS = 1000, 128
+
+
+def small_png(png: bytes, width: int = SMALL_WIDTH, colours: int = SMALL_COLOURS) -> bytes:
+    """A small copy of a figure for git: flattened on white, at most ``width`` pixels wide (Lanczos),
+    ``colours`` palette colours (median cut, no dithering), PNG with no metadata chunk. The same
+    figure always gives the same bytes."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as src:
+        im = src.convert("RGBA")
+    flat = Image.new("RGB", im.size, (255, 255, 255))
+    flat.paste(im, mask=im.getchannel("A"))
+    if flat.width > width:
+        flat = flat.resize((width, max(1, round(flat.height * width / flat.width))), Image.Resampling.LANCZOS)
+    small = flat.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    small.save(buf, format="PNG", optimize=True)  # Pillow writes no tIME/tEXt chunk unless given pnginfo
+    return buf.getvalue()
 
 
 def _fig_png(fig) -> bytes:

@@ -2,9 +2,16 @@
 
 Every training stage logs its model in its own MLflow run (:func:`log_restoration_model`): the model
 folder (``model.safetensors`` + ``model.json``) as the pyfunc's artifact, the pyfunc as code
-(:mod:`medrestore.serving.mlflow_pyfunc`, MLflow's "models from code": nothing is pickled), medrestore's
-source as its code path, a signature (an H x W x 3 uint8 image in, the restored uint8 image out, any size) and a real
-input example (a validation patch of the task). So any MLflow tool can use it::
+(:mod:`medrestore.serving.mlflow_pyfunc`, MLflow's "models from code": nothing is pickled), a copy of
+medrestore's source as a second artifact, a signature (an H x W x 3 uint8 image in, the restored uint8
+image out, any size) and a real input example (a validation patch of the task).
+
+The served model is lean: its requirements (:func:`requirements`) are what restoring imports
+(:data:`SERVING_PACKAGES` at the project's pins, and ``mlflow-skinny`` with pandas for the pyfunc
+loader and the scoring server), not the pipeline's packages (DVC, the MLflow server, pyiqa, Lightning, ...). Loading
+imports the installed ``medrestore`` when there is one and the logged copy only otherwise; MLmodel names
+files inside the model only, no path of the machine that logged it (:class:`_PortablePyfunc`).
+So any MLflow tool can use it::
 
     mlflow.pyfunc.load_model("models:/medrestore-denoise-g25@champion").predict(image_uint8)
     mlflow models predict -m models:/medrestore-denoise-g25@champion -i image.json -t json
@@ -37,15 +44,85 @@ CHAMPION = "champion"
 TILE, OVERLAP = 512, 32
 
 
-def _requirements() -> list[str]:
-    """The pins medrestore itself declares, without extras (the pyfunc's environment)."""
-    from importlib.metadata import PackageNotFoundError, requires
+#: The artifact key of the copy of medrestore's source (the fallback when medrestore is not installed).
+CODE_ARTIFACT = "medrestore_code"
+#: The distributions restoring imports (:func:`medrestore.models.load_model`,
+#: :func:`medrestore.serving.inference.restore_array` and the modules they import); tests/test_mlflow_model.py
+#: checks this against the real import closure.
+SERVING_PACKAGES = ("torch", "numpy", "safetensors", "scipy", "scikit-image", "pillow", "pyyaml")
+#: The part of MLflow that loads and serves a pyfunc (the full ``mlflow`` adds the tracking server,
+#: SQLAlchemy, matplotlib, scikit-learn, pyarrow, ...), and what its pyfunc module imports besides.
+SERVING_MLFLOW, PYFUNC_PACKAGES = "mlflow-skinny", ("pandas",)
 
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements() -> list[str]:
+    """The served model's pip requirements: ``mlflow-skinny`` at the running MLflow's version,
+    :data:`PYFUNC_PACKAGES` and :data:`SERVING_PACKAGES` at the pins medrestore declares (the installed version where it declares
+    none, e.g. when medrestore runs from a source folder without being installed)."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    pins: dict[str, str] = {}
     try:
-        reqs = requires("medrestore") or []
+        for line in requires("medrestore") or []:
+            if ";" not in line:  # extras (test, team) carry a marker
+                pins[_canonical(re.split(r"[<>=!~\[ (]", line, maxsplit=1)[0])] = line.replace(" ", "")
     except PackageNotFoundError:
-        return []
-    return [r for r in reqs if "extra ==" not in r]
+        pass
+    import mlflow
+
+    out = [f"{SERVING_MLFLOW}=={mlflow.__version__}"]
+    for name in (*PYFUNC_PACKAGES, *SERVING_PACKAGES):
+        out.append(pins.get(_canonical(name)) or f"{name}=={version(name).split('+')[0]}")  # no local label (+cu130)
+    return out
+
+
+class _PortablePyfunc:
+    """``mlflow.pyfunc`` as the flavor of :meth:`mlflow.models.Model.log`, with an MLmodel that names
+    files inside the model only: ``model_code_path`` by its name (MLflow loads it from the model folder
+    by name anyway), no ``uri`` of the local folders the artifacts were copied from, and no
+    ``artifact_path`` when it is a local folder of the tracking store (a remote store's URI stays)."""
+
+    __name__ = "mlflow.pyfunc"
+
+    @staticmethod
+    def save_model(path, mlflow_model, **kwargs) -> None:
+        import os
+        from urllib.parse import urlparse
+
+        import mlflow
+
+        mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        conf = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
+        if conf.get("model_code_path"):
+            conf["model_code_path"] = os.path.basename(conf["model_code_path"])
+        for artifact in (conf.get("artifacts") or {}).values():
+            artifact.pop("uri", None)
+        store = mlflow_model.artifact_path
+        local = store is not None and urlparse(str(store)).scheme in ("", "file")
+        if local:
+            mlflow_model.artifact_path = None
+        try:
+            mlflow_model.save(os.path.join(path, "MLmodel"))
+        finally:
+            if local:
+                mlflow_model.artifact_path = store  # MLflow's own bookkeeping of the logged model
+
+
+def _source_copy(dest: Path) -> Path:
+    """A copy of the running medrestore package under ``dest/medrestore`` (no bytecode)."""
+    import shutil
+
+    import medrestore
+
+    shutil.copytree(Path(medrestore.__file__).parent, dest / "medrestore", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
 
 
 def signature():
@@ -65,22 +142,26 @@ def log_restoration_model(folder: Path, example: np.ndarray) -> str:
 
     ``example`` (uint8 H x W x 3, e.g. a degraded validation patch) is the input example (MLflow runs
     the model on it once to check that it loads and predicts); the signature is :func:`signature`."""
-    import mlflow
+    import tempfile
 
-    import medrestore
+    from mlflow.models import Model
 
     example = np.ascontiguousarray(example, dtype=np.uint8)
     if example.ndim != 3 or example.shape[2] != 3:
         raise ValueError(f"the input example must be an H x W x 3 uint8 image, got shape {example.shape}")
-    info = mlflow.pyfunc.log_model(
-        name=LOGGED_NAME,
-        python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),  # models from code: no pickle
-        artifacts={ARTIFACT: str(folder)},
-        code_paths=[str(Path(medrestore.__file__).parent)],
-        signature=signature(),
-        input_example=example,
-        pip_requirements=_requirements(),
-    )
+    with tempfile.TemporaryDirectory(prefix="medrestore-code-") as tmp:
+        code = _source_copy(Path(tmp) / CODE_ARTIFACT)
+        info = Model.log(
+            artifact_path=None,  # deprecated in favour of name, still positional
+            name=LOGGED_NAME,
+            flavor=_PortablePyfunc,
+            flavor_name="pyfunc.ModelFromCode",  # what mlflow.pyfunc.log_model records
+            python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),  # models from code: no pickle
+            artifacts={ARTIFACT: str(folder), CODE_ARTIFACT: str(code)},
+            signature=signature(),
+            input_example=example,
+            pip_requirements=requirements(),
+        )
     return info.model_uri
 
 
@@ -176,7 +257,8 @@ def model_folder(uri: str, dest: Path | None = None) -> Path:
                              "Fix: start it (`make mlflow-server`), or set MLFLOW_TRACKING_URI to the store that has the model.") from None
         raise InputError(f"{uri}: not found in the MLflow store at {tracking_uri()} ({str(exc)[:200]}). Fix: check the name and "
                          "alias (`mlflow models` / the UI's Models page), or set MLFLOW_TRACKING_URI to the store that has it.") from None
-    found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(p.parent for p in local.rglob("model.json"))
+    found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(
+        p.parent for p in local.rglob("model.json") if CODE_ARTIFACT not in p.relative_to(local).parts)  # not in the source copy
     if not found:
         raise InputError(f"{uri}: the MLflow model holds no medrestore model folder (model.json). Fix: pass a model logged by a medrestore training stage.")
     meta = json.loads((found[0] / "model.json").read_text())
