@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         scorer = load_vessel_segmenter(SCORER)[0] if (SCORER / "model.json").is_file() else None
         build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json",
                      scorer=scorer, sweep_path=VESSEL_SWEEP, external_root=EXTERNAL)
-        tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json"])
+        tag_outputs(tracker, [REPORTS / "index.html", REPORTS / "report.md", REPORTS / "metrics.json", REPORTS / "headline.json"])
         best = best_models(EVAL, tasks, models_root=MODELS, train=p["train"])
         registered = register_best_models(best, MODELS, tracker=tracker, tasks=tasks)
         for task, version in registered.items():
