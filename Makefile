@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 repro: $(STAMP)
-	@mkdir -p data  # data/ (your own images, tracked by data.dvc) is empty in a fresh clone
+	@mkdir -p data && touch data/.keep  # data/ (your own images, tracked by data.dvc): only the empty .keep in a fresh clone
 	$(BIN)/python -m medrestore.cli check-params  # before DVC removes any stage's outputs
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 

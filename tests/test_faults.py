@@ -77,6 +77,7 @@ def make_repo(dest: Path) -> Path:
     shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
     (dest / "dvc.lock").unlink(missing_ok=True)
     (dest / "data").mkdir(exist_ok=True)
+    (dest / "data" / ".keep").touch()  # data.dvc: data/ holds one empty hidden file (DVC warns on an empty folder)
     params = tiny_params(yaml.safe_load((dest / "params.yaml").read_text()))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], dest)
