@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro quick test install bench screenshot clean-venv mlflow-server mlflow-server-stop queue
+.PHONY: repro quick test install bench screenshot clean-venv mlflow-server mlflow-server-stop queue exp-show
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 repro: $(STAMP)
-	@mkdir -p data  # data/ (your own images, tracked by data.dvc) is empty in a fresh clone
+	@mkdir -p data && touch data/.keep  # data/ (your own images, tracked by data.dvc): only the empty .keep in a fresh clone
 	$(BIN)/python -m medrestore.cli check-params  # before DVC removes any stage's outputs
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
@@ -39,6 +39,11 @@ mlflow-server-stop:
 # twice) an experiment DVC's own queue dropped, stops the idle workers, prints one line per experiment.
 queue: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/exp_queue.py -j $(J)
+
+# The experiments' headline (docs/tracking.md): `dvc exp show` narrowed to reports/headline.json's columns (plain
+# `dvc exp show` lists every parameter and code dependency); KEEP='train\.models\.redae\.lr$$' adds columns.
+exp-show: $(STAMP)
+	$(BIN)/dvc exp show --drop '.*' --keep "$$($(BIN)/python -m medrestore.pipeline.views --keep)$(if $(KEEP),|$(KEEP))"
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

@@ -77,6 +77,7 @@ def make_repo(dest: Path) -> Path:
     shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
     (dest / "dvc.lock").unlink(missing_ok=True)
     (dest / "data").mkdir(exist_ok=True)
+    (dest / "data" / ".keep").touch()  # data.dvc: data/ holds one empty hidden file (DVC warns on an empty folder)
     params = tiny_params(yaml.safe_load((dest / "params.yaml").read_text()))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], dest)
@@ -342,7 +343,10 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
                 for r in exp.get("revs", []):
                     if r.get("name") in EXPERIMENTS:
                         data = r["data"]
-                        metrics[r["name"]] = data["metrics"]["reports/metrics.json"]["data"]
+                        # reports/metrics.json is a plain output (git-tracked): read at the experiment's commit
+                        shown_file = subprocess.run(["git", "show", f"{r['rev']}:reports/metrics.json"], cwd=work, capture_output=True, text=True, check=True)
+                        metrics[r["name"]] = json.loads(shown_file.stdout)
+                        assert set(data["metrics"]) == {"reports/headline.json"}
                         assert data["params"]["params.yaml"]["data"]["train"]["models"][MODEL]["lr"] == EXPERIMENTS[r["name"]]
         assert set(metrics) == set(EXPERIMENTS)
         assert len({json.dumps(m[TASK][MODEL], sort_keys=True) for m in metrics.values()}) == len(EXPERIMENTS)  # each its own

@@ -73,6 +73,7 @@ def repro(tmp_path_factory):
     shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
     (work / "dvc.lock").unlink(missing_ok=True)
     (work / "data").mkdir(exist_ok=True)
+    (work / "data" / ".keep").touch()  # data.dvc: data/ holds one empty hidden file (DVC warns on an empty folder)
     params = tiny_params(yaml.safe_load((work / "params.yaml").read_text()))
     params["download"]["mirror"] = str(REPO.parent / "shared" / "datasets")
     params["evaluate"]["assets"] = str(REPO.parent / "shared" / "assets" / "pyiqa")

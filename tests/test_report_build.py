@@ -61,12 +61,15 @@ def test_the_report_is_written_whole(tmp_path, retina):
     assert headline["t"]["dncnn"]["s25"] == {"psnr": 27.0, "psnr_fov": 28.0, "ssim": 0.7, "converged": True, "failed": False}
     assert "failed" not in headline["t"]["median"]["s25"]  # a verdict on trained models only
     assert json.loads((out / "metrics.json").read_text()) == headline
+    # the declared DVC metrics: the best PSNR inside the FOV per test corruption (numbers only)
+    best = {var: max(v[var]["psnr_fov"] for v in headline["t"].values() if "psnr_fov" in v.get(var, {})) for var in ("s15", "s25")}
+    assert json.loads((out / "headline.json").read_text()) == {"t": best}
     page = (out / "index.html").read_text()
     assert page.startswith("<!doctype html>") and page.count("<img ") == 6 and "<h2 id='performance'>" in page
     # the same inputs give the same bytes
     build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "again",
                  lock_path=tmp_path / "dvc.lock", bench_path=tmp_path / "bench.json")
-    for name in ("index.html", "report.md", "metrics.json", "claims.json"):
+    for name in ("index.html", "report.md", "metrics.json", "headline.json", "claims.json"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
 
 

@@ -1,5 +1,5 @@
 """medrestore.experiments.sweep: the vessel-term weight sweep collected from real DVC experiments (a small
-repository whose one stage writes a metrics.json shaped like reports/metrics.json)."""
+repository whose one stage writes reports/metrics.json, a plain output as in the pipeline)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ VESSEL = {
 }
 # the stage: each vessel-aware method's numbers as a function of its weight (PSNR falls, thin vessels rise)
 SCRIPT = """
-import json, yaml
+import json, os, yaml
 p = yaml.safe_load(open("params.yaml"))
 out = {"t": {}}
 for key, e in p["train"]["vessel"].items():
@@ -31,7 +31,8 @@ for key, e in p["train"]["vessel"].items():
     out["t"][e["method"]] = {"s25": {"psnr_fov": round(34.0 - 100 * w, 4), "thin_kept_indep": round(0.01 + 10 * w, 4),
                                      "invented_indep": 0.3, "thin_kept": 0.02, "invented": 0.3, "converged": True}}
 out["t"]["m"] = {"s25": {"psnr_fov": 34.0, "thin_kept_indep": 0.01}}
-json.dump(out, open("metrics.json", "w"), indent=1, sort_keys=True)
+os.makedirs("reports", exist_ok=True)
+json.dump(out, open("reports/metrics.json", "w"), indent=1, sort_keys=True)
 """
 
 
@@ -50,7 +51,7 @@ def repo(tmp_path_factory):
     (root / "stage.py").write_text(SCRIPT)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {
         "cmd": f"{sys.executable} stage.py", "deps": ["stage.py"], "params": ["train"],
-        "metrics": [{"metrics.json": {"cache": False}}]}}}))
+        "outs": [{"reports/metrics.json": {"cache": False}}]}}}))
     _run(["git", "init", "-q"], root)
     _run([dvc, "init", "-q"], root)
     _run([dvc, "config", "core.analytics", "false"], root)

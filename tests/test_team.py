@@ -211,6 +211,7 @@ def team(tmp_path_factory, chase_dir, tracking_server, s3_store):
     copy_checkout(work)
     (work / "dvc.lock").unlink(missing_ok=True)
     (work / "data").mkdir(exist_ok=True)
+    (work / "data" / ".keep").touch()  # data.dvc: data/ holds one empty hidden file (DVC warns on an empty folder)
     params = tiny_params(yaml.safe_load((work / "params.yaml").read_text()), chase_dir.parent)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     dest.mkdir(parents=True)
     copy_checkout(dest)
     (dest / "data").mkdir(exist_ok=True)
+    (dest / "data" / ".keep").touch()  # data.dvc: data/ holds one empty hidden file (DVC warns on an empty folder)
     for stale in ("dvc.lock",):
         (dest / stale).unlink(missing_ok=True)
     params = tour_params(yaml.safe_load((dest / "params.yaml").read_text()))

@@ -40,7 +40,7 @@ Cost: parameters and FLOPs per output megapixel of every model go into ``summary
 the same on every machine). Seconds per megapixel of every method go to ``cost.json`` beside it,
 with the parameters and FLOPs again and the machine that timed them: timings change from run to
 run, so ``cost.json`` is the one output that is not byte-identical on rerun (the stage declares it
-a DVC metric with ``cache: false``; ``per_image.csv``, ``summary.json`` and ``restored/`` are
+an output with ``cache: false``, not a metric; ``per_image.csv``, ``summary.json`` and ``restored/`` are
 byte-identical). Timings are the median over the test images (and variants) of one restoration
 each, the first one excluded as warm-up.
 """

@@ -13,7 +13,9 @@ Run (README, "Vessel-aware training")::
 
 :func:`collect` reads the rows of ``dvc.api.exp_show`` (one flat dict per experiment: params as
 ``train.vessel...weight``, metrics as ``task.method.variant.metric``, either possibly prefixed with the
-file name and a colon). Each experiment gives one point per vessel-aware run whose weight it changed
+file name and a colon). The per-method numbers are in ``reports/metrics.json``, a plain output (DVC's
+declared metrics are the narrow ``reports/headline.json``): :func:`with_report_numbers` adds them to
+each row from the row's own commit (the workspace's: the file). Each experiment gives one point per vessel-aware run whose weight it changed
 from the workspace's; the workspace (the standard run) gives one point per run at its own weight.
 """
 
@@ -35,6 +37,40 @@ AS_COLUMNS = {"thin_kept_indep": "indep_thin_recall_above_chance", "invented_ind
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row's keys without DVC's ``file:`` prefixes (``params.yaml:train.x`` -> ``train.x``)."""
     return {str(k).rsplit(":", 1)[-1]: v for k, v in row.items()}
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def with_report_numbers(rows: Iterable[Mapping[str, Any]], root: str | Path, rel: str = "reports/metrics.json") -> list[dict[str, Any]]:
+    """``rows`` (``dvc.api.exp_show``) with the numbers of ``rel`` at each row's revision (``rev``: a
+    commit, or ``workspace`` for the file in ``root``) as ``task.method.variant.metric`` keys; a row's
+    own keys win, a row without a readable ``rel`` is kept as it is."""
+    import json
+    import subprocess
+
+    out = []
+    for row in rows:
+        rev, text = row.get("rev"), None
+        if rev == "workspace":
+            path = Path(root) / rel
+            text = path.read_text() if path.is_file() else None
+        elif rev:
+            res = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True)
+            text = res.stdout if res.returncode == 0 else None
+        try:
+            numbers = _flat(json.loads(text)) if text else {}
+        except ValueError:
+            numbers = {}
+        out.append({**numbers, **row})
+    return out
 
 
 def collect(rows: Iterable[Mapping[str, Any]], vessel: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -106,7 +142,7 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
             what = f"--rev {', '.join(revs)}" if revs else "HEAD"
             raise InputError(f"cannot list the DVC experiments of {what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
                              "Fix: pass a commit of this repository (`git log --oneline`), from inside the repository.") from None
-    result = collect(rows, vessel)
+    result = collect(with_report_numbers(rows, Path(params_path).parent), vessel)
     patches = Path(params_path).parent / "artifacts" / "patches" / "patches.json" if patches is None else Path(patches)
     if patches.is_file():
         result["test_images"] = json.loads(Path(patches).read_text())["splits"]["test"]

@@ -1,7 +1,7 @@
 """evaluate TASK: restore the test images with every model and baseline; score them.
 
 Writes artifacts/eval/TASK/{per_image.csv,summary.json,restored/} (byte-identical on rerun) and
-cost.json beside them (machine-dependent timings; declared a metric with `cache: false`). What is
+cost.json beside them (machine-dependent timings; an output with `cache: false`, not a metric). What is
 measured and how it is summarised (floor, baselines, vessels, statistics, cost) is in
 :mod:`medrestore.evaluation.scoring`; this module reads the stage's inputs and writes its outputs."""
 

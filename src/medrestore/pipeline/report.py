@@ -14,7 +14,7 @@ from medrestore.tracking.runs import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
 #: What the stage writes under reports/ (dvc.yaml's outs, metrics and plots of the stage), tagged on its run.
-OUTPUTS = ("index.html", "report.md", "figures", "claims.json", "targets.json", "vessel_aware.json", "metrics.json", "plots")
+OUTPUTS = ("index.html", "report.md", "figures", "claims.json", "targets.json", "vessel_aware.json", "metrics.json", "headline.json", "report_figures", "plots")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -41,8 +42,14 @@ def arg(argv: list[str] | None, i: int, usage: str = "KEY") -> str:
     return argv[i]
 
 
+def _took(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
 def execute(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's ``main`` on the command line: bad input (:class:`InputError`) ends it with the
+    """Run a stage's ``main`` on the command line, ending with one ``[medrestore] STAGE: done in T`` line
+    (off a terminal, without MLflow's download bars): bad input (:class:`InputError`) ends it with the
     message and exit status 2, without a traceback; anything else is a bug and keeps its traceback.
 
     SIGTERM and SIGHUP (a stage stopped by hand, a closed terminal) are handled as Ctrl-C: the
@@ -55,8 +62,13 @@ def execute(main: Callable[[list[str]], None]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
+    if not sys.stderr.isatty():  # a log: MLflow's artifact download bars are carriage-return animations, one line each there
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    start = time.monotonic()
     try:
         main(sys.argv[1:])
+        stage = os.environ.get("DVC_STAGE") or " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+        print(f"[medrestore] {stage}: done in {_took(time.monotonic() - start)}", flush=True)
     except InputError as exc:
         print(f"[medrestore] ERROR: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,11 +1,13 @@
 """The published comparison: ``reports/report.md``, a self-contained ``reports/index.html``,
-``reports/metrics.json`` (read by ``dvc metrics show``), ``reports/claims.json`` and the figures.
+``reports/headline.json`` (the metrics ``dvc metrics show`` reads), ``reports/metrics.json`` (every
+number, per method), ``reports/claims.json`` and the figures.
 
 One concern per module:
 
 - :mod:`~medrestore.report.build`        :func:`build_report`, the whole report from the evaluation's outputs
 - :mod:`~medrestore.report.policy`       convergence verdicts and which method may be called best
 - :mod:`~medrestore.report.tables`       the tables as rows of strings, and ``metrics.json``'s numbers
+- :mod:`~medrestore.report.headline`     ``headline.json``: the best PSNR per task and test corruption
 - :mod:`~medrestore.report.text`         the prose: methods paragraph, vessel segmenter, convergence rule
 - :mod:`~medrestore.report.figures`      the figures (PNG bytes) and their captions
 - :mod:`~medrestore.report.performance`  the performance section, rendered from ``reports/bench.json``

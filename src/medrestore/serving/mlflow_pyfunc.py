@@ -41,7 +41,7 @@ class RestorationModel(PythonModel):
 
         self.model, self.meta = load_model(Path(context.artifacts[ARTIFACT]))
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         from medrestore.serving.inference import restore_array
 
         arr = np.asarray(model_input)

@@ -17,6 +17,7 @@ and augmentations are functions of (seed, step) rather than of iterator state.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import pickle
 import shutil
@@ -36,7 +37,9 @@ from medrestore.models import MODELS, count_parameters, save_model
 from medrestore.training.callbacks import (
     AtomicCheckpoint,
     CurveRecorder,
+    ProgressLog,
     RankAwareSampler,
+    duration,
 )
 from medrestore.training.config import TrainConfig
 from medrestore.training.convergence import convergence
@@ -62,11 +65,31 @@ def seed_run(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+class _DropTips(logging.Filter):
+    """Drops Lightning's "💡 Tip:" records (an advertisement for its cloud logger on every Trainer built
+    without one; runs here track to MLflow on purpose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """Filter Lightning's tips at their loggers, and its pytree deprecation warning (idempotent): a log of
+    `dvc repro` shows them once per training stage otherwise."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    # Lightning 2.6's own use of torch's pytree API (deprecated in torch), once per fit: nothing for this project to change
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def make_trainer(root: str | Path, **options: Any) -> L.Trainer:
     """A Lightning ``Trainer`` as every training run here has it: deterministic, no Lightning logger
     (the stage tracks to MLflow), no Lightning checkpointing or model summary (each run saves its own
-    outputs), Lightning's files under ``root``. ``options``: the run's own (accelerator, devices,
-    max_steps, callbacks, ...)."""
+    outputs), Lightning's files under ``root``, no tips (:func:`quiet_lightning`). ``options``: the run's
+    own (accelerator, devices, max_steps, callbacks, ...)."""
+    quiet_lightning()
     return L.Trainer(
         deterministic=True,
         logger=False,
@@ -206,6 +229,8 @@ def train_model(
     recorder = CurveRecorder(tracker)
     checkpointer = AtomicCheckpoint(run_dir, cfg.ckpt_every, val_every, run)
     callbacks: list[L.Callback] = [recorder, checkpointer, RankAwareSampler(sampler)]
+    if not cfg.progress_bar:  # off a terminal (a log): a progress line every 5% of the steps or minute
+        callbacks.append(ProgressLog(run, cfg.max_steps))
     if cfg.early_stop_patience > 0:
         callbacks.append(L.callbacks.EarlyStopping(monitor="val_psnr", mode="max", patience=cfg.early_stop_patience))
     trainer = make_trainer(
@@ -269,6 +294,10 @@ def train_model(
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "curve.csv", recorder.csv_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the outputs above are the result
+    best_step = max(points, key=lambda p: p[1])[0] if points else None
+    print(f"[medrestore] {run}: trained {metrics['steps']} steps in {duration(seconds)}; best val PSNR {module.best_psnr:.2f} dB"
+          + (f" at step {best_step}" if best_step is not None else "") + f", final {final_psnr:.2f} dB; "
+          + ("converged" if verdict["converged"] else f"not converged ({verdict.get('why', 'still improving')})"), flush=True)
     if tracker is not None:
         tracker.log_metrics({"train_seconds": seconds, "patches_per_second": cfg.batch_size * trainer.global_step / seconds})
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -56,6 +56,14 @@ class _GANModule(RestorationModule):
         self.manual_backward(loss)
         opt_d.step()
 
+    def _idle_d_step(self) -> None:
+        """The discriminator's optimiser steps with no gradient while the generator pre-trains: no weight
+        or optimiser state changes, but its scheduler (stepped every batch, so that its learning rate
+        follows ``global_step``) is stepped after its optimiser, as torch requires."""
+        opt_d = self.optimizers()[1].optimizer
+        opt_d.zero_grad(set_to_none=True)
+        opt_d.step()
+
     def _end_batch(self) -> None:
         for sched in self.lr_schedulers():
             sched.step()
@@ -89,6 +97,7 @@ class SRGANModule(_GANModule):
             loss, _ = self.content_loss(x, y, mask)
             self._check(loss, "the content loss (pre-training)")
             self._g_step(loss)
+            self._idle_d_step()
             self._end_batch()
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
             return

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medrestore.training.losses import bce_dice_loss
 from medrestore.models.unet import UNet
+from medrestore.training.callbacks import ProgressLog
 from medrestore.training.config import cosine_factor
 from medrestore.training.engine import make_trainer, seed_run
 from medrestore.vessels.frangi import _fov_or_all
@@ -177,8 +178,10 @@ def train_segmenter(
     with tempfile.TemporaryDirectory(prefix="medrestore-seg-") as root, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        tty = sys.stderr.isatty()  # Lightning's bar on a terminal only; a progress line every 5% of the steps in a log
+        progress = [] if tty else [ProgressLog("segmenter", steps, loss=lambda: module.losses[-1] if module.losses else None)]
         trainer = make_trainer(root, accelerator=accelerator, devices=1, max_steps=steps, max_epochs=1,
-                               enable_progress_bar=sys.stderr.isatty())  # Lightning's bar on a terminal only: quiet in CI
+                               enable_progress_bar=tty, callbacks=progress)
         try:
             trainer.fit(module, loader)
         finally:
