@@ -87,7 +87,7 @@ def _no_reference_each(image, assets) -> tuple[dict[str, float], dict[str, str]]
     import numpy as np
     import torch
 
-    from medrestore.evaluation.scoring import metrics
+    from medrestore.evaluation import metrics
 
     h, w = image.shape[:2]
     flat = bool((image == image.reshape(-1, *image.shape[2:])[0]).all())
