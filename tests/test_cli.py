@@ -50,7 +50,7 @@ def test_models_reads_the_catalog_without_importing_torch(tmp_path):
     assert saved["models_md5"] == catalog.source_md5(), "stale catalog. Fix: python -m medrestore.core.catalog --write"
     registry = catalog.from_registry()
     assert saved["rows"] == registry
-    src = str(Path(catalog.__file__).resolve().parents[1])
+    src = str(Path(catalog.__file__).resolve().parents[2])
     code = ("import sys, json; from medrestore.cli import main; main(['models', '--json']); "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy') or m.startswith('medrestore.models')], sorted(sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)

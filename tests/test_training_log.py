@@ -22,7 +22,8 @@ import numpy as np
 from skimage import data
 sys.path.insert(0, {tests!r})
 from conftest import cut_patches, noisy_copies
-from medrestore.training import TrainConfig, train_model
+from medrestore.training.config import TrainConfig
+from medrestore.training.engine import train_model
 
 retina = data.retina()
 def pairs(region, scale=1):
@@ -69,7 +70,7 @@ def test_a_training_run_off_a_terminal_logs_progress_and_no_repeated_tips(tmp_pa
 def test_the_pyfunc_predict_is_typed_so_mlflow_gives_no_type_hint_advice():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runpy.run_path(str(REPO / "src" / "medrestore" / "mlflow_pyfunc.py"))
+        runpy.run_path(str(REPO / "src" / "medrestore" / "serving" / "mlflow_pyfunc.py"))
     assert not [w for w in caught if "type hint" in str(w.message).lower()], [str(w.message) for w in caught]
 
 
