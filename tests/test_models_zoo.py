@@ -411,3 +411,26 @@ def test_briefly_trained_generator_shows_a_checkerboard_only_with_transposed_con
         assert ratio > 20 * photo
     else:
         assert ratio < 2
+
+
+def test_history_pool_fills_then_swaps_half_of_the_new_images_for_old_ones_and_replays(chase_image):
+    from medrestore.training.gan import ImagePool
+
+    x = _chase_tensor(chase_image, 32)
+    images = [x * (0.5 + 0.05 * k) for k in range(12)]  # 12 distinct "generated" crops
+    runs = []
+    for _ in range(2):
+        pool, shown = ImagePool(4), []
+        for step, im in enumerate(images):
+            shown.append(pool.query(im, np.random.default_rng([0, step, 9])))
+        runs.append((shown, pool.state()))
+    shown, state = runs[0]
+    assert all(torch.equal(shown[k], images[k]) for k in range(4))  # filling: passed through
+    later = [any(torch.equal(s, im) for im in images[:k]) for k, s in enumerate(shown) if k >= 4]
+    assert 0 < sum(later) < len(later)  # some earlier images come back, not all
+    assert all(torch.equal(a, b) for a, b in zip(shown, runs[1][0]))  # same rng words, same draws
+    assert len(state) == 4 and all(torch.equal(a, b) for a, b in zip(state, runs[1][1]))
+    restored = ImagePool(4)
+    restored.load(state)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state(), state))
+    assert torch.equal(ImagePool(0).query(x, np.random.default_rng(0)), x)
