@@ -79,6 +79,7 @@ class TrainSettings(_Strict):
     adv_weight: Optional[float] = None
     cycle_weight: Optional[float] = None
     identity_weight: Optional[float] = None
+    pool_size: Optional[int] = None
 
 
 class Download(_Strict):
