@@ -334,3 +334,103 @@ def test_patchgan_scores_patches_of_any_input_size(size):
     with torch.no_grad():
         out = net(torch.rand(2, 3, *size))
     assert out.shape == (2, 1, -(-size[0] // 16), -(-size[1] // 16))
+
+
+# ---- the standard profile's deviations from Zhao2019 (residual output, resize-convolution, no norm)
+def _chase_tensor(chase_image: np.ndarray, side: int = 128) -> torch.Tensor:
+    """A side x side crop of a CHASE_DB1 photograph around its centre, as a 1 x 3 x side x side tensor in [0, 1].
+
+    The photograph is first averaged over 2 x 2 pixels (as the prepare stage shrinks it to 512 px):
+    the camera's JPEG has its own energy at the 2-px period."""
+    h, w = chase_image.shape[:2]
+    top, left = (h - 2 * side) // 2, (w - 2 * side) // 2
+    crop = chase_image[top : top + 2 * side, left : left + 2 * side].astype(np.float32)
+    crop = crop.reshape(side, 2, side, 2, 3).mean((1, 3))
+    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float()[None] / 255.0
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+@pytest.mark.parametrize("upsample", ["deconv", "resize"])
+def test_residual_cyclegan_generator_returns_its_input_before_training(chase_image, norm, upsample):
+    net = ResnetGenerator(features=16, n_blocks=3, upsample=upsample, residual=True, norm=norm).eval()
+    x = _chase_tensor(chase_image, 124)  # not a multiple of 4 on purpose: padded and cropped back
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == x.shape
+    assert float((y - x).abs().max()) < 1e-6
+    plain = ResnetGenerator(features=16, n_blocks=3, upsample=upsample, residual=False, norm=norm).eval()
+    with torch.no_grad():
+        assert float((plain(x) - x).abs().mean()) > 0.05  # the paper's generator starts far from its input
+
+
+def test_resize_convolution_generator_has_no_transposed_convs_and_the_options_are_checked():
+    net = ResnetGenerator(features=16, n_blocks=2, upsample="resize", residual=True, norm="none")
+    assert not modules_of(net, nn.ConvTranspose2d) and len(modules_of(net, nn.Upsample)) == 2
+    assert not modules_of(net, nn.InstanceNorm2d) and not modules_of(net, nn.Tanh)
+    with pytest.raises(ValueError, match="upsample"):
+        ResnetGenerator(upsample="pixelshuffle")
+    with pytest.raises(ValueError, match="norm"):
+        ResnetGenerator(norm="batch")
+
+
+def _checkerboard_ratio(image: torch.Tensor) -> float:
+    """Power of the 2-px periods (the Nyquist row, column and corner of the 2-D spectrum, Hann-windowed)
+    over the median power of the spectrum's outer ring: a checkerboard is a peak there, a photograph is not."""
+    g = image[0].mean(0).double()
+    n = g.shape[-1]
+    window = torch.hann_window(n, periodic=False, dtype=torch.float64)
+    g = (g - g.mean()) * window[:, None] * window[None, :]  # no edge of the crop in the spectrum
+    power = torch.fft.fft2(g).abs() ** 2
+    half = n // 2
+    nyquist = (power[half, half] + power[half, 0] + power[0, half]) / 3
+    fy = torch.fft.fftfreq(n).abs()[:, None]
+    fx = torch.fft.fftfreq(n).abs()[None, :]
+    ring = (torch.maximum(fy, fx) > 0.35) & ~((fy == 0.5) | (fx == 0.5))
+    return float(nyquist / power[ring].median())
+
+
+@pytest.mark.parametrize(("upsample", "residual"), [("deconv", False), ("resize", False), ("deconv", True), ("resize", True)])
+def test_briefly_trained_generator_shows_a_checkerboard_only_with_transposed_convs(chase_image, upsample, residual):
+    """Twenty Adam steps towards a real CHASE_DB1 crop (mirrored, so the generator has to move): with
+    transposed convolutions the output spectrum has a peak at the 2-px period (a checkerboard), from
+    a random start and from the identity alike; with resize-convolutions it has none."""
+    torch.manual_seed(0)
+    net = ResnetGenerator(features=16, n_blocks=2, upsample=upsample, residual=residual, norm="none" if residual else "instance")
+    x = _chase_tensor(chase_image, 96)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    for _ in range(20):
+        loss = F.l1_loss(net(x), x.flip(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = net.eval()(x)
+    ratio, photo = _checkerboard_ratio(out), _checkerboard_ratio(x)
+    assert photo < 2 and float((out - x).abs().mean()) > 0.02  # a photograph has no peak; the generator moved
+    if upsample == "deconv":
+        assert ratio > 20 * photo
+    else:
+        assert ratio < 2
+
+
+def test_history_pool_fills_then_swaps_half_of_the_new_images_for_old_ones_and_replays(chase_image):
+    from medrestore.training.gan import ImagePool
+
+    x = _chase_tensor(chase_image, 32)
+    images = [x * (0.5 + 0.05 * k) for k in range(12)]  # 12 distinct "generated" crops
+    runs = []
+    for _ in range(2):
+        pool, shown = ImagePool(4), []
+        for step, im in enumerate(images):
+            shown.append(pool.query(im, np.random.default_rng([0, step, 9])))
+        runs.append((shown, pool.state()))
+    shown, state = runs[0]
+    assert all(torch.equal(shown[k], images[k]) for k in range(4))  # filling: passed through
+    later = [any(torch.equal(s, im) for im in images[:k]) for k, s in enumerate(shown) if k >= 4]
+    assert 0 < sum(later) < len(later)  # some earlier images come back, not all
+    assert all(torch.equal(a, b) for a, b in zip(shown, runs[1][0]))  # same rng words, same draws
+    assert len(state) == 4 and all(torch.equal(a, b) for a, b in zip(state, runs[1][1]))
+    restored = ImagePool(4)
+    restored.load(state)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state(), state))
+    assert torch.equal(ImagePool(0).query(x, np.random.default_rng(0)), x)

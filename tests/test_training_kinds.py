@@ -144,10 +144,17 @@ def test_two_way_gan_trains_on_unpaired_domains_and_validates_on_pairs(tmp_path,
         train_model(_cfg("redae"), train, val, tmp_path / "p", tmp_path / "ck2", train_domain=domain)
 
 
-def test_gan_runs_with_the_same_params_are_byte_identical(tmp_path, unpaired_data):
+@pytest.mark.parametrize("standard", [False, True])
+def test_gan_runs_with_the_same_params_are_byte_identical(tmp_path, unpaired_data, standard):
+    """The paper's networks, and the standard profile's (identity start, resize-convolutions, no
+    norm, a history pool whose draws are seeded by step)."""
     train, val, domain = unpaired_data
+    tiny = dict(TINY_CYCLEGAN)
+    if standard:
+        tiny["model_kwargs"] = {**tiny.get("model_kwargs", {}), "upsample": "resize", "residual": True, "norm": "none"}
+        tiny["pool_size"] = 3
     for name in ("a", "b"):
-        train_model(_cfg("cyclegan", **TINY_CYCLEGAN, max_steps=8, val_every=4), train, val, tmp_path / name, tmp_path / f"ck{name}", train_domain=domain)
+        train_model(_cfg("cyclegan", **tiny, max_steps=8, val_every=4), train, val, tmp_path / name, tmp_path / f"ck{name}", train_domain=domain)
     for f in ("model.safetensors", "metrics.json", "curve.csv", "model.json"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 

@@ -90,6 +90,7 @@ class TrainConfig:
     adv_weight: float = 1.0  # srgan: 1e-3 (Hayee2017); cyclegan: 1 (Zhao2019)
     cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (Zhao2019: 10)
     identity_weight: float = 10.0  # cyclegan: identity term (Zhao2019: 10)
+    pool_size: int = 0  # cyclegan: discriminators also see up to this many earlier generated images (CycleGAN: 50); 0 = none
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:

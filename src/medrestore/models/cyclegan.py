@@ -31,6 +31,28 @@ sigmoid) because the seed trains it with the least-squares loss; ``sigmoid=True`
 paper's d in [0, 1]. Generator inputs whose sides are not multiples of 4 are reflect-padded
 bottom/right and cropped back. Discriminator inputs must be at least 32x32 (instance norm needs
 more than one pixel after the 4th stride-2 conv). Weights start N(0, 0.02) as CycleGAN's.
+
+Options that deviate from Zhao2019 (off by default; params.yaml's standard profile turns them on,
+docs/pipeline.md, Training):
+
+- ``upsample="resize"``: each transposed convolution becomes nearest-neighbour x2 upsampling, then
+  reflect-pad 1 and a 3x3 convolution (a resize-convolution, Odena et al. 2016). A stride-2
+  transposed 3x3 convolution covers the output pixels unevenly (4, 2 or 1 kernel taps by the parity
+  of the pixel's row and column) and paints a 2-px checkerboard until training evens it out; a
+  resize-convolution treats every output pixel alike. It costs more operations (the 3x3 convs run
+  at the upsampled resolution).
+- ``residual=True``: the generator outputs its input plus a correction,
+  ``out = in + conv_7x7(features)`` in [-1, 1] (no tanh), with that last convolution's weights and
+  bias zero at the start, so the untrained generator returns its input exactly. A few hundred
+  steps of batch 1 (the budget of 2 CPU cores) leave a generator that starts from random weights
+  far from any photograph (a red checkerboard, 3 dB below the degraded input); one that starts at
+  the identity can only move away from its input where its losses ask it to. Outputs may leave
+  [0, 1] slightly; the evaluation clips them.
+- ``norm="none"``: no instance normalisation in the generator. Instance normalisation removes each
+  feature map's mean and scale over the image, so a generator with it cannot see the absolute
+  colour of its input (the cataract haze is mostly a colour veil); without it, its weights start
+  He-normal (fan-in, ReLU gain) and the second convolution of each residual block at zero, so each
+  block starts as the identity (Fixup-style) and activations keep their scale through 9 blocks.
 """
 
 from __future__ import annotations
@@ -55,12 +77,20 @@ def _init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+UPSAMPLE = ("deconv", "resize")
+NORMS = ("instance", "none")
+
+
+def _norm(kind: str, features: int) -> nn.Module:
+    return nn.InstanceNorm2d(features) if kind == "instance" else nn.Identity()
+
+
 class ResnetBlock(nn.Module):
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, norm: str = "instance") -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3), nn.InstanceNorm2d(features), nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3), nn.InstanceNorm2d(features),
+            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3), _norm(norm, features), nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1), nn.Conv2d(features, features, 3), _norm(norm, features),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,26 +98,48 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    def __init__(self, channels: int = 3, features: int = 64, n_blocks: int = 9) -> None:
+    def __init__(self, channels: int = 3, features: int = 64, n_blocks: int = 9, upsample: str = "deconv",
+                 residual: bool = False, norm: str = "instance") -> None:
         super().__init__()
+        if upsample not in UPSAMPLE:
+            raise ValueError(f"upsample {upsample!r}: use one of {', '.join(UPSAMPLE)}")
+        if norm not in NORMS:
+            raise ValueError(f"norm {norm!r}: use one of {', '.join(NORMS)}")
+        self.residual = bool(residual)
         f = features
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, f, 7), nn.InstanceNorm2d(f), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, f, 7), _norm(norm, f), nn.ReLU(inplace=True)]
         for mult in (1, 2):  # 64 -> 128 -> 256
-            layers += [nn.Conv2d(f * mult, f * mult * 2, 3, stride=2, padding=1), nn.InstanceNorm2d(f * mult * 2), nn.ReLU(inplace=True)]
-        layers += [ResnetBlock(f * 4) for _ in range(n_blocks)]
+            layers += [nn.Conv2d(f * mult, f * mult * 2, 3, stride=2, padding=1), _norm(norm, f * mult * 2), nn.ReLU(inplace=True)]
+        layers += [ResnetBlock(f * 4, norm) for _ in range(n_blocks)]
         for mult in (4, 2):  # 256 -> 128 -> 64
-            layers += [
-                nn.ConvTranspose2d(f * mult, f * mult // 2, 3, stride=2, padding=1, output_padding=1),
-                nn.InstanceNorm2d(f * mult // 2),
-                nn.ReLU(inplace=True),
-            ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(f, channels, 7), nn.Tanh()]
+            if upsample == "deconv":
+                layers.append(nn.ConvTranspose2d(f * mult, f * mult // 2, 3, stride=2, padding=1, output_padding=1))
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(f * mult, f * mult // 2, 3)]
+            layers += [_norm(norm, f * mult // 2), nn.ReLU(inplace=True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(f, channels, 7)]
+        if not self.residual:
+            layers.append(nn.Tanh())
         self.model = nn.Sequential(*layers)
         _init_weights(self)
+        if norm == "none":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            for block in self.model:
+                if isinstance(block, ResnetBlock):
+                    nn.init.zeros_(block.body[5].weight)  # each residual block starts as the identity
+        if self.residual:
+            last = self.model[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, MULTIPLE)
-        y = self.model(x * 2.0 - 1.0)
+        z = x * 2.0 - 1.0
+        y = self.model(z)
+        if self.residual:
+            y = z + y
         return crop_to((y + 1.0) * 0.5, size)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from medrestore.training.losses import (
@@ -33,6 +34,45 @@ def _freeze(*nets: torch.nn.Module, frozen: bool) -> None:
     for net in nets:
         for p in net.parameters():
             p.requires_grad_(not frozen)
+
+
+POOL_WORD = 9  # the rng stream of the history pool: [seed, step, POOL_WORD]
+
+
+class ImagePool:
+    """CycleGAN's history of generated images (Shrivastava et al. 2017, Zhu et al. 2017): the
+    discriminator is shown, for each new generated image, with probability 1/2 an image generated
+    at an earlier step (which the new one replaces in the pool), so it does not only chase the
+    generator's latest output. Until the pool holds ``size`` images it passes them through. The
+    draws come from the rng the caller passes (a function of seed and step: resumable) and the
+    pool's images go into the checkpoint (:meth:`state`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+        self.images: list[torch.Tensor] = []
+
+    def query(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.size <= 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image[None]
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif rng.random() < 0.5:
+                k = int(rng.integers(0, self.size))
+                out.append(self.images[k])
+                self.images[k] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out)
+
+    def state(self) -> list[torch.Tensor]:
+        return [t.detach().cpu() for t in self.images]
+
+    def load(self, images: list[torch.Tensor]) -> None:
+        self.images = [t.clone() for t in images]
 
 
 class _GANModule(RestorationModule):
@@ -125,7 +165,8 @@ class CycleGANModule(_GANModule):
     LSGAN adversarial + ``cycle_weight`` x cycle term + ``identity_weight`` x identity, where the
     cycle term is the feature-consistency loss on all conv layers of the (still training)
     discriminators (``cyclegan-fc``, eq. 3) or the image-level L1 cycle loss (``cyclegan``, eq. 2).
-    Discriminators: LSGAN, real vs the generators' current outputs (no history pool).
+    Discriminators: LSGAN, real vs the generators' current outputs (Zhao2019: no history pool) or,
+    with ``pool_size`` > 0, CycleGAN's history pool of generated images (:class:`ImagePool`).
     """
 
     def _setup_extra(self) -> None:
@@ -134,12 +175,23 @@ class CycleGANModule(_GANModule):
         self.gen_b = build_model(cfg.model, **cfg.model_kwargs)
         self.disc_e = build_discriminator(cfg.model, **cfg.disc_kwargs)
         self.disc_b = build_discriminator(cfg.model, **cfg.disc_kwargs)
+        self.pool_e, self.pool_b = ImagePool(cfg.pool_size), ImagePool(cfg.pool_size)
         self.perceptual, self.perceptual_weight = None, 0.0
         if cfg.perceptual:
             raise ValueError("cyclegan models have no paired target for a perceptual loss; their feature loss is built in")
 
     def generator_parameters(self):
         return itertools.chain(self.net.parameters(), self.gen_b.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["medrestore_pools"] = {"e": self.pool_e.state(), "b": self.pool_b.state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        pools = checkpoint.get("medrestore_pools") or {}
+        self.pool_e.load(pools.get("e", []))
+        self.pool_b.load(pools.get("b", []))
 
     def discriminator_parameters(self):
         return itertools.chain(self.disc_e.parameters(), self.disc_b.parameters())
@@ -165,7 +217,9 @@ class CycleGANModule(_GANModule):
         self._g_step(loss)
         _freeze(d_e, d_b, frozen=False)
         # discriminators
-        y_hat, x_hat = y_hat.detach(), x_hat.detach()
+        rng = np.random.default_rng([cfg.seed, int(self.global_step), POOL_WORD])
+        y_hat, x_hat = self.pool_e.query(y_hat, rng), self.pool_b.query(x_hat, rng)
+        y_hat, x_hat = self._layout(y_hat.detach()), self._layout(x_hat.detach())
         d_loss = (
             adversarial_lsgan(d_e(y), True) + adversarial_lsgan(d_e(y_hat), False)
             + adversarial_lsgan(d_b(x), True) + adversarial_lsgan(d_b(x_hat), False)
