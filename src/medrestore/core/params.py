@@ -91,6 +91,7 @@ class TrainConfig:
     cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (Zhao2019: 10)
     identity_weight: float = 10.0  # cyclegan: identity term (Zhao2019: 10)
     pool_size: int = 0  # cyclegan: discriminators also see up to this many earlier generated images (CycleGAN: 50); 0 = none
+    crop_patches: int = 0  # cyclegan: train on crops of n x n adjacent patches (at the patch stride) of image-level tasks; 0/1 = single patches
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:

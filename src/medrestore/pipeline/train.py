@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medrestore.data.patches import load_fov, load_patches
-from medrestore.core.io import atomic_dir, read_json
+from medrestore.core.io import InputError, atomic_dir, read_json
 from medrestore.core.params import run_entry, train_settings, with_runtime
 from medrestore.pipeline.paths import (
     MODELS,
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_domain": domain,
         "run": f"train@{key}",
         "fov": fov,
+        "train_index": crop_index(cfg, corruption, corrupted, key) if first_dir is None else None,
     }
     if not is_rank_zero():
         # DDP: Lightning's launcher and torchrun run the stage once per process. Only rank 0 opens
@@ -89,6 +90,19 @@ def train_targets(patches_dir: Path, corrupted: Path) -> np.ndarray:
     if (Path(corrupted) / "train_clean.npy").is_file():
         return load_patches(corrupted, "train_clean")
     return load_patches(patches_dir, "train")
+
+
+def crop_index(cfg: TrainConfig, corruption: dict, corrupted: Path, key: str) -> tuple[np.ndarray, int] | None:
+    """(patchify's ``train_index.npy``, the patch stride) for a run with ``crop_patches`` > 1, else None.
+    Crops of adjacent patches are exact only where the patches were cut from one degraded image
+    (``level: image``) and the clean targets are the patchify stage's own."""
+    if cfg.crop_patches <= 1:
+        return None
+    if corruption.get("level") != "image" or (Path(corrupted) / "train_clean.npy").is_file():
+        raise InputError(f"train.runs.{key}: crop_patches assembles crops from adjacent patches, exact only for image-level "
+                         f"tasks without photometric augmentation; {corrupted} is not one. Fix: set crop_patches: 0 for this run.")
+    meta = read_json(PATCHES / "patches.json")
+    return np.load(PATCHES / "train_index.npy"), int(meta["stride"])
 
 
 def is_rank_zero() -> bool:

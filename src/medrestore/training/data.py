@@ -78,6 +78,67 @@ class UnpairedPatches(Dataset):
         return _to_tensor(self.degraded[self.degraded_idx[j]]), _to_tensor(self.clean[self.clean_idx[i]])
 
 
+def crop_table(index: np.ndarray, stride: int, side: int) -> np.ndarray:
+    """The crops of ``side`` x ``side`` adjacent patches a patch grid holds whole.
+
+    ``index`` is patchify's ``{split}_index.npy`` (per patch ``[unit, y, x]``, its top-left corner),
+    ``stride`` the patch stride. Returns (n_crops, side, side) int64 rows of ``index``: crop ``c``'s
+    patch ``(i, j)`` is the one at ``(y + i * stride, x + j * stride)`` of the crop's unit. A crop
+    exists where all its patches do (patches whose FOV share was too small are missing, so crops
+    near the FOV's edge are dropped). Crops are ordered by (unit, y, x): the table is a pure
+    function of the index.
+    """
+    index = np.asarray(index)
+    if index.ndim != 2 or index.shape[1] != 3:
+        raise InputError(f"patch index of shape {index.shape}, expected (N, 3) [unit, y, x]. Fix: rerun the patchify stage.")
+    if side < 1 or stride < 1:
+        raise InputError(f"crops of {side} x {side} patches at stride {stride}. Fix: use positive values.")
+    row = {(int(u), int(y), int(x)): r for r, (u, y, x) in enumerate(index)}
+    rows = []
+    for u, y, x in sorted(row):
+        cells = [row.get((u, y + i * stride, x + j * stride)) for i in range(side) for j in range(side)]
+        if all(c is not None for c in cells):
+            rows.append(cells)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, side, side)
+
+
+def assemble_crop(patches: np.ndarray, cells: np.ndarray, stride: int) -> np.ndarray:
+    """The (C, C, ch) image region covered by the patches ``cells`` ((side, side) rows of
+    ``patches``, as :func:`crop_table` gives), C = patch size + (side - 1) x stride. Overlapping
+    patches cut from one image agree where they overlap, so the crop is that region exactly."""
+    side, p = cells.shape[0], patches.shape[1]
+    c = p + (side - 1) * stride
+    out = np.empty((c, c, *patches.shape[3:]), dtype=patches.dtype)
+    for i in range(side):
+        for j in range(side):
+            out[i * stride : i * stride + p, j * stride : j * stride + p] = patches[cells[i, j]]
+    return out
+
+
+class UnpairedCrops(Dataset):
+    """Unpaired samples of larger crops: item ``(i, j)`` is (degraded crop ``degraded_cells[j]``,
+    clean crop ``clean_cells[i]``), each assembled from adjacent patches (:func:`assemble_crop`).
+    Exact for the clean patches and for image-level corruptions (the degraded patches are cut from
+    one degraded image); patch-level corruptions degrade each patch on its own and are refused by
+    the caller."""
+
+    def __init__(self, clean: np.ndarray, degraded: np.ndarray, clean_cells: np.ndarray, degraded_cells: np.ndarray, stride: int) -> None:
+        if pair_scale(clean, degraded) != 1:
+            raise InputError("crops of adjacent patches are for same-size unpaired tasks. Fix: set crop_patches: 0.")
+        if len(clean_cells) == 0 or len(degraded_cells) == 0:
+            raise InputError("no crop of adjacent patches lies whole in one domain's patches. Fix: lower crop_patches, or set it to 0.")
+        self.clean, self.degraded, self.stride = clean, degraded, int(stride)
+        self.clean_cells, self.degraded_cells = np.asarray(clean_cells), np.asarray(degraded_cells)
+
+    def __len__(self) -> int:
+        return max(len(self.clean_cells), len(self.degraded_cells))
+
+    def __getitem__(self, ij: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, j = ij
+        return (_to_tensor(assemble_crop(self.degraded, self.degraded_cells[j], self.stride)),
+                _to_tensor(assemble_crop(self.clean, self.clean_cells[i], self.stride)))
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Endless batches whose content is a pure function of (seed, step, rank).
 

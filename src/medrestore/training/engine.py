@@ -46,8 +46,10 @@ from medrestore.training.convergence import convergence
 from medrestore.training.data import (
     PairedPatches,
     StepBatchSampler,
+    UnpairedCrops,
     UnpairedPatches,
     UnpairedStepSampler,
+    crop_table,
     fingerprint,
     pair_scale,
 )
@@ -167,6 +169,7 @@ def train_model(
     train_domain: np.ndarray | None = None,
     run: str | None = None,
     fov: tuple[np.ndarray, np.ndarray] | None = None,
+    train_index: tuple[np.ndarray, int] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on (clean, degraded) patch arrays; write the stage's outputs to ``out_dir``.
 
@@ -175,6 +178,8 @@ def train_model(
     independently from all patches. ``run`` names the run in errors (default: the model).
     ``fov``: the (train, val) patches' FOV masks (patchify's ``{split}_fov.npy``); with ``cfg.fov_loss``
     a paired model's loss and validation PSNR count the pixels inside the FOV only.
+    ``train_index``: (patchify's ``train_index.npy``, the patch stride), which cyclegan models with
+    ``cfg.crop_patches`` > 1 need to assemble their crops of adjacent training patches.
     """
     spec = MODELS.get(cfg.model)
     if spec is None:
@@ -183,6 +188,7 @@ def train_model(
     seed_run(cfg.seed)
 
     clean, degraded = train_pairs
+    crops = None
     if spec.trainer == "cyclegan":
         if train_domain is None:
             clean_idx = degraded_idx = np.arange(clean.shape[0])
@@ -191,12 +197,33 @@ def train_model(
             if domain.shape != (clean.shape[0],):
                 raise InputError(f"train_domain has shape {domain.shape}, expected ({clean.shape[0]},). Fix: rerun the corrupt stage.")
             clean_idx, degraded_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
-        train_ds = UnpairedPatches(clean, degraded, clean_idx, degraded_idx)
+        if cfg.crop_patches > 1:
+            if train_index is None:
+                raise InputError(f"run {run!r}: crop_patches needs the training patches' index (train_index.npy) and stride. "
+                                 "Fix: rerun the patchify stage, or set crop_patches: 0.")
+            index, stride = train_index
+            if len(index) != clean.shape[0]:
+                raise InputError(f"train_index.npy lists {len(index)} patches, the training arrays hold {clean.shape[0]}. "
+                                 "Fix: rerun the patchify and corrupt stages.")
+            cells = crop_table(index, int(stride), int(cfg.crop_patches))
+            side = np.full(clean.shape[0], -1)
+            side[clean_idx], side[degraded_idx] = 0, 1  # a crop belongs to a domain when all its patches do
+            flat = side[cells.reshape(len(cells), -1)]
+            clean_cells, degraded_cells = cells[(flat == 0).all(1)], cells[(flat == 1).all(1)]
+            if train_domain is None:
+                clean_cells = degraded_cells = cells
+            train_ds = UnpairedCrops(clean, degraded, clean_cells, degraded_cells, int(stride))
+            crops = {"size": clean.shape[1] + (int(cfg.crop_patches) - 1) * int(stride), "clean": len(clean_cells), "degraded": len(degraded_cells)}
+            clean_idx, degraded_idx = clean_cells, degraded_cells
+        else:
+            train_ds = UnpairedPatches(clean, degraded, clean_idx, degraded_idx)
         sampler: StepBatchSampler = UnpairedStepSampler(len(clean_idx), len(degraded_idx), cfg.batch_size, cfg.seed)
         n_train = len(train_ds)
     else:
         if train_domain is not None:
             raise InputError(f"{cfg.model!r} trains on pairs, but this task is unpaired (train_domain.npy). Fix: use cyclegan or cyclegan-fc.")
+        if cfg.crop_patches > 1:
+            raise InputError(f"run {run!r}: crop_patches is for the cyclegan models; {cfg.model!r} trains on single patches. Fix: drop crop_patches.")
         if cfg.fov_loss and fov is None:
             raise InputError(f"run {run!r}: fov_loss needs the patches' FOV masks (train_fov.npy, val_fov.npy). "
                              "Fix: rerun the patchify stage, or set fov_loss: false.")
@@ -220,6 +247,8 @@ def train_model(
     arrays = [*train_pairs, *val_pairs] + ([] if train_domain is None else [np.asarray(train_domain)])
     if masked:
         arrays += [fov[0], val_fov]
+    if spec.trainer == "cyclegan" and cfg.crop_patches > 1:
+        arrays += [np.asarray(train_index[0]), np.asarray([train_index[1]])]
     if cfg.init_from:  # the starting weights are part of the run's identity (resume folder)
         arrays.append(np.frombuffer((Path(cfg.init_from) / "model.safetensors").read_bytes(), np.uint8))
     run_dir = Path(ckpt_dir) / fingerprint(cfg, arrays)
@@ -283,6 +312,8 @@ def train_model(
         "last_quarter_gain_db": verdict["last_quarter_gain_db"],
         "final_drop_db": verdict.get("final_drop_db"),
     }
+    if crops is not None:
+        metrics["train_crops"] = crops
     if not trainer.is_global_zero:
         return metrics
     module.net.load_state_dict(module.best_state)
