@@ -342,3 +342,41 @@ def test_stage_times_benchmark_reads_every_stage_back_from_mlflow(repro):
     assert set(lock_before) <= set(rows)  # every stage of the first repro logged one run
     total = lines[-1].split()
     assert total[0] == "total" and float(total[1]) == pytest.approx(sum(sum(w) for w in rows.values()), abs=0.5)
+
+
+def test_the_repro_log_shows_progress_and_no_third_party_noise(repro):
+    """Off a terminal (captured, as in a CI log): each training stage prints progress lines and ends with its
+    result line; the tips and warnings that used to repeat once per stage are gone."""
+    import re
+
+    _, params, first, _, _ = repro
+    log = first.stdout + first.stderr
+    for k in params["train"]["runs"]:
+        assert f"[medrestore] train@{k}: done in" in log, k
+    assert len(re.findall(r"^\[medrestore\] [^:\n]+: step \d+/\d+ \(\d+%\)", log, flags=re.M)) >= len(params["train"]["runs"])
+    assert re.search(r"trained \d+ steps in .*; best val PSNR", log)
+    for noise in ("litlogger", "Add type hints to the `predict` method", "'data' is empty",
+                  "Detected call of `lr_scheduler.step()` before `optimizer.step()`", "Downloading artifacts"):
+        assert noise not in log, noise
+
+
+def test_models_carry_their_test_scores_and_every_stage_run_its_out_md5(repro):
+    """mlflow.search_runs by a plain test metric finds the trained denoisers' own runs; every run that wrote a
+    DVC output names it with an out_md5 tag (docs/tracking.md)."""
+    import mlflow
+
+    from medrestore.evaluation.metrics import headline_key
+
+    work, params, _, _, _ = repro
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = [e.experiment_id for e in client.search_experiments()]
+    summary = json.loads((work / "artifacts" / "eval" / "denoise-g25" / "summary.json").read_text())
+    variant = sorted(next(v for v in summary["methods"].values() if next(iter(v.values())).get("kind") == "model"))[0]
+    key = headline_key(variant, "psnr_fov")
+    found = client.search_runs(exp, filter_string=f"metrics.{key} > 0")
+    trained = {f"train@{k}" for k, r in params["train"]["runs"].items() if r["task"] == "denoise-g25"}
+    assert trained and trained <= {r.data.tags.get("dvc_stage") for r in found}
+    for run in client.search_runs(exp, filter_string="tags.dvc_stage != ''"):
+        if "mlflow.parentRunId" in run.data.tags:  # a model's scores logged under the evaluation: writes nothing
+            continue
+        assert any(t.startswith("out_md5:") for t in run.data.tags), run.data.tags["dvc_stage"]
