@@ -69,9 +69,9 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int, compi
     s) is given the ``size / s`` px reduction, as in its use, and its tiles are ``tile / s`` px.
     ``compile``: also ``torch.compile`` (inductor) of the folded channels-last network, timed after
     its compilation (whose seconds are reported apart: paid once per process and input shape)."""
-    from medrestore.serving.inference import restore_array
     from medrestore.models import build_model
     from medrestore.serving.bn_folding import fold_batchnorm
+    from medrestore.serving.inference import restore_array
 
     mpix = size * size / 1e6
     out = {}
@@ -205,10 +205,10 @@ def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int, workers: i
     PyTorch loop: the reference the engine's overhead is measured against. Returns seconds.
     ``workers``: fetch the batches through a ``DataLoader`` with that many worker processes (the
     engine's loader, same sampler) instead of indexing the patches in the loop."""
-    from medrestore.training.losses import make_loss
     from medrestore.models import build_model
     from medrestore.training.config import make_optimizer, make_scheduler
     from medrestore.training.data import PairedPatches, StepBatchSampler
+    from medrestore.training.losses import make_loss
 
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.model, **cfg.model_kwargs).train()

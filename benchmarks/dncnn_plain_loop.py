@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrestore.pipeline.train import train_targets
 from medrestore.data.patches import load_patches
 from medrestore.models.dncnn import DnCNN
+from medrestore.pipeline.train import train_targets
 
 REPO = Path(__file__).resolve().parents[1]
 

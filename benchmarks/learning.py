@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from benchmarks.bench import cpu_model
-    from medrestore.data.patches import load_fov, load_patches
     from medrestore.core.io import load_params, read_json
     from medrestore.core.params import run_entry, train_settings
+    from medrestore.data.patches import load_fov, load_patches
     from medrestore.pipeline.train import train_targets
     from medrestore.training.config import TrainConfig
     from medrestore.training.engine import train_model

@@ -40,8 +40,8 @@ def _peak_rss_mib() -> float:
 
 
 def _child(args: argparse.Namespace) -> None:
-    from medrestore.data.patches import patchify
     from medrestore.core.io import read_json
+    from medrestore.data.patches import patchify
 
     result = {"baseline_rss_mib": _peak_rss_mib()}
     if args.stage == "corrupt":
@@ -96,10 +96,10 @@ def _measure(prepared: Path | None, out: Path, args: argparse.Namespace, *, stag
 
 
 def _build(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    from medrestore.core.io import write_json_atomic
     from medrestore.data.names import safe_name
     from medrestore.data.prepare import prepare_sources
     from medrestore.data.sources import gather
-    from medrestore.core.io import write_json_atomic
 
     sources = work / "sources"
     records = gather(["chase_db1"], sources, mirror=Path(args.mirror), folder=work, cache_dir=work / "cache", allow_network=False)

@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     os.chdir(REPO)
     import numpy as np
 
-    from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
-    from medrestore.evaluation.scoring import task_scale
-    from medrestore.serving.inference import restore_array
     from medrestore.core.io import load_params, read_image, read_json, read_mask
+    from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
     from medrestore.evaluation.metrics import full_reference
+    from medrestore.evaluation.scoring import task_scale
     from medrestore.models import load_model
+    from medrestore.serving.inference import restore_array
 
     ev = load_params("evaluate")
     patches, corrupt = REPO / "artifacts/patches", REPO / "artifacts/corrupt" / args.task

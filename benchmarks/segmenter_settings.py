@@ -6,11 +6,17 @@ line. Needs ``dvc repro patchify`` first. Nothing is written to the DVC outputs 
 
     .venv/bin/python benchmarks/segmenter_settings.py '{width: 16, depth: 4, steps: 1000, patch: 96}'
 """
-import json, os, sys, time
+import json
+import os
+import sys
+import time
 from pathlib import Path
-import numpy as np, yaml
+
+import numpy as np
+import yaml
+
 from medrestore.core.io import read_json
-from medrestore.pipeline.train_segmenter import train_segmenter_stage, masked_images
+from medrestore.pipeline.train_segmenter import masked_images, train_segmenter_stage
 from medrestore.vessels import load_vessel_segmenter, vessel_scores
 
 root = Path(__file__).resolve().parents[1]

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medrestore.core.io import read_image, write_json_atomic, write_png_atomic
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.names import safe_name
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt
-from medrestore.evaluation.scoring import per_image_table, summarise
-from medrestore.core.io import read_image, write_json_atomic, write_png_atomic
 from medrestore.evaluation.metrics import full_reference
+from medrestore.evaluation.scoring import per_image_table, summarise
 
 STEMS = ("Image_01L", "Image_01R", "Image_02L", "Image_02R")
 SIZE = 96

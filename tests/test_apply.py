@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medrestore.serving.restore import encode_native, read_native, resolve_model, restore_files
 from medrestore.cli import main
-from medrestore.data.fov import detect_fov
 from medrestore.core.io import InputError, read_image
+from medrestore.data.fov import detect_fov
 from medrestore.models import build_model, save_model
+from medrestore.serving.restore import encode_native, read_native, resolve_model, restore_files
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,8 @@ def test_restore_with_its_defaults_gives_the_evaluations_bytes(tmp_path, models_
     pixels the evaluation stage scores (the whole image restored, tiles of 512 with 32 px overlap)."""
     from medrestore.cli import main
     from medrestore.degradations import corrupt, to_float, to_uint8
-    from medrestore.serving.inference import restore_array
     from medrestore.models import load_model
+    from medrestore.serving.inference import restore_array
 
     eye = chase_image[::3, ::3]
     noisy, _ = corrupt(eye, {"kind": "gaussian", "sigma": 25}, [7])

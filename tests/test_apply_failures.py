@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image, ImageOps, ImageSequence
 
-from medrestore.serving.restore import MIN_SIDE, read_native, restore_files
 from medrestore.cli import main
 from medrestore.core.io import InputError, read_image
 from medrestore.models import build_model, save_model
+from medrestore.serving.restore import MIN_SIDE, read_native, restore_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from medrestore.report.claims import CLAIMS, PAPERS, Claim, check_claim, check_claims
 from medrestore.models import BASELINES, MODELS
+from medrestore.report.claims import CLAIMS, PAPERS, Claim, check_claim, check_claims
 
 CLAIM = Claim("Hayee2017", "A beats B", "denoise-g25", "s25", "psnr_fov", "dncnn", "redae")
 
@@ -56,8 +56,8 @@ def test_a_claim_is_judged_over_subjects_with_both_eyes_together():
     subjects' mean differences, and the table says what it rests on."""
     import numpy as np
 
-    from medrestore.report.claims import claims_rows
     from medrestore.evaluation.scoring import interval
+    from medrestore.report.claims import claims_rows
 
     eyes = [f"chase_db1/Image_{c}{e}" for c in ("11", "12", "13", "14") for e in "LR"]
     subject = {i: f"chase_db1/{i[-3:-1]}" for i in eyes}

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from medrestore.cli import main
-from medrestore.degradations import corrupt
 from medrestore.core.io import read_image, write_png_atomic
+from medrestore.degradations import corrupt
 from medrestore.models import build_model, save_model
 
 

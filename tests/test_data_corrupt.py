@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from medrestore.core.io import InputError, read_image
 from medrestore.data.corrupt import corrupt_task, patch_seed, read_params
 from medrestore.data.patches import patchify
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.degradations import corrupt, sr_pair
-from medrestore.core.io import InputError, read_image
 
 P = 32
 PATCH_ARGS = {"patch_size": P, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}

@@ -26,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medrestore.core.io import InputError, read_image
 from medrestore.data import fetch
 from medrestore.data.fetch import download, extract_archive
 from medrestore.data.sources import DATASETS, Archive, gather
-from medrestore.core.io import InputError, read_image
 
 CHASE_FILES = ["Image_01L.jpg", "Image_01L_1stHO.png", "Image_01L_2ndHO.png",
                "Image_02R.jpg", "Image_02R_1stHO.png", "Image_02R_2ndHO.png"]

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
-from conftest import prepare_chase
 
+from conftest import prepare_chase
+from medrestore.core.io import InputError, read_image
 from medrestore.data.corrupt import corrupt_task, read_params
 from medrestore.data.patches import npy_writer, patch_positions, patchify, read_rows
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.degradations import corrupt
-from medrestore.core.io import InputError, read_image
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,8 @@ def test_unknown_split_names_the_param_and_the_fix(prepared_chase_both_ends, tmp
 
 
 def test_patch_fov_masks_are_the_prepared_fov_at_each_patch(prepared_chase_both_ends):
-    from medrestore.data.patches import load_fov
     from medrestore.core.io import read_mask
+    from medrestore.data.patches import load_fov
 
     manifest, root = prepared_chase_both_ends
     s = patchify(manifest, root / "prepared", root / "fovmasks", seed=0, split="standard", patch_size=32, stride=16,

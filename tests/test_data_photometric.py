@@ -5,8 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import prepare_chase
 
+from conftest import prepare_chase
+from medrestore.core.io import InputError, read_image, read_mask
 from medrestore.data.corrupt import corrupt_task, read_params
 from medrestore.data.patches import patchify
 from medrestore.data.photometric import (
@@ -18,7 +19,6 @@ from medrestore.data.photometric import (
     recolour,
 )
 from medrestore.degradations import corrupt
-from medrestore.core.io import InputError, read_image, read_mask
 from medrestore.pipeline.train import train_targets
 
 PHOTO = {"p": 1.0, "mean_range": {"red": [110, 210], "green": [50, 120], "blue": [5, 60]}, "gamma_range": [0.8, 1.25]}

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
+from medrestore.core.io import InputError, atomic_dir, read_image
 from medrestore.data.fov import detect_fov, fov_bbox
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
-from medrestore.core.io import InputError, atomic_dir, read_image
 
 
 @pytest.fixture(scope="module")

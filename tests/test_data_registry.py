@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medrestore.core.io import InputError, read_image, sha256_file
 from medrestore.data.sources import (
     DATASETS,
     Dataset,
@@ -27,7 +28,6 @@ from medrestore.data.sources import (
     gather,
     load_mask,
 )
-from medrestore.core.io import InputError, read_image, sha256_file
 
 FUNDUS = {"chase_db1", "drive", "stare", "hrf"}
 

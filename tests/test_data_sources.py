@@ -3,8 +3,8 @@ import shutil
 import numpy as np
 import pytest
 
-from medrestore.data.sources import DATASETS, gather
 from medrestore.core.io import InputError, read_image
+from medrestore.data.sources import DATASETS, gather
 
 
 def test_sample_source_writes_the_scikit_image_fundus(tmp_path, retina):

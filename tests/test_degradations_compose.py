@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medrestore.evaluation import scoring as E
 from medrestore.data.fov import detect_fov
 from medrestore.degradations import blur_sigma, corrupt, noise_sigma
+from medrestore.evaluation import scoring as E
 
 
 @pytest.fixture(scope="module")

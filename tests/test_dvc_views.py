@@ -18,7 +18,15 @@ import pytest
 import yaml
 
 from medrestore.core.io import load_yaml
-from medrestore.pipeline.views import EXP_COLUMNS, TEMPLATE, keep_pattern, plot_id, plots_block, task_curves, trained_methods
+from medrestore.pipeline.views import (
+    EXP_COLUMNS,
+    TEMPLATE,
+    keep_pattern,
+    plot_id,
+    plots_block,
+    task_curves,
+    trained_methods,
+)
 from medrestore.report.headline import best_psnr_fov
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +57,7 @@ def _leaves(d):
 
 def test_the_headline_is_the_only_declared_metrics_file_and_holds_numbers_only():
     declared, stage_plots = [], []
-    for name, raw in _dvc_yaml()["stages"].items():
+    for raw in _dvc_yaml()["stages"].values():
         spec = raw.get("do") or raw
         declared += [m if isinstance(m, str) else next(iter(m)) for m in spec.get("metrics", [])]
         stage_plots += [p if isinstance(p, str) else next(iter(p)) for p in spec.get("plots", [])]
@@ -152,7 +160,7 @@ def test_dvc_plots_show_draws_each_tasks_models_in_one_chart(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())
     curves = task_curves(_params())
-    for task, files in curves.items():
+    for files in curves.values():
         for i, f in enumerate(files):
             (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / f).write_text("step,train_loss,lr,val_loss,val_psnr\n1,0.05,0.001,,\n10,0.02,0.001,0.02,"

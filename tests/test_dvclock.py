@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from medrestore.tracking.dvclock import find_stage, lock_stages, output_md5s, read_lock
 from medrestore.core.io import InputError
+from medrestore.tracking.dvclock import find_stage, lock_stages, output_md5s, read_lock
 
 LOCK = {"schema": "2.0", "stages": {
     "patchify": {"cmd": "python stages/patchify.py", "outs": [{"path": "artifacts/patches", "md5": "d1.dir"}]},

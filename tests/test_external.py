@@ -7,20 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import prepare_chase
 
-from medrestore.serving.restore import restore_files
+from conftest import prepare_chase
+from medrestore.core.io import read_image, read_mask, write_png_atomic
+from medrestore.data.patches import patchify
+from medrestore.data.photometric import PROFILES, recolour
+from medrestore.pipeline.evaluate_external import evaluate_external
+from medrestore.report.external import external_section
 from medrestore.serving.colour import (
     CHANNELS,
     allowed_range,
     colour_statistics,
     colour_warnings,
 )
-from medrestore.data.patches import patchify
-from medrestore.data.photometric import PROFILES, recolour
-from medrestore.core.io import read_image, read_mask, write_png_atomic
-from medrestore.pipeline.evaluate_external import evaluate_external
-from medrestore.report.external import external_section
+from medrestore.serving.restore import restore_files
 
 PATCH_ARGS = {"patch_size": 32, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}
 PREPARE = {"size": 128, "mode": "border_centre", "fov_threshold": 0.1}

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from conftest import copy_checkout, cut_patches, noisy_copies, shrink_params, subprocess_env, use_subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,6 +301,7 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
     (a queued stage runs in a copy under .dvc/tmp/exps); each experiment's best model gets its own alias
     (``exp-<name>``), never the published ``champion``."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from tools import exp_queue, mlflow_server
 
@@ -374,9 +376,9 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
                 version = client.get_model_version_by_alias(f"medrestore-{TASK}", f"exp-{name}")
                 assert version.tags["train_run_id"] in {r.info.run_id for r in trained if r.data.tags["dvc_exp_name"] == name}
             else:
-                with pytest.raises(Exception):
+                with pytest.raises(MlflowException):
                     client.get_model_version_by_alias(f"medrestore-{TASK}", f"exp-{name}")
-        with pytest.raises(Exception):
+        with pytest.raises(MlflowException):
             client.get_model_version_by_alias(f"medrestore-{TASK}", "champion")
         assert len(client.search_model_versions(f"name='medrestore-{TASK}'")) == sum(qualifies.values())  # one per qualifying model
     finally:
@@ -401,8 +403,9 @@ execute(main)
 
 
 def test_a_stage_stopped_by_hand_removes_its_temporary_and_ends_its_run_as_killed(tmp_path):
-    import medrestore
     from mlflow import MlflowClient
+
+    import medrestore
 
     (tmp_path / "stage.py").write_text(STOPPABLE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from medrestore.degradations import corrupt, to_float
-from medrestore.serving.inference import restore_array
 from medrestore.models import build_model
+from medrestore.serving.inference import restore_array
 
 
 def _random_dncnn():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
-from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, thin_structure
 from medrestore.training.config import TrainConfig
+from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, thin_structure
 from medrestore.training.paired import make_perceptual
 from medrestore.training.segmenter import train_segmenter
 from medrestore.vessels.scoring import thin_vessel_mask
+from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrestore.models.cyclegan import PatchDiscriminator
+from medrestore.models.lapsrn import LapSRN
+from medrestore.models.srresnet import SRGANDiscriminator
 from medrestore.training import losses
 from medrestore.training.losses import (
     PerceptualLoss,
@@ -21,9 +24,6 @@ from medrestore.training.losses import (
     multiscale_charbonnier,
     vgg_weights_path,
 )
-from medrestore.models.cyclegan import PatchDiscriminator
-from medrestore.models.lapsrn import LapSRN
-from medrestore.models.srresnet import SRGANDiscriminator
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medrestore.degradations import corrupt
 from medrestore.core.io import read_image
+from medrestore.degradations import corrupt
 from medrestore.evaluation.metrics import (
     COLUMNS,
     FULL,
@@ -97,7 +97,10 @@ def test_fov_variants_equal_whole_image_without_a_mask_and_ssim_is_pyiqas(chase_
     m = full_reference(noisy, crop, None, str(assets_dir))
     for key in ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb"):
         assert m[f"{key}_fov"] == pytest.approx(m[key], abs=1e-4), key  # pyiqa works in float32
-    to_t = lambda a: torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]
+
+    def to_t(a):
+        return torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]
+
     # pyiqa builds its Gaussian window in float32; ours is exact float64 and separable: the values
     # agree to float32 precision, and to 1e-12 when pyiqa is given the same float64 window
     assert m["ssim"] == pytest.approx(float(pyiqa.create_metric("ssim", device="cpu")(to_t(noisy), to_t(crop))), abs=2e-6)

@@ -43,9 +43,9 @@ def _logged(folder, example, stage="train@t-dncnn"):
 def test_the_pyfunc_restores_a_numpy_image_like_the_pipeline(store, chase_image):
     import mlflow
 
+    from medrestore.models import load_model
     from medrestore.serving.inference import restore_array
     from medrestore.serving.mlflow_model import register_champion
-    from medrestore.models import load_model
     from medrestore.tracking.runs import file_md5
 
     folder = _model(store / "m1", 0)
@@ -135,9 +135,8 @@ def registry(tmp_path, monkeypatch, empty_registry):
     ``champion`` points at a version (yesterday's champion)."""
     import shutil
 
-    from mlflow import MlflowClient
-
     import mlflow
+    from mlflow import MlflowClient
 
     shutil.copy(empty_registry, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -152,6 +151,8 @@ def registry(tmp_path, monkeypatch, empty_registry):
 
 
 def test_a_task_without_a_champion_loses_its_stale_alias_and_says_why(registry):
+    from mlflow.exceptions import MlflowException
+
     from medrestore.serving.mlflow_model import reason_tag, register_champion, withdraw_champion
     from medrestore.tracking.runs import file_md5
 
@@ -160,7 +161,7 @@ def test_a_task_without_a_champion_loses_its_stale_alias_and_says_why(registry):
     assert withdraw_champion("t", "no converged model beats the degraded input") == name
     model = client.get_registered_model(name)
     assert not model.aliases and model.tags["no_champion_reason"] == "no converged model beats the degraded input"
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException):
         client.get_model_version_by_alias(name, "champion")  # models:/medrestore-t@champion serves nothing
     assert len(client.search_model_versions(f"name='{name}'")) == 1  # the versions stay, for the record
     assert withdraw_champion("unknown", "why") is None  # no registered model: nothing to withdraw

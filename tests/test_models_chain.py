@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medrestore.serving.inference import restore_array
 from medrestore.core.io import InputError
 from medrestore.models import build_model, load_model, save_model
 from medrestore.models.chain import Chain, Downscale
+from medrestore.serving.inference import restore_array
 from medrestore.training.chain import (
     assemble_chain,
     chain_pairs,

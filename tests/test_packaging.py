@@ -71,10 +71,10 @@ def test_a_non_editable_install_restores_an_image(tmp_path, chase_dir):
     import torch
     from PIL import Image
 
-    from medrestore.degradations import corrupt, to_float, to_uint8
-    from medrestore.serving.inference import restore_array
     from medrestore.core.io import read_image
+    from medrestore.degradations import corrupt, to_float, to_uint8
     from medrestore.models import build_model, save_model
+    from medrestore.serving.inference import restore_array
 
     target = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
@@ -107,4 +107,4 @@ def test_the_lock_is_the_closure_of_pyproject_with_one_opencv_and_one_lightning(
     names = {line.split("==")[0] for line in (REPO / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")}
     assert "opencv-python-headless" in names and "opencv-python" not in names
     assert "pytorch-lightning" in names and "lightning" not in names
-    assert {"pytest", "hypothesis", "moto"} <= names  # the test extra's tools are in the lock through the extra
+    assert {"pytest", "hypothesis", "moto", "ruff"} <= names  # the test extra's tools are in the lock through the extra

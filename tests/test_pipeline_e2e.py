@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import copy_checkout, shrink_params
 
 pytestmark = pytest.mark.slow  # the whole pipeline, end to end
@@ -120,7 +121,7 @@ def test_second_repro_has_nothing_to_do(repro):
 def test_report_has_a_row_per_method_with_finite_metrics(repro):
     work, params, _, _, _ = repro
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
-    for key, run_ in params["train"]["runs"].items():
+    for run_ in params["train"]["runs"].values():
         task_rows = metrics[run_["task"]]
         assert run_["model"] in task_rows
         for variant in params["corrupt"]["tasks"][run_["task"]]["test"]:

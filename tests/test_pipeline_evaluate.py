@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from medrestore.evaluation.cost import count_parameters
+from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt, to_float, upsample_bicubic
-from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
+from medrestore.evaluation.cost import count_parameters
 from medrestore.evaluation.metrics import (
     COLUMNS,
     FULL_REFERENCE,
@@ -230,10 +230,10 @@ def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registe
     import yaml
     from mlflow import MlflowClient
 
-    from medrestore.tracking.lineage import register_best_models
     from medrestore.evaluation.metrics import headline_scores
-    from medrestore.serving.mlflow_model import log_restoration_model
     from medrestore.pipeline.evaluate import log_test_scores
+    from medrestore.serving.mlflow_model import log_restoration_model
+    from medrestore.tracking.lineage import register_best_models
     from medrestore.tracking.runs import file_md5, log_datasets, stage_run, tag_outputs
 
     root, summary = denoise_task

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 from medrestore import vessels as V
 from medrestore.core.io import InputError
 from medrestore.pipeline.train_segmenter import resolve_binarize_rule, train_segmenter_stage
+from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 def _prepared_dir(chase_dir, root, stems, size=128, masks=True):

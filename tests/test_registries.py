@@ -159,7 +159,8 @@ def test_a_metric_is_one_file_computed_by_the_evaluation(toy_metric, chase_dir, 
     for i, name in enumerate(("Image_01L.jpg", "Image_03R.jpg", "Image_05L.jpg", "Image_07R.jpg")):
         clean = read_image(chase_dir / name)[300:428, 300:428]
         noisy, _ = corrupt(clean, {"kind": "gaussian", "sigma": 25}, [i])
-        first_noisy = noisy if i == 0 else first_noisy
+        if i == 0:
+            first_noisy = noisy
         restored = (median_filter(noisy / 255.0, 25.0).clip(0, 1) * 255).round().astype(np.uint8)
         for method, kind, image in (("degraded", "input", noisy), ("median", "baseline", restored), ("dark", "model", restored // 2)):
             row = E.all_metrics(image, clean, None, str(assets_dir))  # what score_restored computes before the vessel scores

@@ -149,7 +149,6 @@ def broken(tmp_path, chase_dir):
 
 def test_a_checkerboard_below_its_input_is_failed_in_the_summary_and_the_table(broken):
     from gates_data import BROKEN, VARIANT
-
     from medrestore.evaluation.gates import failed_in_summary, failed_in_table
 
     _, table, summary = broken
@@ -185,7 +184,6 @@ def test_a_failed_model_is_never_best_and_its_rows_say_so(broken):
 
 def test_a_task_whose_converged_models_all_fail_gets_no_champion(tmp_path, chase_dir):
     from gates_data import BROKEN, write_workspace
-
     from medrestore.report.policy import champion_lines
 
     write_workspace(tmp_path, chase_dir, "enhance")
@@ -198,9 +196,8 @@ def test_a_task_whose_converged_models_all_fail_gets_no_champion(tmp_path, chase
 
 
 def test_the_crops_and_error_figures_title_a_failed_model_so(broken, monkeypatch):
-    from gates_data import BROKEN
-
     import medrestore.report.figures as figures
+    from gates_data import BROKEN
 
     root, _, summary = broken
     titles = []
@@ -217,7 +214,6 @@ def test_a_baseline_below_its_input_is_never_best(chase_dir):
     """The red checkerboard of tests/gates_data.py offered as a classical baseline: below its input on
     real CHASE_DB1 images, so it is marked and never best, whatever its kind."""
     from gates_data import BROKEN, VARIANT, evaluation
-
     from medrestore.evaluation.scoring import summarise
     from medrestore.report.policy import best_by
     from medrestore.report.tables import task_table

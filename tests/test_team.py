@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import copy_checkout, shrink_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from conftest import cut_patches, kill_and_resume, noisy_copies
 
+from conftest import cut_patches, kill_and_resume, noisy_copies
 from medrestore.training.config import TrainConfig
 from medrestore.training.engine import train_model
 
@@ -85,9 +85,9 @@ def test_curve_records_step_one_and_every_tenth_step_with_its_own_loss(tmp_path)
     import numpy as np
     import pandas as pd
 
+    from medrestore.training.callbacks import on_curve
     from medrestore.training.config import TrainConfig
     from medrestore.training.engine import train_model
-    from medrestore.training.callbacks import on_curve
 
     rng = np.random.default_rng(0)
     clean = rng.integers(0, 256, (64, 24, 24, 3), dtype=np.uint8)

@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from medrestore.training.config import TrainConfig
-from medrestore.training.config import lr_factor
+from medrestore.training.config import TrainConfig, lr_factor
 from medrestore.training.convergence import MIN_VAL_POINTS, convergence, curve_points, model_convergence
 
 

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import cut_patches, noisy_copies
 
+from conftest import cut_patches, noisy_copies
+from medrestore.core.params import train_settings
 from medrestore.degradations import corrupt, sr_pair
 from medrestore.models import BASELINES, MODELS, load_model
-from medrestore.core.params import train_settings
 from medrestore.training.callbacks import NonFiniteLossError
 from medrestore.training.config import TrainConfig
 from medrestore.training.engine import train_model

@@ -4,8 +4,8 @@ uninterrupted run (CPU), like the paired engine (tests/test_training.py)."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import kill_and_resume
 
+from conftest import kill_and_resume
 from medrestore.degradations import sr_pair
 
 SCRIPT = """

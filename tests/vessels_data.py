@@ -11,10 +11,10 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from medrestore.core.io import read_image
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt
-from medrestore.core.io import read_image
 from medrestore.vessels import segment_frangi
 
 

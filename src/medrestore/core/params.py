@@ -115,7 +115,8 @@ def _settings_model() -> type[_Strict]:
     optional (a layer sets only what it changes), of the same type. A training key is one field of
     :class:`TrainConfig`; the schema follows."""
     hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name: (Optional[hints[f.name]], None) for f in dataclasses.fields(TrainConfig) if f.name not in RUN_KEYS}
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_KEYS]
+    fields = {name: (Optional[hints[name]], None) for name in names}  # noqa: UP045 (typing.Optional of a runtime type)
     model = create_model("TrainSettings", __base__=_Strict, **fields)
     model.__doc__ = "One layer of a run's settings: any field of :class:`TrainConfig` but ``model`` and ``seed``."
     return model
@@ -150,7 +151,7 @@ class Patchify(_Strict):
     region_grid: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _three_splits(self) -> "Patchify":
+    def _three_splits(self) -> Patchify:
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is left to train on. "
                              "Fix: keep their sum below 1 (e.g. 0.15 each)")
@@ -162,7 +163,7 @@ class Task(_Strict):
     test: dict[str, dict[str, Any]]       # test variant -> corruption spec
     level: Literal["patch", "image"] = "patch"
     unpaired: bool = False
-    photometric: Optional[dict[str, Any]] = None  # colour augmentation of the clean train patches (medrestore.data.photometric)
+    photometric: dict[str, Any] | None = None  # colour augmentation of the clean train patches (medrestore.data.photometric)
 
 
 class Corrupt(_Strict):
@@ -214,15 +215,15 @@ def spec_scale(spec: dict[str, Any]) -> int:
 
 
 class Profile(_Strict):
-    defaults: Optional[TrainSettings] = None
-    models: dict[str, Optional[TrainSettings]] = Field(default_factory=dict)
+    defaults: TrainSettings | None = None
+    models: dict[str, TrainSettings | None] = Field(default_factory=dict)
 
 
 class RunEntry(_Strict):
     task: str
     model: str
-    method: Optional[str] = None          # the model's folder name when it is not the model's (chains)
-    overrides: Optional[TrainSettings] = None
+    method: str | None = None          # the model's folder name when it is not the model's (chains)
+    overrides: TrainSettings | None = None
 
 
 class FinetuneEntry(RunEntry):
@@ -236,7 +237,7 @@ class VesselEntry(RunEntry):
     method: str                           # required: the folder name of the vessel-aware model
 
     @model_validator(mode="after")
-    def _has_vessel_term(self) -> "VesselEntry":
+    def _has_vessel_term(self) -> VesselEntry:
         spec = (self.overrides.perceptual if self.overrides is not None else None) or {}
         if spec.get("backbone") not in ("vessel", "vessel_prob") or not spec.get("weight"):
             raise ValueError("overrides.perceptual needs backbone vessel or vessel_prob and a weight above 0 "
@@ -248,18 +249,18 @@ class VesselEntry(RunEntry):
 class ChainEntry(RunEntry):
     first: str
     downscale: int
-    subset: Optional[list[int]] = None
+    subset: list[int] | None = None
 
 
 class Train(_Strict):
     profile: str = "standard"
     defaults: TrainSettings
-    models: dict[str, Optional[TrainSettings]] = Field(default_factory=dict)
-    profiles: dict[str, Optional[Profile]] = Field(default_factory=dict)
+    models: dict[str, TrainSettings | None] = Field(default_factory=dict)
+    profiles: dict[str, Profile | None] = Field(default_factory=dict)
     runs: dict[str, RunEntry]
-    finetune: Optional[dict[str, FinetuneEntry]] = None
-    chains: Optional[dict[str, ChainEntry]] = None
-    vessel: Optional[dict[str, VesselEntry]] = None
+    finetune: dict[str, FinetuneEntry] | None = None
+    chains: dict[str, ChainEntry] | None = None
+    vessel: dict[str, VesselEntry] | None = None
 
 
 class Segmenter(_Strict):
@@ -271,7 +272,7 @@ class Segmenter(_Strict):
     width: int = 8
     depth: int = 3
     threshold: float | str = 0.5
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     accelerator: str = "cpu"
     observer: Literal[1, 2] = 1           # whose manual masks it learns: the first or the second observer's
 
@@ -321,12 +322,12 @@ class Params(_Strict):
     patchify: Patchify
     corrupt: Corrupt
     train: Train
-    segmenter: Optional[Segmenter] = None
-    scoring_segmenter: Optional[ScoringSegmenter] = None
+    segmenter: Segmenter | None = None
+    scoring_segmenter: ScoringSegmenter | None = None
     evaluate: Evaluate
-    evaluate_external: Optional[EvaluateExternal] = None
-    runtime: Optional[Runtime] = None
-    tracking: Optional[Tracking] = None
+    evaluate_external: EvaluateExternal | None = None
+    runtime: Runtime | None = None
+    tracking: Tracking | None = None
 
 
 def value_problems(params: Mapping[str, Any]) -> list[str]:

@@ -35,7 +35,14 @@ import numpy as np
 from medrestore.core.params import SCALING_KINDS, spec_scale
 from medrestore.degradations.blur import BLUR_SIGMA_KINDS, defocus_blur, gaussian_blur, jpeg_compression, motion_blur
 from medrestore.degradations.core import Degradation, _check_probability, _fov_mask, _in_fov, to_float, to_uint8
-from medrestore.degradations.fundus import cataract_haze, fundus_blur, fundus_colour, fundus_halo, fundus_hole, fundus_spots
+from medrestore.degradations.fundus import (
+    cataract_haze,
+    fundus_blur,
+    fundus_colour,
+    fundus_halo,
+    fundus_hole,
+    fundus_spots,
+)
 from medrestore.degradations.noise import (
     NOISE_SIGMA_KINDS,
     gaussian_noise,

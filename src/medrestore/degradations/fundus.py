@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from medrestore.degradations.blur import _gaussian_blur
 from medrestore.degradations import exact
+from medrestore.degradations.blur import _gaussian_blur
 from medrestore.degradations.core import _fov_mask, _in_fov, _uniform
 
 # Every filter, resize and grey conversion here is one of medrestore.degradations.exact: float64

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medrestore.core.io import InputError, read_image, read_json, read_mask
 from medrestore.data.fov import prepare_arrays, to_grey_rgb
 from medrestore.data.photometric import PROFILES, recolour
 from medrestore.degradations import stable_id
 from medrestore.evaluation.scoring import bootstrap_ci
-from medrestore.core.io import InputError, read_image, read_json, read_mask
 
 EXTERNAL_WORD = 1  # the recolouring of test image i: [seed, stable_id("external"), EXTERNAL_WORD, i]
 NOISE_WORD = 2  # the corruption of external image i: [seed, stable_id("external"), NOISE_WORD, i]

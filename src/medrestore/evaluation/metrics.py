@@ -151,7 +151,7 @@ def _derive() -> None:
 
 
 #: Every column of per_image.csv that holds a metric (image metrics, ``ref_*`` then ``manual_*``).
-METRICS: dict[str, Metric]
+METRICS: dict[str, Metric] = {}  # filled by _derive() below, as are the views that follow
 FULL_REFERENCE: tuple[str, ...]
 NO_REFERENCE: tuple[str, ...]
 VESSEL_KEYS: tuple[str, ...]
@@ -249,7 +249,7 @@ def asset_path(metric: str, assets_dir: str | os.PathLike | None = None) -> str 
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _metric(name: str, assets_dir: str | None):
     import pyiqa
 

@@ -53,9 +53,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medrestore.degradations import noise_sigma, spec_scale, upsample_bicubic
 from medrestore.core.io import InputError
-from medrestore.evaluation import metrics as M  # its views are read at call time: a metric may be registered after import
+from medrestore.degradations import noise_sigma, spec_scale, upsample_bicubic
+from medrestore.evaluation import (
+    metrics as M,  # its views are read at call time: a metric may be registered after import
+)
 from medrestore.evaluation.metrics import BEST_BY, all_metrics
 from medrestore.models import BASELINES
 from medrestore.vessels import VesselSegmenter, vessel_scores

@@ -37,6 +37,10 @@ from medrestore.evaluation.metrics import headline
 IDENTICAL, WITHIN, OUTSIDE = "identical", "within", "outside"
 
 
+def _fmt(v: Any) -> str:
+    return "-" if v is None else (str(v) if isinstance(v, bool) else f"{v:.6g}")
+
+
 def committed_metrics(source: str, root: Path) -> tuple[dict, str]:
     """The published ``metrics.json``: a file path, or a git revision of ``root`` (its
     ``reports/metrics.json`` at that commit)."""
@@ -170,9 +174,8 @@ def format_rows(rows: list[dict], source: str, only_changed: bool = False) -> st
         over = f" over {r['n_images']} images / {r['n_subjects']} subjects" if "n_subjects" in r else ""
         ci = f" (95% interval {r['ci95'][0]:.4g} .. {r['ci95'][1]:.4g}{over})" if r.get("ci95") else ""
         why = f" ({r['why']})" if r.get("why") else ""
-        fmt = lambda v: "-" if v is None else (str(v) if isinstance(v, bool) else f"{v:.6g}")
-        lines.append(f"{r['task']:14s} {r['method']:14s} {r['variant']:9s} {r['metric']:10s} {fmt(r['committed']):>11s} "
-                     f"{fmt(r['ours']):>11s}  {r['verdict']}{ci}{why}")
+        lines.append(f"{r['task']:14s} {r['method']:14s} {r['variant']:9s} {r['metric']:10s} "
+                     f"{_fmt(r['committed']):>11s} {_fmt(r['ours']):>11s}  {r['verdict']}{ci}{why}")
     counts = Counter(r["verdict"] for r in rows)
     lines.append(f"{len(rows)} published numbers ({source}): {counts[IDENTICAL]} identical, {counts[WITHIN]} within their "
                  f"95% interval, {counts[OUTSIDE]} outside")

@@ -30,7 +30,6 @@ from torch import nn
 from medrestore.models.padding import crop_to, pad_to_multiple
 from medrestore.models.registry import register_model
 
-
 MULTIPLE = 4  # two 2x2 max-pools
 
 

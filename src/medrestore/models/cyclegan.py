@@ -43,7 +43,6 @@ from torch import nn
 from medrestore.models.padding import crop_to, pad_to_multiple
 from medrestore.models.registry import register_model
 
-
 MULTIPLE = 4  # two stride-2 convs
 
 

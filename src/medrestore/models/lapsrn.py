@@ -44,7 +44,6 @@ from torch import nn
 
 from medrestore.models.registry import register_model
 
-
 UPSAMPLE_MODES = ("deconv", "resize_conv")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medrestore.data.sources import gather
 from medrestore.core.io import InputError, atomic_dir, list_images, repo_path, write_json_atomic
+from medrestore.data.sources import gather
 from medrestore.pipeline.paths import SOURCES
 from medrestore.pipeline.stage import params, run
 from medrestore.tracking.runs import log_datasets, tag_outputs

@@ -17,9 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrestore.evaluation.cost import model_cost
+from medrestore.core.io import (
+    InputError,
+    atomic_dir,
+    read_image,
+    read_json,
+    read_mask,
+    repo_path,
+    write_json_atomic,
+    write_png_atomic,
+    write_text_atomic,
+)
 from medrestore.data.names import safe_name
 from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
+from medrestore.evaluation.cost import model_cost
+from medrestore.evaluation.metrics import headline_scores
 from medrestore.evaluation.scoring import (
     assert_test_unseen,
     baseline_function,
@@ -36,22 +48,10 @@ from medrestore.evaluation.scoring import (
     summarise,
     task_scale,
 )
-from medrestore.serving.inference import model_scale, restore_array
-from medrestore.core.io import (
-    InputError,
-    atomic_dir,
-    read_image,
-    read_json,
-    read_mask,
-    repo_path,
-    write_json_atomic,
-    write_png_atomic,
-    write_text_atomic,
-)
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, SCORER, SEGMENTER, corrupt_dir, eval_dir
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.evaluation.metrics import headline_scores
+from medrestore.serving.inference import model_scale, restore_array
 from medrestore.tracking.runs import file_md5, log_datasets, relative_path, run_by_output, tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 

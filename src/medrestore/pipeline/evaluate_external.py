@@ -11,13 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medrestore.core.io import InputError, atomic_dir, write_json_atomic, write_text_atomic
 from medrestore.degradations import corrupt, to_float, to_uint8
-from medrestore.evaluation.scoring import (
-    baseline_function,
-    baselines_for,
-    case_sigma,
-    run_baseline,
-)
 from medrestore.evaluation.external import (
     METRICS,
     NOISE_WORD,
@@ -26,11 +21,16 @@ from medrestore.evaluation.external import (
     seed_words,
     summarise_external,
 )
-from medrestore.serving.inference import model_scale, restore_array
-from medrestore.core.io import InputError, atomic_dir, write_json_atomic, write_text_atomic
+from medrestore.evaluation.scoring import (
+    baseline_function,
+    baselines_for,
+    case_sigma,
+    run_baseline,
+)
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, external_dir
 from medrestore.pipeline.stage import arg, params, run
+from medrestore.serving.inference import model_scale, restore_array
 from medrestore.tracking.runs import log_datasets, tag_outputs
 
 COLUMNS = ("task", "method", "kind", "image_id", "source", "profile", "sigma", *METRICS)

@@ -5,11 +5,11 @@ MLflow's model registry with its lineage."""
 from __future__ import annotations
 
 from medrestore.evaluation.gates import NO_CHAMPION
-from medrestore.tracking.lineage import register_best_models
-from medrestore.serving.mlflow_model import alias_for_run
 from medrestore.pipeline.paths import EVAL, EXTERNAL, MODELS, PATCHES, REPORTS, SCORER, SEGMENTER, VESSEL_SWEEP
 from medrestore.pipeline.stage import params, run
 from medrestore.report import best_models, build_report
+from medrestore.serving.mlflow_model import alias_for_run
+from medrestore.tracking.lineage import register_best_models
 from medrestore.tracking.runs import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 

@@ -13,7 +13,6 @@ from medrestore.core.io import InputError, load_params
 from medrestore.core.params import validate_params
 from medrestore.tracking.runs import Tracker, stage_run
 
-
 #: Said after every params error of a stage: DVC has removed the stage's outputs before running it.
 CHECKOUT_FIX = ("DVC removed this stage's previous outputs before running it: after fixing params.yaml, `dvc checkout` "
                 "brings them back (or `dvc repro` rebuilds them). `medrestore check-params` checks params.yaml without "

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.data.patches import load_fov, load_patches
 from medrestore.core.io import atomic_dir, read_json
 from medrestore.core.params import run_entry, train_settings, with_runtime
+from medrestore.data.patches import load_fov, load_patches
 from medrestore.pipeline.paths import (
     MODELS,
     PATCHES,
@@ -27,9 +27,9 @@ from medrestore.pipeline.paths import (
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.serving.mlflow_model import log_restoration_model
 from medrestore.tracking.runs import file_md5, log_datasets, tag_outputs
+from medrestore.training.chain import assemble_chain, chain_pairs
 from medrestore.training.config import TrainConfig
 from medrestore.training.engine import train_model
-from medrestore.training.chain import assemble_chain, chain_pairs
 
 
 def main(argv: list[str] | None = None) -> None:

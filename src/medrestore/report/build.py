@@ -8,17 +8,15 @@ import base64
 import html
 from pathlib import Path
 
-from medrestore.report.claims import RULE, check_claims, claims_rows
-from medrestore.tracking.dvclock import lock_stages
-from medrestore.evaluation.gates import failed_in_summary
 from medrestore.core.io import (
     read_json,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
+from medrestore.evaluation.gates import failed_in_summary
+from medrestore.report.claims import RULE, check_claims, claims_rows
 from medrestore.report.external import external_section
-from medrestore.report.headline import best_psnr_fov
 from medrestore.report.figures import (
     CAPTIONS,
     cost_figure,
@@ -30,6 +28,7 @@ from medrestore.report.figures import (
     small_png,
     vessel_figure,
 )
+from medrestore.report.headline import best_psnr_fov
 from medrestore.report.markup import html_page, html_table, md_table
 from medrestore.report.performance import performance_section
 from medrestore.report.policy import banner, best_models, champion_lines, task_convergence
@@ -43,15 +42,15 @@ from medrestore.report.tables import (
     sorted_methods,
     task_table,
 )
+from medrestore.report.targets import RULE as TARGET_RULE
+from medrestore.report.targets import check_targets, targets_rows
 from medrestore.report.text import (
     CONVERGENCE_TEXT,
     methods_paragraph,
     segmenter_section,
 )
 from medrestore.report.vessel_aware import vessel_section
-from medrestore.report.targets import RULE as TARGET_RULE
-from medrestore.report.targets import check_targets, targets_rows
-
+from medrestore.tracking.dvclock import lock_stages
 
 #: Where the figures go, under the report's folder: full size (DVC-cached; inline in index.html) and the
 #: small copies report.md links to (in git, so that report.md shows its figures where git is read).

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation.scoring import image_subjects, interval
 from medrestore.evaluation.gates import FAILED, failed_in_table
 from medrestore.evaluation.metrics import LOWER_IS_BETTER
+from medrestore.evaluation.scoring import image_subjects, interval
 
 #: label -> (authors, year, title, seed file)
 PAPERS = {

@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from medrestore.core.io import read_image, read_json, read_mask
 from medrestore.data.names import safe_name
 from medrestore.evaluation.gates import failed_in_summary
-from medrestore.core.io import read_image, read_json, read_mask
 from medrestore.report.policy import label
 
 #: The caption under each figure, by kind (the figure files are ``figures/<task>_<kind>.png``, their small

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.evaluation.gates import FAILED, NO_CHAMPION, below_input_in_summary, failed_in_summary
 from medrestore.core.io import read_json
+from medrestore.evaluation.gates import FAILED, NO_CHAMPION, below_input_in_summary, failed_in_summary
 from medrestore.evaluation.metrics import BEST_BY
 
 NOT_CONVERGED = "not converged"

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medrestore.evaluation.gates import below_input_in_summary, failed_in_summary
 from medrestore.core.io import read_json
-from medrestore.evaluation import metrics as M  # its views are read at call time: a metric may be registered after import
+from medrestore.evaluation import (
+    metrics as M,  # its views are read at call time: a metric may be registered after import
+)
+from medrestore.evaluation.gates import below_input_in_summary, failed_in_summary
 from medrestore.evaluation.metrics import digits
 from medrestore.evaluation.metrics import header as column_title
 from medrestore.report.policy import best_by, best_on_vessels, eligible, label

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from medrestore.report.claims import per_image_scores, per_image_tables, sample_size
-from medrestore.evaluation.scoring import image_subjects, interval
-from medrestore.evaluation.gates import FAILED, NO_CHAMPION, failed_in_table
 from medrestore.core.io import read_json
+from medrestore.evaluation.gates import FAILED, NO_CHAMPION, failed_in_table
 from medrestore.evaluation.metrics import BEST_BY, LOWER_IS_BETTER
+from medrestore.evaluation.scoring import image_subjects, interval
+from medrestore.report.claims import per_image_scores, per_image_tables, sample_size
 
 #: Stands for the task's trained model with the highest mean :data:`~medrestore.evaluation.metrics.BEST_BY`
 #: (PSNR inside the FOV) on the target's test corruption, among converged models above their input only.

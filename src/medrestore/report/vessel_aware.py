@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation.scoring import interval, subjects_of
 from medrestore.core.io import read_json
-from medrestore.report.figures import _fig_png, vessel_figure
 from medrestore.evaluation.gates import failed_in_summary
+from medrestore.evaluation.scoring import interval, subjects_of
+from medrestore.report.figures import _fig_png, vessel_figure
 from medrestore.report.policy import label
 
 #: The PSNR a vessel term may cost and still count as free (dB, inside the FOV).
@@ -172,8 +172,9 @@ def sweep_on_split(sweep: dict, patches_dir: Path) -> tuple[dict, str | None]:
 def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_task: dict[str, dict], scorer, sweep_path: Path | None) -> dict:
     """The section as ``{"md": [...], "html": [...], "figures": [(name, png, caption)], "results": {...}}``
     (empty when params.yaml has no ``train.vessel``)."""
-    from medrestore.report.markup import html_table, md_table
     import html as _html
+
+    from medrestore.report.markup import html_table, md_table
 
     out = {"md": [], "html": [], "figures": [], "results": {}}
     groups = vessel_groups(params["train"])

@@ -24,10 +24,10 @@ import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from torch import nn
 
-from medrestore.data.fov import detect_fov
-from medrestore.serving.inference import model_scale, restore_array
 from medrestore.core.io import InputError, open_image, workspace_root, write_bytes_atomic
+from medrestore.data.fov import detect_fov
 from medrestore.models import MODELS, load_model
+from medrestore.serving.inference import model_scale, restore_array
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
 #: Formats written back as they came (an MPO, a camera JPEG with extra pictures, is written as MPO).

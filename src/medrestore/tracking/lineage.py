@@ -19,10 +19,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from medrestore.tracking.dvclock import find_stage, read_lock
 from medrestore.core.io import InputError
-from medrestore.tracking.runs import EXPERIMENT, file_md5, tracking_uri
 from medrestore.evaluation.metrics import headline, headline_key, headline_scores
+from medrestore.tracking.dvclock import find_stage, read_lock
+from medrestore.tracking.runs import EXPERIMENT, file_md5, tracking_uri
 
 
 def git_recording_commit(root: Path, md5: str) -> dict | None:

@@ -26,14 +26,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as L
 import numpy as np
+import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from medrestore.serving.colour import colour_statistics
 from medrestore.core.io import InputError, write_json_atomic, write_text_atomic
 from medrestore.models import MODELS, count_parameters, save_model
+from medrestore.serving.colour import colour_statistics
 from medrestore.training.callbacks import (
     AtomicCheckpoint,
     CurveRecorder,

@@ -17,6 +17,8 @@ import itertools
 
 import torch
 
+from medrestore.models import MODELS, build_discriminator, build_model
+from medrestore.training.config import make_optimizer, make_scheduler
 from medrestore.training.losses import (
     adversarial_bce,
     adversarial_lsgan,
@@ -24,8 +26,6 @@ from medrestore.training.losses import (
     feature_consistency,
     identity_loss,
 )
-from medrestore.models import MODELS, build_discriminator, build_model
-from medrestore.training.config import make_optimizer, make_scheduler
 from medrestore.training.paired import RestorationModule, make_perceptual
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytorch_lightning as L
 import numpy as np
+import pytorch_lightning as L
 import torch
 
-from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, make_loss
 from medrestore.models import build_model
 from medrestore.training.callbacks import non_finite_error, on_curve
 from medrestore.training.config import TrainConfig, make_optimizer, make_scheduler
+from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, make_loss
 
 
 def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

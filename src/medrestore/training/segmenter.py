@@ -18,18 +18,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as L
 import numpy as np
+import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medrestore.training.losses import bce_dice_loss
 from medrestore.models.unet import UNet
 from medrestore.training.callbacks import ProgressLog
 from medrestore.training.config import cosine_factor
 from medrestore.training.engine import make_trainer, seed_run
+from medrestore.training.losses import bce_dice_loss
 from medrestore.vessels.frangi import _fov_or_all
 from medrestore.vessels.segmenter import _input_array, save_segmenter
+
+
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """A float32 tensor of the stacked arrays."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)).astype(np.float32))
 
 
 class _PatchBatches(Dataset):
@@ -72,8 +77,7 @@ class _PatchBatches(Dataset):
             xs.append(x)
             ys.append(y)
             ws.append(f)
-        t = lambda arrs: torch.from_numpy(np.ascontiguousarray(np.stack(arrs)).astype(np.float32))
-        return t(xs), t(ys), t(ws)
+        return _stack(xs), _stack(ys), _stack(ws)
 
 
 class SegmenterModule(L.LightningModule):
