@@ -44,7 +44,8 @@ if not (work / "patches/patches.json").exists():
     patchify(read_json(prep / "manifest.json"), prep, work / "patches", seed=P["seed"], **pp)
 task = "denoise-g25"
 if not (work / "c/corruption.json").exists():
-    corrupt_task(work / "patches", work / "c", task=task, spec=P["corrupt"]["tasks"][task], seed=P["seed"], prepared_dir=prep)
+    corrupt_task(work / "patches", work / "c", task=task, spec=P["corrupt"]["tasks"][task], seed=P["seed"],
+                 prepared_dir=prep)
 s = train_settings(P["train"], run, P["seed"], models_root=root / "artifacts/models")
 if steps:
     s["max_steps"] = steps
@@ -78,4 +79,6 @@ for e in meta_p["test"]:
 
     rows.append((ps(r, fov), ps(r, er), ps(noisy.astype(float), fov)))
 a = np.array(rows).mean(0)
-print(json.dumps({"fov_loss": fl, "mff": mff, "run": run, "psnr_fov": round(a[0], 3), "psnr_fov_eroded3": round(a[1], 3), "gap": round(a[1] - a[0], 3), "noisy": round(a[2], 3)}), flush=True)
+print(json.dumps({"fov_loss": fl, "mff": mff, "run": run, "psnr_fov": round(a[0], 3),
+                  "psnr_fov_eroded3": round(a[1], 3), "gap": round(a[1] - a[0], 3), "noisy": round(a[2], 3)}),
+                  flush=True)

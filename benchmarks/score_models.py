@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
             scores = full_reference(image, clean, fov)
             rows.setdefault(case["variant"], {}).setdefault(name, []).append(
                 {"image": case["id"], **{k: round(scores[k], 4) for k in ("psnr_fov", "psnr", "ssim")}})
-    result = {variant: {name: {"mean": {k: round(float(np.mean([r[k] for r in rs])), 3) for k in ("psnr_fov", "psnr", "ssim")},
+    result = {variant: {name: {"mean": {k: round(float(np.mean([r[k] for r in rs])),
+                                                 3) for k in ("psnr_fov", "psnr", "ssim")},
                                "images": rs} for name, rs in by_name.items()} for variant, by_name in rows.items()}
     text = json.dumps(result, indent=1)
     if args.out:

@@ -24,7 +24,9 @@ P = yaml.safe_load((root / "params.yaml").read_text())
 over = yaml.safe_load(sys.argv[1]) if len(sys.argv) > 1 else {}
 p = {**P["segmenter"], **over}
 meta = read_json(root / "artifacts/patches/patches.json")
-out = Path(os.environ.get("SEGMENTER_WORK", "/tmp/segmenter_settings")) / json.dumps(over, sort_keys=True).replace(" ", "").replace("/", "_")
+out = Path(os.environ.get("SEGMENTER_WORK", "/tmp/segmenter_settings")) / json.dumps(over, sort_keys=True).replace(
+    " ", ""
+).replace("/", "_")
 out.mkdir(parents=True, exist_ok=True)
 t = time.time()
 m = train_segmenter_stage(root / "artifacts/prepared", meta, out, params=p, seed=P["seed"])
@@ -34,4 +36,5 @@ thin = []
 for item in masked_images(root / "artifacts/prepared", meta, "test"):
     s, b = seg(item["image"], item["fov"])
     thin.append(vessel_scores(s, b, item["vessels"], item["fov"])["thin_recall_above_chance"])
-print(json.dumps({"over": over, "sec": round(dt), "auc": m["auc"], "dice": m["dice"], "binarize": m["binarize"], "clean_thin_above_chance": round(float(np.mean(thin)), 3)}), flush=True)
+print(json.dumps({"over": over, "sec": round(dt), "auc": m["auc"], "dice": m["dice"], "binarize": m["binarize"],
+                  "clean_thin_above_chance": round(float(np.mean(thin)), 3)}), flush=True)

@@ -1,4 +1,5 @@
-"""train_segmenter: the U-Net vessel segmenter on the clean training images with manual masks (Frangi where there are none). The stage: medrestore.pipeline.train_segmenter."""
+"""train_segmenter: the U-Net vessel segmenter on the clean training images with manual masks (Frangi where there are
+none). The stage: medrestore.pipeline.train_segmenter."""
 
 from medrestore.pipeline.stage import execute
 from medrestore.pipeline.train_segmenter import main

@@ -25,7 +25,8 @@ from PIL import Image
 from medrestore.core.io import MAX_PIXELS_ENV, InputError, read_image
 from medrestore.data.fetch import extract_archive
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ def repo(tmp_path, chase_dir):
     (tmp_path / "src.jpg").write_bytes((chase_dir / "Image_01L.jpg").read_bytes())
     run("git", "init", "-q")
     run(sys.executable, "-m", "dvc", "init", "-q")
-    run(sys.executable, "-m", "dvc", "stage", "add", "-q", "-n", "make", "-d", "src.jpg", "-o", "out", f'{sys.executable} -c "{WRITE}"')
+    run(sys.executable, "-m", "dvc", "stage", "add", "-q", "-n", "make", "-d", "src.jpg", "-o", "out",
+        f'{sys.executable} -c "{WRITE}"')
     run(sys.executable, "-m", "dvc", "repro", "-q")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "run")

@@ -23,7 +23,9 @@ def _ruff(*args: str, cwd: Path = REPO, stdin: str | None = None) -> subprocess.
 
 def test_the_checkout_has_no_lint_finding():
     res = _ruff("check", "--no-cache", "--output-format", "concise", ".")
-    assert res.returncode == 0, f"ruff found (fix them; `ruff check --fix` fixes the [*] ones):\n{res.stdout}{res.stderr}"
+    assert res.returncode == 0, (
+        f"ruff found (fix them; `ruff check --fix` fixes the [*] ones):\n{res.stdout}{res.stderr}"
+    )
 
 
 def test_the_configuration_catches_long_lines_unsorted_imports_and_unused_names():

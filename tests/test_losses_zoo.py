@@ -206,6 +206,7 @@ def test_make_loss_multiscale_charbonnier_takes_the_pyramid():
     net = LapSRN(scale=4, depth=1)
     lr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)
     loss = make_loss("multiscale_charbonnier")
-    assert loss.pyramid and torch.isclose(loss(net.forward_pyramid(lr), hr), multiscale_charbonnier(net.forward_pyramid(lr), hr))
+    assert loss.pyramid and torch.isclose(loss(net.forward_pyramid(lr), hr),
+                                          multiscale_charbonnier(net.forward_pyramid(lr), hr))
     with pytest.raises(ValueError, match="weights"):
         make_loss("weighted_mse")

@@ -243,7 +243,8 @@ def test_srresnet_has_16_residual_blocks_of_64_filters_with_bn_and_two_subpixel_
     assert len(modules_of(net, nn.BatchNorm2d)) == 2 * 16 + 1
     assert {m.out_channels for m in modules_of(net.blocks, nn.Conv2d)} == {64}
     block = 2 * (conv(64, 64, 3) + 2 * 64) + 64  # two conv+BN, one PReLU(64)
-    expected = (conv(3, 64, 9) + 64) + 16 * block + (conv(64, 64, 3) + 2 * 64) + 2 * (conv(64, 256, 3) + 64) + conv(64, 3, 9)
+    expected = (conv(3, 64, 9) + 64) + 16 * block + (conv(64, 64,
+                                                          3) + 2 * 64) + 2 * (conv(64, 256, 3) + 64) + conv(64, 3, 9)
     assert n_params(net) == expected == 1_550_659
 
 

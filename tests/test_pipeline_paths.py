@@ -40,7 +40,9 @@ def test_per_task_and_per_model_folders_match_dvc_yaml():
     specs = stages()
     assert f"{paths.corrupt_dir('${key}').as_posix()}" in _outputs(specs["corrupt"])
     assert any(o.startswith(paths.eval_dir("${key}").as_posix() + "/") for o in _outputs(specs["evaluate"]))
-    assert any(o.startswith(paths.external_dir("${item}").as_posix() + "/") for o in _outputs(specs["evaluate_external"]))
+    assert any(
+        o.startswith(paths.external_dir("${item}").as_posix() + "/") for o in _outputs(specs["evaluate_external"])
+    )
     model = paths.model_dir("${item.task}", "${item.model}").as_posix()
     assert any(o.startswith(model + "/") for o in _outputs(specs["train"]))
 

@@ -153,8 +153,8 @@ class Patchify(_Strict):
     @model_validator(mode="after")
     def _three_splits(self) -> Patchify:
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is left to train on. "
-                             "Fix: keep their sum below 1 (e.g. 0.15 each)")
+            raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is "
+                             "left to train on. Fix: keep their sum below 1 (e.g. 0.15 each)")
         return self
 
 
@@ -163,7 +163,8 @@ class Task(_Strict):
     test: dict[str, dict[str, Any]]       # test variant -> corruption spec
     level: Literal["patch", "image"] = "patch"
     unpaired: bool = False
-    photometric: dict[str, Any] | None = None  # colour augmentation of the clean train patches (medrestore.data.photometric)
+    # colour augmentation of the clean train patches (medrestore.data.photometric)
+    photometric: dict[str, Any] | None = None
 
 
 class Corrupt(_Strict):
@@ -175,7 +176,8 @@ def _spec_problems(spec: Any, where: str) -> list[str]:
     (the rest is checked by the corruption itself when the corrupt stage runs)."""
     problems: list[str] = []
     if not isinstance(spec, dict):
-        return [f"{where}: a corruption is a mapping with a kind, got {spec!r}. Fix: e.g. {{kind: gaussian, sigma: 25}}."]
+        return [f"{where}: a corruption is a mapping with a kind, got {spec!r}. Fix: e.g. {{kind: gaussian, sigma: "
+                f"25}}."]
     for key, value in spec.items():
         if key == "steps" and isinstance(value, list):
             for i, step in enumerate(value):
@@ -185,12 +187,14 @@ def _spec_problems(spec: Any, where: str) -> list[str]:
                 if isinstance(sub, dict):
                     problems += _spec_problems({"kind": name, **sub}, f"{where}.options.{name}")
         elif key in ("sigma", "p") and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            problems.append(f"{where}.{key} is {value}: it cannot be negative. Fix: give 0 or more (e.g. {key}: {25 if key == 'sigma' else 0.5}).")
+            problems.append(f"{where}.{key} is {value}: it cannot be negative. Fix: give 0 or more (e.g. {key}: "
+                            f"{25 if key == 'sigma' else 0.5}).")
         elif key.endswith("_range") and isinstance(value, list):
             if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
                 problems.append(f"{where}.{key} is {value}: not a [low, high] pair of numbers. Fix: give [low, high].")
             elif value[0] > value[1] or (key in ("sigma_range", "p_range") and value[0] < 0):
-                problems.append(f"{where}.{key} is {value}: the range is reversed or negative. Fix: give [low, high] with 0 <= low <= high.")
+                problems.append(f"{where}.{key} is {value}: the range is reversed or negative. Fix: give [low, high] "
+                                "with 0 <= low <= high.")
         elif key == "scale" and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
             problems.append(f"{where}.scale is {value!r}: not a whole number of at least 2. Fix: give 2, 3 or 4.")
     return problems
@@ -337,33 +341,39 @@ def value_problems(params: Mapping[str, Any]) -> list[str]:
     for key, entry in (params["train"].get("vessel") or {}).items():
         base = runs.get(entry["base"])
         if base is None:
-            problems.append(f"train.vessel.{key}.base is {entry['base']!r}, not a train.runs key. Fix: one of {', '.join(runs)}.")
+            problems.append(f"train.vessel.{key}.base is {entry['base']!r}, not a train.runs key. Fix: one of "
+                            f"{', '.join(runs)}.")
         elif (base["task"], base["model"]) != (entry["task"], entry["model"]):
-            problems.append(f"train.vessel.{key}: task/model {entry['task']}/{entry['model']} differ from its base run's "
-                            f"{base['task']}/{base['model']}. Fix: the same task and model as train.runs.{entry['base']} "
-                            "(the loss is the only difference).")
+            problems.append(f"train.vessel.{key}: task/model {entry['task']}/{entry['model']} differ from its base "
+                            f"run's {base['task']}/{base['model']}. Fix: the same task and model as "
+                            f"train.runs.{entry['base']} (the loss is the only difference).")
     missing = [t for t in params["corrupt"]["tasks"] if t not in params["evaluate"]["baselines"]]
     if missing:
-        problems.append(f"evaluate.baselines has no entry for task(s) {', '.join(missing)}. Fix: add evaluate.baselines.TASK: "
-                        "[...] for each (an empty list [] for none): each evaluate@TASK stage tracks its own entry.")
+        problems.append(f"evaluate.baselines has no entry for task(s) {', '.join(missing)}. Fix: add "
+                        "evaluate.baselines.TASK: [...] for each (an empty list [] for none): each evaluate@TASK "
+                        "stage tracks its own entry.")
     external = params.get("evaluate_external") or {}
-    trained = {e["task"] for key in ("runs", "finetune", "chains", "vessel") for e in (params["train"].get(key) or {}).values()}
+    trained = {e["task"] for key in ("runs", "finetune", "chains",
+                                     "vessel") for e in (params["train"].get(key) or {}).values()}
     for task in external.get("tasks", []):
         test = (params["corrupt"]["tasks"].get(task) or {}).get("test", {})
         if external["variant"] not in test or task not in trained:
             problems.append(f"evaluate_external.tasks lists {task!r}, which is not a corrupt task with a test variant "
-                            f"{external['variant']!r} and a trained model. Fix: list only such tasks (or drop {task!r}).")
+                            f"{external['variant']!r} and a trained model. Fix: list only such tasks (or drop "
+                            f"{task!r}).")
     patch = params["patchify"]["patch_size"]
     for task, spec in params["corrupt"]["tasks"].items():
         specs = {f"corrupt.tasks.{task}.train": spec["train"],
                  **{f"corrupt.tasks.{task}.test.{k}": v for k, v in spec["test"].items()}}
         for where, one in specs.items():
             problems += _spec_problems(one, where)
-            if where.endswith(".train") and not any(where in p for p in problems):  # the patches (test images are cropped)
+            # the patches (test images are cropped)
+            if where.endswith(".train") and not any(where in p for p in problems):
                 scale = spec_scale(one)
                 if scale > 1 and patch % scale:
-                    problems.append(f"{where}: a x{scale} reduction of patchify.patch_size {patch} is not whole. "
-                                    f"Fix: a patch size that is a multiple of {scale} (e.g. {patch - patch % scale or scale})")
+                    problems.append(f"{where}: a x{scale} reduction of patchify.patch_size {patch} is not whole. Fix: "
+                                    f"a patch size that is a multiple of {scale} (e.g. "
+                                    f"{patch - patch % scale or scale})")
     return problems
 
 
@@ -387,13 +397,23 @@ def validate_params(params: Mapping[str, Any], path: str | Path = "params.yaml")
         for err in exc.errors():
             key = _where(err["loc"])
             if err["type"] == "extra_forbidden":
-                lines.append(f"{key}: unknown key. Fix: remove it or correct its spelling (the README's params table lists the keys).")
+                lines.append(f"{key}: unknown key. Fix: remove it or correct its spelling (the README's params table "
+                             "lists the keys).")
             elif err["type"] == "missing":
                 lines.append(f"{key}: missing. Fix: add it (params.yaml in the repository has every key).")
             elif err["type"] == "value_error":
                 lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}.")
-            elif err["type"].endswith(("_type", "_parsing")) or err["type"] in ("literal_error", "model_type", "dict_type", "list_type"):
-                hint = " (write 1.0e-3, not 1e-3: YAML reads the latter as text)" if _numeric_text(err.get("input")) else ""
+            elif err["type"].endswith(("_type", "_parsing")) or err["type"] in (
+                "literal_error",
+                "model_type",
+                "dict_type",
+                "list_type",
+            ):
+                hint = (
+                    " (write 1.0e-3, not 1e-3: YAML reads the latter as text)"
+                    if _numeric_text(err.get("input"))
+                    else ""
+                )
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}). Fix: give a value of that type{hint}.")
             else:
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}). Fix: give a value in that range.")
@@ -404,7 +424,8 @@ def validate_params(params: Mapping[str, Any], path: str | Path = "params.yaml")
     profile = params["train"].get("profile", "standard")
     if profile not in (params["train"].get("profiles") or {}):
         raise InputError(f"{path}: train.profile is {profile!r}, not one of train.profiles "
-                         f"({', '.join(params['train'].get('profiles') or {}) or 'none defined'}). Fix: use {PROFILES_DOC}.")
+                         f"({', '.join(params['train'].get('profiles') or {}) or 'none defined'}). Fix: use "
+                         f"{PROFILES_DOC}.")
     return params
 
 
@@ -429,8 +450,8 @@ def run_entry(train: Mapping[str, Any], key: str) -> dict[str, Any]:
         if key in entries:
             return entries[key]
     known = [k for entries in groups.values() for k in entries]
-    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key}, train.chains.{key} or train.vessel.{key}. "
-                     f"Fix: use one of {', '.join(known)}.")
+    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key}, train.chains.{key} or "
+                     f"train.vessel.{key}. Fix: use one of {', '.join(known)}.")
 
 
 def with_runtime(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -439,13 +460,15 @@ def with_runtime(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None)
     itself keeps its value (and is then tracked by DVC like any training setting)."""
     runtime = dict(runtime or {})
     out = dict(settings)
-    out.setdefault("progress_bar", bool(runtime.get("progress_bar", True)) and sys.stderr.isatty())  # quiet in CI and logs
+    # quiet in CI and logs
+    out.setdefault("progress_bar", bool(runtime.get("progress_bar", True)) and sys.stderr.isatty())
     if "ckpt_every" not in out:
         out["ckpt_every"] = int(runtime.get("ckpt_every") or 0) or int(out.get("val_every", 50))
     return out
 
 
-def train_settings(train: Mapping[str, Any], key: str, seed: int, models_root: str | Path = "artifacts/models") -> dict[str, Any]:
+def train_settings(train: Mapping[str, Any], key: str, seed: int,
+                   models_root: str | Path = "artifacts/models") -> dict[str, Any]:
     """The settings of run ``key`` (the layers of the module docstring), with ``model``, ``seed`` and,
     for a fine-tuned run, ``init_from`` (the start model's folder under ``models_root``)."""
     entry = run_entry(train, key)

@@ -70,9 +70,11 @@ class ResnetGenerator(nn.Module):
     def __init__(self, channels: int = 3, features: int = 64, n_blocks: int = 9) -> None:
         super().__init__()
         f = features
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, f, 7), nn.InstanceNorm2d(f), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, f, 7), nn.InstanceNorm2d(f),
+                                   nn.ReLU(inplace=True)]
         for mult in (1, 2):  # 64 -> 128 -> 256
-            layers += [nn.Conv2d(f * mult, f * mult * 2, 3, stride=2, padding=1), nn.InstanceNorm2d(f * mult * 2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(f * mult, f * mult * 2, 3, stride=2, padding=1), nn.InstanceNorm2d(f * mult * 2),
+                       nn.ReLU(inplace=True)]
         layers += [ResnetBlock(f * 4) for _ in range(n_blocks)]
         for mult in (4, 2):  # 256 -> 128 -> 64
             layers += [
@@ -95,9 +97,11 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         f = features
         widths = [f, 2 * f, 4 * f, 8 * f]
-        blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(channels, f, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))]
+        blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(channels, f, 3, stride=2, padding=1),
+                                                 nn.LeakyReLU(0.2, inplace=True))]
         for c_in, c_out in itertools.pairwise(widths):
-            blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.InstanceNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)))
+            blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.InstanceNorm2d(c_out),
+                                        nn.LeakyReLU(0.2, inplace=True)))
         last: list[nn.Module] = [nn.Conv2d(widths[-1], 1, 3, stride=1, padding=1)]
         if sigmoid:
             last.append(nn.Sigmoid())
@@ -117,7 +121,9 @@ class PatchDiscriminator(nn.Module):
         return self.forward_features(x)[-1]
 
 
-register_model("cyclegan-fc", ResnetGenerator, "enhance", "Zhao2019 (two-way GAN with feature-consistency loss, Zhao et al. 2019)",
+register_model("cyclegan-fc", ResnetGenerator, "enhance",
+               "Zhao2019 (two-way GAN with feature-consistency loss, Zhao et al. 2019)",
                "cyclegan", PatchDiscriminator, {"cycle": "feature"})
-register_model("cyclegan", ResnetGenerator, "enhance", "Zhao2019 ablation (image-level cycle loss, Zhu et al. 2017)", "cyclegan",
+register_model("cyclegan", ResnetGenerator, "enhance", "Zhao2019 ablation (image-level cycle loss, Zhu et al. 2017)",
+               "cyclegan",
                PatchDiscriminator, {"cycle": "image"})

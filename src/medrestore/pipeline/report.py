@@ -14,7 +14,8 @@ from medrestore.tracking.runs import tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
 #: What the stage writes under reports/ (dvc.yaml's outs, metrics and plots of the stage), tagged on its run.
-OUTPUTS = ("index.html", "report.md", "figures", "claims.json", "targets.json", "vessel_aware.json", "metrics.json", "headline.json", "report_figures", "plots")
+OUTPUTS = ("index.html", "report.md", "figures", "claims.json", "targets.json", "vessel_aware.json", "metrics.json",
+           "headline.json", "report_figures", "plots")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     with run("report", {"tasks": tasks}, p) as tracker:
         segmenter, _ = load_vessel_segmenter(SEGMENTER)
         scorer = load_vessel_segmenter(SCORER)[0] if (SCORER / "model.json").is_file() else None
-        build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER, bench_path=REPORTS / "bench.json",
+        build_report(p, tasks, EVAL, PATCHES, MODELS, REPORTS, segmenter=segmenter, segmenter_dir=SEGMENTER,
+                     bench_path=REPORTS / "bench.json",
                      scorer=scorer, sweep_path=VESSEL_SWEEP, external_root=EXTERNAL)
         tag_outputs(tracker, [REPORTS / name for name in OUTPUTS])
         for name in ("report.md", "index.html", "metrics.json"):  # index.html holds the figures inline

@@ -20,8 +20,14 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
 
 def pair_scale(clean: np.ndarray, degraded: np.ndarray) -> int:
     """How many times smaller the degraded patches are (1 for restoration, 2/4 for super-resolution)."""
-    if clean.shape[0] != degraded.shape[0] or clean.ndim != 4 or degraded.ndim != 4 or clean.shape[3] != degraded.shape[3]:
-        raise InputError(f"clean {clean.shape} and degraded {degraded.shape} patches do not pair up. Fix: rerun the corrupt stage.")
+    if (
+        clean.shape[0] != degraded.shape[0]
+        or clean.ndim != 4
+        or degraded.ndim != 4
+        or clean.shape[3] != degraded.shape[3]
+    ):
+        raise InputError(f"clean {clean.shape} and degraded {degraded.shape} patches do not pair up. Fix: rerun the "
+                         "corrupt stage.")
     s, r = divmod(clean.shape[1], degraded.shape[1])
     if r or clean.shape[2] != degraded.shape[2] * s:
         raise InputError(
@@ -63,10 +69,12 @@ class UnpairedPatches(Dataset):
     1: degraded sample), so the two sides never show the same scene.
     """
 
-    def __init__(self, clean: np.ndarray, degraded: np.ndarray, clean_idx: np.ndarray, degraded_idx: np.ndarray) -> None:
+    def __init__(self, clean: np.ndarray, degraded: np.ndarray, clean_idx: np.ndarray,
+                 degraded_idx: np.ndarray) -> None:
         pair_scale(clean, degraded)
         if len(clean_idx) == 0 or len(degraded_idx) == 0:
-            raise InputError("unpaired training needs patches of both domains (train_domain.npy holds only one). Fix: rerun the corrupt stage.")
+            raise InputError("unpaired training needs patches of both domains (train_domain.npy holds only one). Fix: "
+                             "rerun the corrupt stage.")
         self.clean, self.degraded = clean, degraded
         self.clean_idx, self.degraded_idx = np.asarray(clean_idx), np.asarray(degraded_idx)
 

@@ -114,7 +114,8 @@ class SRGANModule(_GANModule):
         self._g_step(loss)
         _freeze(self.disc, frozen=False)
         self._end_batch()
-        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True,
+                      on_epoch=False, batch_size=x.shape[0])
 
 
 class CycleGANModule(_GANModule):
@@ -136,7 +137,8 @@ class CycleGANModule(_GANModule):
         self.disc_b = build_discriminator(cfg.model, **cfg.disc_kwargs)
         self.perceptual, self.perceptual_weight = None, 0.0
         if cfg.perceptual:
-            raise ValueError("cyclegan models have no paired target for a perceptual loss; their feature loss is built in")
+            raise ValueError("cyclegan models have no paired target for a perceptual loss; their feature loss is "
+                             "built in")
 
     def generator_parameters(self):
         return itertools.chain(self.net.parameters(), self.gen_b.parameters())
@@ -173,7 +175,8 @@ class CycleGANModule(_GANModule):
         self._check(d_loss, "the discriminator loss")
         self._d_step(d_loss)
         self._end_batch()
-        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True,
+                      on_epoch=False, batch_size=x.shape[0])
 
 
 GAN_MODULES = {"srgan": SRGANModule, "cyclegan": CycleGANModule}
