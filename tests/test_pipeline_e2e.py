@@ -282,8 +282,8 @@ def test_vessel_aware_twins_are_scored_by_the_independent_segmenter_and_reported
     md = (work / "reports" / "report.md").read_text()
     assert "## Vessel-aware training" in md and "(report_figures/denoise-g25_vessel_overlay.png)" in md
     seg = json.loads((work / "artifacts/segmenter/model.json").read_text())
-    scorer = json.loads((work / "artifacts/segmenter_scoring/model.json").read_text())
-    assert (seg["observer"], scorer["observer"]) == (1, 2)
+    scoring_segmenter = json.loads((work / "artifacts/segmenter_scoring/model.json").read_text())
+    assert (seg["observer"], scoring_segmenter["observer"]) == (1, 2)
     assert (work / "artifacts/segmenter/model.safetensors").read_bytes() != (
         work / "artifacts/segmenter_scoring/model.safetensors"
     ).read_bytes()

@@ -81,10 +81,11 @@ def denoise_task(one_torch_thread, chase_dir, assets_dir, tmp_path_factory):
 
     img, fov, v2 = prepare_arrays(read_image(chase_dir / f"{STEMS[0]}.jpg"),
                                   load_mask(chase_dir / f"{STEMS[0]}_2ndHO.png"), size=SIZE)
-    train_segmenter([img], [v2], [fov], root / "scorer", steps=8, patch_size=32, batch_size=2, width=4, seed=5,
+    train_segmenter([img], [v2], [fov], root / "scoring_segmenter", steps=8, patch_size=32, batch_size=2, width=4,
+                    seed=5,
                     extra_meta={"train_ids": [f"chase_db1/{STEMS[0]}"]})
     kw = {"baselines": ["median"], "tile": 64, "overlap": 8, "seed": 1, "assets_dir": str(assets_dir),
-          "scorer_dir": root / "scorer"}
+          "scoring_segmenter_dir": root / "scoring_segmenter"}
     summary = evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval", **kw)
     evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval2", **kw)
     return root, summary
@@ -116,7 +117,7 @@ def test_the_independent_segmenter_scores_its_own_columns(denoise_task):
     table = pd.read_csv(root / "eval" / "per_image.csv")
     assert summary["scoring_segmenter"]["segmenter"] == "unet" and summary["segmenter"]["segmenter"] == "frangi"
     assert not np.allclose(table["indep_auc"], table["manual_auc"])
-    scorer, _ = load_vessel_segmenter(root / "scorer")
+    scoring_segmenter, _ = load_vessel_segmenter(root / "scoring_segmenter")
     row = table[(table["method"] == "degraded")].iloc[0]
     entry = next(
         e for e in json.loads((root / "patches" / "patches.json").read_text())["test"] if e["id"] == row["image_id"]
@@ -124,7 +125,7 @@ def test_the_independent_segmenter_scores_its_own_columns(denoise_task):
     degraded = read_image(root / "corrupt" / f"test/v/{row['image_id'].replace('/', '__')}.png")
     fov = read_image(root / "patches" / entry["fov"], "L") > 127
     manual = read_image(root / "patches" / entry["vessels"], "L") > 127
-    score, binary = scorer(degraded, fov)
+    score, binary = scoring_segmenter(degraded, fov)
     expected = vessel_scores(score, binary, manual, fov)
     assert row["indep_auc"] == pytest.approx(expected["auc"], abs=1e-6)
     assert row["indep_invented_rate"] == pytest.approx(expected["invented_rate"], abs=1e-6)
@@ -180,7 +181,7 @@ def test_main_runs_the_stage_on_the_pipeline_paths(denoise_task, assets_dir, tmp
 
     root, _ = denoise_task
     for src, dest in (("patches", "artifacts/patches"), ("corrupt", "artifacts/corrupt/denoise-x"),
-                      ("models", "artifacts/models/denoise-x"), ("scorer", "artifacts/segmenter_scoring")):
+                      ("models", "artifacts/models/denoise-x"), ("scoring_segmenter", "artifacts/segmenter_scoring")):
         shutil.copytree(root / src, tmp_path / dest)
     params = {"seed": 1,
               "evaluate": {"baselines": {"denoise": ["median"]}, "tile": 64, "overlap": 8, "assets": str(assets_dir)}}

@@ -12,7 +12,7 @@ from medrestore.pipeline.deps import REPO, stages
 OUTPUT_ROOTS = {
     "download": paths.SOURCES, "prepare": paths.PREPARED, "patchify": paths.PATCHES, "corrupt": paths.CORRUPT,
     "train": paths.MODELS, "finetune": paths.MODELS, "train_chain": paths.MODELS, "train_vessel": paths.MODELS,
-    "train_segmenter": paths.SEGMENTER, "train_scoring_segmenter": paths.SCORER,
+    "train_segmenter": paths.SEGMENTER, "train_scoring_segmenter": paths.SCORING_SEGMENTER,
     "evaluate": paths.EVAL, "evaluate_external": paths.EXTERNAL, "report": paths.REPORTS,
 }
 

@@ -172,30 +172,32 @@ def test_the_scoring_segmenter_is_independent_of_the_losss_segmenter(tmp_path, c
     monkeypatch.setattr(stage, "PREPARED", tmp_path / "prepared")
     monkeypatch.setattr(stage, "PATCHES", tmp_path / "patches")
     monkeypatch.setattr(stage, "SEGMENTER", tmp_path / "segmenter")
-    monkeypatch.setattr(stage, "SCORER", tmp_path / "scorer")
+    monkeypatch.setattr(stage, "SCORING_SEGMENTER", tmp_path / "scoring_segmenter")
     stage.main([])
     stage.main(["scoring"])
     assert [n for n, _ in names] == ["train_segmenter", "train_scoring_segmenter"]
     assert names[0][1] == STAGE_PARAMS and names[1][1] == {**STAGE_PARAMS, "observer": 2, "seed": 4}
     loss_meta = json.loads((tmp_path / "segmenter" / "model.json").read_text())
-    scorer_meta = json.loads((tmp_path / "scorer" / "model.json").read_text())
-    assert loss_meta["observer"] == 1 and scorer_meta["observer"] == 2
+    scoring_meta = json.loads((tmp_path / "scoring_segmenter" / "model.json").read_text())
+    assert loss_meta["observer"] == 1 and scoring_meta["observer"] == 2
     a, b = (
         load_file(str(tmp_path / "segmenter" / "model.safetensors")),
-        load_file(str(tmp_path / "scorer" / "model.safetensors")),
+        load_file(str(tmp_path / "scoring_segmenter" / "model.safetensors")),
     )
     assert a.keys() == b.keys() and any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
-    # the scorer learned the second observer: the same recipe and seed on the first observer's masks gives other weights
+    # the scoring segmenter learned the second observer: the same recipe and seed on the first observer's masks gives
+    # other weights
     train_segmenter_stage(tmp_path / "prepared", {"splits": SPLITS}, tmp_path / "obs1", params=STAGE_PARAMS, seed=4)
     c = load_file(str(tmp_path / "obs1" / "model.safetensors"))
     assert any(not np.array_equal(b[k].numpy(), c[k].numpy()) for k in b)
-    # the pipeline's paths: the loss's segmenter and the scorer are two folders; training reads the first
-    assert paths.SCORER != paths.SEGMENTER and train_stage.SEGMENTER == paths.SEGMENTER
+    # the pipeline's paths: the loss's segmenter and the scoring segmenter are two folders; training reads the first
+    assert paths.SCORING_SEGMENTER != paths.SEGMENTER and train_stage.SEGMENTER == paths.SEGMENTER
     with pytest.raises(InputError, match="WHICH|scoring"):
-        stage.main(["scorer"])
+        stage.main(["scoring_segmenter"])
 
 
-def test_without_second_observer_masks_the_scorer_keeps_the_first_with_its_own_seed(tmp_path, chase_dir, capsys):
+def test_without_second_observer_masks_the_scoring_segmenter_keeps_the_first_with_its_own_seed(tmp_path, chase_dir,
+                                                                                              capsys):
     _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_02R", "Image_04R"))
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     for e in manifest["images"]:

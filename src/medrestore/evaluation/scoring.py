@@ -261,17 +261,17 @@ def subjects_by_image(patches_meta: dict, manifest: dict | None = None) -> dict[
 # ============================================================================= per image
 def vessel_columns(image: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_ref: np.ndarray,
                    manual: np.ndarray | None,
-                   scorer: VesselSegmenter | None = None) -> dict[str, float]:
+                   scoring_segmenter: VesselSegmenter | None = None) -> dict[str, float]:
     """The vessel scores of one image: ``segmenter``'s vessels against its own on the clean image
-    (``ref_``) and against the manual mask (``manual_``); with ``scorer`` (the independent segmenter)
-    and a manual mask, also the scorer's vessels against the manual mask (``indep_``)."""
+    (``ref_``) and against the manual mask (``manual_``); with ``scoring_segmenter`` (the independent segmenter)
+    and a manual mask, also the scoring segmenter's vessels against the manual mask (``indep_``)."""
     score, binary = segmenter(image, fov)
     out = {f"ref_{k}": v for k, v in vessel_scores(score, binary, clean_ref, fov).items() if k in M.VESSEL_KEYS}
     if manual is not None:
         out.update({f"manual_{k}": v for k, v in vessel_scores(score, binary, manual,
                                                                fov).items() if k in M.VESSEL_KEYS})
-        if scorer is not None:
-            score_b, binary_b = scorer(image, fov)
+        if scoring_segmenter is not None:
+            score_b, binary_b = scoring_segmenter(image, fov)
             out.update(
                 {
                     f"indep_{k}": v
@@ -312,21 +312,21 @@ def median_after_warmup(times: list[float]) -> float:
 def score_restored(restored: np.ndarray, clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter,
                    clean_vessels: np.ndarray,
                    manual: np.ndarray | None, assets_dir: str | None = None,
-                   scorer: VesselSegmenter | None = None) -> dict[str, float]:
+                   scoring_segmenter: VesselSegmenter | None = None) -> dict[str, float]:
     """Every metric of one restored (or degraded) image: quality against the clean image, then the
     vessel scores against the clean image's segmentation and the manual mask (:func:`vessel_columns`)."""
     return {**all_metrics(restored, clean, fov, assets_dir),
-            **vessel_columns(restored, fov, segmenter, clean_vessels, manual, scorer)}
+            **vessel_columns(restored, fov, segmenter, clean_vessels, manual, scoring_segmenter)}
 
 
 def score_clean(clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_vessels: np.ndarray,
                 manual: np.ndarray | None,
-                assets_dir: str | None = None, scorer: VesselSegmenter | None = None) -> dict[str, float]:
+                assets_dir: str | None = None, scoring_segmenter: VesselSegmenter | None = None) -> dict[str, float]:
     """The ceiling row: no-reference metrics of the clean image and, where there is a manual mask,
     the segmenter on the clean image against it."""
     row = all_metrics(clean, None, None, assets_dir)
     if manual is not None:
-        row.update(vessel_columns(clean, fov, segmenter, clean_vessels, manual, scorer))
+        row.update(vessel_columns(clean, fov, segmenter, clean_vessels, manual, scoring_segmenter))
     return row
 
 

@@ -49,7 +49,7 @@ from medrestore.evaluation.scoring import (
     task_scale,
 )
 from medrestore.models import load_model
-from medrestore.pipeline.paths import MODELS, PATCHES, SCORER, SEGMENTER, corrupt_dir, eval_dir
+from medrestore.pipeline.paths import MODELS, PATCHES, SCORING_SEGMENTER, SEGMENTER, corrupt_dir, eval_dir
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.serving.inference import model_scale, restore_array
 from medrestore.tracking.runs import file_md5, log_datasets, relative_path, run_by_output, tag_outputs
@@ -71,7 +71,7 @@ def evaluate_task(
     tracker=None,
     segmenter_dir: Path | None = None,
     device: str = "cpu",
-    scorer_dir: Path | None = None,
+    scoring_segmenter_dir: Path | None = None,
 ) -> dict:
     """Write ``restored/<method>/<variant>/<id>.png``, ``per_image.csv``, ``summary.json`` and
     ``cost.json`` (timings) to ``out_dir``; return the summary."""
@@ -79,11 +79,11 @@ def evaluate_task(
     meta = read_json(patches_dir / "patches.json")
     segmenter, seg_meta = load_vessel_segmenter(segmenter_dir, device=device)
     assert_test_unseen(meta, seg_meta.get("train_ids", []))
-    scorer = None
+    scoring_segmenter = None
     # the independent segmenter (indep_ columns)
-    if scorer_dir is not None and Path(scorer_dir, "model.json").is_file():
-        scorer, scorer_meta = load_vessel_segmenter(scorer_dir, device=device)
-        assert_test_unseen(meta, scorer_meta.get("train_ids", []))
+    if scoring_segmenter_dir is not None and Path(scoring_segmenter_dir, "model.json").is_file():
+        scoring_segmenter, scoring_meta = load_vessel_segmenter(scoring_segmenter_dir, device=device)
+        assert_test_unseen(meta, scoring_meta.get("train_ids", []))
     corruption = read_json(corrupt_dir / "corruption.json")
     clean_by_id = {e["id"]: e for e in meta["test"]}
     subjects = subjects_by_image(meta)
@@ -154,9 +154,10 @@ def evaluate_task(
         for method, (kind, restored) in outputs.items():
             write_png_atomic(out_dir / "restored" / method / case["variant"] / f"{safe_name(case['id'])}.png", restored)
             rows.append({**base, "method": method, "kind": kind,
-                         **score_restored(restored, clean, fov, segmenter, clean_vessels, manual, assets_dir, scorer)})
+                         **score_restored(restored, clean, fov, segmenter, clean_vessels, manual, assets_dir,
+                                          scoring_segmenter)})
         rows.append({**base, "method": "clean", "kind": "reference",
-                     **score_clean(clean, fov, segmenter, clean_vessels, manual, assets_dir, scorer)})
+                     **score_clean(clean, fov, segmenter, clean_vessels, manual, assets_dir, scoring_segmenter)})
 
     table = per_image_table(rows)
     buf = io.StringIO()
@@ -168,7 +169,7 @@ def evaluate_task(
         "scale": scale,
         "floor": "degraded input" + (f", upsampled x{scale} with PIL bicubic" if scale > 1 else ""),
         "segmenter": segmenter.describe(),
-        **({"scoring_segmenter": scorer.describe()} if scorer is not None else {}),
+        **({"scoring_segmenter": scoring_segmenter.describe()} if scoring_segmenter is not None else {}),
         "methods": summarise(table, seed),
         "test_images": sorted(clean_by_id),
         "variants": sorted({c["variant"] for c in corruption["test"]}),
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
             summary = evaluate_task(
                 task, PATCHES, corrupt_dir(task), MODELS / task, tmp,
                 baselines=baselines_for(task, p["baselines"]), tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"],
-                assets_dir=str(repo_path(p["assets"])), tracker=tracker, segmenter_dir=SEGMENTER, scorer_dir=SCORER,
+                assets_dir=str(repo_path(p["assets"])), tracker=tracker, segmenter_dir=SEGMENTER,
+                scoring_segmenter_dir=SCORING_SEGMENTER,
                 device=p.get("device", "cpu"),
             )
         tag_outputs(tracker, [out / "per_image.csv", out / "summary.json", out / "cost.json", out / "restored"])

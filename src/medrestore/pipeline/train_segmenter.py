@@ -26,7 +26,7 @@ from medrestore.core.io import (
     read_mask,
     write_json_atomic,
 )
-from medrestore.pipeline.paths import PATCHES, PREPARED, SCORER, SEGMENTER
+from medrestore.pipeline.paths import PATCHES, PREPARED, SCORING_SEGMENTER, SEGMENTER
 from medrestore.pipeline.stage import params, run
 from medrestore.tracking.runs import log_datasets, tag_outputs
 from medrestore.training.segmenter import train_segmenter
@@ -42,7 +42,7 @@ from medrestore.vessels import (
 def main(argv: list[str] | None = None) -> None:
     """``train_segmenter``: the segmenter of the vessel scores and of the vessel-aware losses;
     ``train_segmenter scoring``: the independent one (params ``scoring_segmenter``: the second
-    observer's masks, another seed), written to SCORER."""
+    observer's masks, another seed), written to SCORING_SEGMENTER."""
     argv = sys.argv[1:] if argv is None else argv
     which = argv[0] if argv else ""
     if which not in ("", "scoring"):
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     if which == "scoring":
         scoring = {"observer": 2, "seed_offset": 1, **(all_p.get("scoring_segmenter") or {})}
         p = {**p, "observer": scoring["observer"]}
-        seed, out, name = seed + int(scoring["seed_offset"]), SCORER, "train_scoring_segmenter"
+        seed, out, name = seed + int(scoring["seed_offset"]), SCORING_SEGMENTER, "train_scoring_segmenter"
         logged = {**p, "seed": seed}
     with run(name, logged, all_p) as tracker:
         log_datasets(tracker, [PREPARED, PATCHES], "train")

@@ -83,13 +83,13 @@ def build_report(
     segmenter_dir: Path | None = None,
     lock_path: Path = Path("dvc.lock"),
     bench_path: Path | None = None,
-    scorer=None,
+    scoring_segmenter=None,
     sweep_path: Path | None = None,
     external_root: Path | None = None,
 ) -> dict:
     """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None);
     ``bench_path``: ``make bench``'s ``bench.json``, shown as the performance section when it exists;
-    ``scorer``: the independent vessel segmenter and ``sweep_path`` the collected weight sweep, for
+    ``scoring_segmenter``: the independent vessel segmenter and ``sweep_path`` the collected weight sweep, for
     the vessel-aware section (:mod:`medrestore.report.vessel_aware`); ``external_root``: the
     evaluate_external stage's folder, shown as "Another camera" for the tasks it holds."""
     if segmenter is None:
@@ -201,7 +201,7 @@ def build_report(
     ext_md, ext_html = external_section(external_root, tasks, conv_by_task)  # "Another camera" (evaluate_external)
     md += ext_md
     html_parts += ext_html
-    vessel = vessel_section(params, Path(eval_root), patches_dir, conv_by_task, scorer, sweep_path)
+    vessel = vessel_section(params, Path(eval_root), patches_dir, conv_by_task, scoring_segmenter, sweep_path)
     md += vessel["md"]
     html_parts += vessel["html"]
     for name, png, caption in vessel["figures"]:

@@ -187,7 +187,7 @@ def sweep_on_split(sweep: dict, patches_dir: Path) -> tuple[dict, str | None]:
     return {**sweep, "points": []}, why
 
 
-def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_task: dict[str, dict], scorer,
+def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_task: dict[str, dict], scoring_segmenter,
                    sweep_path: Path | None) -> dict:
     """The section as ``{"md": [...], "html": [...], "figures": [(name, png, caption)], "results": {...}}``
     (empty when params.yaml has no ``train.vessel``)."""
@@ -233,8 +233,8 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
                 "and its vessel-aware variants</h3>"
                 + html_table(header, rows)
             )
-            if scorer is not None:
-                png = vessel_figure(task, eval_dir, patches_dir, summary, scorer, converged=conv,
+            if scoring_segmenter is not None:
+                png = vessel_figure(task, eval_dir, patches_dir, summary, scoring_segmenter, converged=conv,
                                     methods=["degraded", plain, *(r["method"] for r in present)],
                                     title=f"{task} [{variant}]: the independent segmenter on {plain} and its "
                                           "vessel-aware variants", with_images=True)
