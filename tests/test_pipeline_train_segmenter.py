@@ -4,6 +4,7 @@ images (real images, two observers' manual masks)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,13 +100,16 @@ def test_main_writes_the_stage_outputs_and_logs_the_mean_scores(tmp_path, chase_
 
     class Tracker:
         def __init__(self) -> None:
-            self.metrics, self.tags = {}, {}
+            self.metrics, self.tags, self.calls = {}, {}, []
 
         def log_metrics(self, metrics):
             self.metrics.update(metrics)
 
         def set_tags(self, tags):
             self.tags.update(tags)
+
+        def call(self, what, fn, *args, **kwargs):  # the dataset inputs (medrestore.tracking.runs.log_datasets)
+            self.calls.append((what, kwargs.get("context")))
 
     tracker = Tracker()
 
@@ -123,6 +127,7 @@ def test_main_writes_the_stage_outputs_and_logs_the_mean_scores(tmp_path, chase_
     monkeypatch.setattr(stage, "PATCHES", tmp_path / "patches")
     monkeypatch.setattr(stage, "SEGMENTER", tmp_path / "segmenter")
     stage.main([])
+    assert tracker.calls == [("log_input", "train")] * 2  # prepared/ and patches/, the stage's inputs
     train_segmenter_stage(tmp_path / "prepared", {"splits": SPLITS}, tmp_path / "direct", params=STAGE_PARAMS, seed=3)
     for f in ("model.safetensors", "model.json", "metrics.json"):
         assert (tmp_path / "segmenter" / f).read_bytes() == (tmp_path / "direct" / f).read_bytes(), f
@@ -139,7 +144,10 @@ def test_main_writes_the_stage_outputs_and_logs_the_mean_scores(tmp_path, chase_
             "observer2_specificity",
         )
     }
-    assert len(tracker.tags) == 3 and all(k.startswith("out_md5:") for k in tracker.tags)
+    # the output folder (DVC's directory md5) and each of its three files
+    assert {Path(k.removeprefix("out_md5:")).name for k in tracker.tags} == {"segmenter", "model.safetensors",
+                                                                            "model.json", "metrics.json"}
+    assert all(k.startswith("out_md5:") for k in tracker.tags)
 
 
 def test_the_scoring_segmenter_is_independent_of_the_losss_segmenter(tmp_path, chase_dir, monkeypatch):
@@ -159,7 +167,8 @@ def test_the_scoring_segmenter_is_independent_of_the_losss_segmenter(tmp_path, c
     @contextmanager
     def fake_run(name, section, all_params):
         names.append((name, section))
-        yield type("Tracker", (), {"log_metrics": lambda self, m: None, "set_tags": lambda self, t: None})()
+        yield type("Tracker", (), {"log_metrics": lambda self, m: None, "set_tags": lambda self, t: None,
+                                   "call": lambda self, what, fn, *args, **kwargs: None})()
 
     _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_02R", "Image_03L", "Image_04R"))
     (tmp_path / "patches").mkdir()
