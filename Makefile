@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro quick test install bench screenshot clean-venv mlflow-server mlflow-server-stop queue exp-show
+.PHONY: repro quick test lint install bench screenshot clean-venv mlflow-server mlflow-server-stop queue exp-show
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ queue: $(STAMP)
 # `dvc exp show` lists every parameter and code dependency); KEEP='train\.models\.redae\.lr$$' adds columns.
 exp-show: $(STAMP)
 	$(BIN)/dvc exp show --drop '.*' --keep "$$($(BIN)/python -m medrestore.pipeline.views --keep)$(if $(KEEP),|$(KEEP))"
+
+# The linter (pinned in requirements.lock, configured in pyproject.toml): lines up to 120 characters, imports sorted,
+# pyflakes, bugbear and pyupgrade findings; CI runs it before the tests (tests/test_lint.py runs it too).
+lint: $(STAMP)
+	$(BIN)/ruff check --no-cache .
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

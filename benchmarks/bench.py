@@ -69,9 +69,9 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int, compi
     s) is given the ``size / s`` px reduction, as in its use, and its tiles are ``tile / s`` px.
     ``compile``: also ``torch.compile`` (inductor) of the folded channels-last network, timed after
     its compilation (whose seconds are reported apart: paid once per process and input shape)."""
-    from medrestore.serving.inference import restore_array
     from medrestore.models import build_model
     from medrestore.serving.bn_folding import fold_batchnorm
+    from medrestore.serving.inference import restore_array
 
     mpix = size * size / 1e6
     out = {}
@@ -96,7 +96,9 @@ def bench_inference(models: list[str], size: int, tile: int, repeats: int, compi
         fns = {
             "untiled": untiled,
             "untiled_no_grad": untiled_no_grad,
-            "tiled": lambda m=model, im=image, t=tile // scale, s=scale: restore_array(m, im, tile=t, overlap=32 // s, optimise=False),
+            "tiled": lambda m=model, im=image, t=tile // scale, s=scale: restore_array(
+                m, im, tile=t, overlap=32 // s, optimise=False
+            ),
             "bn_folded": lambda m=folded: untiled(m),
             "bn_folded_channels_last": lambda m=folded_cl, x=x_cl: _run(m, x),
         }
@@ -178,7 +180,8 @@ def bench_metrics(n_images: int, size: int, assets: str | None) -> dict:
         "image_size": size,
         "images": n_images,
         "images_per_second": {k: round(n_images / v, 4) for k, v in t.items()},
-        "note": "ours computes 13 metrics (PSNR RGB/Y/green, SSIM Y/colour, each also inside the FOV, NIQE, BRISQUE, entropy); pyiqa direct computes 4",
+        "note": "ours computes 13 metrics (PSNR RGB/Y/green, SSIM Y/colour, each also inside the FOV, NIQE, BRISQUE, "
+                "entropy); pyiqa direct computes 4",
     }
 
 
@@ -205,10 +208,10 @@ def _bare_loop(cfg, clean: np.ndarray, noisy: np.ndarray, steps: int, workers: i
     PyTorch loop: the reference the engine's overhead is measured against. Returns seconds.
     ``workers``: fetch the batches through a ``DataLoader`` with that many worker processes (the
     engine's loader, same sampler) instead of indexing the patches in the loop."""
-    from medrestore.training.losses import make_loss
     from medrestore.models import build_model
     from medrestore.training.config import make_optimizer, make_scheduler
     from medrestore.training.data import PairedPatches, StepBatchSampler
+    from medrestore.training.losses import make_loss
 
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.model, **cfg.model_kwargs).train()
@@ -291,7 +294,8 @@ def bench_training(models: list[str], steps: int, batch: int, patch: int, repeat
     out = {}
     for name in models:
         def config(n: int, name=name) -> TrainConfig:
-            return TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": n, "val_every": n, "ckpt_every": n,
+            return TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": n, "val_every": n,
+                                            "ckpt_every": n,
                                             "progress_bar": False, "seed": 1, "lr": 3e-4})
 
         def ours(n: int) -> float:
@@ -329,15 +333,18 @@ def bench_training(models: list[str], steps: int, batch: int, patch: int, repeat
             "engine_fixed_seconds": round(float(np.median(fixed["ours"])) - float(np.median(fixed["bare"])), 3),
             "wall_seconds": walls,
         }
-    return {"min_steps": steps, "min_seconds": min_seconds, "batch": batch, "patch": patch, "repeats": repeats, "warmup_steps": warmup,
+    return {"min_steps": steps, "min_seconds": min_seconds, "batch": batch, "patch": patch, "repeats": repeats,
+            "warmup_steps": warmup,
             "goal_overhead": 0.05, "models": out,
-            "note": "engine = Lightning loop + callbacks (curve, checkpoint, NaN guard) + one validation and the output files; per-step "
-                    "times from an optimiser step hook, median over all runs (mean beside it); fixed seconds = the engine's run time "
-                    "outside its steps (start-up, validation, writing outputs) minus the bare loop's, paid once per run"}
+            "note": "engine = Lightning loop + callbacks (curve, checkpoint, NaN guard) + one validation and the "
+                    "output files; per-step times from an optimiser step hook, median over all runs (mean beside it); "
+                    "fixed seconds = the engine's run time outside its steps (start-up, validation, writing outputs) "
+                    "minus the bare loop's, paid once per run"}
 
 
 # --------------------------------------------------------------------------- threads and data loading
-def bench_threads(models: list[str], size: int, repeats: int, train_models: list[str], steps: int, batch: int, patch: int,
+def bench_threads(models: list[str], size: int, repeats: int, train_models: list[str], steps: int, batch: int,
+                  patch: int,
                   threads: list[int] | None = None, workers: tuple[int, ...] = (0, 1, 2), pipeline_patches: int = 69434,
                   train_repeats: int | None = None) -> dict:
     """What the thread count and data loading are worth on this machine.
@@ -378,7 +385,8 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
         clean, noisy = _noisy_patches(512, patch)
         training: dict = {}
         for name in train_models:
-            cfg = TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": steps, "seed": 1, "lr": 3e-4})
+            cfg = TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": steps, "seed": 1,
+                                           "lr": 3e-4})
 
             def median_step(n_threads: int, w: int | None, cfg=cfg) -> float:
                 torch.set_num_threads(n_threads)
@@ -401,18 +409,23 @@ def bench_threads(models: list[str], size: int, repeats: int, train_models: list
             for key in ("step_ms_by_threads", "step_ms_by_workers"):
                 rec[key] = {k: round(float(np.median(v)) * 1e3, 2) for k, v in rec[key].items()}
             big = StepBatchSampler(pipeline_patches, batch, 1)
-            rec["sampler_ms_at_pipeline_size"] = round(_interleaved({"s": lambda big=big: big.batch_at(0)}, 20)["s"] * 1e3, 3)
+            rec["sampler_ms_at_pipeline_size"] = round(
+                _interleaved({"s": lambda big=big: big.batch_at(0)}, 20)["s"] * 1e3, 3
+            )
             rec["batch_fetch_ms"] = round(fetch_s * 1e3, 3)
             rec["batch_fetch_share"] = round(fetch_s * 1e3 / rec["step_ms_by_threads"][str(before)], 4)
             training[name] = rec
     finally:
         torch.set_num_threads(before)
-    return {"threads": threads, "default_threads": before, "image_size": size, "steps": steps, "batch": batch, "patch": patch,
-            "repeats": repeats, "train_repeats": train_repeats or repeats, "pipeline_patches": pipeline_patches, "inference_seconds_per_mpix": inference, "training": training}
+    return {"threads": threads, "default_threads": before, "image_size": size, "steps": steps, "batch": batch,
+            "patch": patch,
+            "repeats": repeats, "train_repeats": train_repeats or repeats, "pipeline_patches": pipeline_patches,
+            "inference_seconds_per_mpix": inference, "training": training}
 
 
 # --------------------------------------------------------------------------- precision
-def bench_precision(models: list[str], size: int, repeats: int, train_models: list[str], steps: int, batch: int, patch: int,
+def bench_precision(models: list[str], size: int, repeats: int, train_models: list[str], steps: int, batch: int,
+                    patch: int,
                     train_repeats: int = 1, weights: Path | None = Path("artifacts/models/denoise-g25")) -> dict:
     """bf16 autocast against float32 on the device the benchmark runs on (CPU here: bf16 matrix
     units, AMX/AVX512-BF16, make it a candidate).
@@ -435,7 +448,8 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
     mpix = size * size / 1e6
     inference: dict = {}
     clean_image = _test_image(size).astype(np.float32) / 255.0
-    noisy_image = np.clip(clean_image + np.random.default_rng(25).normal(0, 25 / 255, clean_image.shape), 0, 1).astype(np.float32)
+    noisy_image = np.clip(clean_image + np.random.default_rng(25).normal(0, 25 / 255, clean_image.shape), 0,
+                          1).astype(np.float32)
 
     def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
         return round(float(10 * np.log10(1 / max(float(((a - b) ** 2).mean()), 1e-20))), 2)
@@ -444,7 +458,8 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
         torch.manual_seed(0)
         trained = weights is not None and (Path(weights) / name / "model.safetensors").is_file()
         model = load_model(Path(weights) / name)[0] if trained else build_model(name).eval()
-        x = torch.from_numpy(noisy_image.transpose(2, 0, 1).copy())[None].to(device).contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(noisy_image.transpose(2, 0,
+                                                   1).copy())[None].to(device).contiguous(memory_format=torch.channels_last)
         net = prepare_for_inference(model.to(device))
 
         def fp32(net=net, x=x):
@@ -457,11 +472,14 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
 
         t = _interleaved({"float32": fp32, "bf16_autocast": bf16}, repeats)
         out32, out16 = fp32(), bf16()
-        rec = {**{k: round(v / mpix, 4) for k, v in t.items()}, "bf16_speedup": round(t["float32"] / t["bf16_autocast"], 3),
-               "bf16_psnr_vs_float32_db": psnr(out16, out32), "weights": str(Path(weights) / name) if trained else "untrained"}
+        rec = {**{k: round(v / mpix, 4) for k, v in t.items()},
+               "bf16_speedup": round(t["float32"] / t["bf16_autocast"], 3),
+               "bf16_psnr_vs_float32_db": psnr(out16, out32),
+               "weights": str(Path(weights) / name) if trained else "untrained"}
         if trained:
             ref = torch.from_numpy(clean_image.transpose(2, 0, 1).copy())[None].to(device)
-            rec["psnr_vs_clean_db"] = {"noisy": psnr(x.float(), ref), "float32": psnr(out32, ref), "bf16_autocast": psnr(out16, ref)}
+            rec["psnr_vs_clean_db"] = {"noisy": psnr(x.float(), ref), "float32": psnr(out32, ref),
+                                       "bf16_autocast": psnr(out16, ref)}
         inference[name] = rec
     clean, noisy = _noisy_patches(512, patch)
     val = (clean[:64], noisy[:64])
@@ -471,7 +489,8 @@ def bench_precision(models: list[str], size: int, repeats: int, train_models: li
         times: dict[str, list[float]] = {}
         for _ in range(train_repeats):
             for precision in ("32-true", "bf16-mixed"):
-                cfg = TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": steps, "val_every": steps, "ckpt_every": steps,
+                cfg = TrainConfig.from_params({"model": name, "batch_size": batch, "max_steps": steps,
+                                               "val_every": steps, "ckpt_every": steps,
                                                "progress_bar": False, "seed": 1, "lr": 3e-4, "precision": precision,
                                                "accelerator": "gpu" if device == "cuda" else "cpu"})
                 with tempfile.TemporaryDirectory() as tmp, _StepClock() as clock:
@@ -500,7 +519,8 @@ def cpu_model() -> dict:
     except OSError:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "sve")
-    return {"name": name, "isa": [f for f in wanted if f in flags], "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"name": name, "isa": [f for f in wanted if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def machine() -> dict:
@@ -528,15 +548,19 @@ SECTIONS = ("inference", "baselines", "metrics", "training", "threads", "precisi
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the reduced size CI runs")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--assets", default="../shared/assets/pyiqa")
-    ap.add_argument("--only", nargs="*", help="sections to run (inference baselines metrics training threads precision patchify dvc_noop repro); "
-                    "repro, the whole pipeline from nothing, runs in the full mode only unless named here")
+    ap.add_argument("--only", nargs="*",
+                    help="sections to run (inference baselines metrics training threads precision patchify dvc_noop "
+                         "repro); repro, the whole pipeline from nothing, runs in the full mode only unless named here")
     ap.add_argument("--mirror", default="../shared/datasets")
-    ap.add_argument("--compile", action="store_true", help="time torch.compile in the inference section also in --quick mode")
-    ap.add_argument("--merge", action="store_true", help="replace only the sections run in the existing OUT/bench.json, keep the others")
+    ap.add_argument("--compile", action="store_true",
+                    help="time torch.compile in the inference section also in --quick mode")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the sections run in the existing OUT/bench.json, keep the others")
     args = ap.parse_args(argv)
     quick = args.quick
     sections = set(args.only or [s for s in SECTIONS if s != "repro" or not quick])
@@ -544,26 +568,35 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"mode": mode, "machine": machine(), "section_modes": {}}
     if "inference" in sections:
         models = ["dncnn", "redae"] if quick else ["dncnn", "redae", "cdae", "irunet", "srresnet", "lapsrn"]
-        result["inference"] = bench_inference(models, size=384 if quick else 768, tile=128 if quick else 256, repeats=3 if quick else 5,
+        result["inference"] = bench_inference(models, size=384 if quick else 768, tile=128 if quick else 256,
+                                              repeats=3 if quick else 5,
                                               compile=args.compile or not quick)
     if "baselines" in sections:
-        result["baselines"] = bench_baselines(["median", "nlmeans"] if quick else ["median", "nlmeans", "bm3d"], size=128 if quick else 256, repeats=1 if quick else 3)
+        result["baselines"] = bench_baselines(["median", "nlmeans"] if quick else ["median", "nlmeans", "bm3d"],
+                                              size=128 if quick else 256, repeats=1 if quick else 3)
     if "metrics" in sections:
         result["metrics"] = bench_metrics(2 if quick else 6, 256 if quick else 512, args.assets)
     if "training" in sections:
-        result["training"] = bench_training(["redae"] if quick else ["redae", "dncnn", "irunet", "cdae"], steps=5 if quick else 20,
-                                            batch=8 if quick else 16, patch=40, repeats=1 if quick else 3, min_seconds=0 if quick else 3.0)
+        result["training"] = bench_training(["redae"] if quick else ["redae", "dncnn", "irunet", "cdae"],
+                                            steps=5 if quick else 20,
+                                            batch=8 if quick else 16, patch=40, repeats=1 if quick else 3,
+                                            min_seconds=0 if quick else 3.0)
     if "threads" in sections:
-        result["threads"] = bench_threads(["dncnn"] if quick else ["dncnn", "redae", "irunet"], size=256 if quick else 512,
+        result["threads"] = bench_threads(["dncnn"] if quick else ["dncnn", "redae", "irunet"],
+                                          size=256 if quick else 512,
                                           repeats=1 if quick else 7, train_repeats=1 if quick else 3,
                                           train_models=["dncnn"] if quick else ["dncnn", "irunet"],
                                           steps=8 if quick else 30, batch=8 if quick else 16, patch=40)
     if "precision" in sections:
-        result["precision"] = bench_precision(["dncnn"] if quick else ["dncnn", "redae", "irunet", "cdae"], size=256 if quick else 512,
-                                              repeats=1 if quick else 7, train_models=["dncnn"] if quick else ["dncnn", "irunet"],
-                                              steps=8 if quick else 40, batch=8 if quick else 16, patch=40, train_repeats=1 if quick else 2)
+        result["precision"] = bench_precision(["dncnn"] if quick else ["dncnn", "redae", "irunet", "cdae"],
+                                              size=256 if quick else 512,
+                                              repeats=1 if quick else 7,
+                                              train_models=["dncnn"] if quick else ["dncnn", "irunet"],
+                                              steps=8 if quick else 40, batch=8 if quick else 16, patch=40,
+                                              train_repeats=1 if quick else 2)
     if "patchify" in sections:
-        result["patchify"] = bench_patchify(Path.cwd(), size=256 if quick else 768, stride=20 if quick else 10, mirror=args.mirror)
+        result["patchify"] = bench_patchify(Path.cwd(), size=256 if quick else 768, stride=20 if quick else 10,
+                                            mirror=args.mirror)
     if "dvc_noop" in sections:
         result["dvc_noop"] = bench_dvc_noop(Path.cwd())
     if "repro" in sections:
@@ -572,9 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.merge and (out / "bench.json").is_file():
         old = json.loads((out / "bench.json").read_text())
-        modes = {**{k: old.get("mode", "?") for k in SECTIONS if k in old}, **old.get("section_modes", {}), **result["section_modes"]}
+        modes = {**{k: old.get("mode", "?") for k in SECTIONS if k in old}, **old.get("section_modes", {}),
+                 **result["section_modes"]}
         result = {**old, **result, "section_modes": modes}
-        result["mode"] = mode if set(modes.values()) == {mode} else "mixed: " + ", ".join(f"{k} {v}" for k, v in modes.items())
+        result["mode"] = (
+            mode if set(modes.values()) == {mode} else "mixed: " + ", ".join(f"{k} {v}" for k, v in modes.items())
+        )
     write_json_atomic(out / "bench.json", result)
     write_text_atomic(out / "bench.md", markdown(result))
     print(markdown(result))

@@ -34,13 +34,16 @@ def bench_patchify(root: Path, size: int, stride: int, mirror: str) -> dict:
 def bench_dvc_noop(root: Path) -> dict:
     """``dvc repro`` when nothing changed (skipped when the pipeline is not up to date)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=root, env=env, capture_output=True, text=True, check=False)
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--quiet"], cwd=root, env=env, capture_output=True,
+                            text=True, check=False)
     if status.returncode != 0:
         return {"skipped": "the pipeline is not up to date here (run `make repro` first)"}
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, check=False)
+    res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True,
+                         check=False)
     seconds = time.perf_counter() - t
-    return {"seconds": round(seconds, 3), "goal_seconds": 10, "ran_nothing": "Running stage" not in res.stdout, "returncode": res.returncode}
+    return {"seconds": round(seconds, 3), "goal_seconds": 10, "ran_nothing": "Running stage" not in res.stdout,
+            "returncode": res.returncode}
 
 
 def bench_repro(root: Path, shared: Path, targets: list[str] | None = None) -> dict:
@@ -57,7 +60,8 @@ def bench_repro(root: Path, shared: Path, targets: list[str] | None = None) -> d
         return {"skipped": f"{shared}: no shared folder (CHASE_DB1 mirror, pyiqa assets) here"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip())
     with tempfile.TemporaryDirectory(prefix="medrestore-bench-repro-") as tmp:
@@ -112,5 +116,6 @@ def compare_locks(ours: Path, theirs: Path, stages: set[str], timings: tuple[str
     timed = sorted(k for k in b if k.endswith(timings))
     checked = [k for k in b if k not in timed]
     differing = sorted(k for k in checked if a.get(k) != b[k])
-    return {"outputs_compared": len(checked), "outputs_identical": len(checked) - len(differing), "outputs_differing": differing,
+    return {"outputs_compared": len(checked), "outputs_identical": len(checked) - len(differing),
+            "outputs_differing": differing,
             "timing_outputs": timed}

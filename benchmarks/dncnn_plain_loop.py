@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrestore.pipeline.train import train_targets
 from medrestore.data.patches import load_patches
 from medrestore.models.dncnn import DnCNN
+from medrestore.pipeline.train import train_targets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     art = REPO / "artifacts"
-    clean, noisy = train_targets(art / "patches", art / "corrupt/denoise-g25"), load_patches(art / "corrupt/denoise-g25", "train")
+    clean, noisy = train_targets(art / "patches",
+                                 art / "corrupt/denoise-g25"), load_patches(art / "corrupt/denoise-g25", "train")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).float() / 255
@@ -62,7 +63,8 @@ def main() -> None:
         loss.backward()
         opt.step()
         if step % 50 == 0:
-            print(step, f"{time.time() - start:.1f} s", f"loss {loss.item():.5f}", f"eval {psnr(False):.2f}", f"trainmode {psnr(True):.2f}", flush=True)
+            print(step, f"{time.time() - start:.1f} s", f"loss {loss.item():.5f}", f"eval {psnr(False):.2f}",
+                  f"trainmode {psnr(True):.2f}", flush=True)
 
 
 if __name__ == "__main__":

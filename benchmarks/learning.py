@@ -42,7 +42,8 @@ class _Clock:
 
     def log_metrics(self, values: dict, step: int | None = None) -> None:
         if "val_psnr" in values:
-            self.rows.append({"step": step, "seconds": round(time.perf_counter() - self.start, 2), **{k: round(v, 4) for k, v in values.items()}})
+            self.rows.append({"step": step, "seconds": round(time.perf_counter() - self.start, 2),
+                              **{k: round(v, 4) for k, v in values.items()}})
             print(json.dumps(self.rows[-1]), file=sys.stderr, flush=True)
 
 
@@ -80,7 +81,8 @@ def _keep_snapshots(folder: Path, steps: set[int], cfg) -> None:
             if step in steps and not trainer.sanity_checking:
                 net = copy.deepcopy(pl_module.net).cpu().eval().to(memory_format=torch.contiguous_format)
                 save_model(net, folder / f"step-{step:05d}", name=cfg.model, kwargs=cfg.model_kwargs,
-                           extra={"train": {"steps": step, "val_psnr": round(float(trainer.callback_metrics["val_psnr"]), 4)}})
+                           extra={"train": {"steps": step,
+                                            "val_psnr": round(float(trainer.callback_metrics["val_psnr"]), 4)}})
 
     _extend_trainer(callbacks=[Snapshot()])
 
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--profile", default=None, help="train.profile to start from (default: params.yaml's)")
     ap.add_argument("--init", default=None, help="a model folder whose weights start the network")
-    ap.add_argument("--scratch", action="store_true", help="random start even for a train.finetune run (which starts from its init)")
+    ap.add_argument("--scratch", action="store_true",
+                    help="random start even for a train.finetune run (which starts from its init)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--save", type=Path, help="keep the trained model folder here")
     ap.add_argument("--snapshots", type=Path, help="keep model folders of the network at --snapshot-steps here")
@@ -105,9 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from benchmarks.bench import cpu_model
-    from medrestore.data.patches import load_fov, load_patches
     from medrestore.core.io import load_params, read_json
     from medrestore.core.params import run_entry, train_settings
+    from medrestore.data.patches import load_fov, load_patches
     from medrestore.pipeline.train import train_targets
     from medrestore.training.config import TrainConfig
     from medrestore.training.engine import train_model
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
         settings["init_from"] = str(Path(args.init).resolve())
     if args.scratch:
         settings.pop("init_from", None)
-    print(f"[learning] {args.run}: starts from {settings.get('init_from') or 'random weights'}", file=sys.stderr, flush=True)
+    print(f"[learning] {args.run}: starts from {settings.get('init_from') or 'random weights'}", file=sys.stderr,
+          flush=True)
     cfg = TrainConfig.from_params(settings)
     patches, corrupted = REPO / "artifacts/patches", REPO / "artifacts/corrupt" / entry["task"]
     corruption = read_json(corrupted / "corruption.json")

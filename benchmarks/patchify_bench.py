@@ -40,8 +40,8 @@ def _peak_rss_mib() -> float:
 
 
 def _child(args: argparse.Namespace) -> None:
-    from medrestore.data.patches import patchify
     from medrestore.core.io import read_json
+    from medrestore.data.patches import patchify
 
     result = {"baseline_rss_mib": _peak_rss_mib()}
     if args.stage == "corrupt":
@@ -52,12 +52,14 @@ def _child(args: argparse.Namespace) -> None:
         shutil.rmtree(out, ignore_errors=True)
         tracemalloc.start()
         t = time.perf_counter()
-        summary = corrupt_task(Path(args.patches), out, task="bench-g25", spec=spec, seed=0, prepared_dir=Path(args.prepared))
+        summary = corrupt_task(Path(args.patches), out, task="bench-g25", spec=spec, seed=0,
+                               prepared_dir=Path(args.prepared))
         seconds = time.perf_counter() - t
         _, py_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         patches = sum(int(v["count"]) for v in summary["splits"].values())
-        result.update(patches=patches, seconds=round(seconds, 3), patches_per_second=round(patches / seconds) if patches else None,
+        result.update(patches=patches, seconds=round(seconds, 3),
+                      patches_per_second=round(patches / seconds) if patches else None,
                       python_peak_mib=py_peak / 2**20)
         shutil.rmtree(out, ignore_errors=True)
     elif args.prepared:
@@ -81,7 +83,8 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def _measure(prepared: Path | None, out: Path, args: argparse.Namespace, *, stage: str = "patchify", patches: Path | None = None,
+def _measure(prepared: Path | None, out: Path, args: argparse.Namespace, *, stage: str = "patchify",
+             patches: Path | None = None,
              keep: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--patch-size", str(args.patch_size), "--stride", str(args.stride),
            "--out", str(out), "--stage", stage]
@@ -96,13 +99,14 @@ def _measure(prepared: Path | None, out: Path, args: argparse.Namespace, *, stag
 
 
 def _build(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    from medrestore.core.io import write_json_atomic
     from medrestore.data.names import safe_name
     from medrestore.data.prepare import prepare_sources
     from medrestore.data.sources import gather
-    from medrestore.core.io import write_json_atomic
 
     sources = work / "sources"
-    records = gather(["chase_db1"], sources, mirror=Path(args.mirror), folder=work, cache_dir=work / "cache", allow_network=False)
+    records = gather(["chase_db1"], sources, mirror=Path(args.mirror), folder=work, cache_dir=work / "cache",
+                     allow_network=False)
     manifest = {"images": [r.as_dict(sources) for r in records]}
     one = work / "prepared_1x"
     prepared = prepare_sources(manifest, sources, one, size=args.size, mode="border_centre", fov_threshold=0.1)
@@ -154,7 +158,9 @@ def main() -> None:
     report["corrupt_x1"] = _measure(one, work / "corrupt", args, stage="corrupt", patches=work / "patches_x1")
     report["corrupt_x4"] = _measure(four, work / "corrupt", args, stage="corrupt", patches=work / "patches_x4")
     report["peak_rss_growth_x4_over_x1_mib"] = round(report["x4"]["peak_rss_mib"] - report["x1"]["peak_rss_mib"], 1)
-    report["corrupt_peak_rss_growth_x4_over_x1_mib"] = round(report["corrupt_x4"]["peak_rss_mib"] - report["corrupt_x1"]["peak_rss_mib"], 1)
+    report["corrupt_peak_rss_growth_x4_over_x1_mib"] = round(
+        report["corrupt_x4"]["peak_rss_mib"] - report["corrupt_x1"]["peak_rss_mib"], 1
+    )
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=2))

@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     os.chdir(REPO)
     import numpy as np
 
-    from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
-    from medrestore.evaluation.scoring import task_scale
-    from medrestore.serving.inference import restore_array
     from medrestore.core.io import load_params, read_image, read_json, read_mask
+    from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
     from medrestore.evaluation.metrics import full_reference
+    from medrestore.evaluation.scoring import task_scale
     from medrestore.models import load_model
+    from medrestore.serving.inference import restore_array
 
     ev = load_params("evaluate")
     patches, corrupt = REPO / "artifacts/patches", REPO / "artifacts/corrupt" / args.task
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
             scores = full_reference(image, clean, fov)
             rows.setdefault(case["variant"], {}).setdefault(name, []).append(
                 {"image": case["id"], **{k: round(scores[k], 4) for k in ("psnr_fov", "psnr", "ssim")}})
-    result = {variant: {name: {"mean": {k: round(float(np.mean([r[k] for r in rs])), 3) for k in ("psnr_fov", "psnr", "ssim")},
+    result = {variant: {name: {"mean": {k: round(float(np.mean([r[k] for r in rs])),
+                                                 3) for k in ("psnr_fov", "psnr", "ssim")},
                                "images": rs} for name, rs in by_name.items()} for variant, by_name in rows.items()}
     text = json.dumps(result, indent=1)
     if args.out:

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 
-def stage_rows(runs: list[tuple[str, float, float]], since: float | None = None, exclude: tuple[tuple[str, float], ...] = ()) -> list[dict]:
+def stage_rows(runs: list[tuple[str, float, float]], since: float | None = None,
+               exclude: tuple[tuple[str, float], ...] = ()) -> list[dict]:
     """``runs``: (stage, start, end) in seconds, any order. One row per run in start order: ``wall``
     from the previous row's end (or ``since``) to this end, ``in_run`` its own span, ``between`` the rest.
     ``exclude``: (stage, start) of runs to leave out (a run of a stage that a later params change
@@ -34,7 +35,8 @@ def stage_rows(runs: list[tuple[str, float, float]], since: float | None = None,
             continue
         if start < previous:
             raise ValueError(f"stage {stage} started at {start:.1f}, before the previous one ended ({previous:.1f}): "
-                             "runs of more than one repro (or of parallel workers) are mixed. Fix: narrow --since/--until.")
+                             "runs of more than one repro (or of parallel workers) are mixed. Fix: narrow "
+                             "--since/--until.")
         rows.append({"stage": stage, "wall": end - previous, "in_run": end - start, "between": start - previous})
         previous = end
     return rows
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     ap.add_argument("--title", default="")
     ap.add_argument("--exclude", nargs="*", default=[], metavar="STAGE@START",
-                    help="leave out the run of STAGE that started at START (seconds since the epoch, as printed with --starts)")
+                    help="leave out the run of STAGE that started at START (seconds since the epoch, as printed with "
+                         "--starts)")
     ap.add_argument("--starts", action="store_true", help="print each run's start time too")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -74,8 +77,8 @@ def main(argv: list[str] | None = None) -> str:
     runs = [(r.data.tags.get("dvc_stage", r.info.run_name), r.info.start_time / 1000, r.info.end_time / 1000)
             for r in found if r.info.end_time is not None and "dvc_stage" in r.data.tags]
     if not runs:
-        raise SystemExit(f"no stage runs (MLflow runs tagged dvc_stage) in {args.tracking_uri} between --since and --until. "
-                         "Fix: check --tracking-uri (the repro's store) and the times.")
+        raise SystemExit(f"no stage runs (MLflow runs tagged dvc_stage) in {args.tracking_uri} between --since and "
+                         "--until. Fix: check --tracking-uri (the repro's store) and the times.")
     exclude = tuple((item.rpartition("@")[0], float(item.rpartition("@")[2])) for item in args.exclude)
     if args.starts:
         for stage, start, end in sorted(runs, key=lambda r: r[1]):

@@ -1,4 +1,5 @@
-"""evaluate TASK: restore the test images with every model and baseline of one task and score them. The stage: medrestore.pipeline.evaluate."""
+"""evaluate TASK: restore the test images with every model and baseline of one task and score them. The stage:
+medrestore.pipeline.evaluate."""
 
 from medrestore.pipeline.evaluate import main
 from medrestore.pipeline.stage import execute

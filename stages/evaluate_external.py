@@ -1,4 +1,5 @@
-"""evaluate_external TASK: the task's models and baselines on photographs from other cameras. The stage: medrestore.pipeline.evaluate_external."""
+"""evaluate_external TASK: the task's models and baselines on photographs from other cameras. The stage:
+medrestore.pipeline.evaluate_external."""
 
 from medrestore.pipeline.evaluate_external import main
 from medrestore.pipeline.stage import execute

@@ -1,4 +1,5 @@
-"""patchify: split by image (or region) and cut train/val patches inside the FOV. The stage: medrestore.pipeline.patchify."""
+"""patchify: split by image (or region) and cut train/val patches inside the FOV. The stage:
+medrestore.pipeline.patchify."""
 
 from medrestore.pipeline.patchify import main
 from medrestore.pipeline.stage import execute

@@ -1,4 +1,5 @@
-"""report: the published report (HTML, Markdown, metrics.json, claims.json, figures); the best converged model of each task registered in MLflow. The stage: medrestore.pipeline.report."""
+"""report: the published report (HTML, Markdown, metrics.json, claims.json, figures); the best converged model of each
+task registered in MLflow. The stage: medrestore.pipeline.report."""
 
 from medrestore.pipeline.report import main
 from medrestore.pipeline.stage import execute

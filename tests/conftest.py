@@ -68,7 +68,13 @@ def copy_checkout(dest: Path) -> Path:
 def cut_patches(region: np.ndarray, size: int, stride: int) -> np.ndarray:
     """Every ``size`` x ``size`` patch of ``region`` whose corner lies on the ``stride`` grid (row by row)."""
     h, w = region.shape[:2]
-    return np.stack([region[y : y + size, x : x + size] for y in range(0, h - size + 1, stride) for x in range(0, w - size + 1, stride)])
+    return np.stack(
+        [
+            region[y : y + size, x : x + size]
+            for y in range(0, h - size + 1, stride)
+            for x in range(0, w - size + 1, stride)
+        ]
+    )
 
 
 def noisy_copies(clean: np.ndarray, salt: int, sigma: float = 25) -> np.ndarray:
@@ -93,7 +99,9 @@ def shrink_params(params: dict, *, datasets: Path | None = None, sources: list[s
     if params.get("evaluate_external"):  # one evaluate_external stage per remaining denoising task
         params["evaluate_external"]["tasks"] = [t for t in params["evaluate_external"]["tasks"] if t in tasks]
     # vessel-aware runs whose plain twin was dropped go too (their base must be a train.runs entry)
-    train["vessel"] = {k: v for k, v in (train.get("vessel") or {}).items() if v["base"] in train["runs"] and v["task"] in tasks}
+    train["vessel"] = {
+        k: v for k, v in (train.get("vessel") or {}).items() if v["base"] in train["runs"] and v["task"] in tasks
+    }
     params.setdefault("runtime", {})["progress_bar"] = False
     return params
 
@@ -155,10 +163,12 @@ def kill_and_resume(tmp_path, script_text: str, arrays: dict, settle: float) -> 
         np.save(tmp_path / name, arr)
     script = tmp_path / "train.py"
     script.write_text(script_text)
-    reference = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "ref")], check=False, capture_output=True, text=True)
+    reference = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "ref")], check=False,
+                               capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-2000:]
 
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     ckpts: list = []
     while time.time() < deadline and proc.poll() is None:
@@ -173,7 +183,8 @@ def kill_and_resume(tmp_path, script_text: str, arrays: dict, settle: float) -> 
     assert ckpts, "no checkpoint was written before the kill"
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], check=False, capture_output=True, text=True)
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "out")], check=False,
+                             capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     for name in ("model.safetensors", "metrics.json", "curve.csv"):
@@ -188,7 +199,9 @@ def prepare_chase(root: Path, chase_dir: Path, size: int, keep=lambda recs: recs
     from medrestore.data.prepare import prepare_sources
     from medrestore.data.sources import gather
 
-    recs = gather(["chase_db1"], root / "sources", mirror=chase_dir.parent, folder=root, cache_dir=root, allow_network=False)
+    recs = gather(["chase_db1"], root / "sources", mirror=chase_dir.parent, folder=root, cache_dir=root,
+                  allow_network=False)
     manifest = {"images": [r.as_dict(root / "sources") for r in keep(recs)]}
-    return prepare_sources(manifest, root / "sources", root / "prepared", size=size, mode="border_centre", fov_threshold=0.1)
+    return prepare_sources(manifest, root / "sources", root / "prepared", size=size, mode="border_centre",
+                           fov_threshold=0.1)
 

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medrestore.core.io import read_image, write_json_atomic, write_png_atomic
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.names import safe_name
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt
-from medrestore.evaluation.scoring import per_image_table, summarise
-from medrestore.core.io import read_image, write_json_atomic, write_png_atomic
 from medrestore.evaluation.metrics import full_reference
+from medrestore.evaluation.scoring import per_image_table, summarise
 
 STEMS = ("Image_01L", "Image_01R", "Image_02L", "Image_02R")
 SIZE = 96
@@ -50,7 +50,8 @@ def cases(chase_dir: Path) -> tuple[tuple[str, np.ndarray, np.ndarray, np.ndarra
     """(image id, clean, fov, degraded) of the four test photographs."""
     out = []
     for i, stem in enumerate(STEMS):
-        img, fov, _ = prepare_arrays(read_image(chase_dir / f"{stem}.jpg"), load_mask(chase_dir / f"{stem}_1stHO.png"), size=SIZE)
+        img, fov, _ = prepare_arrays(read_image(chase_dir / f"{stem}.jpg"), load_mask(chase_dir / f"{stem}_1stHO.png"),
+                                     size=SIZE)
         degraded, _ = corrupt(img, {"kind": "cataract"}, [i], fov)
         out.append((f"chase_db1/{stem}", img, fov, degraded))
     return tuple(out)
@@ -72,7 +73,8 @@ def scores(chase_dir: Path, index: int, method: str, all_broken: bool) -> dict[s
     """The project's full-reference metrics of one method's output on one photograph."""
     _, clean, fov, degraded = cases(chase_dir)[index]
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine's cores are shared with training runs: one thread is many times faster there
+    # the test machine's cores are shared with training runs: one thread is many times faster there
+    torch.set_num_threads(1)
     try:
         return full_reference(outputs(clean, degraded, all_broken)[method][1], clean, fov)
     finally:
@@ -85,7 +87,8 @@ def evaluation(chase_dir: Path, task: str = "enhance", all_broken: bool = False)
     rows = []
     for i, (image_id, clean, _, degraded) in enumerate(cases(chase_dir)):
         for method, (kind, _) in outputs(clean, degraded, all_broken).items():
-            rows.append({"task": task, "method": method, "kind": kind, "image_id": image_id, "variant": VARIANT, "sigma": 0.0, "scale": 1,
+            rows.append({"task": task, "method": method, "kind": kind, "image_id": image_id, "variant": VARIANT,
+                         "sigma": 0.0, "scale": 1,
                          **scores(chase_dir, i, method, all_broken and method == "cyclegan")})
     table = per_image_table(rows)
     return table, {"variants": [VARIANT], "methods": summarise(table, 0)}
@@ -112,6 +115,8 @@ def write_workspace(root: Path, chase_dir: Path, task: str = "enhance", all_brok
     for model in (BROKEN, "cyclegan"):
         folder = Path(root) / "models" / task / model
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "curve.csv").write_text("step,train_loss,lr,val_loss,val_psnr\n" + "".join(f"{10 * i},0.1,0.0002,0.1,15.0\n" for i in range(1, 9)))
+        (folder / "curve.csv").write_text(
+            "step,train_loss,lr,val_loss,val_psnr\n" + "".join(f"{10 * i},0.1,0.0002,0.1,15.0\n" for i in range(1, 9))
+        )
         write_json_atomic(folder / "metrics.json", {"steps": 80, "best_val_psnr": 15.0})
     return table, summary

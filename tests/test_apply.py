@@ -4,19 +4,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medrestore.serving.restore import encode_native, read_native, resolve_model, restore_files
 from medrestore.cli import main
-from medrestore.data.fov import detect_fov
 from medrestore.core.io import InputError, read_image
+from medrestore.data.fov import detect_fov
 from medrestore.models import build_model, save_model
+from medrestore.serving.restore import encode_native, read_native, resolve_model, restore_files
 
 
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     (root / "dvc.yaml").write_text("stages: {}\n")
-    for task, name, kwargs in (("denoise-g25", "redae", {}), ("denoise-blind", "redae", {}), ("denoise-g25", "cdae", {"channels": 1})):
-        save_model(build_model(name, **kwargs).eval(), root / "artifacts" / "models" / task / name, name=name, kwargs=kwargs)
+    for task, name, kwargs in (("denoise-g25", "redae", {}), ("denoise-blind", "redae", {}),
+                               ("denoise-g25", "cdae", {"channels": 1})):
+        save_model(build_model(name, **kwargs).eval(), root / "artifacts" / "models" / task / name, name=name,
+                   kwargs=kwargs)
     return root
 
 
@@ -55,7 +57,8 @@ def test_restore_keeps_format_alpha_and_outside_fov(tmp_path, models_root, chase
     rgba = np.dstack([eye[:100, :120], np.full((100, 120), 200, np.uint8)])
     Image.fromarray(rgba).save(tmp_path / "eye_alpha.png")
     written, errors = restore_files(str(models_root / "artifacts/models/denoise-g25/redae"),
-                                    [str(tmp_path / "eye.jpg"), str(tmp_path / "eye_alpha.png")], tmp_path / "out", tile=128, progress=False, log=lambda *_: None)
+                                    [str(tmp_path / "eye.jpg"), str(tmp_path / "eye_alpha.png")], tmp_path / "out",
+                                    tile=128, progress=False, log=lambda *_: None)
     assert errors == [] and [p.name for p in written] == ["eye.jpg", "eye_alpha.png"]
     with Image.open(tmp_path / "out" / "eye.jpg") as im:
         assert im.format == "JPEG" and im.size == (eye.shape[1], eye.shape[0])
@@ -73,7 +76,9 @@ def test_restore_keeps_format_alpha_and_outside_fov(tmp_path, models_root, chase
     assert np.abs(out[fov].astype(int) - eye[fov]).mean() > 0.5
 
 
-def test_cli_reports_wrong_channels_and_broken_files_and_restores_the_rest(tmp_path, models_root, chase_image, capsys, monkeypatch):
+def test_cli_reports_wrong_channels_and_broken_files_and_restores_the_rest(
+    tmp_path, models_root, chase_image, capsys, monkeypatch
+):
     monkeypatch.chdir(models_root)
     Image.fromarray(chase_image[:96, :96]).save(tmp_path / "colour.png")
     Image.fromarray(chase_image[:96, :96, 1]).save(tmp_path / "grey.png")
@@ -104,7 +109,8 @@ def test_cli_restores_in_bf16_and_refuses_an_unknown_precision(tmp_path, models_
     Image.fromarray(chase_image[200:328, 300:428]).save(tmp_path / "c.png")
     outs = {}
     for precision in ("float32", "bf16"):
-        assert main(["restore", "--model", "denoise-g25/redae", str(tmp_path / "c.png"), "--out", str(tmp_path / precision),
+        assert main(["restore", "--model", "denoise-g25/redae", str(tmp_path / "c.png"), "--out",
+                     str(tmp_path / precision),
                      "--no-progress", "--precision", precision]) == 0
         outs[precision] = read_image(tmp_path / precision / "c.png").astype(int)
     diff = np.abs(outs["bf16"] - outs["float32"])
@@ -119,14 +125,15 @@ def test_restore_with_its_defaults_gives_the_evaluations_bytes(tmp_path, models_
     pixels the evaluation stage scores (the whole image restored, tiles of 512 with 32 px overlap)."""
     from medrestore.cli import main
     from medrestore.degradations import corrupt, to_float, to_uint8
-    from medrestore.serving.inference import restore_array
     from medrestore.models import load_model
+    from medrestore.serving.inference import restore_array
 
     eye = chase_image[::3, ::3]
     noisy, _ = corrupt(eye, {"kind": "gaussian", "sigma": 25}, [7])
     Image.fromarray(noisy).save(tmp_path / "noisy.png")
     folder = models_root / "artifacts/models/denoise-g25/redae"
-    assert main(["restore", "--model", str(folder), str(tmp_path / "noisy.png"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert main(["restore", "--model", str(folder), str(tmp_path / "noisy.png"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
     model, _ = load_model(folder)
     evaluated = to_uint8(restore_array(model, to_float(noisy), tile=512, overlap=32))  # pipeline/evaluate.py's call
     assert np.array_equal(read_image(tmp_path / "out" / "noisy.png"), evaluated)

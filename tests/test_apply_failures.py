@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image, ImageOps, ImageSequence
 
-from medrestore.serving.restore import MIN_SIDE, read_native, restore_files
 from medrestore.cli import main
 from medrestore.core.io import InputError, read_image
 from medrestore.models import build_model, save_model
+from medrestore.serving.restore import MIN_SIDE, read_native, restore_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -68,7 +68,8 @@ def test_two_inputs_with_one_file_name_are_refused_before_anything_is_restored(t
 def test_one_file_listed_twice_is_restored_once(tmp_path, identity, chase_image):
     Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
     logged = []
-    written, errors = restore_files(str(identity), [str(tmp_path / "x.png"), str(tmp_path / "." / "x.png")], tmp_path / "out",
+    written, errors = restore_files(str(identity), [str(tmp_path / "x.png"), str(tmp_path / "." / "x.png")],
+                                    tmp_path / "out",
                                     progress=False, log=logged.append)
     assert errors == [] and written == [tmp_path / "out" / "x.png"]
     assert any("listed more than once" in line for line in logged)
@@ -83,7 +84,8 @@ def test_exif_rotated_jpeg_comes_back_displayed_like_its_input(tmp_path, identit
     Image.fromarray(crop).save(tmp_path / "rot.jpg", quality=95, exif=exif.tobytes())
     with Image.open(tmp_path / "rot.jpg") as im:
         shown_in = np.asarray(ImageOps.exif_transpose(im).convert("RGB")).astype(int)
-    written, errors = restore_files(str(identity), [str(tmp_path / "rot.jpg")], tmp_path / "out", fov="none", progress=False, log=_quiet)
+    written, errors = restore_files(str(identity), [str(tmp_path / "rot.jpg")], tmp_path / "out", fov="none",
+                                    progress=False, log=_quiet)
     assert errors == []
     with Image.open(written[0]) as im:
         assert im.format == "JPEG"
@@ -129,7 +131,8 @@ def test_sixteen_bit_colour_orientation_applied_as_pillow_does(tmp_path, chase_i
     got = np.round(img.pixels * 255).astype(int)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1
-    assert np.array_equal(np.round(img.pixels * 65535).astype(np.uint16), _orient_like_pillow(rgb16, orientation))  # all 16 bits
+    # all 16 bits
+    assert np.array_equal(np.round(img.pixels * 65535).astype(np.uint16), _orient_like_pillow(rgb16, orientation))
 
 
 def _orient_like_pillow(arr, orientation):
@@ -153,7 +156,8 @@ def test_animated_gif_keeps_every_frame_durations_and_loop(tmp_path, identity, c
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=[100, 200, 300], loop=0)
     with Image.open(tmp_path / "anim.gif") as im:
         shown_in = [np.asarray(f.convert("RGB")).astype(int) for f in ImageSequence.Iterator(im)]
-    written, errors = restore_files(str(identity), [str(tmp_path / "anim.gif")], tmp_path / "out", fov="none", progress=False, log=_quiet)
+    written, errors = restore_files(str(identity), [str(tmp_path / "anim.gif")], tmp_path / "out", fov="none",
+                                    progress=False, log=_quiet)
     assert errors == [] and written == [tmp_path / "out" / "anim.gif"]
     with Image.open(written[0]) as im:
         assert im.format == "GIF" and im.n_frames == 3 and im.info.get("loop") == 0
@@ -170,8 +174,10 @@ def test_animated_gif_keeps_every_frame_durations_and_loop(tmp_path, identity, c
 def test_multi_frame_png_webp_and_tiff_keep_every_frame(tmp_path, identity, chase_image, fmt, name):
     frames = [Image.fromarray(f) for f in _frames(chase_image, 2)]
     extra = {"duration": [120, 80], "loop": 2} if fmt != "TIFF" else {}
-    frames[0].save(tmp_path / name, format=fmt, save_all=True, append_images=frames[1:], **({"lossless": True} if fmt == "WEBP" else {}), **extra)
-    written, errors = restore_files(str(identity), [str(tmp_path / name)], tmp_path / "out", fov="none", progress=False, log=_quiet)
+    frames[0].save(tmp_path / name, format=fmt, save_all=True, append_images=frames[1:],
+                   **({"lossless": True} if fmt == "WEBP" else {}), **extra)
+    written, errors = restore_files(str(identity), [str(tmp_path / name)], tmp_path / "out", fov="none", progress=False,
+                                    log=_quiet)
     assert errors == []
     with Image.open(written[0]) as im:
         assert im.format == fmt and im.n_frames == 2
@@ -226,7 +232,8 @@ def test_an_output_that_cannot_be_written_fails_that_file_only(tmp_path, identit
     for name in ("x.png", "y.png"):
         Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / name)
     (tmp_path / "out" / "x.png").mkdir(parents=True)  # a folder where the output goes
-    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--out",
+                 str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and f"{tmp_path / 'out' / 'x.png'}: a folder" in err and "1 restored, 1 failed" in err
     assert (tmp_path / "out" / "y.png").is_file()
@@ -244,18 +251,21 @@ def test_broken_model_json_is_a_clear_error_naming_it(tmp_path, chase_image, cap
     folder = _dncnn(tmp_path / "model")
     (folder / "model.json").write_text(text)
     Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
-    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+                 "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
     assert "model.json" in err and words in err and "Fix:" in err
     assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------ tiling values, weights and outputs that are not numbers
+# ------------------------------------------------------------------ tiling values, weights and outputs that are not
+# numbers
 @pytest.mark.parametrize("flag,value", [("--tile", "0"), ("--tile", "-8"), ("--overlap", "-10")])
 def test_invalid_tile_or_overlap_is_refused_before_restoring(tmp_path, identity, chase_image, capsys, flag, value):
     Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
-    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), flag, value, "--no-progress"])
+    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), flag,
+                 value, "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
     assert f"{flag} {value}" in err and "Fix:" in err
@@ -271,7 +281,8 @@ def test_weights_holding_nan_are_refused_at_load(tmp_path, chase_image, capsys):
     state[key][0].view(-1)[0] = float("nan")
     save_file(state, str(folder / "model.safetensors"))
     Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
-    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+                 "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
     assert "model.safetensors" in err and "NaN" in err and key in err and "Fix:" in err
@@ -288,7 +299,8 @@ def test_non_finite_output_is_refused_and_not_written(tmp_path, chase_image, cap
                 m.weight.copy_(torch.sign(torch.randn_like(m.weight)) * 1e30)
     save_model(model, folder, name="dncnn", kwargs=KW)
     Image.fromarray(chase_image[300:364, 300:364]).save(tmp_path / "x.png")
-    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(["restore", "--model", str(folder), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+                 "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1
     assert "NaN or infinite" in err and "x.png" in err and "Fix:" in err
@@ -301,7 +313,8 @@ def test_sixteen_bit_rgba_png_keeps_its_sixteen_bit_alpha(tmp_path, identity, ch
     rgb16 = chase_image[300:364, 300:364].astype(np.uint16) * 257 + 3
     alpha = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
     cv2.imwrite(str(tmp_path / "x.png"), np.dstack([rgb16[..., ::-1], alpha]))
-    written, errors = restore_files(str(identity), [str(tmp_path / "x.png")], tmp_path / "out", progress=False, log=_quiet)
+    written, errors = restore_files(str(identity), [str(tmp_path / "x.png")], tmp_path / "out", progress=False,
+                                    log=_quiet)
     assert errors == []
     back = cv2.imread(str(written[0]), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and back.shape == (64, 64, 4)
@@ -317,12 +330,14 @@ def test_output_that_is_another_input_is_never_overwritten(tmp_path, identity, c
     (tmp_path / "inB" / "link.png").symlink_to(tmp_path / "inA" / "x.png")
     original = (tmp_path / "inB/x.png").read_bytes()
     # inB/x.png, another photograph: a file this run did not write
-    code = main(["restore", "--model", str(identity), str(tmp_path / "inA/x.png"), "--out", str(tmp_path / "inB"), "--no-progress"])
+    code = main(["restore", "--model", str(identity), str(tmp_path / "inA/x.png"), "--out", str(tmp_path / "inB"),
+                 "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "already exists" in err and "--overwrite" in err and "Fix:" in err
     assert (tmp_path / "inB/x.png").read_bytes() == original
     # inA/x.png is an input (under another name): refused even with --overwrite
-    code = main(["restore", "--model", str(identity), str(tmp_path / "inB/link.png"), str(tmp_path / "inB/x.png"), "--out",
+    code = main(["restore", "--model", str(identity), str(tmp_path / "inB/link.png"), str(tmp_path / "inB/x.png"),
+                 "--out",
                  str(tmp_path / "inA"), "--overwrite", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "also an input" in err and "Fix:" in err
@@ -334,7 +349,8 @@ def test_existing_output_is_replaced_only_with_overwrite(tmp_path, identity, cha
     (tmp_path / "out").mkdir()
     Image.fromarray(chase_image[0:64, 0:64]).save(tmp_path / "out" / "x.png")
     other = (tmp_path / "out" / "x.png").read_bytes()
-    args = ["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"]
+    args = ["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+            "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "out" / "x.png") in err and "--overwrite" in err and "Fix:" in err
@@ -354,7 +370,8 @@ def test_interrupt_during_restore_is_a_message_not_a_traceback(tmp_path, identit
         raise KeyboardInterrupt
 
     monkeypatch.setattr(apply, "restore_array", interrupted)
-    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    code = main(["restore", "--model", str(identity), str(tmp_path / "x.png"), "--out", str(tmp_path / "out"),
+                 "--no-progress"])
     err = capsys.readouterr().err
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "x.png").exists()

@@ -79,14 +79,17 @@ def test_precision_section_times_bf16_autocast_and_its_fidelity(tmp_path):
 
     torch.manual_seed(3)
     save_model(build_model("cdae"), tmp_path / "cdae", name="cdae", kwargs={})  # a saved network: the "trained" path
-    res = bench.bench_precision(["cdae", "redae"], size=64, repeats=1, train_models=["cdae"], steps=5, batch=4, patch=32, weights=tmp_path)
+    res = bench.bench_precision(["cdae", "redae"], size=64, repeats=1, train_models=["cdae"], steps=5, batch=4,
+                                patch=32, weights=tmp_path)
     r = res["inference"]["cdae"]
     assert r["float32"] > 0 and r["bf16_autocast"] > 0 and r["weights"] == str(tmp_path / "cdae")
     assert 25 < r["bf16_psnr_vs_float32_db"] < 200  # bf16 differs from float32, but not by much
-    assert set(r["psnr_vs_clean_db"]) == {"noisy", "float32", "bf16_autocast"} and 15 < r["psnr_vs_clean_db"]["noisy"] < 25
+    assert set(r["psnr_vs_clean_db"]) == {"noisy", "float32",
+                                          "bf16_autocast"} and 15 < r["psnr_vs_clean_db"]["noisy"] < 25
     assert res["inference"]["redae"]["weights"] == "untrained" and "psnr_vs_clean_db" not in res["inference"]["redae"]
     t = res["training"]["cdae"]
-    assert set(t["step_ms"]) == set(t["val_psnr"]) == {"32-true", "bf16-mixed"} and all(v > 0 for v in t["step_ms"].values())
+    assert set(t["step_ms"]) == set(t["val_psnr"]) == {"32-true",
+                                                       "bf16-mixed"} and all(v > 0 for v in t["step_ms"].values())
     md = bench.markdown({"machine": {}, "mode": "test", "precision": res})
     assert "bf16 autocast" in md and "| cdae |" in md
 
@@ -186,6 +189,7 @@ def test_learning_benchmark_adds_gradient_clipping_and_callbacks_to_the_engines_
 
     before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 4)), batch_size=8)
-    engine.make_trainer(tmp_path, callbacks=[], max_steps=1, accelerator="cpu", enable_progress_bar=False).fit(Fit(), data)
+    engine.make_trainer(tmp_path, callbacks=[], max_steps=1, accelerator="cpu",
+                        enable_progress_bar=False).fit(Fit(), data)
     after = torch.cat([p.detach().flatten() for p in net.parameters()])
     assert float((after - before).norm()) == pytest.approx(0.25, rel=1e-4)

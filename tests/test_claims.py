@@ -3,14 +3,15 @@
 import pandas as pd
 import pytest
 
-from medrestore.report.claims import CLAIMS, PAPERS, Claim, check_claim, check_claims
 from medrestore.models import BASELINES, MODELS
+from medrestore.report.claims import CLAIMS, PAPERS, Claim, check_claim, check_claims
 
 CLAIM = Claim("Hayee2017", "A beats B", "denoise-g25", "s25", "psnr_fov", "dncnn", "redae")
 
 
 def table(a: list[float], b: list[float], metric: str = "psnr_fov") -> pd.DataFrame:
-    rows = [{"method": m, "variant": "s25", "image_id": f"img{i}", metric: v} for m, vals in (("dncnn", a), ("redae", b)) for i, v in enumerate(vals)]
+    rows = [{"method": m, "variant": "s25", "image_id": f"img{i}",
+             metric: v} for m, vals in (("dncnn", a), ("redae", b)) for i, v in enumerate(vals)]
     return pd.DataFrame(rows)
 
 
@@ -56,8 +57,8 @@ def test_a_claim_is_judged_over_subjects_with_both_eyes_together():
     subjects' mean differences, and the table says what it rests on."""
     import numpy as np
 
-    from medrestore.report.claims import claims_rows
     from medrestore.evaluation.scoring import interval
+    from medrestore.report.claims import claims_rows
 
     eyes = [f"chase_db1/Image_{c}{e}" for c in ("11", "12", "13", "14") for e in "LR"]
     subject = {i: f"chase_db1/{i[-3:-1]}" for i in eyes}
@@ -67,7 +68,9 @@ def test_a_claim_is_judged_over_subjects_with_both_eyes_together():
     result = check_claim(CLAIM, t, {}, 0)
     d = result["difference"]
     expected = interval(np.array(better) - np.array(worse), 0, [subject[i] for i in eyes], digits=4)
-    assert d["ci95"] == expected["ci95"] and d["mean"] == expected["mean"] and (d["n_images"], d["n_subjects"]) == (8, 4)
+    assert (
+        d["ci95"] == expected["ci95"] and d["mean"] == expected["mean"] and (d["n_images"], d["n_subjects"]) == (8, 4)
+    )
     assert result["values"]["dncnn"]["n_subjects"] == 4
     header, rows = claims_rows([result])
     assert rows[0][header.index("images / subjects")] == "8 / 4"
@@ -92,7 +95,8 @@ def test_a_claim_on_a_model_below_its_input_is_failed(tmp_path, chase_dir):
     assert {r["verdict"] for r in check_claims(tmp_path / "eval", converged, 0, on_enhance)} == {"failed"}
     psnr = Claim("Zhao2019", "CycleGAN-FC beats CycleGAN in PSNR", "enhance", VARIANT, "psnr_fov", BROKEN, "cyclegan")
     shown = check_claims(tmp_path / "eval", converged, 0, (psnr,))[0]
-    assert shown["verdict"] == "failed" and shown["values"][BROKEN]["mean"] < shown["values"]["cyclegan"]["mean"]  # numbers still shown
+    # numbers still shown
+    assert shown["verdict"] == "failed" and shown["values"][BROKEN]["mean"] < shown["values"]["cyclegan"]["mean"]
     # the other model, above its input, still makes its claims
     other = Claim("Zhao2019", "cyclegan beats the input", "enhance", VARIANT, "psnr_fov", "cyclegan", "degraded")
     assert check_claims(tmp_path / "eval", converged, 0, (other,))[0]["verdict"] == "reproduced"

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from medrestore.cli import main
-from medrestore.degradations import corrupt
 from medrestore.core.io import read_image, write_png_atomic
+from medrestore.degradations import corrupt
 from medrestore.models import build_model, save_model
 
 
@@ -25,8 +25,13 @@ def test_every_command_and_option_has_help_and_the_top_level_help_lists_every_co
     assert set(sub.choices) >= {"models", "metrics", "restore", "lineage", "verify", "check-params", "sweep"}
     missing = []
     for name, command in sub.choices.items():
-        assert f"medrestore {name} " in parser.description or f"medrestore {name}\n" in parser.description, f"{name} not in the top-level help"
-        assert any(name == c.dest for c in sub._choices_actions) and next(c for c in sub._choices_actions if c.dest == name).help
+        assert f"medrestore {name} " in parser.description or f"medrestore {name}\n" in parser.description, (
+            f"{name} not in the top-level help"
+        )
+        assert (
+            any(name == c.dest for c in sub._choices_actions)
+            and next(c for c in sub._choices_actions if c.dest == name).help
+        )
         for action in command._actions:
             if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
@@ -51,11 +56,14 @@ def test_models_reads_the_catalog_without_importing_torch(tmp_path):
     registry = catalog.from_registry()
     assert saved["rows"] == registry
     src = str(Path(catalog.__file__).resolve().parents[2])
-    code = ("import sys, json; from medrestore.cli import main; main(['models', '--json']); "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy') or m.startswith('medrestore.models')], sorted(sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
+    code = ("import sys, json; from medrestore.cli import main; main(['models', '--json']); assert not [m for m in "
+            "sys.modules if m.split('.')[0] in ('torch', 'numpy') or m.startswith('medrestore.models')], "
+            "sorted(sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout) == [{k: r[k] for k in ("name", "kind", "task", "parameters", "paper")} for r in registry]
+    assert json.loads(proc.stdout) == [{k: r[k] for k in ("name", "kind", "task", "parameters",
+                                                          "paper")} for r in registry]
     # the fast path reads the file: a catalog that matches the source is believed ...
     fake = tmp_path / "catalog.json"
     fake.write_text(json.dumps({"models_md5": catalog.source_md5(), "rows": [{"name": "x"}]}))
@@ -71,7 +79,8 @@ def test_metrics_command_prints_every_metric(tmp_path, chase_dir, assets_dir, ca
     noisy, _ = corrupt(clean, {"kind": "gaussian", "sigma": 25}, [1])
     write_png_atomic(tmp_path / "clean.png", clean)
     write_png_atomic(tmp_path / "noisy.png", noisy)
-    assert main(["metrics", str(tmp_path / "noisy.png"), str(tmp_path / "clean.png"), "--assets", str(assets_dir), "--json"]) == 0
+    assert main(["metrics", str(tmp_path / "noisy.png"), str(tmp_path / "clean.png"), "--assets", str(assets_dir),
+                 "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert {"psnr", "psnr_y", "psnr_green", "psnr_fov", "ssim", "ssim_rgb", "niqe", "brisque", "entropy"} <= set(scores)
     assert 19 < scores["psnr"] < 23

@@ -26,24 +26,30 @@ def crop(chase_image):
     return chase_image[300:428, 300:428]  # 128 x 128, inside the field of view
 
 
-def test_grey_image_against_colour_reference_is_refused_and_measured_as_grey_on_request(tmp_path, crop, assets_dir, capsys):
+def test_grey_image_against_colour_reference_is_refused_and_measured_as_grey_on_request(
+    tmp_path, crop, assets_dir, capsys
+):
     Image.fromarray(crop).convert("L").save(tmp_path / "grey.png")
     Image.fromarray(crop).save(tmp_path / "rgb_reference.png")
-    args = ["metrics", str(tmp_path / "grey.png"), str(tmp_path / "rgb_reference.png"), "--assets", str(assets_dir), "--json"]
+    args = ["metrics", str(tmp_path / "grey.png"), str(tmp_path / "rgb_reference.png"), "--assets", str(assets_dir),
+            "--json"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "grey.png is grey" in err and "rgb_reference.png is in colour" in err and "--grey" in err
     assert main([*args, "--grey"]) == 0
     scores = _strict_json(capsys.readouterr().out)
     # Both as grey levels: the grey image is the reference's own luma, every measure agrees it is identical.
-    assert scores["ssim"] == pytest.approx(1.0) and scores["ssim_rgb"] == pytest.approx(1.0) and scores["psnr"] is None  # identical: infinite
+    # identical: infinite
+    assert scores["ssim"] == pytest.approx(1.0) and scores["ssim_rgb"] == pytest.approx(1.0) and scores["psnr"] is None
     # The other way round too.
-    assert main(["metrics", str(tmp_path / "rgb_reference.png"), str(tmp_path / "grey.png"), "--assets", str(assets_dir)]) == 2
+    assert main(["metrics", str(tmp_path / "rgb_reference.png"), str(tmp_path / "grey.png"), "--assets",
+                 str(assets_dir)]) == 2
 
 
 def test_json_of_identical_images_is_valid_json_with_null_for_infinity(tmp_path, crop, assets_dir, capsys):
     Image.fromarray(crop).save(tmp_path / "a.png")
-    assert main(["metrics", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--assets", str(assets_dir), "--json"]) == 0
+    assert main(["metrics", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--assets", str(assets_dir),
+                 "--json"]) == 0
     out = capsys.readouterr()
     scores = _strict_json(out.out)
     assert scores["psnr_fov"] is None and scores["psnr_green"] is None
@@ -55,7 +61,8 @@ def test_scores_are_those_of_the_library(tmp_path, crop, assets_dir, capsys):
     noisy = np.clip(crop.astype(int) + np.random.default_rng(0).normal(0, 20, crop.shape), 0, 255).astype(np.uint8)
     Image.fromarray(noisy).save(tmp_path / "noisy.png")
     Image.fromarray(crop).save(tmp_path / "clean.png")
-    assert main(["metrics", str(tmp_path / "noisy.png"), str(tmp_path / "clean.png"), "--assets", str(assets_dir), "--json"]) == 0
+    assert main(["metrics", str(tmp_path / "noisy.png"), str(tmp_path / "clean.png"), "--assets", str(assets_dir),
+                 "--json"]) == 0
     assert _strict_json(capsys.readouterr().out) == pytest.approx(all_metrics(noisy, crop, None, str(assets_dir)))
 
 
@@ -73,7 +80,8 @@ def test_all_black_image_gives_not_defined_niqe_and_brisque_not_a_traceback(tmp_
 def test_small_image_measures_what_is_defined(tmp_path, crop, assets_dir, capsys):
     Image.fromarray(crop[:16, :16]).save(tmp_path / "s16.png")
     Image.fromarray(np.clip(crop[:16, :16].astype(int) + 5, 0, 255).astype(np.uint8)).save(tmp_path / "r16.png")
-    assert main(["metrics", str(tmp_path / "s16.png"), str(tmp_path / "r16.png"), "--assets", str(assets_dir), "--json"]) == 0
+    assert main(["metrics", str(tmp_path / "s16.png"), str(tmp_path / "r16.png"), "--assets", str(assets_dir),
+                 "--json"]) == 0
     out = capsys.readouterr()
     scores = _strict_json(out.out)
     assert scores["niqe"] is None and "96x96" in out.err
@@ -109,7 +117,8 @@ def test_whole_image_and_fov_psnr_follow_one_rule_on_near_identical_images(tmp_p
     assert scores["psnr"] == pytest.approx(expected) and scores["psnr_fov"] == pytest.approx(expected)
     assert scores["psnr_y"] == pytest.approx(scores["psnr_y_fov"])
     # identical images: every PSNR infinite (null in the JSON, the reason on stderr), none capped at 80 dB
-    assert main(["metrics", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--assets", str(assets_dir), "--json"]) == 0
+    assert main(["metrics", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--assets", str(assets_dir),
+                 "--json"]) == 0
     captured = capsys.readouterr()
     scores = _strict_json(captured.out)
     for key in ("psnr", "psnr_y", "psnr_green", "psnr_fov", "psnr_y_fov", "psnr_green_fov"):

@@ -23,7 +23,8 @@ def test_flops_of_a_convolution_match_the_formula():
 
 def test_super_resolution_flops_are_per_output_pixel():
     torch.manual_seed(0)
-    x2, x4 = build_model("srresnet", scale=2, n_blocks=2, features=16), build_model("srresnet", scale=4, n_blocks=2, features=16)
+    x2, x4 = build_model("srresnet", scale=2, n_blocks=2,
+                         features=16), build_model("srresnet", scale=4, n_blocks=2, features=16)
     c2, c4 = model_cost(x2, scale=2, probe=32), model_cost(x4, scale=4, probe=32)
     assert c4["parameters"] > c2["parameters"]
     # The same trunk works on 4x fewer input pixels per output pixel at x4 than at x2.

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import prepare_chase
 
+from conftest import prepare_chase
 from medrestore.core.io import InputError, read_image
 from medrestore.data.corrupt import corrupt_task
 from medrestore.data.patches import patchify
@@ -23,8 +23,20 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 P, S = 32, 16
-PATCH_ARGS = {"patch_size": P, "stride": S, "min_fov_fraction": 0.5, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}
-ENHANCE = {"level": "image", "unpaired": True, "train": {"kind": "cataract"}, "test": {"cataract": {"kind": "cataract"}}}
+PATCH_ARGS = {
+    "patch_size": P,
+    "stride": S,
+    "min_fov_fraction": 0.5,
+    "val_fraction": 0.25,
+    "test_fraction": 0.25,
+    "region_grid": 2,
+}
+ENHANCE = {
+    "level": "image",
+    "unpaired": True,
+    "train": {"kind": "cataract"},
+    "test": {"cataract": {"kind": "cataract"}},
+}
 DENOISE = {"train": {"kind": "gaussian", "sigma": 25}, "test": {"s25": {"kind": "gaussian", "sigma": 25}}}
 
 
@@ -33,7 +45,9 @@ def chase(tmp_path_factory, chase_dir):
     root = tmp_path_factory.mktemp("chase_crops")
     prepared = prepare_chase(root, chase_dir, 160)
     patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
-    corrupt_task(root / "patches", root / "enhance", task="enhance", spec=ENHANCE, seed=11, prepared_dir=root / "prepared")
+    corrupt_task(
+        root / "patches", root / "enhance", task="enhance", spec=ENHANCE, seed=11, prepared_dir=root / "prepared"
+    )
     return root
 
 
@@ -56,10 +70,16 @@ def test_crops_are_the_image_regions_they_cover(chase):
         assert np.array_equal(assemble_crop(clean, cell, S), image[y : y + c, x : x + c])
         # the degraded patches were cut from one degraded image: every patch agrees with the crop
         crop = assemble_crop(degraded, cell, S)
-        assert all(np.array_equal(crop[i * S : i * S + P, j * S : j * S + P], degraded[cell[i, j]]) for i in range(3) for j in range(3))
+        assert all(
+            np.array_equal(crop[i * S : i * S + P, j * S : j * S + P], degraded[cell[i, j]])
+            for i in range(3)
+            for j in range(3)
+        )
         whole += 1
     # every crop whose 9 patches exist is listed (patches near the FOV's edge are missing)
-    candidates = sum(all((u, y + i * S, x + j * S) in present for i in range(3) for j in range(3)) for u, y, x in present)
+    candidates = sum(
+        all((u, y + i * S, x + j * S) in present for i in range(3) for j in range(3)) for u, y, x in present
+    )
     assert whole == candidates and candidates < len(index)
     assert np.array_equal(crop_table(index[::-1], S, 3).shape, cells.shape)
     assert np.array_equal(crop_table(index, S, 1)[:, 0, 0], np.lexsort(index.T[::-1]))
@@ -86,10 +106,19 @@ def _stage_params(tmp_path, crop_patches=3):
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["profile"] = "quick"
-    params["train"]["runs"]["enhance-cyclegan"] = {"task": "enhance", "model": "cyclegan", "overrides": {
-        "max_steps": 4, "val_every": 2, "batch_size": 2, "crop_patches": crop_patches, "val_patches": 16,
-        "model_kwargs": {"features": 8, "n_blocks": 1, "upsample": "resize", "residual": True, "norm": "none"},
-        "disc_kwargs": {"features": 8}}}
+    params["train"]["runs"]["enhance-cyclegan"] = {
+        "task": "enhance",
+        "model": "cyclegan",
+        "overrides": {
+            "max_steps": 4,
+            "val_every": 2,
+            "batch_size": 2,
+            "crop_patches": crop_patches,
+            "val_patches": 16,
+            "model_kwargs": {"features": 8, "n_blocks": 1, "upsample": "resize", "residual": True, "norm": "none"},
+            "disc_kwargs": {"features": 8},
+        },
+    }
     params["runtime"] = {"progress_bar": False, "ckpt_every": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return dict(validate_params(params))  # the schema knows crop_patches
@@ -113,7 +142,9 @@ def test_train_stage_trains_the_cyclegan_on_crops_byte_identically(chase, tmp_pa
     outputs = []
     for _ in range(2):
         train.main(["enhance-cyclegan"])
-        outputs.append({f: (out / f).read_bytes() for f in ("model.safetensors", "metrics.json", "curve.csv", "model.json")})
+        outputs.append(
+            {f: (out / f).read_bytes() for f in ("model.safetensors", "metrics.json", "curve.csv", "model.json")}
+        )
         shutil.rmtree(out)
     assert outputs[0] == outputs[1]
     metrics = json.loads(outputs[0]["metrics.json"])
@@ -121,7 +152,11 @@ def test_train_stage_trains_the_cyclegan_on_crops_byte_identically(chase, tmp_pa
     domain = np.load(chase / "enhance" / "train_domain.npy")
     cells = crop_table(np.load(chase / "patches" / "train_index.npy"), S, 3)
     flat = domain[cells[:, 0, 0]]
-    assert metrics["train_crops"] == {"size": P + 2 * S, "clean": int((flat == 0).sum()), "degraded": int((flat == 1).sum())}
+    assert metrics["train_crops"] == {
+        "size": P + 2 * S,
+        "clean": int((flat == 0).sum()),
+        "degraded": int((flat == 1).sum()),
+    }
     # with a patch-level corruption the crops would not be exact: refused, naming the run and the fix
     corrupt_task(chase / "patches", tmp_path / "denoise", task="denoise-x", spec=DENOISE, seed=3)
     shutil.rmtree(tmp_path / "artifacts/corrupt/enhance")
@@ -136,5 +171,10 @@ def test_paired_models_refuse_crop_patches(tmp_path):
 
     clean = np.zeros((8, 16, 16, 3), np.uint8)
     with pytest.raises(InputError, match="crop_patches"):
-        train_model(TrainConfig(model="redae", crop_patches=3, max_steps=2, progress_bar=False), (clean, clean), (clean, clean),
-                    tmp_path / "m", tmp_path / "ck")
+        train_model(
+            TrainConfig(model="redae", crop_patches=3, max_steps=2, progress_bar=False),
+            (clean, clean),
+            (clean, clean),
+            tmp_path / "m",
+            tmp_path / "ck",
+        )

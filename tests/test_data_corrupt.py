@@ -7,23 +7,26 @@ import json
 import numpy as np
 import pytest
 
+from medrestore.core.io import InputError, read_image
 from medrestore.data.corrupt import corrupt_task, patch_seed, read_params
 from medrestore.data.patches import patchify
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.degradations import corrupt, sr_pair
-from medrestore.core.io import InputError, read_image
 
 P = 32
-PATCH_ARGS = {"patch_size": P, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}
+PATCH_ARGS = {"patch_size": P, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25,
+              "region_grid": 2}
 NOISE = {"train": {"kind": "gaussian", "sigma_range": [0, 50]}, "test": {"s25": {"kind": "gaussian", "sigma": 25}}}
 FUNDUS = {"kind": "chain", "steps": [{"kind": "fundus_random"}, {"kind": "cataract"}]}
 
 
 def _prepare(root, names, *, count=None, size, grey=False):
-    recs = gather(names, root / "sources", mirror=root.parent / "mirror", folder=root, cache_dir=root, allow_network=False)
+    recs = gather(names, root / "sources", mirror=root.parent / "mirror", folder=root, cache_dir=root,
+                  allow_network=False)
     manifest = {"images": [r.as_dict(root / "sources") for r in recs[:count]]}
-    prepared = prepare_sources(manifest, root / "sources", root / "prepared", size=size, mode="border_centre", fov_threshold=0.1, grey=grey)
+    prepared = prepare_sources(manifest, root / "sources", root / "prepared", size=size, mode="border_centre",
+                               fov_threshold=0.1, grey=grey)
     patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
     return root
 
@@ -82,8 +85,13 @@ def test_patch_level_outputs_align_with_the_clean_patches_and_replay_from_jsonl(
 
 
 def test_sr_inputs_are_the_low_resolution_patches_and_test_images(chase):
-    spec = {"train": {"kind": "downscale", "scale": 4}, "test": {"x4": {"kind": "downscale", "scale": 4},
-                                                                 "x4-blur": {"kind": "blur_downscale", "scale": 4, "sigma": 1.5}}}
+    spec = {
+        "train": {"kind": "downscale", "scale": 4},
+        "test": {
+            "x4": {"kind": "downscale", "scale": 4},
+            "x4-blur": {"kind": "blur_downscale", "scale": 4, "sigma": 1.5},
+        },
+    }
     rec, out = _run(chase, "sr", spec)
     clean = np.load(chase / "patches" / "val.npy")
     lr = np.load(out / "val.npy")
@@ -219,9 +227,12 @@ def test_grey_data_stays_grey_through_the_corruption(tmp_path_factory):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"train": {"kind": "gaussian", "sigma": 5}, "test": {"a": {"kind": "gaussian", "sigma": 5}}, "levle": "image"}, "unknown keys"),
-        ({"train": {"kind": "gaussian", "sigma": 5}, "test": {"a": {"kind": "gaussian", "sigma": 5}}, "level": "whole"}, "level is 'whole'"),
-        ({"train": {"kind": "gaussain", "sigma": 5}, "test": {"a": {"kind": "gaussian", "sigma": 5}}}, "unknown corruption kind 'gaussain'"),
+        ({"train": {"kind": "gaussian", "sigma": 5}, "test": {"a": {"kind": "gaussian", "sigma": 5}}, "levle": "image"},
+         "unknown keys"),
+        ({"train": {"kind": "gaussian", "sigma": 5}, "test": {"a": {"kind": "gaussian", "sigma": 5}}, "level": "whole"},
+         "level is 'whole'"),
+        ({"train": {"kind": "gaussain", "sigma": 5}, "test": {"a": {"kind": "gaussian", "sigma": 5}}},
+         "unknown corruption kind 'gaussain'"),
         ({"train": {"kind": "gaussian", "sigma": 5}}, "needs a `train` spec and a `test` mapping"),
     ],
 )

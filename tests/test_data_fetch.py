@@ -26,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medrestore.core.io import InputError, read_image
 from medrestore.data import fetch
 from medrestore.data.fetch import download, extract_archive
 from medrestore.data.sources import DATASETS, Archive, gather
-from medrestore.core.io import InputError, read_image
 
 CHASE_FILES = ["Image_01L.jpg", "Image_01L_1stHO.png", "Image_01L_2ndHO.png",
                "Image_02R.jpg", "Image_02R_1stHO.png", "Image_02R_2ndHO.png"]
@@ -367,7 +367,8 @@ def test_tar_symlinks_hardlinks_and_devices_are_refused(tmp_path):
 
 def test_too_many_files_is_refused(tmp_path):
     _refused(tmp_path, _zip({f"f{i}.txt": b"x" for i in range(6)}), "more than 5 members", max_files=5)
-    _refused(tmp_path / "t", _tar([(f"f{i}", b"x") for i in range(6)]), "more than 5 members", suffix=".tar", max_files=5)
+    _refused(tmp_path / "t", _tar([(f"f{i}", b"x") for i in range(6)]), "more than 5 members", suffix=".tar",
+             max_files=5)
 
 
 def test_archive_bombs_are_refused(tmp_path):
@@ -375,7 +376,8 @@ def test_archive_bombs_are_refused(tmp_path):
     bomb = _zip({"a.bin": b"1", "z.bin": zeros})
     assert len(bomb) < 2_000
     _refused(tmp_path / "a", bomb, "declares more than 100000 bytes", max_bytes=100_000)
-    _refused(tmp_path / "b", _tar([("z.bin", zeros)], mode="w:gz"), "declares more than", suffix=".tgz", max_bytes=100_000)
+    _refused(tmp_path / "b", _tar([("z.bin", zeros)], mode="w:gz"), "declares more than", suffix=".tgz",
+             max_bytes=100_000)
     # a header that under-declares: zipfile stops at the declared size and the CRC fails; refused, nothing left
     lying = bytearray(_zip({"z.bin": zeros}))
     struct.pack_into("<I", lying, 22, 1000)  # local header's uncompressed size

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
-from conftest import prepare_chase
 
+from conftest import prepare_chase
+from medrestore.core.io import InputError, read_image
 from medrestore.data.corrupt import corrupt_task, read_params
 from medrestore.data.patches import npy_writer, patch_positions, patchify, read_rows
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
 from medrestore.degradations import corrupt
-from medrestore.core.io import InputError, read_image
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,8 @@ def prepared_sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     recs = gather(["sample"], root / "sources", mirror=root, folder=root, cache_dir=root, allow_network=False)
     manifest = {"images": [r.as_dict(root / "sources") for r in recs]}
-    return prepare_sources(manifest, root / "sources", root / "prepared", size=256, mode="border_centre", fov_threshold=0.1), root
+    return prepare_sources(manifest, root / "sources", root / "prepared", size=256, mode="border_centre",
+                           fov_threshold=0.1), root
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,11 @@ def test_both_eyes_of_one_child_stay_in_one_split(prepared_chase):
                 assert where.setdefault(child(i), split) == split, (seed, i, where)
         assert len(s["subjects"]["test"]) == 1 and len(s["splits"]["test"]) == 2
         # each test image names its subject, the unit the evaluation's statistics resample
-        assert [e["subject"] for e in s["test"]] == [f"chase_db1/{child(e['id'])}" for e in s["test"]] == s["subjects"]["test"] * 2
+        assert (
+            [e["subject"] for e in s["test"]]
+            == [f"chase_db1/{child(e['id'])}" for e in s["test"]]
+            == s["subjects"]["test"] * 2
+        )
 
 
 def test_corrupt_task_is_replayable_per_patch(prepared_sample):
@@ -121,7 +126,8 @@ def test_npy_writer_and_read_rows_round_trip_real_patches(prepared_chase, tmp_pa
 
 def test_patches_json_lists_units_and_index_points_into_them(prepared_chase):
     manifest, root = prepared_chase
-    s = patchify(manifest, root / "prepared", root / "patches_u", seed=3, patch_size=32, stride=16, min_fov_fraction=0.9,
+    s = patchify(manifest, root / "prepared", root / "patches_u", seed=3, patch_size=32, stride=16,
+                 min_fov_fraction=0.9,
                  val_fraction=0.25, test_fraction=0.25, region_grid=2)
     by_id = {e["id"]: e for e in manifest["images"]}
     for split in ("train", "val"):
@@ -139,7 +145,8 @@ def test_patches_json_lists_units_and_index_points_into_them(prepared_chase):
 
 def test_patch_larger_than_the_prepared_images_names_a_file_and_the_fix(prepared_sample, tmp_path):
     manifest, root = prepared_sample
-    with pytest.raises(InputError, match=r"retina\.png: the prepared images are 256x256, smaller than a 300x300 patch.*Fix"):
+    with pytest.raises(InputError,
+                       match=r"retina\.png: the prepared images are 256x256, smaller than a 300x300 patch.*Fix"):
         patchify(manifest, root / "prepared", tmp_path / "p", seed=1, patch_size=300, stride=12, min_fov_fraction=0.8,
                  val_fraction=0.25, test_fraction=0.25, region_grid=2)
     assert not (tmp_path / "p").exists()
@@ -161,15 +168,22 @@ def test_standard_split_keeps_chase_test_children_and_draws_validation_from_the_
         s = patchify(manifest, root / "prepared", root / f"std{seed}", seed=seed, split="standard", **kw)
         assert s["split"] == "standard"
         assert s["subjects"]["test"] == ["chase_db1/11", "chase_db1/12"]  # whatever the seed
-        assert s["splits"]["test"] == ["chase_db1/Image_11L", "chase_db1/Image_11R", "chase_db1/Image_12L", "chase_db1/Image_12R"]
+        assert s["splits"]["test"] == ["chase_db1/Image_11L", "chase_db1/Image_11R", "chase_db1/Image_12L",
+                                       "chase_db1/Image_12R"]
         assert len(s["subjects"]["val"]) == 1 and len(s["splits"]["val"]) == 2  # round(0.25 * 3) subjects, both eyes
-        assert set(s["subjects"]["train"]) | set(s["subjects"]["val"]) == {"chase_db1/01", "chase_db1/02", "chase_db1/03"}
+        assert set(s["subjects"]["train"]) | set(s["subjects"]["val"]) == {
+            "chase_db1/01",
+            "chase_db1/02",
+            "chase_db1/03",
+        }
         vals.add(s["subjects"]["val"][0])
     assert len(vals) > 1  # the validation children are drawn by the seed
     again = patchify(manifest, root / "prepared", root / "std0b", seed=0, split="standard", **kw)
-    assert again["splits"] == patchify(manifest, root / "prepared", root / "std0c", seed=0, split="standard", **kw)["splits"]
+    assert again["splits"] == patchify(manifest, root / "prepared", root / "std0c", seed=0, split="standard",
+                                       **kw)["splits"]
     # the random split draws the test children too: some seed puts a training child in test
-    drawn = [patchify(manifest, root / "prepared", root / f"rnd{seed}", seed=seed, split="random", **kw)["subjects"]["test"]
+    drawn = [patchify(manifest, root / "prepared", root / f"rnd{seed}", seed=seed, split="random",
+                      **kw)["subjects"]["test"]
              for seed in range(4)]
     assert any(set(t) - {"chase_db1/11", "chase_db1/12"} for t in drawn)
 
@@ -182,8 +196,8 @@ def test_unknown_split_names_the_param_and_the_fix(prepared_chase_both_ends, tmp
 
 
 def test_patch_fov_masks_are_the_prepared_fov_at_each_patch(prepared_chase_both_ends):
-    from medrestore.data.patches import load_fov
     from medrestore.core.io import read_mask
+    from medrestore.data.patches import load_fov
 
     manifest, root = prepared_chase_both_ends
     s = patchify(manifest, root / "prepared", root / "fovmasks", seed=0, split="standard", patch_size=32, stride=16,

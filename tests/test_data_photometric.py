@@ -5,8 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import prepare_chase
 
+from conftest import prepare_chase
+from medrestore.core.io import InputError, read_image, read_mask
 from medrestore.data.corrupt import corrupt_task, read_params
 from medrestore.data.patches import patchify
 from medrestore.data.photometric import (
@@ -18,12 +19,13 @@ from medrestore.data.photometric import (
     recolour,
 )
 from medrestore.degradations import corrupt
-from medrestore.core.io import InputError, read_image, read_mask
 from medrestore.pipeline.train import train_targets
 
 PHOTO = {"p": 1.0, "mean_range": {"red": [110, 210], "green": [50, 120], "blue": [5, 60]}, "gamma_range": [0.8, 1.25]}
-SPEC = {"train": {"kind": "gaussian", "sigma": 25}, "test": {"s25": {"kind": "gaussian", "sigma": 25}}, "photometric": PHOTO}
-PATCH_ARGS = {"patch_size": 32, "stride": 32, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}
+SPEC = {"train": {"kind": "gaussian", "sigma": 25}, "test": {"s25": {"kind": "gaussian", "sigma": 25}},
+        "photometric": PHOTO}
+PATCH_ARGS = {"patch_size": 32, "stride": 32, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25,
+              "region_grid": 2}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def chase(tmp_path_factory, chase_dir):
     root = tmp_path_factory.mktemp("chase_photo")
     prepared = prepare_chase(root, chase_dir, 160)
     patchify(prepared, root / "prepared", root / "patches", seed=7, **PATCH_ARGS)
-    corrupt_task(root / "patches", root / "corrupt", task="denoise-g25", spec=SPEC, seed=11, prepared_dir=root / "prepared")
+    corrupt_task(root / "patches", root / "corrupt", task="denoise-g25", spec=SPEC, seed=11,
+                 prepared_dir=root / "prepared")
     return root
 
 
@@ -55,7 +58,11 @@ def test_augmentation_covers_the_target_ranges_and_replays_from_its_seed(chase):
 
 def test_degraded_rows_are_the_corruption_of_the_augmented_targets_and_the_trainer_reads_them(chase):
     out = chase / "corrupt"
-    aug, noisy, plain = np.load(out / "train_clean.npy"), np.load(out / "train.npy"), np.load(chase / "patches" / "train.npy")
+    aug, noisy, plain = (
+        np.load(out / "train_clean.npy"),
+        np.load(out / "train.npy"),
+        np.load(chase / "patches" / "train.npy"),
+    )
     assert aug.shape == plain.shape and not np.array_equal(aug, plain)
     records = read_params(out / "train_params.jsonl")
     fov_free = 0
@@ -66,7 +73,10 @@ def test_degraded_rows_are_the_corruption_of_the_augmented_targets_and_the_train
     assert fov_free == len(records)  # gaussian noise ignores the FOV: each row replays exactly
     assert not (out / "val_clean.npy").exists()
     val = np.load(out / "val.npy")
-    assert "photometric" not in read_params(out / "val_params.jsonl")[0] and val.shape == np.load(chase / "patches" / "val.npy").shape
+    assert (
+        "photometric" not in read_params(out / "val_params.jsonl")[0]
+        and val.shape == np.load(chase / "patches" / "val.npy").shape
+    )
     assert json.loads((out / "corruption.json").read_text())["splits"]["train"]["clean"] == "train_clean.npy"
     assert np.array_equal(train_targets(chase / "patches", out), aug)
     assert np.array_equal(train_targets(chase / "patches", chase / "nowhere"), plain)
@@ -103,10 +113,12 @@ def test_recolour_hits_the_profile_inside_the_fov_and_is_deterministic(chase):
 def test_super_resolution_targets_are_augmented_at_full_size_and_image_level_tasks_refuse(chase, tmp_path):
     chain = {"kind": "chain", "steps": [{"kind": "downscale", "scale": 4}, {"kind": "gaussian", "sigma": 25}]}
     spec = {"train": chain, "test": {"x4-s25": chain}, "photometric": PHOTO}
-    corrupt_task(chase / "patches", tmp_path / "sr", task="denoise-sr", spec=spec, seed=11, prepared_dir=chase / "prepared")
+    corrupt_task(chase / "patches", tmp_path / "sr", task="denoise-sr", spec=spec, seed=11,
+                 prepared_dir=chase / "prepared")
     aug, low = np.load(tmp_path / "sr" / "train_clean.npy"), np.load(tmp_path / "sr" / "train.npy")
     assert aug.shape[1] == 32 and low.shape[1] == 8 and len(aug) == len(low)
     rec = read_params(tmp_path / "sr" / "train_params.jsonl")[5]
     assert np.array_equal(corrupt(aug[5], chain, rec["seed_words"], None)[0], low[5])
     with pytest.raises(InputError, match=r"corrupt.tasks.e.photometric: only patch-level paired tasks.*Fix"):
-        corrupt_task(chase / "patches", tmp_path / "e", task="e", spec={**SPEC, "level": "image"}, seed=11, prepared_dir=chase / "prepared")
+        corrupt_task(chase / "patches", tmp_path / "e", task="e", spec={**SPEC, "level": "image"}, seed=11,
+                     prepared_dir=chase / "prepared")

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
+from medrestore.core.io import InputError, atomic_dir, read_image
 from medrestore.data.fov import detect_fov, fov_bbox
 from medrestore.data.prepare import prepare_sources
 from medrestore.data.sources import gather
-from medrestore.core.io import InputError, atomic_dir, read_image
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,10 @@ def test_centre_crop_is_native_pixels_and_refuses_images_smaller_than_the_crop(c
     src = read_image(root / manifest["images"][0]["image"])
     h, w = src.shape[:2]
     top, left = (h - 512) // 2, (w - 512) // 2
-    assert np.array_equal(read_image(tmp_path / "a" / result["images"][0]["image"]), src[top : top + 512, left : left + 512])
-    with pytest.raises(InputError, match=r"Image_01L\.jpg: the image is 999x960, smaller than the 1696x1696 centre crop.*Fix"):
+    assert np.array_equal(read_image(tmp_path / "a" / result["images"][0]["image"]),
+                          src[top : top + 512, left : left + 512])
+    with pytest.raises(InputError,
+                       match=r"Image_01L\.jpg: the image is 999x960, smaller than the 1696x1696 centre crop.*Fix"):
         _prep(chase_sources, tmp_path / "b", mode="centre_crop", size=1696)
 
 
@@ -70,7 +72,8 @@ def test_border_mode_stretches_the_fov_box_to_the_frame_border_centre_keeps_the_
     src, own, manifest = _half_disc_fov(chase_sources)
     root = chase_sources[1]
     border = prepare_sources(manifest, root, tmp_path / "b", size=256, mode="border", fov_threshold=0.1)["images"][0]
-    centre = prepare_sources(manifest, root, tmp_path / "c", size=256, mode="border_centre", fov_threshold=0.1)["images"][0]
+    centre = prepare_sources(manifest, root, tmp_path / "c", size=256, mode="border_centre",
+                             fov_threshold=0.1)["images"][0]
     fb = read_image(tmp_path / "b" / border["fov"], "L") > 127
     fc = read_image(tmp_path / "c" / centre["fov"], "L") > 127
     t, b, l, r = fov_bbox(own)
@@ -105,7 +108,8 @@ def test_a_broken_source_image_stops_prepare_naming_it_and_leaves_earlier_output
     shutil.copytree(root, broken)
     victim = broken / manifest["images"][1]["image"]
     data = victim.read_bytes()
-    victim.write_bytes({"zero_bytes": b"", "truncated": data[: len(data) // 3], "not_an_image": b"hello, not a jpeg\n" * 50}[damage])
+    victim.write_bytes({"zero_bytes": b"", "truncated": data[: len(data) // 3],
+                        "not_an_image": b"hello, not a jpeg\n" * 50}[damage])
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "manifest.json").write_text("earlier output\n")

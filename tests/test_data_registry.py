@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medrestore.core.io import InputError, read_image, sha256_file
 from medrestore.data.sources import (
     DATASETS,
     Dataset,
@@ -27,7 +28,6 @@ from medrestore.data.sources import (
     gather,
     load_mask,
 )
-from medrestore.core.io import InputError, read_image, sha256_file
 
 FUNDUS = {"chase_db1", "drive", "stare", "hrf"}
 
@@ -82,7 +82,9 @@ def test_every_entry_is_complete_and_consistent():
 
 def test_chase_checksums_cover_the_shared_mirror(chase_dir):
     known = DATASETS["chase_db1"].checksums()
-    shipped = dict(reversed(line.split()) for line in (chase_dir / "SHA256SUMS").read_text().splitlines() if line.strip())
+    shipped = dict(
+        reversed(line.split()) for line in (chase_dir / "SHA256SUMS").read_text().splitlines() if line.strip()
+    )
     assert known == shipped
 
 
@@ -141,12 +143,14 @@ def test_unverified_dataset_is_refused_by_default(tmp_path, pixels):
     mirror = tmp_path / "mirror"
     _drive_tree(mirror / "drive", pixels)
     with pytest.raises(InputError, match=r"mirror/drive: dataset 'drive' has no pinned checksums, so its 7 files "
-                                         r"cannot be verified\. Fix: set download\.allow_unverified: true.*drive\.sha256"):
+                                         r"cannot be verified\. Fix: set download\.allow_unverified: "
+                                         r"true.*drive\.sha256"):
         _gather(["drive"], tmp_path, mirror)
 
 
 def test_dataset_without_direct_download_says_where_to_get_it(tmp_path):
-    with pytest.raises(InputError, match=r"'drive' is not in the mirror folder and has no direct download.*grand-challenge"):
+    with pytest.raises(InputError,
+                       match=r"'drive' is not in the mirror folder and has no direct download.*grand-challenge"):
         _gather(["drive"], tmp_path, tmp_path / "empty", allow_network=True)
     with pytest.raises(InputError, match=r"'hrf' is not in the mirror folder and downloading is off.*Fix"):
         _gather(["hrf"], tmp_path, tmp_path / "empty")
@@ -186,7 +190,8 @@ def test_stare_layout_from_gzipped_ppm(tmp_path, pixels):
     assert [r.id for r in records] == ["stare/im0001", "stare/im0002"]
     first, second = records
     assert first.image.name == "im0001.png" and np.array_equal(read_image(first.image), img)
-    assert np.array_equal(load_mask(first.vessels), ves > 127) and np.array_equal(load_mask(first.vessels_2nd), ves <= 127)
+    assert np.array_equal(load_mask(first.vessels),
+                          ves > 127) and np.array_equal(load_mask(first.vessels_2nd), ves <= 127)
     assert second.vessels is None and second.fov is None
 
 
@@ -197,7 +202,8 @@ def test_gzip_bomb_in_stare_is_refused(tmp_path, monkeypatch):
     root = tmp_path / "mirror" / "stare"
     root.mkdir(parents=True)
     (root / "im0001.ppm.gz").write_bytes(gzip.compress(b"P6 100 100 255\n" + bytes(30_000)))
-    with pytest.warns(UnverifiedFilesWarning), pytest.raises(InputError, match=r"im0001\.ppm\.gz: decompresses to more"):
+    with pytest.warns(UnverifiedFilesWarning), pytest.raises(InputError,
+                                                             match=r"im0001\.ppm\.gz: decompresses to more"):
         _gather(["stare"], tmp_path, tmp_path / "mirror", allow_unverified=True)
 
 
@@ -237,7 +243,8 @@ def test_a_pinned_dataset_missing_a_file_is_refused_naming_it(tmp_path, chase_di
     for p in chase_dir.iterdir():
         if p.name != left_out:
             (mirror / p.name).symlink_to(p)
-    with pytest.raises(InputError, match=rf"incomplete: 1 of its 84 pinned files are missing \({left_out}\).*Fix:.*allow_partial"):
+    with pytest.raises(InputError,
+                       match=rf"incomplete: 1 of its 84 pinned files are missing \({left_out}\).*Fix:.*allow_partial"):
         _gather(["chase_db1"], tmp_path, mirror.parent)
     with pytest.warns(IncompleteDatasetWarning, match=left_out):
         records = _gather(["chase_db1"], tmp_path / "b", mirror.parent, allow_partial=True)

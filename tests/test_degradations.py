@@ -235,7 +235,8 @@ def test_blur_removes_high_frequencies_and_keeps_the_mean(retina, spec, kept):
 
 def test_stronger_gaussian_blur_removes_more_detail(retina):
     crop = retina[400:656, 400:656]
-    shares = [_high_frequency_share(corrupt(crop, {"kind": "gaussian_blur", "sigma": s}, [0])[0], 0.1) for s in (0.5, 1, 2, 4)]
+    shares = [_high_frequency_share(corrupt(crop, {"kind": "gaussian_blur", "sigma": s}, [0])[0],
+                                    0.1) for s in (0.5, 1, 2, 4)]
     assert all(a > b for a, b in pairwise(shares))
 
 
@@ -329,7 +330,8 @@ def test_blur_downscale_is_blurrier_than_plain_downscale(retina):
 
 
 def test_chain_scale_is_the_product_and_shrinks_the_fov(retina512, fov512):
-    steps = [{"kind": "downscale", "scale": 2}, {"kind": "fundus_blur"}, {"kind": "blur_downscale", "scale": 2, "sigma": 1}]
+    steps = [{"kind": "downscale", "scale": 2}, {"kind": "fundus_blur"},
+             {"kind": "blur_downscale", "scale": 2, "sigma": 1}]
     spec = {"kind": "chain", "steps": steps}
     assert spec_scale(spec) == 4
     hr, lr, params = sr_pair(retina512, spec, [1], fov=fov512)
@@ -345,7 +347,8 @@ def test_chain_scale_is_the_product_and_shrinks_the_fov(retina512, fov512):
 # fundus (cofe-Net) and cataract (ArcNet)
 # ------------------------------------------------------------------------------------------
 
-FUNDUS_KINDS = ["fundus_colour", "fundus_halo", "fundus_hole", "fundus_spots", "fundus_blur", "cataract", "fundus_random"]
+FUNDUS_KINDS = ["fundus_colour", "fundus_halo", "fundus_hole", "fundus_spots", "fundus_blur", "cataract",
+                "fundus_random"]
 
 
 @pytest.mark.parametrize("kind", FUNDUS_KINDS)
@@ -507,7 +510,8 @@ def test_fundus_random_draws_cofe_net_s_seven_combinations_evenly(retina512):
     counts = {c: combos.count(c) for c in set(combos)}
     assert len(counts) == 7 and min(counts.values()) >= 20  # about 40 each
     for d in draws:  # illumination is colour, halo, hole in that order; then spots; then blur
-        expected = [k for g in d["groups"] for k in {"illumination": ["colour", "halo", "hole"], "spots": ["spots"], "blur": ["blur"]}[g]]
+        expected = [k for g in d["groups"] for k in {"illumination": ["colour", "halo", "hole"], "spots": ["spots"],
+                                                     "blur": ["blur"]}[g]]
         assert [s["kind"] for s in d["steps"]] == [f"fundus_{k}" for k in expected]
 
 
@@ -537,7 +541,9 @@ def test_chain_of_one_step_equals_the_step_and_shares_one_rng(retina_crop):
     chained, pc = corrupt(retina_crop, {"kind": "chain", "steps": [{"kind": "gaussian", "sigma": 15}]}, [6])
     assert np.array_equal(single, chained) and pc == {"steps": [ps]}
     # two noise steps draw different noise from the one stream: std adds in quadrature
-    two, p2 = corrupt(retina_crop, {"kind": "chain", "steps": [{"kind": "gaussian", "sigma": 15}, {"kind": "gaussian", "sigma": 20}]}, [6])
+    two, p2 = corrupt(retina_crop,
+                      {"kind": "chain",
+                       "steps": [{"kind": "gaussian", "sigma": 15}, {"kind": "gaussian", "sigma": 20}]}, [6])
     assert p2 == {"steps": [{"sigma": 15.0}, {"sigma": 20.0}]}
     resid = two.astype(float) - retina_crop
     safe = (retina_crop >= 100) & (retina_crop <= 155)
@@ -545,8 +551,10 @@ def test_chain_of_one_step_equals_the_step_and_shares_one_rng(retina_crop):
 
 
 def test_chain_order_matters(retina_crop):
-    blur_then_noise = {"kind": "chain", "steps": [{"kind": "gaussian_blur", "sigma": 3}, {"kind": "gaussian", "sigma": 10}]}
-    noise_then_blur = {"kind": "chain", "steps": [{"kind": "gaussian", "sigma": 10}, {"kind": "gaussian_blur", "sigma": 3}]}
+    blur_then_noise = {"kind": "chain",
+                       "steps": [{"kind": "gaussian_blur", "sigma": 3}, {"kind": "gaussian", "sigma": 10}]}
+    noise_then_blur = {"kind": "chain",
+                       "steps": [{"kind": "gaussian", "sigma": 10}, {"kind": "gaussian_blur", "sigma": 3}]}
     a, _ = corrupt(retina_crop, blur_then_noise, [0])
     b, _ = corrupt(retina_crop, noise_then_blur, [0])
     assert _high_frequency_share(a) > 5 * _high_frequency_share(b)
@@ -572,7 +580,8 @@ REPLAY_SPECS = {
     "fundus_spots": {},
     "fundus_blur": {},
     "cataract": {},
-    "chain": {"steps": [{"kind": "fundus_halo"}, {"kind": "motion_blur", "length": 5}, {"kind": "gaussian", "sigma_range": [0, 20]}]},
+    "chain": {"steps": [{"kind": "fundus_halo"}, {"kind": "motion_blur", "length": 5},
+                        {"kind": "gaussian", "sigma_range": [0, 20]}]},
     "fundus_random": {},
 }
 
@@ -648,7 +657,9 @@ def test_gaussian_output_is_uint8_same_shape_any_input(h, w, c, sigma, seed):
     values=st.sampled_from(["real", "black", "white", "scaled"]),
     top=st.integers(0, 150), left=st.integers(0, 150), seed=st.integers(0, 2**32 - 1),
 )
-def test_every_kind_gives_uint8_of_the_expected_shape_for_any_real_cut(real_pool, kind, h, w, layout, values, top, left, seed):
+def test_every_kind_gives_uint8_of_the_expected_shape_for_any_real_cut(
+    real_pool, kind, h, w, layout, values, top, left, seed
+):
     img = real_pool[top : top + h, left : left + w].copy()
     if values == "black":
         img[:] = 0

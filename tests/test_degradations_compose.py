@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medrestore.evaluation import scoring as E
 from medrestore.data.fov import detect_fov
 from medrestore.degradations import blur_sigma, corrupt, noise_sigma
+from medrestore.evaluation import scoring as E
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_krenz_blur_downscale_is_a_blur_not_a_noise(crop):
 
 
 def test_a_chain_s_gaussian_sigma_is_found_and_is_the_noise_in_the_pixels(crop):
-    spec = {"kind": "chain", "steps": [{"kind": "gaussian_blur", "sigma": 1.0}, {"kind": "gaussian", "sigma_range": [15, 35]}]}
+    spec = {"kind": "chain",
+            "steps": [{"kind": "gaussian_blur", "sigma": 1.0}, {"kind": "gaussian", "sigma_range": [15, 35]}]}
     noisy, params = corrupt(crop, spec, [4, 2])
     drawn = params["steps"][1]["sigma"]
     assert 15 <= drawn <= 35
@@ -96,7 +97,8 @@ def test_fundus_light_maps_are_neither_noise_nor_blur(retina256):
         ({"kind": "downscale", "scale": 4}, 0.0),
         ({"kind": "chain", "steps": [{"kind": "downscale", "scale": 4}, {"kind": "gaussian", "sigma": 25}]}, 25.0),
         ({"kind": "cataract"}, 0.0),
-        ({"kind": "chain", "steps": [{"kind": "fundus_random", "options": {"blur": {"kernel": "cofe"}}}, {"kind": "cataract"}]}, 0.0),
+        ({"kind": "chain",
+          "steps": [{"kind": "fundus_random", "options": {"blur": {"kernel": "cofe"}}}, {"kind": "cataract"}]}, 0.0),
     ],
 )
 def test_the_default_tasks_noise_sigma_is_what_the_params_alone_gave(retina256, spec, expected):

@@ -39,8 +39,13 @@ print(json.dumps(out))
 
 SETTINGS = {
     "opencv plain": ("0", {}),
-    "numpy without AVX-512": ("1", {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"}),
-    "numpy without AVX2, torch default, opencv plain": ("0", {"NPY_DISABLE_CPU_FEATURES": "AVX2 FMA3 AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR",
+    "numpy without AVX-512": ("1",
+                              {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL "
+                                                           "AVX512_ICL AVX512_SPR"}),
+    "numpy without AVX2, torch default, opencv plain": ("0",
+                                                        {"NPY_DISABLE_CPU_FEATURES": "AVX2 FMA3 AVX512F AVX512CD "
+                                                                                     "AVX512_SKX AVX512_CLX "
+                                                                                     "AVX512_CNL AVX512_ICL AVX512_SPR",
                                                               "ATEN_CPU_CAPABILITY": "default"}),
 }
 

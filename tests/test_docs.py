@@ -136,17 +136,22 @@ def test_params_comments_one_line_per_key() -> None:
     assert not runs, f"params.yaml: consecutive comment lines at lines {runs}: one line per key or block"
     for i in full:
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        assert nxt.strip() and not nxt.lstrip().startswith("#"), f"params.yaml:{i + 1}: a comment line not directly above a key"
+        assert nxt.strip() and not nxt.lstrip().startswith("#"), (
+            f"params.yaml:{i + 1}: a comment line not directly above a key"
+        )
     measured = re.compile(r"\bmeasured\b|\d\s*(dB|MiB|GiB|ms)\b|\d+(\.\d+)?\s*s\b(?! a step)", re.I)
     for no, line in enumerate(lines, 1):
         comment = line.partition("#")[2] if "#" in line else ""
-        assert not measured.search(comment), f"params.yaml:{no}: a measurement in a comment ({comment.strip()!r}); move it to benchmarks/RESULTS.md"
+        assert not measured.search(comment), (
+            f"params.yaml:{no}: a measurement in a comment ({comment.strip()!r}); move it to benchmarks/RESULTS.md"
+        )
 
 
 def test_params_values_equal_main() -> None:
     """Comments may change; the parsed values (what DVC tracks) equal main's."""
     try:
-        main = subprocess.run(["git", "show", "main:params.yaml"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        main = subprocess.run(["git", "show", "main:params.yaml"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("no git branch main here")
     here = (ROOT / "params.yaml").read_text(encoding="utf-8")
@@ -186,7 +191,9 @@ def test_code_cites_existing_docs() -> None:
     missing = sorted({(f, p) for f, p in refs if p not in EXTERNAL and not (ROOT / p).exists()})
     assert not missing, "the code cites documents that do not exist: " + ", ".join(f"{p} ({f})" for f, p in missing)
     # docs/REFERENCE.md (irunet.py, fundus.py) is the shared reference text in ../shared/docs: never committed here
-    assert not (ROOT / "docs" / "REFERENCE.md").exists(), "docs/REFERENCE.md is in the repository; it belongs in ../shared/docs"
+    assert not (ROOT / "docs" / "REFERENCE.md").exists(), (
+        "docs/REFERENCE.md is in the repository; it belongs in ../shared/docs"
+    )
 
 
 def test_code_cites_existing_readme_sections() -> None:

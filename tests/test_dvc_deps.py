@@ -21,8 +21,14 @@ from medrestore.pipeline.deps import REPO, check, closure, code_deps, covers, sc
 @pytest.mark.parametrize("stage", sorted(stages()))
 def test_stage_lists_exactly_the_code_it_imports(stage):
     missing, extra = check(stage, stages()[stage])
-    assert not missing, f"dvc.yaml stage {stage}: imports {missing} but does not list them in deps. Fix: python -m medrestore.pipeline.deps --write"
-    assert not extra, f"dvc.yaml stage {stage}: lists {extra} but imports nothing from there. Fix: python -m medrestore.pipeline.deps --write"
+    assert not missing, (
+        f"dvc.yaml stage {stage}: imports {missing} but does not list them in deps. Fix: python -m "
+        "medrestore.pipeline.deps --write"
+    )
+    assert not extra, (
+        f"dvc.yaml stage {stage}: lists {extra} but imports nothing from there. Fix: python -m "
+        "medrestore.pipeline.deps --write"
+    )
 
 
 def test_the_closure_follows_function_level_imports_and_the_pipeline_layer():
@@ -38,7 +44,10 @@ def test_an_import_added_without_its_dvc_yaml_entry_fails_and_write_fixes_it(tmp
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
     module = tmp_path / "src" / "medrestore" / "pipeline" / "prepare.py"
-    module.write_text(module.read_text() + "\n\ndef _folding():\n    from medrestore.serving import bn_folding\n\n    return bn_folding\n")
+    module.write_text(
+        module.read_text()
+        + "\n\ndef _folding():\n    from medrestore.serving import bn_folding\n\n    return bn_folding\n"
+    )
     spec = stages(tmp_path)["prepare"]
     missing, extra = check("prepare", spec, tmp_path)
     assert missing == ["src/medrestore/serving/__init__.py", "src/medrestore/serving/bn_folding.py"] and extra == []

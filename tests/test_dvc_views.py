@@ -18,7 +18,15 @@ import pytest
 import yaml
 
 from medrestore.core.io import load_yaml
-from medrestore.pipeline.views import EXP_COLUMNS, TEMPLATE, keep_pattern, plot_id, plots_block, task_curves, trained_methods
+from medrestore.pipeline.views import (
+    EXP_COLUMNS,
+    TEMPLATE,
+    keep_pattern,
+    plot_id,
+    plots_block,
+    task_curves,
+    trained_methods,
+)
 from medrestore.report.headline import best_psnr_fov
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +35,8 @@ WIDTH = 200  # characters: a terminal's width
 
 
 def _run(cmd, cwd, env=None):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t",
            "COLUMNS": "400", **(env or {})}
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
@@ -49,7 +58,7 @@ def _leaves(d):
 
 def test_the_headline_is_the_only_declared_metrics_file_and_holds_numbers_only():
     declared, stage_plots = [], []
-    for name, raw in _dvc_yaml()["stages"].items():
+    for raw in _dvc_yaml()["stages"].values():
         spec = raw.get("do") or raw
         declared += [m if isinstance(m, str) else next(iter(m)) for m in spec.get("metrics", [])]
         stage_plots += [p if isinstance(p, str) else next(iter(p)) for p in spec.get("plots", [])]
@@ -88,10 +97,14 @@ def views_repo(tmp_path_factory):
         (root / name).write_text((REPO / "reports" / name).read_text())
     script = "import shutil\nfor n in ('metrics.json', 'headline.json'):\n    shutil.copy(n, 'reports/' + n)\n"
     (root / "stage.py").write_text(script)
-    report = next(s for s in _dvc_yaml()["stages"].values() if "reports/headline.json" in json.dumps(s.get("metrics", [])))
+    report = next(
+        s for s in _dvc_yaml()["stages"].values() if "reports/headline.json" in json.dumps(s.get("metrics", []))
+    )
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "metrics.json", "headline.json"], "params": ["seed", "train"],
-        "outs": [o for o in report["outs"] if "reports/metrics.json" in json.dumps(o)], "metrics": report["metrics"]}}}))
+        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "metrics.json", "headline.json"],
+        "params": ["seed", "train"],
+        "outs": [o for o in report["outs"] if "reports/metrics.json" in json.dumps(o)],
+        "metrics": report["metrics"]}}}))
     _run(["git", "init", "-q"], root)
     _run([DVC, "init", "-q"], root)
     _run([DVC, "config", "core.analytics", "false"], root)
@@ -119,15 +132,20 @@ def test_the_headline_exp_show_fits_a_terminal(views_repo):
     tasks = _params()["corrupt"]["tasks"]
     full = _run([DVC, "exp", "show", "--no-pager", "--csv"], views_repo).splitlines()[0].split(",")
     assert len(full) > 100  # every parameter of params.yaml: the reason for the narrowed view
-    keep = _run([sys.executable, "-m", "medrestore.pipeline.views", "--keep"], views_repo, {"PYTHONPATH": str(REPO / "src")}).strip()
+    keep = _run([sys.executable, "-m", "medrestore.pipeline.views", "--keep"], views_repo,
+                {"PYTHONPATH": str(REPO / "src")}).strip()
     assert keep == keep_pattern(tasks)
     narrow = _run([DVC, "exp", "show", "--no-pager", "--drop", ".*", "--keep", keep], views_repo)
     assert _width(narrow) <= WIDTH, narrow
-    columns = _run([DVC, "exp", "show", "--no-pager", "--csv", "--drop", ".*", "--keep", keep], views_repo).splitlines()[0].split(",")
+    columns = _run([DVC, "exp", "show", "--no-pager", "--csv", "--drop", ".*", "--keep", keep],
+                   views_repo).splitlines()[0].split(",")
     headline = json.loads((REPO / "reports" / "headline.json").read_text())
-    assert columns[0] == "Experiment" and set(columns) - set(EXP_COLUMNS) == {f"{t}.{v}" for t in headline for v in headline[t]}
+    assert columns[0] == "Experiment" and set(columns) - set(EXP_COLUMNS) == {
+        f"{t}.{v}" for t in headline for v in headline[t]
+    }
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^exp-show:.*\n\t.*dvc exp show --drop '\.\*' --keep .*medrestore\.pipeline\.views --keep", makefile, flags=re.M)
+    assert re.search(r"^exp-show:.*\n\t.*dvc exp show --drop '\.\*' --keep .*medrestore\.pipeline\.views --keep",
+                     makefile, flags=re.M)
 
 
 def test_one_chart_per_task_lists_every_trained_model_of_it():
@@ -138,7 +156,8 @@ def test_one_chart_per_task_lists_every_trained_model_of_it():
     for task, (_, spec) in zip(sorted(params["corrupt"]["tasks"]), plots):
         assert spec["x"] == "step" and spec["template"] == TEMPLATE
         assert spec["y"] == {f"artifacts/models/{task}/{m}/curve.csv": "val_psnr" for m in methods[task]}
-    assert "denoise-g25/dncnn-srgan" in json.dumps(plots) and "denoise-g25/cdae-vprob" in json.dumps(plots)  # chains, vessel runs
+    # chains, vessel runs
+    assert "denoise-g25/dncnn-srgan" in json.dumps(plots) and "denoise-g25/cdae-vprob" in json.dumps(plots)
     text = (REPO / "dvc.yaml").read_text()
     assert text[text.index("\nplots:\n") + 1:] == plots_block(params), "python -m medrestore.pipeline.views --write"
 
@@ -152,7 +171,7 @@ def test_dvc_plots_show_draws_each_tasks_models_in_one_chart(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())
     curves = task_curves(_params())
-    for task, files in curves.items():
+    for files in curves.values():
         for i, f in enumerate(files):
             (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / f).write_text("step,train_loss,lr,val_loss,val_psnr\n1,0.05,0.001,,\n10,0.02,0.001,0.02,"

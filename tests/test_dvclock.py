@@ -3,13 +3,14 @@
 import pytest
 import yaml
 
-from medrestore.tracking.dvclock import find_stage, lock_stages, output_md5s, read_lock
 from medrestore.core.io import InputError
+from medrestore.tracking.dvclock import find_stage, lock_stages, output_md5s, read_lock
 
 LOCK = {"schema": "2.0", "stages": {
     "patchify": {"cmd": "python stages/patchify.py", "outs": [{"path": "artifacts/patches", "md5": "d1.dir"}]},
     "train@r": {"cmd": "python stages/train.py r", "params": {"params.yaml": {"seed": 1}},
-                "outs": [{"path": "artifacts/models/t/m/model.safetensors", "md5": "f1"}, {"path": "artifacts/models/t/m/curve.csv", "md5": "f2"}]},
+                "outs": [{"path": "artifacts/models/t/m/model.safetensors", "md5": "f1"},
+                         {"path": "artifacts/models/t/m/curve.csv", "md5": "f2"}]},
 }}
 
 

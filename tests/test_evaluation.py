@@ -43,11 +43,14 @@ def test_baselines_per_task_and_chain_sigma():
 def test_per_image_table_has_every_registry_column_and_the_summary_means_and_intervals():
     from medrestore.evaluation.metrics import COLUMNS
 
-    rows = [{"task": "t", "method": m, "kind": k, "image_id": f"i{i}", "variant": "v", "sigma": 25.0, "scale": 1, "psnr_fov": 30.0 + i + d}
+    rows = [{"task": "t", "method": m, "kind": k, "image_id": f"i{i}", "variant": "v", "sigma": 25.0, "scale": 1,
+             "psnr_fov": 30.0 + i + d}
             for m, k, d in (("b", "baseline", 0.0), ("a", "model", 1.0), ("c", "baseline", -1.0)) for i in range(4)]
     table = E.per_image_table(rows)
-    assert list(table.columns) == ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale", *COLUMNS]
-    assert table["ssim"].isna().all() and (table["subject"] == table["image_id"]).all()  # no subjects: each image its own
+    assert list(table.columns) == ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale",
+                                   *COLUMNS]
+    # no subjects: each image its own
+    assert table["ssim"].isna().all() and (table["subject"] == table["image_id"]).all()
     stats = E.summarise(table, seed=0)
     assert list(stats) == ["a", "b", "c"] and stats["a"]["v"]["kind"] == "model" and stats["a"]["v"]["n"] == 4
     assert stats["a"]["v"]["n_images"] == 4 and stats["a"]["v"]["n_subjects"] == 4
@@ -55,8 +58,11 @@ def test_per_image_table_has_every_registry_column_and_the_summary_means_and_int
     assert s["n_images"] == 4 and s["n_subjects"] == 4
     assert s["mean"] == 32.5 and 31.0 <= s["ci95"][0] <= 32.5 <= s["ci95"][1] <= 34.0 and "ssim" not in stats["a"]["v"]
     paired = E.paired_tests(table, seed=0)["v"]
-    assert paired["baseline"] == "b" and paired["chosen_by"] == "highest mean psnr_fov"  # the best baseline, as the report's
-    assert paired["models"]["a"]["psnr_fov"]["mean_diff"] == 1.0 and paired["models"]["a"]["psnr_fov"]["higher_is_better"]
+    # the best baseline, as the report's
+    assert paired["baseline"] == "b" and paired["chosen_by"] == "highest mean psnr_fov"
+    assert (
+        paired["models"]["a"]["psnr_fov"]["mean_diff"] == 1.0 and paired["models"]["a"]["psnr_fov"]["higher_is_better"]
+    )
     assert E.rounded_cost({"z": {"parameters": 3, "flops_per_mpix": 1.26}, "a": {"parameters": 0}}) == {
         "a": {"parameters": 0}, "z": {"parameters": 3, "flops_per_mpix": 1.3}}
     assert E.median_after_warmup([9.0, 1.0, 2.0, 3.0]) == 2.0 and E.median_after_warmup([5.0]) == 5.0
@@ -72,8 +78,10 @@ def test_bootstrap_intervals_are_scipys_bca_with_a_percentile_fallback():
 
     skewed = np.array([0.10, 0.12, 0.09, 0.30])  # e.g. thin-vessel recall on four test images
     lo, hi = bootstrap_ci(skewed, seed=1)
-    pct = stats.bootstrap((skewed,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(1)).confidence_interval
-    bca = stats.bootstrap((skewed,), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(1)).confidence_interval
+    pct = stats.bootstrap((skewed,), np.mean, n_resamples=2000, method="percentile",
+                          rng=np.random.default_rng(1)).confidence_interval
+    bca = stats.bootstrap((skewed,), np.mean, n_resamples=2000, method="BCa",
+                          rng=np.random.default_rng(1)).confidence_interval
     assert (lo, hi) == (bca.low, bca.high) and hi > pct.high
     assert bootstrap_ci(skewed, seed=1) == (lo, hi)  # seeded: the same interval every time
     assert bootstrap_ci(np.array([0.5, 0.5, 0.5]), seed=1) == (0.5, 0.5)
@@ -129,19 +137,23 @@ def test_a_paired_test_over_subjects_counts_subjects_and_its_smallest_p():
     assert t["model_better"] == 4 and t["baseline_better"] == 0 and t["mean_diff"] == pytest.approx(0.7)
     assert 0.5 <= t["ci95"][0] <= 0.7 <= t["ci95"][1] <= 1.0
     images = E.paired_test(base + np.array([0.6, 0.8, 0.5, 0.7, 0.9, 1.1, 0.4, 0.6]), base, seed=0)
-    assert images["n"] == 8 and images["min_p"] == pytest.approx(2 / 256, abs=1e-6)  # what resampling images would claim
+    # what resampling images would claim
+    assert images["n"] == 8 and images["min_p"] == pytest.approx(2 / 256, abs=1e-6)
 
 
 def test_paired_tests_and_summary_of_a_table_with_subjects():
-    rows = [{"task": "t", "method": m, "kind": k, "image_id": f"chase_db1/Image_{c}{eye}", "subject": f"chase_db1/{c}", "variant": "v",
+    rows = [{"task": "t", "method": m, "kind": k, "image_id": f"chase_db1/Image_{c}{eye}", "subject": f"chase_db1/{c}",
+             "variant": "v",
              "sigma": 25.0, "scale": 1, "psnr_fov": 28.0 + int(c) * 0.5 + d + (0.1 if eye == "R" else 0.0)}
-            for m, k, d in (("nlmeans", "baseline", 0.0), ("dncnn", "model", 1.0)) for c in ("11", "12", "13", "14") for eye in "LR"]
+            for m, k, d in (("nlmeans", "baseline", 0.0),
+                            ("dncnn", "model", 1.0)) for c in ("11", "12", "13", "14") for eye in "LR"]
     table = E.per_image_table(rows)
     stats = E.summarise(table, seed=0)["dncnn"]["v"]
     assert (stats["n_images"], stats["n_subjects"]) == (8, 4)
     assert (stats["psnr_fov"]["n_images"], stats["psnr_fov"]["n_subjects"]) == (8, 4)
     t = E.paired_tests(table, seed=0)["v"]["models"]["dncnn"]["psnr_fov"]
-    assert (t["n"], t["n_images"], t["n_subjects"], t["min_p"]) == (4, 8, 4, 0.125) and t["mean_diff"] == pytest.approx(1.0)
+    assert (t["n"], t["n_images"], t["n_subjects"],
+            t["min_p"]) == (4, 8, 4, 0.125) and t["mean_diff"] == pytest.approx(1.0)
 
 
 def test_the_per_image_table_carries_the_subjects_of_real_chase_db1_ids(chase_dir):
@@ -154,12 +166,14 @@ def test_the_per_image_table_carries_the_subjects_of_real_chase_db1_ids(chase_di
     subjects = E.subjects_by_image(old_meta, manifest)
     assert subjects["chase_db1/Image_11L"] == subjects["chase_db1/Image_11R"] == "chase_db1/11"
     assert len(set(subjects.values())) == 4
-    new_meta = {"test": [{"id": i, "source_id": i, "subject": subjects[i]} for i in test_ids]}  # as the patchify stage writes it
+    # as the patchify stage writes it
+    new_meta = {"test": [{"id": i, "source_id": i, "subject": subjects[i]} for i in test_ids]}
     assert E.subjects_by_image(new_meta) == subjects
     assert E.subjects_by_image(old_meta) == {i: i for i in test_ids}  # nothing known: each image its own subject
     regions = {"test": [{"id": "chase_db1/Image_11L#r01", "source_id": "chase_db1/Image_11L"}]}
     assert E.subjects_by_image(regions, manifest) == {"chase_db1/Image_11L#r01": "chase_db1/Image_11L#r01"}
-    rows = [{"task": "t", "method": "degraded", "kind": "input", "image_id": i, "subject": subjects[i], "variant": "s25", "sigma": 25.0,
+    rows = [{"task": "t", "method": "degraded", "kind": "input", "image_id": i, "subject": subjects[i],
+             "variant": "s25", "sigma": 25.0,
              "scale": 1, "psnr_fov": 20.0 + n} for n, i in enumerate(test_ids)]
     table = E.per_image_table(rows)
     assert list(table["subject"]) == [f"chase_db1/{k}" for k in ("11", "12", "13", "14") for _ in "LR"]

@@ -7,22 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import prepare_chase
 
-from medrestore.serving.restore import restore_files
+from conftest import prepare_chase
+from medrestore.core.io import read_image, read_mask, write_png_atomic
+from medrestore.data.patches import patchify
+from medrestore.data.photometric import PROFILES, recolour
+from medrestore.pipeline.evaluate_external import evaluate_external
+from medrestore.report.external import external_section
 from medrestore.serving.colour import (
     CHANNELS,
     allowed_range,
     colour_statistics,
     colour_warnings,
 )
-from medrestore.data.patches import patchify
-from medrestore.data.photometric import PROFILES, recolour
-from medrestore.core.io import read_image, read_mask, write_png_atomic
-from medrestore.pipeline.evaluate_external import evaluate_external
-from medrestore.report.external import external_section
+from medrestore.serving.restore import restore_files
 
-PATCH_ARGS = {"patch_size": 32, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25, "region_grid": 2}
+PATCH_ARGS = {"patch_size": 32, "stride": 16, "min_fov_fraction": 0.8, "val_fraction": 0.25, "test_fraction": 0.25,
+              "region_grid": 2}
 PREPARE = {"size": 128, "mode": "border_centre", "fov_threshold": 0.1}
 S25 = {"kind": "gaussian", "sigma": 25}
 
@@ -46,8 +47,10 @@ def chase(tmp_path_factory, chase_dir):
 
 
 def _run(chase, out):
-    return evaluate_external("denoise-g25", chase / "patches", chase / "models" / "denoise-g25", out, spec=S25, variant="s25",
-                             baselines=["median"], seed=11, profiles=sorted(PROFILES), gamma_range=[0.8, 1.25], sample=True,
+    return evaluate_external("denoise-g25", chase / "patches", chase / "models" / "denoise-g25", out, spec=S25,
+                             variant="s25",
+                             baselines=["median"], seed=11, profiles=sorted(PROFILES), gamma_range=[0.8, 1.25],
+                             sample=True,
                              prepare=PREPARE, tile=512, overlap=32)
 
 
@@ -58,9 +61,16 @@ def test_external_evaluation_writes_its_table_and_replays_byte_identical(chase, 
     assert lines[0].startswith("task,method,kind,image_id,source,profile,sigma,psnr_fov")
     assert len(lines) == 1 + (n_test + 1) * 3  # degraded, redae, median per image
     assert set(summary["methods"]) == {"degraded", "redae", "median"}
-    assert summary["methods"]["degraded"]["recoloured"]["n"] == n_test and summary["methods"]["degraded"]["sample"]["n"] == 1
-    assert 18 < summary["methods"]["degraded"]["all"]["psnr_fov"]["mean"] < 24  # sigma 25: about 20.2 dB before clipping
-    assert summary["methods"]["median"]["all"]["psnr_fov"]["mean"] > summary["methods"]["degraded"]["all"]["psnr_fov"]["mean"]
+    assert (
+        summary["methods"]["degraded"]["recoloured"]["n"] == n_test
+        and summary["methods"]["degraded"]["sample"]["n"] == 1
+    )
+    # sigma 25: about 20.2 dB before clipping
+    assert 18 < summary["methods"]["degraded"]["all"]["psnr_fov"]["mean"] < 24
+    assert (
+        summary["methods"]["median"]["all"]["psnr_fov"]["mean"]
+        > summary["methods"]["degraded"]["all"]["psnr_fov"]["mean"]
+    )
     for img in summary["images"]:
         if img["source"] == "recoloured":
             want = [PROFILES[img["profile"]][c] for c in CHANNELS]
@@ -92,7 +102,8 @@ def test_restore_warns_on_a_recoloured_image_and_not_on_a_chase_image(chase, tmp
     write_png_atomic(tmp_path / "in" / "chase.png", image)
     write_png_atomic(tmp_path / "in" / "other.png", other)
     logged = []
-    written, errors = restore_files(str(chase / "models" / "denoise-g25" / "redae"), [str(tmp_path / "in" / "chase.png"), str(tmp_path / "in" / "other.png")],
+    written, errors = restore_files(str(chase / "models" / "denoise-g25" / "redae"),
+                                    [str(tmp_path / "in" / "chase.png"), str(tmp_path / "in" / "other.png")],
                                     tmp_path / "out", progress=False, log=logged.append, device="cpu")
     assert len(written) == 2 and not errors
     warnings = [line for line in logged if line.startswith("warning:")]

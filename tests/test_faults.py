@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from conftest import copy_checkout, cut_patches, noisy_copies, shrink_params, subprocess_env, use_subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,8 @@ def tiny_params(p: dict) -> dict:
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False)
+    res = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+                         check=False)
     if check:
         assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     return res
@@ -110,7 +112,8 @@ def kill_when_writing(work: Path, cmd: list[str], parent: Path, name: str, timeo
         return set(parent.glob(f".{name}.*.tmp")) if parent.is_dir() else set()
 
     earlier = temporaries()  # leftovers of earlier kills are not a sign of this run writing
-    proc = subprocess.Popen(cmd, cwd=work, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=work, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     deadline = time.time() + timeout
     seen = None
     while time.time() < deadline and proc.poll() is None:
@@ -286,20 +289,24 @@ def test_tampered_training_checkpoint_error_names_the_file_and_the_fix(tmp_path,
 
 # --------------------------------------------------------------------------- concurrent experiments
 EXPERIMENTS = {"exp-lr2": 0.002, "exp-lr3": 0.003, "exp-lr4": 0.004}  # none is the baseline lr: each must train
-STAGES = {"download", "prepare", "patchify", f"corrupt@{TASK}", "train_segmenter", "train_scoring_segmenter", f"train@{RUN}",
+STAGES = {"download", "prepare", "patchify", f"corrupt@{TASK}", "train_segmenter", "train_scoring_segmenter",
+          f"train@{RUN}",
           f"evaluate@{TASK}", f"evaluate_external@{TASK}", "report"}
 
 
 @pytest.mark.slow
 def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_tracking_server(tmp_path, monkeypatch):
     """``dvc exp run --queue`` x3 from nothing (no stage has run), two workers (``dvc queue start -j 2``
-    through ``make queue``'s runner, tools/exp_queue.py) with the repository's local MLflow server: every stage of every experiment runs
+    through ``make queue``'s runner, tools/exp_queue.py) with the repository's local MLflow server: every stage of every
+    experiment runs
     (or is restored from DVC's run cache when a parallel experiment already ran it with the same
-    inputs), report included, each executed stage logged once in MLflow and tagged with its experiment; each experiment's
+    inputs), report included, each executed stage logged once in MLflow and tagged with its experiment; each
+    experiment's
     outputs are its own; shared paths in params.yaml are relative and resolve from the repository root
     (a queued stage runs in a copy under .dvc/tmp/exps); each experiment's best model gets its own alias
     (``exp-<name>``), never the published ``champion``."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from tools import exp_queue, mlflow_server
 
@@ -323,8 +330,11 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
         logs = "".join(log_of.values())
         failed = {n: log for n, log in log_of.items() if result.get(n, {}).get("status") != "Success"}
         workers = "".join(f"\n===== {p.name} (tail)\n{p.read_text(errors='replace')[-4000:]}"
-                          for p in sorted((work / ".dvc" / "tmp" / "exps" / "celery").glob("*.out")))  # DVC's own worker logs
-        assert not failed, f"{result}\n{status}" + "".join(f"\n===== {n} (tail)\n{log[-5000:]}" for n, log in failed.items()) + workers
+                          # DVC's own worker logs
+                          for p in sorted((work / ".dvc" / "tmp" / "exps" / "celery").glob("*.out")))
+        assert not failed, (
+            f"{result}\n{status}" + "".join(f"\n===== {n} (tail)\n{log[-5000:]}" for n, log in failed.items()) + workers
+        )
         retried = {n for n in EXPERIMENTS if result[n]["attempts"] > 1}
         assert "0 active" in status  # no worker left behind
         assert "were not logged" not in logs and "NOT tracked" not in logs, logs[-6000:]
@@ -344,14 +354,20 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
                     if r.get("name") in EXPERIMENTS:
                         data = r["data"]
                         # reports/metrics.json is a plain output (git-tracked): read at the experiment's commit
-                        shown_file = subprocess.run(["git", "show", f"{r['rev']}:reports/metrics.json"], cwd=work, capture_output=True, text=True, check=True)
+                        shown_file = subprocess.run(["git", "show", f"{r['rev']}:reports/metrics.json"], cwd=work,
+                                                    capture_output=True, text=True, check=True)
                         metrics[r["name"]] = json.loads(shown_file.stdout)
                         assert set(data["metrics"]) == {"reports/headline.json"}
-                        assert data["params"]["params.yaml"]["data"]["train"]["models"][MODEL]["lr"] == EXPERIMENTS[r["name"]]
+                        assert (
+                            data["params"]["params.yaml"]["data"]["train"]["models"][MODEL]["lr"]
+                            == EXPERIMENTS[r["name"]]
+                        )
         assert set(metrics) == set(EXPERIMENTS)
-        assert len({json.dumps(m[TASK][MODEL], sort_keys=True) for m in metrics.values()}) == len(EXPERIMENTS)  # each its own
+        # each its own
+        assert len({json.dumps(m[TASK][MODEL], sort_keys=True) for m in metrics.values()}) == len(EXPERIMENTS)
         # MLflow, through the server: every stage of every experiment, finished, tagged with its experiment
-        client = MlflowClient(tracking_uri=server["uri"])  # not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to later tests
+        # not mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI to later tests
+        client = MlflowClient(tracking_uri=server["uri"])
         exp = client.get_experiment_by_name("medrestore")
         assert ".dvc/tmp" not in exp.artifact_location
         runs = client.search_runs([exp.experiment_id], max_results=1000)
@@ -360,7 +376,8 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
             assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
             by_exp.setdefault(run.data.tags.get("dvc_exp_name", ""), []).append(run.info.run_name)
         for name in EXPERIMENTS:  # one finished run per executed stage, nothing lost, nothing twice
-            if name in retried:  # an attempt DVC dropped may have logged stages the next one restored from the run cache
+            # an attempt DVC dropped may have logged stages the next one restored from the run cache
+            if name in retried:
                 assert set(ran[name]) <= set(by_exp.get(name, [])) <= STAGES, (name, by_exp.get(name), ran[name])
             else:
                 assert sorted(by_exp.get(name, [])) == sorted(ran[name]), (name, by_exp.get(name), ran[name])
@@ -368,17 +385,23 @@ def test_three_queued_experiments_with_two_workers_run_every_stage_through_the_t
         assert all(r.data.tags.get("model_uri") for r in trained)
         # each experiment's report points its own alias at its model where that converged and beats its input
         # (the sanity gates: four steps rarely do), never at another's; none moves the published champion
-        qualifies = {n: all(v.get("converged") and not v.get("failed") for v in metrics[n][TASK][MODEL].values()) for n in EXPERIMENTS}
+        qualifies = {
+            n: all(v.get("converged") and not v.get("failed") for v in metrics[n][TASK][MODEL].values())
+            for n in EXPERIMENTS
+        }
         for name in EXPERIMENTS:
             if qualifies[name]:
                 version = client.get_model_version_by_alias(f"medrestore-{TASK}", f"exp-{name}")
-                assert version.tags["train_run_id"] in {r.info.run_id for r in trained if r.data.tags["dvc_exp_name"] == name}
+                assert version.tags["train_run_id"] in {
+                    r.info.run_id for r in trained if r.data.tags["dvc_exp_name"] == name
+                }
             else:
-                with pytest.raises(Exception):
+                with pytest.raises(MlflowException):
                     client.get_model_version_by_alias(f"medrestore-{TASK}", f"exp-{name}")
-        with pytest.raises(Exception):
+        with pytest.raises(MlflowException):
             client.get_model_version_by_alias(f"medrestore-{TASK}", "champion")
-        assert len(client.search_model_versions(f"name='medrestore-{TASK}'")) == sum(qualifies.values())  # one per qualifying model
+        # one per qualifying model
+        assert len(client.search_model_versions(f"name='medrestore-{TASK}'")) == sum(qualifies.values())
     finally:
         dvc("queue", "stop", "--kill", cwd=work, check=False)
         mlflow_server.stop(work)
@@ -401,13 +424,15 @@ execute(main)
 
 
 def test_a_stage_stopped_by_hand_removes_its_temporary_and_ends_its_run_as_killed(tmp_path):
-    import medrestore
     from mlflow import MlflowClient
+
+    import medrestore
 
     (tmp_path / "stage.py").write_text(STOPPABLE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(Path(medrestore.__file__).parents[1])}
-    proc = subprocess.Popen([sys.executable, "stage.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "stage.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.startswith("RUN "), proc.communicate()[1][-2000:]
     assert list((tmp_path / "artifacts").glob(".prepared.*.tmp"))  # writing

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from medrestore.degradations import corrupt, to_float
-from medrestore.serving.inference import restore_array
 from medrestore.models import build_model
+from medrestore.serving.inference import restore_array
 
 
 def _random_dncnn():
@@ -77,10 +77,12 @@ def test_out_of_memory_halves_the_tile_until_it_fits(chase_image):
     net = _random_dncnn()
     img = to_float(chase_image[300:396, 400:496])
     expected = restore_array(net, img, tile=4096, overlap=0)
-    for error in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")):
+    for error in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                  RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")):
         wrapped = _OOMAbove(net, 80, error)
         with pytest.warns(RuntimeWarning, match="restored with 32 px tiles"):
-            out = restore_array(wrapped, img, tile=128, overlap=20, scale=1, optimise=False)  # optimise copies the model
+            # optimise copies the model
+            out = restore_array(wrapped, img, tile=128, overlap=20, scale=1, optimise=False)
         assert np.abs(out - expected).max() < 1e-4  # 20 px of overlap covers DnCNN-17's field
         assert max(max(c) for c in wrapped.calls[-4:]) <= 80
     with pytest.raises(RuntimeError, match="even with 32 px tiles.*Fix"):

@@ -206,10 +206,14 @@ def test_20000_square_image_is_refused_before_decoding_with_the_limit_named(tmp_
     huge = tmp_path / "huge.png"
     _huge_png(huge, 20000)
     env = {k: v for k, v in os.environ.items() if k != MAX_PIXELS_ENV}
-    res = subprocess.run([sys.executable, "-W", "error", "-c", HUGE_READER, str(huge)], capture_output=True, text=True, env=env, check=False)
+    res = subprocess.run([sys.executable, "-W", "error", "-c", HUGE_READER, str(huge)], capture_output=True, text=True,
+                         env=env, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "INPUTERROR" in res.stdout and "huge.png: 20000x20000 = 400000000 pixels" in res.stdout
-    assert f"limit of {max_pixels()} pixels ({MAX_PIXELS_ENV})" in res.stdout and f"{MAX_PIXELS_ENV}=400000000" in res.stdout
+    assert (
+        f"limit of {max_pixels()} pixels ({MAX_PIXELS_ENV})" in res.stdout
+        and f"{MAX_PIXELS_ENV}=400000000" in res.stdout
+    )
     # Decoding would take 400 MB for the grey plane and 1.2 GB as RGB; the refusal costs the interpreter's baseline.
     rss = int(res.stdout.split("MAXRSS_MB")[1])
     assert rss < 250, res.stdout
@@ -218,7 +222,8 @@ def test_20000_square_image_is_refused_before_decoding_with_the_limit_named(tmp_
 def test_pixel_limit_is_configurable_and_replaces_pils_bomb_check(tmp_path, crop, monkeypatch):
     write_png_atomic(tmp_path / "a.png", crop)  # 96 x 128 = 12288 pixels
     monkeypatch.setenv(MAX_PIXELS_ENV, "10000")
-    with pytest.raises(InputError, match=rf"a\.png: 128x96 = 12288 pixels, above the limit of 10000 .*{MAX_PIXELS_ENV}=12288"):
+    with pytest.raises(InputError,
+                       match=rf"a\.png: 128x96 = 12288 pixels, above the limit of 10000 .*{MAX_PIXELS_ENV}=12288"):
         read_image(tmp_path / "a.png")
     monkeypatch.setenv(MAX_PIXELS_ENV, "12288")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL alone would warn, then refuse above 2000
@@ -246,30 +251,35 @@ def test_folder_source_reads_every_odd_format_and_refuses_non_images(tmp_path, c
     (data / ".DS_Store").write_bytes(b"\x00\x01junk")  # hidden files are skipped
     records = gather(["folder"], tmp_path / "sources", mirror=tmp_path / "none", folder=data,
                      cache_dir=tmp_path / "cache", allow_network=False)
-    assert sorted(r.id for r in records) == ["folder/cmyk", "folder/f_rgb", "folder/pal", "folder/png_named", "folder/rgba", "folder/sub__rgb16"]
+    assert sorted(r.id for r in records) == ["folder/cmyk", "folder/f_rgb", "folder/pal", "folder/png_named",
+                                             "folder/rgba", "folder/sub__rgb16"]
     for r in records:
         out = read_image(r.image)
         assert out.shape == crop.shape and np.abs(out.astype(int) - crop).mean() < 6, r.id
 
     (data / "notes.txt").write_text("acquisition notes")
     with pytest.raises(InputError, match=r"notes\.txt: not an image .*Fix: remove it"):
-        gather(["folder"], tmp_path / "s2", mirror=tmp_path / "none", folder=data, cache_dir=tmp_path / "cache", allow_network=False)
+        gather(["folder"], tmp_path / "s2", mirror=tmp_path / "none", folder=data, cache_dir=tmp_path / "cache",
+               allow_network=False)
     (data / "notes.txt").unlink()
     (data / "broken.png").write_bytes((data / "pal.png").read_bytes()[:100])
     with pytest.raises(InputError, match=r"broken\.png: .*Fix: "):
-        gather(["folder"], tmp_path / "s3", mirror=tmp_path / "none", folder=data, cache_dir=tmp_path / "cache", allow_network=False)
+        gather(["folder"], tmp_path / "s3", mirror=tmp_path / "none", folder=data, cache_dir=tmp_path / "cache",
+               allow_network=False)
     (data / "broken.png").unlink()
 
     # An image smaller than the smallest usable size stops at prepare, naming it.
     write_png_atomic(data / "tiny.png", crop[:20, :20])
-    records = gather(["folder"], tmp_path / "s4", mirror=tmp_path / "none", folder=data, cache_dir=tmp_path / "cache", allow_network=False)
+    records = gather(["folder"], tmp_path / "s4", mirror=tmp_path / "none", folder=data, cache_dir=tmp_path / "cache",
+                     allow_network=False)
     manifest = {"images": [r.as_dict(tmp_path / "s4") for r in records]}
     with pytest.raises(InputError, match=r"tiny\.png: image is 20x20, too small"):
         prepare_sources(manifest, tmp_path / "s4", tmp_path / "prepared", size=64, mode="resize", fov_threshold=0.1)
 
 
 def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     dead_pid = int(dead.stdout)
     (tmp_path / f".patches.{dead_pid}.abcd1234.tmp").mkdir()
     (tmp_path / f".patches.{dead_pid}.abcd1234.tmp" / "train.npy").write_bytes(b"half")
@@ -300,7 +310,9 @@ def test_params_written_by_dvc_set_param_keep_their_numbers(tmp_path):
     got = load_params("train", params)["models"]
     assert got["redae"]["lr"] == 1e-05 and isinstance(got["redae"]["lr"], float)
     assert got["cdae"]["lr"] == 2.5e-06 and load_params(path=params)["seed"] == 7
-    assert load_yaml("a: [5e3, 1E+2, .5e-1, 1.0, 12, 1e5x, v1e5, '1e-05']") == {"a": [5000.0, 100.0, 0.05, 1.0, 12, "1e5x", "v1e5", "1e-05"]}
+    assert load_yaml("a: [5e3, 1E+2, .5e-1, 1.0, 12, 1e5x, v1e5, '1e-05']") == {
+        "a": [5000.0, 100.0, 0.05, 1.0, 12, "1e5x", "v1e5", "1e-05"]
+    }
     assert load_params(path=REPO / "params.yaml") == yaml.safe_load((REPO / "params.yaml").read_text())
 
 

@@ -21,11 +21,15 @@ WRITE = (
 def repo(tmp_path, chase_dir):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))},
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+
+    def run(*cmd):
+        return subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
+
     (tmp_path / "src.jpg").write_bytes((chase_dir / "Image_01L.jpg").read_bytes())
     run("git", "init", "-q")
     run(sys.executable, "-m", "dvc", "init", "-q")
-    run(sys.executable, "-m", "dvc", "stage", "add", "-q", "-n", "make", "-d", "src.jpg", "-o", "out", f'{sys.executable} -c "{WRITE}"')
+    run(sys.executable, "-m", "dvc", "stage", "add", "-q", "-n", "make", "-d", "src.jpg", "-o", "out",
+        f'{sys.executable} -c "{WRITE}"')
     run(sys.executable, "-m", "dvc", "repro", "-q")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "run")

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
-from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, thin_structure
 from medrestore.training.config import TrainConfig
+from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, thin_structure
 from medrestore.training.paired import make_perceptual
 from medrestore.training.segmenter import train_segmenter
 from medrestore.vessels.scoring import thin_vessel_mask
+from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_thin_structure_marks_vessels_at_most_two_pixels_wide():
 
 def test_thin_structure_agrees_with_the_scoring_rule_on_a_real_mask(chase_dir):
     """The loss's opening-based rule and the scoring's skeleton/distance rule mark mostly the same
-    pixels of CHASE_DB1's manual mask (the loss's is a cheap stand-in for the scorer's)."""
+    pixels of CHASE_DB1's manual mask (the loss's is a cheap stand-in for the scoring segmenter's)."""
     _, fov, vessels, _ = prepared(chase_dir, "Image_05L", 384)
     ours = thin_structure(torch.from_numpy(vessels)[None, None])[0, 0].numpy() & fov
     scoring = thin_vessel_mask(vessels, fov)

@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medrestore.models.cyclegan import PatchDiscriminator
+from medrestore.models.lapsrn import LapSRN
+from medrestore.models.srresnet import SRGANDiscriminator
 from medrestore.training import losses
 from medrestore.training.losses import (
     PerceptualLoss,
@@ -21,9 +24,6 @@ from medrestore.training.losses import (
     multiscale_charbonnier,
     vgg_weights_path,
 )
-from medrestore.models.cyclegan import PatchDiscriminator
-from medrestore.models.lapsrn import LapSRN
-from medrestore.models.srresnet import SRGANDiscriminator
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
@@ -206,6 +206,7 @@ def test_make_loss_multiscale_charbonnier_takes_the_pyramid():
     net = LapSRN(scale=4, depth=1)
     lr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)
     loss = make_loss("multiscale_charbonnier")
-    assert loss.pyramid and torch.isclose(loss(net.forward_pyramid(lr), hr), multiscale_charbonnier(net.forward_pyramid(lr), hr))
+    assert loss.pyramid and torch.isclose(loss(net.forward_pyramid(lr), hr),
+                                          multiscale_charbonnier(net.forward_pyramid(lr), hr))
     with pytest.raises(ValueError, match="weights"):
         make_loss("weighted_mse")

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medrestore.degradations import corrupt
 from medrestore.core.io import read_image
+from medrestore.degradations import corrupt
 from medrestore.evaluation.metrics import (
     COLUMNS,
     FULL,
@@ -97,11 +97,16 @@ def test_fov_variants_equal_whole_image_without_a_mask_and_ssim_is_pyiqas(chase_
     m = full_reference(noisy, crop, None, str(assets_dir))
     for key in ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb"):
         assert m[f"{key}_fov"] == pytest.approx(m[key], abs=1e-4), key  # pyiqa works in float32
-    to_t = lambda a: torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]
+
+    def to_t(a):
+        return torch.from_numpy(a.astype(np.float32).transpose(2, 0, 1) / 255.0)[None]
+
     # pyiqa builds its Gaussian window in float32; ours is exact float64 and separable: the values
     # agree to float32 precision, and to 1e-12 when pyiqa is given the same float64 window
-    assert m["ssim"] == pytest.approx(float(pyiqa.create_metric("ssim", device="cpu")(to_t(noisy), to_t(crop))), abs=2e-6)
-    assert m["ssim_rgb"] == pytest.approx(float(pyiqa.create_metric("ssimc", device="cpu")(to_t(noisy), to_t(crop))), abs=2e-6)
+    assert m["ssim"] == pytest.approx(float(pyiqa.create_metric("ssim", device="cpu")(to_t(noisy), to_t(crop))),
+                                      abs=2e-6)
+    assert m["ssim_rgb"] == pytest.approx(float(pyiqa.create_metric("ssimc", device="cpu")(to_t(noisy), to_t(crop))),
+                                          abs=2e-6)
     from pyiqa.archs.func_util import preprocess_rgb
     from pyiqa.archs.ssim_arch import ssim
 
@@ -145,9 +150,27 @@ def test_the_registry_names_every_metric_the_evaluation_computes(retina, assets_
 
 def test_per_image_columns_and_paired_tests_keep_their_order():
     # per_image.csv's columns and summary.json's paired tests: outputs, whose order must not move
-    assert COLUMNS == ("psnr", "psnr_y", "psnr_green", "ssim", "ssim_rgb", "psnr_fov", "psnr_fov_e3", "psnr_y_fov", "psnr_green_fov", "ssim_fov",
-                       "ssim_rgb_fov", "niqe", "brisque", "entropy",
-                       *(f"{p}_{k}" for p in ("ref", "manual", "indep") for k in ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")))
+    assert COLUMNS == (
+        "psnr",
+        "psnr_y",
+        "psnr_green",
+        "ssim",
+        "ssim_rgb",
+        "psnr_fov",
+        "psnr_fov_e3",
+        "psnr_y_fov",
+        "psnr_green_fov",
+        "ssim_fov",
+        "ssim_rgb_fov",
+        "niqe",
+        "brisque",
+        "entropy",
+        *(
+            f"{p}_{k}"
+            for p in ("ref", "manual", "indep")
+            for k in ("auc", "dice", "thin_recall", "thin_recall_above_chance", "invented_rate")
+        ),
+    )
     assert PAIRED == ("psnr", "psnr_fov", "psnr_green_fov", "ssim", "ssim_fov", "niqe", "brisque",
                       *(f"{p}_{k}" for p in ("ref", "manual") for k in ("auc", "dice", "thin_recall", "invented_rate")))
 
@@ -162,7 +185,8 @@ def test_every_entry_is_well_formed_and_vessel_columns_follow_their_metric():
         for m in (m for m in REGISTRY if m.reference == VESSEL):
             col = metric(f"{prefix}_{m.name}")
             assert (col.lower_is_better, col.digits, col.table) == (m.lower_is_better, m.digits, m.table)
-            assert col.paired == (m.paired and prefix != "indep")  # independent scores: compared in the vessel-aware section
+            # independent scores: compared in the vessel-aware section
+            assert col.paired == (m.paired and prefix != "indep")
             assert header(col.name) == f"{m.header} ({words})"
     assert header("psnr_fov") == "psnr_fov" and header("ref_auc") == "vessel AUC (vs clean)" and digits("ssim_fov") == 3
     with pytest.raises(KeyError, match="not in medrestore.evaluation.metrics.REGISTRY"):
@@ -211,7 +235,8 @@ def test_psnr_inside_the_fov_eroded_by_3_px_ignores_noise_on_the_fov_rim(chase_d
     assert m["psnr_fov_e3"] == same["psnr_fov"] == same["psnr_fov_e3"]  # identical pixels: psnr_fov's rule
     assert np.isfinite(m["psnr_fov"]) and m["psnr_fov_e3"] > m["psnr_fov"]
     # noise everywhere inside the FOV: both finite, and psnr_fov_e3 is psnr_fov's rule on the eroded pixels
-    rough = np.clip(image.astype(np.int16) + np.random.default_rng(1).integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+    rough = np.clip(image.astype(np.int16) + np.random.default_rng(1).integers(-6, 7, image.shape), 0,
+                    255).astype(np.uint8)
     r = full_reference(rough, image, fov, str(assets_dir))
     mse = np.mean((rough[inner].astype(np.float64) - image[inner]) ** 2)
     assert r["psnr_fov_e3"] == pytest.approx(10 * np.log10(255.0**2 / mse), rel=1e-12)

@@ -43,9 +43,9 @@ def _logged(folder, example, stage="train@t-dncnn"):
 def test_the_pyfunc_restores_a_numpy_image_like_the_pipeline(store, chase_image):
     import mlflow
 
+    from medrestore.models import load_model
     from medrestore.serving.inference import restore_array
     from medrestore.serving.mlflow_model import register_champion
-    from medrestore.models import load_model
     from medrestore.tracking.runs import file_md5
 
     folder = _model(store / "m1", 0)
@@ -62,7 +62,8 @@ def test_the_pyfunc_restores_a_numpy_image_like_the_pipeline(store, chase_image)
     loaded = mlflow.pyfunc.load_model("models:/medrestore-t@champion")
     out = loaded.predict(photo)  # any size, not only the example's
     model, _ = load_model(folder)
-    expected = np.clip(np.round(restore_array(model, photo.astype(np.float32) / 255.0, tile=512, overlap=32) * 255), 0, 255).astype(np.uint8)
+    expected = np.clip(np.round(restore_array(model, photo.astype(np.float32) / 255.0, tile=512, overlap=32) * 255), 0,
+                       255).astype(np.uint8)
     assert out.dtype == np.uint8 and out.shape == photo.shape and np.array_equal(out, expected)
 
 
@@ -77,7 +78,8 @@ def test_champion_moves_without_duplicate_versions(store, chase_image):
     ua, _ = _logged(a, example)
     ub, _ = _logged(b, example)
     assert register_champion("t", ua, file_md5(a / "model.safetensors"), {}) == "medrestore-t/1"
-    assert register_champion("t", ua, file_md5(a / "model.safetensors"), {}) == "medrestore-t/1"  # same weights: no new version
+    # same weights: no new version
+    assert register_champion("t", ua, file_md5(a / "model.safetensors"), {}) == "medrestore-t/1"
     assert register_champion("t", ub, file_md5(b / "model.safetensors"), {}) == "medrestore-t/2"
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("medrestore-t", "champion").version) == "2"
@@ -95,10 +97,12 @@ def test_restore_cli_takes_a_champion_uri(store, chase_image, capsys):
     uri, _ = _logged(folder, chase_image[300:340, 400:440])
     register_champion("t", uri, file_md5(folder / "model.safetensors"), {})
     write_png_atomic(store / "in" / "photo.png", chase_image[200:328, 300:428])
-    assert main(["restore", "--model", "models:/medrestore-t@champion", str(store / "in" / "photo.png"), "--out", str(store / "a")]) == 0
+    assert main(["restore", "--model", "models:/medrestore-t@champion", str(store / "in" / "photo.png"), "--out",
+                 str(store / "a")]) == 0
     assert main(["restore", "--model", str(folder), str(store / "in" / "photo.png"), "--out", str(store / "b")]) == 0
     assert np.array_equal(read_image(store / "a" / "photo.png"), read_image(store / "b" / "photo.png"))
-    assert main(["restore", "--model", "models:/medrestore-t@nobody", str(store / "in" / "photo.png"), "--out", str(store / "c")]) == 2
+    assert main(["restore", "--model", "models:/medrestore-t@nobody", str(store / "in" / "photo.png"), "--out",
+                 str(store / "c")]) == 2
     assert "models:/medrestore-t@nobody: not found in the MLflow store" in capsys.readouterr().err
 
 
@@ -135,13 +139,13 @@ def registry(tmp_path, monkeypatch, empty_registry):
     ``champion`` points at a version (yesterday's champion)."""
     import shutil
 
-    from mlflow import MlflowClient
-
     import mlflow
+    from mlflow import MlflowClient
 
     shutil.copy(empty_registry, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # over one an earlier test set (model_folder sets it)
+    # over one an earlier test set (model_folder sets it)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     client = MlflowClient()
@@ -152,6 +156,8 @@ def registry(tmp_path, monkeypatch, empty_registry):
 
 
 def test_a_task_without_a_champion_loses_its_stale_alias_and_says_why(registry):
+    from mlflow.exceptions import MlflowException
+
     from medrestore.serving.mlflow_model import reason_tag, register_champion, withdraw_champion
     from medrestore.tracking.runs import file_md5
 
@@ -160,7 +166,7 @@ def test_a_task_without_a_champion_loses_its_stale_alias_and_says_why(registry):
     assert withdraw_champion("t", "no converged model beats the degraded input") == name
     model = client.get_registered_model(name)
     assert not model.aliases and model.tags["no_champion_reason"] == "no converged model beats the degraded input"
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException):
         client.get_model_version_by_alias(name, "champion")  # models:/medrestore-t@champion serves nothing
     assert len(client.search_model_versions(f"name='{name}'")) == 1  # the versions stay, for the record
     assert withdraw_champion("unknown", "why") is None  # no registered model: nothing to withdraw
@@ -210,7 +216,8 @@ def test_restoring_with_a_registered_model_leaves_the_store_as_it_was(store, cha
     for path in (p for a in artifacts for p in [a, *a.rglob("*")]):
         os.chmod(path, 0o555 if path.is_dir() else 0o444)  # a read-only store
     try:
-        assert main(["restore", "--model", "models:/medrestore-t@champion", str(store / "in" / "photo.png"), "--out", str(store / "a"),
+        assert main(["restore", "--model", "models:/medrestore-t@champion", str(store / "in" / "photo.png"), "--out",
+                     str(store / "a"),
                      "--no-progress"]) == 0
     finally:
         for path in (p for a in artifacts for p in [a, *a.rglob("*")]):
@@ -233,7 +240,8 @@ def test_a_tracking_server_that_is_down_is_given_up_in_seconds(tmp_path, monkeyp
         monkeypatch.delenv(key, raising=False)
     write_png_atomic(tmp_path / "photo.png", chase_image[200:328, 300:428])
     start = time.monotonic()
-    code = main(["restore", "--model", "models:/medrestore-t@champion", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out")])
+    code = main(["restore", "--model", "models:/medrestore-t@champion", str(tmp_path / "photo.png"), "--out",
+                 str(tmp_path / "out")])
     assert time.monotonic() - start < 15
     err = capsys.readouterr().err
     assert code == 2 and "cannot be reached" in err and "Fix:" in err
@@ -242,9 +250,10 @@ def test_a_tracking_server_that_is_down_is_given_up_in_seconds(tmp_path, monkeyp
 
 # The served model in a Python that has only what its requirements install: argv[1] the model folder,
 # argv[2] an image (.npy); writes the restored pixels to argv[3] and where medrestore came from to argv[4].
-_SERVE = r'''
+_SERVE = r"""
 import importlib.util, sys
-for other in ("dvc", "pyiqa", "pytorch_lightning", "sqlalchemy", "matplotlib"):  # installed here, not in the requirements
+# installed here, not in the requirements
+for other in ("dvc", "pyiqa", "pytorch_lightning", "sqlalchemy", "matplotlib"):
     assert importlib.util.find_spec(other) is None, f"the lean Python finds {other}"
 import numpy as np
 import mlflow.pyfunc
@@ -253,7 +262,7 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))
 import medrestore
 open(sys.argv[4], "w").write(medrestore.__file__)
-'''
+"""
 
 
 def _lean_site(requirements: list[str], dest):
@@ -311,7 +320,8 @@ def test_the_served_model_is_lean_portable_and_restores_like_the_cli(store, chas
     uri, _ = _logged(folder, chase_image[300:340, 400:440])
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(store / "served")))
     mlmodel = (local / "MLmodel").read_text()
-    for root in (str(store), str(Path.cwd()), str(Path(__file__).resolve().parents[1]), "/tmp", os.path.expanduser("~")):
+    for root in (str(store), str(Path.cwd()), str(Path(__file__).resolve().parents[1]), "/tmp",
+                 os.path.expanduser("~")):
         assert root not in mlmodel, f"MLmodel names a local path under {root}:\n{mlmodel}"
     conf = yaml.safe_load(mlmodel)["flavors"]["python_function"]
     assert conf["model_code_path"] == "mlflow_pyfunc.py" and not conf.get("code")
@@ -319,21 +329,25 @@ def test_the_served_model_is_lean_portable_and_restores_like_the_cli(store, chas
                                                             CODE_ARTIFACT: {"path": f"artifacts/{CODE_ARTIFACT}"}}
     names = [line.split("==")[0] for line in (local / "requirements.txt").read_text().split()]
     assert names == ["mlflow-skinny", "pandas", *SERVING_PACKAGES]
-    assert not {"dvc", "mlflow", "pyiqa", "pytorch-lightning", "torchvision", "albumentations", "matplotlib"} & set(names)
+    assert not {"dvc", "mlflow", "pyiqa", "pytorch-lightning", "torchvision", "albumentations",
+                "matplotlib"} & set(names)
 
     photo = chase_image[200:328, 300:456]  # a real 128 x 156 window
     write_png_atomic(store / "in" / "photo.png", photo)
-    assert main(["restore", "--model", str(folder), str(store / "in" / "photo.png"), "--out", str(store / "cli"), "--no-progress"]) == 0
+    assert main(["restore", "--model", str(folder), str(store / "in" / "photo.png"), "--out", str(store / "cli"),
+                 "--no-progress"]) == 0
     expected = read_image(store / "cli" / "photo.png")
     np.save(store / "photo.npy", photo)
     (store / "serve.py").write_text(_SERVE)
     lean = str(_lean_site((local / "requirements.txt").read_text().split(), store / "lean-site"))
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))} | {"OMP_NUM_THREADS": "1"}
-    # python -S: no site-packages, so nothing but PYTHONPATH: medrestore's source and the requirements, or the requirements alone
+    # python -S: no site-packages, so nothing but PYTHONPATH: medrestore's source and the requirements, or the
+    # requirements alone
     for case, path in {"installed": f"{src}:{lean}", "copy": lean}.items():
         out, origin = store / f"{case}.npy", store / f"{case}.txt"
-        proc = subprocess.run([sys.executable, "-S", str(store / "serve.py"), str(local), str(store / "photo.npy"), str(out), str(origin)],
+        proc = subprocess.run([sys.executable, "-S", str(store / "serve.py"), str(local), str(store / "photo.npy"),
+                               str(out), str(origin)],
                               env=env | {"PYTHONPATH": path}, cwd=store, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{case}: {proc.stderr[-3000:]}"
         where = origin.read_text()

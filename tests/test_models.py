@@ -54,7 +54,10 @@ def test_nl_means_and_median_beat_noisy_input_on_fundus(retina):
     crop = retina[560:720, 560:720]
     noisy, _ = corrupt(crop, {"kind": "gaussian", "sigma": 25}, [3])
     ref = to_float(crop)
-    err = lambda img: float(np.mean((img - ref) ** 2))
+
+    def err(img):
+        return float(np.mean((img - ref) ** 2))
+
     assert err(nl_means(to_float(noisy), 25)) < 0.25 * err(to_float(noisy))
     assert err(median_filter(to_float(noisy), 25)) < 0.5 * err(to_float(noisy))
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medrestore.serving.inference import restore_array
 from medrestore.core.io import InputError
 from medrestore.models import build_model, load_model, save_model
 from medrestore.models.chain import Chain, Downscale
+from medrestore.serving.inference import restore_array
 from medrestore.training.chain import (
     assemble_chain,
     chain_pairs,
@@ -55,12 +55,20 @@ def test_chain_runs_its_parts_in_order_and_keeps_the_input_size(chase_image):
 
 def test_assembled_chain_loads_like_any_model_and_restores_a_whole_image(tmp_path, chase_image):
     torch.manual_seed(1)
-    first, last = build_model("dncnn", depth=4, features=8), build_model("srresnet", n_blocks=1, features=8, scale=4, skip="bicubic")
-    save_model(first, tmp_path / "first", name="dncnn", kwargs={"depth": 4, "features": 8}, extra={"task_kind": "denoise", "scale": 1})
+    first, last = build_model("dncnn", depth=4,
+                              features=8), build_model("srresnet", n_blocks=1, features=8, scale=4, skip="bicubic")
+    save_model(first, tmp_path / "first", name="dncnn", kwargs={"depth": 4, "features": 8},
+               extra={"task_kind": "denoise", "scale": 1})
     kw = {"n_blocks": 1, "features": 8, "scale": 4, "skip": "bicubic"}
-    save_model(last, tmp_path / "last", name="srresnet", kwargs=kw, extra={"task_kind": "sr", "scale": 4, "task": "denoise-g25"})
+    save_model(last, tmp_path / "last", name="srresnet", kwargs=kw,
+               extra={"task_kind": "sr", "scale": 4, "task": "denoise-g25"})
     meta = assemble_chain(tmp_path / "first", tmp_path / "last", 4, extra={"first": "first"})
-    assert meta["model"] == "chain" and meta["scale"] == 1 and meta["task_kind"] == "denoise" and meta["task"] == "denoise-g25"
+    assert (
+        meta["model"] == "chain"
+        and meta["scale"] == 1
+        and meta["task_kind"] == "denoise"
+        and meta["task"] == "denoise-g25"
+    )
     assert meta["parameters"] == sum(p.numel() for p in first.parameters()) + sum(p.numel() for p in last.parameters())
     chain, _ = load_model(tmp_path / "last")
     image = chase_image[200:330, 300:450].astype(np.float32) / 255.0
@@ -87,16 +95,20 @@ def test_first_stage_inputs_are_reduced_uint8_and_the_subset_is_seeded(chase_ima
 
 
 def test_chain_pairs_feed_the_saved_first_model_outputs_of_a_seeded_subset(tmp_path, chase_image):
-    patches = np.stack([chase_image[y : y + 40, x : x + 40] for y in range(200, 440, 40) for x in range(300, 540, 40)])  # 36
-    noisy = np.clip(patches.astype(int) + np.random.default_rng(0).normal(0, 25, patches.shape), 0, 255).astype(np.uint8)
+    # 36
+    patches = np.stack([chase_image[y : y + 40, x : x + 40] for y in range(200, 440, 40) for x in range(300, 540, 40)])
+    noisy = np.clip(patches.astype(int) + np.random.default_rng(0).normal(0, 25, patches.shape), 0,
+                    255).astype(np.uint8)
     with pytest.raises(InputError, match="no trained model for the first part of chain 'c'.*dvc repro"):
         chain_pairs(tmp_path / "first", "c", (patches, noisy), (patches, noisy), 4, None, 0)
     torch.manual_seed(2)
     first = build_model("dncnn", depth=3, features=8)
     save_model(first, tmp_path / "first", name="dncnn", kwargs={"depth": 3, "features": 8})
-    (tr_clean, tr_in), (va_clean, va_in) = chain_pairs(tmp_path / "first", "c", (patches, noisy), (patches[:10], noisy[:10]), 4, [12, None], 5)
+    (tr_clean, tr_in), (va_clean, va_in) = chain_pairs(tmp_path / "first", "c", (patches, noisy),
+                                                       (patches[:10], noisy[:10]), 4, [12, None], 5)
     idx = subset_indices(36, 12, 5, "train")
     assert np.array_equal(tr_clean, patches[idx]) and tr_in.shape == (12, 10, 10, 3)
-    assert np.array_equal(tr_in, first_stage_inputs(first, noisy[idx], 4))  # the saved model, reloaded, gives the same inputs
+    # the saved model, reloaded, gives the same inputs
+    assert np.array_equal(tr_in, first_stage_inputs(first, noisy[idx], 4))
     assert np.array_equal(va_clean, patches[:10]) and va_in.shape == (10, 10, 10, 3)
     assert not np.array_equal(tr_in, first_stage_inputs(torch.nn.Identity(), noisy[idx], 4))

@@ -243,7 +243,8 @@ def test_srresnet_has_16_residual_blocks_of_64_filters_with_bn_and_two_subpixel_
     assert len(modules_of(net, nn.BatchNorm2d)) == 2 * 16 + 1
     assert {m.out_channels for m in modules_of(net.blocks, nn.Conv2d)} == {64}
     block = 2 * (conv(64, 64, 3) + 2 * 64) + 64  # two conv+BN, one PReLU(64)
-    expected = (conv(3, 64, 9) + 64) + 16 * block + (conv(64, 64, 3) + 2 * 64) + 2 * (conv(64, 256, 3) + 64) + conv(64, 3, 9)
+    expected = (conv(3, 64, 9) + 64) + 16 * block + (conv(64, 64,
+                                                          3) + 2 * 64) + 2 * (conv(64, 256, 3) + 64) + conv(64, 3, 9)
     assert n_params(net) == expected == 1_550_659
 
 
@@ -389,13 +390,16 @@ def _checkerboard_ratio(image: torch.Tensor) -> float:
     return float(nyquist / power[ring].median())
 
 
-@pytest.mark.parametrize(("upsample", "residual"), [("deconv", False), ("resize", False), ("deconv", True), ("resize", True)])
+@pytest.mark.parametrize(("upsample", "residual"),
+                         [("deconv", False), ("resize", False), ("deconv", True), ("resize", True)])
 def test_briefly_trained_generator_shows_a_checkerboard_only_with_transposed_convs(chase_image, upsample, residual):
     """Twenty Adam steps towards a real CHASE_DB1 crop (mirrored, so the generator has to move): with
     transposed convolutions the output spectrum has a peak at the 2-px period (a checkerboard), from
     a random start and from the identity alike; with resize-convolutions it has none."""
     torch.manual_seed(0)
-    net = ResnetGenerator(features=16, n_blocks=2, upsample=upsample, residual=residual, norm="none" if residual else "instance")
+    net = ResnetGenerator(
+        features=16, n_blocks=2, upsample=upsample, residual=residual, norm="none" if residual else "instance"
+    )
     x = _chase_tensor(chase_image, 96)
     opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999))
     for _ in range(20):

@@ -52,7 +52,8 @@ def test_nothing_is_declared_that_the_library_never_imports():
 
 
 def test_the_wheel_holds_the_dataset_checksums(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w", str(tmp_path)],
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+                          "-w", str(tmp_path)],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     wheel = next(tmp_path.glob("medrestore-*.whl"))
@@ -71,13 +72,14 @@ def test_a_non_editable_install_restores_an_image(tmp_path, chase_dir):
     import torch
     from PIL import Image
 
-    from medrestore.degradations import corrupt, to_float, to_uint8
-    from medrestore.serving.inference import restore_array
     from medrestore.core.io import read_image
+    from medrestore.degradations import corrupt, to_float, to_uint8
     from medrestore.models import build_model, save_model
+    from medrestore.serving.inference import restore_array
 
     target = tmp_path / "site"
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                          str(target), str(REPO)],
                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     torch.manual_seed(0)
@@ -86,12 +88,15 @@ def test_a_non_editable_install_restores_an_image(tmp_path, chase_dir):
     noisy, _ = corrupt(read_image(chase_dir / "Image_01L.jpg")[::4, ::4], {"kind": "gaussian", "sigma": 25}, [3])
     Image.fromarray(noisy).save(tmp_path / "noisy.png")
     env = {**os.environ, "PYTHONPATH": str(target)}
-    where = subprocess.run([sys.executable, "-c", "import medrestore, importlib.resources as r; print(medrestore.__file__); "
+    where = subprocess.run([sys.executable, "-c",
+                            "import medrestore, importlib.resources as r; print(medrestore.__file__); "
                             "print(r.files('medrestore.data').joinpath('checksums', 'chase_db1.sha256').read_text())"],
                            capture_output=True, text=True, cwd=tmp_path, env=env)
     assert where.returncode == 0 and where.stdout.startswith(str(target)) and "Image_01L.jpg" in where.stdout
-    run = subprocess.run([sys.executable, "-m", "medrestore.cli", "restore", "--model", str(tmp_path / "model"), str(tmp_path / "noisy.png"),
-                          "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "medrestore.cli", "restore", "--model", str(tmp_path / "model"),
+                          str(tmp_path / "noisy.png"),
+                          "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     expected = to_uint8(restore_array(model, to_float(noisy), tile=512, overlap=32))
     assert np.array_equal(read_image(tmp_path / "out" / "noisy.png"), expected)
@@ -104,7 +109,11 @@ def test_the_lock_is_the_closure_of_pyproject_with_one_opencv_and_one_lightning(
 
     res = subprocess.run([sys.executable, str(REPO / "tools" / "lock.py"), "--check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    names = {line.split("==")[0] for line in (REPO / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")}
+    names = {
+        line.split("==")[0]
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert "opencv-python-headless" in names and "opencv-python" not in names
     assert "pytorch-lightning" in names and "lightning" not in names
-    assert {"pytest", "hypothesis", "moto"} <= names  # the test extra's tools are in the lock through the extra
+    assert {"pytest", "hypothesis", "moto", "ruff"} <= names  # the test extra's tools are in the lock through the extra

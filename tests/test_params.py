@@ -32,8 +32,10 @@ def test_the_repository_params_pass_and_come_back_unchanged(params):
     ("edit", "key"),
     [
         (lambda p: p["train"]["models"]["dncnn"].update(lr_rate=0.1), "train.models.dncnn.lr_rate: unknown key"),
-        (lambda p: p["train"]["profiles"]["standard"]["models"]["cdae"].update(max_step=10), "train.profiles.standard.models.cdae.max_step: unknown key"),
-        (lambda p: p["train"]["runs"]["denoise-g25-cdae"].update(modle="cdae"), "train.runs.denoise-g25-cdae.modle: unknown key"),
+        (lambda p: p["train"]["profiles"]["standard"]["models"]["cdae"].update(max_step=10),
+         "train.profiles.standard.models.cdae.max_step: unknown key"),
+        (lambda p: p["train"]["runs"]["denoise-g25-cdae"].update(modle="cdae"),
+         "train.runs.denoise-g25-cdae.modle: unknown key"),
         (lambda p: p["patchify"].update(patchsize=40), "patchify.patchsize: unknown key"),
         (lambda p: p.update(segmentor={}), "segmentor: unknown key"),
         (lambda p: p["patchify"].update(stride="20"), "patchify.stride: Input should be a valid integer"),
@@ -64,7 +66,8 @@ def test_an_unknown_profile_is_refused(params):
 def test_deep_merge_keeps_the_recipes_other_keys_and_the_key_order():
     base = {"lr": 1.0, "model_kwargs": {"upsample": "deconv", "levels": 2}, "batch_size": 8}
     merged = deep_merge(base, {"model_kwargs": {"upsample": "resize_conv"}, "max_steps": 5})
-    assert merged == {"lr": 1.0, "model_kwargs": {"upsample": "resize_conv", "levels": 2}, "batch_size": 8, "max_steps": 5}
+    assert merged == {"lr": 1.0, "model_kwargs": {"upsample": "resize_conv", "levels": 2}, "batch_size": 8,
+                      "max_steps": 5}
     assert list(merged) == ["lr", "model_kwargs", "batch_size", "max_steps"]
     assert base["model_kwargs"] == {"upsample": "deconv", "levels": 2}  # the layers themselves stay as they were
 
@@ -159,8 +162,11 @@ def test_a_training_key_is_one_field_of_train_config(params):
     assert settings.model_validate({"label_smoothing": 0.1}).label_smoothing == 0.1
     with pytest.raises(Exception, match="label_smoothing"):
         settings.model_validate({"label_smoothing": "a lot"})
-    with pytest.raises(InputError, match="train.defaults.label_smoothing: unknown key"):  # the real schema: not yet a key
-        validate_params({**params, "train": {**params["train"], "defaults": {**params["train"]["defaults"], "label_smoothing": 0.1}}})
+    # the real schema: not yet a key
+    with pytest.raises(InputError, match="train.defaults.label_smoothing: unknown key"):
+        validate_params({**params,
+                         "train": {**params["train"],
+                                   "defaults": {**params["train"]["defaults"], "label_smoothing": 0.1}}})
 
 
 def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):
@@ -174,7 +180,8 @@ def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):
     s = train_settings(train, "denoise-g25-cdae", 0)
     assert "progress_bar" not in s and "ckpt_every" not in s  # not part of what DVC tracks
     full = with_runtime(s, params["runtime"])
-    assert full["progress_bar"] is sys.stderr.isatty() and full["ckpt_every"] == s["val_every"]  # 0: at every validation
+    # 0: at every validation
+    assert full["progress_bar"] is sys.stderr.isatty() and full["ckpt_every"] == s["val_every"]
     import io
 
     with pytest.MonkeyPatch.context() as mp:  # the bar: on a terminal only, quiet in CI and logs
@@ -184,7 +191,8 @@ def test_runtime_settings_are_applied_but_tracked_by_no_stage(params):
         assert with_runtime(s, params["runtime"])["progress_bar"] is True
         assert with_runtime(s, {"progress_bar": False})["progress_bar"] is False
     assert with_runtime(s, {"progress_bar": False, "ckpt_every": 7})["ckpt_every"] == 7
-    assert with_runtime({**s, "ckpt_every": 3}, {"ckpt_every": 7})["ckpt_every"] == 3  # a training layer's own value wins
+    # a training layer's own value wins
+    assert with_runtime({**s, "ckpt_every": 3}, {"ckpt_every": 7})["ckpt_every"] == 3
 
 
 def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
@@ -201,10 +209,14 @@ def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda p: p["corrupt"]["tasks"]["denoise-g25"]["train"].update(sigma=-25), "corrupt.tasks.denoise-g25.train.sigma is -25: it cannot be negative"),
-        (lambda p: p["corrupt"]["tasks"]["denoise-blind"]["train"].update(sigma_range=[50, 0]), "sigma_range is [50, 0]: the range is reversed or negative. Fix: give [low, high] with 0 <= low <= high"),
-        (lambda p: p["corrupt"]["tasks"]["denoise-sr"]["train"]["steps"][1].update(sigma=-1), "corrupt.tasks.denoise-sr.train.steps[1].sigma is -1"),
-        (lambda p: p["patchify"].update(patch_size=41), "corrupt.tasks.sr-x4.train: a x4 reduction of patchify.patch_size 41 is not whole"),
+        (lambda p: p["corrupt"]["tasks"]["denoise-g25"]["train"].update(sigma=-25),
+         "corrupt.tasks.denoise-g25.train.sigma is -25: it cannot be negative"),
+        (lambda p: p["corrupt"]["tasks"]["denoise-blind"]["train"].update(sigma_range=[50, 0]),
+         "sigma_range is [50, 0]: the range is reversed or negative. Fix: give [low, high] with 0 <= low <= high"),
+        (lambda p: p["corrupt"]["tasks"]["denoise-sr"]["train"]["steps"][1].update(sigma=-1),
+         "corrupt.tasks.denoise-sr.train.steps[1].sigma is -1"),
+        (lambda p: p["patchify"].update(patch_size=41),
+         "corrupt.tasks.sr-x4.train: a x4 reduction of patchify.patch_size 41 is not whole"),
         (lambda p: p["patchify"].update(val_fraction=0.6, test_fraction=0.5), "nothing is left to train on"),
         (lambda p: p["patchify"].update(stride=0), "patchify.stride: Input should be greater than or equal to 1"),
         (lambda p: p["prepare"].update(fov_threshold=1.5), "prepare.fov_threshold: Input should be less than 1"),
@@ -213,7 +225,8 @@ def test_checkpoint_interval_and_progress_bar_leave_the_resume_identity_alone():
         (lambda p: p["train"]["vessel"]["denoise-g25-cdae-vprob"].update(model="redae"),
          "differ from its base run's denoise-g25/cdae"),
         (lambda p: p["train"]["vessel"]["denoise-g25-cdae-vfeat"]["overrides"]["perceptual"].update(weight=0.0),
-         "train.vessel.denoise-g25-cdae-vfeat: overrides.perceptual needs backbone vessel or vessel_prob and a weight above 0"),
+         "train.vessel.denoise-g25-cdae-vfeat: overrides.perceptual needs backbone vessel or vessel_prob and a weight "
+         "above 0"),
         (lambda p: p["scoring_segmenter"].update(observer=3), "scoring_segmenter.observer: Input should be 1 or 2"),
         (lambda p: p["evaluate"]["baselines"].pop("sr-x4"), "evaluate.baselines has no entry for task(s) sr-x4"),
     ],
@@ -259,7 +272,8 @@ def test_check_params_refuses_bad_params_before_any_stage_and_make_runs_it_first
     assert main(["check-params", "--params", str(tmp_path / "missing.yaml")]) == 2
     assert "no such params file" in capsys.readouterr().err
     for target in ("repro", "quick"):
-        lines = subprocess.run(["make", "-n", "-W", "requirements.lock", target, "STAMP=/dev/null"], cwd=REPO, capture_output=True,
+        lines = subprocess.run(["make", "-n", "-W", "requirements.lock", target, "STAMP=/dev/null"], cwd=REPO,
+                               capture_output=True,
                                text=True, check=True).stdout.splitlines()
         check = next(i for i, line in enumerate(lines) if "check-params" in line)
         run = next(i for i, line in enumerate(lines) if "dvc repro" in line or "quick_tour.py" in line)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import copy_checkout, shrink_params
 
 pytestmark = pytest.mark.slow  # the whole pipeline, end to end
@@ -23,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # One run per kind of training (paired CNN, super-resolution, unpaired GAN) and one fine-tuned run keep
 # this test short; every model's own training is tested in tests/test_training*.py.
-E2E_RUNS = {"denoise-g25-redae", "sr-x4-lapsrn", "enhance-cyclegan-fc", "denoise-g25-cdae"}  # cdae: and its vessel-aware twins
+# cdae: and its vessel-aware twins
+E2E_RUNS = {"denoise-g25-redae", "sr-x4-lapsrn", "enhance-cyclegan-fc", "denoise-g25-cdae"}
 
 
 def tiny_params(params: dict) -> dict:
@@ -31,7 +33,8 @@ def tiny_params(params: dict) -> dict:
     train["runs"] = {k: v for k, v in train["runs"].items() if k in E2E_RUNS}
     # DnCNN on the task's own noise, then fine-tuned from it (the default fine-tunes the blind model)
     train["runs"]["denoise-g25-dncnn-blind"] = {"task": "denoise-g25", "model": "dncnn-blind"}
-    train["finetune"] = {"denoise-g25-dncnn": {"task": "denoise-g25", "model": "dncnn", "init": "denoise-g25/dncnn-blind"}}
+    train["finetune"] = {"denoise-g25-dncnn": {"task": "denoise-g25", "model": "dncnn",
+                                               "init": "denoise-g25/dncnn-blind"}}
     shrink_params(params)
     train["profile"] = "quick"
     quick = train["profiles"]["quick"]["models"]
@@ -42,7 +45,8 @@ def tiny_params(params: dict) -> dict:
     # fine-tuning a model already trained on the same noise at 3e-4 first undoes part of it (measured: validation
     # 25.2 -> 21.9 dB after 10 steps, a fresh Adam's first updates are large); a gentle rate keeps what it starts from
     quick["dncnn"].update(max_steps=20, val_every=10, ckpt_every=10, batch_size=16, lr=0.00003)
-    # a convergence verdict needs at least 8 validations (training.convergence.MIN_VAL_POINTS): LapSRN validates every 5 steps
+    # a convergence verdict needs at least 8 validations (training.convergence.MIN_VAL_POINTS): LapSRN validates every 5
+    # steps
     quick["lapsrn"].update(val_every=5)
     chains = train.get("chains") or {}
     trained = {(r["task"], r.get("method", r["model"])) for r in [*train["runs"].values(), *train["finetune"].values()]}
@@ -51,7 +55,8 @@ def tiny_params(params: dict) -> dict:
     return params
 
 
-NOT_TRAINING = ["download", "prepare", "patchify", "corrupt", "train_segmenter", "train_scoring_segmenter", "evaluate", "report"]
+NOT_TRAINING = ["download", "prepare", "patchify", "corrupt", "train_segmenter", "train_scoring_segmenter", "evaluate",
+                "report"]
 
 
 def venv_env() -> dict:
@@ -98,13 +103,17 @@ def test_every_stage_ran(repro):
     work, params, first, _, _ = repro
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
     expected = {"download", "prepare", "patchify", "train_segmenter", "train_scoring_segmenter", "report"}
-    expected |= {f"corrupt@{t}" for t in params["corrupt"]["tasks"]} | {f"evaluate@{t}" for t in params["corrupt"]["tasks"]}
+    expected |= {f"corrupt@{t}" for t in params["corrupt"]["tasks"]} | {
+        f"evaluate@{t}" for t in params["corrupt"]["tasks"]
+    }
     expected |= {f"train@{k}" for k in params["train"]["runs"]}
     expected |= {f"finetune@{k}" for k in params["train"]["finetune"]}
     expected |= {f"train_chain@{k}" for k in params["train"]["chains"]}
     expected |= {f"train_vessel@{k}" for k in params["train"]["vessel"]}
     expected |= {f"evaluate_external@{t}" for t in params["evaluate_external"]["tasks"]}
-    assert params["evaluate_external"]["tasks"], "the default params score the denoisers on another camera's photographs"
+    assert params["evaluate_external"]["tasks"], (
+        "the default params score the denoisers on another camera's photographs"
+    )
     assert params["train"]["vessel"], "the default params train CDAE's vessel-aware twins"
     assert params["train"]["chains"], "the default params chain DnCNN and SRGAN (Hayee2017)"
     assert expected <= set(lock)
@@ -120,7 +129,7 @@ def test_second_repro_has_nothing_to_do(repro):
 def test_report_has_a_row_per_method_with_finite_metrics(repro):
     work, params, _, _, _ = repro
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
-    for key, run_ in params["train"]["runs"].items():
+    for run_ in params["train"]["runs"].values():
         task_rows = metrics[run_["task"]]
         assert run_["model"] in task_rows
         for variant in params["corrupt"]["tasks"][run_["task"]]["test"]:
@@ -133,7 +142,8 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
     from medrestore.evaluation.gates import failed_in_summary
     from medrestore.report.policy import label
 
-    for method in ("dncnn", "dncnn-blind", "redae", "dncnn-srgan", "lapsrn", "cyclegan-fc"):  # trained: marked when not converged or below its input
+    # trained: marked when not converged or below its input
+    for method in ("dncnn", "dncnn-blind", "redae", "dncnn-srgan", "lapsrn", "cyclegan-fc"):
         task = next(t for t, rows in metrics.items() if method in rows)
         converged = next(iter(metrics[task][method].values()))["converged"]
         summary = json.loads((work / "artifacts" / "eval" / task / "summary.json").read_text())
@@ -146,7 +156,13 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
         assert name in metrics["denoise-g25"]["dncnn"]["s25"], name
     assert "converged" not in metrics["denoise-g25"]["nlmeans"]["s25"]
     claims = json.loads((work / "reports" / "claims.json").read_text())
-    assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {"reproduced", "not reproduced", "failed", "not converged", "not run"}
+    assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {
+        "reproduced",
+        "not reproduced",
+        "failed",
+        "not converged",
+        "not run",
+    }
     assert "## Paper claims" in md and "## Best methods" in md and "denoise-g25: convergence" in md
     from medrestore.report.targets import TARGETS
 
@@ -155,11 +171,16 @@ def test_report_has_a_row_per_method_with_finite_metrics(repro):
     for t in targets:  # a verdict where every model of the target converged, from the numbers
         if t["verdict"] in ("met", "missed"):
             assert (t["difference"]["mean"] >= t["margin"]) == (t["verdict"] == "met"), t
-        trained = [m for m in (t.get("subject_method"), t["reference"]) if m in metrics.get(t["task"], {}) and "converged" in next(iter(metrics[t["task"]][m].values()))]
+        trained = [
+            m
+            for m in (t.get("subject_method"), t["reference"])
+            if m in metrics.get(t["task"], {}) and "converged" in next(iter(metrics[t["task"]][m].values()))
+        ]
         if trained and t["verdict"] not in ("not run", "failed"):  # failed: below its input, whether converged or not
             converged = all(next(iter(metrics[t["task"]][m].values()))["converged"] for m in trained)
             assert (t["verdict"] != "not converged") == converged, t
-    for fig in ("denoise-g25_crops", "denoise-g25_errors", "denoise-g25_vessels", "denoise-g25_cost", "sr-x4_crops", "enhance_curves"):
+    for fig in ("denoise-g25_crops", "denoise-g25_errors", "denoise-g25_vessels", "denoise-g25_cost", "sr-x4_crops",
+                "enhance_curves"):
         assert (work / "reports" / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
     assert "## Vessel segmenter" in md and "AUC" in md
     assert "`medrestore lineage artifacts/models/denoise-g25/dncnn/model.safetensors`" in md
@@ -221,25 +242,33 @@ def test_mlflow_holds_a_tagged_run_per_stage(repro):
 def test_forced_rerun_gives_byte_identical_outputs(repro):
     _, _, _, _, (before, after) = repro
     # cost.json holds measured timings (declared cache: false, kept out of the report): never identical.
-    outs = lambda lock: {(stage, o["path"]): o["md5"] for stage, v in lock.items() for o in v.get("outs", []) if not o["path"].endswith("/cost.json")}  # noqa: E731
+
+    def outs(lock):
+        return {(stage, o["path"]): o["md5"] for stage, v in lock.items() for o in v.get("outs", [])
+                if not o["path"].endswith("/cost.json")}
+
     assert outs(before) == outs(after)
 
 
 def test_lineage_of_a_model_names_stage_commit_and_mlflow_run(repro):
     work, _, _, _, _ = repro
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the run's own store (mlflow.db at the repository root), as the repro used
     run(["git", "add", "dvc.lock"], work, env)
     run(["git", "commit", "-qm", "lock"], work, env)
     head = run(["git", "rev-parse", "HEAD"], work, env).stdout.strip()
-    out = run([sys.executable, "-m", "medrestore.cli", "lineage", "artifacts/models/sr-x4/lapsrn/model.safetensors", "--json"], work, env)
+    out = run([sys.executable, "-m", "medrestore.cli", "lineage", "artifacts/models/sr-x4/lapsrn/model.safetensors",
+               "--json"], work, env)
     rec = json.loads(out.stdout)
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]["train@sr-x4-lapsrn"]
     assert rec["stage"] == "train@sr-x4-lapsrn" and rec["matches_lock"] is True
     assert rec["md5"] == next(o["md5"] for o in lock["outs"] if o["path"].endswith("model.safetensors"))
     assert {d["path"] for d in rec["deps"]} >= {"artifacts/corrupt/sr-x4", "artifacts/patches"}
     assert rec["git"]["commit"] == head
-    assert rec["mlflow"] and rec["mlflow"].get("run_id") and rec["mlflow"]["matched_by"] == "output md5 tag", rec["mlflow"]
+    assert rec["mlflow"] and rec["mlflow"].get("run_id") and rec["mlflow"]["matched_by"] == "output md5 tag", rec[
+        "mlflow"
+    ]
 
 
 def test_vessel_aware_twins_are_scored_by_the_independent_segmenter_and_reported(repro):
@@ -253,28 +282,43 @@ def test_vessel_aware_twins_are_scored_by_the_independent_segmenter_and_reported
     md = (work / "reports" / "report.md").read_text()
     assert "## Vessel-aware training" in md and "(report_figures/denoise-g25_vessel_overlay.png)" in md
     seg = json.loads((work / "artifacts/segmenter/model.json").read_text())
-    scorer = json.loads((work / "artifacts/segmenter_scoring/model.json").read_text())
-    assert (seg["observer"], scorer["observer"]) == (1, 2)
-    assert (work / "artifacts/segmenter/model.safetensors").read_bytes() != (work / "artifacts/segmenter_scoring/model.safetensors").read_bytes()
+    scoring_segmenter = json.loads((work / "artifacts/segmenter_scoring/model.json").read_text())
+    assert (seg["observer"], scoring_segmenter["observer"]) == (1, 2)
+    assert (work / "artifacts/segmenter/model.safetensors").read_bytes() != (
+        work / "artifacts/segmenter_scoring/model.safetensors"
+    ).read_bytes()
     # every training run logged its model; the report's champion is a training run's model
     con = sqlite3.connect(work / "mlflow.db")
     train_runs = {r: u for r, u in con.execute(
         "select r.run_uuid, t.value from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'model_uri' and "
-        "(r.name like 'train@%' or r.name like 'finetune@%' or r.name like 'train_chain@%' or r.name like 'train_vessel@%')")}
-    stages = {n for (n,) in con.execute("select name from runs where name like 'train%' or name like 'finetune%'")} - {"train_segmenter", "train_scoring_segmenter"}
+        "(r.name like 'train@%' or r.name like 'finetune@%' or r.name like 'train_chain@%' or r.name like "
+        "'train_vessel@%')")}
+    stages = {n for (n,) in con.execute("select name from runs where name like 'train%' or name like 'finetune%'")} - {
+        "train_segmenter",
+        "train_scoring_segmenter",
+    }
     assert len(train_runs) >= len(stages) > 0
     # a task's champion only where one of its models converged and beats the degraded input on every test
     # corruption (the tiny run converges LapSRN, which may still fall below bicubic: then no task has one)
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
-    converged = {t for t, rows in metrics.items() if any(
-        next(iter(v.values())).get("converged") and all(s["psnr_fov"] >= rows["degraded"][var]["psnr_fov"] for var, s in v.items())
-        for v in rows.values())}
-    champions = dict(con.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall())
+    converged = {
+        t
+        for t, rows in metrics.items()
+        if any(
+            next(iter(v.values())).get("converged")
+            and all(s["psnr_fov"] >= rows["degraded"][var]["psnr_fov"] for var, s in v.items())
+            for v in rows.values()
+        )
+    }
+    champions = dict(
+        con.execute("select name, version from registered_model_aliases where alias = 'champion'").fetchall()
+    )
     assert set(champions) == {f"medrestore-{t}" for t in converged}, (converged, champions)
     for task in set(metrics) - converged:  # the report says why a task has none
         assert f"{task}: no champion: no converged model beats the degraded input" in md
     for name, version in champions.items():
-        run_tag = con.execute("select value from model_version_tags where name = ? and version = ? and key = 'train_run_id'",
+        run_tag = con.execute("select value from model_version_tags where name = ? and version = ? and key = "
+                              "'train_run_id'",
                               (name, version)).fetchone()
         assert run_tag is not None and run_tag[0] in train_runs
 
@@ -285,7 +329,8 @@ def test_score_models_benchmark_gives_the_evaluations_own_numbers(repro, tmp_pat
     work, _, _, _, _ = repro
     env = venv_env()
     out = tmp_path / "scores.json"
-    run([sys.executable, "benchmarks/score_models.py", "denoise-g25", "artifacts/models/denoise-g25/cdae", "--out", str(out)], work, env)
+    run([sys.executable, "benchmarks/score_models.py", "denoise-g25", "artifacts/models/denoise-g25/cdae", "--out",
+         str(out)], work, env)
     scores = json.loads(out.read_text())["s25"]
     per_image = pd.read_csv(work / "artifacts" / "eval" / "denoise-g25" / "per_image.csv")
     per_image = per_image[per_image["variant"] == "s25"]
@@ -312,7 +357,8 @@ def test_learning_benchmark_keeps_snapshots_that_score_models_reads(repro, tmp_p
         assert meta["model"] == "cdae" and meta["train"]["steps"] == step
         assert meta["train"]["val_psnr"] == pytest.approx(curve[step], abs=1e-3)
     out = tmp_path / "scores.json"
-    run([sys.executable, "benchmarks/score_models.py", "denoise-g25", str(snaps / "step-00002"), str(snaps / "step-00004"),
+    run([sys.executable, "benchmarks/score_models.py", "denoise-g25", str(snaps / "step-00002"),
+         str(snaps / "step-00004"),
          "--out", str(out)], work, env)
     scores = json.loads(out.read_text())["s25"]
     assert {str(snaps / "step-00002"), str(snaps / "step-00004"), "degraded"} == set(scores)
@@ -337,7 +383,11 @@ def test_stage_times_benchmark_reads_every_stage_back_from_mlflow(repro):
     rows = {}
     for line in lines[2:-1]:
         stage, wall, in_run, between = line.split()
-        assert float(in_run) >= 0 and float(between) >= 0 and float(wall) == pytest.approx(float(in_run) + float(between), abs=0.11)
+        assert (
+            float(in_run) >= 0
+            and float(between) >= 0
+            and float(wall) == pytest.approx(float(in_run) + float(between), abs=0.11)
+        )
         rows.setdefault(stage, []).append(float(wall))
     assert set(lock_before) <= set(rows)  # every stage of the first repro logged one run
     total = lines[-1].split()
@@ -353,10 +403,16 @@ def test_the_repro_log_shows_progress_and_no_third_party_noise(repro):
     log = first.stdout + first.stderr
     for k in params["train"]["runs"]:
         assert f"[medrestore] train@{k}: done in" in log, k
-    assert len(re.findall(r"^\[medrestore\] [^:\n]+: step \d+/\d+ \(\d+%\)", log, flags=re.M)) >= len(params["train"]["runs"])
+    progress = re.findall(r"^\[medrestore\] [^:\n]+: step \d+/\d+ \(\d+%\)", log, flags=re.M)
+    assert len(progress) >= len(params["train"]["runs"])
     assert re.search(r"trained \d+ steps in .*; best val PSNR", log)
-    for noise in ("litlogger", "Add type hints to the `predict` method", "'data' is empty",
-                  "Detected call of `lr_scheduler.step()` before `optimizer.step()`", "Downloading artifacts"):
+    for noise in (
+        "litlogger",
+        "Add type hints to the `predict` method",
+        "'data' is empty",
+        "Detected call of `lr_scheduler.step()` before `optimizer.step()`",
+        "Downloading artifacts",
+    ):
         assert noise not in log, noise
 
 

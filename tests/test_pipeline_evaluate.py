@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from medrestore.evaluation.cost import count_parameters
+from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt, to_float, upsample_bicubic
-from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
+from medrestore.evaluation.cost import count_parameters
 from medrestore.evaluation.metrics import (
     COLUMNS,
     FULL_REFERENCE,
@@ -35,9 +35,11 @@ def _patches(chase_dir, root):
     """A patches folder as patchify writes it (splits by image id, clean test images with FOV/masks)."""
     meta = {"splits": {"train": [f"chase_db1/{STEMS[0]}"], "val": [f"chase_db1/{STEMS[1]}"], "test": []}, "test": []}
     for stem in STEMS[2:]:
-        img, fov, vessels = prepare_arrays(read_image(chase_dir / f"{stem}.jpg"), load_mask(chase_dir / f"{stem}_1stHO.png"), size=SIZE)
+        img, fov, vessels = prepare_arrays(read_image(chase_dir / f"{stem}.jpg"),
+                                           load_mask(chase_dir / f"{stem}_1stHO.png"), size=SIZE)
         iid = f"chase_db1/{stem}"
-        entry = {"id": iid, "source_id": iid, "dataset": "chase_db1", "subject": f"chase_db1/{stem[6:8]}", "image": f"test/images/{stem}.png",
+        entry = {"id": iid, "source_id": iid, "dataset": "chase_db1", "subject": f"chase_db1/{stem[6:8]}",
+                 "image": f"test/images/{stem}.png",
                  "fov": f"test/fov/{stem}.png", "vessels": f"test/vessels/{stem}.png"}
         write_png_atomic(root / entry["image"], img)
         write_png_atomic(root / entry["fov"], fov.astype(np.uint8) * 255)
@@ -72,14 +74,18 @@ def denoise_task(one_torch_thread, chase_dir, assets_dir, tmp_path_factory):
     meta = _patches(chase_dir, root / "patches")
     _corrupt(root / "patches", meta, root / "corrupt", {"kind": "gaussian", "sigma": 25}, 1)
     torch.manual_seed(0)
-    save_model(build_model("dncnn", depth=3, features=8), root / "models" / "dncnn", name="dncnn", kwargs={"depth": 3, "features": 8})
+    save_model(build_model("dncnn", depth=3, features=8), root / "models" / "dncnn", name="dncnn",
+               kwargs={"depth": 3, "features": 8})
     # the independent scoring segmenter: a small U-Net trained on the train image's second-observer mask
     from medrestore.training.segmenter import train_segmenter
 
-    img, fov, v2 = prepare_arrays(read_image(chase_dir / f"{STEMS[0]}.jpg"), load_mask(chase_dir / f"{STEMS[0]}_2ndHO.png"), size=SIZE)
-    train_segmenter([img], [v2], [fov], root / "scorer", steps=8, patch_size=32, batch_size=2, width=4, seed=5,
+    img, fov, v2 = prepare_arrays(read_image(chase_dir / f"{STEMS[0]}.jpg"),
+                                  load_mask(chase_dir / f"{STEMS[0]}_2ndHO.png"), size=SIZE)
+    train_segmenter([img], [v2], [fov], root / "scoring_segmenter", steps=8, patch_size=32, batch_size=2, width=4,
+                    seed=5,
                     extra_meta={"train_ids": [f"chase_db1/{STEMS[0]}"]})
-    kw = {"baselines": ["median"], "tile": 64, "overlap": 8, "seed": 1, "assets_dir": str(assets_dir), "scorer_dir": root / "scorer"}
+    kw = {"baselines": ["median"], "tile": 64, "overlap": 8, "seed": 1, "assets_dir": str(assets_dir),
+          "scoring_segmenter_dir": root / "scoring_segmenter"}
     summary = evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval", **kw)
     evaluate_task("denoise-x", root / "patches", root / "corrupt", root / "models", root / "eval2", **kw)
     return root, summary
@@ -111,13 +117,15 @@ def test_the_independent_segmenter_scores_its_own_columns(denoise_task):
     table = pd.read_csv(root / "eval" / "per_image.csv")
     assert summary["scoring_segmenter"]["segmenter"] == "unet" and summary["segmenter"]["segmenter"] == "frangi"
     assert not np.allclose(table["indep_auc"], table["manual_auc"])
-    scorer, _ = load_vessel_segmenter(root / "scorer")
+    scoring_segmenter, _ = load_vessel_segmenter(root / "scoring_segmenter")
     row = table[(table["method"] == "degraded")].iloc[0]
-    entry = next(e for e in json.loads((root / "patches" / "patches.json").read_text())["test"] if e["id"] == row["image_id"])
+    entry = next(
+        e for e in json.loads((root / "patches" / "patches.json").read_text())["test"] if e["id"] == row["image_id"]
+    )
     degraded = read_image(root / "corrupt" / f"test/v/{row['image_id'].replace('/', '__')}.png")
     fov = read_image(root / "patches" / entry["fov"], "L") > 127
     manual = read_image(root / "patches" / entry["vessels"], "L") > 127
-    score, binary = scorer(degraded, fov)
+    score, binary = scoring_segmenter(degraded, fov)
     expected = vessel_scores(score, binary, manual, fov)
     assert row["indep_auc"] == pytest.approx(expected["auc"], abs=1e-6)
     assert row["indep_invented_rate"] == pytest.approx(expected["invented_rate"], abs=1e-6)
@@ -134,7 +142,8 @@ def test_summary_holds_cis_paired_tests_and_deterministic_cost(denoise_task):
     t = test["models"]["dncnn"]["psnr_fov"]
     assert t["n"] == 2 and t["min_p"] == 0.5 and 0 < t["wilcoxon_p"] <= 1 and (t["n_images"], t["n_subjects"]) == (2, 2)
     raw = pd.read_csv(root / "eval" / "per_image.csv")
-    assert dict(zip(raw["image_id"], raw["subject"])) == {"chase_db1/Image_03L": "chase_db1/03", "chase_db1/Image_04R": "chase_db1/04"}
+    assert dict(zip(raw["image_id"], raw["subject"])) == {"chase_db1/Image_03L": "chase_db1/03",
+                                                          "chase_db1/Image_04R": "chase_db1/04"}
     table = raw.set_index(["method", "image_id"])
     diff = table.loc["dncnn", "psnr_fov"] - table.loc["median", "psnr_fov"]
     assert t["mean_diff"] == pytest.approx(diff.mean(), abs=1e-4)
@@ -152,7 +161,8 @@ def test_summary_holds_cis_paired_tests_and_deterministic_cost(denoise_task):
 def test_every_metric_the_evaluation_writes_is_in_the_registry(denoise_task):
     root, summary = denoise_task
     table = pd.read_csv(root / "eval" / "per_image.csv")
-    assert list(table.columns) == ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale", *COLUMNS]
+    assert list(table.columns) == ["task", "method", "kind", "image_id", "subject", "variant", "sigma", "scale",
+                                   *COLUMNS]
     assert all(c in METRICS for c in COLUMNS)
     for stats in (s for variants in summary["methods"].values() for s in variants.values()):
         assert all(k in METRICS for k in stats if k not in ("kind", "n", "n_images", "n_subjects"))
@@ -170,9 +180,11 @@ def test_main_runs_the_stage_on_the_pipeline_paths(denoise_task, assets_dir, tmp
     from medrestore.pipeline import evaluate
 
     root, _ = denoise_task
-    for src, dest in (("patches", "artifacts/patches"), ("corrupt", "artifacts/corrupt/denoise-x"), ("models", "artifacts/models/denoise-x"), ("scorer", "artifacts/segmenter_scoring")):
+    for src, dest in (("patches", "artifacts/patches"), ("corrupt", "artifacts/corrupt/denoise-x"),
+                      ("models", "artifacts/models/denoise-x"), ("scoring_segmenter", "artifacts/segmenter_scoring")):
         shutil.copytree(root / src, tmp_path / dest)
-    params = {"seed": 1, "evaluate": {"baselines": {"denoise": ["median"]}, "tile": 64, "overlap": 8, "assets": str(assets_dir)}}
+    params = {"seed": 1,
+              "evaluate": {"baselines": {"denoise": ["median"]}, "tile": 64, "overlap": 8, "assets": str(assets_dir)}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(evaluate, "params", lambda: params)  # the stage's params, as params.yaml gives them
@@ -220,7 +232,9 @@ def test_model_with_the_wrong_scale_is_refused(chase_dir, tmp_path):
                         baselines=[], tile=48, overlap=12, seed=0)
 
 
-def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registered_version(denoise_task, tmp_path, monkeypatch):
+def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registered_version(
+    denoise_task, tmp_path, monkeypatch
+):
     """After the evaluation, ``metrics.test_v_psnr_fov > x`` finds the run that trained the scored weights (and
     its logged model); weights without a training run in the store get a child run of the evaluation; the
     registered version carries the same numbers as tags and description."""
@@ -230,10 +244,10 @@ def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registe
     import yaml
     from mlflow import MlflowClient
 
-    from medrestore.tracking.lineage import register_best_models
     from medrestore.evaluation.metrics import headline_scores
-    from medrestore.serving.mlflow_model import log_restoration_model
     from medrestore.pipeline.evaluate import log_test_scores
+    from medrestore.serving.mlflow_model import log_restoration_model
+    from medrestore.tracking.lineage import register_best_models
     from medrestore.tracking.runs import file_md5, log_datasets, stage_run, tag_outputs
 
     root, summary = denoise_task
@@ -247,10 +261,12 @@ def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registe
     weights = "artifacts/models/denoise-x/dncnn/model.safetensors"
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train@denoise-x-dncnn": {
-        "cmd": "python stages/train.py denoise-x-dncnn", "outs": [{"path": weights, "md5": file_md5(tmp_path / weights)}]}}}))
+        "cmd": "python stages/train.py denoise-x-dncnn",
+        "outs": [{"path": weights, "md5": file_md5(tmp_path / weights)}]}}}))
     with stage_run("train@denoise-x-dncnn", {"lr": 0.001}, required=True) as train:  # as the training stage logs it
         tag_outputs(train, [models / "dncnn"])
-        uri = train.call("log_model", log_restoration_model, models / "dncnn", read_image(root / "corrupt" / "test/v/chase_db1__Image_03L.png")[:64, :64])
+        uri = train.call("log_model", log_restoration_model, models / "dncnn",
+                         read_image(root / "corrupt" / "test/v/chase_db1__Image_03L.png")[:64, :64])
         train.set_tags({"model_uri": uri})
     with stage_run("evaluate@denoise-x", {}, required=True) as ev:
         datasets = log_datasets(ev, [tmp_path / "artifacts" / "corrupt" / "denoise-x"], "test")
@@ -262,17 +278,20 @@ def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registe
     psnr = summary["methods"]["dncnn"]["v"]["psnr_fov"]["mean"]
     scores = headline_scores(summary, "dncnn")
     assert scores["test_v_psnr_fov"] == psnr and {"test_v_ssim", "test_v_thin_kept", "test_v_niqe"} <= set(scores)
-    found = mlflow.search_runs(filter_string=f"metrics.test_v_psnr_fov > {psnr - 0.01}", search_all_experiments=True, output_format="list")
+    found = mlflow.search_runs(filter_string=f"metrics.test_v_psnr_fov > {psnr - 0.01}", search_all_experiments=True,
+                               output_format="list")
     assert {r.info.run_name for r in found} == {"train@denoise-x-dncnn", "evaluate@denoise-x dncnn-copy"}
     trained = next(r for r in found if r.info.run_id == train.run_id)
     assert trained.data.params["lr"] == "0.001" and trained.data.tags["test_eval_run_id"] == ev.run_id
     assert {k: v for k, v in trained.data.metrics.items() if k.startswith("test_")} == pytest.approx(scores)
-    assert not mlflow.search_runs(filter_string=f"metrics.test_v_psnr_fov > {psnr + 0.01}", search_all_experiments=True, output_format="list")
+    assert not mlflow.search_runs(filter_string=f"metrics.test_v_psnr_fov > {psnr + 0.01}", search_all_experiments=True,
+                                  output_format="list")
     child = next(r for r in found if r.info.run_id == done["dncnn-copy"])
     assert child.data.tags["mlflow.parentRunId"] == ev.run_id and child.data.tags["model"] == "dncnn-copy"
     assert child.info.status == "FINISHED"
     # the logged model holds them too, linked to the test images' dataset
-    (logged,) = mlflow.search_logged_models(filter_string=f"metrics.test_v_psnr_fov > {psnr - 0.01}", output_format="list")
+    (logged,) = mlflow.search_logged_models(filter_string=f"metrics.test_v_psnr_fov > {psnr - 0.01}",
+                                            output_format="list")
     assert logged.model_id == uri.split("/")[-1]
     assert {m.key: (m.dataset_name, m.dataset_digest) for m in logged.metrics}["test_v_psnr_fov"] == (name, digest)
 
@@ -282,7 +301,8 @@ def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registe
                                           tasks=["denoise-x"], eval_root=tmp_path / "eval")
     assert not report.failures, report.failures
     name, version = registered["denoise-x"].rsplit("/", 1)
-    assert not any(k.startswith("test_") for k in MlflowClient().get_model_version(name, version).tags)  # no summary.json yet
+    # no summary.json yet
+    assert not any(k.startswith("test_") for k in MlflowClient().get_model_version(name, version).tags)
     (tmp_path / "eval" / "denoise-x").mkdir(parents=True)
     (tmp_path / "eval" / "denoise-x" / "summary.json").write_text(json.dumps(summary))
     with stage_run("report", {}) as report:
@@ -291,5 +311,6 @@ def test_each_trained_model_gets_its_test_scores_on_its_training_run_and_registe
     assert not report.failures, report.failures
     assert registered["denoise-x"] == f"{name}/{version}"  # the same weights: the version is reused, its tags completed
     mv = MlflowClient().get_model_version(name, version)
-    assert float(mv.tags["test_v_psnr_fov"]) == pytest.approx(psnr, abs=1e-3) and mv.tags["train_run_id"] == train.run_id
+    assert float(mv.tags["test_v_psnr_fov"]) == pytest.approx(psnr,
+                                                              abs=1e-3) and mv.tags["train_run_id"] == train.run_id
     assert "- v: psnr " in mv.description and f"psnr_fov {psnr:.4g}" in mv.description

@@ -12,7 +12,7 @@ from medrestore.pipeline.deps import REPO, stages
 OUTPUT_ROOTS = {
     "download": paths.SOURCES, "prepare": paths.PREPARED, "patchify": paths.PATCHES, "corrupt": paths.CORRUPT,
     "train": paths.MODELS, "finetune": paths.MODELS, "train_chain": paths.MODELS, "train_vessel": paths.MODELS,
-    "train_segmenter": paths.SEGMENTER, "train_scoring_segmenter": paths.SCORER,
+    "train_segmenter": paths.SEGMENTER, "train_scoring_segmenter": paths.SCORING_SEGMENTER,
     "evaluate": paths.EVAL, "evaluate_external": paths.EXTERNAL, "report": paths.REPORTS,
 }
 
@@ -40,7 +40,9 @@ def test_per_task_and_per_model_folders_match_dvc_yaml():
     specs = stages()
     assert f"{paths.corrupt_dir('${key}').as_posix()}" in _outputs(specs["corrupt"])
     assert any(o.startswith(paths.eval_dir("${key}").as_posix() + "/") for o in _outputs(specs["evaluate"]))
-    assert any(o.startswith(paths.external_dir("${item}").as_posix() + "/") for o in _outputs(specs["evaluate_external"]))
+    assert any(
+        o.startswith(paths.external_dir("${item}").as_posix() + "/") for o in _outputs(specs["evaluate_external"])
+    )
     model = paths.model_dir("${item.task}", "${item.model}").as_posix()
     assert any(o.startswith(model + "/") for o in _outputs(specs["train"]))
 

@@ -4,14 +4,15 @@ images (real images, two observers' manual masks)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 from medrestore import vessels as V
 from medrestore.core.io import InputError
 from medrestore.pipeline.train_segmenter import resolve_binarize_rule, train_segmenter_stage
+from vessels_data import one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 def _prepared_dir(chase_dir, root, stems, size=128, masks=True):
@@ -22,7 +23,8 @@ def _prepared_dir(chase_dir, root, stems, size=128, masks=True):
     for stem in stems:
         img, fov, v1, v2 = prepared(chase_dir, stem, size)
         e = {"id": f"chase_db1/{stem}", "dataset": "chase_db1", "image": f"images/{stem}.png", "fov": f"fov/{stem}.png",
-             "vessels": f"vessels/{stem}.png" if masks else None, "vessels_2nd": f"vessels_2nd/{stem}.png" if masks else None}
+             "vessels": f"vessels/{stem}.png" if masks else None,
+             "vessels_2nd": f"vessels_2nd/{stem}.png" if masks else None}
         write_png_atomic(root / e["image"], img)
         write_png_atomic(root / e["fov"], fov.astype(np.uint8) * 255)
         if masks:
@@ -32,8 +34,10 @@ def _prepared_dir(chase_dir, root, stems, size=128, masks=True):
     write_json_atomic(root / "manifest.json", {"size": size, "images": entries})
 
 
-SPLITS = {"train": ["chase_db1/Image_01L", "chase_db1/Image_02R"], "val": ["chase_db1/Image_03L"], "test": ["chase_db1/Image_04R"]}
-STAGE_PARAMS = {"steps": 6, "patch": 32, "batch": 4, "lr": 0.01, "width": 4, "depth": 3, "threshold": 0.5, "num_threads": 1}
+SPLITS = {"train": ["chase_db1/Image_01L", "chase_db1/Image_02R"], "val": ["chase_db1/Image_03L"],
+          "test": ["chase_db1/Image_04R"]}
+STAGE_PARAMS = {"steps": 6, "patch": 32, "batch": 4, "lr": 0.01, "width": 4, "depth": 3, "threshold": 0.5,
+                "num_threads": 1}
 
 
 def test_train_segmenter_stage_is_byte_identical_and_measures_itself(tmp_path, chase_dir):
@@ -58,7 +62,8 @@ def test_train_segmenter_stage_is_byte_identical_and_measures_itself(tmp_path, c
 
 def test_train_segmenter_stage_without_masks_records_frangi(tmp_path, chase_dir):
     _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_02R", "Image_04R"), masks=False)
-    metrics = train_segmenter_stage(tmp_path / "prepared", {"splits": SPLITS}, tmp_path / "seg", params=STAGE_PARAMS, seed=3)
+    metrics = train_segmenter_stage(tmp_path / "prepared", {"splits": SPLITS}, tmp_path / "seg", params=STAGE_PARAMS,
+                                    seed=3)
     assert metrics["segmenter"] == "frangi" and "reason" in metrics
     assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["metrics.json", "model.json", "model.safetensors"]
     segmenter, meta = V.load_vessel_segmenter(tmp_path / "seg")
@@ -70,7 +75,8 @@ def test_train_segmenter_stage_without_masks_records_frangi(tmp_path, chase_dir)
 
 def test_train_segmenter_stage_refuses_test_images_in_training(tmp_path, chase_dir):
     _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_04R"))
-    bad = {"splits": {"train": ["chase_db1/Image_01L", "chase_db1/Image_04R"], "val": [], "test": ["chase_db1/Image_04R"]}}
+    bad = {"splits": {"train": ["chase_db1/Image_01L", "chase_db1/Image_04R"], "val": [],
+                      "test": ["chase_db1/Image_04R"]}}
     with pytest.raises(AssertionError, match="also in the test split"):
         train_segmenter_stage(tmp_path / "prepared", bad, tmp_path / "seg", params=STAGE_PARAMS, seed=3)
 
@@ -94,13 +100,16 @@ def test_main_writes_the_stage_outputs_and_logs_the_mean_scores(tmp_path, chase_
 
     class Tracker:
         def __init__(self) -> None:
-            self.metrics, self.tags = {}, {}
+            self.metrics, self.tags, self.calls = {}, {}, []
 
         def log_metrics(self, metrics):
             self.metrics.update(metrics)
 
         def set_tags(self, tags):
             self.tags.update(tags)
+
+        def call(self, what, fn, *args, **kwargs):  # the dataset inputs (medrestore.tracking.runs.log_datasets)
+            self.calls.append((what, kwargs.get("context")))
 
     tracker = Tracker()
 
@@ -118,13 +127,27 @@ def test_main_writes_the_stage_outputs_and_logs_the_mean_scores(tmp_path, chase_
     monkeypatch.setattr(stage, "PATCHES", tmp_path / "patches")
     monkeypatch.setattr(stage, "SEGMENTER", tmp_path / "segmenter")
     stage.main([])
+    assert tracker.calls == [("log_input", "train")] * 2  # prepared/ and patches/, the stage's inputs
     train_segmenter_stage(tmp_path / "prepared", {"splits": SPLITS}, tmp_path / "direct", params=STAGE_PARAMS, seed=3)
     for f in ("model.safetensors", "model.json", "metrics.json"):
         assert (tmp_path / "segmenter" / f).read_bytes() == (tmp_path / "direct" / f).read_bytes(), f
     metrics = json.loads((tmp_path / "segmenter" / "metrics.json").read_text())
-    assert tracker.metrics == {f"segmenter.{k}": metrics[k]["mean"] for k in ("auc", "dice", "frangi_auc", "frangi_dice",
-                                                                             "observer2_dice", "observer2_recall", "observer2_specificity")}
-    assert len(tracker.tags) == 3 and all(k.startswith("out_md5:") for k in tracker.tags)
+    assert tracker.metrics == {
+        f"segmenter.{k}": metrics[k]["mean"]
+        for k in (
+            "auc",
+            "dice",
+            "frangi_auc",
+            "frangi_dice",
+            "observer2_dice",
+            "observer2_recall",
+            "observer2_specificity",
+        )
+    }
+    # the output folder (DVC's directory md5) and each of its three files
+    assert {Path(k.removeprefix("out_md5:")).name for k in tracker.tags} == {"segmenter", "model.safetensors",
+                                                                            "model.json", "metrics.json"}
+    assert all(k.startswith("out_md5:") for k in tracker.tags)
 
 
 def test_the_scoring_segmenter_is_independent_of_the_losss_segmenter(tmp_path, chase_dir, monkeypatch):
@@ -144,45 +167,54 @@ def test_the_scoring_segmenter_is_independent_of_the_losss_segmenter(tmp_path, c
     @contextmanager
     def fake_run(name, section, all_params):
         names.append((name, section))
-        yield type("Tracker", (), {"log_metrics": lambda self, m: None, "set_tags": lambda self, t: None})()
+        yield type("Tracker", (), {"log_metrics": lambda self, m: None, "set_tags": lambda self, t: None,
+                                   "call": lambda self, what, fn, *args, **kwargs: None})()
 
     _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_02R", "Image_03L", "Image_04R"))
     (tmp_path / "patches").mkdir()
     (tmp_path / "patches" / "patches.json").write_text(json.dumps({"splits": SPLITS}))
-    monkeypatch.setattr(stage, "params", lambda: {"seed": 3, "segmenter": STAGE_PARAMS, "scoring_segmenter": {"observer": 2, "seed_offset": 1}})
+    monkeypatch.setattr(stage, "params",
+                        lambda: {"seed": 3, "segmenter": STAGE_PARAMS,
+                                 "scoring_segmenter": {"observer": 2, "seed_offset": 1}})
     monkeypatch.setattr(stage, "run", fake_run)
     monkeypatch.setattr(stage, "tag_outputs", lambda tracker, outs: None)
     monkeypatch.setattr(stage, "PREPARED", tmp_path / "prepared")
     monkeypatch.setattr(stage, "PATCHES", tmp_path / "patches")
     monkeypatch.setattr(stage, "SEGMENTER", tmp_path / "segmenter")
-    monkeypatch.setattr(stage, "SCORER", tmp_path / "scorer")
+    monkeypatch.setattr(stage, "SCORING_SEGMENTER", tmp_path / "scoring_segmenter")
     stage.main([])
     stage.main(["scoring"])
     assert [n for n, _ in names] == ["train_segmenter", "train_scoring_segmenter"]
     assert names[0][1] == STAGE_PARAMS and names[1][1] == {**STAGE_PARAMS, "observer": 2, "seed": 4}
     loss_meta = json.loads((tmp_path / "segmenter" / "model.json").read_text())
-    scorer_meta = json.loads((tmp_path / "scorer" / "model.json").read_text())
-    assert loss_meta["observer"] == 1 and scorer_meta["observer"] == 2
-    a, b = load_file(str(tmp_path / "segmenter" / "model.safetensors")), load_file(str(tmp_path / "scorer" / "model.safetensors"))
+    scoring_meta = json.loads((tmp_path / "scoring_segmenter" / "model.json").read_text())
+    assert loss_meta["observer"] == 1 and scoring_meta["observer"] == 2
+    a, b = (
+        load_file(str(tmp_path / "segmenter" / "model.safetensors")),
+        load_file(str(tmp_path / "scoring_segmenter" / "model.safetensors")),
+    )
     assert a.keys() == b.keys() and any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
-    # the scorer learned the second observer: the same recipe and seed on the first observer's masks gives other weights
+    # the scoring segmenter learned the second observer: the same recipe and seed on the first observer's masks gives
+    # other weights
     train_segmenter_stage(tmp_path / "prepared", {"splits": SPLITS}, tmp_path / "obs1", params=STAGE_PARAMS, seed=4)
     c = load_file(str(tmp_path / "obs1" / "model.safetensors"))
     assert any(not np.array_equal(b[k].numpy(), c[k].numpy()) for k in b)
-    # the pipeline's paths: the loss's segmenter and the scorer are two folders; training reads the first
-    assert paths.SCORER != paths.SEGMENTER and train_stage.SEGMENTER == paths.SEGMENTER
+    # the pipeline's paths: the loss's segmenter and the scoring segmenter are two folders; training reads the first
+    assert paths.SCORING_SEGMENTER != paths.SEGMENTER and train_stage.SEGMENTER == paths.SEGMENTER
     with pytest.raises(InputError, match="WHICH|scoring"):
-        stage.main(["scorer"])
+        stage.main(["scoring_segmenter"])
 
 
-def test_without_second_observer_masks_the_scorer_keeps_the_first_with_its_own_seed(tmp_path, chase_dir, capsys):
+def test_without_second_observer_masks_the_scoring_segmenter_keeps_the_first_with_its_own_seed(tmp_path, chase_dir,
+                                                                                              capsys):
     _prepared_dir(chase_dir, tmp_path / "prepared", ("Image_01L", "Image_02R", "Image_04R"))
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     for e in manifest["images"]:
         e["vessels_2nd"] = None
     (tmp_path / "prepared" / "manifest.json").write_text(json.dumps(manifest))
     splits = {"train": ["chase_db1/Image_01L", "chase_db1/Image_02R"], "val": [], "test": ["chase_db1/Image_04R"]}
-    train_segmenter_stage(tmp_path / "prepared", {"splits": splits}, tmp_path / "out", params={**STAGE_PARAMS, "observer": 2}, seed=4)
+    train_segmenter_stage(tmp_path / "prepared", {"splits": splits}, tmp_path / "out",
+                          params={**STAGE_PARAMS, "observer": 2}, seed=4)
     meta = json.loads((tmp_path / "out" / "model.json").read_text())
     assert meta["observer"] == 1 and "second observer" in meta["observer_note"]
     assert "no training image has a second observer's mask" in capsys.readouterr().err

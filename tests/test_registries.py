@@ -29,7 +29,8 @@ from medrestore.models.registry import register_model
 class ToyNet(nn.Module):
     def __init__(self, channels: int = 3, features: int = 4) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(), nn.Conv2d(features, channels, 3, padding=1))
+        self.body = nn.Sequential(nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(features, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -38,7 +39,7 @@ class ToyNet(nn.Module):
 register_model("toynet", ToyNet, "denoise", "a toy network of the registry test")
 '''
 
-TRAIN_SCRIPT = '''
+TRAIN_SCRIPT = """
 import contextlib, io, json, sys
 import numpy as np
 import skimage.data
@@ -61,8 +62,9 @@ work = Path(sys.argv[1])
 cfg = TrainConfig(model="toynet", max_steps=40, val_every=20, ckpt_every=20, batch_size=16, progress_bar=False, seed=0)
 metrics = train_model(cfg, (clean[:-24], noisy[:-24]), (clean[-24:], noisy[-24:]), work / "model", work / "ckpt")
 model, meta = load_model(work / "model")
-print(json.dumps({"listed": listed.get("toynet"), "metrics": metrics, "meta_model": meta["model"], "cls": type(model).__name__}))
-'''
+print(json.dumps({"listed": listed.get("toynet"), "metrics": metrics, "meta_model": meta["model"],
+                  "cls": type(model).__name__}))
+"""
 
 
 def test_a_network_is_one_file_listed_trained_and_tracked(tmp_path):
@@ -79,13 +81,16 @@ def test_a_network_is_one_file_listed_trained_and_tracked(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["listed"] == {"name": "toynet", "kind": "network", "task": "denoise", "parameters": 3 * 4 * 9 + 4 + 4 * 3 * 9 + 3,
+    assert out["listed"] == {"name": "toynet", "kind": "network", "task": "denoise",
+                             "parameters": 3 * 4 * 9 + 4 + 4 * 3 * 9 + 3,
                              "paper": "a toy network of the registry test"}
     assert out["meta_model"] == "toynet" and out["cls"] == "ToyNet" and out["metrics"]["steps"] == 40
     assert np.isfinite(out["metrics"]["best_val_psnr"])
 
     # the new file is a code dependency of every training stage, through the models folder dvc.yaml already lists
-    assert "src/medrestore/models/toynet.py" in {f.relative_to(tmp_path).as_posix() for f in closure(tmp_path / "stages" / "train.py", tmp_path)}
+    assert "src/medrestore/models/toynet.py" in {
+        f.relative_to(tmp_path).as_posix() for f in closure(tmp_path / "stages" / "train.py", tmp_path)
+    }
     for stage in ("train", "finetune", "train_vessel", "train_chain"):
         assert check(stage, stages(tmp_path)[stage], tmp_path) == ([], [])
 
@@ -94,7 +99,8 @@ def test_the_built_in_models_are_registered_once_by_their_own_modules():
     from medrestore.models import BASELINES, MODELS, build_model, register_model
     from medrestore.models.dncnn import DnCNN
 
-    assert sorted(MODELS) == sorted(["cdae", "redae", "dncnn", "dncnn-green", "dncnn-blind", "irunet", "lapsrn", "srresnet", "srgan",
+    assert sorted(MODELS) == sorted(["cdae", "redae", "dncnn", "dncnn-green", "dncnn-blind", "irunet", "lapsrn",
+                                     "srresnet", "srgan",
                                      "cyclegan-fc", "cyclegan"])
     assert list(BASELINES) == ["median", "nlmeans", "bm3d", "bicubic", "clahe"]
     assert MODELS["dncnn-blind"].cls is DnCNN and MODELS["srgan"].trainer == "srgan"
@@ -159,13 +165,19 @@ def test_a_metric_is_one_file_computed_by_the_evaluation(toy_metric, chase_dir, 
     for i, name in enumerate(("Image_01L.jpg", "Image_03R.jpg", "Image_05L.jpg", "Image_07R.jpg")):
         clean = read_image(chase_dir / name)[300:428, 300:428]
         noisy, _ = corrupt(clean, {"kind": "gaussian", "sigma": 25}, [i])
-        first_noisy = noisy if i == 0 else first_noisy
+        if i == 0:
+            first_noisy = noisy
         restored = (median_filter(noisy / 255.0, 25.0).clip(0, 1) * 255).round().astype(np.uint8)
-        for method, kind, image in (("degraded", "input", noisy), ("median", "baseline", restored), ("dark", "model", restored // 2)):
-            row = E.all_metrics(image, clean, None, str(assets_dir))  # what score_restored computes before the vessel scores
-            rows.append({"task": "t", "method": method, "kind": kind, "image_id": f"chase_db1/{name}", "variant": "v", "sigma": 25.0,
+        for method, kind, image in (("degraded", "input", noisy), ("median", "baseline", restored),
+                                    ("dark", "model", restored // 2)):
+            # what score_restored computes before the vessel scores
+            row = E.all_metrics(image, clean, None, str(assets_dir))
+            rows.append({"task": "t", "method": method, "kind": kind, "image_id": f"chase_db1/{name}", "variant": "v",
+                         "sigma": 25.0,
                          "scale": 1, **row})
-            assert row["dark_fraction"] == toy_metric.dark_fraction(image) and row["mae"] == toy_metric.mean_abs_error(image, clean)
+            assert row["dark_fraction"] == toy_metric.dark_fraction(image) and row["mae"] == toy_metric.mean_abs_error(
+                image, clean
+            )
     table = E.per_image_table(rows)
     assert "dark_fraction" in table.columns and "mae" in table.columns and table["dark_fraction"].notna().all()
     summary = {"methods": E.summarise(table, seed=0), "variants": ["v"]}
@@ -186,7 +198,8 @@ def test_the_headline_of_metrics_json_is_read_from_the_registry():
     from medrestore.evaluation.metrics import headline
 
     numbers = headline()
-    assert list(numbers) == ["psnr", "psnr_fov", "psnr_fov_e3", "psnr_green", "ssim", "niqe", "brisque", "thin_kept", "invented",
+    assert list(numbers) == ["psnr", "psnr_fov", "psnr_fov_e3", "psnr_green", "ssim", "niqe", "brisque", "thin_kept",
+                             "invented",
                               "thin_kept_indep", "invented_indep"]
     assert numbers["thin_kept"] == ("manual_thin_recall_above_chance", "ref_thin_recall_above_chance")
 

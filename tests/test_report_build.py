@@ -21,27 +21,37 @@ def _workspace(root, retina):
     clean = retina[400:464, 400:464]
     write_png_atomic(root / "patches/test/images/a.png", clean)
     write_png_atomic(root / "patches/test/fov/a.png", np.full(clean.shape[:2], 255, np.uint8))
-    write_json_atomic(root / "patches/patches.json", {"test": [{"id": "ds/a", "image": "test/images/a.png", "fov": "test/fov/a.png"}]})
+    write_json_atomic(root / "patches/patches.json",
+                      {"test": [{"id": "ds/a", "image": "test/images/a.png", "fov": "test/fov/a.png"}]})
     rng = np.random.default_rng(0)
     summary = {"variants": ["s15", "s25"], "methods": {}, "paired_tests": {},
-               "cost": {"methods": {"dncnn": {"kind": "model", "parameters": 1000, "flops_per_mpix": 2e9}, "median": {"kind": "baseline", "parameters": 0}}}}
+               "cost": {"methods": {"dncnn": {"kind": "model", "parameters": 1000, "flops_per_mpix": 2e9},
+                                    "median": {"kind": "baseline", "parameters": 0}}}}
     for method, kind, psnr in (("degraded", "input", 20.0), ("median", "baseline", 25.0), ("dncnn", "model", 27.0)):
         for variant in summary["variants"]:
             noisy = np.clip(clean + rng.normal(0, 10, clean.shape), 0, 255).astype(np.uint8)
             write_png_atomic(root / f"eval/t/restored/{method}/{variant}/ds__a.png", noisy)
-            summary["methods"].setdefault(method, {})[variant] = {"kind": kind, "n": 1, "psnr": _m(psnr), "psnr_fov": _m(psnr + 1),
+            summary["methods"].setdefault(method,
+                                          {})[variant] = {"kind": kind, "n": 1, "psnr": _m(psnr),
+                                                          "psnr_fov": _m(psnr + 1),
                                                                  "ssim": _m(0.7), "ref_thin_recall": _m(0.3)}
     write_json_atomic(root / "eval/t/summary.json", summary)
     model = root / "models/t/dncnn"
     model.mkdir(parents=True)
-    (model / "curve.csv").write_text("step,train_loss,lr,val_loss,val_psnr\n" + "".join(f"{10 * i},0.1,0.001,0.1,{25.0 + 0.01 * i}\n" for i in range(1, 9)))
+    (model / "curve.csv").write_text(
+        "step,train_loss,lr,val_loss,val_psnr\n"
+        + "".join(f"{10 * i},0.1,0.001,0.1,{25.0 + 0.01 * i}\n" for i in range(1, 9))
+    )
     write_json_atomic(model / "metrics.json", {"steps": 80, "best_val_psnr": 25.08})
     lock = {"stages": {"train@r": {"params": {"params.yaml": {"seed": 1}},
-                                   "outs": [{"path": (model / "model.safetensors").as_posix(), "md5": "abcdef0123456789"}]}}}
+                                   "outs": [{"path": (model / "model.safetensors").as_posix(),
+                                             "md5": "abcdef0123456789"}]}}}
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
-    (root / "bench.json").write_text(json.dumps({"mode": "quick", "machine": {"cpu_count": 2}, "baselines": {"image_size": 64, "seconds_per_mpix": {"median": 0.5}}}))
+    (root / "bench.json").write_text(json.dumps({"mode": "quick", "machine": {"cpu_count": 2},
+                                                 "baselines": {"image_size": 64, "seconds_per_mpix": {"median": 0.5}}}))
     params = {"seed": 1, "download": {"sources": ["chase_db1"]}, "prepare": {"mode": "border", "size": 64},
-              "patchify": {"region_grid": 2, "val_fraction": 0.25, "test_fraction": 0.25, "patch_size": 40, "stride": 20, "min_fov_fraction": 0.8},
+              "patchify": {"region_grid": 2, "val_fraction": 0.25, "test_fraction": 0.25, "patch_size": 40,
+                           "stride": 20, "min_fov_fraction": 0.8},
               "corrupt": {"tasks": {"t": {"train": {"kind": "gaussian", "sigma": 25}, "test": {"s15": {}, "s25": {}}}}},
               "train": {"profile": "standard", "runs": {"r": {"task": "t", "model": "dncnn"}}}}
     return params
@@ -49,20 +59,26 @@ def _workspace(root, retina):
 
 def test_the_report_is_written_whole(tmp_path, retina):
     params = _workspace(tmp_path, retina)
-    headline = build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models", tmp_path / "out",
+    headline = build_report(params, ["t"], tmp_path / "eval", tmp_path / "patches", tmp_path / "models",
+                            tmp_path / "out",
                             lock_path=tmp_path / "dvc.lock", bench_path=tmp_path / "bench.json")
     out = tmp_path / "out"
-    for name in ("index.html", "report.md", "metrics.json", "claims.json", "plots/t_sigma.csv", "figures/t_crops.png", "figures/t_sigma.png",
+    for name in ("index.html", "report.md", "metrics.json", "claims.json", "plots/t_sigma.csv", "figures/t_crops.png",
+                 "figures/t_sigma.png",
                  "figures/t_cost.png", "figures/t_curves.png"):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
     assert "| dncnn | train@r | abcdef0123 |" in md  # the model's md5 as dvc.lock records it
     assert "## Performance" in md and "| median | 0.5 |" in md
-    assert headline["t"]["dncnn"]["s25"] == {"psnr": 27.0, "psnr_fov": 28.0, "ssim": 0.7, "converged": True, "failed": False}
+    assert headline["t"]["dncnn"]["s25"] == {"psnr": 27.0, "psnr_fov": 28.0, "ssim": 0.7, "converged": True,
+                                             "failed": False}
     assert "failed" not in headline["t"]["median"]["s25"]  # a verdict on trained models only
     assert json.loads((out / "metrics.json").read_text()) == headline
     # the declared DVC metrics: the best PSNR inside the FOV per test corruption (numbers only)
-    best = {var: max(v[var]["psnr_fov"] for v in headline["t"].values() if "psnr_fov" in v.get(var, {})) for var in ("s15", "s25")}
+    best = {
+        var: max(v[var]["psnr_fov"] for v in headline["t"].values() if "psnr_fov" in v.get(var, {}))
+        for var in ("s15", "s25")
+    }
     assert json.loads((out / "headline.json").read_text()) == {"t": best}
     page = (out / "index.html").read_text()
     assert page.startswith("<!doctype html>") and page.count("<img ") == 6 and "<h2 id='performance'>" in page
@@ -75,7 +91,8 @@ def test_the_report_is_written_whole(tmp_path, retina):
 
 def test_the_report_does_not_import_the_benchmark_harness():
     code = "import sys, medrestore.report; print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
 
 
 def test_the_best_methods_section_names_each_champion_or_why_there_is_none(tmp_path, retina):
@@ -147,7 +164,9 @@ def test_every_image_of_report_md_is_a_small_file_git_tracks(tmp_path, retina):
     for link in links:
         path = f"reports/{link}"
         data = (out / link).read_bytes()
-        assert any(path == o or path.startswith(o.rstrip("/") + "/") for o in git_outs), f"{path}: not under a cache: false output of the report stage"
+        assert any(path == o or path.startswith(o.rstrip("/") + "/") for o in git_outs), (
+            f"{path}: not under a cache: false output of the report stage"
+        )
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode
         assert ignored == 1, f"{path} is gitignored: a git host would not have it"
         full = (out / "figures" / Path(link).name).read_bytes()
@@ -180,5 +199,6 @@ def test_a_wide_figure_gets_a_small_palette_copy(retina):
     with Image.open(BytesIO(full)) as big, Image.open(BytesIO(small)) as im:
         assert big.width > 1000 and im.width == 1000 and abs(im.height - big.height * 1000 / big.width) <= 1
         assert im.mode == "P" and len(im.getcolors(256)) <= 128
-        assert np.abs(np.asarray(im.convert("RGB").resize(big.size), np.float32) - np.asarray(big.convert("RGB"), np.float32)).mean() < 12
+        assert np.abs(np.asarray(im.convert("RGB").resize(big.size),
+                                 np.float32) - np.asarray(big.convert("RGB"), np.float32)).mean() < 12
     assert small_png(full) == small and len(small) < len(full)

@@ -28,10 +28,12 @@ def _table() -> pd.DataFrame:
     for i in range(4):
         base_psnr, base_thin = 33 + rng.normal(0, 0.5), 0.02 + rng.normal(0, 0.01)
         for method, kind, dp, dt in (("cdae", "model", 0, 0), ("cdae-vfeat", "model", -0.1, 0.05 + 0.01 * i),
-                                     ("cdae-vprob", "model", -0.5, (-1) ** i * 0.03), ("nlmeans", "baseline", -1.0, -0.02),
+                                     ("cdae-vprob", "model", -0.5, (-1) ** i * 0.03),
+                                     ("nlmeans", "baseline", -1.0, -0.02),
                                      ("degraded", "input", -10, 0.4)):
             rows.append({"task": "g", "method": method, "kind": kind, "image_id": f"im{i}", "variant": "s25",
-                         "psnr_fov": base_psnr + dp, "indep_thin_recall_above_chance": base_thin + dt, "indep_invented_rate": 0.3,
+                         "psnr_fov": base_psnr + dp, "indep_thin_recall_above_chance": base_thin + dt,
+                         "indep_invented_rate": 0.3,
                          "manual_thin_recall_above_chance": base_thin + dt, "manual_invented_rate": 0.3})
     return pd.DataFrame(rows)
 
@@ -52,7 +54,8 @@ def test_the_verdict_needs_a_rise_above_zero_and_a_cost_below_the_budget():
     assert feat["recall_rose"] and feat["psnr_cost_db"] == pytest.approx(0.1) and feat["within_budget"]
     assert (feat["differences"]["psnr_fov"]["n_images"], feat["differences"]["psnr_fov"]["n_subjects"]) == (4, 4)
     paired_eyes = table.assign(subject=table["image_id"].map({"im0": "a", "im1": "a", "im2": "b", "im3": "b"}))
-    by_child = compare(paired_eyes, "s25", "cdae", vessel_groups(TRAIN)[("g", "cdae")], seed=1)[0]["differences"]["psnr_fov"]
+    by_child = compare(paired_eyes, "s25", "cdae", vessel_groups(TRAIN)[("g", "cdae")],
+                       seed=1)[0]["differences"]["psnr_fov"]
     assert (by_child["n_images"], by_child["n_subjects"]) == (4, 2)  # two eyes per child: two subjects
     assert "rose" in feat["verdict"] and f"below {PSNR_BUDGET_DB}" in feat["verdict"]
     assert not prob["recall_rose"] and not prob["within_budget"] and prob["psnr_cost_db"] == pytest.approx(0.5)
@@ -76,7 +79,8 @@ def test_table_rows_show_the_input_baselines_the_plain_model_and_the_variants():
     assert rows[2][1] == "plain" and rows[3][1].startswith("segmenter features (0.001)")
     assert len(header) == len(rows[0]) and header[-1] == "images / subjects" and rows[2][-1] == "4 / 4"
     png = sweep_figure({"points": [{"task": "g", "variant": "s25", "form": "vessel", "weight": w, "psnr_fov": 33 - w,
-                                    "indep_thin_recall_above_chance": 0.02 + w / 10, "indep_invented_rate": 0.3} for w in (0.5, 1, 2)]},
+                                    "indep_thin_recall_above_chance": 0.02 + w / 10,
+                                    "indep_invented_rate": 0.3} for w in (0.5, 1, 2)]},
                        summary, "s25", "cdae")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert sweep_figure({"points": []}, summary, "s25", "cdae") is None
@@ -87,7 +91,9 @@ def test_a_sweep_of_other_test_images_is_not_drawn_and_says_how_to_redo_it(tmp_p
 
     from medrestore.report.vessel_aware import sweep_on_split
 
-    (tmp_path / "patches.json").write_text(json.dumps({"splits": {"test": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}}))
+    (tmp_path / "patches.json").write_text(
+        json.dumps({"splits": {"test": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}})
+    )
     point = {"task": "g", "variant": "s25", "form": "vessel", "weight": 0.001, "psnr_fov": 33.0}
     older = {"points": [point]}  # collected before the file recorded its test images
     kept, why = sweep_on_split(older, tmp_path)

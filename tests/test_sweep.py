@@ -37,7 +37,8 @@ json.dump(out, open("reports/metrics.json", "w"), indent=1, sort_keys=True)
 
 
 def _run(cmd, cwd):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, f"{cmd}: {res.stdout}\n{res.stderr}"
     return res.stdout
@@ -47,7 +48,8 @@ def _run(cmd, cwd):
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweeprepo")
     dvc = str(Path(sys.executable).parent / "dvc")
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}}, "vessel": VESSEL}}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}},
+                                                                "vessel": VESSEL}}))
     (root / "stage.py").write_text(SCRIPT)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {
         "cmd": f"{sys.executable} stage.py", "deps": ["stage.py"], "params": ["train"],
@@ -80,10 +82,13 @@ def test_collects_one_point_per_weight_from_dvc_experiments(repo, monkeypatch):
 
 
 def test_unfinished_experiments_and_missing_numbers_give_no_point():
-    rows = [{"Experiment": "a", "State": "Queued", "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.5},
-            {"Experiment": "b", "State": "Success", "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.2,
+    rows = [{"Experiment": "a", "State": "Queued",
+             "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.5},
+            {"Experiment": "b", "State": "Success",
+             "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.2,
              "metrics.json:t.m-vprob.s25.thin_kept_indep": 0.1},
-            {"Experiment": "c", "State": "Success", "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.3,
+            {"Experiment": "c", "State": "Success",
+             "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.3,
              "metrics.json:t.m-vprob.s25.psnr_fov": 33.0}]
     assert [(p["weight"], p["psnr_fov"]) for p in collect(rows, VESSEL)["points"]] == [(0.3, 33.0)]
 
@@ -100,13 +105,16 @@ def test_merge_keeps_earlier_points_the_new_collection_does_not_replace(repo, mo
 
     monkeypatch.chdir(repo)
     out = repo / "merged.json"
-    earlier = {"run": "t-m-vfeat", "method": "m-vfeat", "form": "vessel", "weight": 0.0003, "task": "t", "variant": "s25", "psnr_fov": 33.5}
-    stale = {**earlier, "run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": 0.003, "psnr_fov": 1.0}
+    earlier = {"run": "t-m-vfeat", "method": "m-vfeat", "form": "vessel", "weight": 0.0003, "task": "t",
+               "variant": "s25", "psnr_fov": 33.5}
+    stale = {**earlier, "run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": 0.003,
+             "psnr_fov": 1.0}
     out.write_text(json.dumps({"note": "", "points": [earlier, stale]}))
     result = write_sweep(out, repo / "params.yaml", rows=dvc.api.exp_show(repo=str(repo)), merge=True)
     got = {(p["run"], p["weight"]): p["psnr_fov"] for p in result["points"]}
     assert got[("t-m-vfeat", 0.0003)] == 33.5  # another clone's experiment, kept
-    assert got[("t-m-vprob", 0.003)] == pytest.approx(34.0 - 100 * 0.003)  # re-collected: the new number replaces the old
+    # re-collected: the new number replaces the old
+    assert got[("t-m-vprob", 0.003)] == pytest.approx(34.0 - 100 * 0.003)
     assert len(got) == 5
     out.write_text("not json")
     with pytest.raises(InputError, match="not a sweep file"):
@@ -117,20 +125,26 @@ def test_merge_keeps_earlier_points_the_new_collection_does_not_replace(repo, mo
 def test_a_sweep_file_is_not_shrunk_without_replace(tmp_path, monkeypatch, capsys):
     from medrestore.cli import main
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}}, "vessel": VESSEL}}))
-    rows = [{"Experiment": None, "State": "Success", "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.001,
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}}, "vessel": VESSEL}})
+    )
+    rows = [{"Experiment": None, "State": "Success",
+             "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.001,
              "metrics.json:t.m-vprob.s25.psnr_fov": 33.9}]
     out = tmp_path / "sweep.json"
     committed = {"note": "", "points": [
-        {"run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": w, "task": "t", "variant": "s25", "psnr_fov": 30.0}
+        {"run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": w, "task": "t", "variant": "s25",
+         "psnr_fov": 30.0}
         for w in (0.001, 0.003, 0.01)]}
     out.write_text(json.dumps(committed))
     before = out.read_text()
     with pytest.raises(InputError, match=r"2 of its 3 points are not in this collection.*--merge.*--replace"):
         write_sweep(out, tmp_path / "params.yaml", rows=rows)
     assert out.read_text() == before
-    assert [p["weight"] for p in write_sweep(out, tmp_path / "params.yaml", rows=rows, merge=True)["points"]] == [0.001, 0.003, 0.01]
-    assert [p["weight"] for p in write_sweep(out, tmp_path / "params.yaml", rows=rows, replace=True)["points"]] == [0.001]
+    assert [p["weight"] for p in write_sweep(out, tmp_path / "params.yaml", rows=rows,
+                                             merge=True)["points"]] == [0.001, 0.003, 0.01]
+    assert [p["weight"] for p in write_sweep(out, tmp_path / "params.yaml", rows=rows,
+                                             replace=True)["points"]] == [0.001]
     monkeypatch.chdir(tmp_path)
     assert main(["sweep", "--params", str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -141,21 +155,26 @@ def test_an_unknown_revision_is_a_clear_error(repo, monkeypatch, capsys):
     from medrestore.cli import main
 
     monkeypatch.chdir(repo)
-    assert main(["sweep", "--rev", "deadbeef", "--params", str(repo / "params.yaml"), "--out", str(repo / "rev.json")]) == 2
+    assert main(["sweep", "--rev", "deadbeef", "--params", str(repo / "params.yaml"), "--out",
+                 str(repo / "rev.json")]) == 2
     err = capsys.readouterr().err
     assert "--rev deadbeef" in err and "Fix:" in err
     assert not (repo / "rev.json").exists()
 
 
 def test_the_sweep_records_its_test_images_and_never_merges_another_splits_points(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}}, "vessel": VESSEL}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"train": {"runs": {"t-m": {"task": "t", "model": "m"}}, "vessel": VESSEL}})
+    )
     patches = tmp_path / "artifacts" / "patches" / "patches.json"
     patches.parent.mkdir(parents=True)
     patches.write_text(json.dumps({"splits": {"test": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}}))
-    rows = [{"Experiment": None, "State": "Success", "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.001,
+    rows = [{"Experiment": None, "State": "Success",
+             "params.yaml:train.vessel.t-m-vprob.overrides.perceptual.weight": 0.001,
              "metrics.json:t.m-vprob.s25.psnr_fov": 33.9}]
     out = tmp_path / "sweep.json"
-    old = {"note": "", "points": [{"run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": 0.003, "task": "t",
+    old = {"note": "",
+           "points": [{"run": "t-m-vprob", "method": "m-vprob", "form": "vessel_prob", "weight": 0.003, "task": "t",
                                    "variant": "s25", "psnr_fov": 30.0}]}  # an older file: no test images recorded
     out.write_text(json.dumps(old))
     with pytest.raises(InputError, match=r"scored on other test images.*Fix: pass --replace"):

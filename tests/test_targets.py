@@ -16,9 +16,11 @@ ABOVE = Target("A at least B + 2", "test", "denoise-g25", "s25", "psnr_fov", "dn
 CONVERGED = {"converged": True, "steps": 3000, "last_quarter_gain_db": 0.05}
 
 
-def table(scores: dict[str, list[float]], metric: str = "psnr_fov", kinds: dict[str, str] | None = None) -> pd.DataFrame:
+def table(scores: dict[str, list[float]], metric: str = "psnr_fov",
+          kinds: dict[str, str] | None = None) -> pd.DataFrame:
     kinds = kinds or {}
-    return pd.DataFrame([{"method": m, "kind": kinds.get(m, "model"), "variant": "s25", "image_id": f"img{i}", metric: v}
+    return pd.DataFrame([{"method": m, "kind": kinds.get(m, "model"), "variant": "s25", "image_id": f"img{i}",
+                          metric: v}
                          for m, vals in scores.items() for i, v in enumerate(vals)])
 
 
@@ -33,7 +35,8 @@ def test_a_margin_is_met_only_on_the_mean_difference_reaching_it():
 
 
 def test_a_factor_and_a_lower_is_better_metric_turn_the_comparison():
-    invented = Target("invents at most half the input's share", "test", "denoise-g25", "s25", "manual_invented_rate", "cdae", "degraded", factor=0.5)
+    invented = Target("invents at most half the input's share", "test", "denoise-g25", "s25", "manual_invented_rate",
+                      "cdae", "degraded", factor=0.5)
     scores = {"degraded": [0.76, 0.74, 0.78, 0.75], "cdae": [0.30, 0.35, 0.32, 0.36]}
     assert check_target(invented, table(scores, "manual_invented_rate"), {"cdae": CONVERGED}, 0)["verdict"] == "met"
     scores["cdae"] = [0.40, 0.41, 0.42, 0.43]
@@ -43,7 +46,8 @@ def test_a_factor_and_a_lower_is_better_metric_turn_the_comparison():
 def test_the_best_model_is_the_highest_converged_one_and_an_unconverged_model_is_no_verdict():
     scores = {"bm3d": [33.0] * 4, "cdae": [33.1] * 4, "irunet": [32.7] * 4, "dncnn": [36.0] * 4}
     t = table(scores, kinds={"bm3d": "baseline"})
-    conv = {"cdae": CONVERGED, "irunet": CONVERGED, "dncnn": {"converged": False, "why": "still improving", "steps": 300}}
+    conv = {"cdae": CONVERGED, "irunet": CONVERGED,
+            "dncnn": {"converged": False, "why": "still improving", "steps": 300}}
     assert best_model(t, "s25", conv) == "cdae"  # dncnn scores higher but did not converge; bm3d is no trained model
     best = Target("best at least CBM3D + 2", "test", "denoise-g25", "s25", "psnr_fov", BEST, "bm3d", margin=2.0)
     r = check_target(best, t, conv, 0)
@@ -62,7 +66,8 @@ def test_a_task_or_method_missing_from_the_run_is_not_run(tmp_path):
 
 def test_check_targets_reads_steps_from_the_models_folder(tmp_path):
     (tmp_path / "eval" / "denoise-g25").mkdir(parents=True)
-    table({"dncnn": [35.0, 36.0], "bm3d": [33.0, 33.5]}, kinds={"bm3d": "baseline"}).to_csv(tmp_path / "eval" / "denoise-g25" / "per_image.csv", index=False)
+    table({"dncnn": [35.0, 36.0], "bm3d": [33.0, 33.5]},
+          kinds={"bm3d": "baseline"}).to_csv(tmp_path / "eval" / "denoise-g25" / "per_image.csv", index=False)
     (tmp_path / "models" / "denoise-g25" / "dncnn").mkdir(parents=True)
     (tmp_path / "models" / "denoise-g25" / "dncnn" / "metrics.json").write_text(json.dumps({"steps": 1234}))
     conv = {"denoise-g25": {"dncnn": {"converged": True, "last_quarter_gain_db": 0.1}}}

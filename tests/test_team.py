@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import copy_checkout, shrink_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,8 @@ STAGES = {"download", "prepare", "patchify", f"corrupt@{TASK}", TARGET}
 pytestmark = pytest.mark.slow  # a pipeline run end to end
 
 BUCKET = "medrestore-team"
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "medrestore-key", "AWS_SECRET_ACCESS_KEY": "medrestore-secret-0123", "AWS_DEFAULT_REGION": "us-east-1"}
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "medrestore-key", "AWS_SECRET_ACCESS_KEY": "medrestore-secret-0123",
+           "AWS_DEFAULT_REGION": "us-east-1"}
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
@@ -82,7 +84,8 @@ def postgres_bin() -> Path | None:
     on_path = shutil.which("pg_ctl")
     if on_path and shutil.which("initdb"):
         return Path(on_path).resolve().parent
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
     return found[-1].parent if found else None
 
 
@@ -120,7 +123,8 @@ def postgres():
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = home / "data", free_port()
     try:
-        run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "medrestore", "--auth=trust", "-E", "UTF8", "--no-locale"], home)
+        run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "medrestore", "--auth=trust", "-E", "UTF8",
+             "--no-locale"], home)
         run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"), "-w", "-t", "60",
              "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], home)
         try:
@@ -135,7 +139,8 @@ def postgres():
 def serve(cmd: list[str], log: Path, env: dict, health: str):
     """Start a throwaway server in its own process group; return it once ``health`` answers 200."""
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=log.parent)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                cwd=log.parent)
     try:
         wait_http(health, proc, log)
     except BaseException:
@@ -164,10 +169,12 @@ def s3_store(tmp_path_factory):
     d = tmp_path_factory.mktemp("s3")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], d / "s3.log", dict(os.environ), f"{url}/moto-api/")
+    proc = serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], d / "s3.log",
+                 dict(os.environ), f"{url}/moto-api/")
     try:
         client = boto3.client("s3", endpoint_url=url, aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"], region_name=S3_KEYS["AWS_DEFAULT_REGION"])
+                              aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                              region_name=S3_KEYS["AWS_DEFAULT_REGION"])
         client.create_bucket(Bucket=BUCKET)
         yield url, client
     finally:
@@ -194,7 +201,8 @@ def tracking_server(postgres, s3_store, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(S3_KEYS, MLFLOW_S3_ENDPOINT_URL=s3_store[0])  # only the server touches the artifact store
     url = f"http://127.0.0.1:{port}"
-    proc = serve([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres, "--artifacts-destination", f"s3://{BUCKET}/mlflow",
+    proc = serve([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres, "--artifacts-destination",
+                  f"s3://{BUCKET}/mlflow",
                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], d / "server.log", env, f"{url}/health")
     try:
         yield url
@@ -205,7 +213,8 @@ def tracking_server(postgres, s3_store, tmp_path_factory):
 # --------------------------------------------------------------------------- the pipeline, pushed
 @pytest.fixture(scope="module")
 def team(tmp_path_factory, chase_dir, tracking_server, s3_store):
-    """The tiny pipeline up to one training run, in a git copy, logged to the tracking server and pushed to both remotes."""
+    """The tiny pipeline up to one training run, in a git copy, logged to the tracking server and pushed to both
+    remotes."""
     root = tmp_path_factory.mktemp("team")
     work, remote = root / "work", root / "shared-remote"
     copy_checkout(work)
@@ -227,7 +236,8 @@ def team(tmp_path_factory, chase_dir, tracking_server, s3_store):
     dvc("remote", "modify", "store", "endpointurl", s3_store[0], cwd=work, env=env)
     # Credentials go to .dvc/config.local, which git ignores: they never travel with the repository.
     dvc("remote", "modify", "--local", "store", "access_key_id", S3_KEYS["AWS_ACCESS_KEY_ID"], cwd=work, env=env)
-    dvc("remote", "modify", "--local", "store", "secret_access_key", S3_KEYS["AWS_SECRET_ACCESS_KEY"], cwd=work, env=env)
+    dvc("remote", "modify", "--local", "store", "secret_access_key", S3_KEYS["AWS_SECRET_ACCESS_KEY"], cwd=work,
+        env=env)
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-qm", "lock and remotes"], work, env)
     push = {"shared": dvc("push", cwd=work, env=env), "store": dvc("push", "-r", "store", cwd=work, env=env)}
@@ -243,13 +253,16 @@ def test_pipeline_ran_and_logged_every_stage_without_warnings(team):
 
 def test_remotes_hold_the_same_objects(team, s3_store):
     work, remote, _, _, push = team
-    folder = {p.relative_to(remote).as_posix(): p.read_bytes() for p in (remote / "files" / "md5").rglob("*") if p.is_file()}
+    folder = {
+        p.relative_to(remote).as_posix(): p.read_bytes() for p in (remote / "files" / "md5").rglob("*") if p.is_file()
+    }
     assert folder, push["shared"].stdout
     bucket = {k.removeprefix("dvc/"): v for k, v in s3_keys(s3_store[1], "dvc/").items()}
     assert bucket == folder, push["store"].stdout
     # Every object is named by the md5 of its bytes (files/md5/ab/cdef...; a directory's listing ends in .dir).
     for key, data in bucket.items():
-        assert key.removeprefix("files/md5/").replace("/", "").removesuffix(".dir") == hashlib.md5(data).hexdigest(), key
+        assert key.removeprefix("files/md5/").replace("/",
+                                                      "").removesuffix(".dir") == hashlib.md5(data).hexdigest(), key
     model = work / "artifacts" / "models" / TASK / MODEL / "model.safetensors"
     digest = md5(model)
     assert bucket[f"files/md5/{digest[:2]}/{digest[2:]}"] == model.read_bytes()
@@ -261,12 +274,14 @@ def test_clone_pulls_byte_identical_outputs_and_is_up_to_date(team, tmp_path, re
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(work), str(clone)], tmp_path, env)
     assert not (clone / "artifacts").exists()
-    assert {"shared", "store"} <= set(dvc("remote", "list", cwd=clone, env=env).stdout.split())  # remotes travel with git
+    # remotes travel with git
+    assert {"shared", "store"} <= set(dvc("remote", "list", cwd=clone, env=env).stdout.split())
     config = (clone / ".dvc" / "config").read_text()
     assert S3_KEYS["AWS_SECRET_ACCESS_KEY"] not in config and not (clone / ".dvc" / "config.local").exists()
     # A team member's credentials come from the usual AWS_* variables (or their own `dvc remote modify --local`).
     pull_env = {**env, **S3_KEYS} if remote_name == "store" else env
-    # Only the stages that ran have a dvc.lock entry (a full `dvc repro` would make a plain `dvc pull` fetch everything).
+    # Only the stages that ran have a dvc.lock entry (a full `dvc repro` would make a plain `dvc pull` fetch
+    # everything).
     dvc("pull", "-r", remote_name, "--with-deps", TARGET, cwd=clone, env=pull_env)
     produced = sorted(p.relative_to(work) for p in (work / "artifacts").rglob("*") if p.is_file())
     pulled = sorted(p.relative_to(clone) for p in (clone / "artifacts").rglob("*") if p.is_file())
@@ -296,7 +311,11 @@ def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tra
     assert set(by_stage) == STAGES
     assert {r.info.status for r in runs} == {"FINISHED"}
     train = by_stage[TARGET]
-    assert train.data.params["model"] == MODEL and train.data.params["max_steps"] == "20" and train.data.params["task"] == TASK
+    assert (
+        train.data.params["model"] == MODEL
+        and train.data.params["max_steps"] == "20"
+        and train.data.params["task"] == TASK
+    )
     assert train.data.metrics["best_val_psnr"] > 0
     model_file = work / "artifacts" / "models" / TASK / MODEL / "model.safetensors"
     assert train.data.tags[f"out_md5:{model_file.relative_to(work).as_posix()}"] == md5(model_file)
@@ -307,11 +326,13 @@ def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tra
     with psycopg.connect(postgres) as con, con.cursor() as cur:
         cur.execute("select t.value from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'dvc_stage'")
         assert {v for (v,) in cur.fetchall()} == STAGES
-        cur.execute("select count(*) from params p join tags t on t.run_uuid = p.run_uuid where t.key = 'dvc_stage' and t.value = %s", (TARGET,))
+        cur.execute("select count(*) from params p join tags t on t.run_uuid = p.run_uuid where t.key = 'dvc_stage' "
+                    "and t.value = %s", (TARGET,))
         assert cur.fetchone()[0] > 10
 
     # Lineage finds the training run on the server by the model's md5.
-    out = run([sys.executable, "-m", "medrestore.cli", "lineage", str(model_file.relative_to(work)), "--json"], work, env)
+    out = run([sys.executable, "-m", "medrestore.cli", "lineage", str(model_file.relative_to(work)), "--json"], work,
+              env)
     found = json.loads(out.stdout)["mlflow"]
     assert found["run_id"] == train.info.run_id and found["matched_by"] == "output md5 tag", found
 
@@ -322,7 +343,8 @@ def test_runs_params_and_registered_model_live_in_postgresql(team, postgres, tra
         "from medrestore.tracking.runs import stage_run\n"
         "from medrestore.tracking.lineage import register_best_models\n"
         "with stage_run('report', {}, required=True) as t:\n"
-        f"    done = register_best_models({{'{TASK}': {{'model': '{MODEL}', 'metric': 'mean psnr', 'value': 1.0}}}}, Path('artifacts/models'))\n"
+        f"    best = {{'{TASK}': {{'model': '{MODEL}', 'metric': 'mean psnr', 'value': 1.0}}}}\n"
+        "    done = register_best_models(best, Path('artifacts/models'))\n"
         "print(done)\n"
     )
     res = run([sys.executable, "-c", script], work, env)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import subprocess_env, use_subprocess_env
 
+from conftest import subprocess_env, use_subprocess_env
 from tools import exp_queue
 
 

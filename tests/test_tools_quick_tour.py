@@ -15,7 +15,10 @@ def test_tour_params_pick_the_quick_profile_and_keep_shared_paths_valid(tmp_path
     assert params["patchify"]["patch_size"] % 4 == 0  # x4 super-resolution inputs stay whole
     for section, key in (("download", "mirror"), ("evaluate", "assets")):
         path = Path(params[section][key])
-        assert path.is_absolute() and path == (REPO / yaml.safe_load((REPO / "params.yaml").read_text())[section][key]).resolve()
+        assert (
+            path.is_absolute()
+            and path == (REPO / yaml.safe_load((REPO / "params.yaml").read_text())[section][key]).resolve()
+        )
     quick = params["train"]["profiles"]["quick"]["models"]
     standard = params["train"]["profiles"]["standard"]["models"]
     assert set(quick) == set(standard) and all(quick[m]["max_steps"] < standard[m]["max_steps"] for m in quick)

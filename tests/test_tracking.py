@@ -128,7 +128,9 @@ def _check_outcomes(procs: dict[int, subprocess.Popen], expected_not_logged: int
     stdout, stderr = out[0]
     assert procs[0].returncode == 0, stderr[-3000:]
     assert "STAGE DONE" in stdout
-    assert f"[medrestore] WARNING: MLflow: {expected_not_logged} call(s) of stage evaluate@fault0" in stderr, stderr[-3000:]
+    assert f"[medrestore] WARNING: MLflow: {expected_not_logged} call(s) of stage evaluate@fault0" in stderr, stderr[
+        -3000:
+    ]
     assert "log_metrics" in stderr
     # tracking.required true: the stage stops with an error that says why and what to do.
     stdout, stderr = out[1]
@@ -141,11 +143,15 @@ def test_server_killed_mid_run_is_reported_or_fails_without_hanging(tmp_path, ml
     procs = _start_clients(tmp_path, url)
     deadline = time.time() + 120
     while not all((tmp_path / f"logged-{r}").exists() for r in (0, 1)):
-        assert time.time() < deadline and all(p.poll() is None for p in procs.values()), [p.communicate() for p in procs.values()]
+        assert time.time() < deadline and all(p.poll() is None for p in procs.values()), [
+            p.communicate() for p in procs.values()
+        ]
         time.sleep(0.1)
     # Both runs are open on the server and logged their first metric: kill the server, all of it.
     con = sqlite3.connect(server_db)
-    logged = {name for (name,) in con.execute("select r.name from runs r join metrics m on m.run_uuid = r.run_uuid where m.key = 'before_kill'")}
+    logged = {name for (name,
+                        ) in con.execute("select r.name from runs r join metrics m on m.run_uuid = r.run_uuid where "
+                                         "m.key = 'before_kill'")}
     con.close()
     assert logged == {"evaluate@fault0", "evaluate@fault1"}
     os.killpg(server.pid, signal.SIGKILL)
@@ -202,7 +208,8 @@ def test_concurrent_writers_to_one_fresh_sqlite_store_all_land(tmp_path):
     con = sqlite3.connect(tmp_path / "mlflow.db")
     runs = dict(con.execute("select name, status from runs"))
     assert runs == {f"train@writer{i}": "FINISHED" for i in range(n)}
-    per_run = dict(con.execute("select r.name, count(*) from metrics m join runs r on r.run_uuid = m.run_uuid group by r.name"))
+    per_run = dict(con.execute("select r.name, count(*) from metrics m join runs r on r.run_uuid = m.run_uuid group "
+                               "by r.name"))
     assert per_run == {f"train@writer{i}": 10 for i in range(n)}
 
 
@@ -219,11 +226,13 @@ def test_a_run_left_running_by_a_killed_stage_is_ended_at_the_next_start(tmp_pat
     monkeypatch.chdir(tmp_path)
     with stage_run("prepare", {}):
         pass
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
     client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     host = socket.gethostname()
-    killed = client.create_run(exp, tags={"dvc_stage": "prepare", "pid": str(dead), "host": host}).info.run_id  # kill -9 left it
+    # kill -9 left it
+    killed = client.create_run(exp, tags={"dvc_stage": "prepare", "pid": str(dead), "host": host}).info.run_id
     alive = client.create_run(exp, tags={"dvc_stage": "prepare", "pid": str(os.getpid()), "host": host}).info.run_id
     other = client.create_run(exp, tags={"dvc_stage": "patchify", "pid": str(dead), "host": host}).info.run_id
     assert client.get_run(killed).info.status == "RUNNING"

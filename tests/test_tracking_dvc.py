@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ def test_every_run_is_tagged_with_the_md5_dvc_records_for_each_output(repo):
     assert locks[0]["make"]["out"].endswith(".dir")  # a folder output: DVC's directory md5, not a file's
     assert locks[0]["make"]["out"] != locks[1]["make"]["out"]
     make = runs[0].data.tags
-    assert {k for k in make if k.startswith("out_md5:")} == {"out_md5:out", "out_md5:out/manifest.json", "out_md5:note.txt"}
+    assert {k for k in make if k.startswith("out_md5:")} == {"out_md5:out", "out_md5:out/manifest.json",
+                                                             "out_md5:note.txt"}
 
 
 def test_one_repro_id_per_dvc_repro(repo):
@@ -115,7 +117,9 @@ def test_a_lock_rewritten_by_dvc_is_not_dirty_but_an_edited_file_is(repo, monkey
     root, _ = repo
     runs = _runs(root)
     # the second "use" ran with dvc.lock already rewritten for "make" (the fixture checks it is modified)
-    assert all(r.data.tags["git_dirty"] == "false" for r in runs), [(r.data.tags["dvc_stage"], r.data.tags.get("git_dirty_paths")) for r in runs]
+    assert all(r.data.tags["git_dirty"] == "false" for r in runs), [
+        (r.data.tags["dvc_stage"], r.data.tags.get("git_dirty_paths")) for r in runs
+    ]
     from medrestore.tracking.runs import git_commit, stage_tags
 
     assert git_commit(root) == (_run(root, "git", "rev-parse", "HEAD").stdout.strip(), False)
@@ -172,7 +176,8 @@ def test_the_data_stages_of_the_pipeline_tag_what_dvc_records(tmp_path):
     (work / "dvc.lock").unlink(missing_ok=True)
     (work / "data").mkdir(exist_ok=True)
     (work / "data" / ".keep").touch()  # as make repro does: data.dvc tracks the folder with this one empty file
-    params = shrink_params(yaml.safe_load((work / "params.yaml").read_text()), sources=["sample"], stride=8, tasks={"denoise-g25"})
+    params = shrink_params(yaml.safe_load((work / "params.yaml").read_text()), sources=["sample"], stride=8,
+                           tasks={"denoise-g25"})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(work, "git", "init", "-q")
     _run(work, "git", "add", "-A")
@@ -187,4 +192,5 @@ def test_the_data_stages_of_the_pipeline_tag_what_dvc_records(tmp_path):
         assert run.data.tags["git_dirty"] == "false", run.data.tags.get("git_dirty_paths")
     assert len({r.data.tags["dvc_repro_id"] for r in runs.values()}) == 1
     corrupt = {i.dataset.name: i.dataset.digest for i in runs["corrupt@denoise-g25"].inputs.dataset_inputs}
-    assert corrupt == {"artifacts/patches": outs["patchify"]["artifacts/patches"], "artifacts/prepared": outs["prepare"]["artifacts/prepared"]}
+    assert corrupt == {"artifacts/patches": outs["patchify"]["artifacts/patches"],
+                       "artifacts/prepared": outs["prepare"]["artifacts/prepared"]}

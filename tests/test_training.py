@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from conftest import cut_patches, kill_and_resume, noisy_copies
 
+from conftest import cut_patches, kill_and_resume, noisy_copies
 from medrestore.training.config import TrainConfig
 from medrestore.training.engine import train_model
 
@@ -17,7 +17,8 @@ def fundus_pairs(retina):
 
 
 def _train(tmp_path, pairs, name, **overrides):
-    settings = {"max_steps": 60, "val_every": 20, "ckpt_every": 20, "batch_size": 16, "progress_bar": False, "seed": 3, **overrides}
+    settings = {"max_steps": 60, "val_every": 20, "ckpt_every": 20, "batch_size": 16, "progress_bar": False, "seed": 3,
+                **overrides}
     cfg = TrainConfig(model="redae", **settings)
     out = tmp_path / name
     metrics = train_model(cfg, pairs[0], pairs[1], out, tmp_path / f"ckpt-{name}")
@@ -76,7 +77,8 @@ train_model(cfg, (L("ct.npy"), L("nt.npy")), (L("cv.npy"), L("nv.npy")), out, d 
 
 def test_killed_training_resumes_and_ends_byte_identical(tmp_path, fundus_pairs):
     (tr_c, tr_n), (va_c, va_n) = fundus_pairs
-    kill_and_resume(tmp_path, RESUME_SCRIPT, {"ct.npy": tr_c, "nt.npy": tr_n, "cv.npy": va_c, "nv.npy": va_n}, settle=0.5)
+    kill_and_resume(tmp_path, RESUME_SCRIPT, {"ct.npy": tr_c, "nt.npy": tr_n, "cv.npy": va_c, "nv.npy": va_n},
+                    settle=0.5)
 
 
 def test_curve_records_step_one_and_every_tenth_step_with_its_own_loss(tmp_path):
@@ -85,9 +87,9 @@ def test_curve_records_step_one_and_every_tenth_step_with_its_own_loss(tmp_path)
     import numpy as np
     import pandas as pd
 
+    from medrestore.training.callbacks import on_curve
     from medrestore.training.config import TrainConfig
     from medrestore.training.engine import train_model
-    from medrestore.training.callbacks import on_curve
 
     rng = np.random.default_rng(0)
     clean = rng.integers(0, 256, (64, 24, 24, 3), dtype=np.uint8)
@@ -189,6 +191,7 @@ def test_fov_loss_trains_on_masks_and_changes_what_is_learned(tmp_path, fundus_p
         mk[:, :, :8] = 0  # the left third of every patch outside the FOV
     settings = {"max_steps": 20, "val_every": 10, "ckpt_every": 10, "batch_size": 16, "progress_bar": False, "seed": 3}
     a = train_model(TrainConfig(model="redae", **settings), tr, va, tmp_path / "a", tmp_path / "ck")
-    b = train_model(TrainConfig(model="redae", fov_loss=True, **settings), tr, va, tmp_path / "b", tmp_path / "ck", fov=tuple(masks))
+    b = train_model(TrainConfig(model="redae", fov_loss=True, **settings), tr, va, tmp_path / "b", tmp_path / "ck",
+                    fov=tuple(masks))
     assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "b" / "model.safetensors").read_bytes()
     assert a["best_val_psnr"] != b["best_val_psnr"]

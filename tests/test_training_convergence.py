@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from medrestore.training.config import TrainConfig
-from medrestore.training.config import lr_factor
+from medrestore.training.config import TrainConfig, lr_factor
 from medrestore.training.convergence import MIN_VAL_POINTS, convergence, curve_points, model_convergence
 
 
@@ -28,7 +27,9 @@ def test_a_curve_that_ends_well_below_its_best_is_no_plateau():
     plateau = [(100 * i, 30 - 5 * math.exp(-i / 2)) for i in range(1, 21)]
     fallen = plateau[:-1] + [(2000, 25.0)]
     verdict = convergence(fallen, 2000)
-    assert not verdict["converged"] and verdict["final_drop_db"] == pytest.approx(30 - 5 * math.exp(-9.5) - 25.0, abs=1e-4)
+    assert not verdict["converged"] and verdict["final_drop_db"] == pytest.approx(
+        30 - 5 * math.exp(-9.5) - 25.0, abs=1e-4
+    )
     assert verdict["why"].startswith("validation PSNR ended 5.00 dB below its best")
 
 
@@ -36,7 +37,8 @@ def test_a_run_without_validation_before_its_last_quarter_cannot_show_a_plateau(
     verdict = convergence([(1000, 30.0)], 1000)
     assert not verdict["converged"] and verdict["last_quarter_gain_db"] is None
     assert not convergence([], 1000)["converged"]
-    late = [(1600 + 25 * i, 30.0) for i in range(MIN_VAL_POINTS)]  # enough points, all in the last quarter of 2000 steps
+    # enough points, all in the last quarter of 2000 steps
+    late = [(1600 + 25 * i, 30.0) for i in range(MIN_VAL_POINTS)]
     assert convergence(late, 2000)["why"] == "no validation before the last quarter"
 
 
@@ -57,7 +59,9 @@ def test_a_curve_of_fewer_than_eight_validations_is_not_judged_converged(tmp_pat
     # the same flat curve validated every 10 steps: 8 points, judged by the plateau rule
     assert convergence([(10 * i, 15.0) for i in range(1, 9)], 80)["converged"]
     # a model folder as the engine writes it: the report reads the same verdict
-    (tmp_path / "curve.csv").write_text("step,train_loss,lr,val_loss,val_psnr\n" + "".join(f"{s},0.1,0.0002,0.1,{p}\n" for s, p in four))
+    (tmp_path / "curve.csv").write_text(
+        "step,train_loss,lr,val_loss,val_psnr\n" + "".join(f"{s},0.1,0.0002,0.1,{p}\n" for s, p in four)
+    )
     (tmp_path / "metrics.json").write_text('{"steps": 80}')
     folder = model_convergence(tmp_path)
     assert not folder["converged"] and folder["why"] == "only 4 validation points; at least 8 needed"

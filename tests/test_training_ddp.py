@@ -26,14 +26,20 @@ torch.set_num_threads(1)
 d, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 L = lambda n: np.load(d / n)
 cfg = TrainConfig(model="lapsrn", model_kwargs={"scale": 1, "depth": 2, "features": 16}, loss="charbonnier", lr=2e-3,
-                  max_steps=40, val_every=20, ckpt_every=20, batch_size=8, progress_bar=False, seed=3, channels_last=False,
-                  accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto")
+                  max_steps=40, val_every=20, ckpt_every=20, batch_size=8, progress_bar=False, seed=3,
+                  channels_last=False, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto")
 train_model(cfg, (L("c.npy"), L("n.npy")), (L("vc.npy"), L("vn.npy")), out, d / f"ckpt{devices}")
 """
 
 
 def _cut(region, salt):
-    clean = np.stack([region[y : y + 24, x : x + 24] for y in range(0, region.shape[0] - 23, 12) for x in range(0, region.shape[1] - 23, 12)])
+    clean = np.stack(
+        [
+            region[y : y + 24, x : x + 24]
+            for y in range(0, region.shape[0] - 23, 12)
+            for x in range(0, region.shape[1] - 23, 12)
+        ]
+    )
     return clean, np.stack([corrupt(p, {"kind": "gaussian", "sigma": 25}, [salt, i])[0] for i, p in enumerate(clean)])
 
 
@@ -45,7 +51,8 @@ def test_ddp_on_two_cpu_processes_trains_like_one(tmp_path, chase_image):
     script.write_text(SCRIPT)
     curves = {}
     for devices in (1, 2):
-        res = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / f"out{devices}"), str(devices)],
+        res = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / f"out{devices}"),
+                              str(devices)],
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         curves[devices] = pd.read_csv(tmp_path / f"out{devices}" / "curve.csv")

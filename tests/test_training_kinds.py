@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import cut_patches, noisy_copies
 
+from conftest import cut_patches, noisy_copies
+from medrestore.core.params import train_settings
 from medrestore.degradations import corrupt, sr_pair
 from medrestore.models import BASELINES, MODELS, load_model
-from medrestore.core.params import train_settings
 from medrestore.training.callbacks import NonFiniteLossError
 from medrestore.training.config import TrainConfig
 from medrestore.training.engine import train_model
@@ -45,7 +45,8 @@ def denoise_data(regions):
 @pytest.fixture(scope="module")
 def sr_data(regions):
     def pairs(region, salt):
-        hr, lr = zip(*[sr_pair(p, {"kind": "downscale", "scale": 4}, [salt, i])[:2] for i, p in enumerate(cut_patches(region, 32, 16))])
+        hr, lr = zip(*[sr_pair(p, {"kind": "downscale", "scale": 4},
+                               [salt, i])[:2] for i, p in enumerate(cut_patches(region, 32, 16))])
         return np.stack(hr), np.stack(lr)
 
     return pairs(regions[0], 3), pairs(regions[1], 4)
@@ -56,7 +57,8 @@ def unpaired_data(regions):
     """Blurred copies (the degraded domain); ``train_domain`` splits the train patches in two halves
     of the region (top: clean samples, bottom: degraded samples), as the corrupt stage does by image."""
     def blurred(clean, salt):
-        return np.stack([corrupt(p, {"kind": "gaussian_blur", "sigma": 1.5}, [salt, i])[0] for i, p in enumerate(clean)])
+        return np.stack([corrupt(p, {"kind": "gaussian_blur", "sigma": 1.5},
+                                 [salt, i])[0] for i, p in enumerate(clean)])
 
     tr, va = cut_patches(regions[0], 32, 16), cut_patches(regions[1], 32, 16)
     domain = (np.arange(len(tr)) >= len(tr) // 2).astype(np.uint8)
@@ -64,22 +66,26 @@ def unpaired_data(regions):
 
 
 def _cfg(model: str, **kw) -> TrainConfig:
-    base = dict(model=model, max_steps=12, val_every=6, ckpt_every=6, batch_size=8, progress_bar=False, seed=5, channels_last=False)
+    base = dict(model=model, max_steps=12, val_every=6, ckpt_every=6, batch_size=8, progress_bar=False, seed=5,
+                channels_last=False)
     return TrainConfig(**{**base, **kw})
 
 
 TINY_SRGAN = dict(model_kwargs={"n_blocks": 1, "features": 16}, disc_kwargs={"features": 8, "dense": 32})
-TINY_CYCLEGAN = dict(model_kwargs={"features": 8, "n_blocks": 1}, disc_kwargs={"features": 8}, batch_size=4, lr=2e-4, betas=[0.5, 0.999], loss="l1")
+TINY_CYCLEGAN = dict(model_kwargs={"features": 8, "n_blocks": 1}, disc_kwargs={"features": 8}, batch_size=4, lr=2e-4,
+                     betas=[0.5, 0.999], loss="l1")
 
 
 # --------------------------------------------------------------------------- registry
 def test_registry_has_every_model_and_baseline_of_the_five_papers():
-    assert set(MODELS) == {"cdae", "redae", "dncnn", "dncnn-green", "dncnn-blind", "irunet", "lapsrn", "srresnet", "srgan", "cyclegan-fc", "cyclegan"}
+    assert set(MODELS) == {"cdae", "redae", "dncnn", "dncnn-green", "dncnn-blind", "irunet", "lapsrn", "srresnet",
+                           "srgan", "cyclegan-fc", "cyclegan"}
     assert {n for n, s in MODELS.items() if s.trainer != "paired"} == {"srgan", "cyclegan", "cyclegan-fc"}
     assert {n: s.task for n, s in MODELS.items() if s.task != "denoise"} == {
         "lapsrn": "sr", "srresnet": "sr", "srgan": "sr", "cyclegan-fc": "enhance", "cyclegan": "enhance"}
     assert MODELS["cyclegan-fc"].options["cycle"] == "feature" and MODELS["cyclegan"].options["cycle"] == "image"
-    assert {n: f.task for n, f in BASELINES.items()} == {"median": "denoise", "nlmeans": "denoise", "bm3d": "denoise", "bicubic": "sr", "clahe": "enhance"}
+    assert {n: f.task for n, f in BASELINES.items()} == {"median": "denoise", "nlmeans": "denoise", "bm3d": "denoise",
+                                                         "bicubic": "sr", "clahe": "enhance"}
     from medrestore.report.claims import PAPERS
 
     assert all(s.paper and any(label in s.paper for label in PAPERS) for s in MODELS.values())
@@ -89,7 +95,8 @@ def test_registry_has_every_model_and_baseline_of_the_five_papers():
 def test_paired_denoiser_beats_its_noisy_input_on_validation(tmp_path, denoise_data):
     """LapSRN's non-SR mode starts as the identity (zero residual): training must add to it."""
     (tr_c, tr_n), (va_c, va_n) = denoise_data
-    cfg = _cfg("lapsrn", model_kwargs={"scale": 1, "depth": 3, "features": 32}, loss="charbonnier", lr=1e-3, max_steps=80, val_every=40, batch_size=16)
+    cfg = _cfg("lapsrn", model_kwargs={"scale": 1, "depth": 3, "features": 32}, loss="charbonnier", lr=1e-3,
+               max_steps=80, val_every=40, batch_size=16)
     metrics = train_model(cfg, (tr_c, tr_n), (va_c, va_n), tmp_path / "m", tmp_path / "ck")
     noisy_psnr = _psnr(va_n, va_c)  # the identity's PSNR, about 21 dB at sigma 25
     assert metrics["best_val_psnr"] > noisy_psnr + 1.5, (metrics, noisy_psnr)
@@ -134,7 +141,8 @@ def test_srgan_pretrains_then_trains_adversarially_and_saves_the_generator(tmp_p
 
 def test_two_way_gan_trains_on_unpaired_domains_and_validates_on_pairs(tmp_path, unpaired_data):
     train, val, domain = unpaired_data
-    metrics = train_model(_cfg("cyclegan-fc", **TINY_CYCLEGAN), train, val, tmp_path / "m", tmp_path / "ck", train_domain=domain)
+    metrics = train_model(_cfg("cyclegan-fc", **TINY_CYCLEGAN), train, val, tmp_path / "m", tmp_path / "ck",
+                          train_domain=domain)
     curve = pd.read_csv(tmp_path / "m" / "curve.csv")
     assert curve["val_psnr"].notna().sum() == 2 and np.isfinite(curve["d_loss"].dropna()).all()
     assert metrics["train_patches"] == len(domain)
@@ -154,7 +162,8 @@ def test_gan_runs_with_the_same_params_are_byte_identical(tmp_path, unpaired_dat
         tiny["model_kwargs"] = {**tiny.get("model_kwargs", {}), "upsample": "resize", "residual": True, "norm": "none"}
         tiny["pool_size"] = 3
     for name in ("a", "b"):
-        train_model(_cfg("cyclegan", **tiny, max_steps=8, val_every=4), train, val, tmp_path / name, tmp_path / f"ck{name}", train_domain=domain)
+        train_model(_cfg("cyclegan", **tiny, max_steps=8, val_every=4), train, val, tmp_path / name,
+                    tmp_path / f"ck{name}", train_domain=domain)
     for f in ("model.safetensors", "metrics.json", "curve.csv", "model.json"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
@@ -177,7 +186,8 @@ def test_exploding_learning_rate_stops_naming_run_and_step_and_keeps_the_last_go
 # --------------------------------------------------------------------------- params wiring
 def test_dncnn_green_run_weights_the_loss_red_green_blue_1_3_2():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    key = next(k for k, r in {**params["train"]["runs"], **params["train"]["finetune"]}.items() if r["model"] == "dncnn-green")
+    key = next(k for k, r in {**params["train"]["runs"],
+                              **params["train"]["finetune"]}.items() if r["model"] == "dncnn-green")
     cfg = TrainConfig.from_params(train_settings(params["train"], key, 0))
     loss = RestorationModule(cfg).loss_fn
     pred = torch.zeros(2, 3, 4, 4)
@@ -228,7 +238,9 @@ def test_finetuned_runs_start_from_a_trained_model_of_the_same_network():
         # fine-tuned DnCNN): DVC orders the stages by that dependency, and no entry starts from itself.
         own = f"{entry['task']}/{entry['model']}"
         assert entry["init"] != own, f"{key}: starts from its own output"
-        assert entry["init"] in trained, f"{key}: init names a model trained by train.runs or an earlier train.finetune entry"
+        assert entry["init"] in trained, (
+            f"{key}: init names a model trained by train.runs or an earlier train.finetune entry"
+        )
         assert MODELS[trained[entry["init"]]].cls is MODELS[entry["model"]].cls
         cfg = TrainConfig.from_params(train_settings(train, key, 0))
         assert cfg.init_from == f"artifacts/models/{entry['init']}"

@@ -36,17 +36,18 @@ out = Path(sys.argv[1])
 common = dict(val_every=20, batch_size=16, progress_bar=False, seed=3, ckpt_every=1000)
 # a paired denoiser (60 steps) and an SRGAN whose generator pre-trains for 8 steps before the adversarial ones
 train_model(TrainConfig(model="redae", max_steps=60, lr=1e-3, **common),
-            pairs(retina[500:679, 300:599]), pairs(retina[800:899, 700:899]), out / "redae", out / "ckpt", run="log-redae")
+            pairs(retina[500:679, 300:599]), pairs(retina[800:899, 700:899]), out / "redae", out / "ckpt",
+            run="log-redae")
 sr = dict(max_steps=16, lr=1e-4, pretrain_steps=8, adv_weight=1e-3, model_kwargs={{"n_blocks": 1, "features": 8}},
           disc_kwargs={{"features": 8, "dense": 16}}, **{{**common, "val_every": 8, "batch_size": 4}})
 train_model(TrainConfig(model="srgan", **sr), pairs(retina[500:600, 300:420], 2), pairs(retina[800:860, 700:800], 2),
             out / "srgan", out / "ckpt", run="log-srgan")
 """
 
-PROGRESS = re.compile(r"^\[medrestore\] log-redae: step (\d+)/60 \(\d+%\), loss [0-9.e-]+(?:, val PSNR ([0-9.]+) dB at step (\d+))?"
-                      r", [0-9.]+ steps/s(?:, ETA \d+(?:s|m\d\ds))?$", flags=re.M)
-RESULT = re.compile(r"^\[medrestore\] log-(redae|srgan): trained (\d+) steps in \d+s; best val PSNR [0-9.]+ dB at step \d+, "
-                    r"final [0-9.]+ dB; (?:converged|not converged \(.+\))$", flags=re.M)
+PROGRESS = re.compile(r"^\[medrestore\] log-redae: step (\d+)/60 \(\d+%\), loss [0-9.e-]+(?:, val PSNR ([0-9.]+) dB "
+                      r"at step (\d+))?, [0-9.]+ steps/s(?:, ETA \d+(?:s|m\d\ds))?$", flags=re.M)
+RESULT = re.compile(r"^\[medrestore\] log-(redae|srgan): trained (\d+) steps in \d+s; best val PSNR [0-9.]+ dB at "
+                    r"step \d+, final [0-9.]+ dB; (?:converged|not converged \(.+\))$", flags=re.M)
 
 
 def test_a_training_run_off_a_terminal_logs_progress_and_no_repeated_tips(tmp_path):
@@ -57,10 +58,12 @@ def test_a_training_run_off_a_terminal_logs_progress_and_no_repeated_tips(tmp_pa
     assert res.returncode == 0, log[-4000:]
     progress = [m for m in PROGRESS.finditer(res.stdout)]
     steps = [int(m.group(1)) for m in progress]
-    assert steps == sorted(steps) and steps[-1] == 60 and 5 <= len(steps) <= 25, res.stdout  # every 5% of the steps (or minute)
+    # every 5% of the steps (or minute)
+    assert steps == sorted(steps) and steps[-1] == 60 and 5 <= len(steps) <= 25, res.stdout
     assert any(m.group(2) and int(m.group(3)) in (20, 40) for m in progress)  # the last validation, once there is one
     assert "ETA" in progress[0].group(0) and "ETA" not in progress[-1].group(0)
-    assert [(m.group(1), m.group(2)) for m in RESULT.finditer(res.stdout)] == [("redae", "60"), ("srgan", "16")], res.stdout
+    assert [(m.group(1),
+             m.group(2)) for m in RESULT.finditer(res.stdout)] == [("redae", "60"), ("srgan", "16")], res.stdout
     assert re.search(r"log-srgan: step 16/16", res.stdout)
     for noise in ("💡 Tip", "litlogger", "lr_scheduler.step()", "Add type hints", "Downloading artifacts"):
         assert noise not in log, (noise, log[-4000:])
@@ -94,7 +97,9 @@ def test_the_tracked_data_folder_is_not_empty_so_dvc_does_not_warn_about_it(tmp_
     run("sh", "-c", make_line.strip().lstrip("@").split("#")[0])
     run(dvc, "add", "-q", "data")
     assert yaml.safe_load((tmp_path / "data.dvc").read_text()) == yaml.safe_load((REPO / "data.dvc").read_text())
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"download": {"cmd": "ls -A data > out.txt", "deps": ["data"], "outs": ["out.txt"]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"download": {"cmd": "ls -A data > out.txt", "deps": ["data"], "outs": ["out.txt"]}}})
+    )
     log = run(dvc, "repro")
     assert "Running stage 'download'" in log and "is empty" not in log, log
 

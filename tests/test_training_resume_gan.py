@@ -4,8 +4,8 @@ uninterrupted run (CPU), like the paired engine (tests/test_training.py)."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import kill_and_resume
 
+from conftest import kill_and_resume
 from medrestore.degradations import sr_pair
 
 SCRIPT = """
@@ -24,7 +24,8 @@ train_model(cfg, (L("hr.npy"), L("lr.npy")), (L("vhr.npy"), L("vlr.npy")), out, 
 
 
 def _pairs(region: np.ndarray, salt: int) -> tuple[np.ndarray, np.ndarray]:
-    patches = [region[y : y + 32, x : x + 32] for y in range(0, region.shape[0] - 31, 16) for x in range(0, region.shape[1] - 31, 16)]
+    patches = [region[y : y + 32, x : x + 32] for y in range(0, region.shape[0] - 31,
+                                                             16) for x in range(0, region.shape[1] - 31, 16)]
     hr, lr = zip(*[sr_pair(p, {"kind": "downscale", "scale": 4}, [salt, i])[:2] for i, p in enumerate(patches)])
     return np.stack(hr), np.stack(lr)
 
@@ -32,6 +33,7 @@ def _pairs(region: np.ndarray, salt: int) -> tuple[np.ndarray, np.ndarray]:
 def test_killed_srgan_resumes_and_ends_byte_identical(tmp_path, chase_image):
     hr, lr = _pairs(chase_image[380:540, 380:620], 1)
     vhr, vlr = _pairs(chase_image[600:680, 300:420], 2)
-    kill_and_resume(tmp_path, SCRIPT, {"hr.npy": hr, "lr.npy": lr, "vhr.npy": vhr, "vlr.npy": vlr}, settle=0.3)  # past pre-training (step 5)
+    # past pre-training (step 5)
+    kill_and_resume(tmp_path, SCRIPT, {"hr.npy": hr, "lr.npy": lr, "vhr.npy": vhr, "vlr.npy": vlr}, settle=0.3)
     assert "d_loss" in (tmp_path / "out" / "curve.csv").read_text().splitlines()[0]
     assert not list((tmp_path / "ckpt").glob("*/last.ckpt"))

@@ -8,10 +8,9 @@ U-Net after the 400-step training below (one CPU thread): held-out AUC 0.968 (Im
 
 from __future__ import annotations
 
-from vessels_data import one_torch_thread, prepared, small_training_set  # noqa: F401  (one_torch_thread: autouse fixture)
-
 from medrestore import vessels as V
 from medrestore.training.segmenter import train_segmenter
+from vessels_data import one_torch_thread, prepared, small_training_set  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 def test_segmenter_training_is_deterministic(tmp_path, chase_dir):

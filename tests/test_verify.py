@@ -23,7 +23,8 @@ def _summary(metrics: dict, width: float) -> dict:
             stats = {}
             for metric, value in numbers.items():
                 if metric in headline() and not isinstance(value, bool):
-                    stats[headline()[metric][0]] = {"mean": value, "ci95": [value - width, value + width], "n_images": 8, "n_subjects": 4}
+                    stats[headline()[metric][0]] = {"mean": value, "ci95": [value - width, value + width],
+                                                    "n_images": 8, "n_subjects": 4}
             out.setdefault(method, {})[variant] = stats
     return {"methods": out, "variants": sorted({v for vs in metrics.values() for v in vs})}
 
@@ -35,7 +36,8 @@ def workspace(tmp_path):
     (tmp_path / "reports").mkdir()
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "reports" / "metrics.json").write_text(json.dumps(published))
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": "/usr/bin:/bin"}
     for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "commit", "-qm", "published"]):
         subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
     return tmp_path, published
@@ -69,7 +71,8 @@ def test_small_moves_are_within_large_ones_outside_and_changes_fail(workspace, c
     rows, _ = verify(root)
     by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in rows}
     assert by[("denoise-g25", "irunet", "s25", "psnr_fov")]["verdict"] == WITHIN
-    assert by[("denoise-g25", "irunet", "s25", "psnr_fov")]["n_subjects"] == 4  # the interval the report printed, over subjects
+    # the interval the report printed, over subjects
+    assert by[("denoise-g25", "irunet", "s25", "psnr_fov")]["n_subjects"] == 4
     assert by[("denoise-g25", "cdae", "s25", "psnr_fov")]["verdict"] == OUTSIDE
     assert by[("denoise-g25", "redae", "s25", "converged")]["why"] == "convergence verdict changed"
     assert by[("sr-x4", "bicubic", "x4", "ssim")]["why"] == "missing in this run"
@@ -116,7 +119,9 @@ def test_a_fresh_clone_where_nothing_ran_is_refused_not_identical(workspace, mon
     (root / "reports" / "metrics.json").write_text(json.dumps(published))
     rows, _ = verify(root)
     assert {r["verdict"] for r in rows if r["task"] == task} == {IDENTICAL}
-    assert all(r["verdict"] == OUTSIDE and "not evaluated in this checkout" in r["why"] for r in rows if r["task"] != task)
+    assert all(
+        r["verdict"] == OUTSIDE and "not evaluated in this checkout" in r["why"] for r in rows if r["task"] != task
+    )
 
 
 @pytest.mark.parametrize("content,words", [(b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not text"), (b"[1, 2]", "a JSON list"),
@@ -132,7 +137,8 @@ def test_a_broken_metrics_json_here_or_committed_is_a_clear_error(workspace, mon
     assert cli(["verify"]) == 2
     err = capsys.readouterr().err
     assert "reports/metrics.json" in err and words in err and "Fix:" in err
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": "/usr/bin:/bin"}
     subprocess.run(["git", "commit", "-qam", "broken"], cwd=root, check=True, env=env)
     (root / "reports" / "metrics.json").write_bytes(good)
     assert cli(["verify", "--committed", "HEAD"]) == 2
@@ -145,11 +151,14 @@ def test_this_checkouts_numbers_come_from_its_evaluation_not_the_committed_file(
     ours = copy.deepcopy(published)
     ours["denoise-g25"]["cdae"]["s25"]["psnr_fov"] += 1.0
     _rerun(root, ours)  # an evaluation whose number moved ...
-    (root / "reports" / "metrics.json").write_text(json.dumps(published))  # ... beside the committed report (not rebuilt)
+    # ... beside the committed report (not rebuilt)
+    (root / "reports" / "metrics.json").write_text(json.dumps(published))
     rows, _ = verify(root)
     by = {(r["task"], r["method"], r["variant"], r["metric"]): r for r in rows}
     row = by[("denoise-g25", "cdae", "s25", "psnr_fov")]
-    assert row["verdict"] == OUTSIDE and row["ours"] == pytest.approx(published["denoise-g25"]["cdae"]["s25"]["psnr_fov"] + 1.0)
+    assert row["verdict"] == OUTSIDE and row["ours"] == pytest.approx(
+        published["denoise-g25"]["cdae"]["s25"]["psnr_fov"] + 1.0
+    )
 
 
 def test_a_model_now_below_its_input_is_a_changed_failed_verdict(workspace):

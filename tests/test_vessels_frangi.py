@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from vessels_data import frangi_maps, one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 from medrestore import vessels as V
+from vessels_data import frangi_maps, one_torch_thread, prepared  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 @pytest.mark.parametrize("stem", ["Image_01L", "Image_05R", "Image_09L"])

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from vessels_data import one_torch_thread, raw  # noqa: F401  (one_torch_thread: autouse fixture)
 
 from medrestore import vessels as V
 from medrestore.data.fov import detect_fov
+from vessels_data import one_torch_thread, raw  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 def test_manual_mask_scored_against_itself_is_perfect(chase_dir):

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from vessels_data import one_torch_thread, small_training_set  # noqa: F401  (one_torch_thread: autouse fixture)
 
 from medrestore import vessels as V
 from medrestore.core.io import InputError
 from medrestore.models.unet import UNet
 from medrestore.training.segmenter import train_segmenter
+from vessels_data import one_torch_thread, small_training_set  # noqa: F401  (one_torch_thread: autouse fixture)
 
 
 def test_unet_takes_any_size_and_returns_one_logit_channel():

@@ -11,10 +11,10 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from medrestore.core.io import read_image
 from medrestore.data.fov import prepare_arrays
 from medrestore.data.sources import load_mask
 from medrestore.degradations import corrupt
-from medrestore.core.io import read_image
 from medrestore.vessels import segment_frangi
 
 
@@ -50,7 +50,8 @@ def frangi_maps(chase_dir, stem, size, variant="clean"):
     """Frangi's (score, binary) maps of the prepared image, clean, blurred (sigma 1.5 px) or noisy (sigma 25)."""
     img, fov, _, _ = prepared(chase_dir, stem, size)
     if variant == "blur":
-        img = np.stack([ndi.gaussian_filter(img[..., c].astype(np.float64), 1.5) for c in range(3)], -1).round().clip(0, 255).astype(np.uint8)
+        img = np.stack([ndi.gaussian_filter(img[..., c].astype(np.float64), 1.5) for c in range(3)],
+                       -1).round().clip(0, 255).astype(np.uint8)
     elif variant == "noise":
         img, _ = corrupt(img, {"kind": "gaussian", "sigma": 25}, [7])
     return segment_frangi(img, fov)

@@ -54,7 +54,8 @@ def tasks(root: Path) -> list[dict]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return [{"name": t["name"], "rev": t["rev"], "status": t["status"]} for t in repo.experiments.celery_queue.status()]
+        return [{"name": t["name"], "rev": t["rev"],
+                 "status": t["status"]} for t in repo.experiments.celery_queue.status()]
 
 
 def failed_entries(root: Path) -> list:
@@ -117,7 +118,8 @@ def param_overrides(old: dict, new: dict, prefix: str = "") -> list[str]:
 def requeue_command(root: Path, entry) -> tuple[list[str], str | None]:
     """The ``dvc exp run --queue`` arguments that queue ``entry`` again, and why it cannot be done
     automatically (None when it can)."""
-    changed = {p for p in _git(root, "diff", "--name-only", entry.baseline_rev, entry.stash_rev).stdout.split() if not _ignored(p)}
+    changed = {p for p in _git(root, "diff", "--name-only", entry.baseline_rev,
+                               entry.stash_rev).stdout.split() if not _ignored(p)}
     from medrestore.core.io import (
         load_yaml,  # numbers read as DVC writes them (1e-05 is a float)
     )
@@ -150,7 +152,8 @@ def wait(root: Path, jobs: int, poll: float, timeout: float) -> list[dict]:
         if not queued and not running:
             return now
         if time.time() > deadline:
-            raise SystemExit(f"the queue did not finish within {timeout:.0f} s: {len(queued)} queued, {len(running)} running")
+            raise SystemExit(f"the queue did not finish within {timeout:.0f} s: {len(queued)} queued, {len(running)} "
+                             "running")
         if queued and not running:  # every worker gone (DVC #10562): start them again
             stalled_since = stalled_since or time.time()
             if time.time() - stalled_since > 30:
@@ -197,7 +200,8 @@ def run(root: Path = REPO, jobs: int = 1, retries: int = 2, server: bool = True,
             args, why = requeue_command(root, entry)
             if why or not entry.name:
                 unretried[name] = why or "it has no name"
-                say(f"{name}: failed; not queued again because {unretried[name]}. By hand: dvc queue remove {entry.stash_rev[:7]} && dvc {' '.join(args)}")
+                say(f"{name}: failed; not queued again because {unretried[name]}. By hand: dvc queue remove "
+                    f"{entry.stash_rev[:7]} && dvc {' '.join(args)}")
                 continue
             again.append((name, entry, args))
         if not again:
@@ -221,7 +225,8 @@ def run(root: Path = REPO, jobs: int = 1, retries: int = 2, server: bool = True,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-j", "--jobs", type=int, default=1, help="queue workers (default 1: on two cores one worker's torch uses both)")
+    ap.add_argument("-j", "--jobs", type=int, default=1,
+                    help="queue workers (default 1: on two cores one worker's torch uses both)")
     ap.add_argument("--retries", type=int, default=2, help="times a failed experiment is queued again (default 2)")
     ap.add_argument("--no-server", action="store_true", help="do not start the MLflow tracking server")
     ap.add_argument("--root", type=Path, default=REPO, help=argparse.SUPPRESS)

@@ -27,9 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 EXTRAS = ("test", "team")
 #: Asked for by a dependency but provided otherwise, with the reason.
 LEFT_OUT = {"opencv-python": "facexlib's cv2 comes from opencv-python-headless (one OpenCV)"}
-HEADER = ("# Every transitive version of medrestore[test,team] (pyproject.toml), from tools/lock.py in a working .venv\n"
-          "# (Python 3.11, x86_64). `make install` installs exactly this list (--no-deps). Left out on purpose: "
-          + "; ".join(f"{k} ({v})" for k, v in LEFT_OUT.items()) + ".\n")
+HEADER = (
+    "# Every transitive version of medrestore[test,team] (pyproject.toml), from tools/lock.py in a working .venv\n"
+    "# (Python 3.11, x86_64). `make install` installs exactly this list (--no-deps). Left out on purpose: "
+    + "; ".join(f"{k} ({v})" for k, v in LEFT_OUT.items())
+    + ".\n"
+)
 
 
 def _canon(name: str) -> str:
@@ -60,7 +63,8 @@ def closure() -> dict[str, str]:
         try:
             dist = distribution(req.name)
         except PackageNotFoundError:
-            raise SystemExit(f"{req.name} is required (by pyproject.toml, through {req}) but not installed. Fix: make install") from None
+            raise SystemExit(f"{req.name} is required (by pyproject.toml, through {req}) but not installed. Fix: make "
+                             "install") from None
         found[name] = dist.version
         seen_extras.setdefault(name, set()).update(extras)
         for raw in dist.requires or []:
@@ -86,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     text, path = render(), REPO / "requirements.lock"
     if args.check:
         if path.read_text() != text:
-            print("requirements.lock is not what tools/lock.py writes from pyproject.toml. Fix: .venv/bin/python tools/lock.py", file=sys.stderr)
+            print("requirements.lock is not what tools/lock.py writes from pyproject.toml. Fix: .venv/bin/python "
+                  "tools/lock.py", file=sys.stderr)
             return 1
         return 0
     path.write_text(text)

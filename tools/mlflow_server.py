@@ -76,15 +76,18 @@ def start(root: Path = REPO, port: int | None = None, timeout: float = 90.0) -> 
     record = root / ".mlflow" / "server.json"
     record.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{(root / 'mlflow.db').as_posix()}",
-           "--artifacts-destination", (root / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+           f"sqlite:///{(root / 'mlflow.db').as_posix()}",
+           "--artifacts-destination", (root / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
     with open(record.parent / "server.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     if not wait_until_up(uri, proc, timeout):
         if proc.poll() is not None:
             raise SystemExit(f"mlflow server exited ({proc.returncode}); see {record.parent / 'server.log'}")
         os.killpg(proc.pid, signal.SIGTERM)
-        raise SystemExit(f"mlflow server did not answer at {uri} within {timeout:.0f} s; see {record.parent / 'server.log'}")
+        raise SystemExit(f"mlflow server did not answer at {uri} within {timeout:.0f} s; see "
+                         f"{record.parent / 'server.log'}")
     info = {"uri": uri, "pid": proc.pid}
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.action == "start":
         info = start(port=args.port)
-        print(f"MLflow tracking server {info['uri']} (pid {info['pid']}); stages log there while it runs. Stop: make mlflow-server-stop")
+        print(f"MLflow tracking server {info['uri']} (pid {info['pid']}); stages log there while it runs. Stop: make "
+              "mlflow-server-stop")
     elif args.action == "stop":
         print("stopped" if stop() else "no server was running")
     else:

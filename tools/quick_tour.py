@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([*git, "commit", "-qm", "quick tour"], cwd=dest, check=True)
     start = time.perf_counter()
     stages: list[tuple[str, float]] = []
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     current, since = None, start
     for line in proc.stdout:

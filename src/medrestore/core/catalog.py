@@ -40,7 +40,8 @@ def from_registry() -> list[dict]:
     for name, spec in MODELS.items():
         if spec.cls not in counts:
             counts[spec.cls] = count_parameters(build_model(name))
-        rows.append({"name": name, "kind": "network", "task": spec.task, "parameters": counts[spec.cls], "paper": spec.paper})
+        rows.append({"name": name, "kind": "network", "task": spec.task, "parameters": counts[spec.cls],
+                     "paper": spec.paper})
     rows += [
         {"name": n, "kind": "baseline", "task": getattr(f, "task", "denoise"), "parameters": 0,
          "paper": getattr(f, "paper", None) or (f.__doc__ or "").strip().splitlines()[0]}

@@ -198,7 +198,8 @@ def max_pixels() -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise InputError(f"{MAX_PIXELS_ENV}={raw!r}: not a positive number of pixels. Fix: set it to e.g. 400000000 or unset it.")
+        raise InputError(f"{MAX_PIXELS_ENV}={raw!r}: not a positive number of pixels. Fix: set it to e.g. 400000000 or "
+                         "unset it.")
     return value
 
 
@@ -268,7 +269,9 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
     except MemoryError as exc:
         raise InputError(f"{path}: not enough memory to decode it. Fix: crop or downscale it.") from exc
     except Exception as exc:  # decoders of hostile bytes raise anything (OSError, ValueError, struct.error, ...)
-        raise InputError(f"{path}: the image is corrupt or truncated ({type(exc).__name__}: {exc}). {_READ_FIX}") from exc
+        raise InputError(
+            f"{path}: the image is corrupt or truncated ({type(exc).__name__}: {exc}). {_READ_FIX}"
+        ) from exc
 
 
 
@@ -296,7 +299,8 @@ def _read_tiff(path: Path, mode: str) -> np.ndarray:
     except MemoryError as exc:
         raise InputError(f"{path}: not enough memory to decode it. Fix: crop or downscale it.") from exc
     except Exception as exc:  # tifffile raises many types on corrupt files
-        raise InputError(f"{path}: the TIFF is corrupt or uses an unsupported layout ({type(exc).__name__}: {exc}). {_READ_FIX}") from exc
+        raise InputError(f"{path}: the TIFF is corrupt or uses an unsupported layout ({type(exc).__name__}: {exc}). "
+                         f"{_READ_FIX}") from exc
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar (separate) samples first
     if arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):
@@ -320,7 +324,8 @@ def _scale_to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
     if not finite.all():
         bad = int(np.count_nonzero(~(finite.all(axis=-1) if values.ndim == 3 else finite)))
         raise InputError(
-            f"{path}: {bad} pixel(s) are NaN or infinite. Fix: replace them (e.g. numpy.nan_to_num) and save the image again."
+            f"{path}: {bad} pixel(s) are NaN or infinite. Fix: replace them (e.g. numpy.nan_to_num) and save the image "
+            "again."
         )
     lo, hi = float(values.min()), float(values.max())
     if np.issubdtype(arr.dtype, np.integer):
@@ -404,7 +409,8 @@ def load_params(section: str | None = None, path: str | os.PathLike = "params.ya
     """Read ``params.yaml`` (or one top-level section of it)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such params file. Fix: check the path (the repository's params.yaml is at its root).")
+        raise InputError(f"{path}: no such params file. Fix: check the path (the repository's params.yaml is at its "
+                         "root).")
     with open(path) as fh:
         text = fh.read()
     try:
@@ -413,7 +419,8 @@ def load_params(section: str | None = None, path: str | os.PathLike = "params.ya
         raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())}). Fix: correct that line "
                          "(each key once per section; `git diff` shows what changed).") from exc
     if not isinstance(params, dict):
-        raise InputError(f"{path}: not a mapping of sections (got {type(params).__name__}). Fix: restore it with `git checkout {path}`.")
+        raise InputError(f"{path}: not a mapping of sections (got {type(params).__name__}). Fix: restore it with `git "
+                         f"checkout {path}`.")
     if section is None:
         return params
     if section not in params:

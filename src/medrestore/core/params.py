@@ -90,8 +90,11 @@ class TrainConfig:
     adv_weight: float = 1.0  # srgan: 1e-3 (Hayee2017); cyclegan: 1 (Zhao2019)
     cycle_weight: float = 10.0  # cyclegan: image or feature cycle term (Zhao2019: 10)
     identity_weight: float = 10.0  # cyclegan: identity term (Zhao2019: 10)
-    pool_size: int = 0  # cyclegan: discriminators also see up to this many earlier generated images (CycleGAN: 50); 0 = none
-    crop_patches: int = 0  # cyclegan: train on crops of n x n adjacent patches (at the patch stride) of image-level tasks; 0/1 = single patches
+    # cyclegan: the discriminators also see up to this many earlier generated images (CycleGAN: 50); 0 = none
+    pool_size: int = 0
+    # cyclegan: train on crops of n x n adjacent patches (at the patch stride) of image-level tasks; 0/1 = single
+    # patches
+    crop_patches: int = 0
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
@@ -117,7 +120,8 @@ def _settings_model() -> type[_Strict]:
     optional (a layer sets only what it changes), of the same type. A training key is one field of
     :class:`TrainConfig`; the schema follows."""
     hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name: (Optional[hints[f.name]], None) for f in dataclasses.fields(TrainConfig) if f.name not in RUN_KEYS}
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUN_KEYS]
+    fields = {name: (Optional[hints[name]], None) for name in names}  # noqa: UP045 (typing.Optional of a runtime type)
     model = create_model("TrainSettings", __base__=_Strict, **fields)
     model.__doc__ = "One layer of a run's settings: any field of :class:`TrainConfig` but ``model`` and ``seed``."
     return model
@@ -152,10 +156,10 @@ class Patchify(_Strict):
     region_grid: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _three_splits(self) -> "Patchify":
+    def _three_splits(self) -> Patchify:
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is left to train on. "
-                             "Fix: keep their sum below 1 (e.g. 0.15 each)")
+            raise ValueError(f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: nothing is "
+                             "left to train on. Fix: keep their sum below 1 (e.g. 0.15 each)")
         return self
 
 
@@ -164,7 +168,8 @@ class Task(_Strict):
     test: dict[str, dict[str, Any]]       # test variant -> corruption spec
     level: Literal["patch", "image"] = "patch"
     unpaired: bool = False
-    photometric: Optional[dict[str, Any]] = None  # colour augmentation of the clean train patches (medrestore.data.photometric)
+    # colour augmentation of the clean train patches (medrestore.data.photometric)
+    photometric: dict[str, Any] | None = None
 
 
 class Corrupt(_Strict):
@@ -176,7 +181,8 @@ def _spec_problems(spec: Any, where: str) -> list[str]:
     (the rest is checked by the corruption itself when the corrupt stage runs)."""
     problems: list[str] = []
     if not isinstance(spec, dict):
-        return [f"{where}: a corruption is a mapping with a kind, got {spec!r}. Fix: e.g. {{kind: gaussian, sigma: 25}}."]
+        return [f"{where}: a corruption is a mapping with a kind, got {spec!r}. Fix: e.g. {{kind: gaussian, sigma: "
+                f"25}}."]
     for key, value in spec.items():
         if key == "steps" and isinstance(value, list):
             for i, step in enumerate(value):
@@ -186,12 +192,14 @@ def _spec_problems(spec: Any, where: str) -> list[str]:
                 if isinstance(sub, dict):
                     problems += _spec_problems({"kind": name, **sub}, f"{where}.options.{name}")
         elif key in ("sigma", "p") and isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            problems.append(f"{where}.{key} is {value}: it cannot be negative. Fix: give 0 or more (e.g. {key}: {25 if key == 'sigma' else 0.5}).")
+            problems.append(f"{where}.{key} is {value}: it cannot be negative. Fix: give 0 or more (e.g. {key}: "
+                            f"{25 if key == 'sigma' else 0.5}).")
         elif key.endswith("_range") and isinstance(value, list):
             if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
                 problems.append(f"{where}.{key} is {value}: not a [low, high] pair of numbers. Fix: give [low, high].")
             elif value[0] > value[1] or (key in ("sigma_range", "p_range") and value[0] < 0):
-                problems.append(f"{where}.{key} is {value}: the range is reversed or negative. Fix: give [low, high] with 0 <= low <= high.")
+                problems.append(f"{where}.{key} is {value}: the range is reversed or negative. Fix: give [low, high] "
+                                "with 0 <= low <= high.")
         elif key == "scale" and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
             problems.append(f"{where}.scale is {value!r}: not a whole number of at least 2. Fix: give 2, 3 or 4.")
     return problems
@@ -216,15 +224,15 @@ def spec_scale(spec: dict[str, Any]) -> int:
 
 
 class Profile(_Strict):
-    defaults: Optional[TrainSettings] = None
-    models: dict[str, Optional[TrainSettings]] = Field(default_factory=dict)
+    defaults: TrainSettings | None = None
+    models: dict[str, TrainSettings | None] = Field(default_factory=dict)
 
 
 class RunEntry(_Strict):
     task: str
     model: str
-    method: Optional[str] = None          # the model's folder name when it is not the model's (chains)
-    overrides: Optional[TrainSettings] = None
+    method: str | None = None          # the model's folder name when it is not the model's (chains)
+    overrides: TrainSettings | None = None
 
 
 class FinetuneEntry(RunEntry):
@@ -238,7 +246,7 @@ class VesselEntry(RunEntry):
     method: str                           # required: the folder name of the vessel-aware model
 
     @model_validator(mode="after")
-    def _has_vessel_term(self) -> "VesselEntry":
+    def _has_vessel_term(self) -> VesselEntry:
         spec = (self.overrides.perceptual if self.overrides is not None else None) or {}
         if spec.get("backbone") not in ("vessel", "vessel_prob") or not spec.get("weight"):
             raise ValueError("overrides.perceptual needs backbone vessel or vessel_prob and a weight above 0 "
@@ -250,18 +258,18 @@ class VesselEntry(RunEntry):
 class ChainEntry(RunEntry):
     first: str
     downscale: int
-    subset: Optional[list[int]] = None
+    subset: list[int] | None = None
 
 
 class Train(_Strict):
     profile: str = "standard"
     defaults: TrainSettings
-    models: dict[str, Optional[TrainSettings]] = Field(default_factory=dict)
-    profiles: dict[str, Optional[Profile]] = Field(default_factory=dict)
+    models: dict[str, TrainSettings | None] = Field(default_factory=dict)
+    profiles: dict[str, Profile | None] = Field(default_factory=dict)
     runs: dict[str, RunEntry]
-    finetune: Optional[dict[str, FinetuneEntry]] = None
-    chains: Optional[dict[str, ChainEntry]] = None
-    vessel: Optional[dict[str, VesselEntry]] = None
+    finetune: dict[str, FinetuneEntry] | None = None
+    chains: dict[str, ChainEntry] | None = None
+    vessel: dict[str, VesselEntry] | None = None
 
 
 class Segmenter(_Strict):
@@ -273,7 +281,7 @@ class Segmenter(_Strict):
     width: int = 8
     depth: int = 3
     threshold: float | str = 0.5
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     accelerator: str = "cpu"
     observer: Literal[1, 2] = 1           # whose manual masks it learns: the first or the second observer's
 
@@ -323,12 +331,12 @@ class Params(_Strict):
     patchify: Patchify
     corrupt: Corrupt
     train: Train
-    segmenter: Optional[Segmenter] = None
-    scoring_segmenter: Optional[ScoringSegmenter] = None
+    segmenter: Segmenter | None = None
+    scoring_segmenter: ScoringSegmenter | None = None
     evaluate: Evaluate
-    evaluate_external: Optional[EvaluateExternal] = None
-    runtime: Optional[Runtime] = None
-    tracking: Optional[Tracking] = None
+    evaluate_external: EvaluateExternal | None = None
+    runtime: Runtime | None = None
+    tracking: Tracking | None = None
 
 
 def value_problems(params: Mapping[str, Any]) -> list[str]:
@@ -338,33 +346,39 @@ def value_problems(params: Mapping[str, Any]) -> list[str]:
     for key, entry in (params["train"].get("vessel") or {}).items():
         base = runs.get(entry["base"])
         if base is None:
-            problems.append(f"train.vessel.{key}.base is {entry['base']!r}, not a train.runs key. Fix: one of {', '.join(runs)}.")
+            problems.append(f"train.vessel.{key}.base is {entry['base']!r}, not a train.runs key. Fix: one of "
+                            f"{', '.join(runs)}.")
         elif (base["task"], base["model"]) != (entry["task"], entry["model"]):
-            problems.append(f"train.vessel.{key}: task/model {entry['task']}/{entry['model']} differ from its base run's "
-                            f"{base['task']}/{base['model']}. Fix: the same task and model as train.runs.{entry['base']} "
-                            "(the loss is the only difference).")
+            problems.append(f"train.vessel.{key}: task/model {entry['task']}/{entry['model']} differ from its base "
+                            f"run's {base['task']}/{base['model']}. Fix: the same task and model as "
+                            f"train.runs.{entry['base']} (the loss is the only difference).")
     missing = [t for t in params["corrupt"]["tasks"] if t not in params["evaluate"]["baselines"]]
     if missing:
-        problems.append(f"evaluate.baselines has no entry for task(s) {', '.join(missing)}. Fix: add evaluate.baselines.TASK: "
-                        "[...] for each (an empty list [] for none): each evaluate@TASK stage tracks its own entry.")
+        problems.append(f"evaluate.baselines has no entry for task(s) {', '.join(missing)}. Fix: add "
+                        "evaluate.baselines.TASK: [...] for each (an empty list [] for none): each evaluate@TASK "
+                        "stage tracks its own entry.")
     external = params.get("evaluate_external") or {}
-    trained = {e["task"] for key in ("runs", "finetune", "chains", "vessel") for e in (params["train"].get(key) or {}).values()}
+    trained = {e["task"] for key in ("runs", "finetune", "chains",
+                                     "vessel") for e in (params["train"].get(key) or {}).values()}
     for task in external.get("tasks", []):
         test = (params["corrupt"]["tasks"].get(task) or {}).get("test", {})
         if external["variant"] not in test or task not in trained:
             problems.append(f"evaluate_external.tasks lists {task!r}, which is not a corrupt task with a test variant "
-                            f"{external['variant']!r} and a trained model. Fix: list only such tasks (or drop {task!r}).")
+                            f"{external['variant']!r} and a trained model. Fix: list only such tasks (or drop "
+                            f"{task!r}).")
     patch = params["patchify"]["patch_size"]
     for task, spec in params["corrupt"]["tasks"].items():
         specs = {f"corrupt.tasks.{task}.train": spec["train"],
                  **{f"corrupt.tasks.{task}.test.{k}": v for k, v in spec["test"].items()}}
         for where, one in specs.items():
             problems += _spec_problems(one, where)
-            if where.endswith(".train") and not any(where in p for p in problems):  # the patches (test images are cropped)
+            # the patches (test images are cropped)
+            if where.endswith(".train") and not any(where in p for p in problems):
                 scale = spec_scale(one)
                 if scale > 1 and patch % scale:
-                    problems.append(f"{where}: a x{scale} reduction of patchify.patch_size {patch} is not whole. "
-                                    f"Fix: a patch size that is a multiple of {scale} (e.g. {patch - patch % scale or scale})")
+                    problems.append(f"{where}: a x{scale} reduction of patchify.patch_size {patch} is not whole. Fix: "
+                                    f"a patch size that is a multiple of {scale} (e.g. "
+                                    f"{patch - patch % scale or scale})")
     return problems
 
 
@@ -388,13 +402,23 @@ def validate_params(params: Mapping[str, Any], path: str | Path = "params.yaml")
         for err in exc.errors():
             key = _where(err["loc"])
             if err["type"] == "extra_forbidden":
-                lines.append(f"{key}: unknown key. Fix: remove it or correct its spelling (the README's params table lists the keys).")
+                lines.append(f"{key}: unknown key. Fix: remove it or correct its spelling (the README's params table "
+                             "lists the keys).")
             elif err["type"] == "missing":
                 lines.append(f"{key}: missing. Fix: add it (params.yaml in the repository has every key).")
             elif err["type"] == "value_error":
                 lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}.")
-            elif err["type"].endswith(("_type", "_parsing")) or err["type"] in ("literal_error", "model_type", "dict_type", "list_type"):
-                hint = " (write 1.0e-3, not 1e-3: YAML reads the latter as text)" if _numeric_text(err.get("input")) else ""
+            elif err["type"].endswith(("_type", "_parsing")) or err["type"] in (
+                "literal_error",
+                "model_type",
+                "dict_type",
+                "list_type",
+            ):
+                hint = (
+                    " (write 1.0e-3, not 1e-3: YAML reads the latter as text)"
+                    if _numeric_text(err.get("input"))
+                    else ""
+                )
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}). Fix: give a value of that type{hint}.")
             else:
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r}). Fix: give a value in that range.")
@@ -405,7 +429,8 @@ def validate_params(params: Mapping[str, Any], path: str | Path = "params.yaml")
     profile = params["train"].get("profile", "standard")
     if profile not in (params["train"].get("profiles") or {}):
         raise InputError(f"{path}: train.profile is {profile!r}, not one of train.profiles "
-                         f"({', '.join(params['train'].get('profiles') or {}) or 'none defined'}). Fix: use {PROFILES_DOC}.")
+                         f"({', '.join(params['train'].get('profiles') or {}) or 'none defined'}). Fix: use "
+                         f"{PROFILES_DOC}.")
     return params
 
 
@@ -430,8 +455,8 @@ def run_entry(train: Mapping[str, Any], key: str) -> dict[str, Any]:
         if key in entries:
             return entries[key]
     known = [k for entries in groups.values() for k in entries]
-    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key}, train.chains.{key} or train.vessel.{key}. "
-                     f"Fix: use one of {', '.join(known)}.")
+    raise InputError(f"params.yaml: no train.runs.{key}, train.finetune.{key}, train.chains.{key} or "
+                     f"train.vessel.{key}. Fix: use one of {', '.join(known)}.")
 
 
 def with_runtime(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -440,13 +465,15 @@ def with_runtime(settings: Mapping[str, Any], runtime: Mapping[str, Any] | None)
     itself keeps its value (and is then tracked by DVC like any training setting)."""
     runtime = dict(runtime or {})
     out = dict(settings)
-    out.setdefault("progress_bar", bool(runtime.get("progress_bar", True)) and sys.stderr.isatty())  # quiet in CI and logs
+    # quiet in CI and logs
+    out.setdefault("progress_bar", bool(runtime.get("progress_bar", True)) and sys.stderr.isatty())
     if "ckpt_every" not in out:
         out["ckpt_every"] = int(runtime.get("ckpt_every") or 0) or int(out.get("val_every", 50))
     return out
 
 
-def train_settings(train: Mapping[str, Any], key: str, seed: int, models_root: str | Path = "artifacts/models") -> dict[str, Any]:
+def train_settings(train: Mapping[str, Any], key: str, seed: int,
+                   models_root: str | Path = "artifacts/models") -> dict[str, Any]:
     """The settings of run ``key`` (the layers of the module docstring), with ``model``, ``seed`` and,
     for a fine-tuned run, ``init_from`` (the start model's folder under ``models_root``)."""
     entry = run_entry(train, key)

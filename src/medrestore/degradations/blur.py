@@ -88,7 +88,8 @@ def motion_blur(
     kernel = blur.create_motion_kernel(k, a, float(direction), False, None).astype(np.float32)
     kernel /= kernel.sum()
     out = pixel.convolve(np.ascontiguousarray(image, dtype=np.float32), kernel)
-    return np.asarray(out, dtype=np.float32).reshape(image.shape), {"length": k, "angle": a, "direction": float(direction)}
+    return np.asarray(out,
+                      dtype=np.float32).reshape(image.shape), {"length": k, "angle": a, "direction": float(direction)}
 
 
 def jpeg_compression(

@@ -35,7 +35,14 @@ import numpy as np
 from medrestore.core.params import SCALING_KINDS, spec_scale
 from medrestore.degradations.blur import BLUR_SIGMA_KINDS, defocus_blur, gaussian_blur, jpeg_compression, motion_blur
 from medrestore.degradations.core import Degradation, _check_probability, _fov_mask, _in_fov, to_float, to_uint8
-from medrestore.degradations.fundus import cataract_haze, fundus_blur, fundus_colour, fundus_halo, fundus_hole, fundus_spots
+from medrestore.degradations.fundus import (
+    cataract_haze,
+    fundus_blur,
+    fundus_colour,
+    fundus_halo,
+    fundus_hole,
+    fundus_spots,
+)
 from medrestore.degradations.noise import (
     NOISE_SIGMA_KINDS,
     gaussian_noise,
@@ -171,7 +178,8 @@ DEGRADATIONS: dict[str, Degradation] = {
     "fundus_random": fundus_random,
 }
 if not set(SCALING_KINDS) <= set(DEGRADATIONS):
-    raise RuntimeError(f"medrestore.core.params.SCALING_KINDS names unregistered kinds: {sorted(set(SCALING_KINDS) - set(DEGRADATIONS))}")
+    raise RuntimeError("medrestore.core.params.SCALING_KINDS names unregistered kinds: "
+                       f"{sorted(set(SCALING_KINDS) - set(DEGRADATIONS))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +237,9 @@ def _leaves(spec: dict[str, Any], params: dict[str, Any], scale: int = 1) -> Ite
     if kind == "chain":
         specs, records = spec.get("steps", []), params.get("steps", [])
         if len(specs) != len(records):
-            raise ValueError(f"a chain spec of {len(specs)} steps has params of {len(records)}: they are not its record")
+            raise ValueError(
+                f"a chain spec of {len(specs)} steps has params of {len(records)}: they are not its record"
+            )
         for step, record in zip(specs, records, strict=True):
             yield from _leaves(step, record, scale)
             scale *= spec_scale(step)
@@ -247,7 +257,9 @@ def noise_sigma(spec: dict[str, Any], params: dict[str, Any]) -> float:
     :func:`corrupt` returned for ``spec``."""
     if spec.get("kind") in NOISE_SIGMA_KINDS:
         return float(params["sigma"])
-    return float(math.sqrt(sum(float(p["sigma"]) ** 2 for kind, p, _ in _leaves(spec, params) if kind in NOISE_SIGMA_KINDS)))
+    return float(
+        math.sqrt(sum(float(p["sigma"]) ** 2 for kind, p, _ in _leaves(spec, params) if kind in NOISE_SIGMA_KINDS))
+    )
 
 
 def blur_sigma(spec: dict[str, Any], params: dict[str, Any]) -> float:
@@ -257,4 +269,6 @@ def blur_sigma(spec: dict[str, Any], params: dict[str, Any]) -> float:
     the non-Gaussian blurs (defocus, motion, cataract's box) and the antialiasing of downscaling.
     ``fundus_blur`` with ``kernel="cofe"`` counts the sigma it recorded, though its truncated
     kernel_w x kernel_h kernel blurs much less than that Gaussian."""
-    return float(math.sqrt(sum((float(p["sigma"]) * s) ** 2 for kind, p, s in _leaves(spec, params) if kind in BLUR_SIGMA_KINDS)))
+    return float(
+        math.sqrt(sum((float(p["sigma"]) * s) ** 2 for kind, p, s in _leaves(spec, params) if kind in BLUR_SIGMA_KINDS))
+    )

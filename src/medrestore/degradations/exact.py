@@ -42,7 +42,8 @@ def _separable(image: np.ndarray, k_rows: np.ndarray, k_cols: np.ndarray, border
     return x.astype(np.float32)
 
 
-def gaussian_blur(image: np.ndarray, sigma: float, size: tuple[int, int] = (0, 0), border: str = "reflect101") -> np.ndarray:
+def gaussian_blur(image: np.ndarray, sigma: float, size: tuple[int, int] = (0, 0),
+                  border: str = "reflect101") -> np.ndarray:
     """``cv2.GaussianBlur(image, size, sigma)`` (size = (width, height); 0: from sigma) on a 2-D map or
     an H x W x C image."""
     kx, ky = gaussian_kernel(sigma, size[0]), gaussian_kernel(sigma, size[1])

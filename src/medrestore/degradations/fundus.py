@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from medrestore.degradations.blur import _gaussian_blur
 from medrestore.degradations import exact
+from medrestore.degradations.blur import _gaussian_blur
 from medrestore.degradations.core import _fov_mask, _in_fov, _uniform
 
 # Every filter, resize and grey conversion here is one of medrestore.degradations.exact: float64
@@ -164,16 +164,19 @@ def fundus_halo(
     cx = w / 2 + _uniform(rng, (-offset * w, offset * w), "offset")
     cy = h / 2 + _uniform(rng, (-offset * h, offset * h), "offset")
     inner = side * _uniform(rng, inner_range, "inner_range")
-    outer = max(inner, side * _uniform(rng, outer_range, "outer_range") + abs(max(cx - w / 2, cy - h / 2) + max(h, w) / 2))
+    outer = max(inner,
+                side * _uniform(rng, outer_range, "outer_range") + abs(max(cx - w / 2, cy - h / 2) + max(h, w) / 2))
     tint = int(tint_choices[int(rng.integers(0, len(tint_choices)))])
     mean = float(image.mean())
     ring = (_disc((h, w), cx, cy, outer / 2) & ~_disc((h, w), cx, cy, inner / 2)).astype(np.float32)
     reach = 2 * max(cx, w - cx, cy, h - cy)  # diameter of the circle about the centre that reaches the frame
     sigma = max(0.01 * side, 0.29 * abs(reach - inner))
     light = _smooth(ring, sigma) * np.float32(mean * strength)
-    weights = np.array(HALO_TINTS[tint], np.float32) / 255.0 if image.shape[2] == 3 else np.ones(image.shape[2], np.float32)
+    weights = np.array(HALO_TINTS[tint],
+                       np.float32) / 255.0 if image.shape[2] == 3 else np.ones(image.shape[2], np.float32)
     out = image + light[..., None] * weights
-    params = {"cx": cx, "cy": cy, "inner_diameter": inner, "outer_diameter": outer, "sigma": sigma, "tint": tint, "amount": mean * strength}
+    params = {"cx": cx, "cy": cy, "inner_diameter": inner, "outer_diameter": outer, "sigma": sigma, "tint": tint,
+              "amount": mean * strength}
     return _in_fov(out, mask), params
 
 
@@ -340,6 +343,7 @@ def cataract_haze(
     out = np.float32(attenuation) * blurred + np.float32(ratio) * haze[..., None] * (top - blurred)
     out = np.clip(out, 0.0, 1.0)
     out = _saturation(_brightness(_contrast(out, c, mask), b), s)
-    params = {"cx": cx, "cy": cy, "kernel_at_reference": k512, "kernel": k, "haze": ratio, "contrast": c, "brightness": b, "saturation": s}
+    params = {"cx": cx, "cy": cy, "kernel_at_reference": k512, "kernel": k, "haze": ratio, "contrast": c,
+              "brightness": b, "saturation": s}
     return _in_fov(out, mask), params
 

@@ -45,7 +45,8 @@ def _resize_planes(image: np.ndarray, size: tuple[int, int], method: str) -> np.
     """Each channel of a float H x W x C image resized to ``size`` (width, height) by PIL on a float32
     plane; the planes stacked back (PIL returns float32)."""
     planes = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), mode="F").resize(size, _PIL_FILTERS[method]))
+        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32),
+                                   mode="F").resize(size, _PIL_FILTERS[method]))
         for c in range(image.shape[2])
     ]
     return np.stack(planes, axis=2)
@@ -71,7 +72,8 @@ def _resize_down(image: np.ndarray, scale: int, method: str) -> np.ndarray:
     return _resize_planes(hr, (w, h), method).astype(np.float32)
 
 
-def downscale(image: np.ndarray, rng: np.random.Generator, *, scale: int, method: str = "bicubic") -> tuple[np.ndarray, dict[str, Any]]:
+def downscale(image: np.ndarray, rng: np.random.Generator, *, scale: int,
+              method: str = "bicubic") -> tuple[np.ndarray, dict[str, Any]]:
     """Bicubic (by default) downscaling by an integer ``scale``: the output is H // scale x W // scale.
 
     The input is first cropped to a multiple of ``scale`` at its top-left corner; see the module

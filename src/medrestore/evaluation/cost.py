@@ -55,7 +55,8 @@ def seconds_per_mpix(fn: Callable[[], Any], output_pixels: int, *, repeats: int 
 
 def model_cost(model: nn.Module, *, channels: int = 3, scale: int = 1, probe: int = PROBE) -> dict[str, float]:
     """The machine-independent part of a model's cost: parameters and FLOPs per megapixel."""
-    return {"parameters": count_parameters(model), "flops_per_mpix": flops_per_mpix(model, channels=channels, probe=probe, scale=scale)}
+    return {"parameters": count_parameters(model),
+            "flops_per_mpix": flops_per_mpix(model, channels=channels, probe=probe, scale=scale)}
 
 
 __all__ = ["PROBE", "count_parameters", "flops_per_mpix", "model_cost", "seconds_per_mpix"]

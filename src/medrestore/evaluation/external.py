@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medrestore.core.io import InputError, read_image, read_json, read_mask
 from medrestore.data.fov import prepare_arrays, to_grey_rgb
 from medrestore.data.photometric import PROFILES, recolour
 from medrestore.degradations import stable_id
 from medrestore.evaluation.scoring import bootstrap_ci
-from medrestore.core.io import InputError, read_image, read_json, read_mask
 
 EXTERNAL_WORD = 1  # the recolouring of test image i: [seed, stable_id("external"), EXTERNAL_WORD, i]
 NOISE_WORD = 2  # the corruption of external image i: [seed, stable_id("external"), NOISE_WORD, i]
@@ -43,15 +43,18 @@ def seed_words(seed: int, word: int, index: int) -> list[int]:
     return [int(seed), stable_id("external"), int(word), int(index)]
 
 
-def external_cases(patches_dir: Path, *, seed: int, profiles: list[str], gamma_range, sample: bool, prepare: dict) -> list[dict]:
+def external_cases(patches_dir: Path, *, seed: int, profiles: list[str], gamma_range, sample: bool,
+                   prepare: dict) -> list[dict]:
     """The clean external images: dicts with ``id``, ``source`` (recoloured | sample), ``profile``,
     ``gamma``, ``gain``, ``image`` (uint8 H x W x 3) and ``fov`` (bool H x W), in a fixed order."""
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown or not profiles:
-        raise InputError(f"params.yaml: evaluate_external.profiles {profiles!r}: unknown {unknown}. Fix: use some of {', '.join(PROFILES)}.")
+        raise InputError(f"params.yaml: evaluate_external.profiles {profiles!r}: unknown {unknown}. Fix: use some of "
+                         f"{', '.join(PROFILES)}.")
     lo, hi = (float(v) for v in gamma_range)
     if not 0 < lo <= hi:
-        raise InputError(f"params.yaml: evaluate_external.gamma_range is {list(gamma_range)}. Fix: [low, high] with 0 < low <= high.")
+        raise InputError(f"params.yaml: evaluate_external.gamma_range is {list(gamma_range)}. Fix: [low, high] with 0 "
+                         "< low <= high.")
     meta = read_json(Path(patches_dir) / "patches.json")
     grey = bool(meta.get("grey", False))
     cases: list[dict] = []
@@ -65,27 +68,33 @@ def external_cases(patches_dir: Path, *, seed: int, profiles: list[str], gamma_r
             name = profiles[int(order[i % len(profiles)])]
             gamma = np.exp(rng.uniform(np.log(lo), np.log(hi), 3))
             out, params = recolour(image, fov, PROFILES[name], gamma=gamma)
-            cases.append({"id": f"{entry['id']}@{name}", "source": "recoloured", "profile": name, "gamma": params["gamma"],
+            cases.append({"id": f"{entry['id']}@{name}", "source": "recoloured", "profile": name,
+                          "gamma": params["gamma"],
                           "gain": params["gain"], "image": out, "fov": fov})
     if sample:
         import skimage.data
 
         try:
             image, fov, _ = prepare_arrays(skimage.data.retina()[..., :3], None, size=int(prepare["size"]),
-                                           mode=prepare.get("mode", "border_centre"), fov_threshold=float(prepare.get("fov_threshold", 0.1)))
+                                           mode=prepare.get("mode", "border_centre"),
+                                           fov_threshold=float(prepare.get("fov_threshold", 0.1)))
         except ValueError as exc:
-            raise InputError(f"evaluate_external: scikit-image's fundus photograph cannot be prepared with the prepare params ({exc}). "
-                             "Fix: set evaluate_external.sample: false, or a prepare.size the photograph (1411 px) allows.") from exc
+            raise InputError("evaluate_external: scikit-image's fundus photograph cannot be prepared with the prepare "
+                             f"params ({exc}). Fix: set evaluate_external.sample: false, or a prepare.size the "
+                             "photograph (1411 px) allows.") from exc
         if grey:
             image = to_grey_rgb(image)
-        cases.append({"id": "skimage-retina", "source": "sample", "profile": None, "gamma": None, "gain": None, "image": image, "fov": fov})
+        cases.append({"id": "skimage-retina", "source": "sample", "profile": None, "gamma": None, "gain": None,
+                      "image": image, "fov": fov})
     if not cases:
-        raise InputError("params.yaml: evaluate_external has no images (grey data and sample: false). Fix: set evaluate_external.sample: true.")
+        raise InputError("params.yaml: evaluate_external has no images (grey data and sample: false). Fix: set "
+                         "evaluate_external.sample: true.")
     return cases
 
 
 def score(restored: np.ndarray, clean: np.ndarray, fov: np.ndarray) -> dict[str, float]:
-    """:data:`METRICS` of a restoration against its clean image (:func:`medrestore.evaluation.metrics.full_reference`)."""
+    """:data:`METRICS` of a restoration against its clean image
+    (:func:`medrestore.evaluation.metrics.full_reference`)."""
     from medrestore.evaluation.metrics import full_reference
 
     values = full_reference(restored, clean, fov)
@@ -108,7 +117,8 @@ def summarise_external(rows: list[dict], seed: int) -> dict[str, dict]:
                 vals = vals[np.isfinite(vals)]
                 if len(vals):
                     ci = bootstrap_ci(vals, seed)
-                    stats[m] = {"mean": round(float(vals.mean()), 6), "ci95": [round(float(ci[0]), 6), round(float(ci[1]), 6)]}
+                    stats[m] = {"mean": round(float(vals.mean()), 6),
+                                "ci95": [round(float(ci[0]), 6), round(float(ci[1]), 6)]}
             entry[group] = stats
         out[method] = entry
     return out

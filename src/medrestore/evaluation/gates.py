@@ -35,7 +35,8 @@ def failed_models(model_means: Mapping[str, float], input_mean: float | None) ->
     return {m for m, v in model_means.items() if v is not None and np.isfinite(v) and float(v) < float(input_mean)}
 
 
-def below_input_in_summary(summary: dict, variant: str, metric: str = BEST_BY, kinds: tuple[str, ...] = ("model", "baseline")) -> set[str]:
+def below_input_in_summary(summary: dict, variant: str, metric: str = BEST_BY,
+                           kinds: tuple[str, ...] = ("model", "baseline")) -> set[str]:
     """The methods of ``kinds`` (trained models and classical baselines) of one test corruption of an
     evaluation summary whose mean ``metric`` is below the degraded input's: none of them is ever called
     best there, whatever its kind (a baseline below its input, e.g. CLAHE on a cataract photograph in
@@ -58,6 +59,8 @@ def failed_in_table(table: pd.DataFrame, variant: str, metric: str = BEST_BY) ->
     if metric not in table or "kind" not in table:
         return set()
     rows = table[table["variant"] == variant]
-    means = {m: float(np.nanmean(v)) for m, v in rows.groupby("method")[metric] if np.isfinite(v.to_numpy(dtype=float)).any()}
+    means = {
+        m: float(np.nanmean(v)) for m, v in rows.groupby("method")[metric] if np.isfinite(v.to_numpy(dtype=float)).any()
+    }
     kinds = rows.groupby("method")["kind"].first()
     return failed_models({m: v for m, v in means.items() if kinds.get(m) == "model"}, means.get(INPUT))

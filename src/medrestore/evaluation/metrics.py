@@ -65,14 +65,18 @@ class Metric:
     scores come from :func:`medrestore.vessels.vessel_scores`."""
 
     name: str
-    reference: str                # FULL: against the clean image; NO: the image alone; VESSEL: vessel segmentation against a reference
+    # FULL: against the clean image; NO: the image alone; VESSEL: vessel segmentation against a reference
+    reference: str
     lower_is_better: bool = False
-    header: str = ""              # the report's column title ("": the name; VESSEL: followed by the reference, "(vs clean)")
+    # the report's column title ("": the name; VESSEL: followed by the reference, "(vs clean)")
+    header: str = ""
     digits: int = 2               # decimals in the report's tables
     paired: bool = False          # tested model against the best baseline (summary.json's ``paired_tests``)
     table: bool = False           # a column of the report's per-task tables
-    fov: bool = False             # FULL: measured inside the field of view only (per_image.csv lists these after the whole-image ones)
-    headline: str = ""            # its key in reports/metrics.json ("": not there); VESSEL: also KEY_indep (independent segmenter)
+    # FULL: measured inside the field of view only (per_image.csv lists these after the whole-image ones)
+    fov: bool = False
+    # its key in reports/metrics.json ("": not there); VESSEL: also KEY_indep (independent segmenter)
+    headline: str = ""
     compute: Callable[..., float] | None = field(default=None, compare=False, repr=False)
 
 
@@ -99,14 +103,17 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("ssim_fov", FULL, fov=True, digits=3, table=True, paired=True),
     Metric("ssim_rgb", FULL, digits=3),
     Metric("ssim_rgb_fov", FULL, fov=True, digits=3),
-    Metric("niqe", NO, lower_is_better=True, table=True, paired=True, headline="niqe", compute=_pyiqa_no_reference("niqe")),
-    Metric("brisque", NO, lower_is_better=True, table=True, paired=True, headline="brisque", compute=_pyiqa_no_reference("brisque")),
+    Metric("niqe", NO, lower_is_better=True, table=True, paired=True, headline="niqe",
+           compute=_pyiqa_no_reference("niqe")),
+    Metric("brisque", NO, lower_is_better=True, table=True, paired=True, headline="brisque",
+           compute=_pyiqa_no_reference("brisque")),
     Metric("entropy", NO, table=True, compute=_pyiqa_no_reference("entropy")),
     Metric("auc", VESSEL, header="vessel AUC", digits=3, table=True, paired=True),
     Metric("dice", VESSEL, header="vessel Dice", digits=3, table=True, paired=True),
     Metric("thin_recall", VESSEL, header="thin-vessel recall", digits=3, paired=True),
     Metric("thin_recall_above_chance", VESSEL, header="thin vessels kept", digits=3, table=True, headline="thin_kept"),
-    Metric("invented_rate", VESSEL, lower_is_better=True, header="vessels invented", digits=3, table=True, paired=True, headline="invented"),
+    Metric("invented_rate", VESSEL, lower_is_better=True, header="vessels invented", digits=3, table=True, paired=True,
+           headline="invented"),
 )
 
 #: The references of the vessel scores: column prefix and the words the report's headers add.
@@ -128,7 +135,8 @@ def _columns() -> dict[str, Metric]:
             if m.reference == VESSEL:
                 # the independent scores are compared model by model in the vessel-aware section, not
                 # against the best baseline (the paired tests stay on the pipeline's segmenter)
-                out[f"{prefix}_{m.name}"] = dataclasses.replace(m, name=f"{prefix}_{m.name}", header=f"{m.header} ({words})",
+                out[f"{prefix}_{m.name}"] = dataclasses.replace(m, name=f"{prefix}_{m.name}",
+                                                                header=f"{m.header} ({words})",
                                                                 paired=m.paired and prefix != "indep")
     return out
 
@@ -151,7 +159,7 @@ def _derive() -> None:
 
 
 #: Every column of per_image.csv that holds a metric (image metrics, ``ref_*`` then ``manual_*``).
-METRICS: dict[str, Metric]
+METRICS: dict[str, Metric] = {}  # filled by _derive() below, as are the views that follow
 FULL_REFERENCE: tuple[str, ...]
 NO_REFERENCE: tuple[str, ...]
 VESSEL_KEYS: tuple[str, ...]
@@ -174,7 +182,8 @@ def register_metric(entry: Metric) -> Metric:
     that :func:`medrestore.vessels.vessel_scores` returns."""
     global REGISTRY
     if entry.reference not in (FULL, NO, VESSEL):
-        raise ValueError(f"metric {entry.name!r}: reference is {entry.reference!r}. Fix: one of {FULL!r}, {NO!r}, {VESSEL!r}.")
+        raise ValueError(f"metric {entry.name!r}: reference is {entry.reference!r}. Fix: one of {FULL!r}, {NO!r}, "
+                         f"{VESSEL!r}.")
     if any(m.name == entry.name for m in REGISTRY) or entry.name in METRICS:
         raise ValueError(f"metric {entry.name!r} is registered already. Fix: give the new metric another name.")
     if entry.reference in (FULL, NO) and entry.compute is None:
@@ -224,7 +233,9 @@ def metric(name: str) -> Metric:
     try:
         return METRICS[name]
     except KeyError:
-        raise KeyError(f"metric {name!r} is not in medrestore.evaluation.metrics.REGISTRY. Fix: add an entry there.") from None
+        raise KeyError(
+            f"metric {name!r} is not in medrestore.evaluation.metrics.REGISTRY. Fix: add an entry there."
+        ) from None
 
 
 def header(name: str) -> str:
@@ -249,7 +260,7 @@ def asset_path(metric: str, assets_dir: str | os.PathLike | None = None) -> str 
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _metric(name: str, assets_dir: str | None):
     import pyiqa
 
@@ -331,7 +342,8 @@ def _ssim_whole_and_fov(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> d
 
 
 @torch.inference_mode()
-def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | None = None, assets_dir: str | None = None,
+def full_reference(image: np.ndarray, reference: np.ndarray, fov: np.ndarray | None = None,
+                   assets_dir: str | None = None,
                    *, exact_psnr: bool = False) -> dict[str, float]:
     """Every full-reference metric. ``psnr`` and ``psnr_y`` are pyiqa's, which adds 1e-8 to the MSE
     (on [0, 1]: PSNR capped at 80 dB, within 0.001 dB of the exact value below 56 dB); with
@@ -374,7 +386,8 @@ def no_reference(image: np.ndarray, assets_dir: str | None = None) -> dict[str, 
     return {m.name: float(m.compute(image, assets_dir)) for m in REGISTRY if m.reference == NO}
 
 
-def all_metrics(image: np.ndarray, reference: np.ndarray | None = None, fov: np.ndarray | None = None, assets_dir: str | None = None) -> dict[str, float]:
+def all_metrics(image: np.ndarray, reference: np.ndarray | None = None, fov: np.ndarray | None = None,
+                assets_dir: str | None = None) -> dict[str, float]:
     out = no_reference(image, assets_dir)
     if reference is not None:
         out.update(full_reference(image, reference, fov, assets_dir))

@@ -53,9 +53,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medrestore.degradations import noise_sigma, spec_scale, upsample_bicubic
 from medrestore.core.io import InputError
-from medrestore.evaluation import metrics as M  # its views are read at call time: a metric may be registered after import
+from medrestore.degradations import noise_sigma, spec_scale, upsample_bicubic
+from medrestore.evaluation import (
+    metrics as M,  # its views are read at call time: a metric may be registered after import
+)
 from medrestore.evaluation.metrics import BEST_BY, all_metrics
 from medrestore.models import BASELINES
 from medrestore.vessels import VesselSegmenter, vessel_scores
@@ -64,7 +66,8 @@ from medrestore.vessels import VesselSegmenter, vessel_scores
 # ============================================================================= floor and baselines
 def baseline_function(name: str) -> Callable[..., Any]:
     if name not in BASELINES:
-        raise InputError(f"params.yaml: unknown baseline {name!r} in evaluate.baselines. Fix: use {', '.join(sorted(BASELINES))}.")
+        raise InputError(f"params.yaml: unknown baseline {name!r} in evaluate.baselines. Fix: use "
+                         f"{', '.join(sorted(BASELINES))}.")
     return BASELINES[name]
 
 
@@ -168,7 +171,8 @@ def bootstrap_ci(values: np.ndarray, seed: int, n: int = 2000, level: float = 0.
     return float(values.min()), float(values.max())
 
 
-def interval(values: np.ndarray, seed: int, subjects: np.ndarray | list | None = None, digits: int = 6) -> dict[str, Any]:
+def interval(values: np.ndarray, seed: int, subjects: np.ndarray | list | None = None,
+             digits: int = 6) -> dict[str, Any]:
     """The one interval of every stored result (summary.json, claims, targets, the report): the mean
     over subjects of their mean value, its 95 % BCa bootstrap interval over subjects
     (:func:`bootstrap_ci`), and how many images and subjects it rests on (finite values only)."""
@@ -255,18 +259,26 @@ def subjects_by_image(patches_meta: dict, manifest: dict | None = None) -> dict[
 
 
 # ============================================================================= per image
-def vessel_columns(image: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_ref: np.ndarray, manual: np.ndarray | None,
-                   scorer: VesselSegmenter | None = None) -> dict[str, float]:
+def vessel_columns(image: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_ref: np.ndarray,
+                   manual: np.ndarray | None,
+                   scoring_segmenter: VesselSegmenter | None = None) -> dict[str, float]:
     """The vessel scores of one image: ``segmenter``'s vessels against its own on the clean image
-    (``ref_``) and against the manual mask (``manual_``); with ``scorer`` (the independent segmenter)
-    and a manual mask, also the scorer's vessels against the manual mask (``indep_``)."""
+    (``ref_``) and against the manual mask (``manual_``); with ``scoring_segmenter`` (the independent segmenter)
+    and a manual mask, also the scoring segmenter's vessels against the manual mask (``indep_``)."""
     score, binary = segmenter(image, fov)
     out = {f"ref_{k}": v for k, v in vessel_scores(score, binary, clean_ref, fov).items() if k in M.VESSEL_KEYS}
     if manual is not None:
-        out.update({f"manual_{k}": v for k, v in vessel_scores(score, binary, manual, fov).items() if k in M.VESSEL_KEYS})
-        if scorer is not None:
-            score_b, binary_b = scorer(image, fov)
-            out.update({f"indep_{k}": v for k, v in vessel_scores(score_b, binary_b, manual, fov).items() if k in M.VESSEL_KEYS})
+        out.update({f"manual_{k}": v for k, v in vessel_scores(score, binary, manual,
+                                                               fov).items() if k in M.VESSEL_KEYS})
+        if scoring_segmenter is not None:
+            score_b, binary_b = scoring_segmenter(image, fov)
+            out.update(
+                {
+                    f"indep_{k}": v
+                    for k, v in vessel_scores(score_b, binary_b, manual, fov).items()
+                    if k in M.VESSEL_KEYS
+                }
+            )
     return out
 
 
@@ -297,20 +309,24 @@ def median_after_warmup(times: list[float]) -> float:
 
 
 # ============================================================================= scores and summary
-def score_restored(restored: np.ndarray, clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_vessels: np.ndarray,
-                   manual: np.ndarray | None, assets_dir: str | None = None, scorer: VesselSegmenter | None = None) -> dict[str, float]:
+def score_restored(restored: np.ndarray, clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter,
+                   clean_vessels: np.ndarray,
+                   manual: np.ndarray | None, assets_dir: str | None = None,
+                   scoring_segmenter: VesselSegmenter | None = None) -> dict[str, float]:
     """Every metric of one restored (or degraded) image: quality against the clean image, then the
     vessel scores against the clean image's segmentation and the manual mask (:func:`vessel_columns`)."""
-    return {**all_metrics(restored, clean, fov, assets_dir), **vessel_columns(restored, fov, segmenter, clean_vessels, manual, scorer)}
+    return {**all_metrics(restored, clean, fov, assets_dir),
+            **vessel_columns(restored, fov, segmenter, clean_vessels, manual, scoring_segmenter)}
 
 
-def score_clean(clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_vessels: np.ndarray, manual: np.ndarray | None,
-                assets_dir: str | None = None, scorer: VesselSegmenter | None = None) -> dict[str, float]:
+def score_clean(clean: np.ndarray, fov: np.ndarray, segmenter: VesselSegmenter, clean_vessels: np.ndarray,
+                manual: np.ndarray | None,
+                assets_dir: str | None = None, scoring_segmenter: VesselSegmenter | None = None) -> dict[str, float]:
     """The ceiling row: no-reference metrics of the clean image and, where there is a manual mask,
     the segmenter on the clean image against it."""
     row = all_metrics(clean, None, None, assets_dir)
     if manual is not None:
-        row.update(vessel_columns(clean, fov, segmenter, clean_vessels, manual, scorer))
+        row.update(vessel_columns(clean, fov, segmenter, clean_vessels, manual, scoring_segmenter))
     return row
 
 
@@ -332,7 +348,8 @@ def summarise(table: pd.DataFrame, seed: int) -> dict[str, dict[str, dict]]:
     methods: dict[str, dict[str, dict]] = {}
     for (method, variant), grp in table.groupby(["method", "variant"], sort=True):
         subjects = subjects_of(grp).to_numpy()
-        stats = {"kind": grp["kind"].iloc[0], "n": len(grp), "n_images": len(grp), "n_subjects": int(len(set(subjects)))}
+        stats = {"kind": grp["kind"].iloc[0], "n": len(grp), "n_images": len(grp),
+                 "n_subjects": int(len(set(subjects)))}
         for col in M.COLUMNS:
             vals = grp[col].to_numpy(dtype=float)
             if np.isfinite(vals).any():
@@ -343,4 +360,7 @@ def summarise(table: pd.DataFrame, seed: int) -> dict[str, dict[str, dict]]:
 
 def rounded_cost(cost: dict[str, dict]) -> dict[str, dict]:
     """Methods' costs sorted by name, floats rounded to one decimal (summary.json's ``cost``)."""
-    return {k: {kk: (round(vv, 1) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in sorted(cost.items())}
+    return {
+        k: {kk: (round(vv, 1) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+        for k, v in sorted(cost.items())
+    }

@@ -15,7 +15,8 @@ Run (README, "Vessel-aware training")::
 ``train.vessel...weight``, metrics as ``task.method.variant.metric``, either possibly prefixed with the
 file name and a colon). The per-method numbers are in ``reports/metrics.json``, a plain output (DVC's
 declared metrics are the narrow ``reports/headline.json``): :func:`with_report_numbers` adds them to
-each row from the row's own commit (the workspace's: the file). Each experiment gives one point per vessel-aware run whose weight it changed
+each row from the row's own commit (the workspace's: the file). Each experiment gives one point per vessel-aware run
+whose weight it changed
 from the workspace's; the workspace (the standard run) gives one point per run at its own weight.
 """
 
@@ -31,7 +32,8 @@ from medrestore.core.io import InputError, load_yaml, write_json_atomic
 POINT_METRICS = ("psnr_fov", "thin_kept", "invented", "thin_kept_indep", "invented_indep")
 #: Their names in the sweep figure (the evaluation's column names).
 AS_COLUMNS = {"thin_kept_indep": "indep_thin_recall_above_chance", "invented_indep": "indep_invented_rate",
-              "thin_kept": "manual_thin_recall_above_chance", "invented": "manual_invented_rate", "psnr_fov": "psnr_fov"}
+              "thin_kept": "manual_thin_recall_above_chance", "invented": "manual_invented_rate",
+              "psnr_fov": "psnr_fov"}
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,7 +51,8 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def with_report_numbers(rows: Iterable[Mapping[str, Any]], root: str | Path, rel: str = "reports/metrics.json") -> list[dict[str, Any]]:
+def with_report_numbers(rows: Iterable[Mapping[str, Any]], root: str | Path,
+                        rel: str = "reports/metrics.json") -> list[dict[str, Any]]:
     """``rows`` (``dvc.api.exp_show``) with the numbers of ``rel`` at each row's revision (``rev``: a
     commit, or ``workspace`` for the file in ``root``) as ``task.method.variant.metric`` keys; a row's
     own keys win, a row without a readable ``rel`` is kept as it is."""
@@ -94,9 +97,11 @@ def collect(rows: Iterable[Mapping[str, Any]], vessel: Mapping[str, Mapping[str,
                 values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
                 if "psnr_fov" not in values:
                     continue
-                points[(key, float(weight), variant)] = {"run": key, "method": entry["method"], "form": form, "weight": float(weight),
+                points[(key, float(weight), variant)] = {"run": key, "method": entry["method"], "form": form,
+                                                         "weight": float(weight),
                                                          "task": entry["task"], "variant": variant, **values}
-    return {"note": "vessel-term weight sweep, collected by `medrestore sweep` from dvc exp show; metrics as in reports/metrics.json",
+    return {"note": "vessel-term weight sweep, collected by `medrestore sweep` from dvc exp show; metrics as in "
+                    "reports/metrics.json",
             "points": [points[k] for k in sorted(points)]}
 
 
@@ -109,7 +114,8 @@ def merge_points(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, An
     return [points[k] for k in sorted(points)]
 
 
-def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml", rows: Iterable[Mapping] | None = None,
+def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str | Path = "params.yaml",
+                rows: Iterable[Mapping] | None = None,
                 revs: list[str] | None = None, merge: bool = False, replace: bool = False,
                 patches: str | Path | None = None) -> dict:
     """Collect the sweep from this repository's experiments (or ``rows``) and write ``out``.
@@ -123,16 +129,20 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
     import json
 
     if not Path(params_path).is_file():
-        raise InputError(f"--params {params_path}: no such file. Fix: pass the repository's params.yaml (the default, from its root).")
+        raise InputError(f"--params {params_path}: no such file. Fix: pass the repository's params.yaml (the default, "
+                         "from its root).")
     try:
         params = load_yaml(Path(params_path).read_text())
     except Exception as exc:  # noqa: BLE001 - any YAML error, a duplicate key
-        raise InputError(f"--params {params_path}: not valid YAML ({' '.join(str(exc).split())[:300]}). Fix: correct it.") from exc
+        raise InputError(f"--params {params_path}: not valid YAML ({' '.join(str(exc).split())[:300]}). Fix: correct "
+                         "it.") from exc
     if not isinstance(params, dict):
-        raise InputError(f"--params {params_path}: not a params file (a mapping of sections). Fix: pass the repository's params.yaml.")
+        raise InputError(f"--params {params_path}: not a params file (a mapping of sections). Fix: pass the "
+                         "repository's params.yaml.")
     vessel = (params.get("train") or {}).get("vessel") or {}
     if not vessel:
-        raise InputError(f"{params_path}: no train.vessel runs, so there is no sweep to collect. Fix: add them (README, \"Vessel-aware training\").")
+        raise InputError(f"{params_path}: no train.vessel runs, so there is no sweep to collect. Fix: add them "
+                         "(README, \"Vessel-aware training\").")
     if rows is None:
         import dvc.api
 
@@ -140,8 +150,9 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
             rows = dvc.api.exp_show(revs=revs) if revs else dvc.api.exp_show()
         except Exception as exc:  # noqa: BLE001 - dvc's RevError, SCMError, NotDvcRepoError ...
             what = f"--rev {', '.join(revs)}" if revs else "HEAD"
-            raise InputError(f"cannot list the DVC experiments of {what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}). "
-                             "Fix: pass a commit of this repository (`git log --oneline`), from inside the repository.") from None
+            raise InputError(f"cannot list the DVC experiments of {what} ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}). Fix: pass a commit of this repository (`git log "
+                             "--oneline`), from inside the repository.") from None
     result = collect(with_report_numbers(rows, Path(params_path).parent), vessel)
     patches = Path(params_path).parent / "artifacts" / "patches" / "patches.json" if patches is None else Path(patches)
     if patches.is_file():
@@ -154,20 +165,30 @@ def write_sweep(out: str | Path = "reports/vessel_sweep.json", params_path: str 
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             lost = None
         if lost is None or lost:
-            shown = "it is not a sweep file" if lost is None else (
-                f"{len(lost)} of its {len(before)} points are not in this collection ("
-                + ", ".join(f"{r} weight {w:g} [{v}]" for r, w, v in lost[:4]) + (", ..." if len(lost) > 4 else "") + ")")
-            raise InputError(f"{out}: {shown}; writing {len(result['points'])} points would lose them. Fix: pass --merge to keep "
-                             "them beside the new ones, or --replace to write only this collection.")
+            shown = (
+                "it is not a sweep file"
+                if lost is None
+                else (
+                    f"{len(lost)} of its {len(before)} points are not in this collection ("
+                    + ", ".join(f"{r} weight {w:g} [{v}]" for r, w, v in lost[:4])
+                    + (", ..." if len(lost) > 4 else "")
+                    + ")"
+                )
+            )
+            raise InputError(f"{out}: {shown}; writing {len(result['points'])} points would lose them. Fix: pass "
+                             "--merge to keep them beside the new ones, or --replace to write only this collection.")
     if merge and Path(out).is_file():
         try:
             before = json.loads(Path(out).read_text())["points"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{out}: not a sweep file ({exc}). Fix: collect without --merge to write it anew.") from None
+            raise InputError(
+                f"{out}: not a sweep file ({exc}). Fix: collect without --merge to write it anew."
+            ) from None
         earlier = json.loads(Path(out).read_text()).get("test_images")
         if before and earlier != result.get("test_images"):
             raise InputError(f"{out}: its {len(before)} points were scored on other test images than this workspace's "
-                             f"({patches}): merged, they would compare different splits. Fix: pass --replace to write only this collection.")
+                             f"({patches}): merged, they would compare different splits. Fix: pass --replace to write "
+                             "only this collection.")
         result["points"] = merge_points(before, result["points"])
     write_json_atomic(Path(out), result)
     return result

@@ -37,11 +37,16 @@ from medrestore.evaluation.metrics import headline
 IDENTICAL, WITHIN, OUTSIDE = "identical", "within", "outside"
 
 
+def _fmt(v: Any) -> str:
+    return "-" if v is None else (str(v) if isinstance(v, bool) else f"{v:.6g}")
+
+
 def committed_metrics(source: str, root: Path) -> tuple[dict, str]:
     """The published ``metrics.json``: a file path, or a git revision of ``root`` (its
     ``reports/metrics.json`` at that commit)."""
     path = Path(source)
-    fix = "Fix: give --committed a metrics.json file written by the report stage, or a commit whose reports/metrics.json is (default HEAD)."
+    fix = ("Fix: give --committed a metrics.json file written by the report stage, or a commit whose "
+           "reports/metrics.json is (default HEAD).")
     if path.is_file():
         return load_metrics(path.read_bytes(), str(path), fix), str(path)
     res = subprocess.run(["git", "show", f"{source}:reports/metrics.json"], cwd=root, capture_output=True)
@@ -60,10 +65,13 @@ def load_metrics(data: bytes, where: str, fix: str) -> dict:
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc}). {fix}") from None
     if not isinstance(obj, dict):
-        raise InputError(f"{where}: a JSON {type(obj).__name__}, not the object task -> method -> variant -> metric. {fix}")
+        raise InputError(f"{where}: a JSON {type(obj).__name__}, not the object task -> method -> variant -> metric. "
+                         f"{fix}")
     for task, methods in obj.items():
         if not isinstance(methods, dict) or not all(
-            isinstance(variants, dict) and all(isinstance(numbers, dict) for numbers in variants.values()) for variants in methods.values()
+            isinstance(variants,
+                       dict) and all(isinstance(numbers,
+                                                dict) for numbers in variants.values()) for variants in methods.values()
         ):
             raise InputError(f"{where}: task {task!r} is not an object method -> variant -> metric -> number. {fix}")
     return obj
@@ -98,8 +106,12 @@ def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any
                     elif isinstance(value, bool) or isinstance(mine, bool):
                         row["verdict"] = IDENTICAL if value == mine else OUTSIDE
                         if value != mine:
-                            row["why"] = "convergence verdict changed" if metric == "converged" else f"{metric} verdict changed"
-                    elif value == mine or (isinstance(value, float) and isinstance(mine, float) and math.isclose(value, mine, abs_tol=5e-7)):
+                            row["why"] = (
+                                "convergence verdict changed" if metric == "converged" else f"{metric} verdict changed"
+                            )
+                    elif value == mine or (
+                        isinstance(value, float) and isinstance(mine, float) and math.isclose(value, mine, abs_tol=5e-7)
+                    ):
                         row["verdict"] = IDENTICAL
                     else:
                         found = _interval(stats, metric) or {}
@@ -114,19 +126,21 @@ def verdicts(committed: dict, ours: dict, eval_root: Path) -> list[dict[str, Any
     return rows
 
 
-def verify(root: Path, committed: str = "HEAD", metrics: Path | None = None, eval_root: Path | None = None) -> tuple[list[dict], str]:
+def verify(root: Path, committed: str = "HEAD", metrics: Path | None = None,
+           eval_root: Path | None = None) -> tuple[list[dict], str]:
     root = Path(root)
     metrics = Path(metrics) if metrics else root / "reports" / "metrics.json"
     eval_root = Path(eval_root) if eval_root else root / "artifacts" / "eval"
     if not metrics.is_file():
         raise InputError(f"{metrics}: missing. Fix: run `dvc repro` (or `make repro`) first.")
     published, source = committed_metrics(committed, root)
-    ours = load_metrics(metrics.read_bytes(), str(metrics), "Fix: rebuild it with `dvc repro report` (or `git checkout` it).")
+    ours = load_metrics(metrics.read_bytes(), str(metrics),
+                        "Fix: rebuild it with `dvc repro report` (or `git checkout` it).")
     if published and not any((eval_root / task / "summary.json").is_file() for task in published):
         raise InputError(
-            f"nothing to compare: no task of {source} was evaluated in this checkout ({eval_root}/TASK/summary.json missing for "
-            f"{', '.join(sorted(published))}), so {metrics} holds the committed numbers, not this checkout's. "
-            "Fix: run `make repro` (or `dvc repro`) first, then verify."
+            f"nothing to compare: no task of {source} was evaluated in this checkout ({eval_root}/TASK/summary.json "
+            f"missing for {', '.join(sorted(published))}), so {metrics} holds the committed numbers, not this "
+            "checkout's. Fix: run `make repro` (or `dvc repro`) first, then verify."
         )
     return verdicts(published, recomputed(ours, published, eval_root), eval_root), source
 
@@ -139,7 +153,9 @@ def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
     from medrestore.evaluation.gates import failed_in_summary
     from medrestore.report.tables import headline_numbers
 
-    out = {task: {m: {v: dict(n) for v, n in vs.items()} for m, vs in methods.items()} for task, methods in ours.items()}
+    out = {
+        task: {m: {v: dict(n) for v, n in vs.items()} for m, vs in methods.items()} for task, methods in ours.items()
+    }
     for task in published:
         path = Path(eval_root) / task / "summary.json"
         if not path.is_file():
@@ -147,7 +163,8 @@ def recomputed(ours: dict, published: dict, eval_root: Path) -> dict:
         summary = read_json(path)
         methods = summary.get("methods") if isinstance(summary, dict) else None
         if not isinstance(methods, dict):
-            raise InputError(f"{path}: no 'methods' of an evaluation summary. Fix: rerun the evaluation (`dvc repro evaluate@{task}`).")
+            raise InputError(f"{path}: no 'methods' of an evaluation summary. Fix: rerun the evaluation (`dvc repro "
+                             f"evaluate@{task}`).")
         task_out = out.setdefault(task, {})
         failed = {variant: failed_in_summary(summary, variant) for variant in summary.get("variants") or []}
         for method, variants in methods.items():
@@ -170,12 +187,11 @@ def format_rows(rows: list[dict], source: str, only_changed: bool = False) -> st
         over = f" over {r['n_images']} images / {r['n_subjects']} subjects" if "n_subjects" in r else ""
         ci = f" (95% interval {r['ci95'][0]:.4g} .. {r['ci95'][1]:.4g}{over})" if r.get("ci95") else ""
         why = f" ({r['why']})" if r.get("why") else ""
-        fmt = lambda v: "-" if v is None else (str(v) if isinstance(v, bool) else f"{v:.6g}")
-        lines.append(f"{r['task']:14s} {r['method']:14s} {r['variant']:9s} {r['metric']:10s} {fmt(r['committed']):>11s} "
-                     f"{fmt(r['ours']):>11s}  {r['verdict']}{ci}{why}")
+        lines.append(f"{r['task']:14s} {r['method']:14s} {r['variant']:9s} {r['metric']:10s} "
+                     f"{_fmt(r['committed']):>11s} {_fmt(r['ours']):>11s}  {r['verdict']}{ci}{why}")
     counts = Counter(r["verdict"] for r in rows)
-    lines.append(f"{len(rows)} published numbers ({source}): {counts[IDENTICAL]} identical, {counts[WITHIN]} within their "
-                 f"95% interval, {counts[OUTSIDE]} outside")
+    lines.append(f"{len(rows)} published numbers ({source}): {counts[IDENTICAL]} identical, {counts[WITHIN]} within "
+                 f"their 95% interval, {counts[OUTSIDE]} outside")
     return "\n".join(lines)
 
 
@@ -184,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="medrestore verify", description=__doc__.strip().splitlines()[0])
-    ap.add_argument("--committed", default="HEAD", help="the published numbers: a git revision (its reports/metrics.json) or a file")
+    ap.add_argument("--committed", default="HEAD",
+                    help="the published numbers: a git revision (its reports/metrics.json) or a file")
     ap.add_argument("--root", type=Path, default=None, help="the workspace (default: the nearest folder with dvc.yaml)")
     ap.add_argument("--all", action="store_true", help="list the identical numbers too")
     ap.add_argument("--json", action="store_true", help="the rows as JSON")

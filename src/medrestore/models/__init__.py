@@ -56,7 +56,8 @@ def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
     """The discriminator a GAN model trains against (not saved with the model)."""
     spec = MODELS[name]
     if spec.discriminator is None:
-        raise InputError(f"model {name!r} has no discriminator; only GAN models ({', '.join(n for n, s in MODELS.items() if s.discriminator)}) do.")
+        raise InputError(f"model {name!r} has no discriminator; only GAN models "
+                         f"({', '.join(n for n, s in MODELS.items() if s.discriminator)}) do.")
     return spec.discriminator(**kwargs)
 
 
@@ -71,7 +72,8 @@ def save_model(model: nn.Module, out_dir: Path, *, name: str, kwargs: dict, extr
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"model": name})
         os.chmod(tmp, 0o644)  # safetensors may recreate the file with the process umask
-    write_json_atomic(out_dir / "model.json", {"model": name, "kwargs": kwargs, "parameters": count_parameters(model), **(extra or {})})
+    write_json_atomic(out_dir / "model.json",
+                      {"model": name, "kwargs": kwargs, "parameters": count_parameters(model), **(extra or {})})
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
@@ -86,10 +88,13 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     try:
         state = load_file(str(folder / "model.safetensors"))
     except Exception as exc:  # safetensors raises its own error types
-        raise InputError(f"{folder / 'model.safetensors'}: cannot load weights ({exc}). Fix: retrain the model.") from exc
+        raise InputError(
+            f"{folder / 'model.safetensors'}: cannot load weights ({exc}). Fix: retrain the model."
+        ) from exc
     model.load_state_dict(state)
     return model.eval(), meta
 
 
-__all__ = ["BASELINES", "MODELS", "TRAINERS", "ModelSpec", "baseline", "build_discriminator", "build_model", "count_parameters", "load_model",
+__all__ = ["BASELINES", "MODELS", "TRAINERS", "ModelSpec", "baseline", "build_discriminator", "build_model",
+           "count_parameters", "load_model",
            "register_model", "save_model"]

@@ -15,7 +15,8 @@ with 'same' padding:
     conv 3x3 -> 64, ReLU ; upsample x2 (nearest)
     conv 3x3 -> C, sigmoid
 
-This reading of the figure is unverified; the widths are therefore constructor arguments (``widths=(64, 32)``). Parameters: 47,425 for C = 1, 49,731 for C = 3.
+This reading of the figure is unverified; the widths are therefore constructor arguments (``widths=(64, 32)``).
+Parameters: 47,425 for C = 1, 49,731 for C = 3.
 
 Deviations: ``channels`` defaults to 3 (RGB fundus, as every model in this project) instead of the
 paper's 1. Inputs whose sides are not multiples of 4 (two 2x2 pools) are reflect-padded on the
@@ -29,7 +30,6 @@ from torch import nn
 
 from medrestore.models.padding import crop_to, pad_to_multiple
 from medrestore.models.registry import register_model
-
 
 MULTIPLE = 4  # two 2x2 max-pools
 

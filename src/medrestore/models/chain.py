@@ -32,8 +32,10 @@ class Downscale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h % self.scale or w % self.scale:
-            raise ValueError(f"a {h}x{w} input cannot be reduced by {self.scale}: crop or pad it to a multiple of {self.scale}")
-        out = nn.functional.interpolate(x, size=(h // self.scale, w // self.scale), mode="bicubic", align_corners=False, antialias=True)
+            raise ValueError(f"a {h}x{w} input cannot be reduced by {self.scale}: crop or pad it to a multiple of "
+                             f"{self.scale}")
+        out = nn.functional.interpolate(x, size=(h // self.scale, w // self.scale), mode="bicubic", align_corners=False,
+                                        antialias=True)
         return out.clamp(0, 1)
 
 

@@ -65,7 +65,6 @@ from torch import nn
 from medrestore.models.padding import crop_to, pad_to_multiple
 from medrestore.models.registry import register_model
 
-
 MULTIPLE = 4  # two stride-2 convs
 
 
@@ -107,15 +106,21 @@ class ResnetGenerator(nn.Module):
             raise ValueError(f"norm {norm!r}: use one of {', '.join(NORMS)}")
         self.residual = bool(residual)
         f = features
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, f, 7), _norm(norm, f), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, f, 7), _norm(norm, f),
+                                   nn.ReLU(inplace=True)]
         for mult in (1, 2):  # 64 -> 128 -> 256
-            layers += [nn.Conv2d(f * mult, f * mult * 2, 3, stride=2, padding=1), _norm(norm, f * mult * 2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(f * mult, f * mult * 2, 3, stride=2, padding=1), _norm(norm, f * mult * 2),
+                       nn.ReLU(inplace=True)]
         layers += [ResnetBlock(f * 4, norm) for _ in range(n_blocks)]
         for mult in (4, 2):  # 256 -> 128 -> 64
             if upsample == "deconv":
                 layers.append(nn.ConvTranspose2d(f * mult, f * mult // 2, 3, stride=2, padding=1, output_padding=1))
             else:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(f * mult, f * mult // 2, 3)]
+                layers += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.ReflectionPad2d(1),
+                    nn.Conv2d(f * mult, f * mult // 2, 3),
+                ]
             layers += [_norm(norm, f * mult // 2), nn.ReLU(inplace=True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(f, channels, 7)]
         if not self.residual:
@@ -148,9 +153,17 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         f = features
         widths = [f, 2 * f, 4 * f, 8 * f]
-        blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(channels, f, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))]
+        blocks: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(channels, f, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        ]
         for c_in, c_out in itertools.pairwise(widths):
-            blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.InstanceNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                    nn.InstanceNorm2d(c_out),
+                    nn.LeakyReLU(0.2, inplace=True),
+                )
+            )
         last: list[nn.Module] = [nn.Conv2d(widths[-1], 1, 3, stride=1, padding=1)]
         if sigmoid:
             last.append(nn.Sigmoid())
@@ -170,7 +183,21 @@ class PatchDiscriminator(nn.Module):
         return self.forward_features(x)[-1]
 
 
-register_model("cyclegan-fc", ResnetGenerator, "enhance", "Zhao2019 (two-way GAN with feature-consistency loss, Zhao et al. 2019)",
-               "cyclegan", PatchDiscriminator, {"cycle": "feature"})
-register_model("cyclegan", ResnetGenerator, "enhance", "Zhao2019 ablation (image-level cycle loss, Zhu et al. 2017)", "cyclegan",
-               PatchDiscriminator, {"cycle": "image"})
+register_model(
+    "cyclegan-fc",
+    ResnetGenerator,
+    "enhance",
+    "Zhao2019 (two-way GAN with feature-consistency loss, Zhao et al. 2019)",
+    "cyclegan",
+    PatchDiscriminator,
+    {"cycle": "feature"},
+)
+register_model(
+    "cyclegan",
+    ResnetGenerator,
+    "enhance",
+    "Zhao2019 ablation (image-level cycle loss, Zhu et al. 2017)",
+    "cyclegan",
+    PatchDiscriminator,
+    {"cycle": "image"},
+)

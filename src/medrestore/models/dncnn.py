@@ -46,4 +46,5 @@ class DnCNN(nn.Module):
 
 register_model("dncnn", DnCNN, "denoise", "Hayee2017 (DnCNN-17, Zhang et al. 2017)")
 register_model("dncnn-green", DnCNN, "denoise", "Hayee2017 (DnCNN-17 with the R:G:B = 1:3:2 weighted loss)")
-register_model("dncnn-blind", DnCNN, "denoise", "Hayee2017 network on the blind sigma range (Zhang et al.'s DnCNN-B setting)")
+register_model("dncnn-blind", DnCNN, "denoise",
+               "Hayee2017 network on the blind sigma range (Zhang et al.'s DnCNN-B setting)")

@@ -46,7 +46,6 @@ from torch import nn
 from medrestore.models.padding import crop_to, pad_to_multiple
 from medrestore.models.registry import register_model
 
-
 MULTIPLE = 16  # four stride-2 stages
 
 

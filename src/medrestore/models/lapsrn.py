@@ -44,7 +44,6 @@ from torch import nn
 
 from medrestore.models.registry import register_model
 
-
 UPSAMPLE_MODES = ("deconv", "resize_conv")
 
 
@@ -61,12 +60,14 @@ class _Level(nn.Module):
     def __init__(self, channels: int, features: int, depth: int, upscale: bool, upsample: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            *[m for _ in range(depth) for m in (nn.Conv2d(features, features, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))]
+            *[m for _ in range(depth) for m in (nn.Conv2d(features, features, 3, padding=1),
+                                                nn.LeakyReLU(0.2, inplace=True))]
         )
         self.upscale = upscale
         self.upsample = upsample
         if upscale and upsample == "deconv":
-            self.feat_up = nn.Sequential(nn.ConvTranspose2d(features, features, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
+            self.feat_up = nn.Sequential(nn.ConvTranspose2d(features, features, 4, stride=2, padding=1),
+                                         nn.LeakyReLU(0.2, inplace=True))
             self.img_up = nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1, groups=channels, bias=False)
         elif upscale:
             self.feat_up = nn.Sequential(

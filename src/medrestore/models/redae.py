@@ -23,8 +23,10 @@ class REDAE(nn.Module):
     def __init__(self, channels: int = 3, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
-        self.enc = nn.ModuleList([nn.Conv2d(a, b, 3, padding=1) for a, b in [(channels, w1), (w1, w2), (w2, w3), (w3, w4)]])
-        self.dec = nn.ModuleList([nn.Conv2d(a, b, 3, padding=1) for a, b in [(w4, w3), (w3, w2), (w2, w1), (w1, channels)]])
+        self.enc = nn.ModuleList([nn.Conv2d(a, b, 3,
+                                            padding=1) for a, b in [(channels, w1), (w1, w2), (w2, w3), (w3, w4)]])
+        self.dec = nn.ModuleList([nn.Conv2d(a, b, 3,
+                                            padding=1) for a, b in [(w4, w3), (w3, w2), (w2, w1), (w1, channels)]])
         self.act = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

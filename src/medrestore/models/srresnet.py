@@ -75,7 +75,8 @@ class ResidualBlock(nn.Module):
 
 class SRResNet(nn.Module):
     def __init__(
-        self, channels: int = 3, scale: int = 4, n_blocks: int = 16, features: int = 64, act: str = "prelu", skip: str = "none"
+        self, channels: int = 3, scale: int = 4, n_blocks: int = 16, features: int = 64, act: str = "prelu",
+        skip: str = "none"
     ) -> None:
         super().__init__()
         if scale < 1 or scale & (scale - 1):
@@ -145,4 +146,5 @@ class SRGANDiscriminator(nn.Module):
 
 
 register_model("srresnet", SRResNet, "sr", "Hayee2017 (SRResNet, the SRGAN generator, Ledig et al. 2017)")
-register_model("srgan", SRResNet, "sr", "Hayee2017 (SRGAN: SRResNet + 8-conv discriminator, Ledig et al. 2017)", "srgan", SRGANDiscriminator)
+register_model("srgan", SRResNet, "sr", "Hayee2017 (SRGAN: SRResNet + 8-conv discriminator, Ledig et al. 2017)",
+               "srgan", SRGANDiscriminator)

@@ -50,7 +50,8 @@ class _Up(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                    nn.ReLU(inplace=True))
         self.block = _block(2 * cout, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,8 @@ class UNet(nn.Module):
             raise ValueError(f"UNet needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
         self.in_channels, self.depth = in_channels, depth
         widths = [width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_block(in_channels, widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.down = nn.ModuleList([_block(in_channels,
+                                          widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(depth)])
         self.up = nn.ModuleList([_Up(widths[i + 1], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], out_channels, 1)
         for m in self.modules():

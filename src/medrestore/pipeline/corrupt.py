@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from medrestore.data.corrupt import corrupt_task
 from medrestore.core.io import InputError, atomic_dir
+from medrestore.data.corrupt import corrupt_task
 from medrestore.pipeline.paths import PATCHES, PREPARED, corrupt_dir
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.tracking.runs import log_datasets, tag_outputs

@@ -3,7 +3,8 @@
 For a stage script (``stages/*.py``), :func:`closure` follows every import of a ``medrestore`` module
 (function-level imports included, with the ``__init__.py`` of every package on the way) with
 ``ast``, without importing anything; a package that imports every module of its folder by discovery
-(``pkgutil.iter_modules(__path__)``: the model registry) imports all of them. dvc.yaml must list every file of it (a file, or a folder that
+(``pkgutil.iter_modules(__path__)``: the model registry) imports all of them. dvc.yaml must list every file of it (a
+file, or a folder that
 holds it) and nothing that covers none of it: ``tests/test_dvc_deps.py`` checks this, and
 
     python -m medrestore.pipeline.deps --write
@@ -179,7 +180,8 @@ def sync(repo: Path = REPO) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Check (or --write) dvc.yaml's code dependencies against the stages' imports.")
+    ap = argparse.ArgumentParser(description="Check (or --write) dvc.yaml's code dependencies against the stages' "
+                                             "imports.")
     ap.add_argument("--write", action="store_true", help="bring dvc.yaml in line")
     args = ap.parse_args(argv)
     if args.write:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medrestore.data.sources import gather
 from medrestore.core.io import InputError, atomic_dir, list_images, repo_path, write_json_atomic
+from medrestore.data.sources import gather
 from medrestore.pipeline.paths import SOURCES
 from medrestore.pipeline.stage import params, run
 from medrestore.tracking.runs import log_datasets, tag_outputs
@@ -21,8 +21,9 @@ def check_folder_names(folder: Path) -> None:
     for path in list_images(folder):
         key = path.relative_to(folder).with_suffix("").as_posix()
         if key in seen:
-            raise InputError(f"{seen[key]} and {path}: two images with one name but for the extension would be one source "
-                             f"(folder/{key.replace('/', '__')}). Fix: rename or remove one of them, then `dvc add data`.")
+            raise InputError(f"{seen[key]} and {path}: two images with one name but for the extension would be one "
+                             f"source (folder/{key.replace('/', '__')}). Fix: rename or remove one of them, then `dvc "
+                             "add data`.")
         seen[key] = path
 
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
             records = gather(
                 p["sources"], tmp, mirror=repo_path(p["mirror"]), folder=Path(p["folder"]),
                 cache_dir=DOWNLOAD_CACHE, allow_network=bool(p["allow_network"]),
-                allow_unverified=bool(p.get("allow_unverified", False)), allow_partial=bool(p.get("allow_partial", False)),
+                allow_unverified=bool(p.get("allow_unverified", False)),
+                allow_partial=bool(p.get("allow_partial", False)),
             )
             write_json_atomic(tmp / "manifest.json", {"images": [r.as_dict(tmp) for r in records]})
         tracker.log_metrics({"images": len(records)})

@@ -17,9 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrestore.evaluation.cost import model_cost
+from medrestore.core.io import (
+    InputError,
+    atomic_dir,
+    read_image,
+    read_json,
+    read_mask,
+    repo_path,
+    write_json_atomic,
+    write_png_atomic,
+    write_text_atomic,
+)
 from medrestore.data.names import safe_name
 from medrestore.degradations import modcrop, to_float, to_uint8, upsample_bicubic
+from medrestore.evaluation.cost import model_cost
+from medrestore.evaluation.metrics import headline_scores
 from medrestore.evaluation.scoring import (
     assert_test_unseen,
     baseline_function,
@@ -36,22 +48,10 @@ from medrestore.evaluation.scoring import (
     summarise,
     task_scale,
 )
-from medrestore.serving.inference import model_scale, restore_array
-from medrestore.core.io import (
-    InputError,
-    atomic_dir,
-    read_image,
-    read_json,
-    read_mask,
-    repo_path,
-    write_json_atomic,
-    write_png_atomic,
-    write_text_atomic,
-)
 from medrestore.models import load_model
-from medrestore.pipeline.paths import MODELS, PATCHES, SCORER, SEGMENTER, corrupt_dir, eval_dir
+from medrestore.pipeline.paths import MODELS, PATCHES, SCORING_SEGMENTER, SEGMENTER, corrupt_dir, eval_dir
 from medrestore.pipeline.stage import arg, params, run
-from medrestore.evaluation.metrics import headline_scores
+from medrestore.serving.inference import model_scale, restore_array
 from medrestore.tracking.runs import file_md5, log_datasets, relative_path, run_by_output, tag_outputs
 from medrestore.vessels import load_vessel_segmenter
 
@@ -71,7 +71,7 @@ def evaluate_task(
     tracker=None,
     segmenter_dir: Path | None = None,
     device: str = "cpu",
-    scorer_dir: Path | None = None,
+    scoring_segmenter_dir: Path | None = None,
 ) -> dict:
     """Write ``restored/<method>/<variant>/<id>.png``, ``per_image.csv``, ``summary.json`` and
     ``cost.json`` (timings) to ``out_dir``; return the summary."""
@@ -79,10 +79,11 @@ def evaluate_task(
     meta = read_json(patches_dir / "patches.json")
     segmenter, seg_meta = load_vessel_segmenter(segmenter_dir, device=device)
     assert_test_unseen(meta, seg_meta.get("train_ids", []))
-    scorer = None
-    if scorer_dir is not None and Path(scorer_dir, "model.json").is_file():  # the independent segmenter (indep_ columns)
-        scorer, scorer_meta = load_vessel_segmenter(scorer_dir, device=device)
-        assert_test_unseen(meta, scorer_meta.get("train_ids", []))
+    scoring_segmenter = None
+    # the independent segmenter (indep_ columns)
+    if scoring_segmenter_dir is not None and Path(scoring_segmenter_dir, "model.json").is_file():
+        scoring_segmenter, scoring_meta = load_vessel_segmenter(scoring_segmenter_dir, device=device)
+        assert_test_unseen(meta, scoring_meta.get("train_ids", []))
     corruption = read_json(corrupt_dir / "corruption.json")
     clean_by_id = {e["id"]: e for e in meta["test"]}
     subjects = subjects_by_image(meta)
@@ -91,11 +92,17 @@ def evaluate_task(
     scale = task_scale(corruption, corruption["test"][0])
 
     models, cost = {}, {}
-    for d in sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith(".")) if models_dir.is_dir() else []:
+    for d in (
+        sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith("."))
+        if models_dir.is_dir()
+        else []
+    ):
         model, mmeta = load_model(d)
         s = model_scale(model, mmeta)
         if s != scale:
-            raise InputError(f"{d}: the model upscales x{s} but task {task} is x{scale}. Fix: retrain it for this task.")
+            raise InputError(
+                f"{d}: the model upscales x{s} but task {task} is x{scale}. Fix: retrain it for this task."
+            )
         models[d.name] = model
         cost[d.name] = {"kind": "model", "scale": s, **model_cost(model, scale=s)}
     fns = {name: baseline_function(name) for name in baselines}
@@ -128,24 +135,29 @@ def evaluate_task(
         degraded = read_image(corrupt_dir / case["file"], "RGB")
         if degraded.shape[0] * s != clean.shape[0] or degraded.shape[1] * s != clean.shape[1]:
             raise InputError(
-                f"{corrupt_dir / case['file']}: {degraded.shape[:2]} times {s} is not the clean test image's {clean.shape[:2]}. "
-                "Fix: rerun the corrupt stage."
+                f"{corrupt_dir / case['file']}: {degraded.shape[:2]} times {s} is not the clean test image's "
+                f"{clean.shape[:2]}. Fix: rerun the corrupt stage."
             )
         sigma = case_sigma(case.get("params", {}), case.get("spec"))
-        base = {"task": task, "image_id": case["id"], "subject": subjects[case["id"]], "variant": case["variant"], "sigma": sigma, "scale": s}
+        base = {"task": task, "image_id": case["id"], "subject": subjects[case["id"]], "variant": case["variant"],
+                "sigma": sigma, "scale": s}
         low = to_float(degraded)
         pixels = clean.shape[0] * clean.shape[1]
         outputs: dict[str, tuple[str, np.ndarray]] = {"degraded": ("input", to_uint8(upsample_bicubic(low, s)))}
         for name, model in models.items():
-            restored = timed(name, pixels, restore_array, model, low, tile=tile, overlap=overlap, device=device, scale=s)
+            restored = timed(name, pixels, restore_array, model, low, tile=tile, overlap=overlap, device=device,
+                             scale=s)
             outputs[name] = ("model", to_uint8(restored))
         for name, fn in fns.items():
             restored = timed(name, pixels, run_baseline, fn, low, sigma, s)
             outputs[name] = ("baseline", to_uint8(restored))
         for method, (kind, restored) in outputs.items():
             write_png_atomic(out_dir / "restored" / method / case["variant"] / f"{safe_name(case['id'])}.png", restored)
-            rows.append({**base, "method": method, "kind": kind, **score_restored(restored, clean, fov, segmenter, clean_vessels, manual, assets_dir, scorer)})
-        rows.append({**base, "method": "clean", "kind": "reference", **score_clean(clean, fov, segmenter, clean_vessels, manual, assets_dir, scorer)})
+            rows.append({**base, "method": method, "kind": kind,
+                         **score_restored(restored, clean, fov, segmenter, clean_vessels, manual, assets_dir,
+                                          scoring_segmenter)})
+        rows.append({**base, "method": "clean", "kind": "reference",
+                     **score_clean(clean, fov, segmenter, clean_vessels, manual, assets_dir, scoring_segmenter)})
 
     table = per_image_table(rows)
     buf = io.StringIO()
@@ -157,7 +169,7 @@ def evaluate_task(
         "scale": scale,
         "floor": "degraded input" + (f", upsampled x{scale} with PIL bicubic" if scale > 1 else ""),
         "segmenter": segmenter.describe(),
-        **({"scoring_segmenter": scorer.describe()} if scorer is not None else {}),
+        **({"scoring_segmenter": scoring_segmenter.describe()} if scoring_segmenter is not None else {}),
         "methods": summarise(table, seed),
         "test_images": sorted(clean_by_id),
         "variants": sorted({c["variant"] for c in corruption["test"]}),
@@ -165,28 +177,47 @@ def evaluate_task(
     summary["paired_tests"] = paired_tests(table, seed)
     cost = rounded_cost(cost)
     summary["cost"] = {
-        "note": "parameters; FLOPs per output megapixel (torch.utils.flop_counter, 256 px input); seconds per megapixel are in cost.json",
+        "note": "parameters; FLOPs per output megapixel (torch.utils.flop_counter, 256 px input); seconds per "
+                "megapixel are in cost.json",
         "methods": cost,
     }
     write_json_atomic(out_dir / "summary.json", summary)
 
     s_per_mpix = {m: round(median_after_warmup(v), 6) for m, v in sorted(timings.items())}
-    write_json_atomic(out_dir / "cost.json", {
-        "task": task,
-        "methods": {m: {**cost.get(m, {}), "seconds_per_mpix": s_per_mpix[m], "timed_runs": len(timings[m])} for m in s_per_mpix},
-        "rule": "median over test images of one restoration each, first excluded as warm-up; per output megapixel",
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        **({"gpu": torch.cuda.get_device_name()} if str(device).startswith("cuda") and torch.cuda.is_available() else {}),
-    })
+    write_json_atomic(
+        out_dir / "cost.json",
+        {
+            "task": task,
+            "methods": {
+                m: {**cost.get(m, {}), "seconds_per_mpix": s_per_mpix[m], "timed_runs": len(timings[m])}
+                for m in s_per_mpix
+            },
+            "rule": "median over test images of one restoration each, first excluded as warm-up; per output megapixel",
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+            **(
+                {"gpu": torch.cuda.get_device_name()}
+                if str(device).startswith("cuda") and torch.cuda.is_available()
+                else {}
+            ),
+        },
+    )
     if tracker is not None:
         tracker.log_metrics({f"{m}.s_per_mpix": v for m, v in s_per_mpix.items()})
-        tracker.log_metrics({f"{m}.flops_per_mpix": v["flops_per_mpix"] for m, v in cost.items() if "flops_per_mpix" in v})
+        tracker.log_metrics(
+            {f"{m}.flops_per_mpix": v["flops_per_mpix"] for m, v in cost.items() if "flops_per_mpix" in v}
+        )
         for method, variants in summary["methods"].items():
             for variant, stats in variants.items():
-                tracker.log_metrics({f"{method}.{variant}.{k}": v["mean"] for k, v in stats.items() if isinstance(v, dict) and np.isfinite(v["mean"])})
+                tracker.log_metrics(
+                    {
+                        f"{method}.{variant}.{k}": v["mean"]
+                        for k, v in stats.items()
+                        if isinstance(v, dict) and np.isfinite(v["mean"])
+                    }
+                )
     return summary
 
 
@@ -203,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
             summary = evaluate_task(
                 task, PATCHES, corrupt_dir(task), MODELS / task, tmp,
                 baselines=baselines_for(task, p["baselines"]), tile=p["tile"], overlap=p["overlap"], seed=all_p["seed"],
-                assets_dir=str(repo_path(p["assets"])), tracker=tracker, segmenter_dir=SEGMENTER, scorer_dir=SCORER,
+                assets_dir=str(repo_path(p["assets"])), tracker=tracker, segmenter_dir=SEGMENTER,
+                scoring_segmenter_dir=SCORING_SEGMENTER,
                 device=p.get("device", "cpu"),
             )
         tag_outputs(tracker, [out / "per_image.csv", out / "summary.json", out / "cost.json", out / "restored"])
@@ -211,11 +243,14 @@ def main(argv: list[str] | None = None) -> None:
             if tracker is not None:
                 tracker.log_artifact(out / name)
         test_set = relative_path(corrupt_dir(task))
-        log_test_scores(tracker, task, summary, MODELS / task, (test_set, datasets[test_set]) if test_set in datasets else None)
+        log_test_scores(tracker, task, summary, MODELS / task,
+                        (test_set, datasets[test_set]) if test_set in datasets else None)
 
 
-def log_test_scores(tracker, task: str, summary: dict, models_dir: Path, dataset: tuple[str, str] | None = None) -> dict[str, str]:
-    """Log each trained model's test scores (:func:`medrestore.evaluation.metrics.headline_scores`: ``test_<variant>_<metric>``,
+def log_test_scores(tracker, task: str, summary: dict, models_dir: Path,
+                    dataset: tuple[str, str] | None = None) -> dict[str, str]:
+    """Log each trained model's test scores (:func:`medrestore.evaluation.metrics.headline_scores`:
+    ``test_<variant>_<metric>``,
     e.g. ``test_s25_psnr_fov``) to the MLflow run that trained it: the finished run tagged
     ``out_md5:<models_dir>/<model>/model.safetensors`` with the md5 of the weights scored here, and to the
     model it logged (tag ``model_uri``), linked to ``dataset`` (name, digest: the test images). A model
@@ -247,11 +282,13 @@ def log_test_scores(tracker, task: str, summary: dict, models_dir: Path, dataset
         else:
             child = tracker.call(f"child run of {method}", client.create_run, mlflow.active_run().info.experiment_id,
                                  run_name=f"evaluate@{task} {method}",
-                                 tags={"mlflow.parentRunId": tracker.run_id, "model": method, "task": task, "model_md5": md5})
+                                 tags={"mlflow.parentRunId": tracker.run_id, "model": method, "task": task,
+                                       "model_md5": md5})
             if child is None:
                 continue
             run_id, model_id = child.info.run_id, None
-        metrics = [Metric(k, v, now, 0, model_id=model_id, **link) for k, v in sorted(headline_scores(summary, method).items())]
+        metrics = [Metric(k, v, now, 0, model_id=model_id,
+                          **link) for k, v in sorted(headline_scores(summary, method).items())]
         tags = [RunTag("test_eval_run_id", tracker.run_id), RunTag("test_eval_stage", f"evaluate@{task}")]
         tracker.call(f"log the test scores of {method}", client.log_batch, run_id, metrics=metrics, tags=tags)
         if trained is None:

@@ -11,13 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medrestore.core.io import InputError, atomic_dir, write_json_atomic, write_text_atomic
 from medrestore.degradations import corrupt, to_float, to_uint8
-from medrestore.evaluation.scoring import (
-    baseline_function,
-    baselines_for,
-    case_sigma,
-    run_baseline,
-)
 from medrestore.evaluation.external import (
     METRICS,
     NOISE_WORD,
@@ -26,11 +21,16 @@ from medrestore.evaluation.external import (
     seed_words,
     summarise_external,
 )
-from medrestore.serving.inference import model_scale, restore_array
-from medrestore.core.io import InputError, atomic_dir, write_json_atomic, write_text_atomic
+from medrestore.evaluation.scoring import (
+    baseline_function,
+    baselines_for,
+    case_sigma,
+    run_baseline,
+)
 from medrestore.models import load_model
 from medrestore.pipeline.paths import MODELS, PATCHES, external_dir
 from medrestore.pipeline.stage import arg, params, run
+from medrestore.serving.inference import model_scale, restore_array
 from medrestore.tracking.runs import log_datasets, tag_outputs
 
 COLUMNS = ("task", "method", "kind", "image_id", "source", "profile", "sigma", *METRICS)
@@ -58,13 +58,19 @@ def evaluate_external(
     every baseline; write ``per_image.csv`` and ``summary.json`` to ``out_dir``; return the summary."""
     models_dir, out_dir = Path(models_dir), Path(out_dir)
     models = {}
-    for d in sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith(".")) if models_dir.is_dir() else []:
+    for d in (
+        sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith("."))
+        if models_dir.is_dir()
+        else []
+    ):
         model, mmeta = load_model(d)
         if model_scale(model, mmeta) != 1:
-            raise InputError(f"{d}: a super-resolution model; evaluate_external scores denoisers. Fix: list only denoising tasks in evaluate_external.tasks.")
+            raise InputError(f"{d}: a super-resolution model; evaluate_external scores denoisers. Fix: list only "
+                             "denoising tasks in evaluate_external.tasks.")
         models[d.name] = model
     fns = {name: baseline_function(name) for name in baselines}
-    cases = external_cases(patches_dir, seed=seed, profiles=profiles, gamma_range=gamma_range, sample=sample, prepare=prepare)
+    cases = external_cases(patches_dir, seed=seed, profiles=profiles, gamma_range=gamma_range, sample=sample,
+                           prepare=prepare)
     rows: list[dict] = []
     inputs = []
     for i, case in enumerate(cases):
@@ -72,21 +78,27 @@ def evaluate_external(
         try:
             degraded, cparams = corrupt(clean, spec, seed_words(seed, NOISE_WORD, i), fov)
         except (ValueError, TypeError, KeyError) as exc:
-            raise InputError(f"params.yaml: corrupt.tasks.{task}.test.{variant}: {exc}. Fix: correct the spec.") from exc
+            raise InputError(
+                f"params.yaml: corrupt.tasks.{task}.test.{variant}: {exc}. Fix: correct the spec."
+            ) from exc
         if degraded.shape != clean.shape:
-            raise InputError(f"params.yaml: corrupt.tasks.{task}.test.{variant} changes the image size. Fix: evaluate_external takes denoising tasks only.")
+            raise InputError(f"params.yaml: corrupt.tasks.{task}.test.{variant} changes the image size. Fix: "
+                             "evaluate_external takes denoising tasks only.")
         sigma = case_sigma(cparams, spec)
-        base = {"task": task, "image_id": case["id"], "source": case["source"], "profile": case["profile"] or "", "sigma": sigma}
+        base = {"task": task, "image_id": case["id"], "source": case["source"], "profile": case["profile"] or "",
+                "sigma": sigma}
         low = to_float(degraded)
         outputs = {"degraded": ("input", degraded)}
         for name, model in models.items():
-            outputs[name] = ("model", to_uint8(restore_array(model, low, tile=tile, overlap=overlap, device=device, scale=1)))
+            outputs[name] = ("model",
+                             to_uint8(restore_array(model, low, tile=tile, overlap=overlap, device=device, scale=1)))
         for name, fn in fns.items():
             outputs[name] = ("baseline", to_uint8(run_baseline(fn, low, sigma, 1)))
         for method, (kind, restored) in outputs.items():
             rows.append({**base, "method": method, "kind": kind, **score(restored, clean, fov)})
         means = clean[fov].astype(np.float64).mean(axis=0)
-        inputs.append({"id": case["id"], "source": case["source"], "profile": case["profile"], "gamma": case["gamma"], "gain": case["gain"],
+        inputs.append({"id": case["id"], "source": case["source"], "profile": case["profile"], "gamma": case["gamma"],
+                       "gain": case["gain"],
                        "fov_channel_means": [round(float(v), 3) for v in means]})
 
     buf = io.StringIO()
@@ -98,8 +110,9 @@ def evaluate_external(
         "task": task,
         "variant": variant,
         "spec": spec,
-        "what": "denoisers on photographs from other cameras: the task's test images recoloured to other cameras' channel "
-                "statistics (one profile per image, seeded) and scikit-image's fundus photograph; PSNR / SSIM in the FOV",
+        "what": "denoisers on photographs from other cameras: the task's test images recoloured to other cameras' "
+                "channel statistics (one profile per image, seeded) and scikit-image's fundus photograph; PSNR / SSIM "
+                "in the FOV",
         "images": inputs,
         "methods": summarise_external(rows, seed),
     }
@@ -116,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(f"params.yaml: {task!r} is not in evaluate_external.tasks. Fix: add it there.")
     tasks = all_p["corrupt"]["tasks"]
     if task not in tasks or p["variant"] not in tasks[task]["test"]:
-        raise InputError(f"params.yaml: corrupt.tasks.{task}.test has no variant {p['variant']!r}. Fix: set evaluate_external.variant to one of the task's test variants.")
+        raise InputError(f"params.yaml: corrupt.tasks.{task}.test has no variant {p['variant']!r}. Fix: set "
+                         "evaluate_external.variant to one of the task's test variants.")
     ev = all_p["evaluate"]
     out = external_dir(task)
     with run(f"evaluate_external@{task}", p, all_p) as tracker:
@@ -130,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         if tracker is not None:
             tracker.log_metrics({f"external.{m}.{k}": v["all"][k]["mean"] for m, v in summary["methods"].items()
-                                 for k in ("psnr_fov", "ssim_fov") if k in v.get("all", {}) and np.isfinite(v["all"][k]["mean"])})
+                                 for k in ("psnr_fov",
+                                           "ssim_fov") if k in v.get("all", {}) and np.isfinite(v["all"][k]["mean"])})
             tracker.log_artifact(out / "per_image.csv")
         tag_outputs(tracker, [out])

@@ -12,7 +12,8 @@ PATCHES = ARTIFACTS / "patches"          # patchify
 CORRUPT = ARTIFACTS / "corrupt"          # corrupt@TASK: CORRUPT / TASK
 MODELS = ARTIFACTS / "models"            # train@RUN, finetune@RUN, train_chain@RUN: MODELS / TASK / METHOD
 SEGMENTER = ARTIFACTS / "segmenter"      # train_segmenter (the loss's and the report's vessel segmenter)
-SCORER = ARTIFACTS / "segmenter_scoring"  # train_segmenter scoring: the independent vessel segmenter (indep_ scores)
+# train_segmenter scoring: the independent vessel segmenter (indep_ scores)
+SCORING_SEGMENTER = ARTIFACTS / "segmenter_scoring"
 EVAL = ARTIFACTS / "eval"                # evaluate@TASK: EVAL / TASK
 EXTERNAL = ARTIFACTS / "evaluate_external"  # evaluate_external@TASK: EXTERNAL / TASK (other cameras' photographs)
 REPORTS = Path("reports")                # report

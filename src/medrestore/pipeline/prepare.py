@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from medrestore.data.prepare import prepare_sources
 from medrestore.core.io import atomic_dir, read_json
+from medrestore.data.prepare import prepare_sources
 from medrestore.pipeline.paths import PREPARED, SOURCES
 from medrestore.pipeline.stage import params, run
 from medrestore.tracking.runs import log_datasets, tag_outputs

@@ -13,7 +13,6 @@ from medrestore.core.io import InputError, load_params
 from medrestore.core.params import validate_params
 from medrestore.tracking.runs import Tracker, stage_run
 
-
 #: Said after every params error of a stage: DVC has removed the stage's outputs before running it.
 CHECKOUT_FIX = ("DVC removed this stage's previous outputs before running it: after fixing params.yaml, `dvc checkout` "
                 "brings them back (or `dvc repro` rebuilds them). `medrestore check-params` checks params.yaml without "
@@ -31,7 +30,8 @@ def params() -> dict:
 def run(name: str, section_params: dict[str, Any], all_params: dict | None = None) -> AbstractContextManager[Tracker]:
     """The stage's MLflow run, named after ``DVC_STAGE`` when DVC runs it."""
     p = params() if all_params is None else all_params
-    return stage_run(os.environ.get("DVC_STAGE", name), section_params, required=bool(p.get("tracking", {}).get("required", False)))
+    return stage_run(os.environ.get("DVC_STAGE", name), section_params,
+                     required=bool(p.get("tracking", {}).get("required", False)))
 
 
 def arg(argv: list[str] | None, i: int, usage: str = "KEY") -> str:
@@ -62,7 +62,8 @@ def execute(main: Callable[[list[str]], None]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
-    if not sys.stderr.isatty():  # a log: MLflow's artifact download bars are carriage-return animations, one line each there
+    # a log: MLflow's artifact download bars are carriage-return animations, one line each there
+    if not sys.stderr.isatty():
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     start = time.monotonic()
     try:
@@ -74,7 +75,7 @@ def execute(main: Callable[[list[str]], None]) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
-        print(f"[medrestore] stopped by {signal.Signals(signum).name}: no half-written output is left (under `dvc repro` the "
-              "previous outputs were removed when the stage started: `dvc checkout` brings them back); "
-              "its MLflow run is ended as KILLED. Run it again with `dvc repro`.", file=sys.stderr)
+        print(f"[medrestore] stopped by {signal.Signals(signum).name}: no half-written output is left (under `dvc "
+              "repro` the previous outputs were removed when the stage started: `dvc checkout` brings them back); its "
+              "MLflow run is ended as KILLED. Run it again with `dvc repro`.", file=sys.stderr)
         raise SystemExit(128 + signum) from None

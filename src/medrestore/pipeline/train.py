@@ -1,8 +1,10 @@
 """train RUN: train one (task, model) pair of params.yaml's train.runs, fine-tune one of train.finetune
 (the network starts from the weights of the trained model named by ``init``), train one of train.vessel
-(a run of train.runs again with a vessel term from the train_segmenter stage's U-Net in its loss), or train one of train.chains
+(a run of train.runs again with a vessel term from the train_segmenter stage's U-Net in its loss), or train one of
+train.chains
 (Hayee2017's pipeline: a trained run's model, frozen, then a bicubic reduction, then the trained
-network; saved as one model in artifacts/models/TASK/METHOD). The settings: :func:`medrestore.core.params.train_settings`.
+network; saved as one model in artifacts/models/TASK/METHOD). The settings:
+:func:`medrestore.core.params.train_settings`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.data.patches import load_fov, load_patches
 from medrestore.core.io import InputError, atomic_dir, read_json
 from medrestore.core.params import run_entry, train_settings, with_runtime
+from medrestore.data.patches import load_fov, load_patches
 from medrestore.pipeline.paths import (
     MODELS,
     PATCHES,
@@ -27,9 +29,9 @@ from medrestore.pipeline.paths import (
 from medrestore.pipeline.stage import arg, params, run
 from medrestore.serving.mlflow_model import log_restoration_model
 from medrestore.tracking.runs import file_md5, log_datasets, tag_outputs
+from medrestore.training.chain import assemble_chain, chain_pairs
 from medrestore.training.config import TrainConfig
 from medrestore.training.engine import train_model
-from medrestore.training.chain import assemble_chain, chain_pairs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     entry = run_entry(all_p["train"], key)
     cfg_params = train_settings(all_p["train"], key, all_p["seed"], models_root=MODELS)
     cfg = TrainConfig.from_params(with_runtime(cfg_params, all_p.get("runtime")))
-    if str(cfg.perceptual.get("backbone", "")).startswith("vessel"):  # the train_segmenter stage's U-Net (a DVC dependency)
+    # the train_segmenter stage's U-Net (a DVC dependency)
+    if str(cfg.perceptual.get("backbone", "")).startswith("vessel"):
         cfg = cfg.replace(perceptual={"path": str(SEGMENTER), **cfg.perceptual})
     corrupted = corrupt_dir(entry["task"])
     corruption = read_json(corrupted / "corruption.json")
@@ -70,7 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as scratch:
             train_model(cfg, out_dir=Path(scratch), tracker=None, **data)
         return
-    with run(f"train@{key}", {"task": entry["task"], "profile": all_p["train"].get("profile", "standard"), **cfg_params}, all_p) as tracker:
+    with run(f"train@{key}",
+             {"task": entry["task"], "profile": all_p["train"].get("profile", "standard"), **cfg_params},
+             all_p) as tracker:
         log_datasets(tracker, [PATCHES, corrupted], "train")
         with atomic_dir(out) as tmp:
             train_model(cfg, out_dir=tmp, tracker=tracker, **data)
@@ -99,8 +104,10 @@ def crop_index(cfg: TrainConfig, corruption: dict, corrupted: Path, key: str) ->
     if cfg.crop_patches <= 1:
         return None
     if corruption.get("level") != "image" or (Path(corrupted) / "train_clean.npy").is_file():
-        raise InputError(f"train.runs.{key}: crop_patches assembles crops from adjacent patches, exact only for image-level "
-                         f"tasks without photometric augmentation; {corrupted} is not one. Fix: set crop_patches: 0 for this run.")
+        raise InputError(
+            f"train.runs.{key}: crop_patches assembles crops from adjacent patches, exact only for image-level "
+            f"tasks without photometric augmentation; {corrupted} is not one. Fix: set crop_patches: 0 for this run."
+        )
     meta = read_json(PATCHES / "patches.json")
     return np.load(PATCHES / "train_index.npy"), int(meta["stride"])
 

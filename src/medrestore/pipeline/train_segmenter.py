@@ -26,7 +26,7 @@ from medrestore.core.io import (
     read_mask,
     write_json_atomic,
 )
-from medrestore.pipeline.paths import PATCHES, PREPARED, SCORER, SEGMENTER
+from medrestore.pipeline.paths import PATCHES, PREPARED, SCORING_SEGMENTER, SEGMENTER
 from medrestore.pipeline.stage import params, run
 from medrestore.tracking.runs import log_datasets, tag_outputs
 from medrestore.training.segmenter import train_segmenter
@@ -42,24 +42,27 @@ from medrestore.vessels import (
 def main(argv: list[str] | None = None) -> None:
     """``train_segmenter``: the segmenter of the vessel scores and of the vessel-aware losses;
     ``train_segmenter scoring``: the independent one (params ``scoring_segmenter``: the second
-    observer's masks, another seed), written to SCORER."""
+    observer's masks, another seed), written to SCORING_SEGMENTER."""
     argv = sys.argv[1:] if argv is None else argv
     which = argv[0] if argv else ""
     if which not in ("", "scoring"):
-        raise InputError(f"train_segmenter takes no argument or 'scoring', got {which!r}. Fix: python stages/train_segmenter.py [scoring]")
+        raise InputError(f"train_segmenter takes no argument or 'scoring', got {which!r}. Fix: python "
+                         "stages/train_segmenter.py [scoring]")
     all_p = params()
     p, seed, out, name, logged = all_p["segmenter"], all_p["seed"], SEGMENTER, "train_segmenter", all_p["segmenter"]
     if which == "scoring":
         scoring = {"observer": 2, "seed_offset": 1, **(all_p.get("scoring_segmenter") or {})}
         p = {**p, "observer": scoring["observer"]}
-        seed, out, name = seed + int(scoring["seed_offset"]), SCORER, "train_scoring_segmenter"
+        seed, out, name = seed + int(scoring["seed_offset"]), SCORING_SEGMENTER, "train_scoring_segmenter"
         logged = {**p, "seed": seed}
     with run(name, logged, all_p) as tracker:
         log_datasets(tracker, [PREPARED, PATCHES], "train")
         with atomic_dir(out) as tmp:
             metrics = train_segmenter_stage(PREPARED, read_json(PATCHES / "patches.json"), tmp, params=p, seed=seed)
         tag_outputs(tracker, [out])
-        tracker.log_metrics({f"segmenter.{k}": v["mean"] for k, v in metrics.items() if isinstance(v, dict) and "mean" in v})
+        tracker.log_metrics(
+            {f"segmenter.{k}": v["mean"] for k, v in metrics.items() if isinstance(v, dict) and "mean" in v}
+        )
 
 
 def masked_images(prepared_dir: str | Path, patches_meta: dict, split: str) -> list[dict]:
@@ -87,17 +90,20 @@ def masked_images(prepared_dir: str | Path, patches_meta: dict, split: str) -> l
     return out
 
 
-def resolve_binarize_rule(threshold: float | str, train_masks: Sequence[np.ndarray], train_fovs: Sequence[np.ndarray]) -> dict[str, Any]:
+def resolve_binarize_rule(threshold: float | str, train_masks: Sequence[np.ndarray],
+                          train_fovs: Sequence[np.ndarray]) -> dict[str, Any]:
     """``threshold`` of params as a rule: a number is a fixed probability threshold;
     ``"train_fraction"`` marks, in every image, the share of its FOV that vessels cover on average
     in the training masks (a top-fraction rule like Frangi's, learned from the masks)."""
     if isinstance(threshold, str):
         if threshold != "train_fraction":
-            raise InputError(f"params.yaml: segmenter.threshold is {threshold!r}. Fix: a probability in (0, 1) or 'train_fraction'.")
+            raise InputError(f"params.yaml: segmenter.threshold is {threshold!r}. Fix: a probability in (0, 1) or "
+                             "'train_fraction'.")
         share = float(np.mean([m[f].mean() for m, f in zip(train_masks, train_fovs)]))
         return {"rule": "top_fraction", "value": round(share, 6)}
     if not 0.0 < float(threshold) < 1.0:
-        raise InputError(f"params.yaml: segmenter.threshold is {threshold}. Fix: a probability in (0, 1) or 'train_fraction'.")
+        raise InputError(f"params.yaml: segmenter.threshold is {threshold}. Fix: a probability in (0, 1) or "
+                         "'train_fraction'.")
     return {"rule": "threshold", "value": float(threshold)}
 
 
@@ -132,29 +138,37 @@ def train_segmenter_stage(
             train = second
         else:  # a dataset without second-observer masks: the first observer's, still with its own seed
             observer = 1
-            fallback = "no training image has a second observer's mask: the first observer's masks are used (another seed only)"
-            print(f"[medrestore] WARNING: {prepared_dir}: {fallback}. Fix: a source with second-observer masks (chase_db1) "
-                  "for a segmenter independent in its labels too.", file=sys.stderr)
+            fallback = ("no training image has a second observer's mask: the first observer's masks are used "
+                        "(another seed only)")
+            print(f"[medrestore] WARNING: {prepared_dir}: {fallback}. Fix: a source with second-observer masks "
+                  "(chase_db1) for a segmenter independent in its labels too.", file=sys.stderr)
     train_ids = sorted(i["id"] for i in train)
     seen = set(train_ids) & set(patches_meta["splits"]["test"])
     if seen:
         raise AssertionError(f"segmenter training images also in the test split: {sorted(seen)}")
     if not train:
-        reason = "no training image has a manual vessel mask: the Frangi segmenter (green channel, top 12 % of FOV scores) is used"
+        reason = ("no training image has a manual vessel mask: the Frangi segmenter (green channel, top 12 % of FOV "
+                  "scores) is used")
         with atomic_path(out_dir / "model.safetensors") as tmp:
             save_file({}, str(tmp), metadata={"model": FRANGI_NAME})
             os.chmod(tmp, 0o644)  # safetensors may recreate the file with the process umask (as save_model)
-        write_json_atomic(out_dir / "model.json", {"model": FRANGI_NAME, "task": "vessel-segmentation", "reason": reason, "train_ids": []})
-        metrics = {**evaluate_segmenter(VesselSegmenter(None), test), "reason": reason} if test else {"segmenter": FRANGI_NAME, "test_images": 0, "reason": reason}
+        write_json_atomic(out_dir / "model.json",
+                          {"model": FRANGI_NAME, "task": "vessel-segmentation", "reason": reason, "train_ids": []})
+        metrics = {**evaluate_segmenter(VesselSegmenter(None), test),
+                   "reason": reason} if test else {"segmenter": FRANGI_NAME, "test_images": 0, "reason": reason}
         write_json_atomic(out_dir / "metrics.json", metrics)
         return metrics
-    rule = resolve_binarize_rule(params.get("threshold", UNET_THRESHOLD), [i["vessels"] for i in train], [i["fov"] for i in train])
+    rule = resolve_binarize_rule(params.get("threshold", UNET_THRESHOLD), [i["vessels"] for i in train],
+                                 [i["fov"] for i in train])
     train_segmenter(
         [i["image"] for i in train], [i["vessels"] for i in train], [i["fov"] for i in train], out_dir,
-        steps=int(params["steps"]), patch_size=int(params["patch"]), batch_size=int(params["batch"]), lr=float(params["lr"]),
-        lr_min=float(params.get("lr_min", 1e-4)), seed=int(seed), depth=int(params.get("depth", 3)), width=int(params.get("width", 8)),
+        steps=int(params["steps"]), patch_size=int(params["patch"]), batch_size=int(params["batch"]),
+        lr=float(params["lr"]),
+        lr_min=float(params.get("lr_min", 1e-4)), seed=int(seed), depth=int(params.get("depth", 3)),
+        width=int(params.get("width", 8)),
         accelerator=params.get("accelerator", "cpu"), num_threads=params.get("num_threads"),
-        extra_meta={"binarize": rule, "train_ids": train_ids, "observer": observer, **({"observer_note": fallback} if fallback else {})},
+        extra_meta={"binarize": rule, "train_ids": train_ids, "observer": observer,
+                    **({"observer_note": fallback} if fallback else {})},
     )
     segmenter, _ = load_vessel_segmenter(out_dir)
     metrics = {**evaluate_segmenter(segmenter, test), "binarize": rule, "train_images": len(train_ids)}

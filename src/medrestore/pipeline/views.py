@@ -84,7 +84,9 @@ def sync(repo: Path = REPO) -> bool:
     block = plots_block(load_yaml((repo / "params.yaml").read_text()))
     found = re.search(r"^plots:\n(?:(?:[ #].*)?\n)*", text, flags=re.M)
     if found and text[found.end():].strip():
-        raise ValueError(f"{path}: the top-level plots: block is not the last one. Fix: move it to the end of the file.")
+        raise ValueError(
+            f"{path}: the top-level plots: block is not the last one. Fix: move it to the end of the file."
+        )
     new = (text[:found.start()] if found else text.rstrip("\n") + "\n\n") + block
     if new == text:
         return False
@@ -95,7 +97,8 @@ def sync(repo: Path = REPO) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="DVC's views derived from params.yaml: dvc.yaml's top-level plots, the exp show columns.")
+    ap = argparse.ArgumentParser(description="DVC's views derived from params.yaml: dvc.yaml's top-level plots, the "
+                                             "exp show columns.")
     ap.add_argument("--write", action="store_true", help="rewrite dvc.yaml's top-level plots: block from params.yaml")
     ap.add_argument("--keep", action="store_true", help="print the dvc exp show --keep pattern of the headline columns")
     args = ap.parse_args(argv)

@@ -12,8 +12,10 @@ from medrestore.core.io import write_bytes_atomic
 
 _CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {
-  const images = [...document.images].map(i => ({alt: i.alt, loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth}));
-  const tables = [...document.querySelectorAll('table')].map(t => ({head: t.querySelectorAll('thead tr').length, body: t.querySelectorAll('tbody tr').length}));
+  const images = [...document.images].map(i => ({alt: i.alt, loaded: i.complete && i.naturalWidth > 0,
+                                                 width: i.naturalWidth}));
+  const tables = [...document.querySelectorAll('table')].map(t => ({head: t.querySelectorAll('thead tr').length,
+                                                                   body: t.querySelectorAll('tbody tr').length}));
   const pre = document.createElement('pre');
   pre.id = 'medrestore-check';
   pre.textContent = JSON.stringify({images, tables, title: document.title, h2: document.querySelectorAll('h2').length});
@@ -46,8 +48,10 @@ def browser_check(page: Path, screenshot: Path | None = None, width: int = 1200,
     flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files"]
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.html"
-        probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK_SCRIPT + "</body>"), encoding="utf-8")
-        res = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+        probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK_SCRIPT + "</body>"),
+                         encoding="utf-8")
+        res = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True,
+                             text=True, timeout=120, check=False)
         start = res.stdout.find('<pre id="medrestore-check">')
         if start < 0:
             raise RuntimeError(f"Chromium did not run the page check (exit {res.returncode}): {res.stderr[-1500:]}")

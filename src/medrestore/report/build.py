@@ -1,5 +1,6 @@
 """The published comparison: ``reports/report.md``, a self-contained ``reports/index.html``,
-``reports/metrics.json`` (every number, per method), ``reports/headline.json`` (read by ``dvc metrics show``), ``reports/claims.json``, ``reports/targets.json`` and the figures
+``reports/metrics.json`` (every number, per method), ``reports/headline.json`` (read by ``dvc metrics show``),
+``reports/claims.json``, ``reports/targets.json`` and the figures
 they show, assembled from the evaluation's summaries, the models' curves and ``dvc.lock``."""
 
 from __future__ import annotations
@@ -8,17 +9,15 @@ import base64
 import html
 from pathlib import Path
 
-from medrestore.report.claims import RULE, check_claims, claims_rows
-from medrestore.tracking.dvclock import lock_stages
-from medrestore.evaluation.gates import failed_in_summary
 from medrestore.core.io import (
     read_json,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
+from medrestore.evaluation.gates import failed_in_summary
+from medrestore.report.claims import RULE, check_claims, claims_rows
 from medrestore.report.external import external_section
-from medrestore.report.headline import best_psnr_fov
 from medrestore.report.figures import (
     CAPTIONS,
     cost_figure,
@@ -30,6 +29,7 @@ from medrestore.report.figures import (
     small_png,
     vessel_figure,
 )
+from medrestore.report.headline import best_psnr_fov
 from medrestore.report.markup import html_page, html_table, md_table
 from medrestore.report.performance import performance_section
 from medrestore.report.policy import banner, best_models, champion_lines, task_convergence
@@ -43,22 +43,23 @@ from medrestore.report.tables import (
     sorted_methods,
     task_table,
 )
+from medrestore.report.targets import RULE as TARGET_RULE
+from medrestore.report.targets import check_targets, targets_rows
 from medrestore.report.text import (
     CONVERGENCE_TEXT,
     methods_paragraph,
     segmenter_section,
 )
 from medrestore.report.vessel_aware import vessel_section
-from medrestore.report.targets import RULE as TARGET_RULE
-from medrestore.report.targets import check_targets, targets_rows
-
+from medrestore.tracking.dvclock import lock_stages
 
 #: Where the figures go, under the report's folder: full size (DVC-cached; inline in index.html) and the
 #: small copies report.md links to (in git, so that report.md shows its figures where git is read).
 FIGURES, SMALL_FIGURES = "figures", "report_figures"
 
 
-def _add_figure(out_dir: Path, md: list[str], html_parts: list[str], name: str, alt: str, png: bytes, caption: str) -> None:
+def _add_figure(out_dir: Path, md: list[str], html_parts: list[str], name: str, alt: str, png: bytes,
+                caption: str) -> None:
     """Write figure ``name`` full size and as its small copy (:func:`small_png`); report.md shows the
     small copy, index.html the full figure inline."""
     write_bytes_atomic(out_dir / FIGURES / f"{name}.png", png)
@@ -66,7 +67,8 @@ def _add_figure(out_dir: Path, md: list[str], html_parts: list[str], name: str, 
     write_bytes_atomic(out_dir / rel, small_png(png))
     md += [f"![{alt}]({rel})", "", f"*{caption}.*", ""]
     b64 = base64.b64encode(png).decode()
-    html_parts.append(f"<figure><img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}.</figcaption></figure>")
+    html_parts.append(f"<figure><img alt='{html.escape(alt, quote=True)}' "
+                      f"src='data:image/png;base64,{b64}'><figcaption>{html.escape(caption)}.</figcaption></figure>")
 
 
 def build_report(
@@ -81,13 +83,13 @@ def build_report(
     segmenter_dir: Path | None = None,
     lock_path: Path = Path("dvc.lock"),
     bench_path: Path | None = None,
-    scorer=None,
+    scoring_segmenter=None,
     sweep_path: Path | None = None,
     external_root: Path | None = None,
 ) -> dict:
     """Write the report. ``segmenter`` is the pipeline's vessel segmenter (Frangi when None);
     ``bench_path``: ``make bench``'s ``bench.json``, shown as the performance section when it exists;
-    ``scorer``: the independent vessel segmenter and ``sweep_path`` the collected weight sweep, for
+    ``scoring_segmenter``: the independent vessel segmenter and ``sweep_path`` the collected weight sweep, for
     the vessel-aware section (:mod:`medrestore.report.vessel_aware`); ``external_root``: the
     evaluate_external stage's folder, shown as "Another camera" for the tasks it holds."""
     if segmenter is None:
@@ -108,24 +110,36 @@ def build_report(
     claims = check_claims(Path(eval_root), conv_by_task, int(params["seed"]))
     write_json_atomic(out_dir / "claims.json", claims)
     header, rows = claims_rows(claims)
-    counts = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in ("reproduced", "not reproduced", "failed", "not converged", "not run"))
+    counts = ", ".join(
+        f"{sum(c['verdict'] == v for c in claims)} {v}"
+        for v in ("reproduced", "not reproduced", "failed", "not converged", "not run")
+    )
     intro = f"What the papers claim, checked against this run's test images ({counts}). Rule: {RULE}."
     md += ["## Paper claims", "", intro, "", *md_table(header, rows)]
     html_parts.append(f"<h2 id='claims'>Paper claims</h2><p>{html.escape(intro)}</p>" + html_table(header, rows))
     targets = check_targets(Path(eval_root), conv_by_task, int(params["seed"]), Path(models_root))
     write_json_atomic(out_dir / "targets.json", targets)
     header, rows = targets_rows(targets)
-    counts = ", ".join(f"{sum(t['verdict'] == v for t in targets)} {v}" for v in ("met", "missed", "failed", "not converged", "not run"))
+    counts = ", ".join(
+        f"{sum(t['verdict'] == v for t in targets)} {v}"
+        for v in ("met", "missed", "failed", "not converged", "not run")
+    )
     intro = (f"The levels this report must reach to speak for the papers' methods ({counts}). Rule: {TARGET_RULE}. "
              "Each task's convergence table and training curves below show the curves behind the training column.")
     md += ["## Quality targets", "", intro, "", *md_table(header, rows)]
     html_parts.append(f"<h2 id='targets'>Quality targets</h2><p>{html.escape(intro)}</p>" + html_table(header, rows))
     header, rows = best_rows(Path(eval_root), tasks, conv_by_task)
-    among = "Among baselines and converged models that score above their degraded input (a model below it failed there) only."
+    among = ("Among baselines and converged models that score above their degraded input (a model below it failed "
+             "there) only.")
     champions = "Champion of each task (the registry's alias): " + "; ".join(
-        champion_lines(tasks, best_models(Path(eval_root), tasks, models_root=Path(models_root), train=params["train"]))) + "."
+        champion_lines(tasks,
+                       best_models(Path(eval_root), tasks, models_root=Path(models_root), train=params["train"]))) + "."
     md += ["## Best methods", "", among, "", *md_table(header, rows), champions, ""]
-    html_parts.append(f"<h2 id='best'>Best methods</h2><p>{html.escape(among)}</p>" + html_table(header, rows) + f"<p>{html.escape(champions)}</p>")
+    html_parts.append(
+        f"<h2 id='best'>Best methods</h2><p>{html.escape(among)}</p>"
+        + html_table(header, rows)
+        + f"<p>{html.escape(champions)}</p>"
+    )
     seg_md, seg_html = segmenter_section(segmenter_dir)
     md += seg_md
     html_parts.append(seg_html)
@@ -139,15 +153,22 @@ def build_report(
         for variant in summary["variants"]:
             header, rows = task_table(summary, variant, conv)
             md += [f"### {task}, test corruption `{variant}`", "", *md_table(header, rows)]
-            html_parts.append(f"<h3>test corruption <code>{html.escape(variant)}</code></h3>" + html_table(header, rows))
+            html_parts.append(
+                f"<h3>test corruption <code>{html.escape(variant)}</code></h3>" + html_table(header, rows)
+            )
             paired = paired_rows(summary, variant, conv)
             if paired:
                 md += [f"Paired comparison with the best classical baseline, `{variant}`:", "", *md_table(*paired)]
-                html_parts.append(f"<p>Paired comparison with the best classical baseline, <code>{html.escape(variant)}</code>:</p>" + html_table(*paired))
+                html_parts.append(
+                    f"<p>Paired comparison with the best classical baseline, <code>{html.escape(variant)}</code>:</p>"
+                    + html_table(*paired)
+                )
             failed = failed_in_summary(summary, variant)
             for m, v in summary["methods"].items():
                 trained = v[variant].get("kind") == "model"
-                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(v[variant], conv.get(m), (m in failed) if trained else None)
+                headline.setdefault(task, {}).setdefault(m, {})[variant] = headline_numbers(
+                    v[variant], conv.get(m), (m in failed) if trained else None
+                )
         methods = [m for m in sorted_methods(summary, summary["variants"][0]) if m != "clean"]
         header, rows = lineage_rows(task, methods, summary, stages, Path(models_root), conv)
         md += [f"### {task}: lineage", "", *md_table(header, rows)]
@@ -155,7 +176,10 @@ def build_report(
         if conv:
             header, rows = convergence_rows(conv, Path(models_root) / task)
             md += [f"### {task}: convergence", "", CONVERGENCE_TEXT, "", *md_table(header, rows)]
-            html_parts.append(f"<h3>{html.escape(task)}: convergence</h3><p>{html.escape(CONVERGENCE_TEXT)}</p>" + html_table(header, rows))
+            html_parts.append(
+                f"<h3>{html.escape(task)}: convergence</h3><p>{html.escape(CONVERGENCE_TEXT)}</p>"
+                + html_table(header, rows)
+            )
         costs = cost_rows(summary, conv)
         if costs:
             md += [f"### {task}: cost", "", *md_table(*costs)]
@@ -177,7 +201,7 @@ def build_report(
     ext_md, ext_html = external_section(external_root, tasks, conv_by_task)  # "Another camera" (evaluate_external)
     md += ext_md
     html_parts += ext_html
-    vessel = vessel_section(params, Path(eval_root), patches_dir, conv_by_task, scorer, sweep_path)
+    vessel = vessel_section(params, Path(eval_root), patches_dir, conv_by_task, scoring_segmenter, sweep_path)
     md += vessel["md"]
     html_parts += vessel["html"]
     for name, png, caption in vessel["figures"]:
@@ -190,5 +214,6 @@ def build_report(
     write_text_atomic(out_dir / "index.html", html_page(html_parts))
     write_text_atomic(out_dir / "report.md", "\n".join(md))
     write_json_atomic(out_dir / "metrics.json", headline)
-    write_json_atomic(out_dir / "headline.json", best_psnr_fov(headline))  # the declared DVC metrics: a terminal's width
+    # the declared DVC metrics: a terminal's width
+    write_json_atomic(out_dir / "headline.json", best_psnr_fov(headline))
     return headline

@@ -28,7 +28,11 @@ def external_table(summary: dict, converged: dict[str, dict] | None = None) -> t
     cols = [(g, m, t) for g, m, t in COLUMNS if any(m in methods[k].get(g, {}) for k in order)]
     best = {}
     for g, m, _ in cols:
-        cands = {k: methods[k][g][m]["mean"] for k in order if eligible(k, methods[k]["kind"], converged) and m in methods[k].get(g, {})}
+        cands = {
+            k: methods[k][g][m]["mean"]
+            for k in order
+            if eligible(k, methods[k]["kind"], converged) and m in methods[k].get(g, {})
+        }
         if cands:
             best[(g, m)] = max(cands, key=cands.get)
     rows = []

@@ -13,19 +13,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from medrestore.core.io import read_image, read_json, read_mask
 from medrestore.data.names import safe_name
 from medrestore.evaluation.gates import failed_in_summary
-from medrestore.core.io import read_image, read_json, read_mask
 from medrestore.report.policy import label
 
 #: The caption under each figure, by kind (the figure files are ``figures/<task>_<kind>.png``, their small
 #: copies ``report_figures/<task>_<kind>.png``).
 CAPTIONS = {
-    "crops": "The whole test image (zoom window in yellow), then the zoomed window for the clean image and every method (PSNR of the whole test image)",
-    "errors": "Per-channel absolute error against the clean image in the zoom window (Hayee2017's figure 3); one colour scale for all panels",
-    "vessels": "Vessel segmenter on each output: reference vessels found (white), missed (magenta), invented more than 2 px from any reference vessel (cyan)",
+    "crops": "The whole test image (zoom window in yellow), then the zoomed window for the clean image and every "
+             "method (PSNR of the whole test image)",
+    "errors": "Per-channel absolute error against the clean image in the zoom window (Hayee2017's figure 3); one "
+              "colour scale for all panels",
+    "vessels": "Vessel segmenter on each output: reference vessels found (white), missed (magenta), invented more "
+               "than 2 px from any reference vessel (cyan)",
     "sigma": "PSNR and thin-vessel recall against the test noise level",
-    "cost": "Quality against compute (GFLOPs per output megapixel; parameters in brackets). Measured seconds per megapixel are machine-dependent and kept out of this report: see artifacts/eval/TASK/cost.json and reports/bench.md",
+    "cost": "Quality against compute (GFLOPs per output megapixel; parameters in brackets). Measured seconds per "
+            "megapixel are machine-dependent and kept out of this report: see artifacts/eval/TASK/cost.json and "
+            "reports/bench.md",
     "curves": "Training curves (loss on training batches, PSNR on the validation patches)",
 }
 
@@ -104,7 +109,8 @@ def _test_case(patches_dir: Path, window: int) -> tuple[dict, np.ndarray, np.nda
     return entry, clean, fov, _detail_window(clean, fov, w), w
 
 
-def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128, converged: dict[str, dict] | None = None) -> bytes:
+def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128,
+                 converged: dict[str, dict] | None = None) -> bytes:
     """Qualitative grid: the whole test image with the zoom window marked, then the zoomed window
     (the green-channel detail densest, i.e. thin vessels) for the clean image and every method."""
     from matplotlib.patches import Rectangle
@@ -112,14 +118,17 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
     entry, clean, _fov, (t, l), w = _test_case(patches_dir, window)
     methods = _methods(summary)
     variants = summary["variants"]
-    fig, axes = plt.subplots(len(variants), len(methods) + 2, figsize=(2.0 * (len(methods) + 2), 2.15 * len(variants)), squeeze=False)
+    fig, axes = plt.subplots(len(variants), len(methods) + 2, figsize=(2.0 * (len(methods) + 2), 2.15 * len(variants)),
+                             squeeze=False)
     for r, variant in enumerate(variants):
         ax = axes[r][0]
         ax.imshow(clean)
         ax.add_patch(Rectangle((l, t), w, w, fill=False, edgecolor="yellow", linewidth=1.5))
         ax.set_title("test image" + (f"  [{variant}]" if len(variants) > 1 else ""), fontsize=8)
         ax.axis("off")
-        panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in methods]
+        panels = [("clean", clean)] + [(m,
+                                        _as_clean_size(_restored(eval_dir, m, variant, entry),
+                                                       clean.shape)) for m in methods]
         failed = failed_in_summary(summary, variant)
         for c, (name, img) in enumerate(panels, start=1):
             ax = axes[r][c]
@@ -133,7 +142,8 @@ def crops_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, wi
     return _fig_png(fig)
 
 
-def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128, converged: dict[str, dict] | None = None) -> bytes:
+def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, window: int = 128,
+                      converged: dict[str, dict] | None = None) -> bytes:
     """Per-channel absolute error against the clean image in the zoom window (Hayee2017's figure 3),
     for the hardest test corruption: rows are methods, columns R, G, B; one colour scale for all."""
     entry, clean, _, (t, l), w = _test_case(patches_dir, window)
@@ -141,7 +151,8 @@ def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dic
     methods = _methods(summary)
     failed = failed_in_summary(summary, variant)
     ref = clean[t : t + w, l : l + w].astype(np.float32)
-    errs = {m: np.abs(_as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)[t : t + w, l : l + w].astype(np.float32) - ref) for m in methods}
+    errs = {m: np.abs(_as_clean_size(_restored(eval_dir, m, variant, entry),
+                                     clean.shape)[t : t + w, l : l + w].astype(np.float32) - ref) for m in methods}
     vmax = max(float(np.percentile(e, 99)) for e in errs.values()) or 1.0
     fig, axes = plt.subplots(len(methods), 3, figsize=(7.0, 2.0 * len(methods)), squeeze=False)
     for r, m in enumerate(methods):
@@ -155,7 +166,8 @@ def error_maps_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dic
     return _fig_png(fig)
 
 
-def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, segmenter, window: int = 192, converged: dict[str, dict] | None = None,
+def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, segmenter, window: int = 192,
+                  converged: dict[str, dict] | None = None,
                   methods: list[str] | None = None, title: str = "", with_images: bool = False) -> bytes:
     """The pipeline's vessel segmenter on every method's output (or those of ``methods``) in the zoom
     window: vessels of the reference found (white), missed (magenta) and invented (more than 2 px
@@ -171,7 +183,9 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
     reference &= fov
     near = ndimage.distance_transform_edt(~reference) <= 2.0
     failed = failed_in_summary(summary, variant)
-    panels = [("clean", clean)] + [(m, _as_clean_size(_restored(eval_dir, m, variant, entry), clean.shape)) for m in (methods or _methods(summary))]
+    panels = [("clean", clean)] + [(m,
+                                    _as_clean_size(_restored(eval_dir, m, variant, entry),
+                                                   clean.shape)) for m in (methods or _methods(summary))]
     rows = 2 if with_images else 1
     fig, axes = plt.subplots(rows, len(panels), figsize=(2.2 * len(panels), 2.6 * rows), squeeze=False)
     for i, (name, img) in enumerate(panels):
@@ -192,7 +206,11 @@ def vessel_figure(task: str, eval_dir: Path, patches_dir: Path, summary: dict, s
         ax.set_title(f"{label(name, converged, failed)}\nmissed {missed:.0%}, invented {invented:.0%}", fontsize=7)
         ax.axis("off")
     ref_name = "manual mask" if manual else "segmentation of the clean image"
-    fig.suptitle(title or f"{task} [{variant}]: vessels found (white), missed (magenta), invented (cyan) vs the {ref_name}", fontsize=8, y=1.04 if rows == 1 else 0.98)
+    fig.suptitle(
+        title or f"{task} [{variant}]: vessels found (white), missed (magenta), invented (cyan) vs the {ref_name}",
+        fontsize=8,
+        y=1.04 if rows == 1 else 0.98,
+    )
     return _fig_png(fig)
 
 
@@ -253,13 +271,23 @@ def cost_figure(task: str, summary: dict) -> bytes | None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for m, gflops, q, params in pts:
         ax.scatter(gflops, q, s=30)
-        ax.annotate(m + (f" ({params / 1e3:.0f}k)" if params else ""), (gflops, q), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.set(xscale="log", xlabel="GFLOPs per output megapixel", ylabel=f"PSNR [{variant}] (dB)", title=f"{task}: quality against compute")
+        ax.annotate(m + (f" ({params / 1e3:.0f}k)" if params else ""), (gflops, q), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set(xscale="log", xlabel="GFLOPs per output megapixel", ylabel=f"PSNR [{variant}] (dB)",
+           title=f"{task}: quality against compute")
     return _fig_png(fig)
 
 
 def curves_figure(task: str, models_dir: Path) -> bytes | None:
-    curves = {d.name: pd.read_csv(d / "curve.csv") for d in sorted(models_dir.iterdir()) if (d / "curve.csv").is_file() and not d.name.startswith(".")} if models_dir.is_dir() else {}
+    curves = (
+        {
+            d.name: pd.read_csv(d / "curve.csv")
+            for d in sorted(models_dir.iterdir())
+            if (d / "curve.csv").is_file() and not d.name.startswith(".")
+        }
+        if models_dir.is_dir()
+        else {}
+    )
     if not curves:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))

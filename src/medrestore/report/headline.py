@@ -31,7 +31,7 @@ def best_psnr_fov(metrics: Mapping[str, Mapping[str, Mapping[str, Mapping[str, A
     out: dict[str, dict[str, float]] = {}
     for task in sorted(metrics):
         best: dict[str, float] = {}
-        for method, variants in metrics[task].items():
+        for variants in metrics[task].values():
             for variant, numbers in (variants or {}).items():
                 value = (numbers or {}).get(HEADLINE_METRIC)
                 if not _number(value) or (numbers or {}).get("converged") is False:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.evaluation.gates import FAILED, NO_CHAMPION, below_input_in_summary, failed_in_summary
 from medrestore.core.io import read_json
+from medrestore.evaluation.gates import FAILED, NO_CHAMPION, below_input_in_summary, failed_in_summary
 from medrestore.evaluation.metrics import BEST_BY
 
 NOT_CONVERGED = "not converged"
@@ -21,14 +21,16 @@ NOT_CONVERGED = "not converged"
 
 def label(method: str, converged: dict[str, dict] | None, failed: Collection[str] = ()) -> str:
     """A method's name in a table: trained models that did not converge say so in every row, and
-    those in ``failed`` (:func:`medrestore.evaluation.gates.failed_in_summary`) say that they scored below their input."""
+    those in ``failed`` (:func:`medrestore.evaluation.gates.failed_in_summary`) say that they scored below their
+    input."""
     verdict = (converged or {}).get(method)
     marks = [NOT_CONVERGED] if verdict is not None and not verdict["converged"] else []
     marks += [FAILED] if method in failed else []
     return f"{method} ({'; '.join(marks)})" if marks else method
 
 
-OWN_RUN_GAIN_DB = 1.0  # five times the plateau rule's 0.2 dB: a fine-tuning that moved its start this far is its own run
+# five times the plateau rule's 0.2 dB: a fine-tuning that moved its start this far is its own run
+OWN_RUN_GAIN_DB = 1.0
 
 
 def task_convergence(models_root: Path | None, task: str, train: dict | None = None) -> dict[str, dict]:
@@ -97,7 +99,8 @@ def task_convergence(models_root: Path | None, task: str, train: dict | None = N
 
 def eligible(method: str, kind: str, converged: dict[str, dict] | None, failed: Collection[str] = ()) -> bool:
     """Whether a method may be called best: baselines and converged trained models that are not in
-    ``failed`` (below their input on this test corruption: :func:`medrestore.evaluation.gates.below_input_in_summary`)."""
+    ``failed`` (below their input on this test corruption:
+    :func:`medrestore.evaluation.gates.below_input_in_summary`)."""
     if kind == "baseline":
         return method not in failed
     verdict = (converged or {}).get(method)
@@ -110,8 +113,8 @@ def banner(params: dict, conv_by_task: dict[str, dict[str, dict]]) -> str | None
     runs = [(t, m) for t, c in conv_by_task.items() for m, v in c.items() if not v["converged"]]
     total = sum(len(c) for c in conv_by_task.values())
     if profile == "quick":
-        return (f"**Quick tour (train.profile: quick): the models are undertrained ({len(runs)} of {total} did not converge); "
-                "nothing in this report is to be concluded about the methods.**")
+        return (f"**Quick tour (train.profile: quick): the models are undertrained ({len(runs)} of {total} did not "
+                "converge); nothing in this report is to be concluded about the methods.**")
     if runs:
         return (f"**{len(runs)} of {total} trained models did not converge ({', '.join(f'{t}/{m}' for t, m in runs)}): "
                 "their rows are marked and they make no claim about their papers' methods.**")
@@ -134,7 +137,11 @@ def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
     """The baseline or converged model not below its input that keeps the most thin vessels (recall above chance) among
     those that keep some (the 95% interval of that recall above zero) and invent at most half as large
     a share of vessel pixels as the degraded input does; None when no method qualifies."""
-    prefix = "manual" if any("manual_thin_recall_above_chance" in v.get(variant, {}) for v in summary["methods"].values()) else "ref"
+    prefix = (
+        "manual"
+        if any("manual_thin_recall_above_chance" in v.get(variant, {}) for v in summary["methods"].values())
+        else "ref"
+    )
     kept, invented = f"{prefix}_thin_recall_above_chance", f"{prefix}_invented_rate"
     floor = summary["methods"].get("degraded", {}).get(variant, {}).get(invented, {}).get("mean")
     failed = below_input_in_summary(summary, variant)
@@ -150,10 +157,12 @@ def best_on_vessels(summary: dict, variant: str, conv: dict) -> str | None:
     return f"{top} (kept {cands[top][0]:.3f}, invented {cands[top][1]:.3f})"
 
 
-def best_models(eval_root: Path, tasks: list[str], metric: str = BEST_BY, models_root: Path | None = None, train: dict | None = None) -> dict[str, dict]:
+def best_models(eval_root: Path, tasks: list[str], metric: str = BEST_BY, models_root: Path | None = None,
+                train: dict | None = None) -> dict[str, dict]:
     """Per task, its champion: the converged trained model with the highest mean ``metric`` over the
     test corruptions, among those that failed on none of them (below the degraded input's
-    :data:`~medrestore.evaluation.metrics.BEST_BY`: :mod:`medrestore.evaluation.gates`). ``models_root`` holds the curves,
+    :data:`~medrestore.evaluation.metrics.BEST_BY`: :mod:`medrestore.evaluation.gates`). ``models_root`` holds the
+    curves,
     ``train`` the params that say which models start from which (:func:`task_convergence`). A task
     with no such model is left out: it gets no champion (:func:`champion_lines` says why)."""
     best: dict[str, dict] = {}

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medrestore.evaluation.gates import below_input_in_summary, failed_in_summary
 from medrestore.core.io import read_json
-from medrestore.evaluation import metrics as M  # its views are read at call time: a metric may be registered after import
+from medrestore.evaluation import (
+    metrics as M,  # its views are read at call time: a metric may be registered after import
+)
+from medrestore.evaluation.gates import below_input_in_summary, failed_in_summary
 from medrestore.evaluation.metrics import digits
 from medrestore.evaluation.metrics import header as column_title
 from medrestore.report.policy import best_by, best_on_vessels, eligible, label
@@ -51,7 +53,8 @@ def sample_size(stats: dict) -> str:
     return f"{stats['n']} / –" if "n" in stats else "–"
 
 
-def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
+def task_table(summary: dict, variant: str,
+               converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """Rows of one task/variant table, best value per column marked with ``**`` (among baselines and
     converged models: a model that did not converge, or failed here (below its input:
     :mod:`medrestore.evaluation.gates`), is marked in its row and never called best)."""
@@ -63,7 +66,8 @@ def task_table(summary: dict, variant: str, converged: dict[str, dict] | None = 
         cands = {
             m: summary["methods"][m][variant][metric]["mean"]
             for m in methods
-            if eligible(m, summary["methods"][m][variant]["kind"], converged, failed) and metric in summary["methods"][m][variant]
+            if eligible(m, summary["methods"][m][variant]["kind"], converged,
+                        failed) and metric in summary["methods"][m][variant]
         }
         if cands:
             pick = min if metric in M.LOWER_IS_BETTER else max
@@ -94,7 +98,8 @@ def _params_digest(entry: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, models_root: Path, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
+def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, models_root: Path,
+                 converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """Per method: the DVC stage that produced it, the md5 of its model (as dvc.lock records it), of
     the task's corrupted data and of the evaluation code, a digest of its locked params, and the
     command that prints the rest of the chain (git commit, MLflow run)."""
@@ -108,20 +113,32 @@ def lineage_rows(task: str, methods: list[str], summary: dict, stages: dict, mod
         kind = summary["methods"][m][summary["variants"][0]]["kind"]
         if kind == "model":
             model_file = (Path(models_root) / task / m / "model.safetensors").as_posix()
-            name, entry = next(((n, e) for n, e in stages.items() if n.startswith(("train@", "finetune@", "train_chain@")) and any(o["path"] == model_file for o in e.get("outs", []))), (None, {}))
+            name, entry = next(
+                (
+                    (n, e)
+                    for n, e in stages.items()
+                    if n.startswith(("train@", "finetune@", "train_chain@"))
+                    and any(o["path"] == model_file for o in e.get("outs", []))
+                ),
+                (None, {}),
+            )
             md5 = next((o.get("md5") for o in entry.get("outs", []) if o["path"] == model_file), None)
-            rows.append([label(m, converged, failed), name or "-", _short(md5), data_md5, _params_digest(entry) if entry else "-", f"`medrestore lineage {model_file}`"])
+            rows.append([label(m, converged, failed), name or "-", _short(md5), data_md5,
+                         _params_digest(entry) if entry else "-", f"`medrestore lineage {model_file}`"])
         else:
-            rows.append([m, f"evaluate@{task}", "-", data_md5, _params_digest(evaluate) if evaluate else "-", f"`medrestore lineage artifacts/eval/{task}/summary.json`"])
+            rows.append([m, f"evaluate@{task}", "-", data_md5, _params_digest(evaluate) if evaluate else "-",
+                         f"`medrestore lineage artifacts/eval/{task}/summary.json`"])
     return header, rows
 
 
-def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]] | None:
+def paired_rows(summary: dict, variant: str,
+                converged: dict[str, dict] | None = None) -> tuple[list[str], list[list[str]]] | None:
     """Each model minus the best classical baseline on the same test images."""
     entry = summary.get("paired_tests", {}).get(variant)
     if not entry or not entry.get("models"):
         return None
-    header = ["model", f"vs {entry['baseline']}", "mean difference [95% CI]", "model better / worse (subjects)", "Wilcoxon p (smallest possible)",
+    header = ["model", f"vs {entry['baseline']}", "mean difference [95% CI]", "model better / worse (subjects)",
+              "Wilcoxon p (smallest possible)",
               "images / subjects"]
     rows = []
     failed = failed_in_summary(summary, variant)
@@ -132,9 +149,18 @@ def paired_rows(summary: dict, variant: str, converged: dict[str, dict] | None =
             if not t or "mean_diff" not in t:
                 continue
             fmt = f"{{:+.{digits(metric)}f}}"
-            rows.append([label(model, converged, failed), column_title(metric), f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
-                         f"{t['model_better']} / {t['baseline_better']} of {t['n']}" if t.get("higher_is_better", True) else f"{t['baseline_better']} / {t['model_better']} of {t['n']}",
-                         f"{t['wilcoxon_p']:.3f} ({t['min_p']:.3f})", sample_size({"n": t["n"], **t})])
+            rows.append(
+                [
+                    label(model, converged, failed),
+                    column_title(metric),
+                    f"{fmt.format(t['mean_diff'])} [{fmt.format(t['ci95'][0])}, {fmt.format(t['ci95'][1])}]",
+                    f"{t['model_better']} / {t['baseline_better']} of {t['n']}"
+                    if t.get("higher_is_better", True)
+                    else f"{t['baseline_better']} / {t['model_better']} of {t['n']}",
+                    f"{t['wilcoxon_p']:.3f} ({t['min_p']:.3f})",
+                    sample_size({"n": t["n"], **t}),
+                ]
+            )
     return header, rows
 
 
@@ -149,7 +175,8 @@ def cost_rows(summary: dict, converged: dict[str, dict] | None = None) -> tuple[
     rows = []
     for m in sorted(methods):
         p, f = methods[m].get("parameters"), methods[m].get("flops_per_mpix")
-        rows.append([label(m, converged, failed), f"{p:,}" if isinstance(p, int) else "–", f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
+        rows.append([label(m, converged, failed), f"{p:,}" if isinstance(p, int) else "–",
+                     f"{f / 1e9:.1f}" if isinstance(f, (int, float)) else "–"])
     return header, rows
 
 
@@ -172,15 +199,26 @@ def convergence_rows(conv: dict[str, dict], task_models: Path) -> tuple[list[str
     for m, v in sorted(conv.items()):
         metrics = read_json(task_models / m / "metrics.json") if (task_models / m / "metrics.json").is_file() else {}
         gain = v.get("last_quarter_gain_db")
-        rows.append([m, str(metrics.get("steps", "?")), f"{metrics['best_val_psnr']:.2f}" if "best_val_psnr" in metrics else "–",
-                     "–" if gain is None else f"{gain:+.2f}", ("yes" + (f" ({v['note']})" if v.get("note") else "")) if v["converged"] else f"no ({v.get('why', 'still improving')})"])
+        rows.append(
+            [
+                m,
+                str(metrics.get("steps", "?")),
+                f"{metrics['best_val_psnr']:.2f}" if "best_val_psnr" in metrics else "–",
+                "–" if gain is None else f"{gain:+.2f}",
+                ("yes" + (f" ({v['note']})" if v.get("note") else ""))
+                if v["converged"]
+                else f"no ({v.get('why', 'still improving')})",
+            ]
+        )
     return header, rows
 
 
-def best_rows(eval_root: Path, tasks: list[str], conv_by_task: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[str]]]:
+def best_rows(eval_root: Path, tasks: list[str],
+              conv_by_task: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[str]]]:
     """Per task and test corruption: the best method in PSNR inside the FOV, and the best on vessels,
     among baselines and converged models (:func:`best_on_vessels`)."""
-    header = ["task [test]", "best in PSNR inside the FOV", "best on vessels (most thin vessels kept above chance, inventing at most half the input's share)"]
+    header = ["task [test]", "best in PSNR inside the FOV",
+              "best on vessels (most thin vessels kept above chance, inventing at most half the input's share)"]
     rows = []
     for task in tasks:
         summary = read_json(Path(eval_root) / task / "summary.json")
@@ -188,6 +226,7 @@ def best_rows(eval_root: Path, tasks: list[str], conv_by_task: dict[str, dict[st
         for variant in summary["variants"]:
             top = best_by(summary, variant, conv)
             vessels = best_on_vessels(summary, variant, conv)
-            rows.append([f"{task} [{variant}]", top or "none: no baseline or converged model beats the degraded input", vessels or "none keeps thin vessels above chance without inventing"])
+            rows.append([f"{task} [{variant}]", top or "none: no baseline or converged model beats the degraded input",
+                         vessels or "none keeps thin vessels above chance without inventing"])
     return header, rows
 

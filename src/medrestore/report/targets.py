@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from medrestore.report.claims import per_image_scores, per_image_tables, sample_size
-from medrestore.evaluation.scoring import image_subjects, interval
-from medrestore.evaluation.gates import FAILED, NO_CHAMPION, failed_in_table
 from medrestore.core.io import read_json
+from medrestore.evaluation.gates import FAILED, NO_CHAMPION, failed_in_table
 from medrestore.evaluation.metrics import BEST_BY, LOWER_IS_BETTER
+from medrestore.evaluation.scoring import image_subjects, interval
+from medrestore.report.claims import per_image_scores, per_image_tables, sample_size
 
 #: Stands for the task's trained model with the highest mean :data:`~medrestore.evaluation.metrics.BEST_BY`
 #: (PSNR inside the FOV) on the target's test corruption, among converged models above their input only.
@@ -52,23 +52,30 @@ class Target:
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("the best learned denoiser at least CBM3D + 2.0 dB", "Hayee2017: DnCNN 39.96 dB", "denoise-g25", "s25", "psnr_fov", BEST, "bm3d", margin=2.0),
+    Target("the best learned denoiser at least CBM3D + 2.0 dB", "Hayee2017: DnCNN 39.96 dB", "denoise-g25", "s25",
+           "psnr_fov", BEST, "bm3d", margin=2.0),
     Target("DnCNN at least CBM3D", "Hayee2017", "denoise-g25", "s25", "psnr_fov", "dncnn", "bm3d"),
     Target("DnCNN above NL-means", "Hayee2017", "denoise-g25", "s25", "psnr_fov", "dncnn", "nlmeans"),
     Target("DnCNN above REDAE", "Hayee2017: 39.96 vs 33.00 dB", "denoise-g25", "s25", "psnr_fov", "dncnn", "redae"),
-    Target("DnCNN-green above DnCNN in green-channel PSNR", "Hayee2017", "denoise-g25", "s25", "psnr_green_fov", "dncnn-green", "dncnn"),
-    Target("IRUNet (blind) above NL-means at sigma 50", "GilZuluaga2021", "denoise-blind", "s50", "psnr_fov", "irunet", "nlmeans"),
-    Target("IRUNet (blind) within 0.3 dB of NL-means at sigma 25", "GilZuluaga2021", "denoise-blind", "s25", "psnr_fov", "irunet", "nlmeans", margin=-0.3),
-    Target("LapSRN above bicubic by at least 0.3 dB at x4", "Krenz2018", "sr-x4", "x4", "psnr_fov", "lapsrn", "bicubic", margin=0.3),
-    Target("the best denoiser keeps at least half of the clean image's thin vessels (above chance, vs the manual mask)", "vessels",
+    Target("DnCNN-green above DnCNN in green-channel PSNR", "Hayee2017", "denoise-g25", "s25", "psnr_green_fov",
+           "dncnn-green", "dncnn"),
+    Target("IRUNet (blind) above NL-means at sigma 50", "GilZuluaga2021", "denoise-blind", "s50", "psnr_fov", "irunet",
+           "nlmeans"),
+    Target("IRUNet (blind) within 0.3 dB of NL-means at sigma 25", "GilZuluaga2021", "denoise-blind", "s25", "psnr_fov",
+           "irunet", "nlmeans", margin=-0.3),
+    Target("LapSRN above bicubic by at least 0.3 dB at x4", "Krenz2018", "sr-x4", "x4", "psnr_fov", "lapsrn", "bicubic",
+           margin=0.3),
+    Target("the best denoiser keeps at least half of the clean image's thin vessels (above chance, vs the manual mask)",
+           "vessels",
            "denoise-g25", "s25", "manual_thin_recall_above_chance", BEST, "clean", factor=0.5),
     Target("the best denoiser invents at most half as many vessel pixels as the noisy input", "vessels",
            "denoise-g25", "s25", "manual_invented_rate", BEST, "degraded", factor=0.5),
 )
 
-RULE = ("met: the mean over the test subjects (each subject's images averaged first) of (model - factor x reference), turned where lower is better, is at least the "
-        "margin; failed: a trained model of the target scores below its degraded input; not converged: a trained model of the target did not converge (its number is the budget's); the "
-        "training column says how far each trained model went")
+RULE = ("met: the mean over the test subjects (each subject's images averaged first) of (model - factor x reference), "
+        "turned where lower is better, is at least the margin; failed: a trained model of the target scores below its "
+        "degraded input; not converged: a trained model of the target did not converge (its number is the budget's); "
+        "the training column says how far each trained model went")
 
 
 def _means(table: pd.DataFrame, variant: str, metric: str, kinds: tuple[str, ...]) -> dict[str, float]:
@@ -110,19 +117,28 @@ def check_target(target: Target, table: pd.DataFrame, converged: dict[str, dict]
     if subject is None:
         trained = sorted(converged)
         above = any(v.get("converged") for v in converged.values())  # some converged, and all of those failed
-        return {**out, "verdict": ("failed" if above else "not converged") if trained else "not run", "values": {},
-                "why": (NO_CHAMPION if above else "no trained model of the task converged") if trained else "no trained model in this run",
-                "training": [n for n in (training_note(m, converged[m]) for m in trained) if n]}
-    a, b = per_image_scores(table, target.variant, subject, target.metric), per_image_scores(table, target.variant, target.reference, target.metric)
+        return {
+            **out,
+            "verdict": ("failed" if above else "not converged") if trained else "not run",
+            "values": {},
+            "why": (NO_CHAMPION if above else "no trained model of the task converged")
+            if trained
+            else "no trained model in this run",
+            "training": [n for n in (training_note(m, converged[m]) for m in trained) if n],
+        }
+    a, b = per_image_scores(table, target.variant, subject,
+                            target.metric), per_image_scores(table, target.variant, target.reference, target.metric)
     if a is None or b is None:
         missing = [m for m, s in ((subject, a), (target.reference, b)) if s is None]
-        return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}", "training": []}
+        return {**out, "values": {}, "verdict": "not run", "why": f"not evaluated: {', '.join(missing)}",
+                "training": []}
     a, b = a.align(b, join="inner")
     sign = -1.0 if out["lower_is_better"] else 1.0
     diff = sign * (a.to_numpy() - target.factor * b.to_numpy())
     subjects = [image_subjects(table).get(str(i), str(i)) for i in a.index]
     out["values"] = {subject: round(float(a.mean()), 4), target.reference: round(float(b.mean()), 4)}
-    out["difference"] = {**interval(diff, seed, subjects, digits=4), "note": "subject - factor x reference, turned so that > 0 is better"}
+    out["difference"] = {**interval(diff, seed, subjects, digits=4),
+                         "note": "subject - factor x reference, turned so that > 0 is better"}
     trained = [m for m in (subject, target.reference) if m in converged]
     out["training"] = [n for n in (training_note(m, converged[m]) for m in trained) if n]
     unconverged = [m for m in trained if not converged[m]["converged"]]
@@ -147,7 +163,8 @@ def check_targets(eval_root: Path, conv_by_task: dict[str, dict[str, dict]], see
     tables = per_image_tables(eval_root, {t.task for t in targets})
     for t in targets:
         if tables[t.task] is None:
-            results.append({**asdict(t), "values": {}, "verdict": "not run", "why": f"task {t.task} not evaluated", "training": []})
+            results.append({**asdict(t), "values": {}, "verdict": "not run", "why": f"task {t.task} not evaluated",
+                            "training": []})
             continue
         conv = {}
         for m, v in conv_by_task.get(t.task, {}).items():
@@ -159,7 +176,8 @@ def check_targets(eval_root: Path, conv_by_task: dict[str, dict[str, dict]], see
 
 
 def targets_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["target", "task [test]", "metric", "values", "difference - margin [95% CI]", "images / subjects", "verdict", "training"]
+    header = ["target", "task [test]", "metric", "values", "difference - margin [95% CI]", "images / subjects",
+              "verdict", "training"]
     rows = []
     for r in results:
         vals = ", ".join(f"{m}: {v:.3f}" for m, v in (r.get("values") or {}).items()) or "–"
@@ -168,5 +186,6 @@ def targets_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         if d:
             m = r["margin"]
             diff = f"{d['mean'] - m:+.3f} [{d['ci95'][0] - m:+.3f}, {d['ci95'][1] - m:+.3f}]"
-        rows.append([r["target"], f"{r['task']} [{r['variant']}]", r["metric"], vals, diff, sample_size(d), r["verdict"], "; ".join(r.get("training") or []) or "–"])
+        rows.append([r["target"], f"{r['task']} [{r['variant']}]", r["metric"], vals, diff, sample_size(d),
+                     r["verdict"], "; ".join(r.get("training") or []) or "–"])
     return header, rows

@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from medrestore.evaluation.scoring import interval, subjects_of
 from medrestore.core.io import read_json
-from medrestore.report.figures import _fig_png, vessel_figure
 from medrestore.evaluation.gates import failed_in_summary
+from medrestore.evaluation.scoring import interval, subjects_of
+from medrestore.report.figures import _fig_png, vessel_figure
 from medrestore.report.policy import label
 
 #: The PSNR a vessel term may cost and still count as free (dB, inside the FOV).
@@ -36,11 +36,12 @@ COMPARED = (
     ("manual_invented_rate", "vessels invented (loss's segmenter)", True),
 )
 FORMS = {"vessel": "segmenter features", "vessel_prob": "vessel probability, thin-weighted"}
-CAPTION_OVERLAY = ("The plain and the vessel-aware models in one zoom window (top) and the independent segmenter's vessels on them (bottom): reference "
-                   "(manual mask) vessels found (white), missed (magenta), invented more than 2 px from any reference vessel (cyan)")
-CAPTION_SWEEP = ("Weight sweep of the vessel terms (DVC experiments): PSNR inside the FOV against thin vessels kept above chance and "
-                 "against vessels invented, both by the independent segmenter; one point per weight, the plain model and the "
-                 "baselines as reference points")
+CAPTION_OVERLAY = ("The plain and the vessel-aware models in one zoom window (top) and the independent segmenter's "
+                   "vessels on them (bottom): reference (manual mask) vessels found (white), missed (magenta), "
+                   "invented more than 2 px from any reference vessel (cyan)")
+CAPTION_SWEEP = ("Weight sweep of the vessel terms (DVC experiments): PSNR inside the FOV against thin vessels kept "
+                 "above chance and against vessels invented, both by the independent segmenter; one point per weight, "
+                 "the plain model and the baselines as reference points")
 
 
 def vessel_groups(train: dict) -> dict[tuple[str, str], list[dict]]:
@@ -83,17 +84,24 @@ def compare(table: pd.DataFrame, variant: str, plain: str, vessel: list[dict], s
         rose = kept is not None and kept["ci95"][0] > 0
         cost = None if psnr is None else -psnr["mean"]
         verdict = ("thin-vessel recall rose" if rose else "no rise in thin-vessel recall") + (
-            "" if cost is None else f" at a PSNR cost of {cost:.2f} dB ({'below' if cost < PSNR_BUDGET_DB else 'not below'} {PSNR_BUDGET_DB} dB)")
+            ""
+            if cost is None
+            else f" at a PSNR cost of {cost:.2f} dB "
+            f"({'below' if cost < PSNR_BUDGET_DB else 'not below'} {PSNR_BUDGET_DB} dB)"
+        )
         out.append({**v, "differences": diffs, "recall_rose": rose, "psnr_cost_db": cost,
                     "within_budget": rose and cost is not None and cost < PSNR_BUDGET_DB, "verdict": verdict})
     return out
 
 
-def table_rows(summary: dict, variant: str, plain: str, results: list[dict], conv: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "form (weight)", *(t for _, t, _ in COMPARED), "vs plain: thin kept (independent)", "vs plain: PSNR in FOV (dB)", "verdict",
+def table_rows(summary: dict, variant: str, plain: str, results: list[dict],
+               conv: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "form (weight)", *(t for _, t, _ in COMPARED), "vs plain: thin kept (independent)",
+              "vs plain: PSNR in FOV (dB)", "verdict",
               "images / subjects"]
     rows = []
-    methods = ["degraded", *sorted(m for m, v in summary["methods"].items() if v.get(variant, {}).get("kind") == "baseline"), plain]
+    methods = ["degraded",
+               *sorted(m for m, v in summary["methods"].items() if v.get(variant, {}).get("kind") == "baseline"), plain]
     for m in methods + [r["method"] for r in results]:
         st = summary["methods"].get(m, {}).get(variant)
         if st is None:
@@ -108,7 +116,8 @@ def table_rows(summary: dict, variant: str, plain: str, results: list[dict], con
             else:
                 cells.append("–")
         form = "plain" if m == plain else (f"{FORMS.get(r['form'], r['form'])} ({r['weight']:g})" if r else st["kind"])
-        extra = ([_fmt(r["differences"]["indep_thin_recall_above_chance"], 3), _fmt(r["differences"]["psnr_fov"], 2), r["verdict"]]
+        extra = ([_fmt(r["differences"]["indep_thin_recall_above_chance"], 3), _fmt(r["differences"]["psnr_fov"], 2),
+                  r["verdict"]]
                  if r else ["", "", ""])
         size = f"{st['n_images']} / {st['n_subjects']}" if "n_subjects" in st else "–"
         rows.append([label(m, conv, failed_in_summary(summary, variant)), form, *cells, *extra, size])
@@ -125,7 +134,8 @@ def sweep_figure(sweep: dict, summary: dict, variant: str, plain: str) -> bytes 
     for ax, col, title in ((axes[0], "indep_thin_recall_above_chance", "thin vessels kept above chance (independent)"),
                            (axes[1], "indep_invented_rate", "vessels invented (independent)")):
         for form in sorted({p["form"] for p in points}):
-            pts = sorted((p for p in points if p["form"] == form and col in p and "psnr_fov" in p), key=lambda p: p["weight"])
+            pts = sorted((p for p in points if p["form"] == form and col in p and "psnr_fov" in p),
+                         key=lambda p: p["weight"])
             if not pts:
                 continue
             xs, ys = [p[col] for p in pts], [p["psnr_fov"] for p in pts]
@@ -136,14 +146,22 @@ def sweep_figure(sweep: dict, summary: dict, variant: str, plain: str) -> bytes 
         off = []
         for m, st in summary["methods"].items():
             s = st.get(variant, {})
-            if col in s and "psnr_fov" in s and s.get("kind") == "baseline" and plain_psnr is not None and s["psnr_fov"]["mean"] < plain_psnr - 2.0:
+            if (
+                col in s
+                and "psnr_fov" in s
+                and s.get("kind") == "baseline"
+                and plain_psnr is not None
+                and s["psnr_fov"]["mean"] < plain_psnr - 2.0
+            ):
                 off.append(f"{m} {s['psnr_fov']['mean']:.1f} dB")  # far below: it would squeeze the sweep into a corner
                 continue
             if col in s and "psnr_fov" in s and (m == plain or s.get("kind") == "baseline"):
                 ax.plot(s[col]["mean"], s["psnr_fov"]["mean"], marker="*" if m == plain else "s", linestyle="none",
                         color="black" if m == plain else "grey", markersize=10 if m == plain else 6)
-                ax.annotate(m, (s[col]["mean"], s["psnr_fov"]["mean"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
-        ax.set_xlabel(title + (f"\n(off the chart, more than 2 dB below {plain}: {', '.join(off)})" if off else ""), fontsize=8)
+                ax.annotate(m, (s[col]["mean"], s["psnr_fov"]["mean"]), fontsize=7, xytext=(3, -9),
+                            textcoords="offset points")
+        ax.set_xlabel(title + (f"\n(off the chart, more than 2 dB below {plain}: {', '.join(off)})" if off else ""),
+                      fontsize=8)
         ax.set_ylabel("PSNR inside the FOV (dB)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -163,17 +181,19 @@ def sweep_on_split(sweep: dict, patches_dir: Path) -> tuple[dict, str | None]:
         return sweep, None
     where = ("was scored on other test images than" if sweep.get("test_images") else
              "does not record the test images it was scored on, so it cannot be matched with")
-    why = (f"The recorded weight sweep ({len(sweep['points'])} points in reports/vessel_sweep.json) {where} this evaluation's "
-           f"{len(test_images)}: it is not drawn. Fix: run the sweep again on this split (docs/pipeline.md, vessel-aware "
-           "training) and collect it with `medrestore sweep --replace`.")
+    why = (f"The recorded weight sweep ({len(sweep['points'])} points in reports/vessel_sweep.json) {where} this "
+           f"evaluation's {len(test_images)}: it is not drawn. Fix: run the sweep again on this split "
+           "(docs/pipeline.md, vessel-aware training) and collect it with `medrestore sweep --replace`.")
     return {**sweep, "points": []}, why
 
 
-def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_task: dict[str, dict], scorer, sweep_path: Path | None) -> dict:
+def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_task: dict[str, dict], scoring_segmenter,
+                   sweep_path: Path | None) -> dict:
     """The section as ``{"md": [...], "html": [...], "figures": [(name, png, caption)], "results": {...}}``
     (empty when params.yaml has no ``train.vessel``)."""
-    from medrestore.report.markup import html_table, md_table
     import html as _html
+
+    from medrestore.report.markup import html_table, md_table
 
     out = {"md": [], "html": [], "figures": [], "results": {}}
     groups = vessel_groups(params["train"])
@@ -181,12 +201,13 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
         return out
     sweep = read_json(sweep_path) if sweep_path is not None and Path(sweep_path).is_file() else {"points": []}
     sweep, stale = sweep_on_split(sweep, patches_dir)
-    intro = (f"Each vessel-aware model is its plain twin trained again with one added loss term (same data, steps and seed), built on "
-             f"the pipeline's vessel segmenter, frozen. The vessels are judged by an independent segmenter (another seed, trained "
-             f"on the second observer's masks) and, for comparison, by the loss's own segmenter. Differences are paired over the "
-             f"test images (mean and 95% bootstrap interval over the test subjects, both eyes of one person resampled together; "
-             f"each row states its images / subjects); a vessel term is worth it when the independent thin-vessel recall "
-             f"rises (interval above 0) at a PSNR cost below {PSNR_BUDGET_DB} dB.")
+    intro = ("Each vessel-aware model is its plain twin trained again with one added loss term (same data, steps and "
+             "seed), built on the pipeline's vessel segmenter, frozen. The vessels are judged by an independent "
+             "segmenter (another seed, trained on the second observer's masks) and, for comparison, by the loss's own "
+             "segmenter. Differences are paired over the test images (mean and 95% bootstrap interval over the test "
+             "subjects, both eyes of one person resampled together; each row states its images / subjects); a vessel "
+             "term is worth it when the independent thin-vessel recall rises (interval above 0) at a PSNR cost below "
+             f"{PSNR_BUDGET_DB} dB.")
     out["md"] += ["## Vessel-aware training", "", intro, ""]
     out["html"].append(f"<h2 id='vessel-aware'>Vessel-aware training</h2><p>{_html.escape(intro)}</p>")
     for (task, plain), runs in sorted(groups.items()):
@@ -202,22 +223,28 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
         for variant in summary["variants"]:
             results = compare(table, variant, plain, present, int(params["seed"]))
             out["results"].setdefault(task, {})[variant] = {
-                r["method"]: {k: r[k] for k in ("form", "weight", "recall_rose", "psnr_cost_db", "within_budget", "verdict")} | {
+                r["method"]: {k: r[k] for k in ("form", "weight", "recall_rose", "psnr_cost_db", "within_budget",
+                                                "verdict")} | {
                     "differences": r["differences"]} for r in results}
             header, rows = table_rows(summary, variant, plain, results, conv)
             out["md"] += [f"### {task} [{variant}]: {plain} and its vessel-aware variants", "", *md_table(header, rows)]
-            out["html"].append(f"<h3>{_html.escape(task)} [{_html.escape(variant)}]: {_html.escape(plain)} and its vessel-aware variants</h3>"
-                               + html_table(header, rows))
-            if scorer is not None:
-                png = vessel_figure(task, eval_dir, patches_dir, summary, scorer, converged=conv, methods=["degraded", plain, *(r["method"] for r in present)],
-                                    title=f"{task} [{variant}]: the independent segmenter on {plain} and its vessel-aware variants", with_images=True)
+            out["html"].append(
+                f"<h3>{_html.escape(task)} [{_html.escape(variant)}]: {_html.escape(plain)} "
+                "and its vessel-aware variants</h3>"
+                + html_table(header, rows)
+            )
+            if scoring_segmenter is not None:
+                png = vessel_figure(task, eval_dir, patches_dir, summary, scoring_segmenter, converged=conv,
+                                    methods=["degraded", plain, *(r["method"] for r in present)],
+                                    title=f"{task} [{variant}]: the independent segmenter on {plain} and its "
+                                          "vessel-aware variants", with_images=True)
                 out["figures"].append((f"{task}_vessel_overlay", png, CAPTION_OVERLAY))
             png = sweep_figure(sweep, summary, variant, plain)
             if png is not None:
                 out["figures"].append((f"{task}_vessel_sweep", png, CAPTION_SWEEP))
             elif not sweep.get("points"):
-                note = stale or ("No weight sweep recorded yet (reports/vessel_sweep.json has no points): run the sweep of "
-                                 "docs/pipeline.md (vessel-aware training) and `medrestore sweep` to draw it.")
+                note = stale or ("No weight sweep recorded yet (reports/vessel_sweep.json has no points): run the "
+                                 "sweep of docs/pipeline.md (vessel-aware training) and `medrestore sweep` to draw it.")
                 out["md"] += [note, ""]
                 out["html"].append(f"<p>{_html.escape(note)}</p>")
     return out

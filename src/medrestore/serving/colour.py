@@ -68,8 +68,9 @@ def colour_warnings(image: np.ndarray, fov: np.ndarray | None, colour: dict | No
             continue
         lo, hi = allowed_range(colour[c])
         if not lo <= means[k] <= hi:
-            outside.append(f"{c} channel mean {means[k]:.1f} (training range {colour[c]['p5']:.1f}-{colour[c]['p95']:.1f})")
+            outside.append(f"{c} channel mean {means[k]:.1f} (training range "
+                           f"{colour[c]['p5']:.1f}-{colour[c]['p95']:.1f})")
     if not outside:
         return []
-    return [f"warning: {name}: inside the FOV, {', '.join(outside)} is far outside the colours the model was trained on "
-            "(5th-95th percentile of its training patches' channel means): the output may be unreliable."]
+    return [f"warning: {name}: inside the FOV, {', '.join(outside)} is far outside the colours the model was trained "
+            "on (5th-95th percentile of its training patches' channel means): the output may be unreliable."]

@@ -36,7 +36,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def model_scale(model: nn.Module, meta: dict | None = None, *, channels: int = 3, probe: int = 32, device: str | torch.device = "cpu") -> int:
+def model_scale(model: nn.Module, meta: dict | None = None, *, channels: int = 3, probe: int = 32,
+                device: str | torch.device = "cpu") -> int:
     """Output/input size ratio of ``model``: ``meta['scale']`` or ``meta['kwargs']['scale']`` when
     ``meta`` (the model's ``model.json``) gives one, else one forward pass on a ``probe`` px input."""
     for holder in (meta or {}, (meta or {}).get("kwargs", {}) or {}):
@@ -55,7 +56,8 @@ PRECISIONS = ("float32", "bf16")
 
 
 @torch.inference_mode()
-def _restore_tiled(model: nn.Module, src: torch.Tensor, tile: int, overlap: int, scale: int, device, precision: str = "float32") -> np.ndarray:
+def _restore_tiled(model: nn.Module, src: torch.Tensor, tile: int, overlap: int, scale: int, device,
+                   precision: str = "float32") -> np.ndarray:
     c, h, w = src.shape
     device_type = torch.device(device).type
     out = np.empty((h * scale, w * scale, c), dtype=np.float32)
@@ -71,8 +73,8 @@ def _restore_tiled(model: nn.Module, src: torch.Tensor, tile: int, overlap: int,
             expected = ((b0 - t0) * scale, (r0 - l0) * scale)
             if pred.shape[1:] != expected:
                 raise ValueError(
-                    f"the model returned {pred.shape[1:]} for a {(b0 - t0, r0 - l0)} tile; expected {expected} at scale {scale}. "
-                    "Fix: pass the model's scale (model.json 'scale' or kwargs.scale)."
+                    f"the model returned {pred.shape[1:]} for a {(b0 - t0, r0 - l0)} tile; expected {expected} at "
+                    f"scale {scale}. Fix: pass the model's scale (model.json 'scale' or kwargs.scale)."
                 )
             s = scale
             out[top * s : bottom * s, left * s : right * s] = pred[
@@ -131,5 +133,6 @@ def restore_array(
             size = max(size // 2, min_tile)
             continue
         if size != tile:
-            warnings.warn(f"out of memory with {tile} px tiles; restored with {size} px tiles", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"out of memory with {tile} px tiles; restored with {size} px tiles", RuntimeWarning,
+                          stacklevel=2)
         return out

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -63,7 +62,8 @@ def _canonical(name: str) -> str:
 
 def requirements() -> list[str]:
     """The served model's pip requirements: ``mlflow-skinny`` at the running MLflow's version,
-    :data:`PYFUNC_PACKAGES` and :data:`SERVING_PACKAGES` at the pins medrestore declares (the installed version where it declares
+    :data:`PYFUNC_PACKAGES` and :data:`SERVING_PACKAGES` at the pins medrestore declares (the installed version where it
+    declares
     none, e.g. when medrestore runs from a source folder without being installed)."""
     import re
     from importlib.metadata import PackageNotFoundError, requires, version
@@ -121,7 +121,8 @@ def _source_copy(dest: Path) -> Path:
 
     import medrestore
 
-    shutil.copytree(Path(medrestore.__file__).parent, dest / "medrestore", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(Path(medrestore.__file__).parent, dest / "medrestore",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
 
 
@@ -192,8 +193,9 @@ def register_champion(task: str, model_uri: str, md5: str, tags: dict[str, str],
     try:
         client.get_registered_model(name)
     except Exception:  # noqa: BLE001  MLflow raises its own error when the name is new
-        client.create_registered_model(name, description=f"Best converged model of the {task} task (medrestore report stage); "
-                                                          f"alias {CHAMPION}: the current best.")
+        client.create_registered_model(name,
+                                       description=f"Best converged model of the {task} task (medrestore report "
+                                                   f"stage); alias {CHAMPION}: the current best.")
     same = [v for v in client.search_model_versions(f"name='{name}'") if (v.tags or {}).get("model_md5") == md5]
     if same:
         version = max(same, key=lambda v: int(v.version))
@@ -253,15 +255,20 @@ def model_folder(uri: str, dest: Path | None = None) -> Path:
     except Exception as exc:  # noqa: BLE001  MLflow raises several types for a missing model
         text = f"{type(exc).__name__}: {exc}"
         if any(word in text for word in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out")):
-            raise InputError(f"{uri}: the MLflow tracking server at {tracking_uri()} cannot be reached ({' '.join(text.split())[:200]}). "
-                             "Fix: start it (`make mlflow-server`), or set MLFLOW_TRACKING_URI to the store that has the model.") from None
-        raise InputError(f"{uri}: not found in the MLflow store at {tracking_uri()} ({str(exc)[:200]}). Fix: check the name and "
-                         "alias (`mlflow models` / the UI's Models page), or set MLFLOW_TRACKING_URI to the store that has it.") from None
+            raise InputError(f"{uri}: the MLflow tracking server at {tracking_uri()} cannot be reached "
+                             f"({' '.join(text.split())[:200]}). Fix: start it (`make mlflow-server`), or set "
+                             "MLFLOW_TRACKING_URI to the store that has the model.") from None
+        raise InputError(f"{uri}: not found in the MLflow store at {tracking_uri()} ({str(exc)[:200]}). Fix: check the "
+                         "name and alias (`mlflow models` / the UI's Models page), or set MLFLOW_TRACKING_URI to the "
+                         "store that has it.") from None
     found = sorted(p.parent for p in local.glob(f"artifacts/{ARTIFACT}/model.json")) or sorted(
-        p.parent for p in local.rglob("model.json") if CODE_ARTIFACT not in p.relative_to(local).parts)  # not in the source copy
+        # not in the source copy
+        p.parent for p in local.rglob("model.json") if CODE_ARTIFACT not in p.relative_to(local).parts)
     if not found:
-        raise InputError(f"{uri}: the MLflow model holds no medrestore model folder (model.json). Fix: pass a model logged by a medrestore training stage.")
+        raise InputError(f"{uri}: the MLflow model holds no medrestore model folder (model.json). Fix: pass a model "
+                         "logged by a medrestore training stage.")
     meta = json.loads((found[0] / "model.json").read_text())
     if "model" not in meta:
-        raise InputError(f"{found[0] / 'model.json'}: names no model. Fix: pass a model logged by a medrestore training stage.")
+        raise InputError(f"{found[0] / 'model.json'}: names no model. Fix: pass a model logged by a medrestore "
+                         "training stage.")
     return found[0]

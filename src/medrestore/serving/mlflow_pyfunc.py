@@ -26,8 +26,9 @@ def _find_medrestore(copy: str | None) -> None:
     """Make ``import medrestore`` work: the installed package if any, else the logged copy."""
     if importlib.util.find_spec("medrestore") is None:
         if copy is None:
-            raise ImportError("medrestore is not installed and the model holds no copy of it. "
-                              "Fix: pip install medrestore into this environment, or log the model again with medrestore.serving.mlflow_model.")
+            raise ImportError("medrestore is not installed and the model holds no copy of it. Fix: pip install "
+                              "medrestore into this environment, or log the model again with "
+                              "medrestore.serving.mlflow_model.")
         sys.path.append(copy)
 
 

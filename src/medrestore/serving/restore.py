@@ -24,12 +24,13 @@ import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from torch import nn
 
-from medrestore.data.fov import detect_fov
-from medrestore.serving.inference import model_scale, restore_array
 from medrestore.core.io import InputError, open_image, workspace_root, write_bytes_atomic
+from medrestore.data.fov import detect_fov
 from medrestore.models import MODELS, load_model
+from medrestore.serving.inference import model_scale, restore_array
 
-FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
+FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
+           ".gif": "GIF", ".webp": "WEBP"}
 #: Formats written back as they came (an MPO, a camera JPEG with extra pictures, is written as MPO).
 WRITABLE = ("PNG", "TIFF", "JPEG", "BMP", "GIF", "WEBP", "MPO")
 #: Formats that hold several frames (pages) written back with ``save_all``.
@@ -56,9 +57,9 @@ def resolve_model(spec: str, root: Path | None = None) -> Path:
     workspace = Path(root or workspace_root())
     if not (workspace / "dvc.yaml").is_file():
         raise InputError(
-            f"{spec}: no such model folder, and {Path.cwd()} is not inside the medrestore repository (no dvc.yaml here or "
-            "above), where trained models are looked up by name under artifacts/models. Fix: run the command from the "
-            "repository, or pass the path of a model folder (or its model.safetensors)."
+            f"{spec}: no such model folder, and {Path.cwd()} is not inside the medrestore repository (no dvc.yaml here "
+            "or above), where trained models are looked up by name under artifacts/models. Fix: run the command from "
+            "the repository, or pass the path of a model folder (or its model.safetensors)."
         )
     models = workspace / "artifacts" / "models"
     if "/" in spec:
@@ -262,7 +263,8 @@ def _read_colour16(path: Path) -> NativeImage | None:
         with open_image(path) as img:
             orientation = img.getexif().get(ORIENTATION, 1)
             pages = getattr(img, "n_frames", 1)
-            shown = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32) if orientation not in (None, 1) else None
+            shown = np.asarray(ImageOps.exif_transpose(img).convert("RGB"),
+                               dtype=np.float32) if orientation not in (None, 1) else None
     except InputError:
         raise
     except Exception:  # noqa: BLE001 - Pillow does not parse every file OpenCV reads; then no tag can be seen either
@@ -276,8 +278,8 @@ def _read_colour16(path: Path) -> NativeImage | None:
                 arr = cand
                 break
         else:
-            raise InputError(f"{path}: a 16-bit colour image with EXIF orientation {orientation} whose pixels cannot be oriented "
-                             "reliably. Fix: save it upright without the orientation tag.")
+            raise InputError(f"{path}: a 16-bit colour image with EXIF orientation {orientation} whose pixels cannot "
+                             "be oriented reliably. Fix: save it upright without the orientation tag.")
     alpha = None
     if arr.shape[2] == 4:
         alpha = np.ascontiguousarray(arr[..., 3])  # uint16: written back at 16 bits
@@ -335,7 +337,8 @@ def encode_native(img: NativeImage) -> bytes:
     kwargs: dict = {"quality": 95} if fmt in ("JPEG", "MPO") else {"lossless": True} if fmt == "WEBP" else {}
     if img.frames:
         if fmt not in MULTI_FRAME:
-            raise InputError(f"{img.format} cannot hold {1 + len(img.frames)} frames. Fix: restore the frames as separate files.")
+            raise InputError(f"{img.format} cannot hold {1 + len(img.frames)} frames. Fix: restore the frames as "
+                             "separate files.")
         kwargs.update(save_all=True, append_images=[_frame_pil(f) for f in img.frames])
         if img.durations is not None:
             kwargs["duration"] = list(img.durations)
@@ -352,7 +355,8 @@ def model_channels(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return int(m.in_channels)
-    raise InputError("the model has no convolution layer to read its input channels from. Fix: use a model written by the train stage.")
+    raise InputError("the model has no convolution layer to read its input channels from. Fix: use a model written by "
+                     "the train stage.")
 
 
 def _constant(pixels: np.ndarray) -> bool:
@@ -368,14 +372,15 @@ def check_size(img: NativeImage, path: Path) -> None:
     h, w = img.pixels.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise InputError(
-            f"{path}: {w}x{h} pixels, smaller than {MIN_SIDE}x{MIN_SIDE}: too small to restore (every output pixel would be "
-            "computed mostly from the network's padding, and instance-normalised networks return a fixed colour). "
-            f"Fix: restore a crop or image at least {MIN_SIDE} px on each side."
+            f"{path}: {w}x{h} pixels, smaller than {MIN_SIDE}x{MIN_SIDE}: too small to restore (every output pixel "
+            "would be computed mostly from the network's padding, and instance-normalised networks return a fixed "
+            f"colour). Fix: restore a crop or image at least {MIN_SIDE} px on each side."
         )
 
 
 def restore_image(
-    model: nn.Module, img: NativeImage, path: Path, *, fov: str = "none", tile: int = 512, overlap: int = 32, device: str = "cpu",
+    model: nn.Module, img: NativeImage, path: Path, *, fov: str = "none", tile: int = 512, overlap: int = 32,
+    device: str = "cpu",
     precision: str = "float32",
 ) -> NativeImage:
     """Restore one image read by :func:`read_native` (every frame of a multi-frame one).
@@ -395,18 +400,24 @@ def restore_image(
             "Fix: convert the image to greyscale, or use a model trained on colour images."
         )
     else:
-        raise InputError(f"{path}: {have} channels, the model takes {want}. Fix: use a model trained on {have}-channel images.")
+        raise InputError(f"{path}: {have} channels, the model takes {want}. Fix: use a model trained on {have}-channel "
+                         "images.")
     if _constant(img.pixels):
         s = model_scale(model, channels=want, device=device)
         out = np.repeat(np.repeat(img.pixels, s, axis=0), s, axis=1)
     else:
-        out = restore_array(model, np.ascontiguousarray(x, dtype=np.float32), tile=tile, overlap=overlap, device=device, precision=precision)
+        out = restore_array(model, np.ascontiguousarray(x, dtype=np.float32), tile=tile, overlap=overlap, device=device,
+                            precision=precision)
         if not np.isfinite(out).all():
             bad = int(np.count_nonzero(~np.isfinite(out).all(axis=2)))
             raise InputError(
-                f"{path}: the model returned NaN or infinite values for {bad} pixel(s); nothing was written for this image. "
-                + ("Fix: restore with --precision float32." if precision != "float32" else
-                   "Fix: use another model (its weights or arithmetic overflow on this image).")
+                f"{path}: the model returned NaN or infinite values for {bad} pixel(s); "
+                "nothing was written for this image. "
+                + (
+                    "Fix: restore with --precision float32."
+                    if precision != "float32"
+                    else "Fix: use another model (its weights or arithmetic overflow on this image)."
+                )
             )
         if want == 3 and have == 1:
             out = out.mean(axis=2, keepdims=True)
@@ -419,7 +430,8 @@ def restore_image(
     if alpha is not None and out.shape[:2] != alpha.shape:
         alpha = np.asarray(Image.fromarray(alpha).resize(out.shape[1::-1], Image.Resampling.NEAREST))
     frames = tuple(
-        restore_image(model, f, path, fov=fov, tile=tile, overlap=overlap, device=device, precision=precision) for f in img.frames
+        restore_image(model, f, path, fov=fov, tile=tile, overlap=overlap, device=device,
+                      precision=precision) for f in img.frames
     )
     return NativeImage(out.astype(np.float32), alpha, img.bits, img.grey, img.format, frames, img.durations, img.loop)
 
@@ -430,20 +442,22 @@ def load_model_checked(folder: Path) -> tuple[nn.Module, dict]:
     folder = Path(folder)
     meta_path = folder / "model.json"
     meta: dict = {}
-    restore_fix = ("Fix: put back the model.json the train stage wrote beside these weights (`dvc checkout` the train stage, "
-                   "or `dvc repro` it), or pass the model folder it belongs to.")
+    restore_fix = ("Fix: put back the model.json the train stage wrote beside these weights (`dvc checkout` the train "
+                   "stage, or `dvc repro` it), or pass the model folder it belongs to.")
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{meta_path}: not valid JSON ({exc}). {restore_fix}") from exc
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
-            raise InputError(f'{meta_path}: no "model" name of a network (an object {{"model": NAME, "kwargs": {{...}}}} is expected). {restore_fix}')
+            raise InputError(f'{meta_path}: no "model" name of a network (an object {{"model": NAME, "kwargs": '
+                             f'{{...}}}} is expected). {restore_fix}')
         name, kwargs = meta["model"], meta.get("kwargs", {})
         if not isinstance(kwargs, dict):
             raise InputError(f'{meta_path}: "kwargs" must be an object, not {kwargs!r}. {restore_fix}')
         if name != "chain" and name not in MODELS:
-            raise InputError(f"{meta_path}: names the network {name!r}, which is not one of {', '.join(MODELS)}. {restore_fix}")
+            raise InputError(f"{meta_path}: names the network {name!r}, which is not one of {', '.join(MODELS)}. "
+                             f"{restore_fix}")
     try:
         model, loaded = load_model(folder)
     except InputError as exc:
@@ -458,13 +472,15 @@ def load_model_checked(folder: Path) -> tuple[nn.Module, dict]:
             f"({meta.get('model')!r}, kwargs {meta.get('kwargs', {})}): {first}. {restore_fix}"
         ) from exc
     except (TypeError, ValueError, KeyError) as exc:  # kwargs the network does not take
-        raise InputError(f"{meta_path}: cannot build {meta.get('model')!r} with kwargs {meta.get('kwargs', {})} ({exc}). {restore_fix}") from exc
-    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point() and not torch.isfinite(t).all()]
+        raise InputError(f"{meta_path}: cannot build {meta.get('model')!r} with kwargs {meta.get('kwargs', {})} "
+                         f"({exc}). {restore_fix}") from exc
+    bad = [name for name, t in (*model.named_parameters(),
+                                *model.named_buffers()) if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise InputError(
-            f"{folder / 'model.safetensors'}: {len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}): every output would be NaN. Fix: use a checkpoint saved before training "
-            "diverged, or retrain the model (`dvc repro`)."
+            f"{folder / 'model.safetensors'}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): every output would be NaN. Fix: use a "
+            "checkpoint saved before training diverged, or retrain the model (`dvc repro`)."
         )
     return model, loaded
 
@@ -476,7 +492,8 @@ def plan_outputs(inputs: list[str], out_dir: Path, log=print, *, overwrite: bool
     A file listed twice is restored once."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir}: an existing file, not a folder. Fix: pass a folder (it is created if missing), e.g. --out {out_dir.with_name(out_dir.stem + '_restored')}.")
+        raise InputError(f"--out {out_dir}: an existing file, not a folder. Fix: pass a folder (it is created if "
+                         f"missing), e.g. --out {out_dir.with_name(out_dir.stem + '_restored')}.")
     pairs, by_name, seen = [], {}, set()
     for name in inputs:
         path = Path(name)
@@ -498,16 +515,20 @@ def plan_outputs(inputs: list[str], out_dir: Path, log=print, *, overwrite: bool
             "Fix: restore the files of each folder in a separate run with its own --out, or rename one of them."
         )
     inputs_real = {os.path.realpath(p) for p, _ in pairs}
-    hits = [(p, d) for p, d in pairs if os.path.realpath(d) in inputs_real and os.path.realpath(d) != os.path.realpath(p)]
+    hits = [(p,
+             d) for p, d in pairs if os.path.realpath(d) in inputs_real and os.path.realpath(d) != os.path.realpath(p)]
     if hits:
         lines = "; ".join(f"the output of {p} would be {d}, which is also an input" for p, d in hits)
-        raise InputError(f"{lines}: nothing was restored, no input is ever overwritten. Fix: choose an --out folder that holds none of the inputs.")
+        raise InputError(f"{lines}: nothing was restored, no input is ever overwritten. Fix: choose an --out folder "
+                         "that holds none of the inputs.")
     existing = [d for p, d in pairs if os.path.realpath(d) != os.path.realpath(p) and d.is_file()]
     if existing and not overwrite:
-        shown = ", ".join(str(d) for d in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        shown = ", ".join(str(d) for d in existing[:3]) + (
+            f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        )
         raise InputError(
-            f"{shown}: already exist{'s' if len(existing) == 1 else ''} in --out and would be replaced: nothing was restored. "
-            "Fix: choose another --out folder, or pass --overwrite to replace them."
+            f"{shown}: already exist{'s' if len(existing) == 1 else ''} in --out and would be replaced: nothing was "
+            "restored. Fix: choose another --out folder, or pass --overwrite to replace them."
         )
     if existing:
         for d in existing:
@@ -520,9 +541,11 @@ def check_tiling(tile, overlap) -> None:
     from medrestore.serving.inference import MIN_TILE
 
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE:
-        raise InputError(f"--tile {tile}: tiles must be at least {MIN_TILE} px on a side. Fix: pass e.g. --tile 512 (the default).")
+        raise InputError(f"--tile {tile}: tiles must be at least {MIN_TILE} px on a side. Fix: pass e.g. --tile 512 "
+                         "(the default).")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-        raise InputError(f"--overlap {overlap}: the overlap is a number of pixels, 0 or more. Fix: pass e.g. --overlap 32 (the default).")
+        raise InputError(f"--overlap {overlap}: the overlap is a number of pixels, 0 or more. Fix: pass e.g. --overlap "
+                         "32 (the default).")
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -593,16 +616,19 @@ def restore_files(
             if os.path.realpath(dest) == os.path.realpath(path):
                 raise InputError(f"{path}: the output would overwrite the input. Fix: choose another --out folder.")
             if dest.is_dir():
-                raise InputError(f"{dest}: a folder has the output's name. Fix: move it away, or choose another --out folder.")
+                raise InputError(f"{dest}: a folder has the output's name. Fix: move it away, or choose another --out "
+                                 "folder.")
             img = read_native(path)
             for line in input_colour_warnings(img, meta.get("colour"), path):
                 log(line)
-            restored = restore_image(model, img, path, fov=fov, tile=tile, overlap=overlap, device=device, precision=precision)
+            restored = restore_image(model, img, path, fov=fov, tile=tile, overlap=overlap, device=device,
+                                     precision=precision)
             data = encode_native(restored)
             try:
                 write_bytes_atomic(dest, data)
             except OSError as exc:
-                raise InputError(f"{dest}: cannot be written ({exc.strerror or exc}). Fix: free disk space or check the folder's permissions.") from exc
+                raise InputError(f"{dest}: cannot be written ({exc.strerror or exc}). Fix: free disk space or check "
+                                 "the folder's permissions.") from exc
             written.append(dest)
             notes = []
             if is_constant(img):

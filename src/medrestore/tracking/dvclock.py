@@ -26,7 +26,8 @@ def read_lock(path: Path, *, required: bool = False) -> dict:
         raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:300]}). Fix: restore it with "
                          f"`git checkout {path.name}` (or rerun `dvc repro`, which rewrites it).") from None
     if not isinstance(lock, dict):
-        raise InputError(f"{path}: not a dvc.lock (a mapping with 'stages'). Fix: restore it with `git checkout {path.name}`.")
+        raise InputError(f"{path}: not a dvc.lock (a mapping with 'stages'). Fix: restore it with `git checkout "
+                         f"{path.name}`.")
     return lock
 
 

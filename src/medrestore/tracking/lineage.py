@@ -19,10 +19,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from medrestore.tracking.dvclock import find_stage, read_lock
 from medrestore.core.io import InputError
-from medrestore.tracking.runs import EXPERIMENT, file_md5, tracking_uri
 from medrestore.evaluation.metrics import headline, headline_key, headline_scores
+from medrestore.tracking.dvclock import find_stage, read_lock
+from medrestore.tracking.runs import EXPERIMENT, file_md5, tracking_uri
 
 
 def git_recording_commit(root: Path, md5: str) -> dict | None:
@@ -113,11 +113,13 @@ def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) 
     path = Path(path)
     full = (path if path.is_absolute() else Path.cwd() / path).resolve()
     if not full.exists():
-        raise InputError(f"{path}: no such file. Fix: give a file written by the pipeline, e.g. artifacts/models/<task>/<model>/model.safetensors.")
+        raise InputError(f"{path}: no such file. Fix: give a file written by the pipeline, e.g. "
+                         "artifacts/models/<task>/<model>/model.safetensors.")
     try:
         rel = full.relative_to(root).as_posix()
     except ValueError:
-        raise InputError(f"{path}: not inside the repository {root}. Fix: run from the repository or give a path inside it.") from None
+        raise InputError(f"{path}: not inside the repository {root}. Fix: run from the repository or give a path "
+                         "inside it.") from None
     lock = read_lock(root / "dvc.lock", required=True)
     found = find_stage(lock, rel)
     if found is None:
@@ -129,7 +131,9 @@ def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) 
         manifest = dir_manifest(root, out.get("md5") or "")
         inner = rel[len(out["path"].rstrip("/")) + 1:]
         if manifest is None:
-            lock_note = f"the DVC cache holds no manifest of {out['path']} ({out.get('md5')}): run `dvc pull` or `dvc status`"
+            lock_note = (
+                f"the DVC cache holds no manifest of {out['path']} ({out.get('md5')}): run `dvc pull` or `dvc status`"
+            )
         elif inner not in manifest:
             locked_md5, lock_note = "", f"{inner} is not a file of {out['path']} as dvc.lock recorded it"
         else:
@@ -158,24 +162,30 @@ def lineage(path: str | Path, root: Path | None = None, uri: str | None = None) 
 def format_lineage(rec: dict[str, Any]) -> str:
     lines = [f"file        {rec['file']}", f"md5         {rec['md5'] or '(directory)'}"]
     if rec["matches_lock"] is False:
-        lines.append(f"WARNING     the file differs from what dvc.lock recorded (md5 {rec.get('lock_md5') or 'none'}): it was changed "
-                     "after the stage ran (run `dvc status`; `dvc checkout` restores it).")
+        lines.append(f"WARNING     the file differs from what dvc.lock recorded (md5 {rec.get('lock_md5') or 'none'}): "
+                     "it was changed after the stage ran (run `dvc status`; `dvc checkout` restores it).")
     if rec.get("lock_note"):
         lines.append(f"NOTE        {rec['lock_note']}")
-    lines += [f"stage       {rec['stage']}  ({rec['command']})", f"output      {rec['stage_output']}  md5 {rec['stage_output_md5']}"]
+    lines += [f"stage       {rec['stage']}  ({rec['command']})",
+              f"output      {rec['stage_output']}  md5 {rec['stage_output_md5']}"]
     lines.append("inputs")
     lines += [f"  {d['md5'] or '-':<40} {d['path']}" for d in rec["deps"]]
     lines.append("params")
     lines += [f"  {k} = {json.dumps(v)}" for k, v in rec["params"].items()]
     g = rec["git"]
-    lines.append(f"git         {g['commit']}  {g['date']}  {g['subject']}" if g else "git         (this dvc.lock entry is not committed yet)")
+    lines.append(
+        f"git         {g['commit']}  {g['date']}  {g['subject']}"
+        if g
+        else "git         (this dvc.lock entry is not committed yet)"
+    )
     m = rec["mlflow"]
     if m is None:
         lines.append("mlflow      (no finished run of this stage in the tracking store)")
     elif "error" in m:
         lines.append(f"mlflow      (tracking store unreachable: {m['error']})")
     else:
-        lines.append(f"mlflow      run {m['run_id']} (matched by {m['matched_by']}; code {m['git_commit']}, dirty={m['git_dirty']})")
+        lines.append(f"mlflow      run {m['run_id']} (matched by {m['matched_by']}; code {m['git_commit']}, "
+                     f"dirty={m['git_dirty']})")
     return "\n".join(lines)
 
 
@@ -185,7 +195,11 @@ def scores_description(task: str, model: str, summary: dict) -> str:
     lines = [(f"{task}/{model}: mean scores over the test images (artifacts/eval/{task}/summary.json; the same numbers "
               "are the version's tags and its training run's metrics test_<corruption>_<metric>).")]
     for variant in sorted(summary["methods"].get(model, {})):
-        parts = [f"{name} {scores[headline_key(variant, name)]:.4g}" for name in headline() if headline_key(variant, name) in scores]
+        parts = [
+            f"{name} {scores[headline_key(variant, name)]:.4g}"
+            for name in headline()
+            if headline_key(variant, name) in scores
+        ]
         lines.append(f"- {variant}: " + ", ".join(parts))
     return "\n".join(lines)
 
@@ -237,8 +251,8 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
             run_id = (rec["mlflow"] or {}).get("run_id")
             uri = client.get_run(run_id).data.tags.get("model_uri") if run_id else None
             if not uri:
-                raise RuntimeError(f"the training run of {task}/{pick['model']} ({run_id or 'not found'}) logged no MLflow model. "
-                                   f"Fix: retrain it (dvc repro --force the stage {rec['stage']}).")
+                raise RuntimeError(f"the training run of {task}/{pick['model']} ({run_id or 'not found'}) logged no "
+                                   f"MLflow model. Fix: retrain it (dvc repro --force the stage {rec['stage']}).")
             tags = {
                 "task": task,
                 "model": pick["model"],
@@ -249,7 +263,11 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
                 **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
                 "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
             }
-            colour = json.loads((folder / "model.json").read_text()).get("colour") if (folder / "model.json").is_file() else None
+            colour = (
+                json.loads((folder / "model.json").read_text()).get("colour")
+                if (folder / "model.json").is_file()
+                else None
+            )
             if colour:  # the training targets' channel means (medrestore restore's colour-range check)
                 tags["train_colour"] = json.dumps(colour, sort_keys=True)[:4000]
             with repo_lock("register"):  # two queued experiments' report stages: one registration at a time

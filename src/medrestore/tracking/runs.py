@@ -154,10 +154,13 @@ def git_state(root: Path | None = None) -> tuple[str, list[str]]:
     directory), or ("unknown", []) outside git."""
     root = root or Path.cwd()
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        prefix = subprocess.run(["git", "rev-parse", "--show-prefix"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        prefix = subprocess.run(["git", "rev-parse", "--show-prefix"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain=v1", "-z", "--untracked-files=no", "--", "."], cwd=root, capture_output=True, check=True
+            ["git", "status", "--porcelain=v1", "-z", "--untracked-files=no", "--", "."], cwd=root, capture_output=True,
+            check=True
         ).stdout.decode(errors="replace")
     except (OSError, subprocess.CalledProcessError):
         return "unknown", []
@@ -311,7 +314,9 @@ def stage_tags(stage: str) -> dict[str, str]:
         "host": socket.gethostname(),
     }
     if changed:  # what makes it dirty, so that the flag can be judged
-        tags["git_dirty_paths"] = " ".join(changed[:20]) + (f" (+{len(changed) - 20} more)" if len(changed) > 20 else "")
+        tags["git_dirty_paths"] = " ".join(changed[:20]) + (
+            f" (+{len(changed) - 20} more)" if len(changed) > 20 else ""
+        )
     return tags
 
 
@@ -327,7 +332,8 @@ def end_abandoned_runs(stage: str, current: str | None = None) -> list[str]:
     if exp is None:
         return []
     ended = []
-    for run in client.search_runs([exp.experiment_id], filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'",
+    for run in client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'",
                                   max_results=100):
         tags = run.data.tags
         if run.info.run_id == current or tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
@@ -367,7 +373,8 @@ def stage_run(stage: str | None, params: dict[str, Any], *, required: bool = Fal
                 f"MLflow is unreachable at {uri} ({exc}); tracking.required is true, so the stage stops. "
                 "Fix: start the tracking server, unset MLFLOW_TRACKING_URI, or set tracking.required: false."
             ) from exc
-        print(f"[medrestore] WARNING: MLflow unreachable at {uri} ({str(exc)[:300]}); this run is NOT tracked.", file=sys.stderr)
+        print(f"[medrestore] WARNING: MLflow unreachable at {uri} ({str(exc)[:300]}); this run is NOT tracked.",
+              file=sys.stderr)
         tracker = Tracker(None, required)
         try:
             yield tracker
@@ -387,7 +394,8 @@ def stage_run(stage: str | None, params: dict[str, Any], *, required: bool = Fal
         raise
     finally:
         # After a failure the run's end is tried once, without retries: the server may be back.
-        with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5") if tracker.gave_up else contextlib.nullcontext():
+        with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                  MLFLOW_HTTP_REQUEST_TIMEOUT="5") if tracker.gave_up else contextlib.nullcontext():
             try:
                 mlflow.end_run(status=status)
             except Exception as exc:  # noqa: BLE001 (any MLflow failure is counted, never raised)
@@ -434,7 +442,8 @@ def dir_md5(folder: Path) -> str:
     import json
 
     folder = Path(folder)
-    entries = sorted(({"md5": file_md5(f), "relpath": f.relative_to(folder).as_posix()} for f in folder.rglob("*") if f.is_file()),
+    entries = sorted(({"md5": file_md5(f),
+                       "relpath": f.relative_to(folder).as_posix()} for f in folder.rglob("*") if f.is_file()),
                      key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
@@ -489,7 +498,8 @@ def log_datasets(tracker, paths: list[Path], context: str, root: Path | None = N
         with warnings.catch_warnings():
             # MLflow 3.17 registers its local-file source twice, then warns that a local path "can be
             # interpreted in multiple ways" (both are the same class)
-            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            warnings.filterwarnings("ignore",
+                                    message="The specified dataset source can be interpreted in multiple ways")
             source = resolve_dataset_source(str((Path(root or Path.cwd()) / name).resolve()))
         tracker.call("log_input", mlflow.log_input, MetaDataset(source, name=name, digest=digest), context=context)
     return datasets
@@ -501,6 +511,7 @@ def run_by_output(client, rel: str, md5: str, stage_prefix: str = "") -> Any:
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`out_md5:{rel}` = '{md5}' and attributes.status = 'FINISHED'",
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.`out_md5:{rel}` = '{md5}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=50)
     return next((r for r in runs if r.data.tags.get("dvc_stage", "").startswith(stage_prefix)), None)

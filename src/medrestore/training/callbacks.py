@@ -26,10 +26,14 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def non_finite_error(run: str, step: int, what: str, value: float, ckpt: Path | None) -> NonFiniteLossError:
-    kept = f"the last good checkpoint {ckpt} is kept" if ckpt is not None and ckpt.is_file() else "no checkpoint had been written yet"
+    kept = (
+        f"the last good checkpoint {ckpt} is kept"
+        if ckpt is not None and ckpt.is_file()
+        else "no checkpoint had been written yet"
+    )
     return NonFiniteLossError(
-        f"run {run!r}: {what} became {value} at step {step}. Fix: lower the learning rate (train.models.<model>.lr or the "
-        f"run's overrides in params.yaml) or check the data; {kept} and the bad state was not saved."
+        f"run {run!r}: {what} became {value} at step {step}. Fix: lower the learning rate (train.models.<model>.lr or "
+        f"the run's overrides in params.yaml) or check the data; {kept} and the bad state was not saved."
     )
 
 

@@ -58,7 +58,8 @@ def chain_pairs(first_dir: Path, run: str, train_pairs: Pairs, val_pairs: Pairs,
     return out[0], out[1]
 
 
-def assemble_chain(first_dir: Path, trained_dir: Path, downscale: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def assemble_chain(first_dir: Path, trained_dir: Path, downscale: int,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replace the trained network in ``trained_dir`` by the chain first -> downscale -> trained
     (one ``model.safetensors`` and ``model.json``); returns the chain's ``model.json``."""
     first, first_meta = load_model(Path(first_dir))
@@ -83,7 +84,8 @@ def assemble_chain(first_dir: Path, trained_dir: Path, downscale: int, extra: di
 
 def check_first(first_dir: Path, run: str) -> None:
     if not (Path(first_dir) / "model.safetensors").is_file():
-        raise InputError(f"{first_dir}: no trained model for the first part of chain {run!r}. Fix: `dvc repro` (it trains that run first).")
+        raise InputError(f"{first_dir}: no trained model for the first part of chain {run!r}. Fix: `dvc repro` (it "
+                         "trains that run first).")
 
 
 __all__ = ["assemble_chain", "chain_pairs", "check_first", "first_stage_inputs", "subset_indices"]

@@ -18,7 +18,8 @@ OPTIMIZERS = ("adam", "sgd")
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "cosine_factor", "lr_factor", "make_optimizer", "make_scheduler"]
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig,
+                   lr: float | None = None) -> torch.optim.Optimizer:
     lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)

@@ -6,7 +6,8 @@ improving. The rule: the best validation PSNR reached by the end of the run is l
 so far is used rather than the last value, so that one noisy validation neither hides nor fakes a
 plateau. A curve of fewer than ``MIN_VAL_POINTS`` validations is too short to tell a plateau from
 noise (four points over a GAN's 80 steps say nothing): not converged. A run with no validation at or
-before the start of its last quarter cannot show a plateau either and counts as not converged. A curve whose last validation ends ``MIN_GAIN_DB`` or more below its
+before the start of its last quarter cannot show a plateau either and counts as not converged. A curve whose last
+validation ends ``MIN_GAIN_DB`` or more below its
 best is no plateau either (a GAN trading PSNR for its adversary, a fine-tuning that undoes its
 start): not converged. The engine writes this verdict into the model's ``metrics.json``; the report
 adds one rule that needs the other runs (a fine-tuned or chained model converged only if the model
@@ -31,7 +32,8 @@ WINDOW = 0.25
 MIN_VAL_POINTS = 8
 
 
-def convergence(points: Iterable[tuple[int, float]], steps: int | None = None, *, min_gain_db: float = MIN_GAIN_DB, window: float = WINDOW) -> dict:
+def convergence(points: Iterable[tuple[int, float]], steps: int | None = None, *, min_gain_db: float = MIN_GAIN_DB,
+                window: float = WINDOW) -> dict:
     """``points``: (step, validation PSNR) pairs; ``steps``: the run's length (default: the last
     validated step). Returns ``converged``, ``last_quarter_gain_db`` (None when undefined) and the
     rule as text."""
@@ -45,7 +47,8 @@ def convergence(points: Iterable[tuple[int, float]], steps: int | None = None, *
     before = [p for s, p in pts if s <= start]
     few = f"only {len(pts)} validation points; at least {MIN_VAL_POINTS} needed" if len(pts) < MIN_VAL_POINTS else None
     if not before:
-        return {"converged": False, "last_quarter_gain_db": None, "rule": rule, "why": few or "no validation before the last quarter"}
+        return {"converged": False, "last_quarter_gain_db": None, "rule": rule,
+                "why": few or "no validation before the last quarter"}
     best = max(p for _, p in pts)
     gain = best - max(before)
     fall = best - pts[-1][1]

@@ -20,8 +20,14 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
 
 def pair_scale(clean: np.ndarray, degraded: np.ndarray) -> int:
     """How many times smaller the degraded patches are (1 for restoration, 2/4 for super-resolution)."""
-    if clean.shape[0] != degraded.shape[0] or clean.ndim != 4 or degraded.ndim != 4 or clean.shape[3] != degraded.shape[3]:
-        raise InputError(f"clean {clean.shape} and degraded {degraded.shape} patches do not pair up. Fix: rerun the corrupt stage.")
+    if (
+        clean.shape[0] != degraded.shape[0]
+        or clean.ndim != 4
+        or degraded.ndim != 4
+        or clean.shape[3] != degraded.shape[3]
+    ):
+        raise InputError(f"clean {clean.shape} and degraded {degraded.shape} patches do not pair up. Fix: rerun the "
+                         "corrupt stage.")
     s, r = divmod(clean.shape[1], degraded.shape[1])
     if r or clean.shape[2] != degraded.shape[2] * s:
         raise InputError(
@@ -63,10 +69,12 @@ class UnpairedPatches(Dataset):
     1: degraded sample), so the two sides never show the same scene.
     """
 
-    def __init__(self, clean: np.ndarray, degraded: np.ndarray, clean_idx: np.ndarray, degraded_idx: np.ndarray) -> None:
+    def __init__(self, clean: np.ndarray, degraded: np.ndarray, clean_idx: np.ndarray,
+                 degraded_idx: np.ndarray) -> None:
         pair_scale(clean, degraded)
         if len(clean_idx) == 0 or len(degraded_idx) == 0:
-            raise InputError("unpaired training needs patches of both domains (train_domain.npy holds only one). Fix: rerun the corrupt stage.")
+            raise InputError("unpaired training needs patches of both domains (train_domain.npy holds only one). Fix: "
+                             "rerun the corrupt stage.")
         self.clean, self.degraded = clean, degraded
         self.clean_idx, self.degraded_idx = np.asarray(clean_idx), np.asarray(degraded_idx)
 
@@ -90,7 +98,9 @@ def crop_table(index: np.ndarray, stride: int, side: int) -> np.ndarray:
     """
     index = np.asarray(index)
     if index.ndim != 2 or index.shape[1] != 3:
-        raise InputError(f"patch index of shape {index.shape}, expected (N, 3) [unit, y, x]. Fix: rerun the patchify stage.")
+        raise InputError(
+            f"patch index of shape {index.shape}, expected (N, 3) [unit, y, x]. Fix: rerun the patchify stage."
+        )
     if side < 1 or stride < 1:
         raise InputError(f"crops of {side} x {side} patches at stride {stride}. Fix: use positive values.")
     row = {(int(u), int(y), int(x)): r for r, (u, y, x) in enumerate(index)}
@@ -122,11 +132,16 @@ class UnpairedCrops(Dataset):
     one degraded image); patch-level corruptions degrade each patch on its own and are refused by
     the caller."""
 
-    def __init__(self, clean: np.ndarray, degraded: np.ndarray, clean_cells: np.ndarray, degraded_cells: np.ndarray, stride: int) -> None:
+    def __init__(
+        self, clean: np.ndarray, degraded: np.ndarray, clean_cells: np.ndarray, degraded_cells: np.ndarray, stride: int
+    ) -> None:
         if pair_scale(clean, degraded) != 1:
             raise InputError("crops of adjacent patches are for same-size unpaired tasks. Fix: set crop_patches: 0.")
         if len(clean_cells) == 0 or len(degraded_cells) == 0:
-            raise InputError("no crop of adjacent patches lies whole in one domain's patches. Fix: lower crop_patches, or set it to 0.")
+            raise InputError(
+                "no crop of adjacent patches lies whole in one domain's patches. "
+                "Fix: lower crop_patches, or set it to 0."
+            )
         self.clean, self.degraded, self.stride = clean, degraded, int(stride)
         self.clean_cells, self.degraded_cells = np.asarray(clean_cells), np.asarray(degraded_cells)
 
@@ -135,8 +150,10 @@ class UnpairedCrops(Dataset):
 
     def __getitem__(self, ij: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, j = ij
-        return (_to_tensor(assemble_crop(self.degraded, self.degraded_cells[j], self.stride)),
-                _to_tensor(assemble_crop(self.clean, self.clean_cells[i], self.stride)))
+        return (
+            _to_tensor(assemble_crop(self.degraded, self.degraded_cells[j], self.stride)),
+            _to_tensor(assemble_crop(self.clean, self.clean_cells[i], self.stride)),
+        )
 
 
 class StepBatchSampler(Sampler[list[int]]):

@@ -26,14 +26,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as L
 import numpy as np
+import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from medrestore.serving.colour import colour_statistics
 from medrestore.core.io import InputError, write_json_atomic, write_text_atomic
 from medrestore.models import MODELS, count_parameters, save_model
+from medrestore.serving.colour import colour_statistics
 from medrestore.training.callbacks import (
     AtomicCheckpoint,
     CurveRecorder,
@@ -78,11 +78,13 @@ class _DropTips(logging.Filter):
 def quiet_lightning() -> None:
     """Filter Lightning's tips at their loggers, and its pytree deprecation warning (idempotent): a log of
     `dvc repro` shows them once per training stage otherwise."""
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero"):
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning_utilities.core.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
-    # Lightning 2.6's own use of torch's pytree API (deprecated in torch), once per fit: nothing for this project to change
+    # Lightning 2.6's own use of torch's pytree API (deprecated in torch), once per fit: nothing for this project to
+    # change
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
@@ -116,9 +118,11 @@ def resolve_config(cfg: TrainConfig, train_pairs: tuple[np.ndarray, np.ndarray],
     accepts_scale = "scale" in inspect.signature(MODELS[cfg.model].cls).parameters
     if scale != 1 or "scale" in kwargs:
         if not accepts_scale:
-            raise InputError(f"the task's inputs are {scale}x smaller than the targets, and {cfg.model!r} cannot upscale. Fix: train an SR model (lapsrn, srresnet, srgan).")
+            raise InputError(f"the task's inputs are {scale}x smaller than the targets, and {cfg.model!r} cannot "
+                             "upscale. Fix: train an SR model (lapsrn, srresnet, srgan).")
         if kwargs.get("scale", scale) != scale:
-            raise InputError(f"model_kwargs.scale={kwargs['scale']} but the task's inputs are {scale}x smaller. Fix: drop model_kwargs.scale.")
+            raise InputError(f"model_kwargs.scale={kwargs['scale']} but the task's inputs are {scale}x smaller. Fix: "
+                             "drop model_kwargs.scale.")
         kwargs["scale"] = scale
     elif accepts_scale:
         kwargs["scale"] = 1  # same-size task: LapSRN's deblurring mode, SRResNet without upsampling
@@ -147,14 +151,17 @@ def start_from(net: torch.nn.Module, folder: Path, run: str) -> None:
     from medrestore.models import load_model
 
     if not (folder / "model.json").is_file():
-        raise InputError(f"run {run!r}: init_from {folder} has no model.json. Fix: train that model first (its train stage) or drop init_from.")
+        raise InputError(f"run {run!r}: init_from {folder} has no model.json. Fix: train that model first (its train "
+                         "stage) or drop init_from.")
     source, _meta = load_model(folder)
     if type(source) is not type(net):
-        raise InputError(f"run {run!r}: init_from {folder} holds a {type(source).__name__}, not a {type(net).__name__}. Fix: start from a model of the same network.")
+        raise InputError(f"run {run!r}: init_from {folder} holds a {type(source).__name__}, not a "
+                         f"{type(net).__name__}. Fix: start from a model of the same network.")
     try:
         net.load_state_dict(source.state_dict())
     except RuntimeError as exc:
-        raise InputError(f"run {run!r}: the weights in {folder} do not fit this network ({exc}). Fix: use the same model_kwargs as that model.") from exc
+        raise InputError(f"run {run!r}: the weights in {folder} do not fit this network ({exc}). Fix: use the same "
+                         "model_kwargs as that model.") from exc
 
 
 def train_model(
@@ -195,16 +202,21 @@ def train_model(
         else:
             domain = np.asarray(train_domain)
             if domain.shape != (clean.shape[0],):
-                raise InputError(f"train_domain has shape {domain.shape}, expected ({clean.shape[0]},). Fix: rerun the corrupt stage.")
+                raise InputError(f"train_domain has shape {domain.shape}, expected ({clean.shape[0]},). Fix: rerun the "
+                                 "corrupt stage.")
             clean_idx, degraded_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
         if cfg.crop_patches > 1:
             if train_index is None:
-                raise InputError(f"run {run!r}: crop_patches needs the training patches' index (train_index.npy) and stride. "
-                                 "Fix: rerun the patchify stage, or set crop_patches: 0.")
+                raise InputError(
+                    f"run {run!r}: crop_patches needs the training patches' index (train_index.npy) and stride. "
+                    "Fix: rerun the patchify stage, or set crop_patches: 0."
+                )
             index, stride = train_index
             if len(index) != clean.shape[0]:
-                raise InputError(f"train_index.npy lists {len(index)} patches, the training arrays hold {clean.shape[0]}. "
-                                 "Fix: rerun the patchify and corrupt stages.")
+                raise InputError(
+                    f"train_index.npy lists {len(index)} patches, the training arrays hold {clean.shape[0]}. "
+                    "Fix: rerun the patchify and corrupt stages."
+                )
             cells = crop_table(index, int(stride), int(cfg.crop_patches))
             side = np.full(clean.shape[0], -1)
             side[clean_idx], side[degraded_idx] = 0, 1  # a crop belongs to a domain when all its patches do
@@ -213,7 +225,11 @@ def train_model(
             if train_domain is None:
                 clean_cells = degraded_cells = cells
             train_ds = UnpairedCrops(clean, degraded, clean_cells, degraded_cells, int(stride))
-            crops = {"size": clean.shape[1] + (int(cfg.crop_patches) - 1) * int(stride), "clean": len(clean_cells), "degraded": len(degraded_cells)}
+            crops = {
+                "size": clean.shape[1] + (int(cfg.crop_patches) - 1) * int(stride),
+                "clean": len(clean_cells),
+                "degraded": len(degraded_cells),
+            }
             clean_idx, degraded_idx = clean_cells, degraded_cells
         else:
             train_ds = UnpairedPatches(clean, degraded, clean_idx, degraded_idx)
@@ -221,12 +237,20 @@ def train_model(
         n_train = len(train_ds)
     else:
         if train_domain is not None:
-            raise InputError(f"{cfg.model!r} trains on pairs, but this task is unpaired (train_domain.npy). Fix: use cyclegan or cyclegan-fc.")
+            raise InputError(
+                f"{cfg.model!r} trains on pairs, but this task is unpaired (train_domain.npy). Fix: use "
+                "cyclegan or cyclegan-fc."
+            )
         if cfg.crop_patches > 1:
-            raise InputError(f"run {run!r}: crop_patches is for the cyclegan models; {cfg.model!r} trains on single patches. Fix: drop crop_patches.")
+            raise InputError(
+                f"run {run!r}: crop_patches is for the cyclegan models; {cfg.model!r} trains on single "
+                "patches. Fix: drop crop_patches."
+            )
         if cfg.fov_loss and fov is None:
-            raise InputError(f"run {run!r}: fov_loss needs the patches' FOV masks (train_fov.npy, val_fov.npy). "
-                             "Fix: rerun the patchify stage, or set fov_loss: false.")
+            raise InputError(
+                f"run {run!r}: fov_loss needs the patches' FOV masks (train_fov.npy, val_fov.npy). "
+                "Fix: rerun the patchify stage, or set fov_loss: false."
+            )
         train_ds = PairedPatches(clean, degraded, fov[0] if cfg.fov_loss else None)
         sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed)
         n_train = len(train_ds)
@@ -285,7 +309,9 @@ def train_model(
         with warnings.catch_warnings():
             # a frozen loss network (a vessel segmenter, VGG) stays in eval mode on purpose
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-            trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True)
+            trainer.fit(
+                module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True
+            )
     except (pickle.UnpicklingError, EOFError) as exc:
         if not resume.is_file():
             raise
@@ -295,7 +321,9 @@ def train_model(
         ) from exc
     seconds = time.perf_counter() - start
     if module.best_state is None:
-        raise RuntimeError(f"run {run!r}: training ended before any validation. Fix: raise train.max_steps or lower train.val_every.")
+        raise RuntimeError(
+            f"run {run!r}: training ended before any validation. Fix: raise train.max_steps or lower train.val_every."
+        )
     final_psnr = float(trainer.callback_metrics.get("val_psnr", float("nan")))
     points = [(step, row["val_psnr"]) for step, row in recorder.rows.items() if "val_psnr" in row]
     verdict = convergence(points, int(trainer.global_step))
@@ -320,16 +348,29 @@ def train_model(
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
     # the colour range of the training targets: medrestore restore warns on inputs far outside it
     colour = colour_statistics(clean, None if train_domain is None else np.flatnonzero(np.asarray(train_domain) == 0))
-    meta = {"train": metrics, "scale": scale, "task_kind": spec.task, **({"colour": colour} if colour else {}), **(extra_meta or {})}
+    meta = {
+        "train": metrics,
+        "scale": scale,
+        "task_kind": spec.task,
+        **({"colour": colour} if colour else {}),
+        **(extra_meta or {}),
+    }
     save_model(net, out_dir, name=cfg.model, kwargs=cfg.model_kwargs, extra=meta)
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "curve.csv", recorder.csv_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the outputs above are the result
     best_step = max(points, key=lambda p: p[1])[0] if points else None
-    print(f"[medrestore] {run}: trained {metrics['steps']} steps in {duration(seconds)}; best val PSNR {module.best_psnr:.2f} dB"
-          + (f" at step {best_step}" if best_step is not None else "") + f", final {final_psnr:.2f} dB; "
-          + ("converged" if verdict["converged"] else f"not converged ({verdict.get('why', 'still improving')})"), flush=True)
+    print(
+        f"[medrestore] {run}: trained {metrics['steps']} steps in {duration(seconds)}; "
+        f"best val PSNR {module.best_psnr:.2f} dB"
+        + (f" at step {best_step}" if best_step is not None else "")
+        + f", final {final_psnr:.2f} dB; "
+        + ("converged" if verdict["converged"] else f"not converged ({verdict.get('why', 'still improving')})"),
+        flush=True,
+    )
     if tracker is not None:
-        tracker.log_metrics({"train_seconds": seconds, "patches_per_second": cfg.batch_size * trainer.global_step / seconds})
+        tracker.log_metrics(
+            {"train_seconds": seconds, "patches_per_second": cfg.batch_size * trainer.global_step / seconds}
+        )
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics

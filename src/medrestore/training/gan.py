@@ -18,6 +18,8 @@ import itertools
 import numpy as np
 import torch
 
+from medrestore.models import MODELS, build_discriminator, build_model
+from medrestore.training.config import make_optimizer, make_scheduler
 from medrestore.training.losses import (
     adversarial_bce,
     adversarial_lsgan,
@@ -25,8 +27,6 @@ from medrestore.training.losses import (
     feature_consistency,
     identity_loss,
 )
-from medrestore.models import MODELS, build_discriminator, build_model
-from medrestore.training.config import make_optimizer, make_scheduler
 from medrestore.training.paired import RestorationModule, make_perceptual
 
 
@@ -154,7 +154,8 @@ class SRGANModule(_GANModule):
         self._g_step(loss)
         _freeze(self.disc, frozen=False)
         self._end_batch()
-        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True,
+                      on_epoch=False, batch_size=x.shape[0])
 
 
 class CycleGANModule(_GANModule):
@@ -178,7 +179,8 @@ class CycleGANModule(_GANModule):
         self.pool_e, self.pool_b = ImagePool(cfg.pool_size), ImagePool(cfg.pool_size)
         self.perceptual, self.perceptual_weight = None, 0.0
         if cfg.perceptual:
-            raise ValueError("cyclegan models have no paired target for a perceptual loss; their feature loss is built in")
+            raise ValueError("cyclegan models have no paired target for a perceptual loss; their feature loss is "
+                             "built in")
 
     def generator_parameters(self):
         return itertools.chain(self.net.parameters(), self.gen_b.parameters())
@@ -227,7 +229,8 @@ class CycleGANModule(_GANModule):
         self._check(d_loss, "the discriminator loss")
         self._d_step(d_loss)
         self._end_batch()
-        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log_dict({"train_loss": loss, "d_loss": d_loss, "g_adv": g_adv}, prog_bar=True, on_step=True,
+                      on_epoch=False, batch_size=x.shape[0])
 
 
 GAN_MODULES = {"srgan": SRGANModule, "cyclegan": CycleGANModule}

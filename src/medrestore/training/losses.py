@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +114,8 @@ def adversarial_bce(pred: torch.Tensor, target_is_real: bool, *, from_logits: bo
     return F.binary_cross_entropy(pred.clamp(1e-7, 1 - 1e-7), target)
 
 
-def adversarial_lsgan(pred: torch.Tensor, target_is_real: bool, *, real_label: float = 1.0, fake_label: float = 0.0) -> torch.Tensor:
+def adversarial_lsgan(pred: torch.Tensor, target_is_real: bool, *, real_label: float = 1.0,
+                      fake_label: float = 0.0) -> torch.Tensor:
     """Least-squares GAN loss (Mao et al. 2017; Zhao2019): mean (D(.) - label)^2.
 
     Discriminator: ``lsgan(D(y), True) + lsgan(D(G(x)), False)``; generator: ``lsgan(D(G(x)), True)``.
@@ -332,14 +333,16 @@ class PerceptualLoss(nn.Module):
         elif extractor == "vessel":
             if backbone is None and path is None:
                 raise ValueError(
-                    "extractor='vessel' needs path=<a segmenter folder written by medrestore.training.segmenter.train_segmenter> "
-                    "(e.g. artifacts/segmenter) or backbone=<a vessel network mapping images to feature maps>"
+                    "extractor='vessel' needs path=<a segmenter folder written by "
+                    "medrestore.training.segmenter.train_segmenter> (e.g. artifacts/segmenter) or backbone=<a vessel "
+                    "network mapping images to feature maps>"
                 )
             self.extract = VesselFeatures(path, layers=layers) if backbone is None else backbone
         elif callable(extractor):
             self.extract = extractor
         else:
-            raise ValueError(f"unknown feature extractor {extractor!r}; use vgg19, vgg16, discriminator, vessel or a callable")
+            raise ValueError(f"unknown feature extractor {extractor!r}; use vgg19, vgg16, discriminator, vessel or a "
+                             "callable")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fp = _as_list(self.extract(pred))
@@ -384,7 +387,13 @@ class VesselProbabilityLoss(nn.Module):
         super().__init__()
         self.features = VesselFeatures(path, layers=["prob"])
         rule = self.features.meta.get("binarize") or {}
-        self.threshold = float(threshold if threshold is not None else rule.get("value", 0.5) if rule.get("rule", "threshold") == "threshold" else 0.5)
+        self.threshold = float(
+            threshold
+            if threshold is not None
+            else rule.get("value", 0.5)
+            if rule.get("rule", "threshold") == "threshold"
+            else 0.5
+        )
         if thin_weight < 0:
             raise ValueError(f"thin_weight must be >= 0, got {thin_weight}")
         self.thin_weight = float(thin_weight)

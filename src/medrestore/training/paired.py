@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytorch_lightning as L
 import numpy as np
+import pytorch_lightning as L
 import torch
 
-from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, make_loss
 from medrestore.models import build_model
 from medrestore.training.callbacks import non_finite_error, on_curve
 from medrestore.training.config import TrainConfig, make_optimizer, make_scheduler
+from medrestore.training.losses import PerceptualLoss, VesselProbabilityLoss, make_loss
 
 
 def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,10 +61,12 @@ def make_perceptual(spec: dict, discriminator: torch.nn.Module | None = None) ->
         raise ValueError(f"unknown perceptual backbone {backbone!r}; known: {', '.join(PERCEPTUAL_KEYS)}")
     unknown = sorted(set(spec) - PERCEPTUAL_KEYS[backbone])
     if unknown:
-        raise ValueError(f"perceptual backbone {backbone!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(PERCEPTUAL_KEYS[backbone]))}")
+        raise ValueError(f"perceptual backbone {backbone!r}: unknown key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(PERCEPTUAL_KEYS[backbone]))}")
     if backbone == "discriminator":
         if discriminator is None:
-            raise ValueError("perceptual backbone 'discriminator' needs a GAN model (srgan); this model trains without one")
+            raise ValueError("perceptual backbone 'discriminator' needs a GAN model (srgan); this model trains "
+                             "without one")
         return PerceptualLoss("discriminator", backbone=discriminator, criterion=spec.get("criterion", "l1")), weight
     if backbone == "vessel_prob":
         kwargs = {k: spec[k] for k in ("thin_weight", "threshold") if k in spec}
@@ -133,7 +135,8 @@ class RestorationModule(L.LightningModule):
         self.best_psnr = best.get("psnr", -math.inf)
         self.best_state = best.get("state")
 
-    def content_loss(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def content_loss(self, x: torch.Tensor, y: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel loss + weighted perceptual term, the restored image); with ``mask`` (a paired
         model with ``fov_loss``) both terms see the restored image inside the FOV only
         (:func:`inside_fov`). The pyramid loss (LapSRN's levels) stays over the whole patch."""

@@ -18,18 +18,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as L
 import numpy as np
+import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medrestore.training.losses import bce_dice_loss
 from medrestore.models.unet import UNet
 from medrestore.training.callbacks import ProgressLog
 from medrestore.training.config import cosine_factor
 from medrestore.training.engine import make_trainer, seed_run
+from medrestore.training.losses import bce_dice_loss
 from medrestore.vessels.frangi import _fov_or_all
 from medrestore.vessels.segmenter import _input_array, save_segmenter
+
+
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    """A float32 tensor of the stacked arrays."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)).astype(np.float32))
 
 
 class _PatchBatches(Dataset):
@@ -42,7 +47,8 @@ class _PatchBatches(Dataset):
     patch centre is inside that image's FOV, one of the 8 flips/rotations.
     """
 
-    def __init__(self, images, masks, fovs, *, steps: int, patch_size: int, batch_size: int, seed: int, augment: bool) -> None:
+    def __init__(self, images, masks, fovs, *, steps: int, patch_size: int, batch_size: int, seed: int,
+                 augment: bool) -> None:
         self.images, self.masks, self.fovs = images, masks, fovs
         self.steps, self.p, self.batch_size, self.seed, self.augment = steps, patch_size, batch_size, seed, augment
         half = patch_size // 2
@@ -72,8 +78,7 @@ class _PatchBatches(Dataset):
             xs.append(x)
             ys.append(y)
             ws.append(f)
-        t = lambda arrs: torch.from_numpy(np.ascontiguousarray(np.stack(arrs)).astype(np.float32))
-        return t(xs), t(ys), t(ws)
+        return _stack(xs), _stack(ys), _stack(ws)
 
 
 class SegmenterModule(L.LightningModule):
@@ -91,7 +96,8 @@ class SegmenterModule(L.LightningModule):
         loss = bce_dice_loss(self.net(x), y, w)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"segmenter training loss became {loss.item()} at step {self.global_step}. Fix: lower the learning rate (lr)."
+                f"segmenter training loss became {loss.item()} at step {self.global_step}. Fix: lower the learning "
+                "rate (lr)."
             )
         self.losses.append(float(loss.detach()))
         return loss
@@ -146,11 +152,13 @@ def train_segmenter(
     added to ``model.json``); returns the training summary stored in ``model.json`` under ``train``.
     """
     if not (len(images) == len(masks) and (fovs is None or len(fovs) == len(images))):
-        raise ValueError(f"train_segmenter: {len(images)} images, {len(masks)} masks, {None if fovs is None else len(fovs)} FOV masks: give one of each per image")
+        raise ValueError(f"train_segmenter: {len(images)} images, {len(masks)} masks, "
+                         f"{None if fovs is None else len(fovs)} FOV masks: give one of each per image")
     if not images:
         raise ValueError("train_segmenter: no training images")
     if steps < 1 or batch_size < 1 or patch_size < 2**depth:
-        raise ValueError(f"train_segmenter: need steps >= 1, batch_size >= 1, patch_size >= 2**depth ({2**depth}); got {steps}, {batch_size}, {patch_size}")
+        raise ValueError(f"train_segmenter: need steps >= 1, batch_size >= 1, patch_size >= 2**depth ({2**depth}); got "
+                         f"{steps}, {batch_size}, {patch_size}")
     xs, ys, fs = [], [], []
     for i, img in enumerate(images):
         x = _input_array(img, in_channels)
@@ -159,11 +167,13 @@ def train_segmenter(
         if m.shape != x.shape[1:]:
             raise ValueError(f"train_segmenter: image {i} is {x.shape[1:]} but its mask is {m.shape}")
         if min(m.shape) < patch_size:
-            raise ValueError(f"train_segmenter: image {i} ({m.shape}) is smaller than patch_size {patch_size}: lower patch_size")
+            raise ValueError(f"train_segmenter: image {i} ({m.shape}) is smaller than patch_size {patch_size}: lower "
+                             "patch_size")
         xs.append(x)
         ys.append(m.astype(np.float32))
         fs.append(f.astype(np.float32))
-    data = _PatchBatches(xs, ys, fs, steps=steps, patch_size=patch_size, batch_size=batch_size, seed=seed, augment=augment)
+    data = _PatchBatches(xs, ys, fs, steps=steps, patch_size=patch_size, batch_size=batch_size, seed=seed,
+                         augment=augment)
     if not data.usable:
         raise ValueError("train_segmenter: no image has a patch centre inside its FOV: check the FOV masks")
 
@@ -179,7 +189,8 @@ def train_segmenter(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         tty = sys.stderr.isatty()  # Lightning's bar on a terminal only; a progress line every 5% of the steps in a log
-        progress = [] if tty else [ProgressLog("segmenter", steps, loss=lambda: module.losses[-1] if module.losses else None)]
+        progress = [] if tty else [ProgressLog("segmenter", steps,
+                                               loss=lambda: module.losses[-1] if module.losses else None)]
         trainer = make_trainer(root, accelerator=accelerator, devices=1, max_steps=steps, max_epochs=1,
                                enable_progress_bar=tty, callbacks=progress)
         try:

@@ -137,7 +137,8 @@ def frangi_vesselness(
         raise ValueError(f"Frangi sigmas must be positive, got {scales}")
     score = np.zeros(g.shape, dtype=np.float64)
     for s in scales:
-        np.maximum(score, frangi(g * (s * s), sigmas=[s], black_ridges=True, gamma=gamma, beta=beta, alpha=0.5), out=score)
+        np.maximum(score, frangi(g * (s * s), sigmas=[s], black_ridges=True, gamma=gamma, beta=beta, alpha=0.5),
+                   out=score)
     score[~fov] = 0.0
     return np.clip(score, 0.0, 1.0).astype(np.float32)
 
@@ -161,7 +162,8 @@ def binarize(score: np.ndarray, fov: np.ndarray | None = None, *, top_fraction: 
     return out
 
 
-def segment_frangi(image: np.ndarray, fov: np.ndarray | None = None, *, top_fraction: float = TOP_FRACTION, **frangi_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+def segment_frangi(image: np.ndarray, fov: np.ndarray | None = None, *, top_fraction: float = TOP_FRACTION,
+                   **frangi_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """(score map in [0, 1], binary map) of the classical segmenter."""
     score = frangi_vesselness(image, fov, **frangi_kwargs)
     return score, binarize(score, fov, top_fraction=top_fraction)

@@ -26,7 +26,8 @@ INVENTED_DISTANCE = 2.0
 
 
 # ============================================================================= scores
-def thin_vessel_mask(reference: np.ndarray, fov: np.ndarray | None = None, *, max_width: float = THIN_MAX_WIDTH) -> np.ndarray:
+def thin_vessel_mask(reference: np.ndarray, fov: np.ndarray | None = None, *,
+                     max_width: float = THIN_MAX_WIDTH) -> np.ndarray:
     """Reference vessel pixels that belong to a vessel at most ``max_width`` px wide.
 
     Rule: skeletonise the (in-FOV) reference mask; the local width at a skeleton pixel is
@@ -182,8 +183,10 @@ def evaluate_segmenter(segmenter: VesselSegmenter, test: Sequence[dict]) -> dict
             row.update({"observer2_dice": round(sc["dice"], 6), "observer2_recall": round(sc["recall"], 6),
                         "observer2_specificity": round(sc["specificity"], 6)})
         rows.append(row)
-    out: dict[str, Any] = {"segmenter": segmenter.name, "test_images": len(rows), "inside": "fov", "reference": "first observer"}
-    for key in ("auc", "dice", "frangi_auc", "frangi_dice", "observer2_dice", "observer2_recall", "observer2_specificity"):
+    out: dict[str, Any] = {"segmenter": segmenter.name, "test_images": len(rows), "inside": "fov",
+                           "reference": "first observer"}
+    for key in ("auc", "dice", "frangi_auc", "frangi_dice", "observer2_dice", "observer2_recall",
+                "observer2_specificity"):
         vals = [r[key] for r in rows if key in r]
         if vals:
             out[key] = _mean_range(vals)

@@ -51,7 +51,8 @@ def save_segmenter(model: UNet, out_dir: str | Path, *, kwargs: dict, extra: dic
     """``model.safetensors`` (weights, no pickle) and ``model.json`` (how to rebuild it), each atomic,
     written by :func:`medrestore.models.save_model` (files readable by all); ``model.json`` also
     says ``"task": "vessel-segmentation"``."""
-    save_model(model, Path(out_dir), name=SEGMENTER_NAME, kwargs=kwargs, extra={"task": "vessel-segmentation", **(extra or {})})
+    save_model(model, Path(out_dir), name=SEGMENTER_NAME, kwargs=kwargs,
+               extra={"task": "vessel-segmentation", **(extra or {})})
 
 
 def load_segmenter(path: str | Path) -> tuple[UNet, dict]:
@@ -63,18 +64,22 @@ def load_segmenter(path: str | Path) -> tuple[UNet, dict]:
     folder = path.parent if path.suffix == ".safetensors" else path
     meta_path, weights = folder / "model.json", folder / "model.safetensors"
     if not meta_path.is_file() or not weights.is_file():
-        raise InputError(f"{folder}: needs model.json and model.safetensors. Fix: pass a folder written by train_segmenter.")
+        raise InputError(f"{folder}: needs model.json and model.safetensors. Fix: pass a folder written by "
+                         "train_segmenter.")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{meta_path}: not valid JSON ({exc}). Fix: retrain the segmenter.") from exc
     if meta.get("model") != SEGMENTER_NAME:
-        raise InputError(f"{meta_path}: holds model {meta.get('model')!r}, not a vessel segmenter. Fix: pass the folder written by train_segmenter.")
+        raise InputError(f"{meta_path}: holds model {meta.get('model')!r}, not a vessel segmenter. Fix: pass the "
+                         "folder written by train_segmenter.")
     model = UNet(**meta.get("kwargs", {}))
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as exc:  # safetensors and load_state_dict raise their own error types
-        raise InputError(f"{weights}: cannot load the segmenter's weights ({exc}). Fix: retrain the segmenter.") from exc
+        raise InputError(
+            f"{weights}: cannot load the segmenter's weights ({exc}). Fix: retrain the segmenter."
+        ) from exc
     return model.eval(), meta
 
 
@@ -115,7 +120,8 @@ def segment(
     return out
 
 
-def segment_unet(model: UNet, image: np.ndarray, fov: np.ndarray | None = None, *, threshold: float = UNET_THRESHOLD, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+def segment_unet(model: UNet, image: np.ndarray, fov: np.ndarray | None = None, *, threshold: float = UNET_THRESHOLD,
+                 **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """(probability map, binary map at ``threshold``) of the U-Net segmenter, inside the FOV."""
     prob = segment(model, image, fov, **kwargs)
     return prob, (prob > threshold) & _fov_or_all(fov, prob.shape)
@@ -130,7 +136,8 @@ class VesselSegmenter:
     :func:`binarize`), or, with ``model=None``, the Frangi segmenter (:func:`segment_frangi`).
     """
 
-    def __init__(self, model: UNet | None = None, *, rule: str = "threshold", value: float = UNET_THRESHOLD, tile: int = 512, overlap: int = 64, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: UNet | None = None, *, rule: str = "threshold", value: float = UNET_THRESHOLD,
+                 tile: int = 512, overlap: int = 64, device: str | torch.device = "cpu") -> None:
         if rule not in ("threshold", "top_fraction"):
             raise ValueError(f"binarisation rule must be 'threshold' or 'top_fraction', not {rule!r}")
         self.model, self.rule, self.value = model, rule, float(value)
