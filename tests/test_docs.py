@@ -5,14 +5,10 @@ file the code cites exists (docs/REFERENCE.md excepted: it lives outside the rep
 from __future__ import annotations
 
 import re
-import subprocess
 import unicodedata
 from pathlib import Path
 
 import pytest
-import yaml
-
-from medrestore.core.io import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "benchmarks" / "RESULTS.md"])
