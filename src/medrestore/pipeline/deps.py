@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from medrestore.core.io import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[3]
 SRC = REPO / "src"
 
@@ -173,9 +175,7 @@ def sync(repo: Path = REPO) -> list[str]:
         i += 1
     text = "".join(out)
     if text != path.read_text():
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return changed
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from medrestore.core.io import write_text_atomic
 from medrestore.pipeline.paths import model_dir
 
 REPO = Path(__file__).resolve().parents[3]
@@ -90,9 +91,7 @@ def sync(repo: Path = REPO) -> bool:
     new = (text[:found.start()] if found else text.rstrip("\n") + "\n\n") + block
     if new == text:
         return False
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    write_text_atomic(path, new)
     return True
 
 
