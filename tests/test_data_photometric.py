@@ -122,3 +122,34 @@ def test_super_resolution_targets_are_augmented_at_full_size_and_image_level_tas
     with pytest.raises(InputError, match=r"corrupt.tasks.e.photometric: only patch-level paired tasks.*Fix"):
         corrupt_task(chase / "patches", tmp_path / "e", task="e", spec={**SPEC, "level": "image"}, seed=11,
                      prepared_dir=chase / "prepared")
+
+
+def _blue_noise(image: np.ndarray, fov: np.ndarray) -> float:
+    """Noise sigma of the blue channel (skimage's wavelet estimate) on the FOV's central square."""
+    from skimage.restoration import estimate_sigma
+
+    ys, xs = np.nonzero(fov)
+    cy, cx, r = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2, (ys.max() - ys.min()) // 4
+    return float(estimate_sigma(image[cy - r:cy + r, cx - r:cx + r, 2].astype(np.float64)))
+
+
+def test_a_brighter_blue_is_borrowed_from_green_not_blown_up_from_chase_noise(chase_dir, tmp_path):
+    """CHASE_DB1's blue (mean ~10) gained alone to another camera's 45-60 turns its sensor noise and JPEG
+    blocks into "clean" texture; the transform gains blue at most OWN_GAIN_MAX and takes the rest from
+    green, so the recoloured blue stays about as clean as the source's, with its vessels."""
+    from medrestore.data.photometric import OWN_GAIN_MAX, apply_colour
+
+    prepared = prepare_chase(tmp_path, chase_dir, 512, keep=lambda recs: recs[:2])
+    for entry in prepared["images"]:
+        image, fov = read_image(tmp_path / "prepared" / entry["image"]), read_mask(tmp_path / "prepared" / entry["fov"])
+        source = _blue_noise(image, fov)
+        out, params = recolour(image, fov, PROFILES["bright"])
+        assert abs(out[fov][:, 2].mean() - PROFILES["bright"]["blue"]) < 1.5
+        assert params["gain"][2] <= OWN_GAIN_MAX + 1e-9 and params["leak"][2] > 0 and params["leak"][1] == 0
+        assert _blue_noise(out, fov) < 3 * source, (entry["id"], source, _blue_noise(out, fov))
+        # the old transform, blue gained alone to the same mean: several times the source's noise
+        alone = apply_colour(image, [params["gain"][0], params["gain"][1], PROFILES["bright"]["blue"] / max(
+            image[fov][:, 2].mean(), 1e-3)], (1.0, 1.0, 1.0))
+        assert _blue_noise(alone, fov) > 4 * source
+        # vessels survive in the borrowed blue: it correlates with green inside the FOV
+        assert np.corrcoef(out[fov][:, 1], out[fov][:, 2])[0, 1] > 0.8

@@ -1,17 +1,25 @@
 """Colour of fundus photographs: per-channel statistics inside the FOV, the photometric augmentation
 of training targets, and the recolouring of whole images to another camera's channel profile.
 
-Cameras differ mostly in per-channel gain and tone curve: CHASE_DB1's blue channel is nearly black
-(mean about 10 inside the FOV), other cameras' blue has content (means up to about 60) and their green
-is brighter. One transform covers both uses, per channel c on values in [0, 255]::
+Cameras differ in per-channel gain, tone curve and spectral response: CHASE_DB1's blue channel is
+nearly black (mean about 10 inside the FOV), other cameras' blue has content (means up to about 60)
+and their green is brighter. One transform covers both uses, per channel c on values in [0, 255]::
 
-    out_c = clip(gain_c * 255 * (x_c / 255) ** gamma_c, 0, 255)
+    curved_c = 255 * (x_c / 255) ** gamma_c
+    out_c = clip(gain_c * curved_c + leak_c * curved_green, 0, 255)
+
+A channel is gained on its own at most ``own_gain_max`` (2 by default); the rest of its target mean
+comes from the green channel (``leak_c``, 0 for green itself), as a camera whose blue filter passes
+more of the light CHASE_DB1's camera records as green. Gaining CHASE_DB1's blue channel alone to a
+mean of 60 (x6 to x16) would turn its sensor noise and JPEG blocks into "clean" texture (noise
+sigma 2-10 by ``skimage.restoration.estimate_sigma``, where a real photograph's blue has about 1):
+a denoiser trained or scored on such targets learns to keep noise in blue.
 
 ``augment_patch`` draws ``gamma_c`` (log-uniform in ``gamma_range``) and a target mean ``t_c``
-(uniform in ``mean_range[c]``) from the patch's seed words, then sets ``gain_c`` so that the channel
-mean over the patch's FOV pixels becomes ``t_c`` (gains limited to ``gain_limits``, so that a very dark
-channel is not blown up into quantisation steps). ``recolour`` does the same for a whole image with a
-fixed target profile. Both return the parameters they used, so the transform can be replayed.
+(uniform in ``mean_range[c]``) from the patch's seed words, then sets ``gain_c`` and ``leak_c`` so
+that the channel mean over the patch's FOV pixels becomes ``t_c`` (gains limited to ``gain_limits``).
+``recolour`` does the same for a whole image with a fixed target profile. Both return the parameters
+they used, so the transform can be replayed.
 
 Not albumentations (2.0): its ``RandomGamma`` draws one gamma for all channels, ``MultiplicativeNoise``
 (``per_channel``) draws gains from a fixed range rather than toward target channel means, and both draw
@@ -27,8 +35,9 @@ import numpy as np
 from medrestore.core.io import InputError
 
 CHANNELS = ("red", "green", "blue")
-GAIN_LIMITS = (0.2, 8.0)  # augmentation
-RECOLOUR_GAIN_LIMITS = (0.2, 16.0)  # recolouring: CHASE_DB1's darkest blue (mean ~7) must reach 60
+GREEN = 1  # the channel other channels borrow from when their own gain would exceed own_gain_max
+GAIN_LIMITS = (0.2, 8.0)  # a channel's own gain
+OWN_GAIN_MAX = 2.0  # above it, the rest of a channel's target mean comes from green (leak)
 # Channel means inside the FOV (0-255) of other cameras than CHASE_DB1's, spanning the published
 # fundus datasets' range (blue 30-60, green 80-120): the recoloured test images of the external evaluation.
 PROFILES: dict[str, dict[str, float]] = {
@@ -37,7 +46,7 @@ PROFILES: dict[str, dict[str, float]] = {
     "bright": {"red": 185.0, "green": 120.0, "blue": 60.0},
     "cool": {"red": 130.0, "green": 100.0, "blue": 55.0},
 }
-PHOTOMETRIC_KEYS = {"p", "mean_range", "gamma_range", "gain_limits"}
+PHOTOMETRIC_KEYS = {"p", "mean_range", "gamma_range", "gain_limits", "own_gain_max"}
 
 
 def _fov_pixels(image: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
@@ -57,17 +66,31 @@ def channel_means(image: np.ndarray, fov: np.ndarray | None = None) -> np.ndarra
     return image[mask].astype(np.float64).mean(axis=0)
 
 
-def apply_gain_gamma(image: np.ndarray, gain, gamma) -> np.ndarray:
-    """``clip(gain * 255 * (x / 255) ** gamma)`` per channel, rounded to uint8."""
-    x = image.astype(np.float64) / 255.0
-    out = np.asarray(gain, np.float64) * 255.0 * np.power(x, np.asarray(gamma, np.float64))
+def curve(image: np.ndarray, gamma) -> np.ndarray:
+    """``255 * (x / 255) ** gamma`` per channel, float64."""
+    return 255.0 * np.power(image.astype(np.float64) / 255.0, np.asarray(gamma, np.float64))
+
+
+def apply_colour(image: np.ndarray, gain, gamma, leak=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """``clip(gain_c * curved_c + leak_c * curved_green)`` per channel (see the module's docstring),
+    rounded to uint8."""
+    curved = curve(image, gamma)
+    out = np.asarray(gain, np.float64) * curved + np.asarray(leak, np.float64) * curved[..., GREEN:GREEN + 1]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _gains_for(image: np.ndarray, mask: np.ndarray, gamma: np.ndarray, target: np.ndarray, limits) -> np.ndarray:
-    curved = 255.0 * np.power(image[mask].astype(np.float64) / 255.0, gamma)
-    means = np.maximum(curved.mean(axis=0), 1e-3)
-    return np.clip(target / means, *limits)
+def _gains_for(image: np.ndarray, mask: np.ndarray, gamma: np.ndarray, target: np.ndarray, limits,
+               own_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Own gains (within ``limits``, at most ``own_max`` but for green) and green leaks that bring the
+    channel means inside ``mask`` to ``target``."""
+    means = np.maximum(curve(image[mask], gamma).mean(axis=0), 1e-3)
+    gain = np.clip(target / means, *limits)
+    leak = np.zeros(3)
+    for c in range(3):
+        if c != GREEN and gain[c] > own_max:
+            gain[c] = max(own_max, limits[0])
+            leak[c] = max(0.0, float(target[c] - gain[c] * means[c])) / means[GREEN]
+    return gain, leak
 
 
 def check_photometric(task: str, spec: Any) -> dict:
@@ -82,7 +105,8 @@ def check_photometric(task: str, spec: Any) -> dict:
     if not isinstance(ranges, dict) or set(ranges) != set(CHANNELS):
         raise InputError(f"{where}.mean_range is {ranges!r}. Fix: give [low, high] (0-255) for each of red, green, blue.")
     out = {"p": float(spec.get("p", 1.0)), "gamma_range": spec.get("gamma_range", [1.0, 1.0]),
-           "gain_limits": spec.get("gain_limits", list(GAIN_LIMITS)), "mean_range": {}}
+           "gain_limits": spec.get("gain_limits", list(GAIN_LIMITS)),
+           "own_gain_max": spec.get("own_gain_max", OWN_GAIN_MAX), "mean_range": {}}
     for c in CHANNELS:
         lo_hi = ranges[c]
         if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and 0 <= float(lo_hi[0]) <= float(lo_hi[1]) <= 255):
@@ -93,6 +117,9 @@ def check_photometric(task: str, spec: Any) -> dict:
         if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and 0 < float(lo_hi[0]) <= float(lo_hi[1])):
             raise InputError(f"{where}.{key} is {lo_hi!r}. Fix: give [low, high] with 0 < low <= high.")
         out[key] = [float(lo_hi[0]), float(lo_hi[1])]
+    if not isinstance(out["own_gain_max"], (int, float)) or not out["own_gain_max"] > 0:
+        raise InputError(f"{where}.own_gain_max is {out['own_gain_max']!r}. Fix: a positive number (e.g. 2.0).")
+    out["own_gain_max"] = float(out["own_gain_max"])
     if not 0.0 <= out["p"] <= 1.0:
         raise InputError(f"{where}.p is {out['p']}. Fix: a probability in [0, 1].")
     return out
@@ -111,32 +138,35 @@ def augment_patch(patch: np.ndarray, spec: dict, words: list[int], fov: np.ndarr
     lo = np.array([spec["mean_range"][c][0] for c in CHANNELS])
     hi = np.array([spec["mean_range"][c][1] for c in CHANNELS])
     target = lo + (hi - lo) * draws[4:7]
-    gain = _gains_for(patch, _fov_pixels(patch, fov), gamma, target, spec["gain_limits"])
-    out = apply_gain_gamma(patch, gain, gamma)
+    gain, leak = _gains_for(patch, _fov_pixels(patch, fov), gamma, target, spec["gain_limits"],
+                            spec.get("own_gain_max", OWN_GAIN_MAX))
+    out = apply_colour(patch, gain, gamma, leak)
     return out, {"applied": True, "gamma": [round(float(v), 6) for v in gamma], "gain": [round(float(v), 6) for v in gain],
-                 "target_mean": [round(float(v), 4) for v in target]}
+                 "leak": [round(float(v), 6) for v in leak], "target_mean": [round(float(v), 4) for v in target]}
 
 
 def recolour(image: np.ndarray, fov: np.ndarray, profile: dict[str, float], gamma=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, dict]:
     """An (H, W, 3) uint8 fundus image recoloured to another camera's channel statistics.
 
-    Deterministic (no randomness): per channel a fixed ``gamma`` then the gain that makes the channel
-    mean inside ``fov`` equal ``profile[channel]`` (0-255; see :data:`PROFILES`), within
-    :data:`RECOLOUR_GAIN_LIMITS`; the surround outside the FOV stays black. Returns the image and
-    ``{"gain", "gamma", "target_mean"}``. The means hit their targets up to rounding and clipping at 255."""
+    Deterministic (no randomness): per channel a fixed ``gamma``, then the own gain (within
+    :data:`GAIN_LIMITS`, at most :data:`OWN_GAIN_MAX`) and green leak that make the channel mean
+    inside ``fov`` equal ``profile[channel]`` (0-255; see :data:`PROFILES`); the surround outside the
+    FOV stays black. Returns the image and ``{"gain", "leak", "gamma", "target_mean"}``. The means hit
+    their targets up to rounding and clipping at 255."""
     mask = np.asarray(fov, dtype=bool)
     if not mask.any():
         raise InputError("recolour: the FOV mask is empty. Fix: pass the image's FOV mask.")
     gamma = np.asarray(gamma, np.float64)
     target = np.array([float(profile[c]) for c in CHANNELS])
-    gain = _gains_for(image, mask, gamma, target, RECOLOUR_GAIN_LIMITS)
-    # clipping at 255 lowers the mean: a few fixed-point steps on the gain make up for it
+    gain, leak = _gains_for(image, mask, gamma, target, GAIN_LIMITS, OWN_GAIN_MAX)
+    # clipping at 255 lowers the mean: a few fixed-point steps on gain and leak make up for it
     for _ in range(4):
-        out = apply_gain_gamma(image, gain, gamma)
-        got = out[mask].astype(np.float64).mean(axis=0)
-        gain = np.clip(gain * target / np.maximum(got, 1e-3), *RECOLOUR_GAIN_LIMITS)
-    out = apply_gain_gamma(image, gain, gamma)
+        got = apply_colour(image, gain, gamma, leak)[mask].astype(np.float64).mean(axis=0)
+        factor = target / np.maximum(got, 1e-3)
+        borrows = leak > 0  # a channel at its own gain's limit makes up with its leak
+        gain = np.where(borrows, gain, np.clip(gain * factor, *GAIN_LIMITS))
+        leak = np.where(borrows, leak * factor, leak)
+    out = apply_colour(image, gain, gamma, leak)
     out[~mask] = 0
-    return out, {"gain": [round(float(v), 6) for v in gain], "gamma": [float(v) for v in gamma],
-                 "target_mean": [float(v) for v in target]}
-
+    return out, {"gain": [round(float(v), 6) for v in gain], "leak": [round(float(v), 6) for v in leak],
+                 "gamma": [float(v) for v in gamma], "target_mean": [float(v) for v in target]}
