@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,99 +202,150 @@ def corrupt_task(patches_dir: Path, out_dir: Path, *, task: str, spec: dict, see
     patches_dir, out_dir = Path(patches_dir), Path(out_dir)
     spec = check_task_spec(task, spec)
     meta = read_json(patches_dir / "patches.json")
+    job = _job(patches_dir, out_dir, meta, task=task, spec=spec, seed=seed, prepared_dir=prepared_dir)
+    record: dict = {
+        "task": task, "seed": seed, "level": job.level, "scale": job.s, "unpaired": spec["unpaired"], "grey": job.grey,
+        "train_spec": spec["train"], "test_specs": spec["test"], "patch_size": job.p, "lr_patch_size": job.p // job.s,
+        "params_format": "one JSON object per patch: seed_words, params (and unit, y, x for level image)",
+        "splits": {},
+    }
+    for split in ("train", "val"):
+        n = _corrupt_split(job, meta, split)
+        q = job.p // job.s
+        record["splits"][split] = {"count": n, "params": f"{split}_params.jsonl", "shape": [n, q, q, 3]}
+        if split == "train" and spec["photometric"]:
+            record["splits"][split]["clean"] = "train_clean.npy"
+            record["photometric"] = spec["photometric"]
+    if spec["unpaired"]:
+        record["domains"] = _write_domains(meta["units"]["train"], patches_dir, out_dir, seed=seed, task=task)
+    record["test"] = _corrupt_tests(job, meta["test"])
+    write_json_atomic(out_dir / "corruption.json", record)
+    return record
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One task's inputs and settings: ``p`` the patch size, ``s`` the scale, ``spec`` checked."""
+
+    patches_dir: Path
+    out_dir: Path
+    task: str
+    spec: dict
+    seed: int
+    p: int
+    s: int
+    level: str
+    grey: bool
+    prepared: _Prepared | None
+
+
+def _job(patches_dir: Path, out_dir: Path, meta: dict, *, task: str, spec: dict, seed: int,
+         prepared_dir: Path | None) -> _Job:
+    """The :class:`_Job` of a checked task spec, refusing patches it cannot use."""
     if "units" not in meta:
-        raise InputError(f"{patches_dir / 'patches.json'}: written by an older version (no units). Fix: rerun `dvc repro patchify`.")
+        raise InputError(f"{patches_dir / 'patches.json'}: written by an older version (no units). "
+                         "Fix: rerun `dvc repro patchify`.")
     p, s, level, grey = int(meta["patch_size"]), spec["scale"], spec["level"], bool(meta.get("grey", False))
     if p % s:
         raise InputError(
-            f"params.yaml: corrupt.tasks.{task} downscales by {s}, but patchify.patch_size ({p}) is not a multiple of {s}. "
-            f"Fix: set patchify.patch_size to a multiple of {s}."
+            f"params.yaml: corrupt.tasks.{task} downscales by {s}, but patchify.patch_size ({p}) is not a multiple "
+            f"of {s}. Fix: set patchify.patch_size to a multiple of {s}."
         )
     if level == "image" and prepared_dir is None:
         raise InputError(f"corrupt.tasks.{task}: level image needs the prepared images. Fix: pass prepared_dir.")
     prepared = _Prepared(prepared_dir) if prepared_dir is not None else None
-    record: dict = {
-        "task": task, "seed": seed, "level": level, "scale": s, "unpaired": spec["unpaired"], "grey": grey,
-        "train_spec": spec["train"], "test_specs": spec["test"], "patch_size": p, "lr_patch_size": p // s,
-        "params_format": "one JSON object per patch: seed_words, params (and unit, y, x for level image)",
-        "splits": {},
-    }
+    return _Job(patches_dir, out_dir, task, spec, seed, p, s, level, grey, prepared)
 
-    for split in ("train", "val"):
-        units = meta["units"][split]
-        index = np.load(patches_dir / f"{split}_index.npy")
-        n = int(index.shape[0])
-        if n != int(meta["counts"][split]):
-            raise InputError(f"{patches_dir / f'{split}_index.npy'}: {n} rows, patches.json says {meta['counts'][split]}. Fix: rerun `dvc repro patchify`.")
-        where = f"corrupt.tasks.{task}.train"
-        photometric = spec["photometric"] if split == "train" else None
-        with contextlib.ExitStack() as stack:
-            out = stack.enter_context(npy_writer(out_dir / f"{split}.npy", (n, p // s, p // s, 3)))
-            put = stack.enter_context(_jsonl_writer(out_dir / f"{split}_params.jsonl"))
-            clean_out = stack.enter_context(npy_writer(out_dir / "train_clean.npy", (n, p, p, 3))) if photometric else None
-            for k, (start, stop) in enumerate(_unit_ranges(index, len(units))):
-                if stop == start:
-                    continue
-                unit = units[k]
-                if level == "image":
-                    out.write(_image_level(prepared, unit, index[start:stop], patches_dir / f"{split}.npy", start, spec["train"],
-                                           patch_seed(seed, task, split, k), grey, s, p, where, put))
-                    continue
-                fov = prepared.load(unit["source_id"], False)[1] if prepared is not None else None
-                for a in range(start, stop, CHUNK):
-                    b = min(stop, a + CHUNK)
-                    clean = read_rows(patches_dir / f"{split}.npy", a, b)
-                    block = np.empty((b - a, p // s, p // s, 3), np.uint8)
-                    if photometric:
-                        clean = np.array(clean)
-                    for j in range(b - a):
-                        i = a + j
-                        _, y, x = index[i]
-                        words = patch_seed(seed, task, split, i)
-                        pf = None if fov is None else fov[y : y + p, x : x + p]
-                        extra = {}
-                        if photometric:
-                            clean[j], extra["photometric"] = augment_patch(clean[j], photometric, words + [PHOTOMETRIC_WORD], pf)
-                        block[j], params = _apply(clean[j], spec["train"], words, pf, grey, where)
-                        put({"seed_words": words, "params": params, **extra})
-                    out.write(block)
-                    if clean_out is not None:
-                        clean_out.write(clean)
-        record["splits"][split] = {"count": n, "params": f"{split}_params.jsonl", "shape": [n, p // s, p // s, 3]}
+
+def _corrupt_split(job: _Job, meta: dict, split: str) -> int:
+    """Write ``{split}.npy`` and ``{split}_params.jsonl`` (and, for an augmented train split,
+    ``train_clean.npy``), unit by unit; returns the number of patches."""
+    p, s = job.p, job.s
+    units = meta["units"][split]
+    index = np.load(job.patches_dir / f"{split}_index.npy")
+    n = int(index.shape[0])
+    if n != int(meta["counts"][split]):
+        raise InputError(f"{job.patches_dir / f'{split}_index.npy'}: {n} rows, patches.json says "
+                         f"{meta['counts'][split]}. Fix: rerun `dvc repro patchify`.")
+    where = f"corrupt.tasks.{job.task}.train"
+    photometric = job.spec["photometric"] if split == "train" else None
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(npy_writer(job.out_dir / f"{split}.npy", (n, p // s, p // s, 3)))
+        put = stack.enter_context(_jsonl_writer(job.out_dir / f"{split}_params.jsonl"))
+        clean_out = (stack.enter_context(npy_writer(job.out_dir / "train_clean.npy", (n, p, p, 3)))
+                     if photometric else None)
+        for k, (start, stop) in enumerate(_unit_ranges(index, len(units))):
+            if stop == start:
+                continue
+            unit = units[k]
+            if job.level == "image":
+                out.write(_image_level(job.prepared, unit, index[start:stop], job.patches_dir / f"{split}.npy", start,
+                                       job.spec["train"], patch_seed(job.seed, job.task, split, k), job.grey, s, p,
+                                       where, put))
+                continue
+            fov = job.prepared.load(unit["source_id"], False)[1] if job.prepared is not None else None
+            _patch_level(job, split, index, (start, stop), fov, photometric, out, put, clean_out)
+    return n
+
+
+def _patch_level(job: _Job, split: str, index: np.ndarray, rows: tuple[int, int], fov: np.ndarray | None,
+                 photometric: dict | None, out, put, clean_out) -> None:
+    """Degrade the patches ``rows`` (one unit's) each on its own, ``CHUNK`` at a time, augmenting
+    them first when ``photometric`` is given; write the blocks and each patch's params record."""
+    p, s, where = job.p, job.s, f"corrupt.tasks.{job.task}.train"
+    start, stop = rows
+    for a in range(start, stop, CHUNK):
+        b = min(stop, a + CHUNK)
+        clean = read_rows(job.patches_dir / f"{split}.npy", a, b)
+        block = np.empty((b - a, p // s, p // s, 3), np.uint8)
         if photometric:
-            record["splits"][split]["clean"] = "train_clean.npy"
-            record["photometric"] = photometric
+            clean = np.array(clean)
+        for j in range(b - a):
+            i = a + j
+            _, y, x = index[i]
+            words = patch_seed(job.seed, job.task, split, i)
+            pf = None if fov is None else fov[y : y + p, x : x + p]
+            extra = {}
+            if photometric:
+                clean[j], extra["photometric"] = augment_patch(clean[j], photometric, words + [PHOTOMETRIC_WORD], pf)
+            block[j], params = _apply(clean[j], job.spec["train"], words, pf, job.grey, where)
+            put({"seed_words": words, "params": params, **extra})
+        out.write(block)
+        if clean_out is not None:
+            clean_out.write(clean)
 
-    if spec["unpaired"]:
-        units = meta["units"]["train"]
-        domains = unpaired_domains(units, seed=seed, task=task)
-        key = "source_id" if domains["by"] == "source" else "id"
-        degraded_keys = set(domains["degraded"])
-        unit_domain = np.array([u[key] in degraded_keys for u in units], dtype=np.uint8)
-        index = np.load(patches_dir / "train_index.npy")
-        domain = unit_domain[index[:, 0]] if len(units) else np.zeros(0, np.uint8)
-        write_npy_atomic(out_dir / "train_domain.npy", domain.astype(np.uint8))
-        domains["counts"] = {"clean": int((domain == 0).sum()), "degraded": int((domain == 1).sum())}
-        domains["units"] = {"clean": sorted(u["id"] for u, d in zip(units, unit_domain) if d == 0),
-                            "degraded": sorted(u["id"] for u, d in zip(units, unit_domain) if d == 1)}
-        record["domains"] = domains
 
+def _write_domains(units: list[dict], patches_dir: Path, out_dir: Path, *, seed: int, task: str) -> dict:
+    """Write ``train_domain.npy`` for an unpaired task; the record of its two halves."""
+    domains = unpaired_domains(units, seed=seed, task=task)
+    key = "source_id" if domains["by"] == "source" else "id"
+    degraded_keys = set(domains["degraded"])
+    unit_domain = np.array([u[key] in degraded_keys for u in units], dtype=np.uint8)
+    index = np.load(patches_dir / "train_index.npy")
+    domain = unit_domain[index[:, 0]] if len(units) else np.zeros(0, np.uint8)
+    write_npy_atomic(out_dir / "train_domain.npy", domain.astype(np.uint8))
+    domains["counts"] = {"clean": int((domain == 0).sum()), "degraded": int((domain == 1).sum())}
+    domains["units"] = {"clean": sorted(u["id"] for u, d in zip(units, unit_domain) if d == 0),
+                        "degraded": sorted(u["id"] for u, d in zip(units, unit_domain) if d == 1)}
+    return domains
+
+
+def _corrupt_tests(job: _Job, entries: list[dict]) -> list[dict]:
+    """Write one degraded copy of every test image per test variant; their records."""
     tests = []
-    for vi, (variant, vspec) in enumerate(sorted(spec["test"].items())):
-        for ii, entry in enumerate(meta["test"]):
-            clean = read_image(patches_dir / entry["image"], "RGB")
-            fov = read_mask(patches_dir / entry["fov"])
-            words = variant_seed(seed, task, ii, vi)
-            degraded, params = _apply(clean, vspec, words, fov, grey, f"corrupt.tasks.{task}.test.{variant}")
+    for vi, (variant, vspec) in enumerate(sorted(job.spec["test"].items())):
+        for ii, entry in enumerate(entries):
+            clean = read_image(job.patches_dir / entry["image"], "RGB")
+            fov = read_mask(job.patches_dir / entry["fov"])
+            words = variant_seed(job.seed, job.task, ii, vi)
+            degraded, params = _apply(clean, vspec, words, fov, job.grey, f"corrupt.tasks.{job.task}.test.{variant}")
             rel = f"test/{variant}/{safe_name(entry['id'])}.png"
-            write_png_atomic(out_dir / rel, degraded)
+            write_png_atomic(job.out_dir / rel, degraded)
             tests.append({
-                "id": entry["id"], "variant": variant, "file": rel, "seed_words": words, "spec": vspec, "params": params,
-                "fov": True, "hr_box": [0, degraded.shape[0] * s, 0, degraded.shape[1] * s],
+                "id": entry["id"], "variant": variant, "file": rel, "seed_words": words, "spec": vspec,
+                "params": params, "fov": True, "hr_box": [0, degraded.shape[0] * job.s, 0, degraded.shape[1] * job.s],
             })
-    record["test"] = tests
-    write_json_atomic(out_dir / "corruption.json", record)
-    return record
+    return tests
 
 
 def _image_level(prepared, unit, index, patches_path, start, spec, words, grey, s, p, where, put) -> np.ndarray:

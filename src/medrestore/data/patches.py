@@ -198,19 +198,54 @@ def patchify(
     region_grid: int,
     split: str = "random",
 ) -> dict:
+    """Split the prepared images (:func:`split_units`) and write the outputs the module docstring
+    lists under ``out_dir``: the train/val patches, their FOV masks and index, the test units as
+    PNGs and ``patches.json`` (returned)."""
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     by_id = {e["id"]: e for e in manifest["images"]}
     splits = split_units(
         manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, region_grid=region_grid, split=split
     )
-    fovs: dict[str, np.ndarray] = {}
+    fov_of = _FovCache(prepared_dir, by_id)
+    _check_patch_params(manifest, prepared_dir, patch_size, stride)
+    summary: dict = {"split": split, "patch_size": patch_size, "stride": stride, "size": manifest["size"],
+                     "grey": bool(manifest.get("grey", False)), "splits": {}, "counts": {}, "units": {}}
+    for name in ("train", "val"):
+        units = sorted(splits[name], key=lambda u: u.id)
+        total = _write_patch_split(name, units, manifest, prepared_dir, out_dir, fov_of, patch_size=patch_size,
+                                   stride=stride, min_fov_fraction=min_fov_fraction)
+        summary["splits"][name] = [u.id for u in units]
+        summary["units"][name] = [_unit_dict(u) for u in units]
+        summary["counts"][name] = total
 
-    def fov_of(source_id: str) -> np.ndarray:
-        if source_id not in fovs:
-            fovs.clear()  # keep one mask in memory at a time
-            fovs[source_id] = read_mask(prepared_dir / by_id[source_id]["fov"])
-        return fovs[source_id]
+    test_entries = _write_test_units(sorted(splits["test"], key=lambda u: u.id), by_id, prepared_dir, out_dir)
+    summary["units"]["test"] = [_unit_dict(u) for u in sorted(splits["test"], key=lambda u: u.id)]
+    summary["splits"]["test"] = [e["id"] for e in test_entries]
+    summary["counts"]["test"] = len(test_entries)
+    summary["test"] = test_entries
+    summary["subjects"] = _split_subjects(manifest, splits, test_entries)
+    _assert_disjoint(summary["splits"], splits)
+    _assert_subjects_disjoint(summary["subjects"])
+    write_json_atomic(out_dir / "patches.json", summary)
+    return summary
 
+
+class _FovCache:
+    """The prepared FOV mask of a source image, one mask in memory at a time."""
+
+    def __init__(self, prepared_dir: Path, by_id: dict[str, dict]):
+        self.prepared_dir, self.by_id = prepared_dir, by_id
+        self.fovs: dict[str, np.ndarray] = {}
+
+    def __call__(self, source_id: str) -> np.ndarray:
+        if source_id not in self.fovs:
+            self.fovs.clear()  # keep one mask in memory at a time
+            self.fovs[source_id] = read_mask(self.prepared_dir / self.by_id[source_id]["fov"])
+        return self.fovs[source_id]
+
+
+def _check_patch_params(manifest: dict, prepared_dir: Path, patch_size: int, stride: int) -> None:
+    """Refuse a patch larger than the prepared images and a stride below 1."""
     if int(patch_size) > int(manifest["size"]):
         first = prepared_dir / manifest["images"][0]["image"]
         raise InputError(
@@ -219,43 +254,47 @@ def patchify(
         )
     if int(stride) < 1:
         raise InputError(f"params.yaml: patchify.stride is {stride}. Fix: use a positive stride.")
-    summary: dict = {"split": split, "patch_size": patch_size, "stride": stride, "size": manifest["size"],
-                     "grey": bool(manifest.get("grey", False)), "splits": {}, "counts": {}, "units": {}}
-    for split in ("train", "val"):
-        units = sorted(splits[split], key=lambda u: u.id)
-        positions = [patch_positions(fov_of(u.source_id), u.box, patch_size, stride, min_fov_fraction) for u in units]
-        total = int(sum(len(p) for p in positions))
-        if total == 0:
-            raise InputError(
-                f"patchify: no {patch_size}x{patch_size} patch fits inside the FOV of the {split} images. "
-                "Fix: lower patchify.patch_size or patchify.min_fov_fraction."
-            )
-        index = np.zeros((total, 3), dtype=np.int32)
-        with npy_writer(out_dir / f"{split}.npy", (total, patch_size, patch_size, 3)) as out, \
-                npy_writer(out_dir / f"{split}_fov.npy", (total, patch_size, patch_size)) as fov_out:
-            k = 0
-            for ui, (unit, pos) in enumerate(zip(units, positions)):
-                if len(pos) == 0:
-                    continue
-                fov_out.write(_cut(fov_of(unit.source_id)[..., None].astype(np.uint8), pos, patch_size)[..., 0])
-                path = prepared_dir / by_id[unit.source_id]["image"]
-                image = read_image(path, "RGB")
-                if image.shape[:2] != (manifest["size"], manifest["size"]):
-                    raise InputError(
-                        f"{path}: {image.shape[1]}x{image.shape[0]}, not the {manifest['size']}x{manifest['size']} "
-                        "its manifest says. Fix: rerun `dvc repro prepare`."
-                    )
-                out.write(_cut(image, pos, patch_size))
-                index[k : k + len(pos), 0] = ui
-                index[k : k + len(pos), 1:] = pos
-                k += len(pos)
-        write_npy_atomic(out_dir / f"{split}_index.npy", index)
-        summary["splits"][split] = [u.id for u in units]
-        summary["units"][split] = [_unit_dict(u) for u in units]
-        summary["counts"][split] = total
 
+
+def _write_patch_split(split: str, units: list[Unit], manifest: dict, prepared_dir: Path, out_dir: Path,
+                       fov_of: _FovCache, *, patch_size: int, stride: int, min_fov_fraction: float) -> int:
+    """Write ``{split}.npy``, ``{split}_fov.npy`` and ``{split}_index.npy`` for ``units`` (sorted by
+    id), streamed image by image; returns the number of patches."""
+    by_id = fov_of.by_id
+    positions = [patch_positions(fov_of(u.source_id), u.box, patch_size, stride, min_fov_fraction) for u in units]
+    total = int(sum(len(p) for p in positions))
+    if total == 0:
+        raise InputError(
+            f"patchify: no {patch_size}x{patch_size} patch fits inside the FOV of the {split} images. "
+            "Fix: lower patchify.patch_size or patchify.min_fov_fraction."
+        )
+    index = np.zeros((total, 3), dtype=np.int32)
+    with npy_writer(out_dir / f"{split}.npy", (total, patch_size, patch_size, 3)) as out, \
+            npy_writer(out_dir / f"{split}_fov.npy", (total, patch_size, patch_size)) as fov_out:
+        k = 0
+        for ui, (unit, pos) in enumerate(zip(units, positions)):
+            if len(pos) == 0:
+                continue
+            fov_out.write(_cut(fov_of(unit.source_id)[..., None].astype(np.uint8), pos, patch_size)[..., 0])
+            path = prepared_dir / by_id[unit.source_id]["image"]
+            image = read_image(path, "RGB")
+            if image.shape[:2] != (manifest["size"], manifest["size"]):
+                raise InputError(
+                    f"{path}: {image.shape[1]}x{image.shape[0]}, not the {manifest['size']}x{manifest['size']} "
+                    "its manifest says. Fix: rerun `dvc repro prepare`."
+                )
+            out.write(_cut(image, pos, patch_size))
+            index[k : k + len(pos), 0] = ui
+            index[k : k + len(pos), 1:] = pos
+            k += len(pos)
+    write_npy_atomic(out_dir / f"{split}_index.npy", index)
+    return total
+
+
+def _write_test_units(units: list[Unit], by_id: dict[str, dict], prepared_dir: Path, out_dir: Path) -> list[dict]:
+    """Write each test unit's image, FOV and vessel masks as PNGs under ``out_dir/test``; their entries."""
     test_entries = []
-    for unit in sorted(splits["test"], key=lambda u: u.id):
+    for unit in units:
         src = by_id[unit.source_id]
         t, b, l, r = unit.box
         name = safe_name(unit.id)
@@ -271,22 +310,26 @@ def patchify(
                 entry[key] = f"test/{key}/{name}.png"
                 write_png_atomic(out_dir / entry[key], read_image(prepared_dir / src[key], "L")[t:b, l:r])
         test_entries.append(entry)
-    summary["units"]["test"] = [_unit_dict(u) for u in sorted(splits["test"], key=lambda u: u.id)]
-    summary["splits"]["test"] = [e["id"] for e in test_entries]
-    summary["counts"]["test"] = len(test_entries)
-    summary["test"] = test_entries
+    return test_entries
+
+
+def _split_subjects(manifest: dict, splits: dict[str, list[Unit]], test_entries: list[dict]) -> dict | None:
+    """Each split's subjects (None for region splits of fewer than 3 images); sets each test entry's
+    ``subject`` (its own id for region splits)."""
     subject = {e["id"]: e.get("subject") or e["id"] for e in manifest["images"]}
-    summary["subjects"] = {k: sorted({subject[u.source_id] for u in v}) for k, v in splits.items()} if len(manifest["images"]) >= 3 else None
+    subjects = ({k: sorted({subject[u.source_id] for u in v}) for k, v in splits.items()}
+                if len(manifest["images"]) >= 3 else None)
     for e in test_entries:  # the evaluation's statistics resample subjects: both eyes of one person together
-        e["subject"] = subject[e["source_id"]] if summary["subjects"] else e["id"]
-    _assert_disjoint(summary["splits"], splits)
-    if summary["subjects"]:
+        e["subject"] = subject[e["source_id"]] if subjects else e["id"]
+    return subjects
+
+
+def _assert_subjects_disjoint(subjects: dict[str, list[str]] | None) -> None:
+    if subjects:
         for a in SPLITS:
             for b in SPLITS:
-                if a < b and set(summary["subjects"][a]) & set(summary["subjects"][b]):
-                    raise AssertionError(f"subjects in both {a} and {b}: {sorted(set(summary['subjects'][a]) & set(summary['subjects'][b]))}")
-    write_json_atomic(out_dir / "patches.json", summary)
-    return summary
+                if a < b and set(subjects[a]) & set(subjects[b]):
+                    raise AssertionError(f"subjects in both {a} and {b}: {sorted(set(subjects[a]) & set(subjects[b]))}")
 
 
 def _cut(image: np.ndarray, pos: np.ndarray, patch_size: int) -> np.ndarray:

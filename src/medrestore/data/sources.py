@@ -500,7 +500,22 @@ def gather_registered(
     if ds.skimage:
         return gather_sample(out_dir, name)
     known = ds.checksums()
-    src = Path(mirror) / name
+    roots = _source_roots(name, ds, Path(mirror) / name, cache_dir, known, allow_network)
+    files = _expected_files(ds, roots, known)
+    dest = Path(out_dir) / name
+    used, unverified = _copy_verified(name, files, known, dest, allow_unverified)
+    # stacklevel 3: the warnings point at gather_registered's caller, as when they were raised here
+    _check_complete(name, ds, known, files, roots[0], allow_partial)
+    _check_verified(name, known, used, unverified, roots[0], dest, allow_unverified)
+    records = ds.parse(dest)
+    if not records:
+        raise InputError(f"{roots[0]}: no images of dataset '{name}' found. Fix: check the mirror folder's layout.")
+    return records
+
+
+def _source_roots(name: str, ds: Dataset, src: Path, cache_dir: Path, known: dict[str, str] | None,
+                  allow_network: bool) -> list[Path]:
+    """The dataset's root folders: the one in the mirror folder ``src``, else those of its downloaded archives."""
     if src.is_dir():
         root = _find_root(src, ds, known)
         if root is None:
@@ -508,26 +523,35 @@ def gather_registered(
                 f"{src}: holds none of the files expected for dataset '{name}' ({', '.join(ds.files)}). "
                 f"Fix: unpack the dataset from {ds.homepage or ds.url} into that folder, keeping its layout."
             )
-        roots = [root]
-    elif not allow_network:
+        return [root]
+    if not allow_network:
         raise InputError(
             f"{src}: dataset '{name}' is not in the mirror folder and downloading is off. "
             f"Fix: put its files there (from {ds.homepage or ds.url}), or set download.allow_network: true."
         )
-    elif not ds.archives():
+    if not ds.archives():
         raise InputError(
             f"{src}: dataset '{name}' is not in the mirror folder and has no direct download. Fix: get it from "
             f"{ds.homepage} (registration may be needed) and unpack it into {src}, keeping its layout."
         )
-    else:
-        roots = _fetch_roots(ds, cache_dir, known)
+    return _fetch_roots(ds, cache_dir, known)
 
+
+def _expected_files(ds: Dataset, roots: list[Path], known: dict[str, str] | None) -> dict[str, Path]:
+    """``{relative path: file}`` of the dataset's files under ``roots`` (the first root's copy wins)."""
     files: dict[str, Path] = {}
     for root in roots:
         for rel in _walk(root):
             if ds.expects(rel, known):
                 files.setdefault(rel, root / rel)
-    dest = Path(out_dir) / name
+    return files
+
+
+def _copy_verified(name: str, files: dict[str, Path], known: dict[str, str] | None, dest: Path,
+                   allow_unverified: bool) -> tuple[dict[str, str], list[str]]:
+    """Copy ``files`` under ``dest``, hashing each: ``({relative path: digest} of those copied, the
+    unverified ones)``. Unverified files are copied only with ``allow_unverified``; a mismatch with
+    a pinned checksum removes the copy and raises."""
     used: dict[str, str] = {}
     unverified: list[str] = []
     for rel, path in sorted(files.items()):
@@ -545,48 +569,59 @@ def gather_registered(
         if expected is None:
             unverified.append(rel)
         used[rel] = got
-    pin = f"{CHECKSUMS_PACKAGE}/{name}.sha256"
+    return used, unverified
+
+
+def _check_complete(name: str, ds: Dataset, known: dict[str, str] | None, files: dict[str, Path], root: Path,
+                    allow_partial: bool) -> None:
+    """Refuse a dataset missing pinned files (warn instead with ``allow_partial``)."""
     missing = sorted(set(known or {}) - set(files))
-    if missing:
-        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-        where = f"{roots[0]}: dataset '{name}' is incomplete: {len(missing)} of its {len(known)} pinned files are missing ({shown})"
-        if not allow_partial:
-            raise InputError(
-                f"{where}. Fix: put them back from the dataset's original copy ({ds.homepage or ds.url}; with a mirror folder, "
-                f"copy them into {roots[0]}), or set download.allow_partial: true in params.yaml to run on the files present."
-            )
-        warnings.warn(f"{where}; used without them (download.allow_partial).", IncompleteDatasetWarning, stacklevel=2)
+    if not missing:
+        return
+    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    where = (f"{root}: dataset '{name}' is incomplete: {len(missing)} of its {len(known)} pinned files are missing "
+             f"({shown})")
+    if not allow_partial:
+        raise InputError(
+            f"{where}. Fix: put them back from the dataset's original copy ({ds.homepage or ds.url}; with a mirror "
+            f"folder, copy them into {root}), or set download.allow_partial: true in params.yaml to run on the files "
+            "present."
+        )
+    warnings.warn(f"{where}; used without them (download.allow_partial).", IncompleteDatasetWarning, stacklevel=3)
+
+
+def _check_verified(name: str, known: dict[str, str] | None, used: dict[str, str], unverified: list[str], root: Path,
+                    dest: Path, allow_unverified: bool) -> None:
+    """Refuse a dataset of which nothing was copied; warn about unverified files left out or used
+    (and record the digests of those used in ``dest/SHA256SUMS``)."""
+    pin = f"{CHECKSUMS_PACKAGE}/{name}.sha256"
     if not used:
         if unverified:
             why = "has no pinned checksums" if known is None else "has no pinned checksum for any of them"
             raise InputError(
-                f"{roots[0]}: dataset '{name}' {why}, so its {len(unverified)} files cannot be verified. Fix: set "
+                f"{root}: dataset '{name}' {why}, so its {len(unverified)} files cannot be verified. Fix: set "
                 f"download.allow_unverified: true in params.yaml to use them unverified (their digests are then "
                 f"recorded in {dest}/SHA256SUMS), or pin them: check the files, write their digests to {pin} and "
                 f"set checksums_file in the '{name}' entry of DATASETS."
             )
-        raise InputError(f"{roots[0]}: none of the files expected for '{name}' found. Fix: check the folder's layout.")
+        raise InputError(f"{root}: none of the files expected for '{name}' found. Fix: check the folder's layout.")
     if unverified and not allow_unverified:
         warnings.warn(
-            f"{roots[0]}: left out {len(unverified)} files of '{name}' with no pinned checksum "
+            f"{root}: left out {len(unverified)} files of '{name}' with no pinned checksum "
             f"({', '.join(unverified[:3])}{', ...' if len(unverified) > 3 else ''}). Fix: add them to {pin}, or set "
             "download.allow_unverified: true to use them unverified.",
             UnverifiedFilesWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     elif unverified:
         lines = "".join(f"{digest}  {rel}\n" for rel, digest in sorted(used.items()))
         (dest / "SHA256SUMS").write_text(lines)
         warnings.warn(
-            f"{roots[0]}: using {len(unverified)} files of '{name}' unverified (allow_unverified); their digests "
+            f"{root}: using {len(unverified)} files of '{name}' unverified (allow_unverified); their digests "
             f"are recorded in {dest}/SHA256SUMS. Fix: check them and copy that file to {pin} to pin them.",
             UnverifiedFilesWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    records = ds.parse(dest)
-    if not records:
-        raise InputError(f"{roots[0]}: no images of dataset '{name}' found. Fix: check the mirror folder's layout.")
-    return records
 
 
 def gather_folder(folder: Path, out_dir: Path) -> list[SourceImage]:
