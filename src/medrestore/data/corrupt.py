@@ -58,10 +58,6 @@ from typing import Any
 
 import numpy as np
 
-from medrestore.data.patches import npy_writer, read_rows
-from medrestore.data.photometric import augment_patch, check_photometric
-from medrestore.data.names import safe_name
-from medrestore.degradations import corrupt, spec_scale, stable_id
 from medrestore.core.io import (
     InputError,
     _json_default,
@@ -73,6 +69,10 @@ from medrestore.core.io import (
     write_npy_atomic,
     write_png_atomic,
 )
+from medrestore.data.names import safe_name
+from medrestore.data.patches import npy_writer, read_rows
+from medrestore.data.photometric import augment_patch, check_photometric
+from medrestore.degradations import corrupt, spec_scale, stable_id
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 TASK_KEYS = {"train", "test", "level", "unpaired", "photometric"}
@@ -94,7 +94,8 @@ def check_task_spec(task: str, spec: dict) -> dict:
     """The task spec with its defaults, or an :class:`InputError` naming the params entry."""
     where = f"params.yaml: corrupt.tasks.{task}"
     if not isinstance(spec, dict) or "train" not in spec or not isinstance(spec.get("test"), dict) or not spec["test"]:
-        raise InputError(f"{where}: needs a `train` spec and a `test` mapping of variants. Fix: see the README's task table.")
+        raise InputError(f"{where}: needs a `train` spec and a `test` mapping of variants. Fix: see the task table "
+                         "in docs/pipeline.md.")
     unknown = set(spec) - TASK_KEYS
     if unknown:
         raise InputError(f"{where}: unknown keys {sorted(unknown)}. Fix: use only {sorted(TASK_KEYS)}.")
@@ -111,11 +112,13 @@ def check_task_spec(task: str, spec: dict) -> dict:
         raise InputError(f"{where}: a spec lacks a key ({exc}). Fix: give every downscale step its scale.") from exc
     odd = {v: s for v, s in test_scales.items() if s != scale}
     if odd:
-        raise InputError(f"{where}: test variants {odd} change the size by another factor than train ({scale}). Fix: use one scale per task.")
+        raise InputError(f"{where}: test variants {odd} change the size by another factor than train ({scale}). Fix: "
+                         "use one scale per task.")
     photometric = None
     if spec.get("photometric") is not None:
         if level != "patch" or unpaired:
-            raise InputError(f"{where}.photometric: only patch-level paired tasks are augmented. Fix: drop photometric, or use level patch and unpaired false.")
+            raise InputError(f"{where}.photometric: only patch-level paired tasks are augmented. Fix: drop "
+                             "photometric, or use level patch and unpaired false.")
         photometric = check_photometric(task, spec["photometric"])
     return {**spec, "level": level, "unpaired": unpaired, "scale": scale, "photometric": photometric}
 
@@ -127,7 +130,8 @@ def _apply(image: np.ndarray, spec: dict, words: list[int], fov, grey: bool, whe
             return np.repeat(out[..., None], 3, axis=2), params
         return corrupt(image, spec, words, fov)
     except (ValueError, TypeError, KeyError) as exc:
-        raise InputError(f"params.yaml: {where}: {exc}. Fix: correct the spec (see the README's corruption table).") from exc
+        raise InputError(f"params.yaml: {where}: {exc}. Fix: correct the spec (see the corruption table in "
+                         "docs/pipeline.md).") from exc
 
 
 def _dumps(obj: Any) -> str:
@@ -160,7 +164,8 @@ class _Prepared:
         key = (source_id, need_image)
         if self._key != key:
             if source_id not in self.by_id:
-                raise InputError(f"{self.dir / 'manifest.json'}: no image {source_id!r}. Fix: rerun `dvc repro patchify`.")
+                raise InputError(f"{self.dir / 'manifest.json'}: no image {source_id!r}. Fix: rerun `dvc repro "
+                                 "patchify`.")
             entry = self.by_id[source_id]
             image = read_image(self.dir / entry["image"], "RGB") if need_image else None
             fov = read_mask(self.dir / entry["fov"])
@@ -194,7 +199,8 @@ def unpaired_domains(units: list[dict], *, seed: int, task: str) -> dict:
     return {"by": by, "clean": clean, "degraded": degraded}
 
 
-def corrupt_task(patches_dir: Path, out_dir: Path, *, task: str, spec: dict, seed: int, prepared_dir: Path | None = None) -> dict:
+def corrupt_task(patches_dir: Path, out_dir: Path, *, task: str, spec: dict, seed: int,
+                 prepared_dir: Path | None = None) -> dict:
     """Write the outputs listed in the module docstring under ``out_dir``.
 
     ``prepared_dir`` (``artifacts/prepared``) gives the whole images and FOV masks: image-level
@@ -356,13 +362,15 @@ def _image_level(prepared, unit, index, patches_path, start, spec, words, grey, 
     ys, xs = index[:, 1] - t, index[:, 2] - l
     if s > 1 and (np.any(ys % s) or np.any(xs % s)):
         raise InputError(
-            f"params.yaml: corrupt.tasks: an image-level task downscales by {s}, but patch corners of {unit['id']} are not "
+            f"params.yaml: corrupt.tasks: an image-level task downscales by {s}, but patch corners of {unit['id']} "
+            "are not "
             f"multiples of {s}. Fix: make patchify.stride and prepare.size / patchify.region_grid multiples of {s}."
         )
     # The patches must still be the prepared pixels they were cut from (stale outputs otherwise).
     first = read_rows(patches_path, start, start + 1)[0]
     if not np.array_equal(first, region[ys[0] : ys[0] + p, xs[0] : xs[0] + p]):
-        raise InputError(f"artifacts/patches: patches of {unit['id']} differ from artifacts/prepared. Fix: rerun `dvc repro patchify`.")
+        raise InputError(f"artifacts/patches: patches of {unit['id']} differ from artifacts/prepared. Fix: rerun "
+                         "`dvc repro patchify`.")
     degraded, params = _apply(region, spec, words, mask, grey, where)
     q = p // s
     block = np.empty((len(index), q, q, 3), np.uint8)

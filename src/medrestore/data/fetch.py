@@ -139,8 +139,9 @@ def _fetch_into(url: str, part: Path, timeout: float) -> None:
         from tqdm.auto import tqdm
 
         # a progress bar on a terminal only (tqdm's disable=None), quiet in CI and in logs
-        with open(part, "ab" if start else "wb") as fh, tqdm(total=None if expected is None else have + expected, initial=have, unit="B",
-                                                              unit_scale=True, desc=Path(part.name).stem, disable=None, leave=False) as bar:
+        total = None if expected is None else have + expected
+        bar_args = {"unit": "B", "unit_scale": True, "desc": Path(part.name).stem, "disable": None, "leave": False}
+        with open(part, "ab" if start else "wb") as fh, tqdm(total=total, initial=have, **bar_args) as bar:
             while block := resp.read(CHUNK):
                 fh.write(block)
                 got += len(block)
@@ -240,7 +241,8 @@ def extract_archive(
     raise InputError(f"{archive}: not a zip or tar archive. {_CORRUPT}")
 
 
-def _extract_members(archive: Path, out_dir: Path, members: Iterator[Member], max_bytes: int, max_files: int) -> list[Path]:
+def _extract_members(archive: Path, out_dir: Path, members: Iterator[Member], max_bytes: int,
+                     max_files: int) -> list[Path]:
     written: list[Path] = []
     seen: dict[tuple[str, ...], str] = {}
     count = declared = total = 0

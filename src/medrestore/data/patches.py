@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medrestore.data.names import safe_name
 from medrestore.core.io import (
     InputError,
     atomic_path,
@@ -34,6 +33,7 @@ from medrestore.core.io import (
     write_npy_atomic,
     write_png_atomic,
 )
+from medrestore.data.names import safe_name
 
 SPLITS = ("train", "val", "test")
 
@@ -80,7 +80,8 @@ def split_units(manifest: dict, *, seed: int, val_fraction: float, test_fraction
                     box = (r * step, (r + 1) * step, c * step, (c + 1) * step)
                     units.append(Unit(f"{e['id']}#r{r}{c}", e["id"], e["dataset"], box))
     if len(units) < 3:
-        raise InputError("patchify: fewer than 3 images or regions to split. Fix: raise patchify.region_grid or add images.")
+        raise InputError("patchify: fewer than 3 images or regions to split. Fix: raise patchify.region_grid or add "
+                         "images.")
     # Whole-image splits are by subject (CHASE_DB1 has both eyes of each child): the two eyes of one
     # person are alike, so one in training and the other in test would flatter every score.
     subject = {e["id"]: e.get("subject") or e["id"] for e in images}
@@ -100,7 +101,8 @@ def split_units(manifest: dict, *, seed: int, val_fraction: float, test_fraction
         datasets = {groups[n][0].dataset for n in fixed_test}
         own = [n for n in names if groups[n][0].dataset in datasets and n not in fixed_test]
         if len(own) < 2:
-            raise InputError("patchify: the published split leaves fewer than 2 training subjects. Fix: add that dataset's training images.")
+            raise InputError("patchify: the published split leaves fewer than 2 training subjects. Fix: add that "
+                             "dataset's training images.")
         order = np.random.default_rng(seed).permutation(len(own))
         n_val = min(len(own) - 1, max(1, int(round(val_fraction * len(own)))))
         out["test"] = pick(sorted(fixed_test))
@@ -110,8 +112,9 @@ def split_units(manifest: dict, *, seed: int, val_fraction: float, test_fraction
         if not names:
             return out
     order = np.random.default_rng(seed).permutation(len(names))
-    n_test = max(1, int(round(test_fraction * len(names)))) if not fixed_test else int(round(test_fraction * len(names)))
-    n_val = max(1, int(round(val_fraction * len(names)))) if not fixed_test else int(round(val_fraction * len(names)))
+    least = 0 if fixed_test else 1
+    n_test = max(least, int(round(test_fraction * len(names))))
+    n_val = max(least, int(round(val_fraction * len(names))))
     if n_test + n_val >= len(names) and not fixed_test:
         raise InputError("patchify: val_fraction + test_fraction leave no training images. Fix: lower them.")
     rest = [names[i] for i in order]
@@ -204,7 +207,8 @@ def patchify(
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     by_id = {e["id"]: e for e in manifest["images"]}
     splits = split_units(
-        manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, region_grid=region_grid, split=split
+        manifest, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, region_grid=region_grid,
+        split=split,
     )
     fov_of = _FovCache(prepared_dir, by_id)
     _check_patch_params(manifest, prepared_dir, patch_size, stride)
@@ -359,7 +363,8 @@ def load_fov(out_dir: Path, split: str) -> np.ndarray:
     """Memory-mapped FOV masks of one split's patches (N, P, P) uint8, 1 inside the FOV."""
     path = Path(out_dir) / f"{split}_fov.npy"
     if not path.is_file():
-        raise InputError(f"{path}: missing (patches cut before FOV masks were stored). Fix: rerun `dvc repro patchify`.")
+        raise InputError(f"{path}: missing (patches cut before FOV masks were stored). Fix: rerun `dvc repro "
+                         "patchify`.")
     return np.load(path, mmap_mode="r")
 
 

@@ -97,20 +97,24 @@ def check_photometric(task: str, spec: Any) -> dict:
     """The ``photometric`` spec of a task with its defaults, or an :class:`InputError` naming the entry."""
     where = f"params.yaml: corrupt.tasks.{task}.photometric"
     if not isinstance(spec, dict):
-        raise InputError(f"{where} is {spec!r}. Fix: give a mapping {{p, mean_range: {{red, green, blue}}, gamma_range}}.")
+        raise InputError(f"{where} is {spec!r}. Fix: give a mapping "
+                         "{p, mean_range: {red, green, blue}, gamma_range}.")
     unknown = set(spec) - PHOTOMETRIC_KEYS
     if unknown:
         raise InputError(f"{where}: unknown keys {sorted(unknown)}. Fix: use only {sorted(PHOTOMETRIC_KEYS)}.")
     ranges = spec.get("mean_range")
     if not isinstance(ranges, dict) or set(ranges) != set(CHANNELS):
-        raise InputError(f"{where}.mean_range is {ranges!r}. Fix: give [low, high] (0-255) for each of red, green, blue.")
+        raise InputError(f"{where}.mean_range is {ranges!r}. Fix: give [low, high] (0-255) for each of red, green, "
+                         "blue.")
     out = {"p": float(spec.get("p", 1.0)), "gamma_range": spec.get("gamma_range", [1.0, 1.0]),
            "gain_limits": spec.get("gain_limits", list(GAIN_LIMITS)),
            "own_gain_max": spec.get("own_gain_max", OWN_GAIN_MAX), "mean_range": {}}
     for c in CHANNELS:
         lo_hi = ranges[c]
-        if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and 0 <= float(lo_hi[0]) <= float(lo_hi[1]) <= 255):
-            raise InputError(f"{where}.mean_range.{c} is {lo_hi!r}. Fix: give [low, high] with 0 <= low <= high <= 255.")
+        pair = isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2
+        if not (pair and 0 <= float(lo_hi[0]) <= float(lo_hi[1]) <= 255):
+            raise InputError(f"{where}.mean_range.{c} is {lo_hi!r}. Fix: give [low, high] with 0 <= low <= high <= "
+                             "255.")
         out["mean_range"][c] = [float(lo_hi[0]), float(lo_hi[1])]
     for key in ("gamma_range", "gain_limits"):
         lo_hi = out[key]
@@ -125,7 +129,8 @@ def check_photometric(task: str, spec: Any) -> dict:
     return out
 
 
-def augment_patch(patch: np.ndarray, spec: dict, words: list[int], fov: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def augment_patch(patch: np.ndarray, spec: dict, words: list[int],
+                  fov: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """One clean (P, P, 3) uint8 patch with its channel gains and gammas drawn from ``words``
     (``spec``: :func:`check_photometric`'s output). With probability ``1 - p`` the patch is returned
     unchanged (params ``{"applied": False}``)."""
@@ -141,11 +146,13 @@ def augment_patch(patch: np.ndarray, spec: dict, words: list[int], fov: np.ndarr
     gain, leak = _gains_for(patch, _fov_pixels(patch, fov), gamma, target, spec["gain_limits"],
                             spec.get("own_gain_max", OWN_GAIN_MAX))
     out = apply_colour(patch, gain, gamma, leak)
-    return out, {"applied": True, "gamma": [round(float(v), 6) for v in gamma], "gain": [round(float(v), 6) for v in gain],
+    return out, {"applied": True, "gamma": [round(float(v), 6) for v in gamma],
+                 "gain": [round(float(v), 6) for v in gain],
                  "leak": [round(float(v), 6) for v in leak], "target_mean": [round(float(v), 4) for v in target]}
 
 
-def recolour(image: np.ndarray, fov: np.ndarray, profile: dict[str, float], gamma=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, dict]:
+def recolour(image: np.ndarray, fov: np.ndarray, profile: dict[str, float],
+             gamma=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, dict]:
     """An (H, W, 3) uint8 fundus image recoloured to another camera's channel statistics.
 
     Deterministic (no randomness): per channel a fixed ``gamma``, then the own gain (within

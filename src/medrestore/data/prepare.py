@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
 from medrestore.data.fov import MODES, detect_fov, prepare_arrays, to_grey_rgb
 from medrestore.data.names import safe_name
 from medrestore.data.sources import load_mask
-from medrestore.core.io import InputError, read_image, write_json_atomic, write_png_atomic
 
 MIN_SOURCE_SIDE = 32
 
@@ -42,7 +42,8 @@ def prepare_sources(
     fov_threshold: float,
     grey: bool = False,
 ) -> dict:
-    """Write ``images/``, ``fov/``, ``vessels/`` (and ``vessels_2nd/``) PNGs plus ``manifest.json`` under ``out_dir``."""
+    """Write ``images/``, ``fov/``, ``vessels/`` (and ``vessels_2nd/``) PNGs plus ``manifest.json`` under
+    ``out_dir``."""
     if mode not in MODES:
         raise InputError(f"params.yaml: prepare.mode is {mode!r}. Fix: use one of {', '.join(MODES)}.")
     if int(size) < MIN_SOURCE_SIDE:
@@ -53,16 +54,20 @@ def prepare_sources(
         src = Path(sources_dir) / rec["image"]
         image = read_image(src, "RGB")
         if min(image.shape[:2]) < MIN_SOURCE_SIDE:
-            raise InputError(f"{src}: image is {image.shape[1]}x{image.shape[0]}, too small to restore. Fix: remove it.")
+            raise InputError(f"{src}: image is {image.shape[1]}x{image.shape[0]}, too small to restore. Fix: remove "
+                             "it.")
         vessels = _mask(sources_dir, rec.get("vessels"), image.shape, "vessel")
         vessels_2nd = _mask(sources_dir, rec.get("vessels_2nd"), image.shape, "second observer's vessel")
         shipped = _mask(sources_dir, rec.get("fov"), image.shape, "FOV")
         full_fov = shipped if shipped is not None else detect_fov(image, fov_threshold)
         try:
             out, fov, ves = prepare_arrays(image, vessels, size=size, mode=mode, fov=full_fov)
-            ves2 = None if vessels_2nd is None else prepare_arrays(image, vessels_2nd, size=size, mode=mode, fov=full_fov)[2]
+            ves2 = None
+            if vessels_2nd is not None:
+                ves2 = prepare_arrays(image, vessels_2nd, size=size, mode=mode, fov=full_fov)[2]
         except ValueError as exc:
-            raise InputError(f"{src}: {exc}. Fix: lower prepare.size, pick another prepare.mode, or remove the image.") from exc
+            raise InputError(f"{src}: {exc}. Fix: lower prepare.size, pick another prepare.mode, or remove the "
+                             "image.") from exc
         if fov.mean() < 0.05:
             where = "shipped FOV mask" if shipped is not None else "detected field of view"
             raise InputError(

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medrestore.data.fetch import download, extract_archive
 from medrestore.core.io import (
     InputError,
     list_images,
@@ -33,6 +32,7 @@ from medrestore.core.io import (
     sha256_file,
     write_png_atomic,
 )
+from medrestore.data.fetch import download, extract_archive
 
 MAX_ROOT_DEPTH = 3  # how deep below the mirror folder / extracted archive the dataset's root may sit
 MAX_GUNZIP_BYTES = 256 << 20  # one decompressed STARE file; far above the real 1.3 MB
@@ -58,7 +58,9 @@ class SourceImage:
     subject: str | None = None  # the person photographed: images of one subject never straddle splits
 
     def as_dict(self, root: Path) -> dict:
-        rel = lambda p: p.relative_to(root).as_posix() if p is not None else None
+        def rel(p):
+            return p.relative_to(root).as_posix() if p is not None else None
+
         return {
             "id": self.id,
             "dataset": self.dataset,
@@ -273,7 +275,8 @@ def _parse_stare(folder: Path) -> list[SourceImage]:
             dest = folder / f"{stem}.{observer}.png"
             write_png_atomic(dest, _read_ppm(src, "L"))
             labels.append(dest)
-        out.append(SourceImage(id=f"stare/{stem}", dataset="stare", image=image, vessels=labels[0], vessels_2nd=labels[1]))
+        out.append(SourceImage(id=f"stare/{stem}", dataset="stare", image=image, vessels=labels[0],
+                               vessels_2nd=labels[1]))
     return out
 
 
