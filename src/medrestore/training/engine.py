@@ -164,120 +164,157 @@ def start_from(net: torch.nn.Module, folder: Path, run: str) -> None:
                          "model_kwargs as that model.") from exc
 
 
-def train_model(
+def _unpaired_sides(clean: np.ndarray, train_domain: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The training patches each side of an unpaired model draws from: (clean side, degraded side) rows
+    of ``train_domain`` 0 and 1; without ``train_domain``, every patch on both sides."""
+    if train_domain is None:
+        every = np.arange(clean.shape[0])
+        return every, every
+    domain = np.asarray(train_domain)
+    if domain.shape != (clean.shape[0],):
+        raise InputError(f"train_domain has shape {domain.shape}, expected ({clean.shape[0]},). Fix: rerun the "
+                         "corrupt stage.")
+    return np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
+
+
+def _crop_training_set(
     cfg: TrainConfig,
+    run: str,
     train_pairs: tuple[np.ndarray, np.ndarray],
-    val_pairs: tuple[np.ndarray, np.ndarray],
-    out_dir: Path,
-    ckpt_dir: Path,
-    tracker=None,
-    extra_meta: dict[str, Any] | None = None,
-    *,
-    train_domain: np.ndarray | None = None,
-    run: str | None = None,
-    fov: tuple[np.ndarray, np.ndarray] | None = None,
-    train_index: tuple[np.ndarray, int] | None = None,
-) -> dict[str, Any]:
-    """Train ``cfg.model`` on (clean, degraded) patch arrays; write the stage's outputs to ``out_dir``.
-
-    ``train_domain`` (unpaired tasks): per training patch, 0 = use its clean version only, 1 = use its
-    degraded version only. Paired models refuse it; cyclegan models without it draw both sides
-    independently from all patches. ``run`` names the run in errors (default: the model).
-    ``fov``: the (train, val) patches' FOV masks (patchify's ``{split}_fov.npy``); with ``cfg.fov_loss``
-    a paired model's loss and validation PSNR count the pixels inside the FOV only.
-    ``train_index``: (patchify's ``train_index.npy``, the patch stride), which cyclegan models with
-    ``cfg.crop_patches`` > 1 need to assemble their crops of adjacent training patches.
-    """
-    spec = MODELS.get(cfg.model)
-    if spec is None:
-        raise InputError(f"unknown model {cfg.model!r}. Fix: use one of {', '.join(MODELS)}.")
-    run = run or cfg.model
-    seed_run(cfg.seed)
-
+    sides: tuple[np.ndarray, np.ndarray],
+    train_domain: np.ndarray | None,
+    train_index: tuple[np.ndarray, int] | None,
+) -> tuple[UnpairedCrops, dict[str, int], np.ndarray, np.ndarray]:
+    """A cyclegan run's crops of ``cfg.crop_patches`` x ``cfg.crop_patches`` adjacent training patches
+    (:func:`~medrestore.training.data.crop_table`): a side draws the crops whose patches all belong to it
+    (every crop, both sides, without ``train_domain``). Returns the dataset, ``metrics.json``'s
+    ``train_crops`` and the (clean, degraded) crops."""
     clean, degraded = train_pairs
+    clean_idx, degraded_idx = sides
+    if train_index is None:
+        raise InputError(
+            f"run {run!r}: crop_patches needs the training patches' index (train_index.npy) and stride. "
+            "Fix: rerun the patchify stage, or set crop_patches: 0."
+        )
+    index, stride = train_index
+    if len(index) != clean.shape[0]:
+        raise InputError(
+            f"train_index.npy lists {len(index)} patches, the training arrays hold {clean.shape[0]}. "
+            "Fix: rerun the patchify and corrupt stages."
+        )
+    cells = crop_table(index, int(stride), int(cfg.crop_patches))
+    side = np.full(clean.shape[0], -1)
+    side[clean_idx], side[degraded_idx] = 0, 1  # a crop belongs to a domain when all its patches do
+    flat = side[cells.reshape(len(cells), -1)]
+    clean_cells, degraded_cells = cells[(flat == 0).all(1)], cells[(flat == 1).all(1)]
+    if train_domain is None:
+        clean_cells = degraded_cells = cells
+    train_ds = UnpairedCrops(clean, degraded, clean_cells, degraded_cells, int(stride))
+    crops = {
+        "size": clean.shape[1] + (int(cfg.crop_patches) - 1) * int(stride),
+        "clean": len(clean_cells),
+        "degraded": len(degraded_cells),
+    }
+    return train_ds, crops, clean_cells, degraded_cells
+
+
+def _unpaired_training_set(
+    cfg: TrainConfig,
+    run: str,
+    train_pairs: tuple[np.ndarray, np.ndarray],
+    train_domain: np.ndarray | None,
+    train_index: tuple[np.ndarray, int] | None,
+) -> tuple[UnpairedPatches | UnpairedCrops, StepBatchSampler, dict[str, int] | None]:
+    """A cyclegan run's training set (single patches, or crops with ``cfg.crop_patches`` > 1), its batch
+    sampler (each side drawn independently) and ``train_crops`` (None without crops)."""
+    clean, degraded = train_pairs
+    clean_idx, degraded_idx = _unpaired_sides(clean, train_domain)
     crops = None
-    if spec.trainer == "cyclegan":
-        if train_domain is None:
-            clean_idx = degraded_idx = np.arange(clean.shape[0])
-        else:
-            domain = np.asarray(train_domain)
-            if domain.shape != (clean.shape[0],):
-                raise InputError(f"train_domain has shape {domain.shape}, expected ({clean.shape[0]},). Fix: rerun the "
-                                 "corrupt stage.")
-            clean_idx, degraded_idx = np.flatnonzero(domain == 0), np.flatnonzero(domain == 1)
-        if cfg.crop_patches > 1:
-            if train_index is None:
-                raise InputError(
-                    f"run {run!r}: crop_patches needs the training patches' index (train_index.npy) and stride. "
-                    "Fix: rerun the patchify stage, or set crop_patches: 0."
-                )
-            index, stride = train_index
-            if len(index) != clean.shape[0]:
-                raise InputError(
-                    f"train_index.npy lists {len(index)} patches, the training arrays hold {clean.shape[0]}. "
-                    "Fix: rerun the patchify and corrupt stages."
-                )
-            cells = crop_table(index, int(stride), int(cfg.crop_patches))
-            side = np.full(clean.shape[0], -1)
-            side[clean_idx], side[degraded_idx] = 0, 1  # a crop belongs to a domain when all its patches do
-            flat = side[cells.reshape(len(cells), -1)]
-            clean_cells, degraded_cells = cells[(flat == 0).all(1)], cells[(flat == 1).all(1)]
-            if train_domain is None:
-                clean_cells = degraded_cells = cells
-            train_ds = UnpairedCrops(clean, degraded, clean_cells, degraded_cells, int(stride))
-            crops = {
-                "size": clean.shape[1] + (int(cfg.crop_patches) - 1) * int(stride),
-                "clean": len(clean_cells),
-                "degraded": len(degraded_cells),
-            }
-            clean_idx, degraded_idx = clean_cells, degraded_cells
-        else:
-            train_ds = UnpairedPatches(clean, degraded, clean_idx, degraded_idx)
-        sampler: StepBatchSampler = UnpairedStepSampler(len(clean_idx), len(degraded_idx), cfg.batch_size, cfg.seed)
-        n_train = len(train_ds)
+    if cfg.crop_patches > 1:
+        train_ds, crops, clean_idx, degraded_idx = _crop_training_set(
+            cfg, run, train_pairs, (clean_idx, degraded_idx), train_domain, train_index
+        )
     else:
-        if train_domain is not None:
-            raise InputError(
-                f"{cfg.model!r} trains on pairs, but this task is unpaired (train_domain.npy). Fix: use "
-                "cyclegan or cyclegan-fc."
-            )
-        if cfg.crop_patches > 1:
-            raise InputError(
-                f"run {run!r}: crop_patches is for the cyclegan models; {cfg.model!r} trains on single "
-                "patches. Fix: drop crop_patches."
-            )
-        if cfg.fov_loss and fov is None:
-            raise InputError(
-                f"run {run!r}: fov_loss needs the patches' FOV masks (train_fov.npy, val_fov.npy). "
-                "Fix: rerun the patchify stage, or set fov_loss: false."
-            )
-        train_ds = PairedPatches(clean, degraded, fov[0] if cfg.fov_loss else None)
-        sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed)
-        n_train = len(train_ds)
-    cfg = resolve_config(cfg, train_pairs, n_train)
-    scale = pair_scale(*train_pairs)
-    module = GAN_MODULES[spec.trainer](cfg, run) if spec.trainer in GAN_MODULES else RestorationModule(cfg, run)
+        train_ds = UnpairedPatches(clean, degraded, clean_idx, degraded_idx)
+    sampler = UnpairedStepSampler(len(clean_idx), len(degraded_idx), cfg.batch_size, cfg.seed)
+    return train_ds, sampler, crops
+
+
+def _paired_training_set(
+    cfg: TrainConfig,
+    run: str,
+    train_pairs: tuple[np.ndarray, np.ndarray],
+    train_domain: np.ndarray | None,
+    fov: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[PairedPatches, StepBatchSampler, None]:
+    """A paired model's training set (with the FOV masks of its loss when ``cfg.fov_loss``) and its batch
+    sampler; refuses the unpaired and cyclegan-only inputs."""
+    clean, degraded = train_pairs
+    if train_domain is not None:
+        raise InputError(
+            f"{cfg.model!r} trains on pairs, but this task is unpaired (train_domain.npy). Fix: use "
+            "cyclegan or cyclegan-fc."
+        )
+    if cfg.crop_patches > 1:
+        raise InputError(
+            f"run {run!r}: crop_patches is for the cyclegan models; {cfg.model!r} trains on single "
+            "patches. Fix: drop crop_patches."
+        )
+    if cfg.fov_loss and fov is None:
+        raise InputError(
+            f"run {run!r}: fov_loss needs the patches' FOV masks (train_fov.npy, val_fov.npy). "
+            "Fix: rerun the patchify stage, or set fov_loss: false."
+        )
+    train_ds = PairedPatches(clean, degraded, fov[0] if cfg.fov_loss else None)
+    return train_ds, StepBatchSampler(len(train_ds), cfg.batch_size, cfg.seed), None
+
+
+def _training_module(cfg: TrainConfig, trainer: str, run: str) -> L.LightningModule:
+    """The Lightning module of the model's ``trainer`` kind (a GAN's, or the paired one), its network's
+    weights drawn from the seeded generator, then replaced by ``cfg.init_from``'s when that is set."""
+    module = GAN_MODULES[trainer](cfg, run) if trainer in GAN_MODULES else RestorationModule(cfg, run)
     if cfg.init_from:
         start_from(module.net, Path(cfg.init_from), run)
-    masked = cfg.fov_loss and spec.trainer != "cyclegan"
-    val_fov = fov[1] if masked else None
+    return module
+
+
+def _validation_set(
+    cfg: TrainConfig, val_pairs: tuple[np.ndarray, np.ndarray], val_fov: np.ndarray | None
+) -> tuple[tuple[np.ndarray, ...] | list[np.ndarray], np.ndarray | None, PairedPatches]:
+    """The validation rows a run keeps (:func:`validation_subset` of ``cfg.val_patches``), with their FOV
+    masks when the loss is masked: (clean, degraded), the masks (or None), the dataset."""
     if val_fov is not None:
         *val_pairs, val_fov = validation_subset((*val_pairs, val_fov), cfg.val_patches)
     else:
         val_pairs = validation_subset(val_pairs, cfg.val_patches)
-    val_ds = PairedPatches(val_pairs[0], val_pairs[1], val_fov)
-    train_dl = DataLoader(train_ds, batch_sampler=sampler)
-    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False)
-    arrays = [*train_pairs, *val_pairs] + ([] if train_domain is None else [np.asarray(train_domain)])
-    if masked:
-        arrays += [fov[0], val_fov]
-    if spec.trainer == "cyclegan" and cfg.crop_patches > 1:
-        arrays += [np.asarray(train_index[0]), np.asarray([train_index[1]])]
+    return val_pairs, val_fov, PairedPatches(val_pairs[0], val_pairs[1], val_fov)
+
+
+def _identity_arrays(
+    cfg: TrainConfig,
+    data: list[np.ndarray],
+    train_domain: np.ndarray | None,
+    fovs: list[np.ndarray],
+    crop_index: tuple[np.ndarray, int] | None,
+) -> list[np.ndarray]:
+    """What, with the config, identifies a run (its resume folder's :func:`fingerprint`): the training and
+    validation arrays ``data``, the domains, the FOV masks the loss uses, the crops' patch index and
+    stride, the starting weights of a fine-tuning run."""
+    arrays = data + ([] if train_domain is None else [np.asarray(train_domain)])
+    arrays += fovs
+    if crop_index is not None:
+        arrays += [np.asarray(crop_index[0]), np.asarray([crop_index[1]])]
     if cfg.init_from:  # the starting weights are part of the run's identity (resume folder)
         arrays.append(np.frombuffer((Path(cfg.init_from) / "model.safetensors").read_bytes(), np.uint8))
-    run_dir = Path(ckpt_dir) / fingerprint(cfg, arrays)
-    resume = run_dir / "last.ckpt"
-    module.ckpt_path = resume
+    return arrays
+
+
+def _run_trainer(
+    cfg: TrainConfig, run: str, run_dir: Path, tracker, sampler: StepBatchSampler
+) -> tuple[L.Trainer, CurveRecorder]:
+    """The run's Trainer (:func:`make_trainer`) and the recorder of its curve: validation every
+    ``cfg.val_every`` steps, checkpoints in ``run_dir``, progress lines off a terminal, early stopping
+    when ``cfg.early_stop_patience`` is set."""
     val_every = min(cfg.val_every, cfg.max_steps)
     recorder = CurveRecorder(tracker)
     checkpointer = AtomicCheckpoint(run_dir, cfg.ckpt_every, val_every, run)
@@ -302,6 +339,14 @@ def train_model(
         enable_progress_bar=cfg.progress_bar,
         use_distributed_sampler=False,
     )
+    return trainer, recorder
+
+
+def _fit(
+    trainer: L.Trainer, module: L.LightningModule, loaders: tuple[DataLoader, DataLoader], resume: Path, run: str
+) -> float:
+    """Fit ``module`` on the (train, validation) ``loaders``, from the checkpoint ``resume`` when there is
+    one (tensors only: anything else is refused); returns the seconds it took."""
     start = time.perf_counter()
     if resume.is_file():
         print(f"[medrestore] {run}: resuming from {resume}", flush=True)
@@ -309,9 +354,7 @@ def train_model(
         with warnings.catch_warnings():
             # a frozen loss network (a vessel segmenter, VGG) stays in eval mode on purpose
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-            trainer.fit(
-                module, train_dl, val_dl, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True
-            )
+            trainer.fit(module, *loaders, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True)
     except (pickle.UnpicklingError, EOFError) as exc:
         if not resume.is_file():
             raise
@@ -319,7 +362,15 @@ def train_model(
             f"{resume}: refused: the checkpoint holds more than tensors or is corrupt ({type(exc).__name__}). "
             f"Fix: delete {resume.parent} to train from the start; never resume from a checkpoint of unknown origin."
         ) from exc
-    seconds = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def _run_metrics(
+    cfg: TrainConfig, run: str, module: L.LightningModule, trainer: L.Trainer, recorder: CurveRecorder,
+    counts: tuple[int, int], scale: int, crops: dict[str, int] | None,
+) -> tuple[dict[str, Any], list[tuple[int, float]], dict[str, Any], float]:
+    """``metrics.json`` of a fitted run (``counts``: training and validation patches), the curve's
+    (step, val_psnr) points, the :func:`convergence` verdict and the final validation PSNR."""
     if module.best_state is None:
         raise RuntimeError(
             f"run {run!r}: training ended before any validation. Fix: raise train.max_steps or lower train.val_every."
@@ -333,8 +384,8 @@ def train_model(
         "steps": int(trainer.global_step),
         "best_val_psnr": round(module.best_psnr, 4),
         "final_val_psnr": round(final_psnr, 4),
-        "train_patches": int(clean.shape[0]),
-        "val_patches": len(val_ds),
+        "train_patches": counts[0],
+        "val_patches": counts[1],
         "scale": scale,
         "converged": verdict["converged"],
         "last_quarter_gain_db": verdict["last_quarter_gain_db"],
@@ -342,35 +393,123 @@ def train_model(
     }
     if crops is not None:
         metrics["train_crops"] = crops
-    if not trainer.is_global_zero:
-        return metrics
-    module.net.load_state_dict(module.best_state)
-    net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
+    return metrics, points, verdict, final_psnr
+
+
+def _model_meta(
+    metrics: dict[str, Any], scale: int, task_kind: str, clean: np.ndarray, train_domain: np.ndarray | None,
+    extra_meta: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What ``model.json`` adds to the network's description: the run's metrics, the SR scale, the task
+    kind, the colour range of the training targets (the ``clean`` patches of the clean side) and
+    ``extra_meta``."""
     # the colour range of the training targets: medrestore restore warns on inputs far outside it
     colour = colour_statistics(clean, None if train_domain is None else np.flatnonzero(np.asarray(train_domain) == 0))
-    meta = {
+    return {
         "train": metrics,
         "scale": scale,
-        "task_kind": spec.task,
+        "task_kind": task_kind,
         **({"colour": colour} if colour else {}),
         **(extra_meta or {}),
     }
+
+
+def _write_outputs(
+    out_dir: Path, cfg: TrainConfig, module: L.LightningModule, metrics: dict[str, Any], curve_csv: str,
+    meta: dict[str, Any],
+) -> None:
+    """The stage's outputs: the best validation weights (``model.safetensors``, ``model.json`` with
+    ``meta``), ``metrics.json`` and ``curve.csv``."""
+    module.net.load_state_dict(module.best_state)
+    net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
     save_model(net, out_dir, name=cfg.model, kwargs=cfg.model_kwargs, extra=meta)
     write_json_atomic(out_dir / "metrics.json", metrics)
-    write_text_atomic(out_dir / "curve.csv", recorder.csv_text())
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the outputs above are the result
+    write_text_atomic(out_dir / "curve.csv", curve_csv)
+
+
+def _summary_line(
+    run: str, metrics: dict[str, Any], seconds: float, psnr: tuple[float, float], points: list[tuple[int, float]],
+    verdict: dict[str, Any],
+) -> str:
+    """The run's closing log line: steps and time, best (``psnr[0]``, at its step) and final (``psnr[1]``)
+    validation PSNR, the convergence verdict."""
     best_step = max(points, key=lambda p: p[1])[0] if points else None
-    print(
+    return (
         f"[medrestore] {run}: trained {metrics['steps']} steps in {duration(seconds)}; "
-        f"best val PSNR {module.best_psnr:.2f} dB"
+        f"best val PSNR {psnr[0]:.2f} dB"
         + (f" at step {best_step}" if best_step is not None else "")
-        + f", final {final_psnr:.2f} dB; "
-        + ("converged" if verdict["converged"] else f"not converged ({verdict.get('why', 'still improving')})"),
-        flush=True,
+        + f", final {psnr[1]:.2f} dB; "
+        + ("converged" if verdict["converged"] else f"not converged ({verdict.get('why', 'still improving')})")
     )
+
+
+def _log_run(tracker, patches: int, seconds: float, metrics: dict[str, Any]) -> None:
+    """The run's metrics to ``tracker`` (MLflow): training time and throughput (``patches`` drawn in
+    ``seconds``), then the numbers of ``metrics.json``."""
+    tracker.log_metrics({"train_seconds": seconds, "patches_per_second": patches / seconds})
+    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
+def train_model(
+    cfg: TrainConfig,
+    train_pairs: tuple[np.ndarray, np.ndarray],
+    val_pairs: tuple[np.ndarray, np.ndarray],
+    out_dir: Path,
+    ckpt_dir: Path,
+    tracker=None,
+    extra_meta: dict[str, Any] | None = None,
+    *,
+    train_domain: np.ndarray | None = None,
+    run: str | None = None,
+    fov: tuple[np.ndarray, np.ndarray] | None = None,
+    train_index: tuple[np.ndarray, int] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` on (clean, degraded) patch arrays; write the stage's outputs to ``out_dir``.
+
+    ``train_domain`` (unpaired tasks): per training patch, 0 = use its clean version only, 1 = use its
+    degraded version only. Paired models refuse it; cyclegan models without it draw both sides
+    independently from all patches. ``run`` names the run in errors (default: the model).
+    ``fov``: the (train, val) patches' FOV masks (patchify's ``{split}_fov.npy``); with ``cfg.fov_loss``
+    a paired model's loss and validation PSNR count the pixels inside the FOV only.
+    ``train_index``: (patchify's ``train_index.npy``, the patch stride), which cyclegan models with
+    ``cfg.crop_patches`` > 1 need to assemble their crops of adjacent training patches.
+
+    The steps: seed; the training set; the network; the validation set; fit, resuming from the run's folder
+    under ``ckpt_dir``; on the main process only, the outputs, a closing log line, the metrics to ``tracker``.
+    """
+    spec = MODELS.get(cfg.model)
+    if spec is None:
+        raise InputError(f"unknown model {cfg.model!r}. Fix: use one of {', '.join(MODELS)}.")
+    run = run or cfg.model
+    seed_run(cfg.seed)
+    if spec.trainer == "cyclegan":
+        train_ds, sampler, crops = _unpaired_training_set(cfg, run, train_pairs, train_domain, train_index)
+    else:
+        train_ds, sampler, crops = _paired_training_set(cfg, run, train_pairs, train_domain, fov)
+    cfg = resolve_config(cfg, train_pairs, len(train_ds))
+    scale = pair_scale(*train_pairs)
+    module = _training_module(cfg, spec.trainer, run)
+    masked = cfg.fov_loss and spec.trainer != "cyclegan"
+    val_pairs, val_fov, val_ds = _validation_set(cfg, val_pairs, fov[1] if masked else None)
+    train_dl = DataLoader(train_ds, batch_sampler=sampler)
+    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False)
+    arrays = _identity_arrays(cfg, [*train_pairs, *val_pairs], train_domain, [fov[0], val_fov] if masked else [],
+                              train_index if crops is not None else None)
+    run_dir = Path(ckpt_dir) / fingerprint(cfg, arrays)
+    resume = run_dir / "last.ckpt"
+    module.ckpt_path = resume
+    trainer, recorder = _run_trainer(cfg, run, run_dir, tracker, sampler)
+    seconds = _fit(trainer, module, (train_dl, val_dl), resume, run)
+    clean = train_pairs[0]
+    metrics, points, verdict, final_psnr = _run_metrics(
+        cfg, run, module, trainer, recorder, (int(clean.shape[0]), len(val_ds)), scale, crops
+    )
+    if not trainer.is_global_zero:
+        return metrics
+    meta = _model_meta(metrics, scale, spec.task, clean, train_domain, extra_meta)
+    _write_outputs(out_dir, cfg, module, metrics, recorder.csv_text(), meta)
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the outputs above are the result
+    print(_summary_line(run, metrics, seconds, (module.best_psnr, final_psnr), points, verdict), flush=True)
     if tracker is not None:
-        tracker.log_metrics(
-            {"train_seconds": seconds, "patches_per_second": cfg.batch_size * trainer.global_step / seconds}
-        )
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        _log_run(tracker, cfg.batch_size * trainer.global_step, seconds, metrics)
     return metrics

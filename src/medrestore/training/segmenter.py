@@ -110,6 +110,76 @@ class SegmenterModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def _check_settings(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], fovs: Sequence[np.ndarray] | None,
+                    *, steps: int, batch_size: int, patch_size: int, depth: int) -> None:
+    """Refuse mismatched or missing inputs and settings the U-Net cannot train with (``ValueError``)."""
+    if not (len(images) == len(masks) and (fovs is None or len(fovs) == len(images))):
+        raise ValueError(f"train_segmenter: {len(images)} images, {len(masks)} masks, "
+                         f"{None if fovs is None else len(fovs)} FOV masks: give one of each per image")
+    if not images:
+        raise ValueError("train_segmenter: no training images")
+    if steps < 1 or batch_size < 1 or patch_size < 2**depth:
+        raise ValueError(f"train_segmenter: need steps >= 1, batch_size >= 1, patch_size >= 2**depth ({2**depth}); got "
+                         f"{steps}, {batch_size}, {patch_size}")
+
+
+def _training_arrays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], fovs: Sequence[np.ndarray] | None,
+                     in_channels: int, patch_size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per image: the network's float32 C x H x W input, the vessel mask and the FOV (the whole image
+    without ``fovs``) as float32 0/1; each mask the image's size, each image at least ``patch_size``."""
+    xs, ys, fs = [], [], []
+    for i, img in enumerate(images):
+        x = _input_array(img, in_channels)
+        m = np.asarray(masks[i]).astype(bool)
+        f = _fov_or_all(None if fovs is None else fovs[i], x.shape[1:])
+        if m.shape != x.shape[1:]:
+            raise ValueError(f"train_segmenter: image {i} is {x.shape[1:]} but its mask is {m.shape}")
+        if min(m.shape) < patch_size:
+            raise ValueError(f"train_segmenter: image {i} ({m.shape}) is smaller than patch_size {patch_size}: lower "
+                             "patch_size")
+        xs.append(x)
+        ys.append(m.astype(np.float32))
+        fs.append(f.astype(np.float32))
+    return xs, ys, fs
+
+
+def _fit(module: SegmenterModule, loader: DataLoader, steps: int, accelerator: str, num_threads: int | None) -> int:
+    """Fit ``module`` for ``steps`` steps in a temporary Lightning folder, on ``num_threads`` torch CPU
+    threads (restored afterwards); returns the steps done."""
+    threads_before = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    with tempfile.TemporaryDirectory(prefix="medrestore-seg-") as root, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        tty = sys.stderr.isatty()  # Lightning's bar on a terminal only; a progress line every 5% of the steps in a log
+        progress = [] if tty else [ProgressLog("segmenter", steps,
+                                               loss=lambda: module.losses[-1] if module.losses else None)]
+        trainer = make_trainer(root, accelerator=accelerator, devices=1, max_steps=steps, max_epochs=1,
+                               enable_progress_bar=tty, callbacks=progress)
+        try:
+            trainer.fit(module, loader)
+        finally:
+            torch.set_num_threads(threads_before)
+    return int(trainer.global_step)
+
+
+def _training_summary(steps: int, settings: dict[str, Any], images: int, num_threads: int,
+                      losses: list[float]) -> dict[str, Any]:
+    """``model.json``'s ``train``: the steps done, the run's ``settings``, the number of images, the torch
+    threads, the mean loss of the first and of the last 10 steps."""
+    k = min(10, len(losses))
+    return {
+        "steps": steps,
+        **settings,
+        "images": images,
+        "num_threads": num_threads,
+        "loss_first10": round(float(np.mean(losses[:k])), 6),
+        "loss_last10": round(float(np.mean(losses[-k:])), 6),
+        "loss": "bce+dice",
+    }
+
+
 def train_segmenter(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -151,27 +221,8 @@ def train_segmenter(
     Writes ``model.safetensors`` and ``model.json`` (:func:`save_segmenter`; ``extra_meta`` is
     added to ``model.json``); returns the training summary stored in ``model.json`` under ``train``.
     """
-    if not (len(images) == len(masks) and (fovs is None or len(fovs) == len(images))):
-        raise ValueError(f"train_segmenter: {len(images)} images, {len(masks)} masks, "
-                         f"{None if fovs is None else len(fovs)} FOV masks: give one of each per image")
-    if not images:
-        raise ValueError("train_segmenter: no training images")
-    if steps < 1 or batch_size < 1 or patch_size < 2**depth:
-        raise ValueError(f"train_segmenter: need steps >= 1, batch_size >= 1, patch_size >= 2**depth ({2**depth}); got "
-                         f"{steps}, {batch_size}, {patch_size}")
-    xs, ys, fs = [], [], []
-    for i, img in enumerate(images):
-        x = _input_array(img, in_channels)
-        m = np.asarray(masks[i]).astype(bool)
-        f = _fov_or_all(None if fovs is None else fovs[i], x.shape[1:])
-        if m.shape != x.shape[1:]:
-            raise ValueError(f"train_segmenter: image {i} is {x.shape[1:]} but its mask is {m.shape}")
-        if min(m.shape) < patch_size:
-            raise ValueError(f"train_segmenter: image {i} ({m.shape}) is smaller than patch_size {patch_size}: lower "
-                             "patch_size")
-        xs.append(x)
-        ys.append(m.astype(np.float32))
-        fs.append(f.astype(np.float32))
+    _check_settings(images, masks, fovs, steps=steps, batch_size=batch_size, patch_size=patch_size, depth=depth)
+    xs, ys, fs = _training_arrays(images, masks, fovs, in_channels, patch_size)
     data = _PatchBatches(xs, ys, fs, steps=steps, patch_size=patch_size, batch_size=batch_size, seed=seed,
                          augment=augment)
     if not data.usable:
@@ -179,42 +230,14 @@ def train_segmenter(
 
     seed_run(seed)
     kwargs = {"in_channels": in_channels, "out_channels": 1, "depth": depth, "width": width}
-    net = UNet(**kwargs)
-    module = SegmenterModule(net, lr, lr_min, steps)
+    module = SegmenterModule(UNet(**kwargs), lr, lr_min, steps)
     loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=0)
-    threads_before = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    with tempfile.TemporaryDirectory(prefix="medrestore-seg-") as root, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-        tty = sys.stderr.isatty()  # Lightning's bar on a terminal only; a progress line every 5% of the steps in a log
-        progress = [] if tty else [ProgressLog("segmenter", steps,
-                                               loss=lambda: module.losses[-1] if module.losses else None)]
-        trainer = make_trainer(root, accelerator=accelerator, devices=1, max_steps=steps, max_epochs=1,
-                               enable_progress_bar=tty, callbacks=progress)
-        try:
-            trainer.fit(module, loader)
-        finally:
-            torch.set_num_threads(threads_before)
-    losses = module.losses
-    k = min(10, len(losses))
-    summary = {
-        "steps": int(trainer.global_step),
-        "patch_size": patch_size,
-        "batch_size": batch_size,
-        "lr": lr,
-        "lr_min": lr_min,
-        "seed": seed,
-        "augment": augment,
-        "images": len(xs),
-        "num_threads": torch.get_num_threads() if num_threads is None else num_threads,
-        "loss_first10": round(float(np.mean(losses[:k])), 6),
-        "loss_last10": round(float(np.mean(losses[-k:])), 6),
-        "loss": "bce+dice",
-    }
-    net = module.net.cpu().eval()
-    save_segmenter(net, out_dir, kwargs=kwargs, extra={"train": summary, **(extra_meta or {})})
+    done = _fit(module, loader, steps, accelerator, num_threads)
+    settings = {"patch_size": patch_size, "batch_size": batch_size, "lr": lr, "lr_min": lr_min, "seed": seed,
+                "augment": augment}
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    summary = _training_summary(done, settings, len(xs), threads, module.losses)
+    save_segmenter(module.net.cpu().eval(), out_dir, kwargs=kwargs, extra={"train": summary, **(extra_meta or {})})
     return summary
 
 
