@@ -57,55 +57,19 @@ def evaluate_external(
     """Restore every external image (degraded by ``spec``) with every model of ``models_dir`` and
     every baseline; write ``per_image.csv`` and ``summary.json`` to ``out_dir``; return the summary."""
     models_dir, out_dir = Path(models_dir), Path(out_dir)
-    models = {}
-    for d in (
-        sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith("."))
-        if models_dir.is_dir()
-        else []
-    ):
-        model, mmeta = load_model(d)
-        if model_scale(model, mmeta) != 1:
-            raise InputError(f"{d}: a super-resolution model; evaluate_external scores denoisers. Fix: list only "
-                             "denoising tasks in evaluate_external.tasks.")
-        models[d.name] = model
+    models = _load_denoisers(models_dir)
     fns = {name: baseline_function(name) for name in baselines}
     cases = external_cases(patches_dir, seed=seed, profiles=profiles, gamma_range=gamma_range, sample=sample,
                            prepare=prepare)
     rows: list[dict] = []
     inputs = []
     for i, case in enumerate(cases):
-        clean, fov = case["image"], case["fov"]
-        try:
-            degraded, cparams = corrupt(clean, spec, seed_words(seed, NOISE_WORD, i), fov)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise InputError(
-                f"params.yaml: corrupt.tasks.{task}.test.{variant}: {exc}. Fix: correct the spec."
-            ) from exc
-        if degraded.shape != clean.shape:
-            raise InputError(f"params.yaml: corrupt.tasks.{task}.test.{variant} changes the image size. Fix: "
-                             "evaluate_external takes denoising tasks only.")
-        sigma = case_sigma(cparams, spec)
-        base = {"task": task, "image_id": case["id"], "source": case["source"], "profile": case["profile"] or "",
-                "sigma": sigma}
-        low = to_float(degraded)
-        outputs = {"degraded": ("input", degraded)}
-        for name, model in models.items():
-            outputs[name] = ("model",
-                             to_uint8(restore_array(model, low, tile=tile, overlap=overlap, device=device, scale=1)))
-        for name, fn in fns.items():
-            outputs[name] = ("baseline", to_uint8(run_baseline(fn, low, sigma, 1)))
-        for method, (kind, restored) in outputs.items():
-            rows.append({**base, "method": method, "kind": kind, **score(restored, clean, fov)})
-        means = clean[fov].astype(np.float64).mean(axis=0)
-        inputs.append({"id": case["id"], "source": case["source"], "profile": case["profile"], "gamma": case["gamma"],
-                       "gain": case["gain"],
-                       "fov_channel_means": [round(float(v), 3) for v in means]})
+        degraded, cparams = _degrade(task, variant, spec, case, seed_words(seed, NOISE_WORD, i))
+        rows += _score_case(task, case, degraded, case_sigma(cparams, spec), models, fns, tile=tile, overlap=overlap,
+                            device=device)
+        inputs.append(_input_record(case))
 
-    buf = io.StringIO()
-    buf.write(",".join(COLUMNS) + "\n")
-    for r in sorted(rows, key=lambda r: (r["image_id"], r["method"])):
-        buf.write(",".join(f"{r[c]:.6f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + "\n")
-    write_text_atomic(out_dir / "per_image.csv", buf.getvalue())
+    _write_per_image(out_dir, rows)
     summary = {
         "task": task,
         "variant": variant,
@@ -118,6 +82,74 @@ def evaluate_external(
     }
     write_json_atomic(out_dir / "summary.json", summary)
     return summary
+
+
+def _load_denoisers(models_dir: Path) -> dict:
+    """name -> model: every trained model of ``models_dir``; an error for a super-resolution one."""
+    models = {}
+    for d in (
+        sorted(p for p in models_dir.iterdir() if (p / "model.json").is_file() and not p.name.startswith("."))
+        if models_dir.is_dir()
+        else []
+    ):
+        model, mmeta = load_model(d)
+        if model_scale(model, mmeta) != 1:
+            raise InputError(f"{d}: a super-resolution model; evaluate_external scores denoisers. Fix: list only "
+                             "denoising tasks in evaluate_external.tasks.")
+        models[d.name] = model
+    return models
+
+
+def _degrade(task: str, variant: str, spec: dict, case: dict, words) -> tuple[np.ndarray, dict]:
+    """``case``'s image corrupted by ``spec`` with the seed words ``words``, and the corruption's
+    drawn params; an error naming the params entry when the spec fails or changes the image size."""
+    clean, fov = case["image"], case["fov"]
+    try:
+        degraded, cparams = corrupt(clean, spec, words, fov)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(
+            f"params.yaml: corrupt.tasks.{task}.test.{variant}: {exc}. Fix: correct the spec."
+        ) from exc
+    if degraded.shape != clean.shape:
+        raise InputError(f"params.yaml: corrupt.tasks.{task}.test.{variant} changes the image size. Fix: "
+                         "evaluate_external takes denoising tasks only.")
+    return degraded, cparams
+
+
+def _score_case(task: str, case: dict, degraded: np.ndarray, sigma: float, models: dict, fns: dict, *,
+                tile: int, overlap: int, device: str) -> list[dict]:
+    """One row per method (the degraded input, every model, every baseline) for one external image
+    degraded with noise ``sigma``."""
+    clean, fov = case["image"], case["fov"]
+    base = {"task": task, "image_id": case["id"], "source": case["source"], "profile": case["profile"] or "",
+            "sigma": sigma}
+    low = to_float(degraded)
+    outputs = {"degraded": ("input", degraded)}
+    for name, model in models.items():
+        outputs[name] = ("model",
+                         to_uint8(restore_array(model, low, tile=tile, overlap=overlap, device=device, scale=1)))
+    for name, fn in fns.items():
+        outputs[name] = ("baseline", to_uint8(run_baseline(fn, low, sigma, 1)))
+    return [{**base, "method": method, "kind": kind, **score(restored, clean, fov)}
+            for method, (kind, restored) in outputs.items()]
+
+
+def _input_record(case: dict) -> dict:
+    """What ``summary.json`` says of one external image: its source, colour profile and the clean
+    image's channel means in the FOV."""
+    means = case["image"][case["fov"]].astype(np.float64).mean(axis=0)
+    return {"id": case["id"], "source": case["source"], "profile": case["profile"], "gamma": case["gamma"],
+            "gain": case["gain"],
+            "fov_channel_means": [round(float(v), 3) for v in means]}
+
+
+def _write_per_image(out_dir: Path, rows: list[dict]) -> None:
+    """``per_image.csv``: the rows by image and method, floats with 6 decimals."""
+    buf = io.StringIO()
+    buf.write(",".join(COLUMNS) + "\n")
+    for r in sorted(rows, key=lambda r: (r["image_id"], r["method"])):
+        buf.write(",".join(f"{r[c]:.6f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + "\n")
+    write_text_atomic(out_dir / "per_image.csv", buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -226,16 +226,35 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
     import mlflow
     from mlflow import MlflowClient
 
-    from medrestore.evaluation.gates import NO_CHAMPION
-    from medrestore.serving.mlflow_model import alias_for_run, register_champion, withdraw_champion
-    from medrestore.tracking.runs import repo_lock
-
     root = Path(root or Path.cwd())
     done: dict[str, str] = {}
     if mlflow.active_run() is None:
         return done
     client = MlflowClient()
-    for task in sorted(set(tasks) - set(best)):
+    _withdraw_champions(sorted(set(tasks) - set(best)), tracker)
+    for task, pick in sorted(best.items()):
+        folder = Path(models_root) / task / pick["model"]
+        try:
+            done[task] = _register_best(client, task, pick, folder, root)
+            summary = Path(eval_root or "") / task / "summary.json"
+            if eval_root is not None and summary.is_file():
+                _describe_version(client, done[task], task, pick["model"], summary)
+        except Exception as exc:
+            if tracker is not None:
+                tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                raise
+    return done
+
+
+def _withdraw_champions(tasks: list[str], tracker=None) -> None:
+    """Remove the alias of each of ``tasks`` (tasks without a champion); failures counted by ``tracker``
+    (raised without one)."""
+    from medrestore.evaluation.gates import NO_CHAMPION
+    from medrestore.serving.mlflow_model import alias_for_run, withdraw_champion
+    from medrestore.tracking.runs import repo_lock
+
+    for task in tasks:
         try:
             with repo_lock("register"):
                 withdraw_champion(task, NO_CHAMPION, alias=alias_for_run())
@@ -244,44 +263,47 @@ def register_best_models(best: dict[str, dict], models_root: Path, root: Path | 
                 tracker.failures.append(f"withdraw {task}: {type(exc).__name__}: {str(exc)[:300]}")
             else:
                 raise
-    for task, pick in sorted(best.items()):
-        folder = Path(models_root) / task / pick["model"]
-        try:
-            rec = lineage(folder / "model.safetensors", root=root)
-            run_id = (rec["mlflow"] or {}).get("run_id")
-            uri = client.get_run(run_id).data.tags.get("model_uri") if run_id else None
-            if not uri:
-                raise RuntimeError(f"the training run of {task}/{pick['model']} ({run_id or 'not found'}) logged no "
-                                   f"MLflow model. Fix: retrain it (dvc repro --force the stage {rec['stage']}).")
-            tags = {
-                "task": task,
-                "model": pick["model"],
-                "selected_by": f"{pick['metric']} = {pick['value']:.4f}",
-                "dvc_stage": rec["stage"],
-                "git_commit": (rec["git"] or {}).get("commit", "uncommitted"),
-                "train_run_id": run_id,
-                **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
-                "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
-            }
-            colour = (
-                json.loads((folder / "model.json").read_text()).get("colour")
-                if (folder / "model.json").is_file()
-                else None
-            )
-            if colour:  # the training targets' channel means (medrestore restore's colour-range check)
-                tags["train_colour"] = json.dumps(colour, sort_keys=True)[:4000]
-            with repo_lock("register"):  # two queued experiments' report stages: one registration at a time
-                done[task] = register_champion(task, uri, rec["md5"], tags, alias=alias_for_run())
-            summary = Path(eval_root or "") / task / "summary.json"
-            if eval_root is not None and summary.is_file():
-                name, version = done[task].rsplit("/", 1)
-                scored = json.loads(summary.read_text())
-                for key, value in sorted(headline_scores(scored, pick["model"]).items()):
-                    client.set_model_version_tag(name, version, key, f"{value:.6g}")
-                client.update_model_version(name, version, description=scores_description(task, pick["model"], scored))
-        except Exception as exc:
-            if tracker is not None:
-                tracker.failures.append(f"register {task}: {type(exc).__name__}: {str(exc)[:300]}")
-            else:
-                raise
-    return done
+
+
+def _register_best(client, task: str, pick: dict, folder: Path, root: Path) -> str:
+    """Point the alias at the pyfunc that the training run of ``folder``'s model (``pick``: the chosen
+    model and its score) logged, a new version only for new weights, with the lineage as tags;
+    returns "name/version"."""
+    from medrestore.serving.mlflow_model import alias_for_run, register_champion
+    from medrestore.tracking.runs import repo_lock
+
+    rec = lineage(folder / "model.safetensors", root=root)
+    run_id = (rec["mlflow"] or {}).get("run_id")
+    uri = client.get_run(run_id).data.tags.get("model_uri") if run_id else None
+    if not uri:
+        raise RuntimeError(f"the training run of {task}/{pick['model']} ({run_id or 'not found'}) logged no "
+                           f"MLflow model. Fix: retrain it (dvc repro --force the stage {rec['stage']}).")
+    tags = {
+        "task": task,
+        "model": pick["model"],
+        "selected_by": f"{pick['metric']} = {pick['value']:.4f}",
+        "dvc_stage": rec["stage"],
+        "git_commit": (rec["git"] or {}).get("commit", "uncommitted"),
+        "train_run_id": run_id,
+        **{f"dep:{d['path']}": d["md5"] or "" for d in rec["deps"]},
+        "params": json.dumps(rec["params"], sort_keys=True, default=str)[:4000],
+    }
+    colour = (
+        json.loads((folder / "model.json").read_text()).get("colour")
+        if (folder / "model.json").is_file()
+        else None
+    )
+    if colour:  # the training targets' channel means (medrestore restore's colour-range check)
+        tags["train_colour"] = json.dumps(colour, sort_keys=True)[:4000]
+    with repo_lock("register"):  # two queued experiments' report stages: one registration at a time
+        return register_champion(task, uri, rec["md5"], tags, alias=alias_for_run())
+
+
+def _describe_version(client, registered: str, task: str, model: str, summary: Path) -> None:
+    """The model's test scores in ``summary`` (the evaluate stage's summary.json) as tags and
+    description of the version ``registered`` ("name/version")."""
+    name, version = registered.rsplit("/", 1)
+    scored = json.loads(summary.read_text())
+    for key, value in sorted(headline_scores(scored, model).items()):
+        client.set_model_version_tag(name, version, key, f"{value:.6g}")
+    client.update_model_version(name, version, description=scores_description(task, model, scored))
