@@ -42,3 +42,23 @@ def test_the_configuration_catches_long_lines_unsorted_imports_and_unused_names(
     good = "import os\nimport sys\n\n\ndef f(x):\n    return os.path.join(str(x), sys.prefix)\n"
     res = _ruff("check", "--no-cache", "--stdin-filename", "src/medrestore/good.py", "-", stdin=good)
     assert res.returncode == 0, res.stdout
+
+
+def test_every_source_file_is_linted():
+    """An exclude pattern such as "data" would silently skip src/medrestore/data."""
+    res = _ruff("check", "--no-cache", "--show-files", ".")
+    listed = {Path(line.strip()).resolve() for line in res.stdout.splitlines() if line.strip().endswith(".py")}
+    sources = {p.resolve() for p in [*(REPO / "src").rglob("*.py"), *(REPO / "stages").glob("*.py")]}
+    assert sources and not sources - listed, sorted(str(p.relative_to(REPO)) for p in sources - listed)
+
+
+def test_no_function_in_the_package_is_longer_than_80_lines():
+    import ast
+
+    long = []
+    for path in sorted((REPO / "src" / "medrestore").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "split these into helpers of one concern each:\n" + "\n".join(long)
