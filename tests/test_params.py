@@ -88,6 +88,32 @@ def test_settings_of_every_run_merge_the_layers_and_build_a_config(params):
     assert train_settings(train, "denoise-g25-dncnn", 0)["init_from"] == "artifacts/models/denoise-blind/dncnn-blind"
 
 
+def test_a_run_s_own_profile_budget_applies_to_that_run_and_profile_only(params):
+    """train.runs.RUN.profiles.PROFILE sits between the profile's budget for the model and the run's overrides:
+    another run of the same model and the run under another profile keep the profile's budget."""
+    train = params["train"]
+    entry = train["runs"]["denoise-sr-srresnet"]
+    entry["profiles"] = {"standard": {"max_steps": 1234, "val_every": 99}, "quick": None}
+    entry["overrides"] = {"val_every": 77}
+    validate_params(params)
+    own = train_settings(train, "denoise-sr-srresnet", 0)
+    assert own["max_steps"] == 1234 and own["val_every"] == 77  # the run's budget, then its overrides
+    assert own["lr"] == train["profiles"]["standard"]["models"]["srresnet"]["lr"]  # the rest: the profile's
+    other = train_settings(train, "sr-x4-srresnet", 0)
+    assert other["max_steps"] == train["profiles"]["standard"]["models"]["srresnet"]["max_steps"] != 1234
+    quick = train_settings({**train, "profile": "quick"}, "denoise-sr-srresnet", 0)
+    assert quick["max_steps"] == train["profiles"]["quick"]["models"]["srresnet"]["max_steps"]
+
+
+def test_a_run_s_budget_for_an_unknown_profile_is_refused(params):
+    params["train"]["runs"]["denoise-sr-srresnet"]["profiles"] = {"standrad": {"max_steps": 10}}
+    with pytest.raises(InputError, match=r"train\.runs\.denoise-sr-srresnet\.profiles\.standrad: no such profile"):
+        validate_params(params)
+    params["train"]["runs"]["denoise-sr-srresnet"]["profiles"] = {"standard": {"max_step": 10}}
+    with pytest.raises(InputError, match=r"train\.runs\.denoise-sr-srresnet\.profiles\.standard\.max_step: unknown"):
+        validate_params(params)
+
+
 def test_each_evaluation_tracks_only_its_own_task_s_params():
     """Changing one task's baselines reruns that task's evaluation only: evaluate@TASK tracks
     evaluate.baselines.TASK and the shared settings, never the whole section."""

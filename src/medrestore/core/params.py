@@ -13,7 +13,8 @@ merged key by key at every depth (``model_kwargs: {upsample: ...}`` in a profile
 recipe's other ``model_kwargs``)::
 
     train.defaults <- train.models[model] (the paper's recipe) <- train.profiles[profile].defaults
-      <- train.profiles[profile].models[model] (the budget) <- the run's overrides
+      <- train.profiles[profile].models[model] (the budget) <- the run's profiles[profile] (its own
+      budget under that profile) <- the run's overrides
 """
 
 from __future__ import annotations
@@ -232,6 +233,8 @@ class RunEntry(_Strict):
     task: str
     model: str
     method: str | None = None          # the model's folder name when it is not the model's (chains)
+    # profile -> this run's own budget under it (another run of the same model keeps the profile's)
+    profiles: dict[str, TrainSettings | None] | None = None
     overrides: TrainSettings | None = None
 
 
@@ -431,6 +434,12 @@ def validate_params(params: Mapping[str, Any], path: str | Path = "params.yaml")
         raise InputError(f"{path}: train.profile is {profile!r}, not one of train.profiles "
                          f"({', '.join(params['train'].get('profiles') or {}) or 'none defined'}). Fix: use "
                          f"{PROFILES_DOC}.")
+    unknown = [f"train.{group}.{key}.profiles.{name}" for group in ("runs", "finetune", "chains", "vessel")
+               for key, entry in (params["train"].get(group) or {}).items()
+               for name in ((entry or {}).get("profiles") or {}) if name not in params["train"]["profiles"]]
+    if unknown:
+        raise InputError(f"{path}: {', '.join(unknown)}: no such profile in train.profiles "
+                         f"({', '.join(params['train']['profiles'])}). Fix: correct the name or remove the entry.")
     return params
 
 
@@ -477,10 +486,11 @@ def train_settings(train: Mapping[str, Any], key: str, seed: int,
     """The settings of run ``key`` (the layers of the module docstring), with ``model``, ``seed`` and,
     for a fine-tuned run, ``init_from`` (the start model's folder under ``models_root``)."""
     entry = run_entry(train, key)
+    name = train.get("profile", "standard")
+    own = (entry.get("profiles") or {}).get(name)  # the run's own budget under this profile
     if key in (train.get("vessel") or {}):  # the base run's settings, with the vessel term added
         base = train_settings(train, entry["base"], seed, models_root)
-        return {**deep_merge(base, entry.get("overrides")), "model": base["model"], "seed": seed}
-    name = train.get("profile", "standard")
+        return {**deep_merge(deep_merge(base, own), entry.get("overrides")), "model": base["model"], "seed": seed}
     profiles = train.get("profiles", {})
     if name not in profiles:
         raise InputError(f"params.yaml: train.profile is {name!r}, not one of train.profiles ({', '.join(profiles)}).")
@@ -488,7 +498,7 @@ def train_settings(train: Mapping[str, Any], key: str, seed: int,
     model = entry["model"]
     settings: dict[str, Any] = {}
     for layer in (train["defaults"], (train.get("models") or {}).get(model), profile.get("defaults"),
-                  (profile.get("models") or {}).get(model), entry.get("overrides")):
+                  (profile.get("models") or {}).get(model), own, entry.get("overrides")):
         settings = deep_merge(settings, layer)
     if "init" in entry:
         settings["init_from"] = f"{Path(models_root).as_posix()}/{entry['init']}"
