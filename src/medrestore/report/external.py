@@ -16,7 +16,9 @@ from medrestore.report.tables import KIND_ORDER, _fmt
 COLUMNS = (("all", "psnr_fov", "PSNR FOV, all (dB)"), ("all", "ssim_fov", "SSIM FOV, all"),
            ("recoloured", "psnr_fov", "PSNR FOV, recoloured (dB)"), ("sample", "psnr_fov", "PSNR FOV, sample (dB)"))
 INTRO = ("Denoisers on photographs from other cameras than CHASE_DB1's: each test image recoloured once to another "
-         "camera's channel means inside the FOV (blue 30-60, green 80-120; profile and gammas seeded per image) and "
+         "camera's channel means inside the FOV (blue 30-60, green 80-120; profile and gammas seeded per image; a "
+         "channel gained at most x2 on its own, the rest borrowed from green, so that the clean reference carries no "
+         "blown-up sensor noise) and "
          "scikit-image's fundus photograph, prepared as the test images, all degraded by the task's {variant} "
          "corruption. Mean [95 % interval] over the images; best per column in bold (baselines and converged models).")
 
