@@ -177,3 +177,31 @@ def test_a_model_now_below_its_input_is_a_changed_failed_verdict(workspace):
     assert by[("denoise-g25", "redae", "s25", "failed")]["verdict"] == OUTSIDE
     assert by[("denoise-g25", "redae", "s25", "failed")]["why"] == "failed verdict changed"
     assert by[("denoise-g25", "cdae", "s25", "failed")]["verdict"] == IDENTICAL  # no kind in its summary: kept
+
+
+def test_runs_trained_in_bf16_are_named_beside_the_verdicts(workspace, capsys):
+    from medrestore.experiments.verify import bf16_methods, bf16_note
+
+    root, published = workspace
+    assert bf16_methods(root) == []  # no params.yaml: nothing named
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    bf16 = bf16_methods(root)
+    assert "denoise-g25/redae" in bf16 and "denoise-g25/cdae" not in bf16 and "denoise-blind/dncnn-blind" not in bf16
+    # the project's profile with every run in 32-true: none
+    text = (REPO / "params.yaml").read_text().replace(", precision: bf16-mixed}", "}")
+    (root / "params.yaml").write_text(text)
+    assert bf16_methods(root) == []
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    changed = copy.deepcopy(published)
+    variants = changed["denoise-g25"]["redae"]
+    metric = next(k for k, v in next(iter(variants.values())).items() if not isinstance(v, bool))
+    next(iter(variants.values()))[metric] += 0.01
+    _rerun(root, changed)
+    assert main(["--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "trained in bf16-mixed (params.yaml): denoise-g25/redae;" in out
+    assert main(["--root", str(root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["bf16"] for r in rows if r["method"] == "redae"} == {True}
+    assert not any(r["bf16"] for r in rows if r["method"] != "redae")
+    assert bf16_note([{"task": "denoise-g25", "method": "cdae"}], bf16) == ""

@@ -1,7 +1,9 @@
 """``medrestore verify``: after ``dvc repro`` on another machine, each published number against this run.
 
 Training is deterministic on one machine, not across CPUs (other vector units round differently), so
-a rerun elsewhere moves the trained models' numbers a little. For every number of the committed
+a rerun elsewhere moves the trained models' numbers a little; runs that params.yaml trains in
+``bf16-mixed`` move more (bfloat16 kernels differ between CPUs with bf16 units and those that emulate
+them), and the output names them. For every number of the committed
 ``reports/metrics.json`` (task -> method -> test variant -> metric) this says:
 
 - ``identical``: this run's value is the committed one (to the 6 decimals stored);
@@ -195,6 +197,33 @@ def format_rows(rows: list[dict], source: str, only_changed: bool = False) -> st
     return "\n".join(lines)
 
 
+def bf16_methods(root: Path) -> list[str]:
+    """``TASK/METHOD`` of every run that ``root``'s params.yaml trains in a bf16 precision (none without one)."""
+    from medrestore.core.io import load_params
+    from medrestore.core.params import train_settings
+
+    path = Path(root) / "params.yaml"
+    if not path.is_file():
+        return []
+    params = load_params(path=path)
+    train = params.get("train") or {}
+    out = set()
+    for group in ("runs", "finetune", "chains", "vessel"):
+        for key, entry in (train.get(group) or {}).items():
+            if str(train_settings(train, key, params.get("seed", 0)).get("precision", "")).startswith("bf16"):
+                out.add(f"{entry['task']}/{entry.get('method') or entry['model']}")
+    return sorted(out)
+
+
+def bf16_note(rows: list[dict], methods: list[str]) -> str:
+    """A line naming the bf16-trained methods among ``rows`` ('' when none)."""
+    shown = sorted({f"{r['task']}/{r['method']}" for r in rows} & set(methods))
+    if not shown:
+        return ""
+    return (f"trained in bf16-mixed (params.yaml): {', '.join(shown)}; on another CPU their numbers move more than "
+            "float32 runs' (expect within, not identical; docs/reproducibility.md)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``medrestore verify [--committed REV|FILE] [--all] [--json]``: exit 1 when a number is outside."""
     import argparse
@@ -208,9 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from medrestore.core.io import workspace_root
 
-    rows, source = verify(args.root or workspace_root(), args.committed)
+    root = args.root or workspace_root()
+    rows, source = verify(root, args.committed)
+    bf16 = bf16_methods(root)
     if args.json:
+        for r in rows:
+            r["bf16"] = f"{r['task']}/{r['method']}" in bf16
         print(json.dumps(rows, indent=1))
     else:
         print(format_rows(rows, source, only_changed=not args.all))
+        if note := bf16_note(rows, bf16):
+            print(note)
     return 1 if any(r["verdict"] == OUTSIDE for r in rows) else 0
