@@ -184,14 +184,17 @@ def test_runs_trained_in_bf16_are_named_beside_the_verdicts(workspace, capsys):
 
     root, published = workspace
     assert bf16_methods(root) == []  # no params.yaml: nothing named
+    # the project's profile trains every run in 32-true: none named
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    assert bf16_methods(root) == []
+    # REDAE switched to bf16-mixed in the standard profile: it alone is named
+    line = ("        redae: {batch_size: 16, max_steps: 1000, val_every: 100, lr: 0.001, schedule: cosine, "
+            "warmup_steps: 50}")
+    text = (REPO / "params.yaml").read_text()
+    assert line in text
+    (root / "params.yaml").write_text(text.replace(line, line[:-1] + ", precision: bf16-mixed}"))
     bf16 = bf16_methods(root)
     assert "denoise-g25/redae" in bf16 and "denoise-g25/cdae" not in bf16 and "denoise-blind/dncnn-blind" not in bf16
-    # the project's profile with every run in 32-true: none
-    text = (REPO / "params.yaml").read_text().replace(", precision: bf16-mixed}", "}")
-    (root / "params.yaml").write_text(text)
-    assert bf16_methods(root) == []
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     changed = copy.deepcopy(published)
     variants = changed["denoise-g25"]["redae"]
     metric = next(k for k, v in next(iter(variants.values())).items() if not isinstance(v, bool))
