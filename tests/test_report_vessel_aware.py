@@ -103,3 +103,19 @@ def test_a_sweep_of_other_test_images_is_not_drawn_and_says_how_to_redo_it(tmp_p
     assert kept["points"] == [] and "scored on other test images" in why
     same = {"points": [point], "test_images": ["chase_db1/Image_11L", "chase_db1/Image_11R"]}
     assert sweep_on_split(same, tmp_path) == (same, None)
+
+
+def test_a_sweep_trained_on_other_data_than_this_run_is_not_drawn():
+    """The sweep's point at this run's own weight must score what this run's model scores."""
+    from medrestore.report.vessel_aware import sweep_against_this_run
+
+    summary = {"task": "g", "methods": {"cdae-vfeat": {"s25": {"psnr_fov": {"mean": 33.90}}}}}
+    results = [{"method": "cdae-vfeat", "weight": 0.001}]
+    point = {"task": "g", "variant": "s25", "method": "cdae-vfeat", "form": "vessel", "psnr_fov": 33.768}
+    older = {"points": [{**point, "weight": 0.001}, {**point, "weight": 0.0003, "psnr_fov": 34.19}]}
+    why = sweep_against_this_run(older, summary, "s25", results)
+    assert "33.77 dB" in why and "33.90 dB" in why and "medrestore sweep --replace" in why
+    same = {"points": [{**point, "weight": 0.001, "psnr_fov": 33.900000}, {**point, "weight": 0.0003}]}
+    assert sweep_against_this_run(same, summary, "s25", results) is None
+    # a sweep without this run's own weight cannot be checked this way: drawn
+    assert sweep_against_this_run({"points": [{**point, "weight": 0.0003}]}, summary, "s25", results) is None

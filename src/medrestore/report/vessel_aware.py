@@ -187,6 +187,27 @@ def sweep_on_split(sweep: dict, patches_dir: Path) -> tuple[dict, str | None]:
     return {**sweep, "points": []}, why
 
 
+def sweep_against_this_run(sweep: dict, summary: dict, variant: str, results: list[dict]) -> str | None:
+    """Why the sweep may not be drawn beside this run, or None: a sweep point at one of this run's own
+    (method, weight) must score what this run's model scores (same data and code train byte-identical
+    models), else the sweep was trained on other data or code than this run's models."""
+    methods = summary.get("methods", {})
+    for r in results:
+        mine = methods.get(r["method"], {}).get(variant, {}).get("psnr_fov", {}).get("mean")
+        for p in sweep.get("points", []):
+            same = (p.get("task"), p.get("variant"), p.get("method")) == (summary.get("task"), variant, r["method"])
+            if mine is None or not same or p.get("weight") is None or r.get("weight") is None:
+                continue
+            if abs(float(p["weight"]) - float(r["weight"])) < 1e-12 and abs(float(p["psnr_fov"]) - mine) > 1e-3:
+                return (f"The recorded weight sweep (reports/vessel_sweep.json) scores {r['method']} at this run's "
+                        f"own weight {r['weight']:g} at {float(p['psnr_fov']):.2f} dB, this run's model at {mine:.2f} "
+                        "dB: the "
+                        "sweep was trained on other training data or code than this run's models, so it is not drawn. "
+                        "Fix: run the sweep again (docs/pipeline.md, vessel-aware training) and collect it with "
+                        "`medrestore sweep --replace`.")
+    return None
+
+
 def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_task: dict[str, dict], scoring_segmenter,
                    sweep_path: Path | None) -> dict:
     """The section as ``{"md": [...], "html": [...], "figures": [(name, png, caption)], "results": {...}}``
@@ -239,12 +260,14 @@ def vessel_section(params: dict, eval_root: Path, patches_dir: Path, conv_by_tas
                                     title=f"{task} [{variant}]: the independent segmenter on {plain} and its "
                                           "vessel-aware variants", with_images=True)
                 out["figures"].append((f"{task}_vessel_overlay", png, CAPTION_OVERLAY))
-            png = sweep_figure(sweep, summary, variant, plain)
+            other_run = sweep_against_this_run(sweep, summary, variant, results)
+            png = None if other_run else sweep_figure(sweep, summary, variant, plain)
             if png is not None:
                 out["figures"].append((f"{task}_vessel_sweep", png, CAPTION_SWEEP))
-            elif not sweep.get("points"):
-                note = stale or ("No weight sweep recorded yet (reports/vessel_sweep.json has no points): run the "
-                                 "sweep of docs/pipeline.md (vessel-aware training) and `medrestore sweep` to draw it.")
+            elif other_run or not sweep.get("points"):
+                note = other_run or stale or ("No weight sweep recorded yet (reports/vessel_sweep.json has no points): "
+                                              "run the sweep of docs/pipeline.md (vessel-aware training) and "
+                                              "`medrestore sweep` to draw it.")
                 out["md"] += [note, ""]
                 out["html"].append(f"<p>{_html.escape(note)}</p>")
     return out
