@@ -194,17 +194,18 @@ def sweep_against_this_run(sweep: dict, summary: dict, variant: str, results: li
     methods = summary.get("methods", {})
     for r in results:
         mine = methods.get(r["method"], {}).get(variant, {}).get("psnr_fov", {}).get("mean")
+        if mine is None or r.get("weight") is None:
+            continue
         for p in sweep.get("points", []):
             same = (p.get("task"), p.get("variant"), p.get("method")) == (summary.get("task"), variant, r["method"])
-            if mine is None or not same or p.get("weight") is None or r.get("weight") is None:
+            if not same or p.get("weight") is None or abs(float(p["weight"]) - float(r["weight"])) >= 1e-12:
                 continue
-            if abs(float(p["weight"]) - float(r["weight"])) < 1e-12 and abs(float(p["psnr_fov"]) - mine) > 1e-3:
+            if abs(float(p["psnr_fov"]) - mine) > 1e-3:
                 return (f"The recorded weight sweep (reports/vessel_sweep.json) scores {r['method']} at this run's "
                         f"own weight {r['weight']:g} at {float(p['psnr_fov']):.2f} dB, this run's model at {mine:.2f} "
-                        "dB: the "
-                        "sweep was trained on other training data or code than this run's models, so it is not drawn. "
-                        "Fix: run the sweep again (docs/pipeline.md, vessel-aware training) and collect it with "
-                        "`medrestore sweep --replace`.")
+                        "dB: the sweep was trained on other training data or code than this run's models, so it is "
+                        "not drawn. Fix: run the sweep again (docs/pipeline.md, vessel-aware training) and collect "
+                        "it with `medrestore sweep --replace`.")
     return None
 
 
